@@ -1,0 +1,139 @@
+//! Racing and joining durable tasks.
+//!
+//! The host delivers one completion per step, in history order, and these
+//! combinators poll their branches left to right: so a race between an event
+//! and a timer is decided the same way on every replay.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The winner of a [`select`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<L, R> {
+    /// The first future finished first.
+    Left(L),
+    /// The second future finished first.
+    Right(R),
+}
+
+/// Wait for whichever of two futures finishes first. The loser keeps
+/// running in the host (a timer still fires) but its result is ignored.
+///
+/// ```no_run
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+/// use duro_sdk::{select, Either};
+/// let event = ctx.wait_for_external_event::<String>("Go");
+/// let timer = ctx.sleep(std::time::Duration::from_secs(60));
+/// match select(event, timer).await {
+///     Either::Left(payload) => { let _ = payload; }
+///     Either::Right(()) => {}
+/// }
+/// # }
+/// ```
+pub fn select<A, B>(a: A, b: B) -> impl Future<Output = Either<A::Output, B::Output>>
+where
+    A: Future,
+    B: Future,
+{
+    let mut a = Box::pin(a);
+    let mut b = Box::pin(b);
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        if let Poll::Ready(v) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    })
+}
+
+/// Wait for the first of many futures; resolves to its index and output.
+///
+/// ```no_run
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+/// let names = ["A", "B", "C"];
+/// let waits = names.iter().map(|n| ctx.wait_for_external_event::<String>(n));
+/// let (index, _payload) = duro_sdk::when_any(waits).await;
+/// # let _ = index; }
+/// ```
+pub fn when_any<F: Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> impl Future<Output = (usize, F::Output)> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(move |cx| {
+        for (index, future) in futures.iter_mut().enumerate() {
+            if let Poll::Ready(v) = future.as_mut().poll(cx) {
+                return Poll::Ready((index, v));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+/// Wait for both futures; resolves to both outputs.
+///
+/// ```no_run
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+/// let (a, b) = duro_sdk::join(
+///     ctx.wait_for_external_event::<u32>("A"),
+///     ctx.wait_for_external_event::<u32>("B"),
+/// ).await;
+/// # let _ = (a, b); }
+/// ```
+pub fn join<A, B>(a: A, b: B) -> impl Future<Output = (A::Output, B::Output)>
+where
+    A: Future,
+    B: Future,
+{
+    let mut outputs: (Option<A::Output>, Option<B::Output>) = (None, None);
+    let mut a = Box::pin(a);
+    let mut b = Box::pin(b);
+    std::future::poll_fn(move |cx| {
+        if outputs.0.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            outputs.0 = Some(v);
+        }
+        if outputs.1.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            outputs.1 = Some(v);
+        }
+        if outputs.0.is_some() && outputs.1.is_some() {
+            Poll::Ready((outputs.0.take().unwrap(), outputs.1.take().unwrap()))
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// Wait for all futures; resolves to their outputs in the order given.
+///
+/// ```no_run
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+/// let waits = ["A", "B"].map(|n| ctx.wait_for_external_event::<u32>(n));
+/// let all: Vec<_> = duro_sdk::when_all(waits).await;
+/// # let _ = all; }
+/// ```
+pub fn when_all<F: Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> impl Future<Output = Vec<F::Output>> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx: &mut Context<'_>| {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none()
+                && let Poll::Ready(v) = future.as_mut().poll(cx)
+            {
+                *output = Some(v);
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            Poll::Ready(outputs.iter_mut().map(|o| o.take().unwrap()).collect())
+        } else {
+            Poll::Pending
+        }
+    })
+}

@@ -1,0 +1,220 @@
+//! The orchestration context: everything an orchestration may observe or
+//! schedule, and the [`Task`] futures that scheduling returns.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::duro::workflow::orchestration_context as host;
+use crate::bindings::duro::workflow::types::{LogLevel, TaskOutcome};
+use crate::error::{Error, Result};
+use crate::runtime;
+
+/// The handle an orchestration receives: its input, deterministic time and
+/// GUIDs, logging, and the durable tasks it can wait on.
+///
+/// It is `Copy`: pass it freely into helper functions and `async` blocks.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use duro_sdk::{Either, OrchestrationContext, Result, select};
+///
+/// async fn approval(ctx: OrchestrationContext) -> Result<&'static str> {
+///     let deadline = ctx.current_time() + Duration::from_secs(3600);
+///     let approved = ctx.wait_for_external_event::<bool>("Approve");
+///     match select(approved, ctx.create_timer(deadline)).await {
+///         Either::Left(yes) => Ok(if yes? { "approved" } else { "rejected" }),
+///         Either::Right(()) => Ok("timed out"),
+///     }
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct OrchestrationContext {
+    _private: (),
+}
+
+impl OrchestrationContext {
+    pub(crate) fn new() -> Self {
+        OrchestrationContext { _private: () }
+    }
+
+    /// The instance's input, deserialized.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let order_id: String = ctx.input()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn input<T: DeserializeOwned>(&self) -> Result<T> {
+        let json = host::get_input();
+        serde_json::from_str(&json)
+            .map_err(|e| Error::msg(format!("the orchestration input {json} does not fit: {e}")))
+    }
+
+    /// The id of this instance.
+    pub fn instance_id(&self) -> String {
+        host::instance_id()
+    }
+
+    /// The name this instance was started with.
+    pub fn name(&self) -> String {
+        host::orchestration_name()
+    }
+
+    /// The time of the current episode: the same on every replay. Use it
+    /// instead of `SystemTime::now()`, which the sandbox pins to it anyway.
+    pub fn current_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(host::current_time())
+    }
+
+    /// A GUID that is the same on every replay.
+    pub fn new_guid(&self) -> String {
+        host::new_guid()
+    }
+
+    /// True while the host replays history recorded in an earlier episode.
+    pub fn is_replaying(&self) -> bool {
+        host::is_replaying()
+    }
+
+    /// Log at info level; the line is written once, not again on replay.
+    pub fn log(&self, message: &str) {
+        host::log(LogLevel::Info, message);
+    }
+
+    /// Log a warning; the line is written once, not again on replay.
+    pub fn log_warn(&self, message: &str) {
+        host::log(LogLevel::Warn, message);
+    }
+
+    /// Set the status clients read alongside the runtime status.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.set_custom_status(&serde_json::json!({ "stage": "waiting" }));
+    /// # }
+    /// ```
+    pub fn set_custom_status<T: Serialize>(&self, status: &T) {
+        let json = serde_json::to_string(status).unwrap_or_else(|_| "null".into());
+        host::set_custom_status(Some(&json));
+    }
+
+    /// Clear the custom status.
+    pub fn clear_custom_status(&self) {
+        host::set_custom_status(None);
+    }
+
+    /// Wait for the next external event called `name`, and deserialize its
+    /// payload. Events raised before the wait are buffered, in order.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let amount: u64 = ctx.wait_for_external_event("Payment").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for_external_event<T: DeserializeOwned>(&self, name: &str) -> Task<Result<T>> {
+        Task::new(host::wait_for_external_event(name), decode_event::<T>)
+    }
+
+    /// A durable timer that fires at `at` (at once if `at` is past). It
+    /// survives host restarts and may be days away.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// use std::time::Duration;
+    /// ctx.create_timer(ctx.current_time() + Duration::from_secs(86_400)).await;
+    /// # }
+    /// ```
+    pub fn create_timer(&self, at: SystemTime) -> Task<()> {
+        let millis = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Task::new(host::create_timer(millis), decode_timer)
+    }
+
+    /// A durable timer that fires `after` from the current episode time.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.sleep(std::time::Duration::from_secs(5)).await;
+    /// # }
+    /// ```
+    pub fn sleep(&self, after: Duration) -> Task<()> {
+        self.create_timer(self.current_time() + after)
+    }
+
+    /// End this execution once the orchestration returns, and start a fresh
+    /// one (empty history) with `input`. Return right after calling it.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let count: u32 = ctx.input()?;
+    /// if count < 10 { ctx.continue_as_new(&(count + 1)); }
+    /// # Ok(()) }
+    /// ```
+    pub fn continue_as_new<T: Serialize>(&self, input: &T) {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        host::continue_as_new(&json);
+        runtime::set_continue_as_new(json);
+    }
+}
+
+fn decode_event<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
+    match outcome {
+        TaskOutcome::EventRaised(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::msg(format!("the event payload {json} does not fit: {e}"))),
+        TaskOutcome::TimerFired => Err(Error::msg("a timer completed an event task")),
+    }
+}
+
+fn decode_timer(_: TaskOutcome) {}
+
+/// A durable task: a future that resolves when the host delivers its
+/// completion. Await it, or race it with [`select`](crate::select) and
+/// [`when_any`](crate::when_any).
+///
+/// ```no_run
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+/// let task = ctx.wait_for_external_event::<String>("Go");
+/// let payload = task.await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a task does nothing unless awaited"]
+pub struct Task<T> {
+    id: u32,
+    decode: fn(TaskOutcome) -> T,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> Task<T> {
+    fn new(id: u32, decode: fn(TaskOutcome) -> T) -> Self {
+        Task {
+            id,
+            decode,
+            _output: PhantomData,
+        }
+    }
+
+    /// The task's sequence number in the instance's history.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
+        match runtime::take_outcome(self.id) {
+            Some(outcome) => Poll::Ready((self.decode)(outcome)),
+            None => Poll::Pending,
+        }
+    }
+}

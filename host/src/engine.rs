@@ -1,0 +1,106 @@
+//! The wasmtime engine: its configuration (component model, pooling
+//! allocator, epoch interruption), the on-disk cache of compiled code, and
+//! compiled components kept in memory by the digest of their bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of guest time budgets.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Largest linear memory a guest may grow to.
+pub const MAX_GUEST_MEMORY: usize = 256 << 20;
+
+/// The digest a component is stored and addressed by: `sha256:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A configured engine with its compiled components.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    components: Arc<Mutex<HashMap<String, Component>>>,
+}
+
+impl Engine {
+    /// An engine whose compiled code is cached under `cache_dir` (if given),
+    /// with a thread that advances its epoch every [`EPOCH_TICK`].
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(2000)
+            .total_stacks(1000)
+            .max_memory_size(MAX_GUEST_MEMORY);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        if let Some(dir) = cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(
+                Cache::new(cache)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .with_context(|| format!("compiled-code cache in {}", dir.display()))?,
+            ));
+        }
+        let inner = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let weak = inner.weak();
+        std::thread::Builder::new()
+            .name("duro-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+        Ok(Engine {
+            inner,
+            components: Arc::default(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// The component with this digest, compiling `bytes` on first use (or
+    /// loading its compiled code from the disk cache).
+    pub fn component(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<Component> {
+        if let Some(component) = self.cached(digest) {
+            return Ok(component);
+        }
+        let component = Component::new(&self.inner, bytes)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .with_context(|| format!("component {digest} is not a valid wasm component"))?;
+        self.components
+            .lock()
+            .expect("component cache poisoned")
+            .insert(digest.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// The component with this digest if it is already compiled.
+    pub fn cached(&self, digest: &str) -> Option<Component> {
+        self.components
+            .lock()
+            .expect("component cache poisoned")
+            .get(digest)
+            .cloned()
+    }
+}

@@ -1,0 +1,277 @@
+//! Plain data of durable orchestrations: instances, history events, inbox
+//! messages. Knows neither wasmtime nor SQLite.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = u64;
+
+/// The wall-clock time now, in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The lifecycle state of an instance, named as in Durable Functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created; its first episode has not run yet.
+    Pending,
+    /// Started and not finished (it may be waiting).
+    Running,
+    /// Returned an output.
+    Completed,
+    /// Returned an error, trapped, or diverged from its history.
+    Failed,
+    /// Stopped by a client.
+    Terminated,
+    /// Paused by a client; messages wait in its inbox.
+    Suspended,
+    /// Replaced by a new execution (kept for clients that saw it).
+    ContinuedAsNew,
+}
+
+impl RuntimeStatus {
+    /// Every status, in a stable order.
+    pub const ALL: [RuntimeStatus; 7] = [
+        RuntimeStatus::Pending,
+        RuntimeStatus::Running,
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::Suspended,
+        RuntimeStatus::ContinuedAsNew,
+    ];
+
+    /// True once the instance can no longer change on its own.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RuntimeStatus::Completed | RuntimeStatus::Failed | RuntimeStatus::Terminated
+        )
+    }
+
+    /// The name used in the store and in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeStatus::Pending => "Pending",
+            RuntimeStatus::Running => "Running",
+            RuntimeStatus::Completed => "Completed",
+            RuntimeStatus::Failed => "Failed",
+            RuntimeStatus::Terminated => "Terminated",
+            RuntimeStatus::Suspended => "Suspended",
+            RuntimeStatus::ContinuedAsNew => "ContinuedAsNew",
+        }
+    }
+
+    /// Parse a status name, ignoring ASCII case.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for RuntimeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A scheduling call an orchestration made, as recorded in its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Action {
+    /// `wait-for-external-event(name)`.
+    WaitForEvent {
+        /// The event name.
+        name: String,
+    },
+    /// `create-timer(fire-at)`.
+    CreateTimer {
+        /// When the timer is due.
+        fire_at: Millis,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::WaitForEvent { name } => write!(f, "wait-for-external-event({name:?})"),
+            Action::CreateTimer { fire_at } => write!(f, "create-timer({fire_at})"),
+        }
+    }
+}
+
+/// One entry of an instance's history. The history is append-only and is the
+/// whole truth about an orchestration: replaying it rebuilds its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "eventType")]
+pub enum HistoryEvent {
+    /// The execution began with this input.
+    ExecutionStarted {
+        /// The orchestration name.
+        name: String,
+        /// The input, as JSON.
+        input: String,
+    },
+    /// An episode began; the orchestration's clock reads `timestamp` until the
+    /// next one.
+    OrchestratorStarted {
+        /// The episode time.
+        timestamp: Millis,
+    },
+    /// The orchestration made a scheduling call; `task` is its sequence number.
+    TaskScheduled {
+        /// Sequence number of the call.
+        task: u32,
+        /// What was scheduled.
+        action: Action,
+    },
+    /// An external event arrived.
+    EventRaised {
+        /// The event name.
+        name: String,
+        /// The payload, as JSON.
+        payload: String,
+    },
+    /// A durable timer fell due.
+    TimerFired {
+        /// The timer's task.
+        task: u32,
+        /// Its due time.
+        fire_at: Millis,
+    },
+    /// The orchestration returned this output.
+    ExecutionCompleted {
+        /// The output, as JSON.
+        output: String,
+    },
+    /// The orchestration failed.
+    ExecutionFailed {
+        /// Why.
+        error: String,
+    },
+    /// The orchestration asked to start over with this input.
+    ContinuedAsNew {
+        /// The next execution's input, as JSON.
+        input: String,
+    },
+}
+
+impl HistoryEvent {
+    /// The `eventType` name of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HistoryEvent::ExecutionStarted { .. } => "ExecutionStarted",
+            HistoryEvent::OrchestratorStarted { .. } => "OrchestratorStarted",
+            HistoryEvent::TaskScheduled { .. } => "TaskScheduled",
+            HistoryEvent::EventRaised { .. } => "EventRaised",
+            HistoryEvent::TimerFired { .. } => "TimerFired",
+            HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
+            HistoryEvent::ExecutionFailed { .. } => "ExecutionFailed",
+            HistoryEvent::ContinuedAsNew { .. } => "ContinuedAsNew",
+        }
+    }
+}
+
+/// A recorded history event with when it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Position in the instance's history, from 0.
+    pub seq: u64,
+    /// Wall-clock time of recording.
+    pub timestamp: Millis,
+    /// The event.
+    pub event: HistoryEvent,
+}
+
+/// Something that happened to an instance and waits in its inbox for the
+/// next episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Message {
+    /// The instance was created: run its first episode.
+    Start,
+    /// A client raised an event.
+    EventRaised {
+        /// Event name.
+        name: String,
+        /// Payload, as JSON.
+        payload: String,
+    },
+    /// A timer fell due.
+    TimerFired {
+        /// The timer's task.
+        task: u32,
+        /// Its due time.
+        fire_at: Millis,
+    },
+}
+
+/// A message as stored, with its inbox position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// Inbox position; messages are consumed in this order.
+    pub id: i64,
+    /// The message.
+    pub message: Message,
+}
+
+/// The state of an instance as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The instance id.
+    pub id: String,
+    /// The orchestration name.
+    pub name: String,
+    /// Where it stands.
+    pub status: RuntimeStatus,
+    /// Input, as JSON.
+    pub input: String,
+    /// Output as JSON once completed, or the error message once failed.
+    pub output: Option<String>,
+    /// The custom status, as JSON.
+    pub custom_status: Option<String>,
+    /// Digest of the component the instance runs on.
+    pub component: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Time of the last change.
+    pub updated_at: Millis,
+    /// Number of history events: the version appends are checked against.
+    pub history_len: u64,
+}
+
+/// A durable timer: a row with a due time, not a sleeping task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// The instance it belongs to.
+    pub instance: String,
+    /// The timer's task.
+    pub task: u32,
+    /// When it is due.
+    pub fire_at: Millis,
+}
+
+/// Filter for listing instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    /// Created at or after.
+    pub created_from: Option<Millis>,
+    /// Created at or before.
+    pub created_to: Option<Millis>,
+    /// Any of these statuses (empty: all).
+    pub statuses: Vec<RuntimeStatus>,
+    /// Orchestration name.
+    pub name: Option<String>,
+    /// Instance id prefix.
+    pub id_prefix: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this instance id (the last one of the previous page).
+    pub after: Option<(Millis, String)>,
+}

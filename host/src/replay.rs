@@ -1,0 +1,637 @@
+//! Replay: rebuild an orchestration's state by feeding its history into a
+//! fresh component instance, one event at a time, then run the new step.
+//!
+//! Architecture invariant: replay does no I/O. It sees the world only through
+//! the history and the incoming messages it is handed, and returns what the
+//! episode appended; the runtime persists it.
+
+use std::collections::{HashMap, VecDeque};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::engine::{EPOCH_TICK, Engine, MAX_GUEST_MEMORY};
+use crate::model::{Action, HistoryEvent, Millis};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "orchestration",
+        path: "../guest-sdk/wit",
+        imports: { default: trappable },
+    });
+}
+
+use bindings::duro::workflow::orchestration_context as ctx;
+use bindings::duro::workflow::types::{Completion, LogLevel, StepResult, TaskOutcome};
+use bindings::{Orchestration, OrchestrationPre};
+
+/// The first point where an orchestration's behaviour departs from its
+/// recorded history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "non-determinism at history event {position}{task}: the history has {expected}, but the orchestration {actual}",
+    task = task.map(|t| format!(" (task #{t})")).unwrap_or_default()
+)]
+pub struct Divergence {
+    /// Index of the history event that did not match.
+    pub position: usize,
+    /// Sequence number of the scheduling call involved, if any.
+    pub task: Option<u32>,
+    /// What the history recorded.
+    pub expected: String,
+    /// What the orchestration did instead.
+    pub actual: String,
+}
+
+/// How an episode left the orchestration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Waiting for more completions.
+    Pending,
+    /// Returned this JSON output.
+    Completed(String),
+    /// Returned an error, trapped, or ran out of time or memory.
+    Failed(String),
+    /// Diverged from its history.
+    Diverged(Divergence),
+    /// Asked to start over with this JSON input.
+    ContinuedAsNew(String),
+}
+
+/// What one episode produced.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    /// History events appended by this episode, in order.
+    pub appended: Vec<HistoryEvent>,
+    /// Where the orchestration stands.
+    pub outcome: Outcome,
+    /// The custom status, if the orchestration set it during the episode.
+    pub custom_status: Option<Option<String>>,
+    /// Timers scheduled by this episode: (task, due time).
+    pub new_timers: Vec<(u32, Millis)>,
+}
+
+/// Who is being replayed.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Instance id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Input, as JSON.
+    pub input: String,
+}
+
+/// Per-component pre-instantiated orchestrations, ready to replay.
+pub struct Replayer {
+    engine: Engine,
+    linker: Linker<EpisodeState>,
+    pres: Mutex<HashMap<String, OrchestrationPre<EpisodeState>>>,
+    step_budget: Duration,
+}
+
+impl Replayer {
+    /// A replayer whose guests may run `step_budget` per step before they are
+    /// stopped.
+    pub fn new(engine: Engine, step_budget: Duration) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(engine.wasmtime());
+        // Deterministic WASI only: clocks and randomness are replaced per
+        // episode, and the context has no files, network, env or args.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Orchestration::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Replayer {
+            engine,
+            linker,
+            pres: Mutex::default(),
+            step_budget,
+        })
+    }
+
+    /// Check that `component` is an orchestration this host can run.
+    pub fn prepare(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
+        self.pre(digest, component).map(drop)
+    }
+
+    fn pre(
+        &self,
+        digest: &str,
+        component: &Component,
+    ) -> anyhow::Result<OrchestrationPre<EpisodeState>> {
+        let mut pres = self.pres.lock().expect("pre cache poisoned");
+        if let Some(pre) = pres.get(digest) {
+            return Ok(pre.clone());
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .and_then(OrchestrationPre::new)
+            .map_err(|e| {
+                anyhow::anyhow!("component {digest} is not a duro orchestration: {e:?}")
+            })?;
+        pres.insert(digest.to_string(), pre.clone());
+        Ok(pre)
+    }
+
+    /// Replay `history` into a fresh instance of `component`, then deliver
+    /// `incoming` (events that arrived since, starting with this episode's
+    /// `OrchestratorStarted`) and run until the orchestration waits or ends.
+    pub fn run_episode(
+        &self,
+        digest: &str,
+        component: &Component,
+        subject: &Subject,
+        history: Vec<HistoryEvent>,
+        incoming: Vec<HistoryEvent>,
+    ) -> anyhow::Result<Episode> {
+        let pre = self.pre(digest, component)?;
+        let recorded_len = history.len();
+        let state = EpisodeState::new(subject, history);
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let ticks = (self.step_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let instance = match pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                return Ok(failed_episode(format!(
+                    "the orchestration could not be instantiated: {e:?}"
+                )));
+            }
+        };
+        let mut incoming: VecDeque<HistoryEvent> = incoming.into();
+        let outcome = loop {
+            let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break Outcome::Pending,
+                Err(divergence) => break Outcome::Diverged(divergence),
+            };
+            store.set_epoch_deadline(ticks);
+            let stepped = instance
+                .duro_workflow_orchestrator()
+                .call_step(&mut store, delivery.as_ref());
+            let terminal = match stepped {
+                Err(trap) => match store.data_mut().replay.divergence.take() {
+                    Some(divergence) => break Outcome::Diverged(divergence),
+                    None => break Outcome::Failed(describe_trap(&trap, self.step_budget)),
+                },
+                Ok(StepResult::Pending) => continue,
+                Ok(StepResult::Completed(output)) => HistoryEvent::ExecutionCompleted { output },
+                Ok(StepResult::Failed(error)) => HistoryEvent::ExecutionFailed { error },
+                Ok(StepResult::ContinuedAsNew(input)) => HistoryEvent::ContinuedAsNew { input },
+            };
+            break match store.data_mut().replay.record_terminal(terminal) {
+                Ok(event) => match event {
+                    HistoryEvent::ExecutionCompleted { output } => Outcome::Completed(output),
+                    HistoryEvent::ExecutionFailed { error } => Outcome::Failed(error),
+                    HistoryEvent::ContinuedAsNew { input } => Outcome::ContinuedAsNew(input),
+                    _ => unreachable!("record_terminal returns the terminal event"),
+                },
+                Err(divergence) => Outcome::Diverged(divergence),
+            };
+        };
+        let replay = store.into_data().replay;
+        let appended = replay
+            .history
+            .get(recorded_len..)
+            .unwrap_or_default()
+            .to_vec();
+        Ok(Episode {
+            appended,
+            outcome,
+            custom_status: replay.custom_status,
+            new_timers: replay.new_timers,
+        })
+    }
+
+    /// Replay a whole recorded history against `component` and report the
+    /// first divergence, if any.
+    pub fn check(
+        &self,
+        digest: &str,
+        component: &Component,
+        subject: &Subject,
+        history: Vec<HistoryEvent>,
+    ) -> anyhow::Result<Result<(), Divergence>> {
+        let recorded_len = history.len();
+        let episode = self.run_episode(digest, component, subject, history, Vec::new())?;
+        Ok(match episode.outcome {
+            Outcome::Diverged(divergence) => Err(divergence),
+            Outcome::Failed(error) if !episode.appended.is_empty() => Err(Divergence {
+                position: recorded_len,
+                task: None,
+                expected: "no further event".into(),
+                actual: format!("failed: {error}"),
+            }),
+            _ if !episode.appended.is_empty() => Err(Divergence {
+                position: recorded_len,
+                task: None,
+                expected: "no further event".into(),
+                actual: format!("went on to {}", describe_event(&episode.appended[0])),
+            }),
+            _ => Ok(()),
+        })
+    }
+}
+
+fn failed_episode(error: String) -> Episode {
+    Episode {
+        appended: vec![HistoryEvent::ExecutionFailed {
+            error: error.clone(),
+        }],
+        outcome: Outcome::Failed(error),
+        custom_status: None,
+        new_timers: Vec::new(),
+    }
+}
+
+fn describe_trap(trap: &wasmtime::Error, budget: Duration) -> String {
+    match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("the orchestration ran for more than {budget:?} in one step and was stopped")
+        }
+        _ => format!("the orchestration trapped: {trap:?}"),
+    }
+}
+
+fn describe_event(event: &HistoryEvent) -> String {
+    match event {
+        HistoryEvent::TaskScheduled { action, .. } => action.to_string(),
+        HistoryEvent::ExecutionCompleted { output } => format!("completed with {output}"),
+        HistoryEvent::ExecutionFailed { error } => format!("failed with {error:?}"),
+        HistoryEvent::ContinuedAsNew { input } => format!("continue-as-new({input})"),
+        HistoryEvent::EventRaised { name, .. } => format!("event {name:?} raised"),
+        HistoryEvent::TimerFired { task, .. } => format!("timer #{task} fired"),
+        other => other.kind().to_string(),
+    }
+}
+
+/// The store data of an orchestration episode.
+pub struct EpisodeState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    replay: ReplayState,
+}
+
+impl EpisodeState {
+    fn new(subject: &Subject, history: Vec<HistoryEvent>) -> Self {
+        let clock = Arc::new(AtomicU64::new(0));
+        let seed: [u8; 32] = Sha256::digest(subject.instance_id.as_bytes()).into();
+        let wasi = WasiCtx::builder()
+            .wall_clock(EpisodeClock(clock.clone()))
+            .monotonic_clock(EpisodeClock(clock.clone()))
+            .secure_random(rand::rngs::StdRng::from_seed(seed))
+            .insecure_random(rand::rngs::StdRng::from_seed(seed))
+            .insecure_random_seed(u128::from_le_bytes(
+                seed[..16].try_into().expect("16 bytes"),
+            ))
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        EpisodeState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MAX_GUEST_MEMORY)
+                .trap_on_grow_failure(true)
+                .build(),
+            replay: ReplayState {
+                subject: subject.clone(),
+                recorded_len: history.len(),
+                history,
+                cursor: 0,
+                started: false,
+                replaying: true,
+                clock,
+                next_task: 0,
+                guids: 0,
+                open_waits: Vec::new(),
+                buffered: VecDeque::new(),
+                pending: VecDeque::new(),
+                custom_status: None,
+                new_timers: Vec::new(),
+                divergence: None,
+            },
+        }
+    }
+}
+
+impl WasiView for EpisodeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The orchestration's clock as WASI sees it: the episode time, so that even
+/// `SystemTime::now()` in a guest is replay-safe.
+struct EpisodeClock(Arc<AtomicU64>);
+
+impl HostWallClock for EpisodeClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl HostMonotonicClock for EpisodeClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
+    }
+}
+
+/// The replay cursor over the history and what the orchestration has asked
+/// for so far.
+struct ReplayState {
+    subject: Subject,
+    history: Vec<HistoryEvent>,
+    /// Events before this index were recorded by earlier episodes.
+    recorded_len: usize,
+    /// The next history event to consume.
+    cursor: usize,
+    started: bool,
+    replaying: bool,
+    clock: Arc<AtomicU64>,
+    next_task: u32,
+    guids: u32,
+    /// Event waits not yet satisfied, oldest first.
+    open_waits: Vec<(u32, String)>,
+    /// Events that arrived before anyone waited for them, in order.
+    buffered: VecDeque<(String, String)>,
+    /// Completions to hand over before consuming more history.
+    pending: VecDeque<Completion>,
+    custom_status: Option<Option<String>>,
+    new_timers: Vec<(u32, Millis)>,
+    divergence: Option<Divergence>,
+}
+
+impl ReplayState {
+    /// The next argument of `step`, consuming history (and then `incoming`)
+    /// until one is due; `None` when the orchestration has nothing left to
+    /// receive.
+    fn next_delivery(
+        &mut self,
+        incoming: &mut VecDeque<HistoryEvent>,
+    ) -> Result<Option<Option<Completion>>, Divergence> {
+        loop {
+            if let Some(completion) = self.pending.pop_front() {
+                return Ok(Some(Some(completion)));
+            }
+            if self.cursor == self.history.len() {
+                match incoming.pop_front() {
+                    Some(event) => self.history.push(event),
+                    None => return Ok(None),
+                }
+            }
+            let position = self.cursor;
+            let event = self.history[position].clone();
+            self.cursor += 1;
+            self.replaying = position < self.recorded_len;
+            match event {
+                HistoryEvent::ExecutionStarted { .. } => {}
+                HistoryEvent::OrchestratorStarted { timestamp } => {
+                    self.clock.store(timestamp, Ordering::Relaxed);
+                    if !self.started {
+                        self.started = true;
+                        return Ok(Some(None));
+                    }
+                }
+                HistoryEvent::TaskScheduled { task, action } => {
+                    return Err(Divergence {
+                        position,
+                        task: Some(task),
+                        expected: action.to_string(),
+                        actual: "made no such call".into(),
+                    });
+                }
+                HistoryEvent::EventRaised { name, payload } => {
+                    match self.open_waits.iter().position(|(_, n)| *n == name) {
+                        Some(index) => {
+                            let (task, _) = self.open_waits.remove(index);
+                            return Ok(Some(Some(Completion {
+                                task,
+                                outcome: TaskOutcome::EventRaised(payload),
+                            })));
+                        }
+                        None => self.buffered.push_back((name, payload)),
+                    }
+                }
+                HistoryEvent::TimerFired { task, .. } => {
+                    return Ok(Some(Some(Completion {
+                        task,
+                        outcome: TaskOutcome::TimerFired,
+                    })));
+                }
+                terminal @ (HistoryEvent::ExecutionCompleted { .. }
+                | HistoryEvent::ExecutionFailed { .. }
+                | HistoryEvent::ContinuedAsNew { .. }) => {
+                    return Err(Divergence {
+                        position,
+                        task: None,
+                        expected: describe_event(&terminal),
+                        actual: "was still running".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Match a scheduling call against the history, or record it if the
+    /// history has been consumed. Returns the task id.
+    fn schedule(&mut self, action: Action) -> Result<u32, Divergence> {
+        let task = self.next_task;
+        let position = self.cursor;
+        if position < self.history.len() {
+            let recorded = &self.history[position];
+            match recorded {
+                HistoryEvent::TaskScheduled {
+                    task: recorded_task,
+                    action: recorded_action,
+                } if *recorded_task == task && *recorded_action == action => {}
+                HistoryEvent::TaskScheduled {
+                    action: recorded_action,
+                    ..
+                } => {
+                    return Err(Divergence {
+                        position,
+                        task: Some(task),
+                        expected: recorded_action.to_string(),
+                        actual: format!("called {action}"),
+                    });
+                }
+                other => {
+                    return Err(Divergence {
+                        position,
+                        task: Some(task),
+                        expected: format!("no scheduling call (next: {})", describe_event(other)),
+                        actual: format!("called {action}"),
+                    });
+                }
+            }
+        } else {
+            self.history.push(HistoryEvent::TaskScheduled {
+                task,
+                action: action.clone(),
+            });
+            if let Action::CreateTimer { fire_at } = action {
+                self.new_timers.push((task, fire_at));
+            }
+        }
+        self.cursor += 1;
+        self.next_task += 1;
+        if let Action::WaitForEvent { name } = action {
+            match self.buffered.iter().position(|(n, _)| *n == name) {
+                Some(index) => {
+                    let (_, payload) = self.buffered.remove(index).expect("index in range");
+                    self.pending.push_back(Completion {
+                        task,
+                        outcome: TaskOutcome::EventRaised(payload),
+                    });
+                }
+                None => self.open_waits.push((task, name)),
+            }
+        }
+        Ok(task)
+    }
+
+    /// Record (or, while replaying, check) the event that ends the execution.
+    fn record_terminal(&mut self, event: HistoryEvent) -> Result<HistoryEvent, Divergence> {
+        let position = self.cursor;
+        if position < self.recorded_len {
+            let recorded = &self.history[position];
+            if *recorded != event {
+                return Err(Divergence {
+                    position,
+                    task: None,
+                    expected: describe_event(recorded),
+                    actual: describe_event(&event),
+                });
+            }
+            self.cursor += 1;
+            return Ok(event);
+        }
+        // Messages that arrive after the end are dropped with the episode.
+        self.history.truncate(position);
+        self.history.push(event.clone());
+        self.cursor = self.history.len();
+        Ok(event)
+    }
+
+    fn trap(&mut self, divergence: Divergence) -> wasmtime::Error {
+        let error = wasmtime::Error::msg(divergence.to_string());
+        self.divergence = Some(divergence);
+        error
+    }
+}
+
+impl bindings::duro::workflow::types::Host for EpisodeState {}
+
+impl ctx::Host for EpisodeState {
+    fn instance_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.replay.subject.instance_id.clone())
+    }
+
+    fn orchestration_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.replay.subject.name.clone())
+    }
+
+    fn get_input(&mut self) -> wasmtime::Result<String> {
+        Ok(self.replay.subject.input.clone())
+    }
+
+    fn current_time(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.replay.clock.load(Ordering::Relaxed))
+    }
+
+    fn new_guid(&mut self) -> wasmtime::Result<String> {
+        let replay = &mut self.replay;
+        let seed = format!("{}\n{}", replay.subject.instance_id, replay.guids);
+        replay.guids += 1;
+        let mut b: [u8; 16] = Sha256::digest(seed.as_bytes())[..16]
+            .try_into()
+            .expect("16 bytes");
+        // A name-based (version 5 style) UUID: version and variant bits set.
+        b[6] = (b[6] & 0x0f) | 0x50;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h = hex::encode(b);
+        Ok(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
+    }
+
+    fn is_replaying(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.replay.replaying)
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        if self.replay.replaying {
+            return Ok(());
+        }
+        let instance = &self.replay.subject.instance_id;
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "duro::guest", %instance, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "duro::guest", %instance, "{message}"),
+            LogLevel::Info => tracing::info!(target: "duro::guest", %instance, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "duro::guest", %instance, "{message}"),
+            LogLevel::Error => tracing::error!(target: "duro::guest", %instance, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn set_custom_status(&mut self, status: Option<String>) -> wasmtime::Result<()> {
+        if let Some(json) = &status
+            && serde_json::from_str::<serde_json::Value>(json).is_err()
+        {
+            return Err(wasmtime::Error::msg(format!(
+                "set-custom-status: {json:?} is not JSON"
+            )));
+        }
+        self.replay.custom_status = Some(status);
+        Ok(())
+    }
+
+    fn wait_for_external_event(&mut self, name: String) -> wasmtime::Result<u32> {
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::WaitForEvent { name })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn create_timer(&mut self, fire_at: u64) -> wasmtime::Result<u32> {
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::CreateTimer { fire_at })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn continue_as_new(&mut self, input: String) -> wasmtime::Result<()> {
+        if serde_json::from_str::<serde_json::Value>(&input).is_err() {
+            return Err(wasmtime::Error::msg(format!(
+                "continue-as-new: {input:?} is not JSON"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Persistence of instances, histories, inboxes, timers and components,
+//! behind traits so that a shared PostgreSQL backend can sit beside SQLite.
+//!
+//! Two consumers, two traits: [`RuntimeStore`] is what the orchestration
+//! runtime needs (claim work, load an instance, commit an episode), and
+//! [`ClientStore`] is what clients need (create, enqueue, query, purge).
+//! Every write that a caller is told succeeded is durable.
+
+pub mod sqlite;
+
+use crate::model::{
+    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis, Timer,
+};
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No instance has this id.
+    #[error("no instance with id `{0}`")]
+    NotFound(String),
+    /// An instance with this id exists already.
+    #[error("an instance with id `{0}` already exists")]
+    AlreadyExists(String),
+    /// The history changed under the writer (optimistic concurrency).
+    #[error("history of `{instance}` is at version {actual}, the episode expected {expected}")]
+    Conflict {
+        /// The instance.
+        instance: String,
+        /// The version the writer read.
+        expected: u64,
+        /// The version found.
+        actual: u64,
+    },
+    /// The backend failed; `retriable` says whether trying again can help.
+    #[error("store backend: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// True for transient failures (busy, I/O hiccup).
+        retriable: bool,
+    },
+}
+
+impl StoreError {
+    /// True when the same call may succeed if tried again.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                retriable: true,
+                ..
+            } | StoreError::Conflict { .. }
+        )
+    }
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything one episode of one instance writes, applied atomically.
+#[derive(Debug, Clone)]
+pub struct EpisodeCommit {
+    /// The instance row after the episode (its `history_len` included).
+    pub instance: Instance,
+    /// The history length the episode was computed from.
+    pub expected_history_len: u64,
+    /// True when the history restarts (continue-as-new): old events go.
+    pub reset_history: bool,
+    /// Events to append, in order.
+    pub new_events: Vec<HistoryEvent>,
+    /// Inbox messages up to and including this id were consumed.
+    pub consumed_through: Option<i64>,
+    /// Timers to create.
+    pub new_timers: Vec<Timer>,
+    /// Messages to put back into this instance's own inbox (continue-as-new).
+    pub follow_up: Vec<Message>,
+}
+
+/// An instance with its whole history and its unconsumed inbox.
+#[derive(Debug, Clone)]
+pub struct LoadedInstance {
+    /// The instance row.
+    pub instance: Instance,
+    /// Its history, in order.
+    pub history: Vec<HistoryEntry>,
+    /// Messages waiting for it, in order.
+    pub inbox: Vec<InboxEntry>,
+}
+
+/// What the orchestration runtime needs from a store.
+pub trait RuntimeStore: Send + Sync + 'static {
+    /// Lease up to `max` instances that have inbox messages and no live lease,
+    /// until `lease_until`; returns their ids.
+    fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>>;
+    /// Give a lease back without changing anything.
+    fn release(&self, instance: &str) -> StoreResult<()>;
+    /// Load an instance, its history and its inbox.
+    fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
+    /// Apply the episodes, each atomically and all in as few durable commits
+    /// as the backend can (group commit); releases their leases. One result
+    /// per episode, in order.
+    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>>;
+    /// Move every timer due at `now` into its instance's inbox; returns how many.
+    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize>;
+    /// When the earliest timer falls due.
+    fn next_timer_due(&self) -> StoreResult<Option<Millis>>;
+    /// The bytes of a stored component.
+    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;
+}
+
+/// What clients (the management API, triggers) need from a store.
+pub trait ClientStore: Send + Sync + 'static {
+    /// Store a component's bytes under their digest (idempotent).
+    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()>;
+    /// Create an instance with its `ExecutionStarted` event and a start message.
+    fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
+    /// Put a message into an instance's inbox.
+    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
+    /// One instance.
+    fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
+    /// One instance's history.
+    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>>;
+    /// Instances matching the query, ordered by creation time then id.
+    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
+    /// Delete an instance and everything it owns; false if there was none.
+    fn purge(&self, id: &str) -> StoreResult<bool>;
+}
+
+/// A store for both consumers.
+pub trait Store: RuntimeStore + ClientStore {}
+impl<T: RuntimeStore + ClientStore> Store for T {}

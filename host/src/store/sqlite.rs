@@ -1,0 +1,685 @@
+//! The embedded SQLite store: WAL, `synchronous=FULL`, one writer thread that
+//! group-commits every write waiting for it, and a pool of read connections.
+//!
+//! An SQLite file belongs to one `duro` host at a time: leases left by a
+//! crashed host are cleared when the file is opened.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult};
+use crate::model::{
+    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
+    RuntimeStatus, now_millis,
+};
+
+/// PRAGMAs applied to every connection, in order.
+const PRAGMAS: &[(&str, &str)] = &[
+    ("journal_mode", "WAL"),
+    ("synchronous", "FULL"),
+    ("foreign_keys", "ON"),
+    ("busy_timeout", "5000"),
+];
+
+/// Numbered schema migrations; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// Most writes folded into one transaction.
+const MAX_GROUP: usize = 512;
+
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    let retriable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    StoreError::Backend {
+        message: e.to_string(),
+        retriable,
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        message: format!("stored {what} cannot be read: {e}"),
+        retriable: false,
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(backend)?;
+    for (name, value) in PRAGMAS {
+        conn.pragma_update(None, name, value).map_err(backend)?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let done: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend {
+            message: format!(
+                "the database is at schema version {done}, newer than this duro knows ({})",
+                MIGRATIONS.len()
+            ),
+            retriable: false,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", index + 1)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`, migrate it, clear
+    /// stale leases and start the writer thread.
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
+                message: format!("cannot create {}: {e}", dir.display()),
+                retriable: false,
+            })?;
+        }
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        conn.execute(
+            "UPDATE instances SET lease_until = 0 WHERE lease_until != 0",
+            [],
+        )
+        .map_err(backend)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("duro-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend {
+                message: format!("cannot start the writer thread: {e}"),
+                retriable: false,
+            })?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Run `op` inside the writer's next group transaction and wait until that
+    /// transaction is durable.
+    fn write<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<StoreResult<R>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, op);
+            Box::new(move |committed| {
+                let result = match (result, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(message)) => Err(StoreError::Backend {
+                        message,
+                        retriable: true,
+                    }),
+                };
+                let _ = reply_tx.send(result);
+            })
+        });
+        self.writer
+            .lock()
+            .expect("writer sender poisoned")
+            .send(job)
+            .map_err(|_| StoreError::Backend {
+                message: "the SQLite writer thread has stopped".into(),
+                retriable: false,
+            })?;
+        reply_rx.recv().map_err(|_| StoreError::Backend {
+            message: "the SQLite writer thread stopped mid-write".into(),
+            retriable: false,
+        })?
+    }
+
+    fn read<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+        let pooled = self.readers.lock().expect("reader pool poisoned").pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.path)?,
+        };
+        let result = op(&conn);
+        self.readers
+            .lock()
+            .expect("reader pool poisoned")
+            .push(conn);
+        result
+    }
+}
+
+/// Run one operation of a group so that its failure undoes only itself.
+fn in_savepoint<R>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> StoreResult<R>,
+) -> StoreResult<R> {
+    conn.execute_batch("SAVEPOINT op").map_err(backend)?;
+    let result = op(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = format!("cannot begin a transaction: {e}");
+            for job in group {
+                // Run nothing: report the failure to every waiter.
+                drop(job);
+                tracing::error!("{message}");
+            }
+            continue;
+        }
+        let finishers: Vec<Finish> = group.into_iter().map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            format!("commit failed: {e}")
+        });
+        for finish in finishers {
+            finish(committed.clone());
+        }
+    }
+}
+
+fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
+    let status: String = row.get("status")?;
+    Ok((
+        Instance {
+            id: row.get("id")?,
+            name: row.get("name")?,
+            status: RuntimeStatus::Pending,
+            input: row.get("input")?,
+            output: row.get("output")?,
+            custom_status: row.get("custom_status")?,
+            component: row.get("component")?,
+            created_at: row.get::<_, i64>("created_at")? as Millis,
+            updated_at: row.get::<_, i64>("updated_at")? as Millis,
+            history_len: row.get::<_, i64>("history_len")? as u64,
+        },
+        status,
+    ))
+}
+
+fn finish_instance((mut instance, status): (Instance, String)) -> StoreResult<Instance> {
+    instance.status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+    Ok(instance)
+}
+
+const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len";
+
+fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
+    let row = conn
+        .query_row(
+            &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"),
+            [id],
+            instance_from_row,
+        )
+        .optional()
+        .map_err(backend)?;
+    row.map(finish_instance).transpose()
+}
+
+fn get_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut history = Vec::new();
+    for row in rows {
+        let (seq, timestamp, event) = row.map_err(backend)?;
+        history.push(HistoryEntry {
+            seq: seq as u64,
+            timestamp: timestamp as Millis,
+            event: serde_json::from_str(&event).map_err(|e| corrupt("history event", e))?,
+        });
+    }
+    Ok(history)
+}
+
+fn append_events(
+    conn: &Connection,
+    id: &str,
+    first_seq: u64,
+    events: &[HistoryEvent],
+) -> StoreResult<()> {
+    let now = now_millis() as i64;
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO history (instance_id, seq, timestamp, event) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(backend)?;
+    for (offset, event) in events.iter().enumerate() {
+        let json = serde_json::to_string(event).map_err(|e| corrupt("history event", e))?;
+        stmt.execute(params![id, (first_seq + offset as u64) as i64, now, json])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn push_message(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
+    let json = serde_json::to_string(message).map_err(|e| corrupt("message", e))?;
+    conn.prepare_cached("INSERT INTO inbox (instance_id, message, created_at) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?
+        .execute(params![id, json, now_millis() as i64])
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> {
+    let instance = &episode.instance;
+    let actual: Option<i64> = conn
+        .query_row(
+            "SELECT history_len FROM instances WHERE id = ?1",
+            [&instance.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let actual = actual.ok_or_else(|| StoreError::NotFound(instance.id.clone()))? as u64;
+    if actual != episode.expected_history_len {
+        return Err(StoreError::Conflict {
+            instance: instance.id.clone(),
+            expected: episode.expected_history_len,
+            actual,
+        });
+    }
+    let first_seq = if episode.reset_history {
+        conn.execute("DELETE FROM history WHERE instance_id = ?1", [&instance.id])
+            .map_err(backend)?;
+        conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
+            .map_err(backend)?;
+        0
+    } else {
+        actual
+    };
+    append_events(conn, &instance.id, first_seq, &episode.new_events)?;
+    conn.prepare_cached(
+        "UPDATE instances SET status = ?2, input = ?3, output = ?4, custom_status = ?5, \
+         updated_at = ?6, history_len = ?7, lease_until = 0 WHERE id = ?1",
+    )
+    .map_err(backend)?
+    .execute(params![
+        instance.id,
+        instance.status.as_str(),
+        instance.input,
+        instance.output,
+        instance.custom_status,
+        instance.updated_at as i64,
+        instance.history_len as i64,
+    ])
+    .map_err(backend)?;
+    if let Some(through) = episode.consumed_through {
+        conn.prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND id <= ?2")
+            .map_err(backend)?
+            .execute(params![instance.id, through])
+            .map_err(backend)?;
+    }
+    for timer in &episode.new_timers {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO timers (instance_id, task, fire_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?
+        .execute(params![timer.instance, timer.task, timer.fire_at as i64])
+        .map_err(backend)?;
+    }
+    if instance.status.is_terminal() {
+        conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
+            .map_err(backend)?;
+    }
+    for message in &episode.follow_up {
+        push_message(conn, &instance.id, message)?;
+    }
+    Ok(())
+}
+
+impl RuntimeStore for SqliteStore {
+    fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>> {
+        self.write(move |conn| {
+            let now = now_millis() as i64;
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE instances SET lease_until = ?1 WHERE id IN (
+                        SELECT DISTINCT i.instance_id FROM inbox i
+                        JOIN instances s ON s.id = i.instance_id
+                        WHERE s.lease_until <= ?2 LIMIT ?3)
+                     RETURNING id",
+                )
+                .map_err(backend)?;
+            let ids = stmt
+                .query_map(params![lease_until as i64, now, max as i64], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(backend)?;
+            Ok(ids)
+        })
+    }
+
+    fn release(&self, instance: &str) -> StoreResult<()> {
+        let id = instance.to_string();
+        self.write(move |conn| {
+            conn.execute("UPDATE instances SET lease_until = 0 WHERE id = ?1", [id])
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
+        self.read(|conn| {
+            // One read transaction, so the three reads see the same snapshot.
+            conn.execute_batch("BEGIN").map_err(backend)?;
+            let result = (|| {
+                let instance =
+                    get_instance(conn, id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+                let history = get_history(conn, id)?;
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(backend)?;
+                let mut inbox = Vec::new();
+                for row in rows {
+                    let (id, message) = row.map_err(backend)?;
+                    inbox.push(InboxEntry {
+                        id,
+                        message: serde_json::from_str(&message)
+                            .map_err(|e| corrupt("inbox message", e))?,
+                    });
+                }
+                Ok(LoadedInstance {
+                    instance,
+                    history,
+                    inbox,
+                })
+            })();
+            conn.execute_batch("COMMIT").map_err(backend)?;
+            result
+        })
+    }
+
+    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+        // Each episode is its own job: the writer folds them (and any other
+        // waiting writes) into one transaction, each in its own savepoint.
+        let waiters: Vec<_> = episodes
+            .into_iter()
+            .map(|episode| {
+                let (tx, rx) = mpsc::sync_channel(1);
+                let job: Job = Box::new(move |conn| {
+                    let result = in_savepoint(conn, |c| apply_episode(c, &episode));
+                    Box::new(move |committed| {
+                        let result = result.and_then(|()| {
+                            committed.map_err(|message| StoreError::Backend {
+                                message,
+                                retriable: true,
+                            })
+                        });
+                        let _ = tx.send(result);
+                    })
+                });
+                let sent = self
+                    .writer
+                    .lock()
+                    .expect("writer sender poisoned")
+                    .send(job);
+                (sent.is_ok(), rx)
+            })
+            .collect();
+        waiters
+            .into_iter()
+            .map(|(sent, rx)| {
+                let stopped = || StoreError::Backend {
+                    message: "the SQLite writer thread has stopped".into(),
+                    retriable: false,
+                };
+                if !sent {
+                    return Err(stopped());
+                }
+                rx.recv().map_err(|_| stopped())?
+            })
+            .collect()
+    }
+
+    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
+        self.write(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "DELETE FROM timers WHERE fire_at <= ?1 RETURNING instance_id, task, fire_at",
+                )
+                .map_err(backend)?;
+            let due = stmt
+                .query_map([now as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            for (instance, task, fire_at) in &due {
+                push_message(
+                    conn,
+                    instance,
+                    &Message::TimerFired {
+                        task: *task,
+                        fire_at: *fire_at as Millis,
+                    },
+                )?;
+            }
+            Ok(due.len())
+        })
+    }
+
+    fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
+        self.read(|conn| {
+            conn.query_row("SELECT MIN(fire_at) FROM timers", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|t| t.map(|t| t as Millis))
+            .map_err(backend)
+        })
+    }
+
+    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT bytes FROM components WHERE digest = ?1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+}
+
+impl ClientStore for SqliteStore {
+    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+        let (digest, bytes) = (digest.to_string(), bytes.to_vec());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO components (digest, bytes, created_at) VALUES (?1, ?2, ?3)",
+                params![digest, bytes, now_millis() as i64],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
+        let instance = instance.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
+                     component, created_at, updated_at, history_len, lease_until) \
+                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, 0)",
+                )
+                .map_err(backend)?
+                .execute(params![
+                    instance.id,
+                    instance.name,
+                    RuntimeStatus::Pending.as_str(),
+                    instance.input,
+                    instance.component,
+                    instance.created_at as i64,
+                ])
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists(instance.id.clone()));
+            }
+            append_events(
+                conn,
+                &instance.id,
+                0,
+                &[HistoryEvent::ExecutionStarted {
+                    name: instance.name.clone(),
+                    input: instance.input.clone(),
+                }],
+            )?;
+            push_message(conn, &instance.id, &Message::Start)
+        })
+    }
+
+    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
+        let (id, message) = (instance.to_string(), message.clone());
+        self.write(move |conn| {
+            let exists: bool = conn
+                .query_row("SELECT 1 FROM instances WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(id));
+            }
+            push_message(conn, &id, &message)
+        })
+    }
+
+    fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.read(|conn| get_instance(conn, id))
+    }
+
+    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+        self.read(|conn| get_history(conn, id))
+    }
+
+    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(from) = query.created_from {
+            arg(&mut sql, " AND created_at >= ?", (from as i64).into());
+        }
+        if let Some(to) = query.created_to {
+            arg(&mut sql, " AND created_at <= ?", (to as i64).into());
+        }
+        if let Some(name) = &query.name {
+            arg(&mut sql, " AND name = ?", name.clone().into());
+        }
+        if let Some(prefix) = &query.id_prefix {
+            // A prefix match without LIKE's wildcards.
+            let chars = prefix.chars().count() as i64;
+            arg(&mut sql, " AND substr(id, 1, ?", chars.into());
+            arg(&mut sql, ") = ?", prefix.clone().into());
+        }
+        if !query.statuses.is_empty() {
+            sql.push_str(" AND status IN (");
+            for (i, status) in query.statuses.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                arg(&mut sql, "?", status.as_str().to_string().into());
+            }
+            sql.push(')');
+        }
+        if let Some((created, id)) = &query.after {
+            arg(&mut sql, " AND (created_at > ?", (*created as i64).into());
+            arg(&mut sql, " OR (created_at = ?", (*created as i64).into());
+            arg(&mut sql, " AND id > ?))", id.clone().into());
+        }
+        arg(
+            &mut sql,
+            " ORDER BY created_at, id LIMIT ?",
+            (query.limit.max(1) as i64).into(),
+        );
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), instance_from_row)
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            rows.into_iter().map(finish_instance).collect()
+        })
+    }
+
+    fn purge(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            for table in ["history", "inbox", "timers"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE instance_id = ?1"),
+                    [&id],
+                )
+                .map_err(backend)?;
+            }
+            let deleted = conn
+                .execute("DELETE FROM instances WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            Ok(deleted > 0)
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! Starting a runtime on a fresh database with every test guest registered.
+
+use std::path::Path;
+use std::time::Duration;
+
+use duro::model::{Instance, RuntimeStatus};
+use duro::runtime::{Runtime, RuntimeConfig};
+use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_GUESTS, guest_bytes};
+
+/// Long enough for a debug build under load; tests poll, never sleep this long.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub const SCENARIO_NAMES: &[&str] = &["Workflow", "WorkflowWithTimeout", "FirstOf"];
+pub const TEST_NAMES: &[&str] = &[
+    "Fickle", "Sequence", "Panics", "Spin", "Probe", "Counter", "Refuses",
+];
+
+pub async fn runtime(dir: &Path) -> Runtime {
+    let mut config = RuntimeConfig::new(dir.join("duro.db"));
+    config.compile_cache = Some(COMPILE_CACHE.into());
+    config.step_budget = Duration::from_secs(1);
+    config.poll_interval = Duration::from_millis(50);
+    let runtime = Runtime::start(config).await.expect("runtime starts");
+    runtime
+        .register(guest_bytes(SCENARIO), SCENARIO_NAMES)
+        .await
+        .expect("scenario registers");
+    runtime
+        .register(guest_bytes(TEST_GUESTS), TEST_NAMES)
+        .await
+        .expect("test guests register");
+    runtime
+}
+
+pub async fn wait_status(runtime: &Runtime, id: &str, status: RuntimeStatus) -> Instance {
+    let instance = runtime
+        .wait_until(id, PATIENCE, |i| i.status == status)
+        .await
+        .expect("status readable");
+    assert_eq!(
+        instance.status, status,
+        "instance {id} did not reach {status}: {instance:?}"
+    );
+    instance
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"))
+}

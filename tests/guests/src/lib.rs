@@ -1,0 +1,91 @@
+//! Orchestrations only the tests use: one that diverges from the scenario's
+//! `Workflow`, a buggy one that branches on replay, ones that trap or spin,
+//! and probes of the sandbox's determinism.
+
+use duro_sdk::{OrchestrationContext, Result};
+use serde_json::{Value, json};
+
+/// Same name as the scenario's `Workflow`, different first call: replaying a
+/// `Workflow` history against this must report a divergence.
+async fn workflow_with_timer_first(ctx: OrchestrationContext) -> Result<String> {
+    ctx.sleep(std::time::Duration::from_secs(1)).await;
+    let _: Value = ctx.wait_for_external_event("Workflow").await?;
+    Ok("done".into())
+}
+
+/// A classic determinism bug: it schedules something else when replayed.
+async fn fickle(ctx: OrchestrationContext) -> Result<String> {
+    if ctx.is_replaying() {
+        ctx.sleep(std::time::Duration::from_secs(1)).await;
+    } else {
+        let _: Value = ctx.wait_for_external_event("Go").await?;
+    }
+    Ok("unreachable on replay".into())
+}
+
+/// Waits for `A` then `B`: raising `B` first exercises buffering.
+async fn sequence(ctx: OrchestrationContext) -> Result<Vec<Value>> {
+    let a: Value = ctx.wait_for_external_event("A").await?;
+    let b: Value = ctx.wait_for_external_event("B").await?;
+    Ok(vec![a, b])
+}
+
+/// Panics: a trap that must fail only its own instance.
+async fn panics(_ctx: OrchestrationContext) -> Result<()> {
+    panic!("deliberate panic in an orchestration");
+}
+
+/// Never yields: the step budget must stop it.
+async fn spin(_ctx: OrchestrationContext) -> Result<()> {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Records what the sandbox shows before and after a wait, so the test can
+/// check that replay sees the same clock and GUIDs.
+async fn probe(ctx: OrchestrationContext) -> Result<Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let ctx_now = ctx
+        .current_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let guid = ctx.new_guid();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let file = std::fs::read_to_string("/etc/passwd").is_ok();
+    let first =
+        json!({ "now": now, "ctxNow": ctx_now, "guid": guid, "env": env.len(), "file": file });
+    ctx.set_custom_status(&first);
+    let _: Value = ctx.wait_for_external_event("Go").await?;
+    Ok(json!({ "first": first, "guid2": ctx.new_guid() }))
+}
+
+/// Counts up by continuing as new until it reaches 3.
+async fn counter(ctx: OrchestrationContext) -> Result<u32> {
+    let n: u32 = ctx.input()?;
+    if n < 3 {
+        ctx.continue_as_new(&(n + 1));
+    }
+    Ok(n)
+}
+
+/// Fails with an error the orchestration returns itself.
+async fn refuses(_ctx: OrchestrationContext) -> Result<()> {
+    Err(duro_sdk::Error::msg("refused on purpose"))
+}
+
+duro_sdk::export_orchestrations! {
+    "Workflow" => workflow_with_timer_first,
+    "Fickle" => fickle,
+    "Sequence" => sequence,
+    "Panics" => panics,
+    "Spin" => spin,
+    "Probe" => probe,
+    "Counter" => counter,
+    "Refuses" => refuses,
+}
