@@ -4,8 +4,13 @@
 //! ← `replay` (wasm replay, no I/O) ← `runtime` (workers, timers, the public
 //! API). `model` knows neither wasmtime nor SQLite.
 
+pub mod api;
+pub mod cli;
 pub mod engine;
+pub mod manifest;
 pub mod model;
 pub mod replay;
 pub mod runtime;
+pub mod server;
 pub mod store;
+pub mod trigger;

@@ -160,6 +160,21 @@ pub enum HistoryEvent {
         /// The next execution's input, as JSON.
         input: String,
     },
+    /// A client terminated the instance.
+    ExecutionTerminated {
+        /// The reason given, if any.
+        reason: Option<String>,
+    },
+    /// A client suspended the instance.
+    ExecutionSuspended {
+        /// The reason given, if any.
+        reason: Option<String>,
+    },
+    /// A client resumed the instance.
+    ExecutionResumed {
+        /// The reason given, if any.
+        reason: Option<String>,
+    },
 }
 
 impl HistoryEvent {
@@ -174,6 +189,9 @@ impl HistoryEvent {
             HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
             HistoryEvent::ExecutionFailed { .. } => "ExecutionFailed",
             HistoryEvent::ContinuedAsNew { .. } => "ContinuedAsNew",
+            HistoryEvent::ExecutionTerminated { .. } => "ExecutionTerminated",
+            HistoryEvent::ExecutionSuspended { .. } => "ExecutionSuspended",
+            HistoryEvent::ExecutionResumed { .. } => "ExecutionResumed",
         }
     }
 }
@@ -210,6 +228,32 @@ pub enum Message {
         /// Its due time.
         fire_at: Millis,
     },
+    /// A client terminated the instance.
+    Terminate {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A client suspended the instance.
+    Suspend {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A client resumed the instance.
+    Resume {
+        /// Why.
+        reason: Option<String>,
+    },
+}
+
+impl Message {
+    /// Control messages steer the instance itself and are processed even
+    /// while it is suspended.
+    pub fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Message::Terminate { .. } | Message::Suspend { .. } | Message::Resume { .. }
+        )
+    }
 }
 
 /// A message as stored, with its inbox position.

@@ -439,7 +439,10 @@ impl ReplayState {
                         outcome: TaskOutcome::TimerFired,
                     })));
                 }
+                HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
+                }
                 terminal @ (HistoryEvent::ExecutionCompleted { .. }
+                | HistoryEvent::ExecutionTerminated { .. }
                 | HistoryEvent::ExecutionFailed { .. }
                 | HistoryEvent::ContinuedAsNew { .. }) => {
                     return Err(Divergence {

@@ -168,6 +168,11 @@ impl Runtime {
         Ok(Runtime { inner, stop, tasks })
     }
 
+    /// The engine guests run on.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
     /// Store a component, check that it is an orchestration, and make it the
     /// version new instances of `orchestrations` start on. Returns its digest.
     pub async fn register(&self, bytes: Vec<u8>, orchestrations: &[&str]) -> RuntimeResult<String> {
@@ -258,6 +263,30 @@ impl Runtime {
         name: &str,
         payload: &serde_json::Value,
     ) -> RuntimeResult<()> {
+        let message = Message::EventRaised {
+            name: name.to_string(),
+            payload: payload.to_string(),
+        };
+        self.send(id, message).await
+    }
+
+    /// Terminate an instance; durable once this returns.
+    pub async fn terminate(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.send(id, Message::Terminate { reason }).await
+    }
+
+    /// Suspend an instance: events wait in its inbox until it is resumed.
+    pub async fn suspend(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.send(id, Message::Suspend { reason }).await
+    }
+
+    /// Resume a suspended instance.
+    pub async fn resume(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.send(id, Message::Resume { reason }).await
+    }
+
+    /// Put a message into a live instance's inbox and wake the workers.
+    async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
         let instance = self
             .status(id)
             .await?
@@ -268,10 +297,6 @@ impl Runtime {
                 status: instance.status,
             });
         }
-        let message = Message::EventRaised {
-            name: name.to_string(),
-            payload: payload.to_string(),
-        };
         let store = self.inner.store.clone();
         let id = id.to_string();
         blocking(move || store.enqueue(&id, &message))
@@ -302,6 +327,26 @@ impl Runtime {
     pub async fn list(&self, query: InstanceQuery) -> RuntimeResult<Vec<Instance>> {
         let store = self.inner.store.clone();
         Ok(blocking(move || store.list(&query)).await?)
+    }
+
+    /// One page of instances and the continuation token of the next page.
+    pub async fn list_page(
+        &self,
+        query: InstanceQuery,
+    ) -> RuntimeResult<(Vec<Instance>, Option<String>)> {
+        let limit = query.limit.max(1);
+        let mut probe = query;
+        probe.limit = limit + 1;
+        let mut instances = self.list(probe).await?;
+        let continuation = if instances.len() > limit {
+            instances.truncate(limit);
+            instances
+                .last()
+                .map(|last| encode_continuation(last.created_at, &last.id))
+        } else {
+            None
+        };
+        Ok((instances, continuation))
     }
 
     /// Delete an instance and its history; false if there was none.
@@ -382,6 +427,18 @@ impl Drop for Runtime {
     }
 }
 
+/// The opaque continuation token for "after this instance".
+pub fn encode_continuation(created_at: Millis, id: &str) -> String {
+    hex::encode(format!("{created_at}:{id}"))
+}
+
+/// The position a continuation token stands for, if it is one.
+pub fn decode_continuation(token: &str) -> Option<(Millis, String)> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (created, id) = text.split_once(':')?;
+    Some((created.parse().ok()?, id.to_string()))
+}
+
 async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     loop {
         loop {
@@ -457,45 +514,138 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
     Ok(count)
 }
 
+/// What the inbox asks of an episode.
+struct MessagePlan {
+    /// Inbox ids the episode consumes.
+    consumed: Vec<i64>,
+    /// Events for the orchestration, in arrival order.
+    incoming: Vec<HistoryEvent>,
+    /// Suspend/resume events to record.
+    control_events: Vec<HistoryEvent>,
+    /// Suspended once the messages are applied.
+    suspended: bool,
+    /// Terminated, with this reason.
+    terminated: Option<Option<String>>,
+}
+
+/// Apply control messages in order; while the instance is suspended, other
+/// messages stay in the inbox (and are delivered, in order, on resume).
+fn plan_messages(status: RuntimeStatus, inbox: Vec<crate::model::InboxEntry>) -> MessagePlan {
+    let mut plan = MessagePlan {
+        consumed: Vec::new(),
+        incoming: Vec::new(),
+        control_events: Vec::new(),
+        suspended: status == RuntimeStatus::Suspended,
+        terminated: None,
+    };
+    let mut deferred: Vec<(i64, HistoryEvent)> = Vec::new();
+    for entry in inbox {
+        let event = match entry.message {
+            Message::Terminate { reason } => {
+                plan.consumed.push(entry.id);
+                plan.terminated = Some(reason);
+                return plan;
+            }
+            Message::Suspend { reason } => {
+                plan.consumed.push(entry.id);
+                if !plan.suspended {
+                    plan.suspended = true;
+                    plan.control_events
+                        .push(HistoryEvent::ExecutionSuspended { reason });
+                }
+                continue;
+            }
+            Message::Resume { reason } => {
+                plan.consumed.push(entry.id);
+                if plan.suspended {
+                    plan.suspended = false;
+                    plan.control_events
+                        .push(HistoryEvent::ExecutionResumed { reason });
+                    for (id, event) in deferred.drain(..) {
+                        plan.consumed.push(id);
+                        plan.incoming.push(event);
+                    }
+                }
+                continue;
+            }
+            Message::Start => {
+                plan.consumed.push(entry.id);
+                continue;
+            }
+            Message::EventRaised { name, payload } => HistoryEvent::EventRaised { name, payload },
+            Message::TimerFired { task, fire_at } => HistoryEvent::TimerFired { task, fire_at },
+        };
+        if plan.suspended {
+            deferred.push((entry.id, event));
+        } else {
+            plan.consumed.push(entry.id);
+            plan.incoming.push(event);
+        }
+    }
+    plan
+}
+
 /// One episode of one leased instance, as a commit.
 fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     let loaded = inner.store.load(id)?;
     let mut instance = loaded.instance;
     let expected_history_len = instance.history_len;
-    let consumed_through = loaded.inbox.last().map(|m| m.id);
     let mut commit = EpisodeCommit {
         instance: instance.clone(),
         expected_history_len,
         reset_history: false,
         new_events: Vec::new(),
-        consumed_through,
+        consumed: Vec::new(),
         new_timers: Vec::new(),
         follow_up: Vec::new(),
     };
     if instance.status.is_terminal() {
         // Late messages for a finished instance are dropped.
+        commit.consumed = loaded.inbox.iter().map(|m| m.id).collect();
         return Ok(commit);
     }
     let now = now_millis();
-    let mut incoming = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
-    for entry in loaded.inbox {
-        match entry.message {
-            Message::Start => {}
-            Message::EventRaised { name, payload } => {
-                incoming.push(HistoryEvent::EventRaised { name, payload })
-            }
-            Message::TimerFired { task, fire_at } => {
-                incoming.push(HistoryEvent::TimerFired { task, fire_at })
-            }
-        }
+    let plan = plan_messages(instance.status, loaded.inbox);
+    commit.consumed = plan.consumed;
+    let mut control_events = plan.control_events;
+    if let Some(reason) = plan.terminated {
+        let mut new_events = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
+        new_events.append(&mut control_events);
+        new_events.push(HistoryEvent::ExecutionTerminated {
+            reason: reason.clone(),
+        });
+        instance.status = RuntimeStatus::Terminated;
+        instance.output = Some(serde_json::Value::from(reason.unwrap_or_default()).to_string());
+        instance.updated_at = now;
+        instance.history_len = expected_history_len + new_events.len() as u64;
+        commit.new_events = new_events;
+        commit.instance = instance;
+        return Ok(commit);
     }
     let started = loaded
         .history
         .iter()
         .any(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. }));
-    if started && incoming.len() == 1 {
+    let status_after = if plan.suspended {
+        RuntimeStatus::Suspended
+    } else {
+        RuntimeStatus::Running
+    };
+    if started && plan.incoming.is_empty() {
+        // Nothing for the orchestration itself: only its status may change.
+        if !control_events.is_empty() {
+            control_events.insert(0, HistoryEvent::OrchestratorStarted { timestamp: now });
+            instance.status = status_after;
+            instance.updated_at = now;
+            instance.history_len = expected_history_len + control_events.len() as u64;
+            commit.new_events = control_events;
+            commit.instance = instance;
+        }
         return Ok(commit);
     }
+    let mut incoming = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
+    incoming.append(&mut control_events);
+    incoming.extend(plan.incoming);
     let component = match inner.engine.cached(&instance.component) {
         Some(component) => component,
         None => {
@@ -522,7 +672,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     let mut new_events = episode.appended;
     match episode.outcome {
         Outcome::Pending => {
-            instance.status = RuntimeStatus::Running;
+            instance.status = status_after;
             commit.new_timers = episode
                 .new_timers
                 .into_iter()

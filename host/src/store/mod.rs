@@ -69,8 +69,9 @@ pub struct EpisodeCommit {
     pub reset_history: bool,
     /// Events to append, in order.
     pub new_events: Vec<HistoryEvent>,
-    /// Inbox messages up to and including this id were consumed.
-    pub consumed_through: Option<i64>,
+    /// Inbox messages consumed by the episode (others stay, e.g. events
+    /// that wait for a suspended instance to resume).
+    pub consumed: Vec<i64>,
     /// Timers to create.
     pub new_timers: Vec<Timer>,
     /// Messages to put back into this instance's own inbox (continue-as-new).

@@ -304,10 +304,12 @@ fn append_events(
 
 fn push_message(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
     let json = serde_json::to_string(message).map_err(|e| corrupt("message", e))?;
-    conn.prepare_cached("INSERT INTO inbox (instance_id, message, created_at) VALUES (?1, ?2, ?3)")
-        .map_err(backend)?
-        .execute(params![id, json, now_millis() as i64])
-        .map_err(backend)?;
+    conn.prepare_cached(
+        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(backend)?
+    .execute(params![id, json, message.is_control(), now_millis() as i64])
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -354,10 +356,10 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
         instance.history_len as i64,
     ])
     .map_err(backend)?;
-    if let Some(through) = episode.consumed_through {
-        conn.prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND id <= ?2")
+    for id in &episode.consumed {
+        conn.prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND id = ?2")
             .map_err(backend)?
-            .execute(params![instance.id, through])
+            .execute(params![instance.id, id])
             .map_err(backend)?;
     }
     for timer in &episode.new_timers {
@@ -387,7 +389,9 @@ impl RuntimeStore for SqliteStore {
                     "UPDATE instances SET lease_until = ?1 WHERE id IN (
                         SELECT DISTINCT i.instance_id FROM inbox i
                         JOIN instances s ON s.id = i.instance_id
-                        WHERE s.lease_until <= ?2 LIMIT ?3)
+                        WHERE s.lease_until <= ?2
+                          AND (s.status != 'Suspended' OR i.control = 1)
+                        LIMIT ?3)
                      RETURNING id",
                 )
                 .map_err(backend)?;

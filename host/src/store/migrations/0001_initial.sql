@@ -34,6 +34,8 @@ CREATE TABLE inbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     instance_id TEXT NOT NULL,
     message     TEXT NOT NULL,
+    -- 1 for terminate/suspend/resume, which reach a suspended instance.
+    control     INTEGER NOT NULL DEFAULT 0,
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX inbox_by_instance ON inbox (instance_id, id);

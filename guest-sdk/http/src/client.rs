@@ -1,0 +1,301 @@
+//! The durable client: start, query and steer orchestration instances from
+//! an HTTP trigger.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bindings::duro::workflow::client as host;
+
+/// Lifecycle state of an instance, named as in Durable Functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created, first step not yet run.
+    Pending,
+    /// Started and not finished.
+    Running,
+    /// Returned an output.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Stopped by a client.
+    Terminated,
+    /// Paused by a client.
+    Suspended,
+    /// Replaced by a new execution.
+    ContinuedAsNew,
+}
+
+impl From<host::RuntimeStatus> for RuntimeStatus {
+    fn from(s: host::RuntimeStatus) -> Self {
+        match s {
+            host::RuntimeStatus::Pending => RuntimeStatus::Pending,
+            host::RuntimeStatus::Running => RuntimeStatus::Running,
+            host::RuntimeStatus::Completed => RuntimeStatus::Completed,
+            host::RuntimeStatus::Failed => RuntimeStatus::Failed,
+            host::RuntimeStatus::Terminated => RuntimeStatus::Terminated,
+            host::RuntimeStatus::Suspended => RuntimeStatus::Suspended,
+            host::RuntimeStatus::ContinuedAsNew => RuntimeStatus::ContinuedAsNew,
+        }
+    }
+}
+
+impl From<RuntimeStatus> for host::RuntimeStatus {
+    fn from(s: RuntimeStatus) -> Self {
+        match s {
+            RuntimeStatus::Pending => host::RuntimeStatus::Pending,
+            RuntimeStatus::Running => host::RuntimeStatus::Running,
+            RuntimeStatus::Completed => host::RuntimeStatus::Completed,
+            RuntimeStatus::Failed => host::RuntimeStatus::Failed,
+            RuntimeStatus::Terminated => host::RuntimeStatus::Terminated,
+            RuntimeStatus::Suspended => host::RuntimeStatus::Suspended,
+            RuntimeStatus::ContinuedAsNew => host::RuntimeStatus::ContinuedAsNew,
+        }
+    }
+}
+
+/// An instance as the client sees it; serializes with the field names of
+/// Durable Functions' status JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// The orchestration name.
+    pub name: String,
+    /// The instance id.
+    pub instance_id: String,
+    /// Where it stands.
+    pub runtime_status: RuntimeStatus,
+    /// Its input.
+    pub input: serde_json::Value,
+    /// Its output (or error message once failed).
+    pub output: serde_json::Value,
+    /// Its custom status.
+    pub custom_status: serde_json::Value,
+    /// Creation time, ms since the Unix epoch.
+    pub created_time: u64,
+    /// Last change, ms since the Unix epoch.
+    pub last_updated_time: u64,
+}
+
+fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_string()))
+}
+
+impl From<host::InstanceStatus> for InstanceStatus {
+    fn from(s: host::InstanceStatus) -> Self {
+        InstanceStatus {
+            name: s.name,
+            instance_id: s.instance_id,
+            runtime_status: s.runtime_status.into(),
+            input: parse_json(&s.input),
+            output: s.output.as_deref().map(parse_json).unwrap_or_default(),
+            custom_status: s
+                .custom_status
+                .as_deref()
+                .map(parse_json)
+                .unwrap_or_default(),
+            created_time: s.created_time,
+            last_updated_time: s.last_updated_time,
+        }
+    }
+}
+
+/// Which instances to list; the default lists everything, 100 per page.
+///
+/// ```
+/// let recent_running = duro_http::InstanceQuery {
+///     created_from: Some(1_700_000_000_000),
+///     runtime_status: vec![duro_http::RuntimeStatus::Running],
+///     name: Some("Workflow".into()),
+///     ..Default::default()
+/// };
+/// # let _ = recent_running;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceQuery {
+    /// Created at or after (ms since the Unix epoch).
+    pub created_from: Option<u64>,
+    /// Created at or before.
+    pub created_to: Option<u64>,
+    /// Any of these statuses (empty: all).
+    pub runtime_status: Vec<RuntimeStatus>,
+    /// Orchestration name.
+    pub name: Option<String>,
+    /// Instance id prefix.
+    pub instance_id_prefix: Option<String>,
+    /// Page size.
+    pub page_size: Option<u32>,
+    /// The continuation of the previous page.
+    pub continuation: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancePage {
+    /// The instances, oldest first.
+    pub instances: Vec<InstanceStatus>,
+    /// For the next page; none on the last.
+    pub continuation: Option<String>,
+}
+
+/// Why the host refused a client call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// No such instance.
+    NotFound(String),
+    /// The instance id is taken.
+    AlreadyExists(String),
+    /// A malformed argument.
+    InvalidArgument(String),
+    /// The instance has finished.
+    Finished(String),
+    /// No orchestration has this name.
+    UnknownOrchestration(String),
+    /// The host failed.
+    Internal(String),
+}
+
+impl ClientError {
+    /// The HTTP status that fits this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ClientError::NotFound(_) => 404,
+            ClientError::AlreadyExists(_) => 409,
+            ClientError::InvalidArgument(_) | ClientError::UnknownOrchestration(_) => 400,
+            ClientError::Finished(_) => 410,
+            ClientError::Internal(_) => 500,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NotFound(m)
+            | ClientError::AlreadyExists(m)
+            | ClientError::InvalidArgument(m)
+            | ClientError::Finished(m)
+            | ClientError::UnknownOrchestration(m)
+            | ClientError::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<host::ClientError> for ClientError {
+    fn from(e: host::ClientError) -> Self {
+        match e {
+            host::ClientError::NotFound(m) => ClientError::NotFound(m),
+            host::ClientError::AlreadyExists(m) => ClientError::AlreadyExists(m),
+            host::ClientError::InvalidArgument(m) => ClientError::InvalidArgument(m),
+            host::ClientError::Finished(m) => ClientError::Finished(m),
+            host::ClientError::UnknownOrchestration(m) => ClientError::UnknownOrchestration(m),
+            host::ClientError::Internal(m) => ClientError::Internal(m),
+        }
+    }
+}
+
+/// The durable client handed to every HTTP function.
+///
+/// ```no_run
+/// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+/// let id = client.start_new("Workflow", None, &"order-42")?;
+/// client.raise_event(&id, "Approve", &true)?;
+/// let status = client.get_status(&id)?;
+/// # let _ = status; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DurableClient {
+    _private: (),
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, ClientError> {
+    serde_json::to_string(value).map_err(|e| ClientError::InvalidArgument(e.to_string()))
+}
+
+impl DurableClient {
+    pub(crate) fn new() -> Self {
+        DurableClient { _private: () }
+    }
+
+    /// Start an instance of orchestration `name`; returns its id.
+    pub fn start_new<T: Serialize>(
+        &self,
+        name: &str,
+        instance_id: Option<&str>,
+        input: &T,
+    ) -> Result<String, ClientError> {
+        Ok(host::start_new(name, instance_id, &to_json(input)?)?)
+    }
+
+    /// One instance's status, or none.
+    pub fn get_status(&self, instance_id: &str) -> Result<Option<InstanceStatus>, ClientError> {
+        Ok(host::get_status(instance_id)?.map(Into::into))
+    }
+
+    /// One page of instances matching `query`.
+    pub fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
+        let page = host::list_instances(&host::InstanceQuery {
+            created_from: query.created_from,
+            created_to: query.created_to,
+            runtime_status: query.runtime_status.iter().map(|s| (*s).into()).collect(),
+            name: query.name.clone(),
+            instance_id_prefix: query.instance_id_prefix.clone(),
+            page_size: query.page_size,
+            continuation: query.continuation.clone(),
+        })?;
+        Ok(InstancePage {
+            instances: page.instances.into_iter().map(Into::into).collect(),
+            continuation: page.continuation,
+        })
+    }
+
+    /// Every instance matching `query`, following continuations.
+    pub fn list_all(&self, query: &InstanceQuery) -> Result<Vec<InstanceStatus>, ClientError> {
+        let mut query = query.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_instances(&query)?;
+            all.extend(page.instances);
+            match page.continuation {
+                Some(next) => query.continuation = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Send an event to an instance.
+    pub fn raise_event<T: Serialize>(
+        &self,
+        instance_id: &str,
+        event_name: &str,
+        payload: &T,
+    ) -> Result<(), ClientError> {
+        Ok(host::raise_event(
+            instance_id,
+            event_name,
+            &to_json(payload)?,
+        )?)
+    }
+
+    /// Terminate an instance.
+    pub fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        Ok(host::terminate(instance_id, reason)?)
+    }
+
+    /// Suspend an instance.
+    pub fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        Ok(host::suspend(instance_id, reason)?)
+    }
+
+    /// Resume an instance.
+    pub fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        Ok(host::resume(instance_id, reason)?)
+    }
+
+    /// Delete an instance and its history; false if there was none.
+    pub fn purge(&self, instance_id: &str) -> Result<bool, ClientError> {
+        Ok(host::purge(instance_id)?)
+    }
+}

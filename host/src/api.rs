@@ -1,0 +1,440 @@
+//! The management HTTP API, modelled on Durable Functions' built-in one,
+//! under `/runtime/webhooks/durabletask/`.
+//!
+//! Architecture invariant: only this module knows the JSON shapes and status
+//! codes of the management API.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::model::{HistoryEntry, Instance, InstanceQuery, Millis, RuntimeStatus};
+use crate::runtime::{Runtime, RuntimeError, decode_continuation, validate_instance_id};
+
+/// Where the management API lives.
+pub const BASE: &str = "/runtime/webhooks/durabletask";
+/// Header carrying the continuation token of a listing.
+pub const CONTINUATION_HEADER: &str = "x-ms-continuation-token";
+
+/// The one error type of the HTTP API: a status and a message, rendered as
+/// `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The status code.
+    pub status: StatusCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 with this message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let status = match &e {
+            RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::AlreadyExists(_) => StatusCode::CONFLICT,
+            RuntimeError::Finished { .. } => StatusCode::GONE,
+            RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The management API's routes.
+pub fn router(runtime: Arc<Runtime>) -> axum::Router {
+    axum::Router::new()
+        .route(&format!("{BASE}/orchestrators/{{name}}"), post(start))
+        .route(
+            &format!("{BASE}/orchestrators/{{name}}/{{instance_id}}"),
+            post(start_with_id),
+        )
+        .route(&format!("{BASE}/instances"), get(list).delete(purge_many))
+        .route(
+            &format!("{BASE}/instances/{{id}}"),
+            get(status).delete(purge_one),
+        )
+        .route(
+            &format!("{BASE}/instances/{{id}}/raiseEvent/{{event}}"),
+            post(raise_event),
+        )
+        .route(
+            &format!("{BASE}/instances/{{id}}/terminate"),
+            post(terminate),
+        )
+        .route(&format!("{BASE}/instances/{{id}}/suspend"), post(suspend))
+        .route(&format!("{BASE}/instances/{{id}}/resume"), post(resume))
+        .with_state(runtime)
+}
+
+/// Parse a request body as JSON; an empty body is `null`.
+fn body_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{what} is not valid JSON: {e}")))
+}
+
+fn timestamp(ms: Millis) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(text: &str, what: &str) -> Result<Millis, ApiError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis().max(0) as Millis)
+        .map_err(|e| ApiError::bad_request(format!("{what} {text:?} is not an RFC 3339 time: {e}")))
+}
+
+fn parse_stored(text: &Option<String>) -> Value {
+    text.as_deref()
+        .map(|t| serde_json::from_str(t).unwrap_or(Value::String(t.into())))
+        .unwrap_or(Value::Null)
+}
+
+fn host_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string()
+}
+
+fn status_links(headers: &HeaderMap, id: &str) -> Value {
+    let base = format!("http://{}{BASE}/instances/{id}", host_of(headers));
+    json!({
+        "id": id,
+        "statusQueryGetUri": base,
+        "sendEventPostUri": format!("{base}/raiseEvent/{{eventName}}"),
+        "terminatePostUri": format!("{base}/terminate?reason={{text}}"),
+        "suspendPostUri": format!("{base}/suspend?reason={{text}}"),
+        "resumePostUri": format!("{base}/resume?reason={{text}}"),
+        "purgeHistoryDeleteUri": base,
+    })
+}
+
+/// An instance as the status JSON of Durable Functions.
+pub fn status_json(instance: &Instance, show_input: bool) -> Value {
+    let mut body = json!({
+        "name": instance.name,
+        "instanceId": instance.id,
+        "runtimeStatus": instance.status.as_str(),
+        "customStatus": parse_stored(&instance.custom_status),
+        "output": parse_stored(&instance.output),
+        "createdTime": timestamp(instance.created_at),
+        "lastUpdatedTime": timestamp(instance.updated_at),
+    });
+    if show_input {
+        body["input"] = parse_stored(&Some(instance.input.clone()));
+    }
+    body
+}
+
+fn history_json(history: &[HistoryEntry], show_output: bool) -> Value {
+    history
+        .iter()
+        .map(|entry| {
+            let mut event = serde_json::to_value(&entry.event).unwrap_or(Value::Null);
+            if let Some(map) = event.as_object_mut() {
+                for key in ["input", "payload", "output"] {
+                    if let Some(Value::String(text)) = map.get(key)
+                        && let Ok(parsed) = serde_json::from_str::<Value>(text)
+                    {
+                        map.insert(key.into(), parsed);
+                    }
+                }
+                if !show_output {
+                    map.remove("output");
+                }
+                map.insert("timestamp".into(), timestamp(entry.timestamp).into());
+            }
+            event
+        })
+        .collect()
+}
+
+async fn start(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    start_instance(rt, name, None, headers, body).await
+}
+
+async fn start_with_id(
+    State(rt): State<Arc<Runtime>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    start_instance(rt, name, Some(id), headers, body).await
+}
+
+async fn start_instance(
+    rt: Arc<Runtime>,
+    name: String,
+    id: Option<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let input = body_json(&body, "the request body (the orchestration input)")?;
+    let id = rt.start_new(&name, id, &input).await?;
+    let links = status_links(&headers, &id);
+    let location = links["statusQueryGetUri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut response = (StatusCode::ACCEPTED, Json(links)).into_response();
+    let h = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, location);
+    }
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(response)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StatusParams {
+    show_history: Option<String>,
+    show_history_output: Option<String>,
+    show_input: Option<String>,
+}
+
+fn flag(value: &Option<String>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name}={other:?}: expected true or false"
+        ))),
+    }
+}
+
+fn checked_id(id: &str) -> Result<(), ApiError> {
+    validate_instance_id(id).map_err(ApiError::from)
+}
+
+async fn status(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Query(params): Query<StatusParams>,
+) -> ApiResult {
+    checked_id(&id)?;
+    let show_history = flag(&params.show_history, "showHistory", false)?;
+    let show_output = flag(&params.show_history_output, "showHistoryOutput", false)?;
+    let show_input = flag(&params.show_input, "showInput", true)?;
+    let instance = rt
+        .status(&id)
+        .await?
+        .ok_or(RuntimeError::NotFound(id.clone()))?;
+    let mut body = status_json(&instance, show_input);
+    if show_history {
+        body["historyEvents"] = history_json(&rt.history(&id).await?, show_output);
+    }
+    let code = match instance.status {
+        RuntimeStatus::Pending | RuntimeStatus::Running | RuntimeStatus::Suspended => {
+            StatusCode::ACCEPTED
+        }
+        _ => StatusCode::OK,
+    };
+    Ok((code, Json(body)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    created_time_from: Option<String>,
+    created_time_to: Option<String>,
+    runtime_status: Option<String>,
+    instance_id_prefix: Option<String>,
+    name: Option<String>,
+    top: Option<String>,
+    show_input: Option<String>,
+}
+
+fn list_query(params: &ListParams, headers: &HeaderMap) -> Result<InstanceQuery, ApiError> {
+    let mut query = InstanceQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    if let Some(from) = &params.created_time_from {
+        query.created_from = Some(parse_time(from, "createdTimeFrom")?);
+    }
+    if let Some(to) = &params.created_time_to {
+        query.created_to = Some(parse_time(to, "createdTimeTo")?);
+    }
+    if let Some(statuses) = &params.runtime_status {
+        for name in statuses.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            query
+                .statuses
+                .push(RuntimeStatus::parse(name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "runtimeStatus {name:?} is not one of Pending, Running, Completed, Failed, \
+                     Terminated, Suspended, ContinuedAsNew"
+                    ))
+                })?);
+        }
+    }
+    query.id_prefix = params.instance_id_prefix.clone();
+    query.name = params.name.clone();
+    if let Some(top) = &params.top {
+        query.limit = top
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("top={top:?}: expected 1 to 1000")))?;
+    }
+    if let Some(token) = headers.get(CONTINUATION_HEADER) {
+        let token = token.to_str().unwrap_or_default();
+        if !token.is_empty() {
+            query.after = Some(decode_continuation(token).ok_or_else(|| {
+                ApiError::bad_request(format!("{CONTINUATION_HEADER} {token:?} is not valid"))
+            })?);
+        }
+    }
+    Ok(query)
+}
+
+async fn list(
+    State(rt): State<Arc<Runtime>>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let query = list_query(&params, &headers)?;
+    let show_input = flag(&params.show_input, "showInput", false)?;
+    let (instances, continuation) = rt.list_page(query).await?;
+    let body: Vec<Value> = instances
+        .iter()
+        .map(|i| status_json(i, show_input))
+        .collect();
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Some(token) = continuation.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert(CONTINUATION_HEADER, token);
+    }
+    Ok(response)
+}
+
+async fn raise_event(
+    State(rt): State<Arc<Runtime>>,
+    Path((id, event)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    checked_id(&id)?;
+    let payload = body_json(&body, "the event payload")?;
+    rt.raise_event(&id, &event, &payload).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonParams {
+    reason: Option<String>,
+}
+
+async fn terminate(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Query(p): Query<ReasonParams>,
+) -> ApiResult {
+    checked_id(&id)?;
+    rt.terminate(&id, p.reason).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn suspend(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Query(p): Query<ReasonParams>,
+) -> ApiResult {
+    checked_id(&id)?;
+    rt.suspend(&id, p.reason).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn resume(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Query(p): Query<ReasonParams>,
+) -> ApiResult {
+    checked_id(&id)?;
+    rt.resume(&id, p.reason).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn purge_one(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> ApiResult {
+    checked_id(&id)?;
+    if !rt.purge(&id).await? {
+        return Err(RuntimeError::NotFound(id).into());
+    }
+    Ok((StatusCode::OK, Json(json!({ "instancesDeleted": 1 }))).into_response())
+}
+
+async fn purge_many(
+    State(rt): State<Arc<Runtime>>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let mut query = list_query(&params, &headers)?;
+    if query.statuses.is_empty() {
+        // Like Durable Functions, bulk purge only touches finished instances
+        // unless statuses are named.
+        query.statuses = vec![
+            RuntimeStatus::Completed,
+            RuntimeStatus::Failed,
+            RuntimeStatus::Terminated,
+        ];
+    }
+    query.limit = 1000;
+    let mut deleted = 0;
+    loop {
+        let (instances, continuation) = rt.list_page(query.clone()).await?;
+        for instance in &instances {
+            if rt.purge(&instance.id).await? {
+                deleted += 1;
+            }
+        }
+        match continuation {
+            Some(token) => query.after = decode_continuation(&token),
+            None => break,
+        }
+    }
+    if deleted == 0 {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "no instance matches the purge filter".into(),
+        });
+    }
+    Ok((StatusCode::OK, Json(json!({ "instancesDeleted": deleted }))).into_response())
+}

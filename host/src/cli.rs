@@ -1,0 +1,426 @@
+//! The `duro` command line: `serve`, and client commands that speak to a
+//! running host's management API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+
+use crate::api::{BASE, CONTINUATION_HEADER};
+use crate::server::{self, ServeConfig};
+
+/// duro: a WebAssembly function host with durable orchestrations.
+#[derive(Parser, Debug)]
+#[command(name = "duro", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// The host client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "DURO_HOST",
+        default_value = "http://127.0.0.1:7071"
+    )]
+    host: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve an app: its HTTP functions, its orchestrations, the management API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "DURO_LISTEN", default_value = "127.0.0.1:7071")]
+        listen: SocketAddr,
+        /// SQLite database file, created if missing.
+        #[arg(long, env = "DURO_DATABASE", default_value = ".duro/duro.db")]
+        database: PathBuf,
+        /// The app manifest.
+        #[arg(
+            long,
+            env = "DURO_MANIFEST",
+            default_value = "workflows/scenario/duro.toml"
+        )]
+        manifest: PathBuf,
+        /// Key required by routes with auth = "function".
+        #[arg(long, env = "DURO_FUNCTION_KEY")]
+        function_key: Option<String>,
+    },
+    /// Start an orchestration instance.
+    Start {
+        /// Orchestration name.
+        name: String,
+        /// Input, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// Instance id (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Show an instance.
+    Status {
+        /// Instance id.
+        id: String,
+        /// Include the history.
+        #[arg(long)]
+        history: bool,
+    },
+    /// List instances.
+    List {
+        /// Comma-separated runtime statuses.
+        #[arg(long)]
+        status: Option<String>,
+        /// Instance id prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Created at or before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        top: usize,
+        /// Follow continuation tokens to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Raise an event on an instance.
+    Raise {
+        /// Instance id.
+        id: String,
+        /// Event name.
+        event: String,
+        /// Payload, as JSON.
+        #[arg(long, default_value = "null")]
+        payload: String,
+    },
+    /// Terminate an instance.
+    Terminate {
+        /// Instance id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Suspend an instance.
+    Suspend {
+        /// Instance id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended instance.
+    Resume {
+        /// Instance id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delete an instance and its history.
+    Purge {
+        /// Instance id.
+        id: String,
+    },
+}
+
+/// Run the command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client {
+        host: cli.host.trim_end_matches('/').to_string(),
+    };
+    match cli.command {
+        Command::Serve {
+            listen,
+            database,
+            manifest,
+            function_key,
+        } => {
+            server::serve(ServeConfig {
+                listen,
+                database,
+                manifest,
+                function_key,
+            })
+            .await
+        }
+        Command::Start { name, input, id } => {
+            check_json(&input, "--input")?;
+            let path = match id {
+                Some(id) => format!("{BASE}/orchestrators/{}/{}", encode(&name), encode(&id)),
+                None => format!("{BASE}/orchestrators/{}", encode(&name)),
+            };
+            let (_, body) = client.call("POST", &path, Some(input), None).await?;
+            print(cli.json, &body, || {
+                format!("started {}", body["id"].as_str().unwrap_or("?"))
+            });
+            Ok(())
+        }
+        Command::Status { id, history } => {
+            let path = format!(
+                "{BASE}/instances/{}?showInput=true&showHistory={history}",
+                encode(&id)
+            );
+            let (_, body) = client.call("GET", &path, None, None).await?;
+            print(cli.json, &body, || status_text(&body));
+            Ok(())
+        }
+        Command::List {
+            status,
+            prefix,
+            from,
+            to,
+            top,
+            all,
+        } => {
+            let mut query = vec![format!("top={top}")];
+            for (key, value) in [
+                ("runtimeStatus", status),
+                ("instanceIdPrefix", prefix),
+                ("createdTimeFrom", from),
+                ("createdTimeTo", to),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", encode(&value)));
+                }
+            }
+            let path = format!("{BASE}/instances?{}", query.join("&"));
+            let mut rows = Vec::new();
+            let mut token = None;
+            loop {
+                let (headers, body) = client.call("GET", &path, None, token.as_deref()).await?;
+                rows.extend(body.as_array().cloned().unwrap_or_default());
+                token = headers;
+                if !all || token.is_none() {
+                    break;
+                }
+            }
+            let body = Value::Array(rows);
+            print(cli.json, &body, || table(&body));
+            if let Some(token) = token {
+                eprintln!("more instances follow (continuation {token}); use --all");
+            }
+            Ok(())
+        }
+        Command::Raise { id, event, payload } => {
+            check_json(&payload, "--payload")?;
+            let path = format!(
+                "{BASE}/instances/{}/raiseEvent/{}",
+                encode(&id),
+                encode(&event)
+            );
+            client.call("POST", &path, Some(payload), None).await?;
+            print(cli.json, &Value::Null, || format!("raised {event} on {id}"));
+            Ok(())
+        }
+        Command::Terminate { id, reason } => {
+            control(&client, cli.json, "terminate", &id, reason).await
+        }
+        Command::Suspend { id, reason } => control(&client, cli.json, "suspend", &id, reason).await,
+        Command::Resume { id, reason } => control(&client, cli.json, "resume", &id, reason).await,
+        Command::Purge { id } => {
+            let path = format!("{BASE}/instances/{}", encode(&id));
+            let (_, body) = client.call("DELETE", &path, None, None).await?;
+            print(cli.json, &body, || format!("purged {id}"));
+            Ok(())
+        }
+    }
+}
+
+async fn control(
+    client: &Client,
+    json: bool,
+    verb: &str,
+    id: &str,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let mut path = format!("{BASE}/instances/{}/{verb}", encode(id));
+    if let Some(reason) = reason {
+        path.push_str(&format!("?reason={}", encode(&reason)));
+    }
+    client.call("POST", &path, None, None).await?;
+    print(json, &Value::Null, || format!("{verb} sent to {id}"));
+    Ok(())
+}
+
+fn check_json(text: &str, flag: &str) -> anyhow::Result<()> {
+    serde_json::from_str::<Value>(text)
+        .map(drop)
+        .with_context(|| format!("{flag} {text:?} is not valid JSON"))
+}
+
+fn print(json: bool, body: &Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn compact(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn status_text(body: &Value) -> String {
+    let mut out = String::new();
+    for key in [
+        "instanceId",
+        "name",
+        "runtimeStatus",
+        "input",
+        "output",
+        "customStatus",
+        "createdTime",
+        "lastUpdatedTime",
+    ] {
+        out.push_str(&format!("{key:<16} {}\n", compact(&body[key])));
+    }
+    if let Some(events) = body["historyEvents"].as_array() {
+        out.push_str("history:\n");
+        for event in events {
+            out.push_str(&format!(
+                "  {}  {}\n",
+                compact(&event["timestamp"]),
+                compact(&event["eventType"])
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn table(body: &Value) -> String {
+    let rows: Vec<[String; 4]> = body
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    [
+                        compact(&i["instanceId"]),
+                        compact(&i["name"]),
+                        compact(&i["runtimeStatus"]),
+                        compact(&i["createdTime"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let header = [
+        "INSTANCE".to_string(),
+        "NAME".into(),
+        "STATUS".into(),
+        "CREATED".into(),
+    ];
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|r| {
+            format!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Percent-encode a path segment or query value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Client {
+    host: String,
+}
+
+impl Client {
+    /// One request; returns the continuation header and the JSON body, or an
+    /// error carrying the API's message.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        continuation: Option<&str>,
+    ) -> anyhow::Result<(Option<String>, Value)> {
+        let authority = self
+            .host
+            .strip_prefix("http://")
+            .with_context(|| format!("--host {}: only http:// hosts are supported", self.host))?;
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot reach the duro host at {}", self.host))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = continuation {
+            request = request.header(CONTINUATION_HEADER, token);
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let token = response
+            .headers()
+            .get(CONTINUATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if !status.is_success() {
+            let message = body["error"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| compact(&body));
+            bail!(
+                "{} {}: {message}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+        }
+        Ok((token, body))
+    }
+}

@@ -1,0 +1,220 @@
+//! The app manifest (`duro.toml`): as written (serde, unknown keys refused),
+//! then resolved (paths made absolute, files read, routes checked) before
+//! anything binds a socket.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// The manifest as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Orchestrations, each in a component.
+    #[serde(default)]
+    pub orchestration: Vec<OrchestrationEntry>,
+    /// HTTP functions, each on a route.
+    #[serde(default)]
+    pub http: Vec<HttpEntry>,
+}
+
+/// `[[orchestration]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestrationEntry {
+    /// The name clients start it by.
+    pub name: String,
+    /// Component file, relative to the manifest.
+    pub component: PathBuf,
+}
+
+/// Who may call an HTTP function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthLevel {
+    /// Anyone.
+    Anonymous,
+    /// Callers presenting the host's function key (`x-functions-key` header
+    /// or `code` query parameter).
+    Function,
+}
+
+/// `[[http]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpEntry {
+    /// The function name, passed to the component.
+    pub name: String,
+    /// Route template, e.g. `/api/start/{input}`.
+    pub route: String,
+    /// Methods served (default: GET).
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Who may call it (default: anonymous).
+    #[serde(default = "default_auth")]
+    pub auth: AuthLevel,
+    /// Component file, relative to the manifest.
+    pub component: PathBuf,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["GET".into()]
+}
+
+fn default_auth() -> AuthLevel {
+    AuthLevel::Anonymous
+}
+
+/// A manifest with every path resolved and every component read.
+#[derive(Debug)]
+pub struct ResolvedApp {
+    /// Orchestration name → component bytes' path.
+    pub orchestrations: Vec<(String, PathBuf)>,
+    /// HTTP functions.
+    pub http: Vec<ResolvedHttp>,
+    /// Component path → bytes.
+    pub files: HashMap<PathBuf, Vec<u8>>,
+}
+
+/// An HTTP function ready to serve.
+#[derive(Debug, Clone)]
+pub struct ResolvedHttp {
+    /// Function name.
+    pub name: String,
+    /// Route template.
+    pub route: String,
+    /// Upper-case methods.
+    pub methods: Vec<String>,
+    /// Who may call it.
+    pub auth: AuthLevel,
+    /// Component path.
+    pub component: PathBuf,
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+/// Check a route template: `/` segments of literals or `{name}` parameters.
+fn check_route(route: &str) -> Result<String, String> {
+    if !route.starts_with('/') {
+        return Err("a route must start with `/`".into());
+    }
+    if route.starts_with("/runtime/") {
+        return Err("routes under /runtime/ belong to the management API".into());
+    }
+    let mut shape = String::new();
+    let mut seen = Vec::new();
+    for segment in route.split('/').skip(1) {
+        shape.push('/');
+        if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`{{{name}}}` is not a valid parameter name"));
+            }
+            if seen.contains(&name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            seen.push(name);
+            shape.push_str("{}");
+        } else if segment.contains(['{', '}', '*', '?', '#']) {
+            return Err(format!(
+                "segment `{segment}` is neither a literal nor `{{name}}`"
+            ));
+        } else {
+            shape.push_str(segment);
+        }
+    }
+    Ok(shape)
+}
+
+/// Read, parse and resolve the manifest at `path`.
+pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let manifest: Manifest =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut files = HashMap::new();
+    let mut read = |component: &Path, what: &str| -> anyhow::Result<PathBuf> {
+        let full = base.join(component);
+        if !files.contains_key(&full) {
+            let bytes = std::fs::read(&full).with_context(|| {
+                format!(
+                    "manifest {}: {what}: cannot read component {}",
+                    path.display(),
+                    full.display()
+                )
+            })?;
+            files.insert(full.clone(), bytes);
+        }
+        Ok(full)
+    };
+    let mut orchestrations = Vec::new();
+    for entry in &manifest.orchestration {
+        let what = format!("orchestration `{}`", entry.name);
+        if entry.name.trim().is_empty() {
+            bail!(
+                "manifest {}: an orchestration has an empty name",
+                path.display()
+            );
+        }
+        if orchestrations.iter().any(|(n, _)| *n == entry.name) {
+            bail!("manifest {}: {what} is declared twice", path.display());
+        }
+        orchestrations.push((entry.name.clone(), read(&entry.component, &what)?));
+    }
+    let mut http: Vec<ResolvedHttp> = Vec::new();
+    let mut shapes: Vec<(String, String, String)> = Vec::new();
+    for entry in &manifest.http {
+        let what = format!("http function `{}`", entry.name);
+        let shape = check_route(&entry.route).map_err(|e| {
+            anyhow::anyhow!(
+                "manifest {}: {what}: route `{}`: {e}",
+                path.display(),
+                entry.route
+            )
+        })?;
+        if entry.methods.is_empty() {
+            bail!("manifest {}: {what}: `methods` is empty", path.display());
+        }
+        let mut methods = Vec::new();
+        for method in &entry.methods {
+            let upper = method.to_ascii_uppercase();
+            if !METHODS.contains(&upper.as_str()) {
+                bail!(
+                    "manifest {}: {what}: unknown method `{method}` (expected one of {})",
+                    path.display(),
+                    METHODS.join(", ")
+                );
+            }
+            if let Some((_, _, other)) = shapes.iter().find(|(s, m, _)| *s == shape && *m == upper)
+            {
+                bail!(
+                    "manifest {}: {what}: route {} {} is already served by `{other}`",
+                    path.display(),
+                    upper,
+                    entry.route
+                );
+            }
+            shapes.push((shape.clone(), upper.clone(), entry.name.clone()));
+            methods.push(upper);
+        }
+        http.push(ResolvedHttp {
+            name: entry.name.clone(),
+            route: entry.route.clone(),
+            methods,
+            auth: entry.auth,
+            component: read(&entry.component, &what)?,
+        });
+    }
+    Ok(ResolvedApp {
+        orchestrations,
+        http,
+        files,
+    })
+}

@@ -1,0 +1,206 @@
+//! `duro serve`: resolve the manifest, register its components, then serve
+//! the app's HTTP functions and the management API on one socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::{Path, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+
+use crate::api::{self, ApiError};
+use crate::engine;
+use crate::manifest::{self, AuthLevel, ResolvedHttp};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::trigger::Triggers;
+
+/// Everything `duro serve` needs, from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// The app manifest.
+    pub manifest: PathBuf,
+    /// Key for `auth = "function"` routes.
+    pub function_key: Option<String>,
+}
+
+struct Route {
+    function: ResolvedHttp,
+    digest: String,
+}
+
+struct AppState {
+    triggers: Triggers,
+    function_key: Option<String>,
+}
+
+/// Validate everything, then bind and serve until ctrl-c. `on_listen` is told
+/// the bound address.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Everything that can be wrong with the input is found before binding.
+    let app = manifest::load(&config.manifest)?;
+    if app.http.iter().any(|h| h.auth == AuthLevel::Function) && config.function_key.is_none() {
+        anyhow::bail!(
+            "manifest {}: a route has auth = \"function\" but no function key is set \
+             (--function-key or DURO_FUNCTION_KEY)",
+            config.manifest.display()
+        );
+    }
+    let mut runtime_config = RuntimeConfig::new(&config.database);
+    let data_dir = config
+        .database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    runtime_config.compile_cache = Some(data_dir.join(".duro-cache"));
+    let runtime = Arc::new(Runtime::start(runtime_config).await?);
+
+    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
+    for (name, path) in &app.orchestrations {
+        by_component.entry(path.clone()).or_default().push(name);
+    }
+    for (path, names) in &by_component {
+        runtime
+            .register(app.files[path].clone(), names)
+            .await
+            .with_context(|| format!("orchestration component {}", path.display()))?;
+    }
+
+    let triggers = Triggers::new(
+        runtime.engine().clone(),
+        runtime.clone(),
+        Duration::from_secs(30),
+    )?;
+    let mut routes = Vec::new();
+    for function in &app.http {
+        let bytes = &app.files[&function.component];
+        let digest = engine::digest(bytes);
+        let component = runtime
+            .engine()
+            .component(&digest, bytes)
+            .with_context(|| format!("http function `{}`", function.name))?;
+        triggers.prepare(&digest, &component).with_context(|| {
+            format!(
+                "http function `{}`: component {}",
+                function.name,
+                function.component.display()
+            )
+        })?;
+        routes.push(Route {
+            function: function.clone(),
+            digest,
+        });
+    }
+    let state = Arc::new(AppState {
+        triggers,
+        function_key: config.function_key.clone(),
+    });
+    let mut router = api::router(runtime.clone());
+    for route in routes {
+        let mut filter: Option<MethodFilter> = None;
+        for method in &route.function.methods {
+            let m = MethodFilter::try_from(method.parse::<axum::http::Method>()?)
+                .map_err(|e| anyhow::anyhow!("method {method}: {e}"))?;
+            filter = Some(filter.map_or(m, |f| f.or(m)));
+        }
+        let filter = filter.expect("manifest guarantees a method");
+        let route = Arc::new(route);
+        let path = route.function.route.clone();
+        let state = state.clone();
+        router = router.route(
+            &path,
+            on(
+                filter,
+                move |Path(params): Path<Vec<(String, String)>>, request: Request| {
+                    let (route, state) = (route.clone(), state.clone());
+                    async move { call_trigger(&state, &route, params, request).await }
+                },
+            ),
+        );
+    }
+    let router = router.fallback(|| async {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "no route matches this path".into(),
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this first line to find the port.
+    println!("duro listening on http://{address}");
+    tracing::info!(
+        manifest = %config.manifest.display(),
+        database = %config.database.display(),
+        "serving {} orchestrations and {} http functions",
+        app.orchestrations.len(),
+        app.http.len()
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn call_trigger(
+    state: &AppState,
+    route: &Route,
+    params: Vec<(String, String)>,
+    request: Request,
+) -> Response {
+    if route.function.auth == AuthLevel::Function && !authorized(state, &request) {
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: format!(
+                "`{}` needs the function key (x-functions-key header or code query parameter)",
+                route.function.name
+            ),
+        }
+        .into_response();
+    }
+    match state
+        .triggers
+        .handle(&route.digest, &route.function.name, &params, request)
+        .await
+    {
+        Ok(response) => response.map(axum::body::Body::new).into_response(),
+        Err(e) => {
+            tracing::warn!(function = %route.function.name, "trigger failed: {e:#}");
+            ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("function `{}` failed: {e:#}", route.function.name),
+            }
+            .into_response()
+        }
+    }
+}
+
+fn authorized(state: &AppState, request: &Request) -> bool {
+    let Some(key) = &state.function_key else {
+        return false;
+    };
+    let header = request
+        .headers()
+        .get("x-functions-key")
+        .and_then(|v| v.to_str().ok());
+    let query = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("code="));
+    header == Some(key.as_str()) || query == Some(key.as_str())
+}

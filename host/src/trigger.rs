@@ -1,0 +1,373 @@
+//! HTTP triggers: `wasi:http/incoming-handler` components, instantiated per
+//! request, with the durable client as their one duro import.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::engine::{EPOCH_TICK, Engine, MAX_GUEST_MEMORY};
+use crate::model::{InstanceQuery, RuntimeStatus};
+use crate::runtime::{Runtime, RuntimeError};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "trigger",
+        path: "../guest-sdk/wit",
+        imports: { "duro:workflow/client": async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "wasi:cli": wasmtime_wasi::p2::bindings::cli,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+        require_store_data_send: true,
+    });
+}
+
+use bindings::duro::workflow::client as wit;
+
+/// Header naming the function a request is for.
+pub const FUNCTION_HEADER: &str = "duro-function";
+/// Prefix of the headers that carry route parameters.
+pub const PARAM_PREFIX: &str = "duro-param-";
+
+/// Serves HTTP functions from trigger components.
+pub struct Triggers {
+    engine: Engine,
+    linker: Linker<TriggerState>,
+    pres: Mutex<HashMap<String, ProxyPre<TriggerState>>>,
+    runtime: Arc<Runtime>,
+    budget: Duration,
+}
+
+impl Triggers {
+    /// Triggers whose durable client acts on `runtime`.
+    pub fn new(engine: Engine, runtime: Arc<Runtime>, budget: Duration) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(engine.wasmtime());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Triggers {
+            engine,
+            linker,
+            pres: Mutex::default(),
+            runtime,
+            budget,
+        })
+    }
+
+    /// Check that a component is an HTTP trigger, and keep it ready.
+    pub fn prepare(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .and_then(ProxyPre::new)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "it is not an HTTP trigger (a wasi:http/incoming-handler component \
+                     importing at most duro:workflow/client): {e:?}"
+                )
+            })?;
+        self.pres
+            .lock()
+            .expect("pre cache poisoned")
+            .insert(digest.to_string(), pre);
+        Ok(())
+    }
+
+    /// Run `function` of the prepared component `digest` on a request.
+    pub async fn handle(
+        &self,
+        digest: &str,
+        function: &str,
+        params: &[(String, String)],
+        mut request: hyper::Request<axum::body::Body>,
+    ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
+        let pre = self
+            .pres
+            .lock()
+            .expect("pre cache poisoned")
+            .get(digest)
+            .cloned()
+            .context("trigger component not prepared")?;
+        let headers = request.headers_mut();
+        headers.insert(FUNCTION_HEADER, function.parse()?);
+        for (name, value) in params {
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(format!("{PARAM_PREFIX}{name}").as_bytes())?,
+                hyper::header::HeaderValue::from_str(value)?,
+            );
+        }
+        let state = TriggerState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutbound,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MAX_GUEST_MEMORY)
+                .trap_on_grow_failure(true)
+                .build(),
+            runtime: self.runtime.clone(),
+        };
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline((self.budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        let request = request.map(|body| {
+            http_body_util::BodyExt::map_err(body, |_| {
+                wasmtime_wasi_http::Error::from(ErrorCode::HttpProtocolError)
+            })
+        });
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => anyhow::bail!("the trigger answered with an error: {code:?}"),
+            Err(_) => match task.await {
+                Ok(Ok(())) => anyhow::bail!("the trigger returned without a response"),
+                Ok(Err(trap)) => anyhow::bail!("the trigger trapped: {trap:?}"),
+                Err(e) => anyhow::bail!("the trigger task failed: {e}"),
+            },
+        }
+    }
+}
+
+/// Triggers may not make outbound HTTP requests (no manifest grants it yet).
+struct DenyOutbound;
+
+impl WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Store data of one trigger invocation.
+pub struct TriggerState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: DenyOutbound,
+    table: ResourceTable,
+    limits: StoreLimits,
+    runtime: Arc<Runtime>,
+}
+
+impl WasiView for TriggerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for TriggerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+fn client_error(e: RuntimeError) -> wit::ClientError {
+    let message = e.to_string();
+    match e {
+        RuntimeError::NotFound(_) => wit::ClientError::NotFound(message),
+        RuntimeError::AlreadyExists(_) => wit::ClientError::AlreadyExists(message),
+        RuntimeError::InvalidInstanceId { .. } => wit::ClientError::InvalidArgument(message),
+        RuntimeError::Finished { .. } => wit::ClientError::Finished(message),
+        RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
+        _ => wit::ClientError::Internal(message),
+    }
+}
+
+fn wit_status(s: RuntimeStatus) -> wit::RuntimeStatus {
+    match s {
+        RuntimeStatus::Pending => wit::RuntimeStatus::Pending,
+        RuntimeStatus::Running => wit::RuntimeStatus::Running,
+        RuntimeStatus::Completed => wit::RuntimeStatus::Completed,
+        RuntimeStatus::Failed => wit::RuntimeStatus::Failed,
+        RuntimeStatus::Terminated => wit::RuntimeStatus::Terminated,
+        RuntimeStatus::Suspended => wit::RuntimeStatus::Suspended,
+        RuntimeStatus::ContinuedAsNew => wit::RuntimeStatus::ContinuedAsNew,
+    }
+}
+
+fn model_status(s: wit::RuntimeStatus) -> RuntimeStatus {
+    RuntimeStatus::ALL
+        .into_iter()
+        .find(|m| wit_status(*m) == s)
+        .expect("every WIT status has a model status")
+}
+
+fn wit_instance(i: crate::model::Instance) -> wit::InstanceStatus {
+    wit::InstanceStatus {
+        instance_id: i.id,
+        name: i.name,
+        runtime_status: wit_status(i.status),
+        input: i.input,
+        output: i.output,
+        custom_status: i.custom_status,
+        created_time: i.created_at,
+        last_updated_time: i.updated_at,
+    }
+}
+
+fn parse_json(text: &str, what: &str) -> Result<serde_json::Value, wit::ClientError> {
+    serde_json::from_str(text)
+        .map_err(|e| wit::ClientError::InvalidArgument(format!("{what} is not JSON: {e}")))
+}
+
+impl bindings::duro::workflow::types::Host for TriggerState {}
+
+impl wit::Host for TriggerState {
+    async fn start_new(
+        &mut self,
+        name: String,
+        instance_id: Option<String>,
+        input: String,
+    ) -> Result<String, wit::ClientError> {
+        let input = parse_json(&input, "the input")?;
+        self.runtime
+            .start_new(&name, instance_id, &input)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn get_status(
+        &mut self,
+        instance_id: String,
+    ) -> Result<Option<wit::InstanceStatus>, wit::ClientError> {
+        let instance = self
+            .runtime
+            .status(&instance_id)
+            .await
+            .map_err(client_error)?;
+        Ok(instance.map(wit_instance))
+    }
+
+    async fn list_instances(
+        &mut self,
+        query: wit::InstanceQuery,
+    ) -> Result<wit::InstancePage, wit::ClientError> {
+        let after = match &query.continuation {
+            Some(token) => Some(crate::runtime::decode_continuation(token).ok_or_else(|| {
+                wit::ClientError::InvalidArgument(format!("continuation {token:?} is not valid"))
+            })?),
+            None => None,
+        };
+        let limit = query.page_size.unwrap_or(100).clamp(1, 1000) as usize;
+        let (instances, continuation) = self
+            .runtime
+            .list_page(InstanceQuery {
+                created_from: query.created_from,
+                created_to: query.created_to,
+                statuses: query.runtime_status.into_iter().map(model_status).collect(),
+                name: query.name,
+                id_prefix: query.instance_id_prefix,
+                limit,
+                after,
+            })
+            .await
+            .map_err(client_error)?;
+        Ok(wit::InstancePage {
+            instances: instances.into_iter().map(wit_instance).collect(),
+            continuation,
+        })
+    }
+
+    async fn raise_event(
+        &mut self,
+        instance_id: String,
+        event_name: String,
+        payload: String,
+    ) -> Result<(), wit::ClientError> {
+        let payload = parse_json(&payload, "the event payload")?;
+        self.runtime
+            .raise_event(&instance_id, &event_name, &payload)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn terminate(
+        &mut self,
+        instance_id: String,
+        reason: Option<String>,
+    ) -> Result<(), wit::ClientError> {
+        self.runtime
+            .terminate(&instance_id, reason)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn suspend(
+        &mut self,
+        instance_id: String,
+        reason: Option<String>,
+    ) -> Result<(), wit::ClientError> {
+        self.runtime
+            .suspend(&instance_id, reason)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn resume(
+        &mut self,
+        instance_id: String,
+        reason: Option<String>,
+    ) -> Result<(), wit::ClientError> {
+        self.runtime
+            .resume(&instance_id, reason)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn purge(&mut self, instance_id: String) -> Result<bool, wit::ClientError> {
+        self.runtime.purge(&instance_id).await.map_err(client_error)
+    }
+}
