@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: &[(&str, &str)] = &[("SCENARIO", "scenario"), ("TEST_GUESTS", "test-guests")];
+const GUESTS: &[(&str, &str)] = &[
+    ("SCENARIO", "scenario"),
+    ("SCENARIO_HTTP", "scenario-http"),
+    ("TEST_GUESTS", "test-guests"),
+];
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());

@@ -52,6 +52,9 @@ enum Command {
         /// Key required by routes with auth = "function".
         #[arg(long, env = "DURO_FUNCTION_KEY")]
         function_key: Option<String>,
+        /// Where compiled components are cached (default: beside the database).
+        #[arg(long, env = "DURO_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Start an orchestration instance.
     Start {
@@ -145,12 +148,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             manifest,
             function_key,
+            cache_dir,
         } => {
             server::serve(ServeConfig {
                 listen,
                 database,
                 manifest,
                 function_key,
+                cache_dir,
             })
             .await
         }

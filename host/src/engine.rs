@@ -85,9 +85,10 @@ impl Engine {
         if let Some(component) = self.cached(digest) {
             return Ok(component);
         }
-        let component = Component::new(&self.inner, bytes)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))
-            .with_context(|| format!("component {digest} is not a valid wasm component"))?;
+        let component = Component::new(&self.inner, bytes).map_err(|e| {
+            let cause = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+            anyhow::anyhow!("not a valid wasm component: {e}: {cause}")
+        })?;
         self.components
             .lock()
             .expect("component cache poisoned")

@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub manifest: PathBuf,
     /// Key for `auth = "function"` routes.
     pub function_key: Option<String>,
+    /// Compiled-code cache (default: `.duro-cache` beside the database).
+    pub cache_dir: Option<PathBuf>,
 }
 
 struct Route {
@@ -42,8 +44,8 @@ struct AppState {
     function_key: Option<String>,
 }
 
-/// Validate everything, then bind and serve until ctrl-c. `on_listen` is told
-/// the bound address.
+/// Validate everything, then bind and serve until ctrl-c. The first line on
+/// stdout names the bound address.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Everything that can be wrong with the input is found before binding.
     let app = manifest::load(&config.manifest)?;
@@ -61,7 +63,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    runtime_config.compile_cache = Some(data_dir.join(".duro-cache"));
+    runtime_config.compile_cache = Some(
+        config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join(".duro-cache")),
+    );
     let runtime = Arc::new(Runtime::start(runtime_config).await?);
 
     let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();

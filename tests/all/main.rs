@@ -1,5 +1,9 @@
 //! End-to-end tests, one binary: real guests built from Rust, real SQLite
-//! files, the real runtime.
+//! files, the real runtime, and a real `duro` process over real HTTP.
 
+mod cli;
+mod crash;
+mod host;
+mod http;
 mod orchestration;
 mod support;

@@ -1,0 +1,119 @@
+//! The `duro` command line against a running host, and `duro serve`
+//! refusing components that do not fit their world.
+
+use std::process::Command;
+
+use crate::host::{Host, duro_binary};
+
+fn duro(host: &Host, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(duro_binary())
+        .arg("--host")
+        .arg(format!("http://{}", host.address))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_starts_inspects_raises_and_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+
+    let (ok, out, err) = duro(
+        &host,
+        &["start", "Workflow", "--input", "\"cli\"", "--id", "cli-1"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "started cli-1");
+
+    host.poll("/runtime/webhooks/durabletask/instances/cli-1", |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    let (ok, out, _) = duro(&host, &["status", "cli-1"]);
+    assert!(ok);
+    assert!(out.contains("runtimeStatus    Running"), "{out}");
+
+    let (ok, out, _) = duro(&host, &["list"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("INSTANCE"), "{out}");
+    assert!(
+        lines[1].starts_with("cli-1") && lines[1].contains("Workflow"),
+        "{out}"
+    );
+
+    let (ok, _, err) = duro(&host, &["raise", "cli-1", "Workflow", "--payload", "1"]);
+    assert!(ok, "{err}");
+    host.poll("/runtime/webhooks/durabletask/instances/cli-1", |r| {
+        r.status == 200
+    });
+    let (ok, out, _) = duro(&host, &["status", "cli-1", "--json"]);
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["runtimeStatus"], "Completed");
+
+    let (ok, _, err) = duro(&host, &["raise", "cli-1", "Workflow"]);
+    assert!(!ok);
+    assert!(err.contains("410") && err.contains("Completed"), "{err}");
+    let (ok, _, err) = duro(&host, &["status", "nobody"]);
+    assert!(!ok);
+    assert!(
+        err.contains("404") && err.contains("no instance with id `nobody`"),
+        "{err}"
+    );
+    let (ok, _, err) = duro(&host, &["start", "Workflow", "--input", "{oops"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--input") && err.contains("not valid JSON"),
+        "{err}"
+    );
+    let (ok, out, _) = duro(&host, &["purge", "cli-1"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "purged cli-1");
+}
+
+#[test]
+fn serve_refuses_a_component_that_does_not_fit_its_world() {
+    let dir = tempfile::tempdir().unwrap();
+    // The orchestration component named as an HTTP trigger, and vice versa.
+    let cases = [
+        (
+            format!(
+                "[[http]]\nname = \"Start\"\nroute = \"/s\"\ncomponent = {:?}\n",
+                duro_tests::SCENARIO
+            ),
+            "http function `Start`",
+        ),
+        (
+            format!(
+                "[[orchestration]]\nname = \"Workflow\"\ncomponent = {:?}\n",
+                duro_tests::SCENARIO_HTTP
+            ),
+            "is not a duro orchestration",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, manifest).unwrap();
+        let output = Command::new(duro_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&path)
+            .arg("--database")
+            .arg(dir.path().join("bad.db"))
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "nothing listened: {:?}",
+            output.stdout
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! A real `duro serve` process on a free port, and a small blocking HTTP
+//! client to talk to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duro_tests::{COMPILE_CACHE, SCENARIO, SCENARIO_HTTP};
+use serde_json::Value;
+
+/// The `duro` binary: cargo builds it beside the test binaries, because the
+/// `duro` package has integration tests of its own (`host/tests/`).
+pub fn duro_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = dir.join(format!("duro{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p duro` first)",
+        binary.display()
+    );
+    binary
+}
+
+/// The scenario manifest, pointing at the guests the build made.
+pub fn scenario_manifest(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[[orchestration]]
+name = "Workflow"
+component = {SCENARIO:?}
+
+[[orchestration]]
+name = "WorkflowWithTimeout"
+component = {SCENARIO:?}
+
+[[http]]
+name = "Start"
+route = "/api/start/{{input}}"
+component = {SCENARIO_HTTP:?}
+
+[[http]]
+name = "Check"
+route = "/api/check/{{input}}"
+component = {SCENARIO_HTTP:?}
+
+[[http]]
+name = "Stop"
+route = "/api/stop/{{input}}"
+component = {SCENARIO_HTTP:?}
+{extra}
+"#
+    );
+    let path = dir.join("duro.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `duro serve`; killed when dropped.
+pub struct Host {
+    child: Child,
+    pub address: String,
+}
+
+impl Host {
+    /// Start `duro serve` with the scenario manifest on a fresh port.
+    pub fn start(dir: &Path) -> Host {
+        let manifest = scenario_manifest(dir, "");
+        Host::start_with(&manifest, &dir.join("duro.db"), &[])
+    }
+
+    /// Start `duro serve` with this manifest and database.
+    pub fn start_with(manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+        let mut child = Command::new(duro_binary())
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("--database")
+            .arg(database)
+            .arg("--cache-dir")
+            .arg(COMPILE_CACHE)
+            .args(extra)
+            .env("DURO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("duro starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("duro listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Host { child, address }
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None, &[])
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.request("POST", path, Some(body), &[])
+    }
+
+    /// One HTTP/1.1 request on a fresh connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let body = body.unwrap_or("");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        Reply::parse(&raw)
+    }
+
+    /// Poll `path` until `done` holds for its JSON body.
+    pub fn poll(&self, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = Instant::now() + crate::support::PATIENCE;
+        loop {
+            let reply = self.get(path);
+            if done(&reply) || Instant::now() > deadline {
+                return reply;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Reply {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete response head");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+        {
+            body = dechunk(&body);
+        }
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
+    }
+
+    /// The `error` message of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {:?}", self.body))
+            .to_string()
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}

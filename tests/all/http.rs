@@ -1,0 +1,388 @@
+//! The scenario and the management API over real HTTP, against a real
+//! `duro serve` process.
+
+use serde_json::json;
+
+use crate::host::Host;
+
+const API: &str = "/runtime/webhooks/durabletask";
+
+#[test]
+fn the_scenario_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+
+    let started = host.get("/api/start/alpha");
+    assert_eq!(started.status, 200, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_string();
+
+    let check = host.poll("/api/check/alpha", |r| {
+        r.status == 200 && r.json()["runtimeStatus"] == "Running"
+    });
+    assert_eq!(check.status, 200, "{}", check.body);
+    let status = check.json();
+    assert_eq!(status["instanceId"], id.as_str());
+    assert_eq!(status["name"], "Workflow");
+    assert_eq!(status["input"], "alpha");
+    assert_eq!(status["runtimeStatus"], "Running");
+
+    let stop = host.get("/api/stop/alpha");
+    assert_eq!(stop.status, 200, "{}", stop.body);
+    assert_eq!(stop.json()["instanceId"], id.as_str());
+
+    let done = host.poll("/api/check/alpha", |r| {
+        r.json()["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    assert_eq!(done.json()["output"], "Workflow for alpha stopped");
+
+    for path in ["/api/check/nobody", "/api/stop/nobody"] {
+        let missing = host.get(path);
+        assert_eq!(missing.status, 404, "{path}: {}", missing.body);
+        assert!(missing.error().contains("\"nobody\""), "{}", missing.body);
+    }
+    let no_route = host.get("/api/nowhere");
+    assert_eq!(no_route.status, 404);
+    assert_eq!(no_route.error(), "no route matches this path");
+}
+
+#[test]
+fn start_status_raise_and_finish_with_durable_functions_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+
+    let started = host.post(&format!("{API}/orchestrators/Workflow"), "\"beta\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let body = started.json();
+    let id = body["id"].as_str().unwrap().to_string();
+    let status_uri = format!("http://{}{API}/instances/{id}", host.address);
+    assert_eq!(started.header("location"), Some(status_uri.as_str()));
+    assert!(started.header("retry-after").is_some());
+    assert_eq!(body["statusQueryGetUri"], status_uri.as_str());
+    assert_eq!(body["purgeHistoryDeleteUri"], status_uri.as_str());
+    for key in [
+        "sendEventPostUri",
+        "terminatePostUri",
+        "suspendPostUri",
+        "resumePostUri",
+    ] {
+        assert!(
+            body[key].as_str().unwrap().starts_with(&status_uri),
+            "{key}: {body}"
+        );
+    }
+
+    let path = format!("{API}/instances/{id}");
+    let running = host.poll(&path, |r| r.json()["runtimeStatus"] == "Running");
+    assert_eq!(running.status, 202);
+    let status = running.json();
+    for key in [
+        "name",
+        "instanceId",
+        "runtimeStatus",
+        "input",
+        "customStatus",
+        "output",
+        "createdTime",
+        "lastUpdatedTime",
+    ] {
+        assert!(status.get(key).is_some(), "{key} missing from {status}");
+    }
+    assert_eq!(status["input"], "beta");
+    assert!(status["createdTime"].as_str().unwrap().ends_with('Z'));
+    let hidden = host.get(&format!("{path}?showInput=false")).json();
+    assert!(hidden.get("input").is_none(), "{hidden}");
+    assert_eq!(host.get(&format!("{path}?showInput=maybe")).status, 400);
+
+    let raised = host.post(&format!("{path}/raiseEvent/Workflow"), "{\"by\":\"test\"}");
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    let done = host.poll(&path, |r| r.status == 200);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["runtimeStatus"], "Completed");
+
+    let with_history = host.get(&format!("{path}?showHistory=true&showHistoryOutput=true"));
+    let events = with_history.json()["historyEvents"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"ExecutionStarted"));
+    assert_eq!(kinds.last(), Some(&"ExecutionCompleted"));
+    assert!(events.iter().any(|e| e["eventType"] == "EventRaised"
+        && e["name"] == "Workflow"
+        && e["payload"] == json!({ "by": "test" })));
+    assert_eq!(
+        events.last().unwrap()["output"],
+        "Workflow for beta stopped"
+    );
+    let no_output = host.get(&format!("{path}?showHistory=true")).json();
+    assert!(
+        no_output["historyEvents"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .get("output")
+            .is_none()
+    );
+
+    let late = host.post(&format!("{path}/raiseEvent/Workflow"), "1");
+    assert_eq!(late.status, 410, "{}", late.body);
+    assert!(late.error().contains("Completed"), "{}", late.body);
+}
+
+#[test]
+fn bad_requests_get_a_json_error_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+
+    let unknown = host.get(&format!("{API}/instances/nope"));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.error(), "no instance with id `nope`");
+    assert_eq!(
+        host.post(&format!("{API}/instances/nope/raiseEvent/X"), "1")
+            .status,
+        404
+    );
+    assert_eq!(
+        host.post(&format!("{API}/instances/nope/terminate"), "")
+            .status,
+        404
+    );
+
+    let no_such = host.post(&format!("{API}/orchestrators/NoSuch"), "1");
+    assert_eq!(no_such.status, 400);
+    assert!(no_such.error().contains("`NoSuch`"), "{}", no_such.body);
+
+    let bad_json = host.post(&format!("{API}/orchestrators/Workflow"), "{not json");
+    assert_eq!(bad_json.status, 400);
+    assert!(
+        bad_json.error().contains("not valid JSON"),
+        "{}",
+        bad_json.body
+    );
+
+    let long = "x".repeat(257);
+    for id in [long.as_str(), "bad%01id", "a%23b", "a%3Fb", "a%5Cb"] {
+        let reply = host.post(&format!("{API}/orchestrators/Workflow/{id}"), "1");
+        assert_eq!(reply.status, 400, "{id}: {}", reply.body);
+        assert!(
+            reply.error().starts_with("invalid instance id"),
+            "{}",
+            reply.body
+        );
+    }
+
+    let fixed = host.post(&format!("{API}/orchestrators/Workflow/fixed-1"), "\"one\"");
+    assert_eq!(fixed.status, 202, "{}", fixed.body);
+    assert_eq!(fixed.json()["id"], "fixed-1");
+    let again = host.post(&format!("{API}/orchestrators/Workflow/fixed-1"), "\"two\"");
+    assert_eq!(again.status, 409, "{}", again.body);
+    let event_bad_json = host.post(&format!("{API}/instances/fixed-1/raiseEvent/Workflow"), "{");
+    assert_eq!(event_bad_json.status, 400);
+    assert!(
+        event_bad_json.error().contains("event payload"),
+        "{}",
+        event_bad_json.body
+    );
+    // None of that touched the instance.
+    let status = host.get(&format!("{API}/instances/fixed-1")).json();
+    assert_eq!(status["input"], "one");
+    assert_ne!(status["runtimeStatus"], "Completed");
+
+    for query in [
+        "runtimeStatus=Sleeping",
+        "top=0",
+        "top=abc",
+        "createdTimeFrom=yesterday",
+    ] {
+        let reply = host.get(&format!("{API}/instances?{query}"));
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+    }
+    let bad_token = host.request(
+        "GET",
+        &format!("{API}/instances"),
+        None,
+        &[("x-ms-continuation-token", "zz")],
+    );
+    assert_eq!(bad_token.status, 400);
+}
+
+#[test]
+fn terminate_suspend_resume_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let start = |id: &str| {
+        let r = host.post(
+            &format!("{API}/orchestrators/Workflow/{id}"),
+            &format!("\"{id}\""),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        host.poll(&format!("{API}/instances/{id}"), |r| {
+            r.json()["runtimeStatus"] == "Running"
+        });
+    };
+
+    start("t1");
+    let terminated = host.post(&format!("{API}/instances/t1/terminate?reason=enough"), "");
+    assert_eq!(terminated.status, 202);
+    let status = host.poll(&format!("{API}/instances/t1"), |r| r.status == 200);
+    assert_eq!(
+        status.json()["runtimeStatus"],
+        "Terminated",
+        "{}",
+        status.body
+    );
+    assert_eq!(status.json()["output"], "enough");
+    assert_eq!(
+        host.post(&format!("{API}/instances/t1/terminate"), "")
+            .status,
+        410
+    );
+
+    start("s1");
+    assert_eq!(
+        host.post(&format!("{API}/instances/s1/suspend?reason=wait"), "")
+            .status,
+        202
+    );
+    host.poll(&format!("{API}/instances/s1"), |r| {
+        r.json()["runtimeStatus"] == "Suspended"
+    });
+    assert_eq!(
+        host.post(&format!("{API}/instances/s1/raiseEvent/Workflow"), "1")
+            .status,
+        202
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let suspended = host.get(&format!("{API}/instances/s1"));
+    assert_eq!(suspended.status, 202);
+    assert_eq!(
+        suspended.json()["runtimeStatus"],
+        "Suspended",
+        "events wait while suspended"
+    );
+    assert_eq!(
+        host.post(&format!("{API}/instances/s1/resume"), "").status,
+        202
+    );
+    let resumed = host.poll(&format!("{API}/instances/s1"), |r| r.status == 200);
+    assert_eq!(
+        resumed.json()["runtimeStatus"],
+        "Completed",
+        "{}",
+        resumed.body
+    );
+
+    let purged = host.request("DELETE", &format!("{API}/instances/s1"), None, &[]);
+    assert_eq!(purged.status, 200);
+    assert_eq!(purged.json()["instancesDeleted"], 1);
+    assert_eq!(host.get(&format!("{API}/instances/s1")).status, 404);
+    assert_eq!(
+        host.request("DELETE", &format!("{API}/instances/s1"), None, &[])
+            .status,
+        404
+    );
+
+    // Bulk purge takes finished instances only (t1), not running ones.
+    start("r1");
+    let bulk = host.request("DELETE", &format!("{API}/instances"), None, &[]);
+    assert_eq!(bulk.status, 200, "{}", bulk.body);
+    assert_eq!(bulk.json()["instancesDeleted"], 1);
+    assert_eq!(host.get(&format!("{API}/instances/t1")).status, 404);
+    assert_eq!(host.get(&format!("{API}/instances/r1")).status, 202);
+}
+
+#[test]
+fn listing_pages_through_more_instances_than_a_page_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    for i in 0..7 {
+        let r = host.post(&format!("{API}/orchestrators/Workflow/page-{i}"), "\"p\"");
+        assert_eq!(r.status, 202);
+    }
+    host.post(&format!("{API}/orchestrators/Workflow/other"), "\"o\"");
+
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let headers: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| vec![("x-ms-continuation-token", t)])
+            .unwrap_or_default();
+        let page = host.request(
+            "GET",
+            &format!("{API}/instances?instanceIdPrefix=page-&top=3"),
+            None,
+            &headers,
+        );
+        assert_eq!(page.status, 200, "{}", page.body);
+        pages += 1;
+        let items = page.json();
+        assert!(items.as_array().unwrap().len() <= 3);
+        seen.extend(
+            items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["instanceId"].as_str().unwrap().to_string()),
+        );
+        match page.header("x-ms-continuation-token") {
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    let expected: Vec<String> = (0..7).map(|i| format!("page-{i}")).collect();
+    assert_eq!(seen, expected);
+
+    let all = host.poll(
+        &format!("{API}/instances?runtimeStatus=Running&top=100"),
+        |r| r.json().as_array().unwrap().len() == 8,
+    );
+    assert_eq!(all.json().as_array().unwrap().len(), 8, "{}", all.body);
+    let by_name = host.get(&format!(
+        "{API}/instances?name=Workflow&runtimeStatus=Running,Pending"
+    ));
+    assert_eq!(by_name.json().as_array().unwrap().len(), 8);
+    let future = host.get(&format!(
+        "{API}/instances?createdTimeFrom=2999-01-01T00:00:00Z"
+    ));
+    assert_eq!(future.json(), json!([]));
+    let none_done = host.get(&format!("{API}/instances?runtimeStatus=Completed"));
+    assert_eq!(none_done.json(), json!([]));
+}
+
+#[test]
+fn function_routes_need_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[http]]\nname = \"Check\"\nroute = \"/secure/check/{{input}}\"\nauth = \"function\"\ncomponent = {:?}\n",
+            duro_tests::SCENARIO_HTTP
+        ),
+    );
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--function-key", "s3cret"],
+    );
+    let denied = host.get("/secure/check/x");
+    assert_eq!(denied.status, 401);
+    assert!(denied.error().contains("function key"));
+    assert_eq!(host.get("/secure/check/x?code=wrong").status, 401);
+    assert_eq!(host.get("/secure/check/x?code=s3cret").status, 404);
+    let with_header = host.request(
+        "GET",
+        "/secure/check/x",
+        None,
+        &[("x-functions-key", "s3cret")],
+    );
+    assert_eq!(with_header.status, 404, "authorized, and no such instance");
+}
