@@ -56,7 +56,7 @@ impl From<RuntimeStatus> for host::RuntimeStatus {
 
 /// An instance as the client sees it; serializes with the field names of
 /// Durable Functions' status JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     /// The orchestration name.
@@ -71,10 +71,43 @@ pub struct InstanceStatus {
     pub output: serde_json::Value,
     /// Its custom status.
     pub custom_status: serde_json::Value,
-    /// Creation time, ms since the Unix epoch.
+    /// Creation time, ms since the Unix epoch (RFC 3339 in JSON).
+    #[serde(serialize_with = "as_rfc3339")]
     pub created_time: u64,
-    /// Last change, ms since the Unix epoch.
+    /// Last change, ms since the Unix epoch (RFC 3339 in JSON).
+    #[serde(serialize_with = "as_rfc3339")]
     pub last_updated_time: u64,
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+/// Format milliseconds since the Unix epoch as RFC 3339 UTC, the way the
+/// management API does (no date crate needed inside the guest).
+///
+/// ```
+/// assert_eq!(duro_http::rfc3339(0), "1970-01-01T00:00:00.000Z");
+/// assert_eq!(duro_http::rfc3339(1_795_859_523_242), "2026-11-28T09:52:03.242Z");
+/// assert_eq!(duro_http::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+/// ```
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days to civil date: Howard Hinnant's algorithm.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z",
+        ms % 1000
+    )
 }
 
 fn parse_json(text: &str) -> serde_json::Value {

@@ -31,7 +31,7 @@ mod client;
 mod handler;
 
 pub use client::{
-    ClientError, DurableClient, InstancePage, InstanceQuery, InstanceStatus, RuntimeStatus,
+    ClientError, DurableClient, InstancePage, InstanceQuery, InstanceStatus, RuntimeStatus, rfc3339,
 };
 pub use handler::{Request, Response};
 
