@@ -86,12 +86,7 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
             &format!("{BASE}/instances/{{id}}/raiseEvent/{{event}}"),
             post(raise_event),
         )
-        .route(
-            &format!("{BASE}/instances/{{id}}/terminate"),
-            post(terminate),
-        )
-        .route(&format!("{BASE}/instances/{{id}}/suspend"), post(suspend))
-        .route(&format!("{BASE}/instances/{{id}}/resume"), post(resume))
+        .route(&format!("{BASE}/instances/{{id}}/{{verb}}"), post(control))
         .with_state(runtime)
 }
 
@@ -363,33 +358,26 @@ struct ReasonParams {
     reason: Option<String>,
 }
 
-async fn terminate(
+/// `terminate`, `suspend` and `resume`: one handler, the verb in the path.
+async fn control(
     State(rt): State<Arc<Runtime>>,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     Query(p): Query<ReasonParams>,
 ) -> ApiResult {
     checked_id(&id)?;
-    rt.terminate(&id, p.reason).await?;
-    Ok(StatusCode::ACCEPTED.into_response())
-}
-
-async fn suspend(
-    State(rt): State<Arc<Runtime>>,
-    Path(id): Path<String>,
-    Query(p): Query<ReasonParams>,
-) -> ApiResult {
-    checked_id(&id)?;
-    rt.suspend(&id, p.reason).await?;
-    Ok(StatusCode::ACCEPTED.into_response())
-}
-
-async fn resume(
-    State(rt): State<Arc<Runtime>>,
-    Path(id): Path<String>,
-    Query(p): Query<ReasonParams>,
-) -> ApiResult {
-    checked_id(&id)?;
-    rt.resume(&id, p.reason).await?;
+    match verb.as_str() {
+        "terminate" => rt.terminate(&id, p.reason).await?,
+        "suspend" => rt.suspend(&id, p.reason).await?,
+        "resume" => rt.resume(&id, p.reason).await?,
+        other => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "no operation `{other}` on instances (terminate, suspend, resume)"
+                ),
+            });
+        }
+    }
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -105,6 +105,8 @@ struct Inner {
     registry: RwLock<HashMap<String, String>>,
     work: Notify,
     timers: Notify,
+    /// Bumped after every committed round, so waiters re-read promptly.
+    committed: watch::Sender<u64>,
     ids: AtomicU64,
 }
 
@@ -158,6 +160,7 @@ impl Runtime {
             registry: RwLock::default(),
             work: Notify::new(),
             timers: Notify::new(),
+            committed: watch::channel(0).0,
             ids: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -389,7 +392,8 @@ impl Runtime {
         .await
     }
 
-    /// Wait until an instance satisfies `done`, polling its status.
+    /// Wait until an instance satisfies `done` (or `timeout` passes),
+    /// re-reading its status after each committed round of episodes.
     pub async fn wait_until(
         &self,
         id: &str,
@@ -397,6 +401,7 @@ impl Runtime {
         done: impl Fn(&Instance) -> bool,
     ) -> RuntimeResult<Instance> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut committed = self.inner.committed.subscribe();
         loop {
             let instance = self
                 .status(id)
@@ -405,7 +410,8 @@ impl Runtime {
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The fallback sleep covers writes by other processes.
+            let _ = tokio::time::timeout(Duration::from_millis(50), committed.changed()).await;
         }
     }
 
@@ -511,6 +517,7 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
     if new_timers {
         inner.timers.notify_one();
     }
+    inner.committed.send_modify(|n| *n += 1);
     Ok(count)
 }
 

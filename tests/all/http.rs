@@ -25,7 +25,10 @@ fn the_scenario_runs_end_to_end() {
     assert_eq!(status["name"], "Workflow");
     assert_eq!(status["input"], "alpha");
     assert_eq!(status["runtimeStatus"], "Running");
-    assert!(status["createdTime"].as_str().unwrap().ends_with('Z'), "{status}");
+    assert!(
+        status["createdTime"].as_str().unwrap().ends_with('Z'),
+        "{status}"
+    );
 
     let stop = host.get("/api/stop/alpha");
     assert_eq!(stop.status, 200, "{}", stop.body);

@@ -92,7 +92,8 @@ pub struct LoadedInstance {
 /// What the orchestration runtime needs from a store.
 pub trait RuntimeStore: Send + Sync + 'static {
     /// Lease up to `max` instances that have inbox messages and no live lease,
-    /// until `lease_until`; returns their ids.
+    /// until `lease_until` (a backend shared by several hosts must honour the
+    /// expiry; a single-host one may keep leases in memory); returns their ids.
     fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>>;
     /// Give a lease back without changing anything.
     fn release(&self, instance: &str) -> StoreResult<()>;

@@ -1,9 +1,10 @@
 //! The embedded SQLite store: WAL, `synchronous=FULL`, one writer thread that
 //! group-commits every write waiting for it, and a pool of read connections.
 //!
-//! An SQLite file belongs to one `duro` host at a time: leases left by a
-//! crashed host are cleared when the file is opened.
+//! An SQLite file belongs to one `duro` host at a time, so instance leases
+//! are kept in memory.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
+    /// Instances some worker of this process is stepping.
+    leased: Mutex<HashSet<String>>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -90,8 +93,8 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 }
 
 impl SqliteStore {
-    /// Open (creating if needed) the database at `path`, migrate it, clear
-    /// stale leases and start the writer thread.
+    /// Open (creating if needed) the database at `path`, migrate it and start the
+    /// writer thread.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -102,11 +105,6 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
-        conn.execute(
-            "UPDATE instances SET lease_until = 0 WHERE lease_until != 0",
-            [],
-        )
-        .map_err(backend)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("duro-sqlite-writer".into())
@@ -119,6 +117,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
+            leased: Mutex::default(),
         })
     }
 
@@ -343,7 +342,7 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
     append_events(conn, &instance.id, first_seq, &episode.new_events)?;
     conn.prepare_cached(
         "UPDATE instances SET status = ?2, input = ?3, output = ?4, custom_status = ?5, \
-         updated_at = ?6, history_len = ?7, lease_until = 0 WHERE id = ?1",
+         updated_at = ?6, history_len = ?7 WHERE id = ?1",
     )
     .map_err(backend)?
     .execute(params![
@@ -381,36 +380,39 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
 }
 
 impl RuntimeStore for SqliteStore {
-    fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>> {
-        self.write(move |conn| {
-            let now = now_millis() as i64;
+    /// Leases live in memory: one host owns the file, and a crash ends all
+    /// of them anyway, so making them durable would only cost an fsync per
+    /// round.
+    fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
+        let held = self.leased.lock().expect("lease set poisoned").len();
+        let candidates: Vec<String> = self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE instances SET lease_until = ?1 WHERE id IN (
-                        SELECT DISTINCT i.instance_id FROM inbox i
-                        JOIN instances s ON s.id = i.instance_id
-                        WHERE s.lease_until <= ?2
-                          AND (s.status != 'Suspended' OR i.control = 1)
-                        LIMIT ?3)
-                     RETURNING id",
+                    "SELECT DISTINCT i.instance_id FROM inbox i
+                     JOIN instances s ON s.id = i.instance_id
+                     WHERE s.status != 'Suspended' OR i.control = 1
+                     LIMIT ?1",
                 )
                 .map_err(backend)?;
-            let ids = stmt
-                .query_map(params![lease_until as i64, now, max as i64], |r| r.get(0))
+            stmt.query_map([(max + held) as i64], |r| r.get(0))
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(backend)?;
-            Ok(ids)
-        })
+                .map_err(backend)
+        })?;
+        let mut leased = self.leased.lock().expect("lease set poisoned");
+        Ok(candidates
+            .into_iter()
+            .filter(|id| leased.insert(id.clone()))
+            .take(max)
+            .collect())
     }
 
     fn release(&self, instance: &str) -> StoreResult<()> {
-        let id = instance.to_string();
-        self.write(move |conn| {
-            conn.execute("UPDATE instances SET lease_until = 0 WHERE id = ?1", [id])
-                .map_err(backend)?;
-            Ok(())
-        })
+        self.leased
+            .lock()
+            .expect("lease set poisoned")
+            .remove(instance);
+        Ok(())
     }
 
     fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
@@ -452,6 +454,7 @@ impl RuntimeStore for SqliteStore {
     fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
         // Each episode is its own job: the writer folds them (and any other
         // waiting writes) into one transaction, each in its own savepoint.
+        let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
         let waiters: Vec<_> = episodes
             .into_iter()
             .map(|episode| {
@@ -476,7 +479,7 @@ impl RuntimeStore for SqliteStore {
                 (sent.is_ok(), rx)
             })
             .collect();
-        waiters
+        let results: Vec<StoreResult<()>> = waiters
             .into_iter()
             .map(|(sent, rx)| {
                 let stopped = || StoreError::Backend {
@@ -488,7 +491,12 @@ impl RuntimeStore for SqliteStore {
                 }
                 rx.recv().map_err(|_| stopped())?
             })
-            .collect()
+            .collect();
+        let mut leased = self.leased.lock().expect("lease set poisoned");
+        for id in &ids {
+            leased.remove(id);
+        }
+        results
     }
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
@@ -565,8 +573,8 @@ impl ClientStore for SqliteStore {
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
-                     component, created_at, updated_at, history_len, lease_until) \
-                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, 0)",
+                     component, created_at, updated_at, history_len) \
+                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1)",
                 )
                 .map_err(backend)?
                 .execute(params![

@@ -16,8 +16,7 @@ CREATE TABLE instances (
     component     TEXT NOT NULL REFERENCES components (digest),
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL,
-    history_len   INTEGER NOT NULL,
-    lease_until   INTEGER NOT NULL DEFAULT 0
+    history_len   INTEGER NOT NULL
 );
 CREATE INDEX instances_by_created ON instances (created_at, id);
 CREATE INDEX instances_by_name ON instances (name, created_at);

@@ -1,0 +1,105 @@
+//! Lifecycle benchmark: start → (Running) → raise event → Completed, through
+//! the runtime's public API on a real SQLite file (WAL, synchronous=FULL).
+//!
+//! `cargo bench -p duro-tests --bench lifecycle -- [--clients 64] [--lifecycles 2000] [--latency-samples 200]`
+//!
+//! Reports lifecycles per second at N concurrent clients, and the latency
+//! from raising the event to seeing the instance Completed with one client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duro::model::RuntimeStatus;
+use duro::runtime::{Runtime, RuntimeConfig};
+use duro_tests::{COMPILE_CACHE, SCENARIO, guest_bytes};
+use serde_json::json;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn lifecycle(rt: &Runtime, n: usize) -> Duration {
+    let id = rt
+        .start_new("Workflow", None, &json!(format!("bench-{n}")))
+        .await
+        .expect("start");
+    let patience = Duration::from_secs(60);
+    let running = rt
+        .wait_until(&id, patience, |i| i.status == RuntimeStatus::Running)
+        .await
+        .expect("status");
+    assert_eq!(running.status, RuntimeStatus::Running);
+    let raised = Instant::now();
+    rt.raise_event(&id, "Workflow", &json!(null))
+        .await
+        .expect("raise");
+    let done = rt
+        .wait_until(&id, patience, |i| i.status == RuntimeStatus::Completed)
+        .await
+        .expect("status");
+    assert_eq!(done.status, RuntimeStatus::Completed);
+    raised.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = arg("--clients", 64);
+    let lifecycles = arg("--lifecycles", 2000);
+    let samples = arg("--latency-samples", 200);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = RuntimeConfig::new(dir.path().join("bench.db"));
+    config.compile_cache = Some(COMPILE_CACHE.into());
+    let rt = Arc::new(Runtime::start(config).await.expect("runtime"));
+    rt.register(guest_bytes(SCENARIO), &["Workflow"])
+        .await
+        .expect("register");
+    // Warm up: compile, first instantiation.
+    lifecycle(&rt, usize::MAX).await;
+
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples {
+        latencies.push(lifecycle(&rt, n).await);
+    }
+    latencies.sort();
+
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (rt, next) = (rt.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= lifecycles {
+                        return;
+                    }
+                    lifecycle(&rt, samples + n).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("client");
+    }
+    let elapsed = started.elapsed();
+
+    println!(
+        "latency raise→Completed, 1 client, {samples} samples: p50 {:?}  p99 {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "throughput: {lifecycles} lifecycles (start → Running → event → Completed) \
+         with {clients} clients in {elapsed:.2?} = {:.0} lifecycles/s",
+        lifecycles as f64 / elapsed.as_secs_f64()
+    );
+}
