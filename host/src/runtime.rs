@@ -105,8 +105,10 @@ struct Inner {
     registry: RwLock<HashMap<String, String>>,
     work: Notify,
     timers: Notify,
-    /// Bumped after every committed round, so waiters re-read promptly.
-    committed: watch::Sender<u64>,
+    /// The instances of each committed round, so waiters re-read promptly.
+    committed: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    /// Rounds whose commit may be under way at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
     ids: AtomicU64,
 }
 
@@ -160,7 +162,8 @@ impl Runtime {
             registry: RwLock::default(),
             work: Notify::new(),
             timers: Notify::new(),
-            committed: watch::channel(0).0,
+            committed: tokio::sync::broadcast::channel(1024).0,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
             ids: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -314,9 +317,10 @@ impl Runtime {
 
     /// An instance's current state.
     pub async fn status(&self, id: &str) -> RuntimeResult<Option<Instance>> {
-        let store = self.inner.store.clone();
-        let id = id.to_string();
-        Ok(blocking(move || store.instance(&id)).await?)
+        // A primary-key read from a pooled connection takes microseconds
+        // (WAL readers never wait for the writer): cheaper inline than the
+        // hand-off to a blocking thread, which the lifecycle bench showed.
+        Ok(self.inner.store.instance(id)?)
     }
 
     /// An instance's history.
@@ -402,6 +406,14 @@ impl Runtime {
     ) -> RuntimeResult<Instance> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut committed = self.inner.committed.subscribe();
+        let until_changed =
+            async |committed: &mut tokio::sync::broadcast::Receiver<Arc<[String]>>| loop {
+                match committed.recv().await {
+                    Ok(ids) if !ids.iter().any(|i| i == id) => continue,
+                    // Ours, or missed rounds (lagged): read again.
+                    _ => return,
+                }
+            };
         loop {
             let instance = self
                 .status(id)
@@ -410,8 +422,9 @@ impl Runtime {
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
             }
-            // The fallback sleep covers writes by other processes.
-            let _ = tokio::time::timeout(Duration::from_millis(50), committed.changed()).await;
+            // The fallback timeout covers writes by other processes.
+            let _ = tokio::time::timeout(Duration::from_millis(50), until_changed(&mut committed))
+                .await;
         }
     }
 
@@ -479,16 +492,21 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
     if count == 0 {
         return Ok(0);
     }
-    let episodes: Vec<_> = claimed
-        .into_iter()
-        .map(|id| {
-            let inner = inner.clone();
-            tokio::task::spawn_blocking(move || (id.clone(), run_episode(&inner, &id)))
-        })
-        .collect();
+    // One blocking task per round, not per episode: on few cores the thread
+    // hand-offs cost more than the episodes themselves.
+    let worker = inner.clone();
+    let episodes = blocking(move || {
+        claimed
+            .into_iter()
+            .map(|id| {
+                let result = run_episode(&worker, &id);
+                (id, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
     let mut commits = Vec::new();
-    for episode in episodes {
-        let (id, result) = episode.await?;
+    for (id, result) in episodes {
         match result {
             Ok(commit) => commits.push(commit),
             Err(e) => {
@@ -498,26 +516,43 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
             }
         }
     }
-    let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
-    let store = inner.store.clone();
-    let results = blocking(move || {
-        let ids: Vec<String> = commits.iter().map(|c| c.instance.id.clone()).collect();
-        ids.into_iter()
-            .zip(store.commit_episodes(commits))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    for (id, result) in results {
-        if let Err(e) = result {
-            tracing::warn!(instance = %id, "episode not committed, will retry: {e}");
-            let store = inner.store.clone();
-            blocking(move || store.release(&id)).await?;
+    // Commit in the background and go on claiming: the leases keep these
+    // instances out of the next rounds until their commit is done, and the
+    // writer folds concurrent rounds into one transaction.
+    let permit = inner
+        .in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("commit semaphore closed");
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
+        let store = inner.store.clone();
+        let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
+        let committed = ids.clone();
+        let results = blocking(move || {
+            ids.iter()
+                .cloned()
+                .zip(store.commit_episodes(commits))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (id, result) in results {
+            if let Err(e) = result {
+                tracing::warn!(instance = %id, "episode not committed, will retry: {e}");
+                let store = inner.store.clone();
+                let _ = blocking(move || store.release(&id)).await;
+            }
         }
-    }
-    if new_timers {
-        inner.timers.notify_one();
-    }
-    inner.committed.send_modify(|n| *n += 1);
+        if new_timers {
+            inner.timers.notify_one();
+        }
+        let _ = inner.committed.send(committed);
+        // Messages that arrived while these instances were leased.
+        inner.work.notify_one();
+    });
     Ok(count)
 }
 
