@@ -54,6 +54,10 @@ impl Engine {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         if let Some(dir) = cache_dir {
+            // wasmtime wants an absolute cache path; users pass relative ones.
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("compiled-code cache path {}", dir.display()))?;
+            let dir = dir.as_path();
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             config.cache(Some(

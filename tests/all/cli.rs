@@ -117,3 +117,13 @@ fn serve_refuses_a_component_that_does_not_fit_its_world() {
         );
     }
 }
+
+#[test]
+fn serve_works_with_relative_paths_and_the_default_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_in(dir.path(), &manifest, "data/duro.db");
+    assert_eq!(host.get("/api/start/rel").status, 200);
+    assert!(dir.path().join("data/duro.db").exists());
+    assert!(dir.path().join("data/.duro-cache").is_dir());
+}

@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use duro_tests::{COMPILE_CACHE, SCENARIO, SCENARIO_HTTP};
 use serde_json::Value;
 
-/// The `duro` binary: cargo builds it beside the test binaries, because the
-/// `duro` package has integration tests of its own (`host/tests/`).
+/// The `duro` program under test, rebuilt by cargo with the tests.
 pub fn duro_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let binary = dir.join(format!("duro{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p duro` first)",
-        binary.display()
-    );
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_duro-under-test"))
 }
 
 /// The scenario manifest, pointing at the guests the build made.
@@ -73,15 +64,27 @@ impl Host {
 
     /// Start `duro serve` with this manifest and database.
     pub fn start_with(manifest: &Path, database: &Path, extra: &[&str]) -> Host {
-        let mut child = Command::new(duro_binary())
+        let mut args = vec!["--cache-dir", COMPILE_CACHE];
+        args.extend_from_slice(extra);
+        Host::spawn(Command::new(duro_binary()), manifest, database, &args)
+    }
+
+    /// Start `duro serve` from `dir` as a user would: relative paths, the
+    /// default cache location.
+    pub fn start_in(dir: &Path, manifest: &Path, database: &str) -> Host {
+        let mut command = Command::new(duro_binary());
+        command.current_dir(dir);
+        Host::spawn(command, manifest, Path::new(database), &[])
+    }
+
+    fn spawn(mut command: Command, manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+        let mut child = command
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
             .arg("--manifest")
             .arg(manifest)
             .arg("--database")
             .arg(database)
-            .arg("--cache-dir")
-            .arg(COMPILE_CACHE)
             .args(extra)
             .env("DURO_LOG", "warn")
             .stdout(Stdio::piped())
