@@ -134,12 +134,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             ),
         );
     }
-    let router = router.fallback(|| async {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: "no route matches this path".into(),
-        }
-    });
+    let router = router
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no route matches this path".into(),
+            }
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: format!("this route does not take {method}"),
+            }
+        });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -155,11 +162,27 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         app.http.len()
     );
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM. Nothing is lost either way: every acknowledged request
+/// is already durable, and unfinished episodes rerun on the next start.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 async fn call_trigger(

@@ -270,6 +270,7 @@ async fn traps_loops_and_errors_fail_their_own_instance() {
     let panics = rt.start_new("Panics", None, &json!(null)).await.unwrap();
     let spins = rt.start_new("Spin", None, &json!(null)).await.unwrap();
     let refuses = rt.start_new("Refuses", None, &json!(null)).await.unwrap();
+    let hog = rt.start_new("Hog", None, &json!(null)).await.unwrap();
     let bystander = rt
         .start_new("Workflow", None, &json!("fine"))
         .await
@@ -284,6 +285,11 @@ async fn traps_loops_and_errors_fail_their_own_instance() {
             .unwrap()
             .contains("ran for more than 1s in one step"),
         "spin is stopped by the step budget"
+    );
+    let failed = wait_status(&rt, &hog, RuntimeStatus::Failed).await;
+    assert!(
+        failed.output.unwrap().contains("trapped"),
+        "the memory limit stops it"
     );
     let failed = wait_status(&rt, &refuses, RuntimeStatus::Failed).await;
     assert_eq!(json(&failed.output.unwrap()), json!("refused on purpose"));
@@ -385,5 +391,32 @@ async fn bad_requests_are_refused_and_change_nothing() {
         rt.start_new("Broken", None, &json!(null)).await,
         Err(RuntimeError::UnknownOrchestration(_))
     ));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_of_completes_with_the_first_named_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt
+        .start_new("FirstOf", None, &json!(["Approve", "Reject", "Escalate"]))
+        .await
+        .unwrap();
+    wait_status(&rt, &id, RuntimeStatus::Running).await;
+    // An event nobody waits for is buffered and changes nothing.
+    rt.raise_event(&id, "Unrelated", &json!(0)).await.unwrap();
+    rt.raise_event(&id, "Reject", &json!({ "why": "late" }))
+        .await
+        .unwrap();
+    rt.raise_event(&id, "Approve", &json!(true)).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "event": "Reject", "payload": { "why": "late" } })
+    );
+    assert_eq!(
+        rt.replay_check(&id, guest_bytes(SCENARIO)).await.unwrap(),
+        Ok(())
+    );
     rt.shutdown().await;
 }

@@ -12,7 +12,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub const SCENARIO_NAMES: &[&str] = &["Workflow", "WorkflowWithTimeout", "FirstOf"];
 pub const TEST_NAMES: &[&str] = &[
-    "Fickle", "Sequence", "Panics", "Spin", "Probe", "Counter", "Refuses",
+    "Fickle", "Sequence", "Panics", "Spin", "Probe", "Counter", "Refuses", "Hog",
 ];
 
 pub async fn runtime(dir: &Path) -> Runtime {

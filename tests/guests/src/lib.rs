@@ -65,6 +65,17 @@ async fn probe(ctx: OrchestrationContext) -> Result<Value> {
     Ok(json!({ "first": first, "guid2": ctx.new_guid() }))
 }
 
+/// Grows its memory until the host's limit stops it.
+async fn hog(_ctx: OrchestrationContext) -> Result<usize> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        chunks.push(vec![1u8; 16 << 20]);
+        if chunks.len() > 1024 {
+            return Ok(chunks.len());
+        }
+    }
+}
+
 /// Counts up by continuing as new until it reaches 3.
 async fn counter(ctx: OrchestrationContext) -> Result<u32> {
     let n: u32 = ctx.input()?;
@@ -88,4 +99,5 @@ duro_sdk::export_orchestrations! {
     "Probe" => probe,
     "Counter" => counter,
     "Refuses" => refuses,
+    "Hog" => hog,
 }
