@@ -25,6 +25,9 @@ use crate::replay::{Divergence, Outcome, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{EpisodeCommit, Store, StoreError};
 
+/// How long an instance whose episode failed to run waits before a retry.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// Longest instance id accepted.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
 
@@ -75,7 +78,7 @@ pub enum RuntimeError {
     #[error("no instance with id `{0}`")]
     NotFound(String),
     /// An instance with this id exists and is not finished.
-    #[error("an instance with id `{0}` already exists")]
+    #[error("an instance with id `{0}` already exists and has not finished")]
     AlreadyExists(String),
     /// The instance has finished; it takes no more events.
     #[error("instance `{id}` is {status}; it accepts no more events")]
@@ -510,9 +513,14 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
         match result {
             Ok(commit) => commits.push(commit),
             Err(e) => {
-                tracing::error!(instance = %id, "episode failed: {e:#}");
+                // A store hiccup: keep the lease a moment so a persistent
+                // failure is retried once a second, not in a hot loop.
+                tracing::error!(instance = %id, "episode failed, retrying in 1s: {e:#}");
                 let store = inner.store.clone();
-                blocking(move || store.release(&id)).await?;
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    let _ = blocking(move || store.release(&id)).await;
+                });
             }
         }
     }
@@ -691,10 +699,32 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     let component = match inner.engine.cached(&instance.component) {
         Some(component) => component,
         None => {
-            let bytes = inner.store.component(&instance.component)?.ok_or_else(|| {
-                anyhow::anyhow!("component {} is missing from the store", instance.component)
-            })?;
-            inner.engine.component(&instance.component, &bytes)?
+            let compiled = inner
+                .store
+                .component(&instance.component)?
+                .ok_or_else(|| anyhow::anyhow!("it is missing from the store"))
+                .and_then(|bytes| inner.engine.component(&instance.component, &bytes));
+            match compiled {
+                Ok(component) => component,
+                Err(e) => {
+                    // Permanent: the instance can never run on its component.
+                    let error = format!("component {} cannot be loaded: {e:#}", instance.component);
+                    tracing::error!(instance = %instance.id, "{error}");
+                    let new_events = vec![
+                        HistoryEvent::OrchestratorStarted { timestamp: now },
+                        HistoryEvent::ExecutionFailed {
+                            error: error.clone(),
+                        },
+                    ];
+                    instance.status = RuntimeStatus::Failed;
+                    instance.output = Some(serde_json::Value::String(error).to_string());
+                    instance.updated_at = now;
+                    instance.history_len = expected_history_len + new_events.len() as u64;
+                    commit.new_events = new_events;
+                    commit.instance = instance;
+                    return Ok(commit);
+                }
+            }
         }
     };
     let subject = Subject {

@@ -199,6 +199,24 @@ fn bad_requests_get_a_json_error_naming_the_problem() {
     let status = host.get(&format!("{API}/instances/fixed-1")).json();
     assert_eq!(status["input"], "one");
     assert_ne!(status["runtimeStatus"], "Completed");
+    // Once it has finished, the id may be started again, as a new execution.
+    host.post(&format!("{API}/instances/fixed-1/raiseEvent/Workflow"), "1");
+    host.poll(&format!("{API}/instances/fixed-1"), |r| r.status == 200);
+    let restarted = host.post(&format!("{API}/orchestrators/Workflow/fixed-1"), "\"three\"");
+    assert_eq!(restarted.status, 202, "{}", restarted.body);
+    let status = host.poll(&format!("{API}/instances/fixed-1"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    assert_eq!(status.json()["input"], "three");
+    let history = host.get(&format!("{API}/instances/fixed-1?showHistory=true")).json();
+    assert!(
+        !history["historyEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["eventType"] == "ExecutionCompleted"),
+        "the old execution's history is gone: {history}"
+    );
 
     for query in [
         "runtimeStatus=Sleeping",

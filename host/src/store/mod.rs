@@ -19,8 +19,8 @@ pub enum StoreError {
     /// No instance has this id.
     #[error("no instance with id `{0}`")]
     NotFound(String),
-    /// An instance with this id exists already.
-    #[error("an instance with id `{0}` already exists")]
+    /// A live (unfinished) instance with this id exists already.
+    #[error("an instance with id `{0}` already exists and has not finished")]
     AlreadyExists(String),
     /// The history changed under the writer (optimistic concurrency).
     #[error("history of `{instance}` is at version {actual}, the episode expected {expected}")]
@@ -115,7 +115,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
 pub trait ClientStore: Send + Sync + 'static {
     /// Store a component's bytes under their digest (idempotent).
     fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()>;
-    /// Create an instance with its `ExecutionStarted` event and a start message.
+    /// Create an instance with its `ExecutionStarted` event and a start
+    /// message, replacing a finished instance with the same id.
     fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
     /// Put a message into an instance's inbox.
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;

@@ -312,6 +312,18 @@ fn push_message(conn: &Connection, id: &str, message: &Message) -> StoreResult<(
     Ok(())
 }
 
+/// Delete an instance and everything it owns; false if there was none.
+fn delete_instance(conn: &Connection, id: &str) -> StoreResult<bool> {
+    for table in ["history", "inbox", "timers"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE instance_id = ?1"), [id])
+            .map_err(backend)?;
+    }
+    let deleted = conn
+        .execute("DELETE FROM instances WHERE id = ?1", [id])
+        .map_err(backend)?;
+    Ok(deleted > 0)
+}
+
 fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> {
     let instance = &episode.instance;
     let actual: Option<i64> = conn
@@ -570,6 +582,14 @@ impl ClientStore for SqliteStore {
     fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
         let instance = instance.clone();
         self.write(move |conn| {
+            // Like Durable Functions: an id whose instance has finished may be
+            // started again (the old execution is replaced); a live one may not.
+            if let Some(existing) = get_instance(conn, &instance.id)? {
+                if !existing.status.is_terminal() {
+                    return Err(StoreError::AlreadyExists(instance.id.clone()));
+                }
+                delete_instance(conn, &instance.id)?;
+            }
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
