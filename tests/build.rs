@@ -9,13 +9,19 @@ const GUESTS: &[(&str, &str)] = &[
     ("SCENARIO", "scenario"),
     ("SCENARIO_HTTP", "scenario-http"),
     ("TEST_GUESTS", "test-guests"),
+    ("TEST_GUESTS_HTTP", "test-guests-http"),
 ];
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
-    for dir in ["guest-sdk", "workflows", "tests/guests"] {
+    for dir in [
+        "guest-sdk",
+        "workflows",
+        "tests/guests",
+        "tests/guests-http",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     // A target dir apart from the outer build's, which cargo keeps locked.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -55,6 +56,12 @@ enum Command {
         /// Where compiled components are cached (default: beside the database).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
+        /// How long one orchestration step may run before its instance fails.
+        #[arg(long, env = "DURO_STEP_BUDGET_MS", default_value_t = 5000)]
+        step_budget_ms: u64,
+        /// How long one HTTP function call may run before it gets a 500.
+        #[arg(long, env = "DURO_TRIGGER_BUDGET_MS", default_value_t = 30000)]
+        trigger_budget_ms: u64,
     },
     /// Start an orchestration instance.
     Start {
@@ -172,6 +179,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             function_key,
             cache_dir,
+            step_budget_ms,
+            trigger_budget_ms,
         } => {
             server::serve(ServeConfig {
                 listen,
@@ -179,6 +188,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 manifest,
                 function_key,
                 cache_dir,
+                step_budget: Duration::from_millis(step_budget_ms),
+                trigger_budget: Duration::from_millis(trigger_budget_ms),
             })
             .await
         }

@@ -32,6 +32,10 @@ pub struct ServeConfig {
     pub function_key: Option<String>,
     /// Compiled-code cache (default: `.duro-cache` beside the database).
     pub cache_dir: Option<PathBuf>,
+    /// Longest an orchestration step may run.
+    pub step_budget: Duration,
+    /// Longest an HTTP function call may run.
+    pub trigger_budget: Duration,
 }
 
 struct Route {
@@ -57,6 +61,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
     let mut runtime_config = RuntimeConfig::new(&config.database);
+    runtime_config.step_budget = config.step_budget;
     let data_dir = config
         .database
         .parent()
@@ -85,7 +90,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let triggers = Triggers::new(
         runtime.engine().clone(),
         runtime.clone(),
-        Duration::from_secs(30),
+        config.trigger_budget,
     )?;
     let mut routes = Vec::new();
     for function in &app.http {

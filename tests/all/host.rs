@@ -64,7 +64,7 @@ impl Host {
 
     /// Start `duro serve` with this manifest and database.
     pub fn start_with(manifest: &Path, database: &Path, extra: &[&str]) -> Host {
-        let mut args = vec!["--cache-dir", COMPILE_CACHE];
+        let mut args = vec!["--cache-dir", COMPILE_CACHE, "--trigger-budget-ms", "1000"];
         args.extend_from_slice(extra);
         Host::spawn(Command::new(duro_binary()), manifest, database, &args)
     }

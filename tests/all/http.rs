@@ -202,13 +202,18 @@ fn bad_requests_get_a_json_error_naming_the_problem() {
     // Once it has finished, the id may be started again, as a new execution.
     host.post(&format!("{API}/instances/fixed-1/raiseEvent/Workflow"), "1");
     host.poll(&format!("{API}/instances/fixed-1"), |r| r.status == 200);
-    let restarted = host.post(&format!("{API}/orchestrators/Workflow/fixed-1"), "\"three\"");
+    let restarted = host.post(
+        &format!("{API}/orchestrators/Workflow/fixed-1"),
+        "\"three\"",
+    );
     assert_eq!(restarted.status, 202, "{}", restarted.body);
     let status = host.poll(&format!("{API}/instances/fixed-1"), |r| {
         r.json()["runtimeStatus"] == "Running"
     });
     assert_eq!(status.json()["input"], "three");
-    let history = host.get(&format!("{API}/instances/fixed-1?showHistory=true")).json();
+    let history = host
+        .get(&format!("{API}/instances/fixed-1?showHistory=true"))
+        .json();
     assert!(
         !history["historyEvents"]
             .as_array()
@@ -410,4 +415,64 @@ fn function_routes_need_the_key() {
         &[("x-functions-key", "s3cret")],
     );
     assert_eq!(with_header.status, 404, "authorized, and no such instance");
+}
+
+#[test]
+fn triggers_see_their_request_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = duro_tests::TEST_GUESTS_HTTP;
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[http]]\nname = \"Echo\"\nroute = \"/echo/{{thing}}\"\nmethods = [\"GET\", \"post\"]\ncomponent = {guests:?}\n\
+             [[http]]\nname = \"Panic\"\nroute = \"/panic\"\ncomponent = {guests:?}\n\
+             [[http]]\nname = \"Spin\"\nroute = \"/spin\"\ncomponent = {guests:?}\n\
+             [[http]]\nname = \"Nobody\"\nroute = \"/nobody\"\ncomponent = {guests:?}\n"
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+
+    let echo = host.request(
+        "POST",
+        "/echo/a%20b?q=x%26y&other=1",
+        Some("{\"n\": 1}"),
+        &[("x-test", "hello")],
+    );
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    assert_eq!(echo.header("x-echo"), Some("yes"));
+    assert_eq!(
+        echo.json(),
+        json!({
+            "method": "POST",
+            "path": "/echo/a%20b",
+            "param": "a b",
+            "query": "x&y",
+            "header": "hello",
+            "body": { "n": 1 },
+        })
+    );
+
+    let panicked = host.get("/panic");
+    assert_eq!(panicked.status, 500);
+    assert!(
+        panicked.error().contains("function `Panic` failed"),
+        "{}",
+        panicked.body
+    );
+    let spun = host.get("/spin");
+    assert_eq!(spun.status, 500);
+    assert!(
+        spun.error().contains("function `Spin` failed"),
+        "{}",
+        spun.body
+    );
+    let nobody = host.get("/nobody");
+    assert_eq!(nobody.status, 404);
+    assert!(
+        nobody.error().contains("no HTTP function named `Nobody`"),
+        "{}",
+        nobody.body
+    );
+    // The host is fine, and so is the app.
+    assert_eq!(host.get("/api/start/after").status, 200);
 }

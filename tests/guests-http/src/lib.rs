@@ -1,0 +1,37 @@
+//! HTTP triggers only the tests use: `Echo` answers with everything the SDK
+//! parsed from the request, `Panic` traps, `Spin` never returns.
+
+use duro_http::{DurableClient, Request, Response};
+use serde_json::json;
+
+fn echo(req: &Request, _client: &DurableClient) -> Response {
+    Response::json(
+        200,
+        &json!({
+            "method": req.method(),
+            "path": req.path(),
+            "param": req.param("thing"),
+            "query": req.query("q"),
+            "header": req.header("x-test"),
+            "body": req.json::<serde_json::Value>().ok(),
+        }),
+    )
+    .with_header("x-echo", "yes")
+}
+
+fn panic(_req: &Request, _client: &DurableClient) -> Response {
+    panic!("deliberate panic in a trigger");
+}
+
+fn spin(_req: &Request, _client: &DurableClient) -> Response {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+duro_http::export_http_functions! {
+    "Echo" => echo,
+    "Panic" => panic,
+    "Spin" => spin,
+}
