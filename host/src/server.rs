@@ -166,6 +166,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         app.orchestrations.len(),
         app.http.len()
     );
+    // Small JSON answers: send them now rather than wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use duro_tests::{COMPILE_CACHE, SCENARIO, SCENARIO_HTTP};
+use duro_tests::COMPILE_CACHE;
 use serde_json::Value;
 
 /// The `duro` program under test, rebuilt by cargo with the tests.
@@ -15,39 +15,7 @@ pub fn duro_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_duro-under-test"))
 }
 
-/// The scenario manifest, pointing at the guests the build made.
-pub fn scenario_manifest(dir: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[[orchestration]]
-name = "Workflow"
-component = {SCENARIO:?}
-
-[[orchestration]]
-name = "WorkflowWithTimeout"
-component = {SCENARIO:?}
-
-[[http]]
-name = "Start"
-route = "/api/start/{{input}}"
-component = {SCENARIO_HTTP:?}
-
-[[http]]
-name = "Check"
-route = "/api/check/{{input}}"
-component = {SCENARIO_HTTP:?}
-
-[[http]]
-name = "Stop"
-route = "/api/stop/{{input}}"
-component = {SCENARIO_HTTP:?}
-{extra}
-"#
-    );
-    let path = dir.join("duro.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+pub use duro_tests::scenario_manifest;
 
 /// A running `duro serve`; killed when dropped.
 pub struct Host {
