@@ -1,0 +1,148 @@
+//! The SQLite store's contract: concurrent writes are group-committed yet
+//! isolated from each other, appends are checked against the version they
+//! were computed from, and a file survives reopening.
+
+use std::sync::Arc;
+
+use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, now_millis};
+use duro::store::sqlite::SqliteStore;
+use duro::store::{ClientStore, EpisodeCommit, RuntimeStore, StoreError};
+
+fn instance(id: &str) -> Instance {
+    Instance {
+        id: id.into(),
+        name: "Workflow".into(),
+        status: RuntimeStatus::Pending,
+        input: "\"x\"".into(),
+        output: None,
+        custom_status: None,
+        component: "sha256:test".into(),
+        created_at: now_millis(),
+        updated_at: now_millis(),
+        history_len: 1,
+    }
+}
+
+fn open(dir: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::open(dir.join("store.db")).unwrap();
+    store.put_component("sha256:test", b"bytes").unwrap();
+    store
+}
+
+#[test]
+fn concurrent_writes_are_grouped_but_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    // 64 threads, each creating one instance; every fourth id is taken twice.
+    let results: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let id = if i % 4 == 3 {
+                    format!("i{}", i - 1)
+                } else {
+                    format!("i{i}")
+                };
+                (id.clone(), store.create_instance(&instance(&id)))
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(failed.len(), 16, "one of each pair of duplicates fails");
+    for (id, result) in &failed {
+        assert!(
+            matches!(result, Err(StoreError::AlreadyExists(d)) if d == id),
+            "{result:?}"
+        );
+    }
+    for i in (0..64).filter(|i| i % 4 != 3) {
+        let id = format!("i{i}");
+        let stored = store.instance(&id).unwrap().expect("created");
+        assert_eq!(stored.status, RuntimeStatus::Pending);
+        assert_eq!(
+            store.history(&id).unwrap().len(),
+            1,
+            "{id}: ExecutionStarted"
+        );
+    }
+}
+
+#[test]
+fn an_episode_computed_from_an_old_version_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create_instance(&instance("a")).unwrap();
+    store
+        .enqueue(
+            "a",
+            &Message::EventRaised {
+                name: "E".into(),
+                payload: "1".into(),
+            },
+        )
+        .unwrap();
+    let loaded = store.load("a").unwrap();
+    let mut row = loaded.instance.clone();
+    row.status = RuntimeStatus::Running;
+    row.history_len = 2;
+    let stale = EpisodeCommit {
+        instance: row,
+        expected_history_len: 5,
+        reset_history: false,
+        new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 1 }],
+        consumed: loaded.inbox.iter().map(|m| m.id).collect(),
+        new_timers: Vec::new(),
+        follow_up: Vec::new(),
+    };
+    let results = store.commit_episodes(vec![stale]);
+    assert!(
+        matches!(
+            results[0],
+            Err(StoreError::Conflict {
+                expected: 5,
+                actual: 1,
+                ..
+            })
+        ),
+        "{results:?}"
+    );
+    let after = store.load("a").unwrap();
+    assert_eq!(
+        after.instance.status,
+        RuntimeStatus::Pending,
+        "row untouched"
+    );
+    assert_eq!(after.history.len(), 1, "history untouched");
+    assert_eq!(after.inbox.len(), 2, "inbox untouched (start + event)");
+}
+
+#[test]
+fn everything_written_is_there_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.create_instance(&instance("kept")).unwrap();
+        store
+            .enqueue(
+                "kept",
+                &Message::EventRaised {
+                    name: "E".into(),
+                    payload: "{}".into(),
+                },
+            )
+            .unwrap();
+    }
+    let store = open(dir.path());
+    let loaded = store.load("kept").unwrap();
+    assert_eq!(loaded.history.len(), 1);
+    assert_eq!(loaded.inbox.len(), 2);
+    assert_eq!(store.claim_ready(10, 0).unwrap(), vec!["kept".to_string()]);
+    assert!(store.claim_ready(10, 0).unwrap().is_empty(), "leased");
+    store.release("kept").unwrap();
+    assert_eq!(store.claim_ready(10, 0).unwrap(), vec!["kept".to_string()]);
+    assert!(matches!(
+        store.enqueue("ghost", &Message::Start),
+        Err(StoreError::NotFound(_))
+    ));
+}
