@@ -7,3 +7,4 @@ mod host;
 mod http;
 mod orchestration;
 mod support;
+mod versions;
