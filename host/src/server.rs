@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -116,7 +117,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         triggers,
         function_key: config.function_key.clone(),
     });
-    let mut router = api::router(runtime.clone());
+    // Only the host's own routes: a guest's error responses are its own.
+    let mut router =
+        api::router(runtime.clone()).layer(axum::middleware::map_response(json_errors));
     for route in routes {
         let mut filter: Option<MethodFilter> = None;
         for method in &route.function.methods {
@@ -132,9 +135,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             &path,
             on(
                 filter,
-                move |Path(params): Path<Vec<(String, String)>>, request: Request| {
+                move |params: Result<Path<Vec<(String, String)>>, PathRejection>,
+                      request: Request| {
                     let (route, state) = (route.clone(), state.clone());
-                    async move { call_trigger(&state, &route, params, request).await }
+                    async move {
+                        match params {
+                            Ok(Path(params)) => call_trigger(&state, &route, params, request).await,
+                            Err(rejection) => {
+                                ApiError::bad_request(rejection.body_text()).into_response()
+                            }
+                        }
+                    }
                 },
             ),
         );
@@ -175,6 +186,31 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Errors that axum produces itself (body too large, undecodable path...)
+/// come as plain text; rewrite them into the API's `{"error": ...}` shape so
+/// every 4xx/5xx the management API makes is JSON.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    ApiError { status, message }.into_response()
 }
 
 /// Ctrl-C or SIGTERM. Nothing is lost either way: every acknowledged request

@@ -48,6 +48,9 @@ fn the_scenario_runs_end_to_end() {
     let no_route = host.get("/api/nowhere");
     assert_eq!(no_route.status, 404);
     assert_eq!(no_route.error(), "no route matches this path");
+    let bad_param = host.get("/api/check/%FF");
+    assert_eq!(bad_param.status, 400);
+    assert!(bad_param.error().contains("UTF-8"), "{}", bad_param.body);
     let wrong_method = host.post("/api/start/alpha", "");
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.error(), "this route does not take POST");

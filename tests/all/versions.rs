@@ -13,7 +13,9 @@ fn running_instances_keep_their_component_across_a_redeploy() {
     let host = Host::start_with(&v1, &database, &[]);
     let old = host.post(&format!("{API}/orchestrators/Workflow/old"), "\"old\"");
     assert_eq!(old.status, 202);
-    host.poll(&format!("{API}/instances/old"), |r| r.json()["runtimeStatus"] == "Running");
+    host.poll(&format!("{API}/instances/old"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
     drop(host);
 
     // Version 2: `Workflow` now lives in the test guests, where it starts
@@ -34,7 +36,10 @@ fn running_instances_keep_their_component_across_a_redeploy() {
     assert_eq!(new.status, 202);
 
     // The old instance still replays on version 1 and finishes its way.
-    let raised = host.post(&format!("{API}/instances/old/raiseEvent/Workflow"), "\"old\"");
+    let raised = host.post(
+        &format!("{API}/instances/old/raiseEvent/Workflow"),
+        "\"old\"",
+    );
     assert_eq!(raised.status, 202);
     let done = host.poll(&format!("{API}/instances/old"), |r| r.status == 200);
     assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
