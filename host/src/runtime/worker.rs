@@ -1,0 +1,380 @@
+//! The background side of the runtime: the work loop that claims instances
+//! with messages, runs their episodes and group-commits them, and the timer
+//! loop that moves due timers into inboxes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Inner, RETRY_DELAY, blocking};
+use crate::model::{HistoryEvent, InboxEntry, Message, Millis, RuntimeStatus, Timer, now_millis};
+use crate::replay::{Outcome, Subject};
+use crate::store::EpisodeCommit;
+
+pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            match run_round(&inner).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("orchestration round failed: {e:#}");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.work.notified() => {}
+            _ = tokio::time::sleep(inner.config.poll_interval) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Claim a batch of instances with messages, run an episode for each in
+/// parallel, and commit them all together. Returns how many were claimed.
+async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
+    let lease_until = now_millis() + 60_000;
+    let batch = inner.config.batch_size;
+    let store = inner.store.clone();
+    let claimed = blocking(move || store.claim_ready(batch, lease_until)).await?;
+    let count = claimed.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    // One blocking task per round, not per episode: on few cores the thread
+    // hand-offs cost more than the episodes themselves.
+    let worker = inner.clone();
+    let episodes = blocking(move || {
+        claimed
+            .into_iter()
+            .map(|id| {
+                let result = run_episode(&worker, &id);
+                (id, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut commits = Vec::new();
+    for (id, result) in episodes {
+        match result {
+            Ok(commit) => commits.push(commit),
+            Err(e) => {
+                // A store hiccup: keep the lease a moment so a persistent
+                // failure is retried once a second, not in a hot loop.
+                tracing::error!(instance = %id, "episode failed, retrying in 1s: {e:#}");
+                let store = inner.store.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    let _ = blocking(move || store.release(&id)).await;
+                });
+            }
+        }
+    }
+    // Commit in the background and go on claiming: the leases keep these
+    // instances out of the next rounds until their commit is done, and the
+    // writer folds concurrent rounds into one transaction.
+    let permit = inner
+        .in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("commit semaphore closed");
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
+        let store = inner.store.clone();
+        let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
+        let committed = ids.clone();
+        let results = blocking(move || {
+            ids.iter()
+                .cloned()
+                .zip(store.commit_episodes(commits))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (id, result) in results {
+            if let Err(e) = result {
+                tracing::warn!(instance = %id, "episode not committed, will retry: {e}");
+                let store = inner.store.clone();
+                let _ = blocking(move || store.release(&id)).await;
+            }
+        }
+        if new_timers {
+            inner.timers.notify_one();
+        }
+        let _ = inner.committed.send(committed);
+        // Messages that arrived while these instances were leased.
+        inner.work.notify_one();
+    });
+    Ok(count)
+}
+
+/// What the inbox asks of an episode.
+struct MessagePlan {
+    /// Inbox ids the episode consumes.
+    consumed: Vec<i64>,
+    /// Events for the orchestration, in arrival order.
+    incoming: Vec<HistoryEvent>,
+    /// Suspend/resume events to record.
+    control_events: Vec<HistoryEvent>,
+    /// Suspended once the messages are applied.
+    suspended: bool,
+    /// Terminated, with this reason.
+    terminated: Option<Option<String>>,
+}
+
+/// Apply control messages in order; while the instance is suspended, other
+/// messages stay in the inbox (and are delivered, in order, on resume).
+fn plan_messages(status: RuntimeStatus, inbox: Vec<InboxEntry>) -> MessagePlan {
+    let mut plan = MessagePlan {
+        consumed: Vec::new(),
+        incoming: Vec::new(),
+        control_events: Vec::new(),
+        suspended: status == RuntimeStatus::Suspended,
+        terminated: None,
+    };
+    let mut deferred: Vec<(i64, HistoryEvent)> = Vec::new();
+    for entry in inbox {
+        let event = match entry.message {
+            Message::Terminate { reason } => {
+                plan.consumed.push(entry.id);
+                plan.terminated = Some(reason);
+                return plan;
+            }
+            Message::Suspend { reason } => {
+                plan.consumed.push(entry.id);
+                if !plan.suspended {
+                    plan.suspended = true;
+                    plan.control_events
+                        .push(HistoryEvent::ExecutionSuspended { reason });
+                }
+                continue;
+            }
+            Message::Resume { reason } => {
+                plan.consumed.push(entry.id);
+                if plan.suspended {
+                    plan.suspended = false;
+                    plan.control_events
+                        .push(HistoryEvent::ExecutionResumed { reason });
+                    for (id, event) in deferred.drain(..) {
+                        plan.consumed.push(id);
+                        plan.incoming.push(event);
+                    }
+                }
+                continue;
+            }
+            Message::Start => {
+                plan.consumed.push(entry.id);
+                continue;
+            }
+            Message::EventRaised { name, payload } => HistoryEvent::EventRaised { name, payload },
+            Message::TimerFired { task, fire_at } => HistoryEvent::TimerFired { task, fire_at },
+        };
+        if plan.suspended {
+            deferred.push((entry.id, event));
+        } else {
+            plan.consumed.push(entry.id);
+            plan.incoming.push(event);
+        }
+    }
+    plan
+}
+
+/// One episode of one leased instance, as a commit.
+fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
+    let loaded = inner.store.load(id)?;
+    let mut instance = loaded.instance;
+    let expected_history_len = instance.history_len;
+    let mut commit = EpisodeCommit {
+        instance: instance.clone(),
+        expected_history_len,
+        reset_history: false,
+        new_events: Vec::new(),
+        consumed: Vec::new(),
+        new_timers: Vec::new(),
+        follow_up: Vec::new(),
+    };
+    if instance.status.is_terminal() {
+        // Late messages for a finished instance are dropped.
+        commit.consumed = loaded.inbox.iter().map(|m| m.id).collect();
+        return Ok(commit);
+    }
+    let now = now_millis();
+    let plan = plan_messages(instance.status, loaded.inbox);
+    commit.consumed = plan.consumed;
+    let mut control_events = plan.control_events;
+    if let Some(reason) = plan.terminated {
+        let mut new_events = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
+        new_events.append(&mut control_events);
+        new_events.push(HistoryEvent::ExecutionTerminated {
+            reason: reason.clone(),
+        });
+        instance.status = RuntimeStatus::Terminated;
+        instance.output = Some(serde_json::Value::from(reason.unwrap_or_default()).to_string());
+        instance.updated_at = now;
+        instance.history_len = expected_history_len + new_events.len() as u64;
+        commit.new_events = new_events;
+        commit.instance = instance;
+        return Ok(commit);
+    }
+    let started = loaded
+        .history
+        .iter()
+        .any(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. }));
+    let status_after = if plan.suspended {
+        RuntimeStatus::Suspended
+    } else {
+        RuntimeStatus::Running
+    };
+    if started && plan.incoming.is_empty() {
+        // Nothing for the orchestration itself: only its status may change.
+        if !control_events.is_empty() {
+            control_events.insert(0, HistoryEvent::OrchestratorStarted { timestamp: now });
+            instance.status = status_after;
+            instance.updated_at = now;
+            instance.history_len = expected_history_len + control_events.len() as u64;
+            commit.new_events = control_events;
+            commit.instance = instance;
+        }
+        return Ok(commit);
+    }
+    let mut incoming = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
+    incoming.append(&mut control_events);
+    incoming.extend(plan.incoming);
+    let component = match inner.engine.cached(&instance.component) {
+        Some(component) => component,
+        None => {
+            let compiled = inner
+                .store
+                .component(&instance.component)?
+                .ok_or_else(|| anyhow::anyhow!("it is missing from the store"))
+                .and_then(|bytes| inner.engine.component(&instance.component, &bytes));
+            match compiled {
+                Ok(component) => component,
+                Err(e) => {
+                    // Permanent: the instance can never run on its component.
+                    let error = format!("component {} cannot be loaded: {e:#}", instance.component);
+                    tracing::error!(instance = %instance.id, "{error}");
+                    let new_events = vec![
+                        HistoryEvent::OrchestratorStarted { timestamp: now },
+                        HistoryEvent::ExecutionFailed {
+                            error: error.clone(),
+                        },
+                    ];
+                    instance.status = RuntimeStatus::Failed;
+                    instance.output = Some(serde_json::Value::String(error).to_string());
+                    instance.updated_at = now;
+                    instance.history_len = expected_history_len + new_events.len() as u64;
+                    commit.new_events = new_events;
+                    commit.instance = instance;
+                    return Ok(commit);
+                }
+            }
+        }
+    };
+    let subject = Subject {
+        instance_id: instance.id.clone(),
+        name: instance.name.clone(),
+        input: instance.input.clone(),
+    };
+    let history: Vec<HistoryEvent> = loaded.history.into_iter().map(|e| e.event).collect();
+    let episode =
+        inner
+            .replayer
+            .run_episode(&instance.component, &component, &subject, history, incoming)?;
+    if let Some(custom_status) = episode.custom_status {
+        instance.custom_status = custom_status;
+    }
+    instance.updated_at = now;
+    let mut new_events = episode.appended;
+    match episode.outcome {
+        Outcome::Pending => {
+            instance.status = status_after;
+            commit.new_timers = episode
+                .new_timers
+                .into_iter()
+                .map(|(task, fire_at)| Timer {
+                    instance: instance.id.clone(),
+                    task,
+                    fire_at,
+                })
+                .collect();
+        }
+        Outcome::Completed(output) => {
+            instance.status = RuntimeStatus::Completed;
+            instance.output = Some(output);
+        }
+        Outcome::Failed(error) => {
+            tracing::warn!(instance = %instance.id, "orchestration failed: {error}");
+            instance.status = RuntimeStatus::Failed;
+            instance.output = Some(serde_json::Value::String(error).to_string());
+        }
+        Outcome::Diverged(divergence) => {
+            // The recorded history stays as it was; only the failure is added.
+            let error = divergence.to_string();
+            tracing::warn!(instance = %instance.id, "{error}");
+            new_events = vec![
+                HistoryEvent::OrchestratorStarted { timestamp: now },
+                HistoryEvent::ExecutionFailed {
+                    error: error.clone(),
+                },
+            ];
+            instance.status = RuntimeStatus::Failed;
+            instance.output = Some(serde_json::Value::String(error).to_string());
+        }
+        Outcome::ContinuedAsNew(input) => {
+            commit.reset_history = true;
+            new_events = vec![HistoryEvent::ExecutionStarted {
+                name: instance.name.clone(),
+                input: input.clone(),
+            }];
+            instance.input = input;
+            instance.status = RuntimeStatus::Running;
+            instance.output = None;
+            commit.follow_up.push(Message::Start);
+        }
+    }
+    instance.history_len = if commit.reset_history {
+        new_events.len() as u64
+    } else {
+        expected_history_len + new_events.len() as u64
+    };
+    commit.new_events = new_events;
+    commit.instance = instance;
+    Ok(commit)
+}
+
+pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let store = inner.store.clone();
+        let fired = blocking(move || store.fire_due_timers(now_millis())).await;
+        match fired {
+            Ok(0) => {}
+            Ok(_) => inner.work.notify_one(),
+            Err(e) => tracing::error!("firing timers failed: {e}"),
+        }
+        let store = inner.store.clone();
+        let next: Option<Millis> = blocking(move || store.next_timer_due())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("reading timers failed: {e}");
+                None
+            });
+        let poll = inner.config.poll_interval;
+        let wait = match next {
+            Some(due) => Duration::from_millis(due.saturating_sub(now_millis())).min(poll),
+            None => poll,
+        };
+        tokio::select! {
+            _ = inner.timers.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
