@@ -53,7 +53,7 @@ impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         let status = match &e {
             RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
-            RuntimeError::AlreadyExists(_) => StatusCode::CONFLICT,
+            RuntimeError::AlreadyExists(_) | RuntimeError::Busy(_) => StatusCode::CONFLICT,
             RuntimeError::Finished { .. } => StatusCode::GONE,
             RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
                 StatusCode::BAD_REQUEST
@@ -358,7 +358,8 @@ struct ReasonParams {
     reason: Option<String>,
 }
 
-/// `terminate`, `suspend` and `resume`: one handler, the verb in the path.
+/// `terminate`, `suspend`, `resume` and `upgrade`: one handler, the verb in
+/// the path.
 async fn control(
     State(rt): State<Arc<Runtime>>,
     Path((id, verb)): Path<(String, String)>,
@@ -369,11 +370,26 @@ async fn control(
         "terminate" => rt.terminate(&id, p.reason).await?,
         "suspend" => rt.suspend(&id, p.reason).await?,
         "resume" => rt.resume(&id, p.reason).await?,
+        "upgrade" => {
+            return match rt.upgrade(&id).await? {
+                Ok(component) => Ok((
+                    StatusCode::OK,
+                    Json(json!({ "instanceId": id, "component": component })),
+                )
+                    .into_response()),
+                Err(divergence) => Err(ApiError {
+                    status: StatusCode::CONFLICT,
+                    message: format!(
+                        "instance `{id}` cannot move to the deployed component: {divergence}"
+                    ),
+                }),
+            };
+        }
         other => {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: format!(
-                    "no operation `{other}` on instances (terminate, suspend, resume)"
+                    "no operation `{other}` on instances (terminate, suspend, resume, upgrade)"
                 ),
             });
         }

@@ -137,6 +137,12 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Move a running instance to the deployed version of its orchestration
+    /// (refused, with the first divergence, if its history does not replay).
+    Upgrade {
+        /// Instance id.
+        id: String,
+    },
     /// Delete an instance and its history.
     Purge {
         /// Instance id.
@@ -267,6 +273,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Suspend { id, reason } => control(&client, cli.json, "suspend", &id, reason).await,
         Command::Resume { id, reason } => control(&client, cli.json, "resume", &id, reason).await,
+        Command::Upgrade { id } => {
+            let path = format!("{BASE}/instances/{}/upgrade", encode(&id));
+            let (_, body) = client.call("POST", &path, None, None).await?;
+            print(cli.json, &body, || {
+                format!("{id} runs on {}", body["component"].as_str().unwrap_or("?"))
+            });
+            Ok(())
+        }
         Command::Purge { id } => {
             let path = format!("{BASE}/instances/{}", encode(&id));
             let (_, body) = client.call("DELETE", &path, None, None).await?;

@@ -16,6 +16,14 @@ fn running_instances_keep_their_component_across_a_redeploy() {
     host.poll(&format!("{API}/instances/old"), |r| {
         r.json()["runtimeStatus"] == "Running"
     });
+    let timed = host.post(
+        &format!("{API}/orchestrators/WorkflowWithTimeout/timed"),
+        r#"{"name": "t", "timeout_ms": 600000}"#,
+    );
+    assert_eq!(timed.status, 202);
+    host.poll(&format!("{API}/instances/timed"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
     drop(host);
 
     // Version 2: `Workflow` now lives in the test guests, where it starts
@@ -26,7 +34,8 @@ fn running_instances_keep_their_component_across_a_redeploy() {
     std::fs::write(
         &v2,
         format!(
-            "[[orchestration]]\nname = \"Workflow\"\ncomponent = {:?}\n",
+            "[[orchestration]]\nname = \"Workflow\"\ncomponent = {0:?}\n\
+             [[orchestration]]\nname = \"WorkflowWithTimeout\"\ncomponent = {0:?}\n",
             duro_tests::TEST_GUESTS
         ),
     )
@@ -34,6 +43,50 @@ fn running_instances_keep_their_component_across_a_redeploy() {
     let host = Host::start_with(&v2, &database, &[]);
     let new = host.post(&format!("{API}/orchestrators/Workflow/new"), "\"new\"");
     assert_eq!(new.status, 202);
+
+    // Moving `old` to version 2 is refused: its history does not replay there.
+    let refused = host.post(&format!("{API}/instances/old/upgrade"), "");
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused
+            .error()
+            .contains("non-determinism at history event 2 (task #0)"),
+        "{}",
+        refused.body
+    );
+    // `timed` replays on version 2, so it moves, and finishes there.
+    let moved = host.post(&format!("{API}/instances/timed/upgrade"), "");
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert!(
+        moved.json()["component"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let again = host.post(&format!("{API}/instances/timed/upgrade"), "");
+    assert_eq!(
+        again.json()["component"],
+        moved.json()["component"],
+        "idempotent"
+    );
+    host.post(&format!("{API}/instances/timed/raiseEvent/Workflow"), "7");
+    let finished = host.poll(&format!("{API}/instances/timed"), |r| r.status == 200);
+    assert_eq!(
+        finished.json()["output"],
+        serde_json::json!({ "version": 2, "result": { "outcome": "event", "payload": 7 } }),
+        "{}",
+        finished.body
+    );
+    assert_eq!(
+        host.post(&format!("{API}/instances/timed/upgrade"), "")
+            .status,
+        410
+    );
+    assert_eq!(
+        host.post(&format!("{API}/instances/ghost/upgrade"), "")
+            .status,
+        404
+    );
 
     // The old instance still replays on version 1 and finishes its way.
     let raised = host.post(

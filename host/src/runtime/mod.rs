@@ -92,6 +92,9 @@ pub enum RuntimeError {
     /// The component cannot be used.
     #[error("{0}")]
     Component(String),
+    /// The instance changed while the operation ran; trying again may work.
+    #[error("instance `{0}` changed while the operation ran; try again")]
+    Busy(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -398,6 +401,53 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))
         })
         .await
+    }
+
+    /// Move a live instance to the component now registered for its
+    /// orchestration, after checking that its whole history replays on it.
+    /// Returns the digest it runs on from now on, or the first divergence
+    /// (and then changes nothing).
+    pub async fn upgrade(&self, id: &str) -> RuntimeResult<Result<String, Divergence>> {
+        let instance = self
+            .status(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        if instance.status.is_terminal() {
+            return Err(RuntimeError::Finished {
+                id: id.to_string(),
+                status: instance.status,
+            });
+        }
+        let target = self
+            .inner
+            .registry
+            .read()
+            .expect("registry poisoned")
+            .get(&instance.name)
+            .cloned()
+            .ok_or_else(|| RuntimeError::UnknownOrchestration(instance.name.clone()))?;
+        if target == instance.component {
+            return Ok(Ok(target));
+        }
+        let store = self.inner.store.clone();
+        let digest = target.clone();
+        let bytes = blocking(move || store.component(&digest))
+            .await?
+            .ok_or_else(|| RuntimeError::Component(format!("component {target} is not stored")))?;
+        if let Err(divergence) = self.replay_check(id, bytes).await? {
+            return Ok(Err(divergence));
+        }
+        // Checked against this history length: if an episode has added to it
+        // since, the caller gets a conflict and may simply try again.
+        let store = self.inner.store.clone();
+        let (id, digest) = (id.to_string(), target.clone());
+        blocking(move || store.set_component(&id, &digest, instance.history_len))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
+                e => e.into(),
+            })?;
+        Ok(Ok(target))
     }
 
     /// Wait until an instance satisfies `done` (or `timeout` passes),

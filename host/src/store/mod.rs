@@ -118,6 +118,9 @@ pub trait ClientStore: Send + Sync + 'static {
     /// Create an instance with its `ExecutionStarted` event and a start
     /// message, replacing a finished instance with the same id.
     fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
+    /// Move an instance to another stored component, if its history is still
+    /// `expected_history_len` long (what the caller checked it against).
+    fn set_component(&self, id: &str, digest: &str, expected_history_len: u64) -> StoreResult<()>;
     /// Put a message into an instance's inbox.
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
     /// One instance.

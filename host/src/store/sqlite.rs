@@ -622,6 +622,34 @@ impl ClientStore for SqliteStore {
         })
     }
 
+    fn set_component(&self, id: &str, digest: &str, expected_history_len: u64) -> StoreResult<()> {
+        let (id, digest) = (id.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let actual: Option<i64> = conn
+                .query_row(
+                    "SELECT history_len FROM instances WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let actual = actual.ok_or_else(|| StoreError::NotFound(id.clone()))? as u64;
+            if actual != expected_history_len {
+                return Err(StoreError::Conflict {
+                    instance: id,
+                    expected: expected_history_len,
+                    actual,
+                });
+            }
+            conn.execute(
+                "UPDATE instances SET component = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, digest, now_millis() as i64],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
         let (id, message) = (instance.to_string(), message.clone());
         self.write(move |conn| {

@@ -2,7 +2,7 @@
 //! `Workflow`, a buggy one that branches on replay, ones that trap or spin,
 //! and probes of the sandbox's determinism.
 
-use duro_sdk::{OrchestrationContext, Result};
+use duro_sdk::{Either, OrchestrationContext, Result, select};
 use serde_json::{Value, json};
 
 /// Same name as the scenario's `Workflow`, different first call: replaying a
@@ -11,6 +11,21 @@ async fn workflow_with_timer_first(ctx: OrchestrationContext) -> Result<String> 
     ctx.sleep(std::time::Duration::from_secs(1)).await;
     let _: Value = ctx.wait_for_external_event("Workflow").await?;
     Ok("done".into())
+}
+
+/// Version 2 of the scenario's `WorkflowWithTimeout`: the same scheduling
+/// calls in the same order, a different output. An instance started on
+/// version 1 may move to it.
+async fn workflow_with_timeout_v2(ctx: OrchestrationContext) -> Result<Value> {
+    let input: Value = ctx.input()?;
+    let timeout = input["timeout_ms"].as_u64().unwrap_or(0);
+    let event = ctx.wait_for_external_event::<Value>("Workflow");
+    let timer = ctx.sleep(std::time::Duration::from_millis(timeout));
+    let result = match select(event, timer).await {
+        Either::Left(payload) => json!({ "outcome": "event", "payload": payload? }),
+        Either::Right(()) => json!({ "outcome": "timeout" }),
+    };
+    Ok(json!({ "version": 2, "result": result }))
 }
 
 /// A classic determinism bug: it schedules something else when replayed.
@@ -92,6 +107,7 @@ async fn refuses(_ctx: OrchestrationContext) -> Result<()> {
 
 duro_sdk::export_orchestrations! {
     "Workflow" => workflow_with_timer_first,
+    "WorkflowWithTimeout" => workflow_with_timeout_v2,
     "Fickle" => fickle,
     "Sequence" => sequence,
     "Panics" => panics,
