@@ -9,6 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// The winner of a [`select`].
+///
+/// ```
+/// let winner: duro_sdk::Either<u32, ()> = duro_sdk::Either::Left(7);
+/// assert_eq!(winner, duro_sdk::Either::Left(7));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Either<L, R> {
     /// The first future finished first.

@@ -58,37 +58,85 @@ impl OrchestrationContext {
     }
 
     /// The id of this instance.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// let id = ctx.instance_id();
+    /// ctx.log(&format!("I am {id}"));
+    /// # }
+    /// ```
     pub fn instance_id(&self) -> String {
         host::instance_id()
     }
 
     /// The name this instance was started with.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// assert!(!ctx.name().is_empty());
+    /// # }
+    /// ```
     pub fn name(&self) -> String {
         host::orchestration_name()
     }
 
     /// The time of the current episode: the same on every replay. Use it
     /// instead of `SystemTime::now()`, which the sandbox pins to it anyway.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// let tomorrow = ctx.current_time() + std::time::Duration::from_secs(86_400);
+    /// let _timer = ctx.create_timer(tomorrow);
+    /// # }
+    /// ```
     pub fn current_time(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(host::current_time())
     }
 
     /// A GUID that is the same on every replay.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// let order_id = ctx.new_guid();
+    /// ctx.set_custom_status(&order_id);
+    /// # }
+    /// ```
     pub fn new_guid(&self) -> String {
         host::new_guid()
     }
 
     /// True while the host replays history recorded in an earlier episode.
+    /// Use it for logging only: branching on it breaks determinism.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// if !ctx.is_replaying() {
+    ///     // e.g. count something once per real execution
+    /// }
+    /// # }
+    /// ```
     pub fn is_replaying(&self) -> bool {
         host::is_replaying()
     }
 
     /// Log at info level; the line is written once, not again on replay.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.log("order accepted");
+    /// # }
+    /// ```
     pub fn log(&self, message: &str) {
         host::log(LogLevel::Info, message);
     }
 
     /// Log a warning; the line is written once, not again on replay.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.log_warn("payment is late");
+    /// # }
+    /// ```
     pub fn log_warn(&self, message: &str) {
         host::log(LogLevel::Warn, message);
     }
@@ -106,6 +154,13 @@ impl OrchestrationContext {
     }
 
     /// Clear the custom status.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.set_custom_status(&"busy");
+    /// ctx.clear_custom_status();
+    /// # }
+    /// ```
     pub fn clear_custom_status(&self) {
         host::set_custom_status(None);
     }
@@ -203,6 +258,13 @@ impl<T> Task<T> {
     }
 
     /// The task's sequence number in the instance's history.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// let task = ctx.wait_for_external_event::<u32>("Go");
+    /// ctx.log(&format!("waiting as task #{}", task.id()));
+    /// # }
+    /// ```
     pub fn id(&self) -> u32 {
         self.id
     }

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::duro::workflow::client as host;
 
 /// Lifecycle state of an instance, named as in Durable Functions.
+///
+/// ```
+/// let live = [duro_http::RuntimeStatus::Pending, duro_http::RuntimeStatus::Running];
+/// # let _ = live;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeStatus {
     /// Created, first step not yet run.
@@ -56,6 +61,15 @@ impl From<RuntimeStatus> for host::RuntimeStatus {
 
 /// An instance as the client sees it; serializes with the field names of
 /// Durable Functions' status JSON.
+///
+/// ```no_run
+/// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+/// if let Some(status) = client.get_status("order-42")? {
+///     let body = duro_http::Response::json(200, &status);
+///     # let _ = body;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
@@ -163,6 +177,13 @@ pub struct InstanceQuery {
 }
 
 /// One page of a listing.
+///
+/// ```no_run
+/// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+/// let page = client.list_instances(&Default::default())?;
+/// let more = page.continuation.is_some();
+/// # let _ = more; Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstancePage {
     /// The instances, oldest first.
@@ -172,6 +193,16 @@ pub struct InstancePage {
 }
 
 /// Why the host refused a client call.
+///
+/// ```no_run
+/// # fn f(client: &duro_http::DurableClient) {
+/// match client.raise_event("order-42", "Approve", &true) {
+///     Ok(()) => {}
+///     Err(duro_http::ClientError::Finished(_)) => { /* too late */ }
+///     Err(other) => { let _ = duro_http::Response::error(&other); }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
     /// No such instance.
@@ -190,6 +221,10 @@ pub enum ClientError {
 
 impl ClientError {
     /// The HTTP status that fits this error.
+    ///
+    /// ```
+    /// assert_eq!(duro_http::ClientError::Finished("done".into()).http_status(), 410);
+    /// ```
     pub fn http_status(&self) -> u16 {
         match self {
             ClientError::NotFound(_) => 404,
@@ -253,6 +288,13 @@ impl DurableClient {
     }
 
     /// Start an instance of orchestration `name`; returns its id.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let id = client.start_new("Workflow", Some("order-42"), &"input")?;
+    /// # let _ = id;
+    /// # Ok(()) }
+    /// ```
     pub fn start_new<T: Serialize>(
         &self,
         name: &str,
@@ -263,11 +305,26 @@ impl DurableClient {
     }
 
     /// One instance's status, or none.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let running = client.get_status("order-42")?.is_some();
+    /// # let _ = running;
+    /// # Ok(()) }
+    /// ```
     pub fn get_status(&self, instance_id: &str) -> Result<Option<InstanceStatus>, ClientError> {
         Ok(host::get_status(instance_id)?.map(Into::into))
     }
 
     /// One page of instances matching `query`.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let query = duro_http::InstanceQuery { page_size: Some(10), ..Default::default() };
+    /// let first_ten = client.list_instances(&query)?.instances;
+    /// # let _ = first_ten;
+    /// # Ok(()) }
+    /// ```
     pub fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
         let page = host::list_instances(&host::InstanceQuery {
             created_from: query.created_from,
@@ -285,6 +342,14 @@ impl DurableClient {
     }
 
     /// Every instance matching `query`, following continuations.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let query = duro_http::InstanceQuery { name: Some("Workflow".into()), ..Default::default() };
+    /// let all = client.list_all(&query)?;
+    /// # let _ = all;
+    /// # Ok(()) }
+    /// ```
     pub fn list_all(&self, query: &InstanceQuery) -> Result<Vec<InstanceStatus>, ClientError> {
         let mut query = query.clone();
         let mut all = Vec::new();
@@ -299,6 +364,12 @@ impl DurableClient {
     }
 
     /// Send an event to an instance.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.raise_event("order-42", "Approve", &serde_json::json!({ "by": "ops" }))?;
+    /// # Ok(()) }
+    /// ```
     pub fn raise_event<T: Serialize>(
         &self,
         instance_id: &str,
@@ -313,21 +384,46 @@ impl DurableClient {
     }
 
     /// Terminate an instance.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.terminate("order-42", Some("cancelled by the customer"))?;
+    /// # Ok(()) }
+    /// ```
     pub fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         Ok(host::terminate(instance_id, reason)?)
     }
 
     /// Suspend an instance.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.suspend("order-42", None)?;
+    /// # Ok(()) }
+    /// ```
     pub fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         Ok(host::suspend(instance_id, reason)?)
     }
 
     /// Resume an instance.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.resume("order-42", None)?;
+    /// # Ok(()) }
+    /// ```
     pub fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         Ok(host::resume(instance_id, reason)?)
     }
 
     /// Delete an instance and its history; false if there was none.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let existed = client.purge("order-42")?;
+    /// # let _ = existed;
+    /// # Ok(()) }
+    /// ```
     pub fn purge(&self, instance_id: &str) -> Result<bool, ClientError> {
         Ok(host::purge(instance_id)?)
     }

@@ -36,21 +36,50 @@ pub struct Request {
 
 impl Request {
     /// The method, upper case (`GET`, `POST`...).
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let is_write = req.method() != "GET";
+    /// # let _ = is_write;
+    /// # }
+    /// ```
     pub fn method(&self) -> &str {
         &self.method
     }
 
-    /// The path, without the query.
+    /// The path, without the query, as sent (not percent-decoded).
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let under_api = req.path().starts_with("/api/");
+    /// # let _ = under_api;
+    /// # }
+    /// ```
     pub fn path(&self) -> &str {
         &self.path
     }
 
-    /// A route parameter, e.g. `input` for the route `/api/start/{input}`.
+    /// A route parameter (percent-decoded), e.g. `input` for the route
+    /// `/api/start/{input}`.
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let input = req.param("input").unwrap_or_default();
+    /// # let _ = input;
+    /// # }
+    /// ```
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
 
     /// The first query parameter with this name, percent-decoded.
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let page: u32 = req.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    /// # let _ = page;
+    /// # }
+    /// ```
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -59,6 +88,13 @@ impl Request {
     }
 
     /// The first header with this name (ASCII case-insensitive).
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let json = req.header("content-type") == Some("application/json");
+    /// # let _ = json;
+    /// # }
+    /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -67,11 +103,25 @@ impl Request {
     }
 
     /// The body bytes.
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let size = req.body().len();
+    /// # let _ = size;
+    /// # }
+    /// ```
     pub fn body(&self) -> &[u8] {
         &self.body
     }
 
     /// The body parsed as JSON.
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let order: serde_json::Value = req.json().unwrap_or_default();
+    /// # let _ = order;
+    /// # }
+    /// ```
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
     }
@@ -94,6 +144,11 @@ pub struct Response {
 
 impl Response {
     /// A JSON response.
+    ///
+    /// ```
+    /// let r = duro_http::Response::json(201, &serde_json::json!({ "id": 1 }));
+    /// assert_eq!(r.status(), 201);
+    /// ```
     pub fn json<T: Serialize>(status: u16, value: &T) -> Self {
         Response {
             status,
@@ -103,6 +158,11 @@ impl Response {
     }
 
     /// A plain-text response.
+    ///
+    /// ```
+    /// let r = duro_http::Response::text(200, "pong");
+    /// assert_eq!(r.status(), 200);
+    /// ```
     pub fn text(status: u16, text: &str) -> Self {
         Response {
             status,
@@ -112,6 +172,11 @@ impl Response {
     }
 
     /// The JSON error response that fits a client error (404, 409, 410, 400, 500).
+    ///
+    /// ```
+    /// let e = duro_http::ClientError::NotFound("no instance with id `x`".into());
+    /// assert_eq!(duro_http::Response::error(&e).status(), 404);
+    /// ```
     pub fn error(error: &ClientError) -> Self {
         Response::json(
             error.http_status(),
@@ -120,12 +185,21 @@ impl Response {
     }
 
     /// Add a header.
+    ///
+    /// ```
+    /// let r = duro_http::Response::text(200, "ok").with_header("cache-control", "no-store");
+    /// # let _ = r;
+    /// ```
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
     /// The status code.
+    ///
+    /// ```
+    /// assert_eq!(duro_http::Response::text(418, "teapot").status(), 418);
+    /// ```
     pub fn status(&self) -> u16 {
         self.status
     }

@@ -244,11 +244,11 @@ const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, 
 
 fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
     let row = conn
-        .query_row(
-            &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"),
-            [id],
-            instance_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
+        ))
+        .map_err(backend)?
+        .query_row([id], instance_from_row)
         .optional()
         .map_err(backend)?;
     row.map(finish_instance).transpose()
@@ -716,7 +716,7 @@ impl ClientStore for SqliteStore {
             (query.limit.max(1) as i64).into(),
         );
         self.read(|conn| {
-            let mut stmt = conn.prepare(&sql).map_err(backend)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args.iter()), instance_from_row)
                 .map_err(backend)?
