@@ -18,7 +18,7 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::engine::{EPOCH_TICK, Engine, MAX_GUEST_MEMORY};
-use crate::model::{Action, HistoryEvent, Millis};
+use crate::model::{Action, HistoryEvent, Instance, Millis};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -87,6 +87,16 @@ pub struct Subject {
     pub name: String,
     /// Input, as JSON.
     pub input: String,
+}
+
+impl From<&Instance> for Subject {
+    fn from(instance: &Instance) -> Self {
+        Subject {
+            instance_id: instance.id.clone(),
+            name: instance.name.clone(),
+            input: instance.input.clone(),
+        }
+    }
 }
 
 /// Per-component pre-instantiated orchestrations, ready to replay.

@@ -97,7 +97,20 @@ pub enum RuntimeError {
     Busy(String),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RuntimeError {
+    /// Store errors a client can act on keep their meaning; the rest are
+    /// store failures.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => RuntimeError::NotFound(id),
+            StoreError::AlreadyExists(id) => RuntimeError::AlreadyExists(id),
+            StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
+            e => RuntimeError::Store(e),
+        }
+    }
 }
 
 /// The result of client operations.
@@ -219,14 +232,7 @@ impl Runtime {
         instance_id: Option<String>,
         input: &serde_json::Value,
     ) -> RuntimeResult<String> {
-        let component = self
-            .inner
-            .registry
-            .read()
-            .expect("registry poisoned")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RuntimeError::UnknownOrchestration(name.to_string()))?;
+        let component = self.registered(name)?;
         let id = match instance_id {
             Some(id) => {
                 validate_instance_id(&id)?;
@@ -248,14 +254,40 @@ impl Runtime {
             history_len: 1,
         };
         let store = self.inner.store.clone();
-        blocking(move || store.create_instance(&instance))
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(id) => RuntimeError::AlreadyExists(id),
-                e => e.into(),
-            })?;
+        blocking(move || store.create_instance(&instance)).await?;
         self.inner.work.notify_one();
         Ok(id)
+    }
+
+    /// The digest of the component new instances of `name` start on.
+    fn registered(&self, name: &str) -> RuntimeResult<String> {
+        self.inner
+            .registry
+            .read()
+            .expect("registry poisoned")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RuntimeError::UnknownOrchestration(name.to_string()))
+    }
+
+    /// The instance with this id, or `NotFound`.
+    async fn existing(&self, id: &str) -> RuntimeResult<Instance> {
+        self.status(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    /// The instance with this id if it has not finished; else `NotFound` or
+    /// `Finished`.
+    async fn live(&self, id: &str) -> RuntimeResult<Instance> {
+        let instance = self.existing(id).await?;
+        if instance.status.is_terminal() {
+            return Err(RuntimeError::Finished {
+                id: id.to_string(),
+                status: instance.status,
+            });
+        }
+        Ok(instance)
     }
 
     fn new_instance_id(&self) -> String {
@@ -300,24 +332,10 @@ impl Runtime {
 
     /// Put a message into a live instance's inbox and wake the workers.
     async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
-        let instance = self
-            .status(id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-        if instance.status.is_terminal() {
-            return Err(RuntimeError::Finished {
-                id: id.to_string(),
-                status: instance.status,
-            });
-        }
+        self.live(id).await?;
         let store = self.inner.store.clone();
         let id = id.to_string();
-        blocking(move || store.enqueue(&id, &message))
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(id) => RuntimeError::NotFound(id),
-                e => e.into(),
-            })?;
+        blocking(move || store.enqueue(&id, &message)).await?;
         self.inner.work.notify_one();
         Ok(())
     }
@@ -377,11 +395,16 @@ impl Runtime {
         id: &str,
         component: Vec<u8>,
     ) -> RuntimeResult<Result<(), Divergence>> {
-        let instance = self
-            .status(id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-        let history = self.history(id).await?;
+        let instance = self.existing(id).await?;
+        self.check_replay(instance, component).await
+    }
+
+    async fn check_replay(
+        &self,
+        instance: Instance,
+        component: Vec<u8>,
+    ) -> RuntimeResult<Result<(), Divergence>> {
+        let history = self.history(&instance.id).await?;
         let inner = self.inner.clone();
         blocking(move || {
             let digest = engine::digest(&component);
@@ -389,15 +412,10 @@ impl Runtime {
                 .engine
                 .component(&digest, &component)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            let subject = Subject {
-                instance_id: instance.id.clone(),
-                name: instance.name.clone(),
-                input: instance.input.clone(),
-            };
             let events = history.into_iter().map(|e| e.event).collect();
             inner
                 .replayer
-                .check(&digest, &compiled, &subject, events)
+                .check(&digest, &compiled, &Subject::from(&instance), events)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))
         })
         .await
@@ -408,24 +426,8 @@ impl Runtime {
     /// Returns the digest it runs on from now on, or the first divergence
     /// (and then changes nothing).
     pub async fn upgrade(&self, id: &str) -> RuntimeResult<Result<String, Divergence>> {
-        let instance = self
-            .status(id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-        if instance.status.is_terminal() {
-            return Err(RuntimeError::Finished {
-                id: id.to_string(),
-                status: instance.status,
-            });
-        }
-        let target = self
-            .inner
-            .registry
-            .read()
-            .expect("registry poisoned")
-            .get(&instance.name)
-            .cloned()
-            .ok_or_else(|| RuntimeError::UnknownOrchestration(instance.name.clone()))?;
+        let instance = self.live(id).await?;
+        let target = self.registered(&instance.name)?;
         if target == instance.component {
             return Ok(Ok(target));
         }
@@ -434,19 +436,15 @@ impl Runtime {
         let bytes = blocking(move || store.component(&digest))
             .await?
             .ok_or_else(|| RuntimeError::Component(format!("component {target} is not stored")))?;
-        if let Err(divergence) = self.replay_check(id, bytes).await? {
+        let checked_len = instance.history_len;
+        if let Err(divergence) = self.check_replay(instance, bytes).await? {
             return Ok(Err(divergence));
         }
         // Checked against this history length: if an episode has added to it
-        // since, the caller gets a conflict and may simply try again.
+        // since, the caller gets `Busy` and may simply try again.
         let store = self.inner.store.clone();
         let (id, digest) = (id.to_string(), target.clone());
-        blocking(move || store.set_component(&id, &digest, instance.history_len))
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
-                e => e.into(),
-            })?;
+        blocking(move || store.set_component(&id, &digest, checked_len)).await?;
         Ok(Ok(target))
     }
 
@@ -469,10 +467,7 @@ impl Runtime {
                 }
             };
         loop {
-            let instance = self
-                .status(id)
-                .await?
-                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            let instance = self.existing(id).await?;
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
             }

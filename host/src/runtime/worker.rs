@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Inner, RETRY_DELAY, blocking};
-use crate::model::{HistoryEvent, InboxEntry, Message, Millis, RuntimeStatus, Timer, now_millis};
+use crate::model::{
+    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, now_millis,
+};
 use crate::replay::{Outcome, Subject};
 use crate::store::EpisodeCommit;
 
@@ -216,12 +218,8 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
             reason: reason.clone(),
         });
         instance.status = RuntimeStatus::Terminated;
-        instance.output = Some(serde_json::Value::from(reason.unwrap_or_default()).to_string());
-        instance.updated_at = now;
-        instance.history_len = expected_history_len + new_events.len() as u64;
-        commit.new_events = new_events;
-        commit.instance = instance;
-        return Ok(commit);
+        instance.output = Some(json_string(reason.unwrap_or_default()));
+        return Ok(finish(commit, instance, new_events, now));
     }
     let started = loaded
         .history
@@ -234,15 +232,12 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     };
     if started && plan.incoming.is_empty() {
         // Nothing for the orchestration itself: only its status may change.
-        if !control_events.is_empty() {
-            control_events.insert(0, HistoryEvent::OrchestratorStarted { timestamp: now });
-            instance.status = status_after;
-            instance.updated_at = now;
-            instance.history_len = expected_history_len + control_events.len() as u64;
-            commit.new_events = control_events;
-            commit.instance = instance;
+        if control_events.is_empty() {
+            return Ok(commit);
         }
-        return Ok(commit);
+        control_events.insert(0, HistoryEvent::OrchestratorStarted { timestamp: now });
+        instance.status = status_after;
+        return Ok(finish(commit, instance, control_events, now));
     }
     let mut incoming = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
     incoming.append(&mut control_events);
@@ -261,28 +256,13 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                     // Permanent: the instance can never run on its component.
                     let error = format!("component {} cannot be loaded: {e:#}", instance.component);
                     tracing::error!(instance = %instance.id, "{error}");
-                    let new_events = vec![
-                        HistoryEvent::OrchestratorStarted { timestamp: now },
-                        HistoryEvent::ExecutionFailed {
-                            error: error.clone(),
-                        },
-                    ];
-                    instance.status = RuntimeStatus::Failed;
-                    instance.output = Some(serde_json::Value::String(error).to_string());
-                    instance.updated_at = now;
-                    instance.history_len = expected_history_len + new_events.len() as u64;
-                    commit.new_events = new_events;
-                    commit.instance = instance;
-                    return Ok(commit);
+                    let new_events = fail(&mut instance, error, now);
+                    return Ok(finish(commit, instance, new_events, now));
                 }
             }
         }
     };
-    let subject = Subject {
-        instance_id: instance.id.clone(),
-        name: instance.name.clone(),
-        input: instance.input.clone(),
-    };
+    let subject = Subject::from(&instance);
     let history: Vec<HistoryEvent> = loaded.history.into_iter().map(|e| e.event).collect();
     let episode =
         inner
@@ -291,7 +271,6 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     if let Some(custom_status) = episode.custom_status {
         instance.custom_status = custom_status;
     }
-    instance.updated_at = now;
     let mut new_events = episode.appended;
     match episode.outcome {
         Outcome::Pending => {
@@ -313,20 +292,13 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         Outcome::Failed(error) => {
             tracing::warn!(instance = %instance.id, "orchestration failed: {error}");
             instance.status = RuntimeStatus::Failed;
-            instance.output = Some(serde_json::Value::String(error).to_string());
+            instance.output = Some(json_string(error));
         }
         Outcome::Diverged(divergence) => {
             // The recorded history stays as it was; only the failure is added.
             let error = divergence.to_string();
             tracing::warn!(instance = %instance.id, "{error}");
-            new_events = vec![
-                HistoryEvent::OrchestratorStarted { timestamp: now },
-                HistoryEvent::ExecutionFailed {
-                    error: error.clone(),
-                },
-            ];
-            instance.status = RuntimeStatus::Failed;
-            instance.output = Some(serde_json::Value::String(error).to_string());
+            new_events = fail(&mut instance, error, now);
         }
         Outcome::ContinuedAsNew(input) => {
             commit.reset_history = true;
@@ -340,14 +312,44 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
             commit.follow_up.push(Message::Start);
         }
     }
+    Ok(finish(commit, instance, new_events, now))
+}
+
+/// Complete `commit` with the instance row after the episode and the events
+/// the episode appends (or starts the history with, on continue-as-new).
+fn finish(
+    mut commit: EpisodeCommit,
+    mut instance: Instance,
+    new_events: Vec<HistoryEvent>,
+    now: Millis,
+) -> EpisodeCommit {
+    let appended = new_events.len() as u64;
+    instance.updated_at = now;
     instance.history_len = if commit.reset_history {
-        new_events.len() as u64
+        appended
     } else {
-        expected_history_len + new_events.len() as u64
+        commit.expected_history_len + appended
     };
     commit.new_events = new_events;
     commit.instance = instance;
-    Ok(commit)
+    commit
+}
+
+/// Fail an instance for a reason the host found (not the orchestration's
+/// own error): its recorded history stays as it was, and only the failure
+/// is appended. Returns the events to append.
+fn fail(instance: &mut Instance, error: String, now: Millis) -> Vec<HistoryEvent> {
+    instance.status = RuntimeStatus::Failed;
+    instance.output = Some(json_string(error.clone()));
+    vec![
+        HistoryEvent::OrchestratorStarted { timestamp: now },
+        HistoryEvent::ExecutionFailed { error },
+    ]
+}
+
+/// A message as the JSON string stored in an instance's `output`.
+fn json_string(text: String) -> String {
+    serde_json::Value::String(text).to_string()
 }
 
 pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
