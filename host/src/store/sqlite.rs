@@ -121,12 +121,11 @@ impl SqliteStore {
         })
     }
 
-    /// Run `op` inside the writer's next group transaction and wait until that
-    /// transaction is durable.
-    fn write<R: Send + 'static>(
+    /// Hand `op` to the writer for its next group transaction.
+    fn submit<R: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
-    ) -> StoreResult<R> {
+    ) -> PendingWrite<R> {
         let (reply_tx, reply_rx) = mpsc::sync_channel::<StoreResult<R>>(1);
         let job: Job = Box::new(move |conn| {
             let result = in_savepoint(conn, op);
@@ -142,18 +141,21 @@ impl SqliteStore {
                 let _ = reply_tx.send(result);
             })
         });
-        self.writer
+        let sent = self
+            .writer
             .lock()
             .expect("writer sender poisoned")
-            .send(job)
-            .map_err(|_| StoreError::Backend {
-                message: "the SQLite writer thread has stopped".into(),
-                retriable: false,
-            })?;
-        reply_rx.recv().map_err(|_| StoreError::Backend {
-            message: "the SQLite writer thread stopped mid-write".into(),
-            retriable: false,
-        })?
+            .send(job);
+        PendingWrite(sent.ok().map(|()| reply_rx))
+    }
+
+    /// Run `op` inside the writer's next group transaction and wait until that
+    /// transaction is durable.
+    fn write<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        self.submit(op).wait()
     }
 
     fn read<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
@@ -168,6 +170,20 @@ impl SqliteStore {
             .expect("reader pool poisoned")
             .push(conn);
         result
+    }
+}
+
+/// A write handed to the writer thread (none if the writer had stopped).
+struct PendingWrite<R>(Option<mpsc::Receiver<StoreResult<R>>>);
+
+impl<R> PendingWrite<R> {
+    /// Its result, once its transaction is durable (or has failed).
+    fn wait(self) -> StoreResult<R> {
+        let stopped = || StoreError::Backend {
+            message: "the SQLite writer thread has stopped".into(),
+            retriable: false,
+        };
+        self.0.ok_or_else(stopped)?.recv().map_err(|_| stopped())?
     }
 }
 
@@ -467,43 +483,11 @@ impl RuntimeStore for SqliteStore {
         // Each episode is its own job: the writer folds them (and any other
         // waiting writes) into one transaction, each in its own savepoint.
         let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
-        let waiters: Vec<_> = episodes
+        let pending: Vec<_> = episodes
             .into_iter()
-            .map(|episode| {
-                let (tx, rx) = mpsc::sync_channel(1);
-                let job: Job = Box::new(move |conn| {
-                    let result = in_savepoint(conn, |c| apply_episode(c, &episode));
-                    Box::new(move |committed| {
-                        let result = result.and_then(|()| {
-                            committed.map_err(|message| StoreError::Backend {
-                                message,
-                                retriable: true,
-                            })
-                        });
-                        let _ = tx.send(result);
-                    })
-                });
-                let sent = self
-                    .writer
-                    .lock()
-                    .expect("writer sender poisoned")
-                    .send(job);
-                (sent.is_ok(), rx)
-            })
+            .map(|episode| self.submit(move |conn| apply_episode(conn, &episode)))
             .collect();
-        let results: Vec<StoreResult<()>> = waiters
-            .into_iter()
-            .map(|(sent, rx)| {
-                let stopped = || StoreError::Backend {
-                    message: "the SQLite writer thread has stopped".into(),
-                    retriable: false,
-                };
-                if !sent {
-                    return Err(stopped());
-                }
-                rx.recv().map_err(|_| stopped())?
-            })
-            .collect();
+        let results: Vec<StoreResult<()>> = pending.into_iter().map(PendingWrite::wait).collect();
         let mut leased = self.leased.lock().expect("lease set poisoned");
         for id in &ids {
             leased.remove(id);
