@@ -10,13 +10,30 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
+    StoreLimitsBuilder,
+};
 
 /// How often the epoch advances: the granularity of guest time budgets.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Largest linear memory a guest may grow to.
 pub const MAX_GUEST_MEMORY: usize = 256 << 20;
+
+/// The resource limits of every guest store: memory past
+/// [`MAX_GUEST_MEMORY`] traps the guest rather than failing the host.
+pub fn guest_limits() -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(MAX_GUEST_MEMORY)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
+/// A time budget as epoch ticks (at least one), for `set_epoch_deadline`.
+pub fn budget_ticks(budget: Duration) -> u64 {
+    (budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
 
 /// The digest a component is stored and addressed by: `sha256:<hex>`.
 pub fn digest(bytes: &[u8]) -> String {

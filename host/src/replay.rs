@@ -14,10 +14,10 @@ use std::time::Duration;
 use rand::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use crate::engine::{EPOCH_TICK, Engine, MAX_GUEST_MEMORY};
+use crate::engine::{Engine, budget_ticks, guest_limits};
 use crate::model::{Action, HistoryEvent, Instance, Millis};
 
 mod bindings {
@@ -167,7 +167,7 @@ impl Replayer {
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let ticks = (self.step_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let ticks = budget_ticks(self.step_budget);
         store.set_epoch_deadline(ticks);
         let instance = match pre.instantiate(&mut store) {
             Ok(instance) => instance,
@@ -311,10 +311,7 @@ impl EpisodeState {
         EpisodeState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_GUEST_MEMORY)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: guest_limits(),
             replay: ReplayState {
                 subject: subject.clone(),
                 recorded_len: history.len(),

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::engine::{EPOCH_TICK, Engine, MAX_GUEST_MEMORY};
+use crate::engine::{Engine, budget_ticks, guest_limits};
 use crate::model::{InstanceQuery, RuntimeStatus};
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -116,16 +116,13 @@ impl Triggers {
             http: WasiHttpCtx::new(),
             hooks: DenyOutbound,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_GUEST_MEMORY)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: guest_limits(),
             runtime: self.runtime.clone(),
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline((self.budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        store.set_epoch_deadline(budget_ticks(self.budget));
         let request = request.map(|body| {
             http_body_util::BodyExt::map_err(body, |_| {
                 wasmtime_wasi_http::Error::from(ErrorCode::HttpProtocolError)
