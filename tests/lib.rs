@@ -42,3 +42,13 @@ component = {SCENARIO_HTTP:?}
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The value after `--name` on a benchmark's command line, or `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -17,15 +17,6 @@ use hyper::client::conn::http1::SendRequest;
 
 const API: &str = "/runtime/webhooks/durabletask";
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Client {
     sender: SendRequest<Full<Bytes>>,
     host: String,
@@ -109,9 +100,9 @@ impl Client {
 
 #[tokio::main]
 async fn main() {
-    let clients = arg("--clients", 64) as usize;
-    let lifecycles = arg("--lifecycles", 4000) as usize;
-    let poll = Duration::from_millis(arg("--poll-ms", 1));
+    let clients = duro_tests::bench_arg("--clients", 64) as usize;
+    let lifecycles = duro_tests::bench_arg("--lifecycles", 4000) as usize;
+    let poll = Duration::from_millis(duro_tests::bench_arg("--poll-ms", 1));
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_duro-under-test"))

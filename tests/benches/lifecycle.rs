@@ -11,17 +11,8 @@ use std::time::{Duration, Instant};
 
 use duro::model::RuntimeStatus;
 use duro::runtime::{Runtime, RuntimeConfig};
-use duro_tests::{COMPILE_CACHE, SCENARIO, guest_bytes};
+use duro_tests::{COMPILE_CACHE, SCENARIO, bench_arg, guest_bytes};
 use serde_json::json;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn lifecycle(rt: &Runtime, n: usize) -> Duration {
     let id = rt
@@ -52,9 +43,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let clients = arg("--clients", 64);
-    let lifecycles = arg("--lifecycles", 2000);
-    let samples = arg("--latency-samples", 200);
+    let clients = bench_arg("--clients", 64) as usize;
+    let lifecycles = bench_arg("--lifecycles", 2000) as usize;
+    let samples = bench_arg("--latency-samples", 200) as usize;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = RuntimeConfig::new(dir.path().join("bench.db"));
     config.compile_cache = Some(COMPILE_CACHE.into());
