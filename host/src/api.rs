@@ -15,16 +15,22 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::model::{HistoryEntry, Instance, InstanceQuery, Millis, RuntimeStatus};
+use crate::model::{
+    HistoryEntry, Instance, InstanceQuery, Millis, RuntimeStatus, canonical_json, now_millis,
+};
 use crate::runtime::{Runtime, RuntimeError, decode_continuation, validate_instance_id};
 
 /// Where the management API lives.
 pub const BASE: &str = "/runtime/webhooks/durabletask";
+/// Largest page a listing returns (`top` above it is capped).
+pub const MAX_PAGE: usize = 1000;
 /// Header carrying the continuation token of a listing.
 pub const CONTINUATION_HEADER: &str = "x-ms-continuation-token";
 
 /// The one error type of the HTTP API: a status and a message, rendered as
-/// `{"error": message}`.
+/// `{"error": message, "Message": message, "ExceptionMessage": message}`:
+/// `error` is ours, the other two are the keys Durable Functions' clients
+/// read from the extension's error bodies.
 #[derive(Debug)]
 pub struct ApiError {
     /// The status code.
@@ -45,7 +51,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let body = json!({
+            "error": self.message,
+            "Message": self.message,
+            "ExceptionMessage": self.message,
+        });
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -55,6 +66,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
             RuntimeError::AlreadyExists(_) | RuntimeError::Busy(_) => StatusCode::CONFLICT,
             RuntimeError::Finished { .. } => StatusCode::GONE,
+            RuntimeError::NotFinished { .. } => StatusCode::PRECONDITION_FAILED,
             RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -78,6 +90,8 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
             post(start_with_id),
         )
         .route(&format!("{BASE}/instances"), get(list).delete(purge_many))
+        // Durable Functions' clients list and bulk-purge at `instances/`.
+        .route(&format!("{BASE}/instances/"), get(list).delete(purge_many))
         .route(
             &format!("{BASE}/instances/{{id}}"),
             get(status).delete(purge_one),
@@ -205,7 +219,13 @@ async fn start_instance(
 ) -> ApiResult {
     let input = body_json(&body, "the request body (the orchestration input)")?;
     let id = rt.start_new(&name, id, &input).await?;
-    let links = status_links(&headers, &id);
+    Ok(check_status_response(&headers, &id))
+}
+
+/// 202 with the instance's management links and `Location`, as Durable
+/// Functions' `CreateCheckStatusResponse`.
+fn check_status_response(headers: &HeaderMap, id: &str) -> Response {
+    let links = status_links(headers, id);
     let location = links["statusQueryGetUri"]
         .as_str()
         .unwrap_or_default()
@@ -216,7 +236,7 @@ async fn start_instance(
         h.insert(header::LOCATION, location);
     }
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    Ok(response)
+    response
 }
 
 #[derive(Deserialize, Default)]
@@ -278,6 +298,8 @@ struct ListParams {
     name: Option<String>,
     top: Option<String>,
     show_input: Option<String>,
+    input: Option<String>,
+    newest_first: Option<String>,
 }
 
 fn list_query(params: &ListParams, headers: &HeaderMap) -> Result<InstanceQuery, ApiError> {
@@ -305,12 +327,24 @@ fn list_query(params: &ListParams, headers: &HeaderMap) -> Result<InstanceQuery,
     }
     query.id_prefix = params.instance_id_prefix.clone();
     query.name = params.name.clone();
+    if let Some(input) = &params.input {
+        let value: Value = serde_json::from_str(input).map_err(|e| {
+            ApiError::bad_request(format!("input={input:?} is not a JSON value: {e}"))
+        })?;
+        query.input = Some(canonical_json(&value));
+    }
+    query.newest_first = flag(&params.newest_first, "newestFirst", false)?;
     if let Some(top) = &params.top {
+        // Larger pages are capped rather than refused, as clients written
+        // for Durable Functions (which has no cap) may ask for them.
         query.limit = top
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("top={top:?}: expected 1 to 1000")))?;
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("top={top:?}: expected a positive number"))
+            })?
+            .min(MAX_PAGE);
     }
     if let Some(token) = headers.get(CONTINUATION_HEADER) {
         let token = token.to_str().unwrap_or_default();
@@ -354,19 +388,32 @@ async fn raise_event(
 }
 
 #[derive(Deserialize, Default)]
-struct ReasonParams {
+#[serde(rename_all = "camelCase")]
+struct ControlParams {
     reason: Option<String>,
+    restart_with_new_instance_id: Option<String>,
 }
 
-/// `terminate`, `suspend`, `resume` and `upgrade`: one handler, the verb in
-/// the path.
+/// `terminate`, `suspend`, `resume`, `restart` and `upgrade`: one handler,
+/// the verb in the path.
 async fn control(
     State(rt): State<Arc<Runtime>>,
     Path((id, verb)): Path<(String, String)>,
-    Query(p): Query<ReasonParams>,
+    Query(p): Query<ControlParams>,
+    headers: HeaderMap,
 ) -> ApiResult {
     checked_id(&id)?;
     match verb.as_str() {
+        "restart" => {
+            // Durable Functions restarts under a new id unless told otherwise.
+            let new_id = flag(
+                &p.restart_with_new_instance_id,
+                "restartWithNewInstanceId",
+                true,
+            )?;
+            let started = rt.restart(&id, new_id).await?;
+            return Ok(check_status_response(&headers, &started));
+        }
         "terminate" => rt.terminate(&id, p.reason).await?,
         "suspend" => rt.suspend(&id, p.reason).await?,
         "resume" => rt.resume(&id, p.reason).await?,
@@ -389,7 +436,7 @@ async fn control(
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: format!(
-                    "no operation `{other}` on instances (terminate, suspend, resume, upgrade)"
+                    "no operation `{other}` on instances (terminate, suspend, resume, restart, upgrade)"
                 ),
             });
         }
@@ -410,30 +457,24 @@ async fn purge_many(
     Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> ApiResult {
+    // As in Durable Functions: a bulk purge needs a start time, and ends now
+    // unless told otherwise.
+    if params.created_time_from.is_none() {
+        return Err(ApiError::bad_request(
+            "Please provide value for 'createdTimeFrom' parameter.",
+        ));
+    }
     let mut query = list_query(&params, &headers)?;
+    query.created_to = query.created_to.or(Some(now_millis()));
     if query.statuses.is_empty() {
-        // Like Durable Functions, bulk purge only touches finished instances
-        // unless statuses are named.
+        // Only finished instances unless statuses are named.
         query.statuses = vec![
             RuntimeStatus::Completed,
             RuntimeStatus::Failed,
             RuntimeStatus::Terminated,
         ];
     }
-    query.limit = 1000;
-    let mut deleted = 0;
-    loop {
-        let (instances, continuation) = rt.list_page(query.clone()).await?;
-        for instance in &instances {
-            if rt.purge(&instance.id).await? {
-                deleted += 1;
-            }
-        }
-        match continuation {
-            Some(token) => query.after = decode_continuation(&token),
-            None => break,
-        }
-    }
+    let deleted = rt.purge_matching(query).await?;
     if deleted == 0 {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,

@@ -33,6 +33,21 @@ pub struct Cli {
     json: bool,
 }
 
+/// The files of an app on this machine: its database and its manifest.
+#[derive(clap::Args, Debug)]
+struct AppFiles {
+    /// SQLite database file, created if missing.
+    #[arg(long, env = "DURO_DATABASE", default_value = ".duro/duro.db")]
+    database: PathBuf,
+    /// The app manifest.
+    #[arg(
+        long,
+        env = "DURO_MANIFEST",
+        default_value = "workflows/scenario/duro.toml"
+    )]
+    manifest: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve an app: its HTTP functions, its orchestrations, the management API.
@@ -40,16 +55,8 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "DURO_LISTEN", default_value = "127.0.0.1:7071")]
         listen: SocketAddr,
-        /// SQLite database file, created if missing.
-        #[arg(long, env = "DURO_DATABASE", default_value = ".duro/duro.db")]
-        database: PathBuf,
-        /// The app manifest.
-        #[arg(
-            long,
-            env = "DURO_MANIFEST",
-            default_value = "workflows/scenario/duro.toml"
-        )]
-        manifest: PathBuf,
+        #[command(flatten)]
+        app: AppFiles,
         /// Key required by routes with auth = "function".
         #[arg(long, env = "DURO_FUNCTION_KEY")]
         function_key: Option<String>,
@@ -87,6 +94,15 @@ enum Command {
         /// Comma-separated runtime statuses.
         #[arg(long)]
         status: Option<String>,
+        /// Orchestration name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only instances whose input equals this JSON value.
+        #[arg(long)]
+        input: Option<String>,
+        /// Newest first.
+        #[arg(long)]
+        newest_first: bool,
         /// Instance id prefix.
         #[arg(long)]
         prefix: Option<String>,
@@ -143,10 +159,53 @@ enum Command {
         /// Instance id.
         id: String,
     },
-    /// Delete an instance and its history.
-    Purge {
+    /// Start an instance again with its original input.
+    Restart {
         /// Instance id.
         id: String,
+        /// Under a new id (default: the same id, which must have finished).
+        #[arg(long)]
+        new_id: bool,
+    },
+    /// Delete a finished instance and its history, or (with --from instead
+    /// of an id) every finished instance created in a time range.
+    Purge {
+        /// Instance id.
+        #[arg(required_unless_present = "from", conflicts_with_all = ["from", "to", "status"])]
+        id: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Created at or before (RFC 3339; default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Comma-separated runtime statuses (default Completed,Failed,Terminated).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Fill a database with finished instances of one orchestration, for
+    /// tests and benchmarks at scale (works beside a running host).
+    Fill {
+        #[command(flatten)]
+        app: AppFiles,
+        /// Orchestration name.
+        #[arg(long, default_value = "Workflow")]
+        orchestration: String,
+        /// How many instances.
+        #[arg(long)]
+        count: usize,
+        /// Their status: Completed, Failed or Terminated.
+        #[arg(long, default_value = "Completed")]
+        status: String,
+        /// Instance n gets the id {id-prefix}{n}.
+        #[arg(long, default_value = "fill-")]
+        id_prefix: String,
+        /// Instance n gets the input "{input-prefix}{n}" (a JSON string).
+        #[arg(long, default_value = "fill-")]
+        input_prefix: String,
+        /// Creation times spread over the last this many seconds.
+        #[arg(long, default_value_t = 600)]
+        spread_secs: u64,
     },
 }
 
@@ -181,8 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
-            database,
-            manifest,
+            app: AppFiles { database, manifest },
             function_key,
             cache_dir,
             step_budget_ms,
@@ -222,15 +280,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::List {
             status,
+            name,
+            input,
+            newest_first,
             prefix,
             from,
             to,
             top,
             all,
         } => {
+            if let Some(input) = &input {
+                check_json(input, "--input")?;
+            }
             let mut query = vec![format!("top={top}")];
+            if newest_first {
+                query.push("newestFirst=true".into());
+            }
             for (key, value) in [
                 ("runtimeStatus", status),
+                ("name", name),
+                ("input", input),
                 ("instanceIdPrefix", prefix),
                 ("createdTimeFrom", from),
                 ("createdTimeTo", to),
@@ -281,10 +350,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Purge { id } => {
-            let path = format!("{BASE}/instances/{}", encode(&id));
+        Command::Restart { id, new_id } => {
+            let path = format!(
+                "{BASE}/instances/{}/restart?restartWithNewInstanceId={new_id}",
+                encode(&id)
+            );
+            let (_, body) = client.call("POST", &path, None, None).await?;
+            print(cli.json, &body, || {
+                format!("restarted as {}", body["id"].as_str().unwrap_or("?"))
+            });
+            Ok(())
+        }
+        Command::Purge {
+            id,
+            from,
+            to,
+            status,
+        } => {
+            let path = match &id {
+                Some(id) => format!("{BASE}/instances/{}", encode(id)),
+                None => {
+                    let mut query = Vec::new();
+                    for (key, value) in [
+                        ("createdTimeFrom", from),
+                        ("createdTimeTo", to),
+                        ("runtimeStatus", status),
+                    ] {
+                        if let Some(value) = value {
+                            query.push(format!("{key}={}", encode(&value)));
+                        }
+                    }
+                    format!("{BASE}/instances?{}", query.join("&"))
+                }
+            };
             let (_, body) = client.call("DELETE", &path, None, None).await?;
-            print(cli.json, &body, || format!("purged {id}"));
+            print(cli.json, &body, || match &id {
+                Some(id) => format!("purged {id}"),
+                None => format!("purged {} instance(s)", body["instancesDeleted"]),
+            });
+            Ok(())
+        }
+        Command::Fill {
+            app: AppFiles { database, manifest },
+            orchestration,
+            count,
+            status,
+            id_prefix,
+            input_prefix,
+            spread_secs,
+        } => {
+            let status = crate::model::RuntimeStatus::parse(&status)
+                .with_context(|| format!("--status {status:?} is not a runtime status"))?;
+            let spec = crate::fill::FillSpec {
+                orchestration,
+                count,
+                status,
+                id_prefix,
+                input_prefix,
+                spread_ms: spread_secs * 1000,
+            };
+            let started = std::time::Instant::now();
+            let written =
+                tokio::task::spawn_blocking(move || crate::fill::fill(&database, &manifest, &spec))
+                    .await??;
+            print(
+                cli.json,
+                &serde_json::json!({ "instancesWritten": written }),
+                || format!("wrote {written} instances in {:.1?}", started.elapsed()),
+            );
             Ok(())
         }
     }

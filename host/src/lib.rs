@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod fill;
 pub mod manifest;
 pub mod model;
 pub mod replay;

@@ -301,7 +301,8 @@ pub struct Timer {
     pub fire_at: Millis,
 }
 
-/// Filter for listing instances.
+/// Filter for listing instances. Every combination is answered from an
+/// index (see `store::sqlite`): the cost of a page is O(log n + page).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceQuery {
     /// Created at or after.
@@ -312,10 +313,64 @@ pub struct InstanceQuery {
     pub statuses: Vec<RuntimeStatus>,
     /// Orchestration name.
     pub name: Option<String>,
-    /// Instance id prefix.
+    /// Instance id prefix. Listings with a prefix are ordered by id.
     pub id_prefix: Option<String>,
+    /// The exact input, as canonical JSON (see [`canonical_json`]).
+    pub input: Option<String>,
     /// Page size.
     pub limit: usize,
-    /// Continue after this instance id (the last one of the previous page).
+    /// Continue after this position (the last instance of the previous page).
     pub after: Option<(Millis, String)>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+}
+
+/// The one text of a JSON value that inputs are stored and compared as:
+/// object keys sorted (whatever map type serde_json was built with), no
+/// insignificant whitespace.
+///
+/// ```
+/// let a: serde_json::Value = serde_json::from_str(r#"{ "b": 1, "a": [true, null] }"#).unwrap();
+/// assert_eq!(duro::model::canonical_json(&a), r#"{"a":[true,null],"b":1}"#);
+/// ```
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (key, value)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(value, out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// The 64-bit hash of a canonical input that the store indexes.
+pub fn input_hash(canonical: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::engine::{Engine, budget_ticks, guest_limits};
-use crate::model::{InstanceQuery, RuntimeStatus};
+use crate::model::{InstanceQuery, RuntimeStatus, canonical_json};
 use crate::runtime::{Runtime, RuntimeError};
 
 mod bindings {
@@ -219,6 +219,7 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
         RuntimeError::Busy(_) => wit::ClientError::Internal(message),
         RuntimeError::InvalidInstanceId { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::Finished { .. } => wit::ClientError::Finished(message),
+        RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
         _ => wit::ClientError::Internal(message),
     }
@@ -293,23 +294,51 @@ impl wit::Host for TriggerState {
         &mut self,
         query: wit::InstanceQuery,
     ) -> Result<wit::InstancePage, wit::ClientError> {
-        let after = match &query.continuation {
+        self.query_instances(wit::InstanceFilter {
+            created_from: query.created_from,
+            created_to: query.created_to,
+            runtime_status: query.runtime_status,
+            name: query.name,
+            instance_id_prefix: query.instance_id_prefix,
+            input: None,
+            newest_first: false,
+            page_size: query.page_size,
+            continuation: query.continuation,
+        })
+        .await
+    }
+
+    async fn query_instances(
+        &mut self,
+        filter: wit::InstanceFilter,
+    ) -> Result<wit::InstancePage, wit::ClientError> {
+        let after = match &filter.continuation {
             Some(token) => Some(crate::runtime::decode_continuation(token).ok_or_else(|| {
                 wit::ClientError::InvalidArgument(format!("continuation {token:?} is not valid"))
             })?),
             None => None,
         };
-        let limit = query.page_size.unwrap_or(100).clamp(1, 1000) as usize;
+        let input = match &filter.input {
+            Some(text) => Some(canonical_json(&parse_json(text, "the input filter")?)),
+            None => None,
+        };
+        let limit = filter.page_size.unwrap_or(100).clamp(1, 1000) as usize;
         let (instances, continuation) = self
             .runtime
             .list_page(InstanceQuery {
-                created_from: query.created_from,
-                created_to: query.created_to,
-                statuses: query.runtime_status.into_iter().map(model_status).collect(),
-                name: query.name,
-                id_prefix: query.instance_id_prefix,
+                created_from: filter.created_from,
+                created_to: filter.created_to,
+                statuses: filter
+                    .runtime_status
+                    .into_iter()
+                    .map(model_status)
+                    .collect(),
+                name: filter.name,
+                id_prefix: filter.instance_id_prefix,
+                input,
                 limit,
                 after,
+                newest_first: filter.newest_first,
             })
             .await
             .map_err(client_error)?;

@@ -5,7 +5,8 @@ use std::process::Command;
 
 use crate::host::{Host, duro_binary};
 
-fn duro(host: &Host, args: &[&str]) -> (bool, String, String) {
+/// Run the `duro` CLI against `host`: success, stdout, stderr.
+pub fn duro(host: &Host, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(duro_binary())
         .arg("--host")
         .arg(format!("http://{}", host.address))

@@ -114,6 +114,27 @@ impl Host {
         Reply::parse(&raw)
     }
 
+    /// The pages of a listing, following `x-ms-continuation-token` until the
+    /// last page or `max_pages`; each page is the JSON array of one reply.
+    pub fn pages(&self, path: &str, max_pages: usize) -> Vec<Vec<Value>> {
+        let mut pages = Vec::new();
+        let mut token: Option<String> = None;
+        while pages.len() < max_pages {
+            let headers: Vec<(&str, &str)> = token
+                .as_deref()
+                .map(|t| vec![("x-ms-continuation-token", t)])
+                .unwrap_or_default();
+            let page = self.request("GET", path, None, &headers);
+            assert_eq!(page.status, 200, "{path}: {}", page.body);
+            pages.push(page.json().as_array().unwrap().clone());
+            match page.header("x-ms-continuation-token") {
+                Some(next) => token = Some(next.to_string()),
+                None => break,
+            }
+        }
+        pages
+    }
+
     /// Poll `path` until `done` holds for its JSON body.
     pub fn poll(&self, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
         let deadline = Instant::now() + crate::support::PATIENCE;

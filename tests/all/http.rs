@@ -231,6 +231,8 @@ fn bad_requests_get_a_json_error_naming_the_problem() {
         "top=0",
         "top=abc",
         "createdTimeFrom=yesterday",
+        "input=not-json",
+        "newestFirst=maybe",
     ] {
         let reply = host.get(&format!("{API}/instances?{query}"));
         assert_eq!(reply.status, 400, "{query}: {}", reply.body);
@@ -320,9 +322,32 @@ fn terminate_suspend_resume_and_purge() {
         404
     );
 
-    // Bulk purge takes finished instances only (t1), not running ones.
+    // A running instance is not purged (412, as Durable Functions).
     start("r1");
-    let bulk = host.request("DELETE", &format!("{API}/instances"), None, &[]);
+    let refused = host.request("DELETE", &format!("{API}/instances/r1"), None, &[]);
+    assert_eq!(refused.status, 412, "{}", refused.body);
+    assert!(
+        refused.error().contains("only a finished instance"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.json()["Message"], refused.json()["error"]);
+    assert_eq!(refused.json()["ExceptionMessage"], refused.json()["error"]);
+    // Bulk purge needs createdTimeFrom, as Durable Functions does.
+    let unbounded = host.request("DELETE", &format!("{API}/instances"), None, &[]);
+    assert_eq!(unbounded.status, 400, "{}", unbounded.body);
+    assert!(
+        unbounded.error().contains("createdTimeFrom"),
+        "{}",
+        unbounded.body
+    );
+    // Bulk purge takes finished instances only (t1), not running ones.
+    let bulk = host.request(
+        "DELETE",
+        &format!("{API}/instances/?createdTimeFrom=2000-01-01T00:00:00Z"),
+        None,
+        &[],
+    );
     assert_eq!(bulk.status, 200, "{}", bulk.body);
     assert_eq!(bulk.json()["instancesDeleted"], 1);
     assert_eq!(host.get(&format!("{API}/instances/t1")).status, 404);
@@ -339,37 +364,14 @@ fn listing_pages_through_more_instances_than_a_page_holds() {
     }
     host.post(&format!("{API}/orchestrators/Workflow/other"), "\"o\"");
 
-    let mut seen = Vec::new();
-    let mut token: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let headers: Vec<(&str, &str)> = token
-            .as_deref()
-            .map(|t| vec![("x-ms-continuation-token", t)])
-            .unwrap_or_default();
-        let page = host.request(
-            "GET",
-            &format!("{API}/instances?instanceIdPrefix=page-&top=3"),
-            None,
-            &headers,
-        );
-        assert_eq!(page.status, 200, "{}", page.body);
-        pages += 1;
-        let items = page.json();
-        assert!(items.as_array().unwrap().len() <= 3);
-        seen.extend(
-            items
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["instanceId"].as_str().unwrap().to_string()),
-        );
-        match page.header("x-ms-continuation-token") {
-            Some(next) => token = Some(next.to_string()),
-            None => break,
-        }
-    }
-    assert_eq!(pages, 3);
+    let pages = host.pages(&format!("{API}/instances?instanceIdPrefix=page-&top=3"), 10);
+    assert!(pages.iter().all(|page| page.len() <= 3));
+    let mut seen: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|i| i["instanceId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pages.len(), 3);
     seen.sort();
     let expected: Vec<String> = (0..7).map(|i| format!("page-{i}")).collect();
     assert_eq!(seen, expected);

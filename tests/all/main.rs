@@ -3,8 +3,10 @@
 
 mod cli;
 mod crash;
+mod dfclient;
 mod host;
 mod http;
 mod orchestration;
+mod queries;
 mod support;
 mod versions;

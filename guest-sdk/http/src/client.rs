@@ -147,7 +147,10 @@ impl From<host::InstanceStatus> for InstanceStatus {
     }
 }
 
-/// Which instances to list; the default lists everything, 100 per page.
+/// Which instances to list; the default lists everything, oldest first,
+/// 100 per page. Every combination of filters is answered from an index of
+/// the host's store, so a page costs the same with ten or a million stored
+/// instances.
 ///
 /// ```
 /// let recent_running = duro_http::InstanceQuery {
@@ -156,7 +159,15 @@ impl From<host::InstanceStatus> for InstanceStatus {
 ///     name: Some("Workflow".into()),
 ///     ..Default::default()
 /// };
-/// # let _ = recent_running;
+/// // The newest `Workflow` started with the input "order-42".
+/// let by_input = duro_http::InstanceQuery {
+///     name: Some("Workflow".into()),
+///     input: Some(serde_json::json!("order-42")),
+///     newest_first: true,
+///     page_size: Some(1),
+///     ..Default::default()
+/// };
+/// # let _ = (recent_running, by_input);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceQuery {
@@ -168,15 +179,20 @@ pub struct InstanceQuery {
     pub runtime_status: Vec<RuntimeStatus>,
     /// Orchestration name.
     pub name: Option<String>,
-    /// Instance id prefix.
+    /// Instance id prefix; listings with a prefix are ordered by id.
     pub instance_id_prefix: Option<String>,
-    /// Page size.
+    /// Only instances whose input equals this JSON value (object key order
+    /// does not matter).
+    pub input: Option<serde_json::Value>,
+    /// Newest first (by creation time, then id) instead of oldest first.
+    pub newest_first: bool,
+    /// Page size (default 100, at most 1000).
     pub page_size: Option<u32>,
     /// The continuation of the previous page.
     pub continuation: Option<String>,
 }
 
-/// One page of a listing.
+/// One page of a listing, in the query's order.
 ///
 /// ```no_run
 /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
@@ -186,7 +202,7 @@ pub struct InstanceQuery {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstancePage {
-    /// The instances, oldest first.
+    /// The instances, in the query's order.
     pub instances: Vec<InstanceStatus>,
     /// For the next page; none on the last.
     pub continuation: Option<String>,
@@ -326,12 +342,14 @@ impl DurableClient {
     /// # Ok(()) }
     /// ```
     pub fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
-        let page = host::list_instances(&host::InstanceQuery {
+        let page = host::query_instances(&host::InstanceFilter {
             created_from: query.created_from,
             created_to: query.created_to,
             runtime_status: query.runtime_status.iter().map(|s| (*s).into()).collect(),
             name: query.name.clone(),
             instance_id_prefix: query.instance_id_prefix.clone(),
+            input: query.input.as_ref().map(to_json).transpose()?,
+            newest_first: query.newest_first,
             page_size: query.page_size,
             continuation: query.continuation.clone(),
         })?;
@@ -416,7 +434,8 @@ impl DurableClient {
         Ok(host::resume(instance_id, reason)?)
     }
 
-    /// Delete an instance and its history; false if there was none.
+    /// Delete a finished instance and its history; false if there was
+    /// none, `InvalidArgument` if it has not finished.
     ///
     /// ```no_run
     /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {

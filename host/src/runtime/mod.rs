@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{self, Engine};
 use crate::model::{
-    HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, now_millis,
+    HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, canonical_json,
+    now_millis,
 };
 use crate::replay::{Divergence, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
@@ -28,6 +29,9 @@ use crate::store::{Store, StoreError};
 
 /// How long an instance whose episode failed to run waits before a retry.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Instances deleted per write by a bulk purge.
+pub const PURGE_BATCH: usize = 500;
 
 /// Longest instance id accepted.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
@@ -92,6 +96,14 @@ pub enum RuntimeError {
     /// The component cannot be used.
     #[error("{0}")]
     Component(String),
+    /// The operation needs a finished instance (purge).
+    #[error("instance `{id}` is {status}; only a finished instance can be purged")]
+    NotFinished {
+        /// The instance.
+        id: String,
+        /// Its status.
+        status: RuntimeStatus,
+    },
     /// The instance changed while the operation ran; trying again may work.
     #[error("instance `{0}` changed while the operation ran; try again")]
     Busy(String),
@@ -108,6 +120,7 @@ impl From<StoreError> for RuntimeError {
             StoreError::NotFound(id) => RuntimeError::NotFound(id),
             StoreError::AlreadyExists(id) => RuntimeError::AlreadyExists(id),
             StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
+            StoreError::NotFinished { id, status } => RuntimeError::NotFinished { id, status },
             e => RuntimeError::Store(e),
         }
     }
@@ -245,7 +258,7 @@ impl Runtime {
             id: id.clone(),
             name: name.to_string(),
             status: RuntimeStatus::Pending,
-            input: input.to_string(),
+            input: canonical_json(input),
             output: None,
             custom_status: None,
             component,
@@ -357,6 +370,10 @@ impl Runtime {
 
     /// Instances matching a query.
     pub async fn list(&self, query: InstanceQuery) -> RuntimeResult<Vec<Instance>> {
+        // A lookup by input reads a few index entries: inline, like `status`.
+        if query.input.is_some() && query.limit <= 100 {
+            return Ok(self.inner.store.list(&query)?);
+        }
         let store = self.inner.store.clone();
         Ok(blocking(move || store.list(&query)).await?)
     }
@@ -381,11 +398,41 @@ impl Runtime {
         Ok((instances, continuation))
     }
 
-    /// Delete an instance and its history; false if there was none.
+    /// Delete a finished instance and its history; false if there was
+    /// none, `NotFinished` if it has not finished.
     pub async fn purge(&self, id: &str) -> RuntimeResult<bool> {
         let store = self.inner.store.clone();
         let id = id.to_string();
         Ok(blocking(move || store.purge(&id)).await?)
+    }
+
+    /// Delete every instance matching `query` (its `limit` is ignored), in
+    /// batches of [`PURGE_BATCH`] so other writes interleave; returns how many.
+    pub async fn purge_matching(&self, mut query: InstanceQuery) -> RuntimeResult<usize> {
+        query.limit = PURGE_BATCH;
+        query.after = None;
+        let mut deleted = 0;
+        loop {
+            let store = self.inner.store.clone();
+            let batch = query.clone();
+            let n = blocking(move || store.purge_batch(&batch)).await?;
+            deleted += n;
+            if n < PURGE_BATCH {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Start a finished or running instance again with its original input,
+    /// under a new id or (when `new_id` is false) its own, which requires it
+    /// to have finished. Returns the id of the new instance.
+    pub async fn restart(&self, id: &str, new_id: bool) -> RuntimeResult<String> {
+        let instance = self.existing(id).await?;
+        let input: serde_json::Value = serde_json::from_str(&instance.input).map_err(|e| {
+            RuntimeError::Component(format!("the stored input of `{id}` is not JSON: {e}"))
+        })?;
+        let reuse = (!new_id).then(|| id.to_string());
+        self.start_new(&instance.name, reuse, &input).await
     }
 
     /// Replay an instance's recorded history against `component` (the bytes

@@ -6,10 +6,12 @@
 //! [`ClientStore`] is what clients need (create, enqueue, query, purge).
 //! Every write that a caller is told succeeded is durable.
 
+pub mod listing;
 pub mod sqlite;
 
 use crate::model::{
-    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis, Timer,
+    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
+    RuntimeStatus, Timer,
 };
 
 /// What a store operation can fail with.
@@ -22,6 +24,14 @@ pub enum StoreError {
     /// A live (unfinished) instance with this id exists already.
     #[error("an instance with id `{0}` already exists and has not finished")]
     AlreadyExists(String),
+    /// Only finished instances may be purged.
+    #[error("instance `{id}` is {status}; only a finished instance can be purged")]
+    NotFinished {
+        /// The instance.
+        id: String,
+        /// Its status.
+        status: RuntimeStatus,
+    },
     /// The history changed under the writer (optimistic concurrency).
     #[error("history of `{instance}` is at version {actual}, the episode expected {expected}")]
     Conflict {
@@ -127,10 +137,18 @@ pub trait ClientStore: Send + Sync + 'static {
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     /// One instance's history.
     fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>>;
-    /// Instances matching the query, ordered by creation time then id.
+    /// At most `query.limit` instances matching the query, in the order of
+    /// `store::listing` (creation time then id; id alone with an id prefix;
+    /// reversed when `newest_first`), each page from an index.
     fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
-    /// Delete an instance and everything it owns; false if there was none.
+    /// Delete a finished instance and everything it owns; false if there
+    /// was none, `NotFinished` if it has not finished.
     fn purge(&self, id: &str) -> StoreResult<bool>;
+    /// Delete the first `query.limit` instances matching the query, and
+    /// everything they own, in one write of a few statements; returns how
+    /// many. Callers loop until it returns less than the limit, so other
+    /// writes get their turn between batches.
+    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize>;
 }
 
 /// A store for both consumers.

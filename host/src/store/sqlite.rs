@@ -11,10 +11,11 @@ use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::listing::{self, SqlValue};
 use super::{ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult};
 use crate::model::{
     HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    RuntimeStatus, now_millis,
+    RuntimeStatus, canonical_json, input_hash, now_millis,
 };
 
 /// PRAGMAs applied to every connection, in order.
@@ -25,11 +26,75 @@ const PRAGMAS: &[(&str, &str)] = &[
     ("busy_timeout", "5000"),
 ];
 
-/// Numbered schema migrations; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+/// A step of a migration that SQL alone cannot do.
+type MigrationCode = fn(&Connection) -> StoreResult<()>;
+
+/// Numbered schema migrations, each SQL and then optional code, in one
+/// transaction; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
+    (include_str!("migrations/0001_initial.sql"), None),
+    (
+        include_str!("migrations/0002_instance_queries.sql"),
+        Some(backfill_input_hashes),
+    ),
+];
+
+/// Store every existing input canonically, with its hash.
+fn backfill_input_hashes(conn: &Connection) -> StoreResult<()> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT id, input FROM instances")
+        .map_err(backend)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(backend)?;
+    let mut update = conn
+        .prepare("UPDATE instances SET input = ?2, input_hash = ?3 WHERE id = ?1")
+        .map_err(backend)?;
+    for (id, input) in rows {
+        let canonical = serde_json::from_str::<serde_json::Value>(&input)
+            .map(|value| canonical_json(&value))
+            .unwrap_or(input);
+        update
+            .execute(params![id, canonical, input_hash(&canonical)])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
 
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
+
+/// The statements of the workers and clients, besides listings (which
+/// `listing` builds): named so that the query-plan test explains exactly
+/// the text the store runs.
+pub mod sql {
+    /// Instances with messages to process (a suspended one only for control
+    /// messages). Reads the inbox in index order and stops at the limit.
+    pub const CLAIM_READY: &str = "SELECT DISTINCT i.instance_id FROM inbox i \
+         JOIN instances s ON s.id = i.instance_id \
+         WHERE s.status != 'Suspended' OR i.control = 1 LIMIT ?1";
+    /// One instance row (columns of `INSTANCE_COLUMNS`).
+    pub const GET_INSTANCE: &str = "SELECT id, name, status, input, output, custom_status, \
+         component, created_at, updated_at, history_len FROM instances WHERE id = ?1";
+    /// An instance's history.
+    pub const LOAD_HISTORY: &str =
+        "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq";
+    /// An instance's inbox.
+    pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id";
+    /// Timers due now, taken out of the table.
+    pub const FIRE_DUE_TIMERS: &str =
+        "DELETE FROM timers WHERE fire_at <= ?1 RETURNING instance_id, task, fire_at";
+    /// When the next timer is due.
+    pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
+    /// One statement per table for a batch of purged ids (a JSON array).
+    pub const PURGE_BATCH: [&str; 4] = [
+        "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM inbox WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM timers WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
+    ];
+}
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
@@ -82,9 +147,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
             retriable: false,
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+    for (index, (sql, code)) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
+        if let Some(code) = code {
+            code(&tx)?;
+        }
         tx.pragma_update(None, "user_version", index + 1)
             .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -173,6 +241,75 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The plan SQLite chooses for `sql` with `args`: the detail column of
+    /// `EXPLAIN QUERY PLAN`, one line per step (for the query-plan test).
+    pub fn explain(&self, sql: &str, args: &[SqlValue]) -> StoreResult<Vec<String>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .map_err(backend)?;
+            let args = args.iter().map(sql_value);
+            stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)
+        })
+    }
+
+    /// Test and benchmark fixtures: insert finished instances, each with a
+    /// two-event history (started, then its end), in one transaction. Rows
+    /// are written as `create_instance` and an episode would write them, so
+    /// every query and purge treats them like any other instance.
+    pub fn insert_finished(&self, instances: Vec<Instance>) -> StoreResult<usize> {
+        self.write(move |conn| {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO instances (id, name, status, input, output, custom_status, \
+                     component, created_at, updated_at, history_len, input_hash) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, 2, ?9)",
+                )
+                .map_err(backend)?;
+            for instance in &instances {
+                let last = match instance.status {
+                    RuntimeStatus::Completed => HistoryEvent::ExecutionCompleted {
+                        output: instance.output.clone().unwrap_or_else(|| "null".into()),
+                    },
+                    RuntimeStatus::Failed => HistoryEvent::ExecutionFailed {
+                        error: instance.output.clone().unwrap_or_default(),
+                    },
+                    RuntimeStatus::Terminated => HistoryEvent::ExecutionTerminated { reason: None },
+                    other => {
+                        return Err(StoreError::Backend {
+                            message: format!("a fixture instance must be finished, not {other}"),
+                            retriable: false,
+                        });
+                    }
+                };
+                insert
+                    .execute(params![
+                        instance.id,
+                        instance.name,
+                        instance.status.as_str(),
+                        instance.input,
+                        instance.output,
+                        instance.component,
+                        instance.created_at as i64,
+                        instance.updated_at as i64,
+                        input_hash(&instance.input),
+                    ])
+                    .map_err(backend)?;
+                let started = HistoryEvent::ExecutionStarted {
+                    name: instance.name.clone(),
+                    input: instance.input.clone(),
+                };
+                append_events(conn, &instance.id, 0, &[started, last])?;
+            }
+            Ok(instances.len())
+        })
+    }
+}
+
 /// A write handed to the writer thread (none if the writer had stopped).
 struct PendingWrite<R>(Option<mpsc::Receiver<StoreResult<R>>>);
 
@@ -256,13 +393,12 @@ fn finish_instance((mut instance, status): (Instance, String)) -> StoreResult<In
     Ok(instance)
 }
 
-const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len";
+/// The columns `instance_from_row` reads.
+pub const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len";
 
 fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
     let row = conn
-        .prepare_cached(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
-        ))
+        .prepare_cached(sql::GET_INSTANCE)
         .map_err(backend)?
         .query_row([id], instance_from_row)
         .optional()
@@ -271,11 +407,7 @@ fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
 }
 
 fn get_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEntry>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq",
-        )
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(sql::LOAD_HISTORY).map_err(backend)?;
     let rows = stmt
         .query_map([id], |r| {
             Ok((
@@ -328,16 +460,75 @@ fn push_message(conn: &Connection, id: &str, message: &Message) -> StoreResult<(
     Ok(())
 }
 
-/// Delete an instance and everything it owns; false if there was none.
-fn delete_instance(conn: &Connection, id: &str) -> StoreResult<bool> {
-    for table in ["history", "inbox", "timers"] {
-        conn.execute(&format!("DELETE FROM {table} WHERE instance_id = ?1"), [id])
+/// Delete instances and everything they own, one statement per table for
+/// the whole batch; returns how many instances there were.
+fn delete_instances(conn: &Connection, ids: &[String]) -> StoreResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = serde_json::to_string(ids).map_err(|e| corrupt("instance ids", e))?;
+    let mut deleted = 0;
+    for statement in sql::PURGE_BATCH {
+        // The last statement deletes the instance rows themselves.
+        deleted = conn
+            .prepare_cached(statement)
+            .map_err(backend)?
+            .execute([&ids])
             .map_err(backend)?;
     }
-    let deleted = conn
-        .execute("DELETE FROM instances WHERE id = ?1", [id])
-        .map_err(backend)?;
-    Ok(deleted > 0)
+    Ok(deleted)
+}
+
+/// The rows of `columns` for the instances matching `query`, in the
+/// listing's order: each statement is an index range scan (see `listing`),
+/// and the rows of several (one per status) are merged.
+fn list_rows<T>(
+    conn: &Connection,
+    query: &InstanceQuery,
+    columns: &str,
+    row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    key: impl Fn(&T) -> (Millis, &str),
+) -> StoreResult<Vec<T>> {
+    let limit = query.limit.max(1);
+    let (statements, order) = listing::statements(query, columns, limit);
+    let mut rows = Vec::new();
+    for statement in &statements {
+        let mut stmt = conn.prepare_cached(&statement.sql).map_err(backend)?;
+        let args = statement.args.iter().map(sql_value);
+        let found = stmt
+            .query_map(rusqlite::params_from_iter(args), &row)
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<T>>>()
+            .map_err(backend)?;
+        rows.extend(found);
+    }
+    if statements.len() == 1 {
+        return Ok(rows);
+    }
+    Ok(listing::merge(rows, query.newest_first, limit, |r| {
+        let (created, id) = key(r);
+        order.key(created, id)
+    }))
+}
+
+fn sql_value(value: &SqlValue) -> rusqlite::types::Value {
+    match value {
+        SqlValue::Int(i) => rusqlite::types::Value::Integer(*i),
+        SqlValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
+fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+    list_rows(
+        conn,
+        query,
+        INSTANCE_COLUMNS,
+        instance_from_row,
+        |(i, _)| (i.created_at, i.id.as_str()),
+    )?
+    .into_iter()
+    .map(finish_instance)
+    .collect()
 }
 
 fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> {
@@ -368,15 +559,26 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
         actual
     };
     append_events(conn, &instance.id, first_seq, &episode.new_events)?;
+    // The input only changes with the history (continue-as-new): leaving it
+    // out of the common UPDATE spares its index an update per episode.
+    if episode.reset_history {
+        conn.prepare_cached("UPDATE instances SET input = ?2, input_hash = ?3 WHERE id = ?1")
+            .map_err(backend)?
+            .execute(params![
+                instance.id,
+                instance.input,
+                input_hash(&instance.input)
+            ])
+            .map_err(backend)?;
+    }
     conn.prepare_cached(
-        "UPDATE instances SET status = ?2, input = ?3, output = ?4, custom_status = ?5, \
-         updated_at = ?6, history_len = ?7 WHERE id = ?1",
+        "UPDATE instances SET status = ?2, output = ?3, custom_status = ?4, \
+         updated_at = ?5, history_len = ?6 WHERE id = ?1",
     )
     .map_err(backend)?
     .execute(params![
         instance.id,
         instance.status.as_str(),
-        instance.input,
         instance.output,
         instance.custom_status,
         instance.updated_at as i64,
@@ -414,14 +616,7 @@ impl RuntimeStore for SqliteStore {
     fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
         let held = self.leased.lock().expect("lease set poisoned").len();
         let candidates: Vec<String> = self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT DISTINCT i.instance_id FROM inbox i
-                     JOIN instances s ON s.id = i.instance_id
-                     WHERE s.status != 'Suspended' OR i.control = 1
-                     LIMIT ?1",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare_cached(sql::CLAIM_READY).map_err(backend)?;
             stmt.query_map([(max + held) as i64], |r| r.get(0))
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<String>>>()
@@ -451,11 +646,7 @@ impl RuntimeStore for SqliteStore {
                 let instance =
                     get_instance(conn, id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
                 let history = get_history(conn, id)?;
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id",
-                    )
-                    .map_err(backend)?;
+                let mut stmt = conn.prepare_cached(sql::LOAD_INBOX).map_err(backend)?;
                 let rows = stmt
                     .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
                     .map_err(backend)?;
@@ -497,11 +688,7 @@ impl RuntimeStore for SqliteStore {
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
         self.write(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "DELETE FROM timers WHERE fire_at <= ?1 RETURNING instance_id, task, fire_at",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare_cached(sql::FIRE_DUE_TIMERS).map_err(backend)?;
             let due = stmt
                 .query_map([now as i64], |r| {
                     Ok((
@@ -529,11 +716,9 @@ impl RuntimeStore for SqliteStore {
 
     fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
         self.read(|conn| {
-            conn.query_row("SELECT MIN(fire_at) FROM timers", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .map(|t| t.map(|t| t as Millis))
-            .map_err(backend)
+            conn.query_row(sql::NEXT_TIMER_DUE, [], |r| r.get::<_, Option<i64>>(0))
+                .map(|t| t.map(|t| t as Millis))
+                .map_err(backend)
         })
     }
 
@@ -572,13 +757,13 @@ impl ClientStore for SqliteStore {
                 if !existing.status.is_terminal() {
                     return Err(StoreError::AlreadyExists(instance.id.clone()));
                 }
-                delete_instance(conn, &instance.id)?;
+                delete_instances(conn, std::slice::from_ref(&instance.id))?;
             }
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
-                     component, created_at, updated_at, history_len) \
-                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1)",
+                     component, created_at, updated_at, history_len, input_hash) \
+                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7)",
                 )
                 .map_err(backend)?
                 .execute(params![
@@ -588,6 +773,7 @@ impl ClientStore for SqliteStore {
                     instance.input,
                     instance.component,
                     instance.created_at as i64,
+                    input_hash(&instance.input),
                 ])
                 .map_err(backend)?;
             if inserted == 0 {
@@ -658,72 +844,35 @@ impl ClientStore for SqliteStore {
     }
 
     fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
-            args.push(value);
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-        };
-        if let Some(from) = query.created_from {
-            arg(&mut sql, " AND created_at >= ?", (from as i64).into());
-        }
-        if let Some(to) = query.created_to {
-            arg(&mut sql, " AND created_at <= ?", (to as i64).into());
-        }
-        if let Some(name) = &query.name {
-            arg(&mut sql, " AND name = ?", name.clone().into());
-        }
-        if let Some(prefix) = &query.id_prefix {
-            // A prefix match without LIKE's wildcards.
-            let chars = prefix.chars().count() as i64;
-            arg(&mut sql, " AND substr(id, 1, ?", chars.into());
-            arg(&mut sql, ") = ?", prefix.clone().into());
-        }
-        if !query.statuses.is_empty() {
-            sql.push_str(" AND status IN (");
-            for (i, status) in query.statuses.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                arg(&mut sql, "?", status.as_str().to_string().into());
-            }
-            sql.push(')');
-        }
-        if let Some((created, id)) = &query.after {
-            arg(&mut sql, " AND (created_at > ?", (*created as i64).into());
-            arg(&mut sql, " OR (created_at = ?", (*created as i64).into());
-            arg(&mut sql, " AND id > ?))", id.clone().into());
-        }
-        arg(
-            &mut sql,
-            " ORDER BY created_at, id LIMIT ?",
-            (query.limit.max(1) as i64).into(),
-        );
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), instance_from_row)
-                .map_err(backend)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend)?;
-            rows.into_iter().map(finish_instance).collect()
-        })
+        self.read(|conn| list_instances(conn, query))
     }
 
     fn purge(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
+        self.write(move |conn| match get_instance(conn, &id)? {
+            None => Ok(false),
+            Some(instance) if !instance.status.is_terminal() => Err(StoreError::NotFinished {
+                id,
+                status: instance.status,
+            }),
+            Some(_) => Ok(delete_instances(conn, &[id])? > 0),
+        })
+    }
+
+    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
+        let query = query.clone();
         self.write(move |conn| {
-            for table in ["history", "inbox", "timers"] {
-                conn.execute(
-                    &format!("DELETE FROM {table} WHERE instance_id = ?1"),
-                    [&id],
-                )
-                .map_err(backend)?;
-            }
-            let deleted = conn
-                .execute("DELETE FROM instances WHERE id = ?1", [&id])
-                .map_err(backend)?;
-            Ok(deleted > 0)
+            let ids: Vec<String> = list_rows(
+                conn,
+                &query,
+                "id, created_at",
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as Millis)),
+                |(id, created)| (*created, id.as_str()),
+            )?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+            delete_instances(conn, &ids)
         })
     }
 }
