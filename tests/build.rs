@@ -17,6 +17,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
     for dir in [
+        ".cargo",
         "guest-sdk",
         "workflows",
         "tests/guests",

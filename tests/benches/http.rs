@@ -5,97 +5,52 @@
 //!
 //! `cargo bench -p duro-tests --bench http -- [--clients 64] [--lifecycles 4000] [--poll-ms 1]`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
+mod common;
+use common::{API, Client, Server};
 
-const API: &str = "/runtime/webhooks/durabletask";
-
-struct Client {
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
+async fn wait_for(client: &mut Client, id: &str, status: &str, poll: Duration) {
+    let path = format!("{API}/instances/{id}?showInput=false");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = client.call("GET", &path, "").await;
+        if body["runtimeStatus"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {status}: {body}"
+        );
+        tokio::time::sleep(poll).await;
+    }
 }
 
-impl Client {
-    async fn connect(host: &str) -> Client {
-        let stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(connection);
-        Client {
-            sender,
-            host: host.to_string(),
-        }
-    }
-
-    async fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.host)
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("request");
-        self.sender.ready().await.expect("connection ready");
-        let response = self.sender.send_request(request).await.expect("response");
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        (status, json)
-    }
-
-    async fn wait_for(&mut self, id: &str, status: &str, poll: Duration) {
-        let path = format!("{API}/instances/{id}?showInput=false");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, body) = self.call("GET", &path, "").await;
-            if body["runtimeStatus"] == status {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} never reached {status}: {body}"
-            );
-            tokio::time::sleep(poll).await;
-        }
-    }
-
-    async fn lifecycle(&mut self, n: usize, poll: Duration) -> Duration {
-        let (code, body) = self
-            .call(
-                "POST",
-                &format!("{API}/orchestrators/Workflow"),
-                &format!("\"b{n}\""),
-            )
-            .await;
-        assert_eq!(code, 202, "{body}");
-        let id = body["id"].as_str().expect("id").to_string();
-        self.wait_for(&id, "Running", poll).await;
-        let raised = Instant::now();
-        let (code, _) = self
-            .call(
-                "POST",
-                &format!("{API}/instances/{id}/raiseEvent/Workflow"),
-                "null",
-            )
-            .await;
-        assert_eq!(code, 202);
-        self.wait_for(&id, "Completed", poll).await;
-        raised.elapsed()
-    }
+/// Start → Running → raise → Completed; returns raise → Completed.
+async fn lifecycle(client: &mut Client, n: usize, poll: Duration) -> Duration {
+    let (code, body) = client
+        .call(
+            "POST",
+            &format!("{API}/orchestrators/Workflow"),
+            &format!("\"b{n}\""),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_for(client, &id, "Running", poll).await;
+    let raised = Instant::now();
+    let (code, _) = client
+        .call(
+            "POST",
+            &format!("{API}/instances/{id}/raiseEvent/Workflow"),
+            "null",
+        )
+        .await;
+    assert_eq!(code, 202);
+    wait_for(client, &id, "Completed", poll).await;
+    raised.elapsed()
 }
 
 #[tokio::main]
@@ -105,32 +60,14 @@ async fn main() {
     let poll = Duration::from_millis(duro_tests::bench_arg("--poll-ms", 1));
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duro-under-test"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--database")
-        .arg(dir.path().join("bench.db"))
-        .arg("--cache-dir")
-        .arg(duro_tests::COMPILE_CACHE)
-        .env("DURO_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("duro starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    let host = line
-        .trim()
-        .strip_prefix("duro listening on http://")
-        .expect("listening line")
-        .to_string();
+    let server = Server::start(&manifest, &dir.path().join("bench.db"));
+    let host = server.host.clone();
 
     let mut one = Client::connect(&host).await;
-    one.lifecycle(usize::MAX, poll).await;
+    lifecycle(&mut one, usize::MAX, poll).await;
     let mut latencies = Vec::new();
     for n in 0..200 {
-        latencies.push(one.lifecycle(n, poll).await);
+        latencies.push(lifecycle(&mut one, n, poll).await);
     }
     latencies.sort();
 
@@ -146,7 +83,7 @@ async fn main() {
                     if n >= lifecycles {
                         return;
                     }
-                    client.lifecycle(1000 + n, poll).await;
+                    lifecycle(&mut client, 1000 + n, poll).await;
                 }
             })
         })
@@ -155,8 +92,7 @@ async fn main() {
         worker.await.expect("client");
     }
     let elapsed = started.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     println!(
         "HTTP latency raiseEvent→Completed seen by polling every {poll:?}, 1 client: p50 {:?}  p99 {:?}",

@@ -31,7 +31,7 @@ use crate::store::{Store, StoreError};
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Instances deleted per write by a bulk purge.
-pub const PURGE_BATCH: usize = 500;
+pub const PURGE_BATCH: usize = 100;
 
 /// Longest instance id accepted.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
