@@ -216,4 +216,19 @@ fn inputs_match_as_json_values_and_restart_keeps_them() {
     let (ok, _, err) = cli(&["purge", "r-1"]);
     assert!(!ok, "a running instance is not purged");
     assert!(err.contains("412"), "{err}");
+    // Bulk purge from the CLI: obj-1 failed at once (its input is no string).
+    let failed = host.poll(&format!("{API}/instances/obj-1"), |r| r.status == 200);
+    assert_eq!(failed.json()["runtimeStatus"], "Failed", "{}", failed.body);
+    let (ok, out, err) = cli(&[
+        "purge",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--status",
+        "Failed",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "purged 1 instance(s)");
+    let (ok, _, err) = cli(&["purge", "--to", "2000-01-01T00:00:00Z"]);
+    assert!(!ok, "a purge needs an id or --from");
+    assert!(err.contains("--from") || err.contains("<ID>"), "{err}");
 }
