@@ -368,6 +368,19 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
     out
 }
 
+/// [`canonical_json`] of a JSON text; a text that is not JSON is kept as it
+/// is (it can only ever equal itself).
+///
+/// ```
+/// assert_eq!(duro::model::canonical_json_text("{ \"b\": 1, \"a\": 2 }".into()), r#"{"a":2,"b":1}"#);
+/// assert_eq!(duro::model::canonical_json_text("not json".into()), "not json");
+/// ```
+pub fn canonical_json_text(text: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map(|value| canonical_json(&value))
+        .unwrap_or(text)
+}
+
 /// The 64-bit hash of a canonical input that the store indexes.
 pub fn input_hash(canonical: &str) -> i64 {
     use sha2::Digest as _;

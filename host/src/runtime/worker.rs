@@ -302,9 +302,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         }
         Outcome::ContinuedAsNew(input) => {
             // Stored canonical, like every input, so that queries by input find it.
-            let input = serde_json::from_str::<serde_json::Value>(&input)
-                .map(|value| crate::model::canonical_json(&value))
-                .unwrap_or(input);
+            let input = crate::model::canonical_json_text(input);
             commit.reset_history = true;
             new_events = vec![HistoryEvent::ExecutionStarted {
                 name: instance.name.clone(),

@@ -15,7 +15,7 @@ use super::listing::{self, SqlValue};
 use super::{ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult};
 use crate::model::{
     HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    RuntimeStatus, canonical_json, input_hash, now_millis,
+    RuntimeStatus, canonical_json_text, input_hash, now_millis,
 };
 
 /// PRAGMAs applied to every connection, in order.
@@ -59,9 +59,7 @@ fn backfill_input_hashes(conn: &Connection) -> StoreResult<()> {
         .prepare("UPDATE instances SET input = ?2, input_hash = ?3 WHERE id = ?1")
         .map_err(backend)?;
     for (id, input) in rows {
-        let canonical = serde_json::from_str::<serde_json::Value>(&input)
-            .map(|value| canonical_json(&value))
-            .unwrap_or(input);
+        let canonical = canonical_json_text(input);
         update
             .execute(params![id, canonical, input_hash(&canonical)])
             .map_err(backend)?;
@@ -71,6 +69,14 @@ fn backfill_input_hashes(conn: &Connection) -> StoreResult<()> {
 
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
+
+/// The columns `instance_from_row` reads, as a literal so that the
+/// statements in `sql` can be built from it with `concat!`.
+macro_rules! instance_columns {
+    () => {
+        "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len"
+    };
+}
 
 /// The statements of the workers and clients, besides listings (which
 /// `listing` builds): named so that the query-plan test explains exactly
@@ -82,8 +88,11 @@ pub mod sql {
          JOIN instances s ON s.id = i.instance_id \
          WHERE s.status != 'Suspended' OR i.control = 1 LIMIT ?1";
     /// One instance row (columns of `INSTANCE_COLUMNS`).
-    pub const GET_INSTANCE: &str = "SELECT id, name, status, input, output, custom_status, \
-         component, created_at, updated_at, history_len FROM instances WHERE id = ?1";
+    pub const GET_INSTANCE: &str = concat!(
+        "SELECT ",
+        instance_columns!(),
+        " FROM instances WHERE id = ?1"
+    );
     /// An instance's history.
     pub const LOAD_HISTORY: &str =
         "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq";
@@ -421,7 +430,7 @@ fn finish_instance((mut instance, status): (Instance, String)) -> StoreResult<In
 }
 
 /// The columns `instance_from_row` reads.
-pub const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len";
+pub const INSTANCE_COLUMNS: &str = instance_columns!();
 
 fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
     let row = conn
