@@ -2,7 +2,9 @@
 //!
 //! The host delivers one completion per step, in history order, and these
 //! combinators poll their branches left to right: so a race between an event
-//! and a timer is decided the same way on every replay.
+//! and a timer is decided the same way on every replay. Losers are dropped
+//! when the race is decided, at the same point on every replay, so their
+//! cancellation is deterministic too.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,8 +24,9 @@ pub enum Either<L, R> {
     Right(R),
 }
 
-/// Wait for whichever of two futures finishes first. The loser keeps
-/// running in the host (a timer still fires) but its result is ignored.
+/// Wait for whichever of two futures finishes first. The loser is dropped,
+/// which cancels it if it is a [`Task`](crate::Task) (a wait takes no event,
+/// a timer fires nothing); race `&mut task` to keep a task for later.
 ///
 /// ```no_run
 /// # async fn f(ctx: duro_sdk::OrchestrationContext) {
@@ -55,6 +58,7 @@ where
 }
 
 /// Wait for the first of many futures; resolves to its index and output.
+/// The others are dropped, which cancels the tasks among them.
 ///
 /// ```no_run
 /// # async fn f(ctx: duro_sdk::OrchestrationContext) {

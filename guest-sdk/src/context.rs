@@ -235,16 +235,34 @@ fn decode_timer(_: TaskOutcome) {}
 /// completion. Await it, or race it with [`select`](crate::select) and
 /// [`when_any`](crate::when_any).
 ///
+/// **Dropping a task cancels it.** A wait that is dropped before its event
+/// came takes no event: the next event of its name goes to the oldest wait
+/// that is still alive, or is buffered until one asks. A dropped timer
+/// completes nothing (and its row is deleted). The cancellation is recorded
+/// in the history, so replay cancels at the same point. `select` and
+/// `when_any` drop their losers; to keep a wait across several races, race
+/// a reference to it:
+///
 /// ```no_run
-/// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
-/// let task = ctx.wait_for_external_event::<String>("Go");
-/// let payload = task.await?;
-/// # Ok(()) }
+/// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<bool> {
+/// use std::time::Duration;
+/// use duro_sdk::{select, Either};
+/// // One wait, kept alive across reminders: no event is missed between them.
+/// let mut approval = ctx.wait_for_external_event::<bool>("Approve");
+/// loop {
+///     match select(&mut approval, ctx.sleep(Duration::from_secs(3600))).await {
+///         Either::Left(approved) => return approved,
+///         Either::Right(()) => ctx.log("still waiting for approval"),
+///     }
+/// }
+/// # }
 /// ```
-#[must_use = "a task does nothing unless awaited"]
+#[must_use = "a task does nothing unless awaited, and dropping it cancels it"]
 pub struct Task<T> {
     id: u32,
     decode: fn(TaskOutcome) -> T,
+    /// Its completion has been taken: dropping it cancels nothing.
+    done: bool,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -253,6 +271,7 @@ impl<T> Task<T> {
         Task {
             id,
             decode,
+            done: false,
             _output: PhantomData,
         }
     }
@@ -274,9 +293,23 @@ impl<T> Future for Task<T> {
     type Output = T;
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
-        match runtime::take_outcome(self.id) {
-            Some(outcome) => Poll::Ready((self.decode)(outcome)),
+        let task = self.get_mut();
+        match runtime::take_outcome(task.id) {
+            Some(outcome) => {
+                task.done = true;
+                Poll::Ready((task.decode)(outcome))
+            }
             None => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        // A completion delivered but never polled is discarded here; the
+        // host has nothing left to cancel for it.
+        if !self.done && runtime::take_outcome(self.id).is_none() {
+            host::cancel_task(self.id);
         }
     }
 }

@@ -63,7 +63,8 @@ enum Command {
         /// Where compiled components are cached (default: beside the database).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
-        /// How long one orchestration step may run before its instance fails.
+        /// How long one orchestration episode (replay and new steps) may run
+        /// before its instance fails.
         #[arg(long, env = "DURO_STEP_BUDGET_MS", default_value_t = 5000)]
         step_budget_ms: u64,
         /// How long one HTTP function call may run before it gets a 500.

@@ -76,6 +76,7 @@ pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::R
                     output: Some(serde_json::Value::String(format!("filled {n}")).to_string()),
                     custom_status: None,
                     component: digest.clone(),
+                    execution_id: crate::model::fresh_id(),
                     created_at: created,
                     updated_at: created,
                     history_len: 2,

@@ -131,6 +131,12 @@ pub enum HistoryEvent {
         /// What was scheduled.
         action: Action,
     },
+    /// The orchestration dropped a task before it completed: its wait takes
+    /// no event and its timer completes nothing.
+    TaskCancelled {
+        /// Sequence number of the cancelled call.
+        task: u32,
+    },
     /// An external event arrived.
     EventRaised {
         /// The event name.
@@ -184,6 +190,7 @@ impl HistoryEvent {
             HistoryEvent::ExecutionStarted { .. } => "ExecutionStarted",
             HistoryEvent::OrchestratorStarted { .. } => "OrchestratorStarted",
             HistoryEvent::TaskScheduled { .. } => "TaskScheduled",
+            HistoryEvent::TaskCancelled { .. } => "TaskCancelled",
             HistoryEvent::EventRaised { .. } => "EventRaised",
             HistoryEvent::TimerFired { .. } => "TimerFired",
             HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
@@ -227,6 +234,11 @@ pub enum Message {
         task: u32,
         /// Its due time.
         fire_at: Millis,
+        /// The execution that created it: a timer of an earlier execution
+        /// (before continue-as-new or a restart) completes nothing. Absent in
+        /// messages stored before executions had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution: Option<String>,
     },
     /// A client terminated the instance.
     Terminate {
@@ -282,6 +294,9 @@ pub struct Instance {
     pub custom_status: Option<String>,
     /// Digest of the component the instance runs on.
     pub component: String,
+    /// The id of the current execution: new on every start, restart and
+    /// continue-as-new. Episodes commit only to the execution they ran for.
+    pub execution_id: String,
     /// Creation time.
     pub created_at: Millis,
     /// Time of the last change.
@@ -299,6 +314,8 @@ pub struct Timer {
     pub task: u32,
     /// When it is due.
     pub fire_at: Millis,
+    /// The execution that created it.
+    pub execution: String,
 }
 
 /// Filter for listing instances. Every combination is answered from an
@@ -379,6 +396,21 @@ pub fn canonical_json_text(text: String) -> String {
     serde_json::from_str::<serde_json::Value>(&text)
         .map(|value| canonical_json(&value))
         .unwrap_or(text)
+}
+
+/// A fresh id, unique across processes and restarts: 128 bits of a hash of
+/// the time, the process and a counter, in hex. Instance ids and execution
+/// ids are made this way.
+pub fn fresh_id() -> String {
+    use sha2::Digest as _;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!(
+        "{:?}\n{}\n{n}",
+        std::time::SystemTime::now(),
+        std::process::id()
+    );
+    hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16])
 }
 
 /// The 64-bit hash of a canonical input that the store indexes.

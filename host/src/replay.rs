@@ -5,7 +5,7 @@
 //! the history and the incoming messages it is handed, and returns what the
 //! episode appended; the runtime persists it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
@@ -76,7 +76,19 @@ pub struct Episode {
     pub custom_status: Option<Option<String>>,
     /// Timers scheduled by this episode: (task, due time).
     pub new_timers: Vec<(u32, Millis)>,
+    /// Timers this episode cancelled (their tasks).
+    pub cancelled_timers: Vec<u32>,
+    /// On continue-as-new: the events (name, payload) the execution received
+    /// but never handed to a wait, oldest first, for the next execution.
+    pub unprocessed_events: Vec<(String, String)>,
 }
+
+/// The host, not the guest, kept an episode from running (an instantiation
+/// refused under load, a time budget spent while the thread was starved):
+/// the episode is retried later and its instance does not fail.
+#[derive(Debug, thiserror::Error)]
+#[error("host trouble: {0}")]
+pub struct HostTrouble(pub String);
 
 /// Who is being replayed.
 #[derive(Debug, Clone)]
@@ -87,6 +99,8 @@ pub struct Subject {
     pub name: String,
     /// Input, as JSON.
     pub input: String,
+    /// The execution: seeds GUIDs and randomness with the instance id.
+    pub execution_id: String,
 }
 
 impl From<&Instance> for Subject {
@@ -95,6 +109,7 @@ impl From<&Instance> for Subject {
             instance_id: instance.id.clone(),
             name: instance.name.clone(),
             input: instance.input.clone(),
+            execution_id: instance.execution_id.clone(),
         }
     }
 }
@@ -108,13 +123,14 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// A replayer whose guests may run `step_budget` per step before they are
-    /// stopped.
+    /// A replayer whose guests may run `step_budget` per episode (replay
+    /// and new steps together) before they are stopped.
     pub fn new(engine: Engine, step_budget: Duration) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         // Deterministic WASI only: clocks and randomness are replaced per
         // episode, and the context has no files, network, env or args.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        sleep_on_the_episode_clock(&mut linker)?;
         Orchestration::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(Replayer {
@@ -167,16 +183,18 @@ impl Replayer {
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let ticks = budget_ticks(self.step_budget);
-        store.set_epoch_deadline(ticks);
-        let instance = match pre.instantiate(&mut store) {
-            Ok(instance) => instance,
-            Err(e) => {
-                return Ok(failed_episode(format!(
-                    "the orchestration could not be instantiated: {e:?}"
-                )));
-            }
-        };
+        // One budget for the whole episode: a guest cannot stretch its time
+        // by yielding often.
+        store.set_epoch_deadline(budget_ticks(self.step_budget));
+        let cpu_at_start = thread_cpu_time();
+        // The component was checked when it was registered: failing to
+        // instantiate it now is the host's trouble (memory, pools), not the
+        // guest's, so the episode is retried.
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            HostTrouble(format!(
+                "the orchestration could not be instantiated: {e:#}"
+            ))
+        })?;
         let mut incoming: VecDeque<HistoryEvent> = incoming.into();
         let outcome = loop {
             let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
@@ -184,14 +202,30 @@ impl Replayer {
                 Ok(None) => break Outcome::Pending,
                 Err(divergence) => break Outcome::Diverged(divergence),
             };
-            store.set_epoch_deadline(ticks);
             let stepped = instance
                 .duro_workflow_orchestrator()
                 .call_step(&mut store, delivery.as_ref());
             let terminal = match stepped {
                 Err(trap) => match store.data_mut().replay.divergence.take() {
                     Some(divergence) => break Outcome::Diverged(divergence),
-                    None => break Outcome::Failed(describe_trap(&trap, self.step_budget)),
+                    None => {
+                        if is_interrupt(&trap) {
+                            let used = thread_cpu_time().saturating_sub(cpu_at_start);
+                            // The deadline counts wall-clock ticks: a guest
+                            // that got less than half its budget of CPU was
+                            // starved by the host, not slow by itself.
+                            if used < self.step_budget / 2 {
+                                return Err(HostTrouble(format!(
+                                    "the episode's time budget of {:?} ran out after {used:?} of CPU",
+                                    self.step_budget
+                                ))
+                                .into());
+                            }
+                        }
+                        let error = describe_trap(&trap, self.step_budget);
+                        store.data_mut().replay.record_failure(error.clone());
+                        break Outcome::Failed(error);
+                    }
                 },
                 Ok(StepResult::Pending) => continue,
                 Ok(StepResult::Completed(output)) => HistoryEvent::ExecutionCompleted { output },
@@ -214,11 +248,27 @@ impl Replayer {
             .get(recorded_len..)
             .unwrap_or_default()
             .to_vec();
+        let unprocessed_events = match outcome {
+            // Events buffered in the execution, then those not yet handed
+            // over, in arrival order (`preserveUnprocessedEvents`).
+            Outcome::ContinuedAsNew(_) => replay
+                .buffered
+                .into_iter()
+                .map(|(_, name, payload)| (name, payload))
+                .chain(incoming.into_iter().filter_map(|event| match event {
+                    HistoryEvent::EventRaised { name, payload } => Some((name, payload)),
+                    _ => None,
+                }))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Episode {
             appended,
             outcome,
             custom_status: replay.custom_status,
             new_timers: replay.new_timers,
+            cancelled_timers: replay.cancelled_timers,
+            unprocessed_events,
         })
     }
 
@@ -252,24 +302,57 @@ impl Replayer {
     }
 }
 
-fn failed_episode(error: String) -> Episode {
-    Episode {
-        appended: vec![HistoryEvent::ExecutionFailed {
-            error: error.clone(),
-        }],
-        outcome: Outcome::Failed(error),
-        custom_status: None,
-        new_timers: Vec::new(),
+/// An already elapsed WASI sleep: orchestrations run on the episode's clock,
+/// which does not move while they run, so a sleep or a poll on a clock
+/// returns at once instead of holding a host thread. (A durable wait is
+/// `ctx.sleep`.)
+struct Elapsed;
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for Elapsed {
+    async fn ready(&mut self) {}
+}
+
+/// Replace the monotonic clock's `subscribe-*` functions, which would wait
+/// in real time, with ones that return an [`Elapsed`] pollable.
+fn sleep_on_the_episode_clock(linker: &mut Linker<EpisodeState>) -> anyhow::Result<()> {
+    fn elapsed(
+        state: &mut EpisodeState,
+    ) -> wasmtime::Result<(Resource<wasmtime_wasi::p2::DynPollable>,)> {
+        let resource = state.table.push(Elapsed)?;
+        Ok((wasmtime_wasi::p2::subscribe(&mut state.table, resource)?,))
     }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", |mut store, (_,): (u64,)| {
+        elapsed(store.data_mut())
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store, (_,): (u64,)| {
+        elapsed(store.data_mut())
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn is_interrupt(trap: &wasmtime::Error) -> bool {
+    matches!(
+        trap.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    )
 }
 
 fn describe_trap(trap: &wasmtime::Error, budget: Duration) -> String {
-    match trap.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            format!("the orchestration ran for more than {budget:?} in one step and was stopped")
-        }
-        _ => format!("the orchestration trapped: {trap:?}"),
+    if is_interrupt(trap) {
+        format!("the orchestration ran for more than {budget:?} in one episode and was stopped")
+    } else {
+        format!("the orchestration trapped: {trap:?}")
     }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn describe_event(event: &HistoryEvent) -> String {
@@ -280,6 +363,7 @@ fn describe_event(event: &HistoryEvent) -> String {
         HistoryEvent::ContinuedAsNew { input } => format!("continue-as-new({input})"),
         HistoryEvent::EventRaised { name, .. } => format!("event {name:?} raised"),
         HistoryEvent::TimerFired { task, .. } => format!("timer #{task} fired"),
+        HistoryEvent::TaskCancelled { task } => format!("cancel-task(#{task})"),
         other => other.kind().to_string(),
     }
 }
@@ -295,7 +379,9 @@ pub struct EpisodeState {
 impl EpisodeState {
     fn new(subject: &Subject, history: Vec<HistoryEvent>) -> Self {
         let clock = Arc::new(AtomicU64::new(0));
-        let seed: [u8; 32] = Sha256::digest(subject.instance_id.as_bytes()).into();
+        let seed: [u8; 32] =
+            Sha256::digest(format!("{}\n{}", subject.instance_id, subject.execution_id).as_bytes())
+                .into();
         let wasi = WasiCtx::builder()
             .wall_clock(EpisodeClock(clock.clone()))
             .monotonic_clock(EpisodeClock(clock.clone()))
@@ -323,10 +409,12 @@ impl EpisodeState {
                 next_task: 0,
                 guids: 0,
                 open_waits: Vec::new(),
+                live_timers: BTreeSet::new(),
                 buffered: VecDeque::new(),
                 pending: VecDeque::new(),
                 custom_status: None,
                 new_timers: Vec::new(),
+                cancelled_timers: Vec::new(),
                 divergence: None,
             },
         }
@@ -380,12 +468,17 @@ struct ReplayState {
     guids: u32,
     /// Event waits not yet satisfied, oldest first.
     open_waits: Vec<(u32, String)>,
-    /// Events that arrived before anyone waited for them, in order.
-    buffered: VecDeque<(String, String)>,
-    /// Completions to hand over before consuming more history.
-    pending: VecDeque<Completion>,
+    /// Timers scheduled and neither fired nor cancelled.
+    live_timers: BTreeSet<u32>,
+    /// Events that no live wait took, in arrival order: (history position,
+    /// name, payload).
+    buffered: VecDeque<(usize, String, String)>,
+    /// Buffered events given to a new wait, to hand over before consuming
+    /// more history (kept whole so a cancelled wait can give them back).
+    pending: VecDeque<(u32, (usize, String, String))>,
     custom_status: Option<Option<String>>,
     new_timers: Vec<(u32, Millis)>,
+    cancelled_timers: Vec<u32>,
     divergence: Option<Divergence>,
 }
 
@@ -398,8 +491,11 @@ impl ReplayState {
         incoming: &mut VecDeque<HistoryEvent>,
     ) -> Result<Option<Option<Completion>>, Divergence> {
         loop {
-            if let Some(completion) = self.pending.pop_front() {
-                return Ok(Some(Some(completion)));
+            if let Some((task, (_, _, payload))) = self.pending.pop_front() {
+                return Ok(Some(Some(Completion {
+                    task,
+                    outcome: TaskOutcome::EventRaised(payload),
+                })));
             }
             if self.cursor == self.history.len() {
                 match incoming.pop_front() {
@@ -428,6 +524,14 @@ impl ReplayState {
                         actual: "made no such call".into(),
                     });
                 }
+                HistoryEvent::TaskCancelled { task } => {
+                    return Err(Divergence {
+                        position,
+                        task: Some(task),
+                        expected: format!("cancel-task(#{task})"),
+                        actual: "kept the task".into(),
+                    });
+                }
                 HistoryEvent::EventRaised { name, payload } => {
                     match self.open_waits.iter().position(|(_, n)| *n == name) {
                         Some(index) => {
@@ -437,14 +541,18 @@ impl ReplayState {
                                 outcome: TaskOutcome::EventRaised(payload),
                             })));
                         }
-                        None => self.buffered.push_back((name, payload)),
+                        None => self.buffered.push_back((position, name, payload)),
                     }
                 }
                 HistoryEvent::TimerFired { task, .. } => {
-                    return Ok(Some(Some(Completion {
-                        task,
-                        outcome: TaskOutcome::TimerFired,
-                    })));
+                    // A cancelled timer completes nothing; neither does a
+                    // task number that is no timer of this execution.
+                    if self.live_timers.remove(&task) {
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::TimerFired,
+                        })));
+                    }
                 }
                 HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
                 }
@@ -506,19 +614,85 @@ impl ReplayState {
         }
         self.cursor += 1;
         self.next_task += 1;
-        if let Action::WaitForEvent { name } = action {
-            match self.buffered.iter().position(|(n, _)| *n == name) {
-                Some(index) => {
-                    let (_, payload) = self.buffered.remove(index).expect("index in range");
-                    self.pending.push_back(Completion {
-                        task,
-                        outcome: TaskOutcome::EventRaised(payload),
-                    });
+        match action {
+            Action::WaitForEvent { name } => {
+                match self.buffered.iter().position(|(_, n, _)| *n == name) {
+                    Some(index) => {
+                        let event = self.buffered.remove(index).expect("index in range");
+                        self.pending.push_back((task, event));
+                    }
+                    None => self.open_waits.push((task, name)),
                 }
-                None => self.open_waits.push((task, name)),
+            }
+            Action::CreateTimer { .. } => {
+                self.live_timers.insert(task);
             }
         }
         Ok(task)
+    }
+
+    /// Cancel a task the orchestration dropped before it completed: recorded
+    /// (or, while replaying, matched) like a scheduling call.
+    fn cancel(&mut self, task: u32) -> Result<(), Divergence> {
+        let waiting = self.open_waits.iter().position(|(t, _)| *t == task);
+        let handed = self.pending.iter().position(|(t, _)| *t == task);
+        let timer = self.live_timers.contains(&task);
+        if waiting.is_none() && handed.is_none() && !timer {
+            // Completed already (or never scheduled): nothing to give up.
+            return Ok(());
+        }
+        let position = self.cursor;
+        match self.history.get(position) {
+            Some(HistoryEvent::TaskCancelled { task: recorded }) if *recorded == task => {
+                self.cursor += 1;
+            }
+            Some(HistoryEvent::TaskCancelled { task: recorded }) => {
+                return Err(Divergence {
+                    position,
+                    task: Some(task),
+                    expected: format!("cancel-task(#{recorded})"),
+                    actual: format!("cancelled task #{task}"),
+                });
+            }
+            // A history recorded before cancellations were: the drop is
+            // applied, with nothing to match.
+            Some(_) if position < self.recorded_len => {}
+            Some(other) => {
+                return Err(Divergence {
+                    position,
+                    task: Some(task),
+                    expected: describe_event(other),
+                    actual: format!("cancelled task #{task}"),
+                });
+            }
+            None => {
+                self.history.push(HistoryEvent::TaskCancelled { task });
+                self.cursor += 1;
+                if timer {
+                    self.cancelled_timers.push(task);
+                }
+            }
+        }
+        if let Some(index) = waiting {
+            self.open_waits.remove(index);
+        }
+        if let Some(index) = handed {
+            // Back into the buffer at its place in arrival order.
+            let (_, event) = self.pending.remove(index).expect("index in range");
+            let at = self.buffered.partition_point(|(p, _, _)| *p < event.0);
+            self.buffered.insert(at, event);
+        }
+        self.live_timers.remove(&task);
+        Ok(())
+    }
+
+    /// Record a failure the host found (a trap, a limit) after whatever the
+    /// episode replayed or received so far.
+    fn record_failure(&mut self, error: String) {
+        let end = self.cursor.max(self.recorded_len);
+        self.history.truncate(end);
+        self.history.push(HistoryEvent::ExecutionFailed { error });
+        self.cursor = self.history.len();
     }
 
     /// Record (or, while replaying, check) the event that ends the execution.
@@ -572,7 +746,10 @@ impl ctx::Host for EpisodeState {
 
     fn new_guid(&mut self) -> wasmtime::Result<String> {
         let replay = &mut self.replay;
-        let seed = format!("{}\n{}", replay.subject.instance_id, replay.guids);
+        let seed = format!(
+            "{}\n{}\n{}",
+            replay.subject.instance_id, replay.subject.execution_id, replay.guids
+        );
         replay.guids += 1;
         let mut b: [u8; 16] = Sha256::digest(seed.as_bytes())[..16]
             .try_into()
@@ -634,6 +811,11 @@ impl ctx::Host for EpisodeState {
         replay
             .schedule(Action::CreateTimer { fire_at })
             .map_err(|d| replay.trap(d))
+    }
+
+    fn cancel_task(&mut self, task: u32) -> wasmtime::Result<()> {
+        let replay = &mut self.replay;
+        replay.cancel(task).map_err(|d| replay.trap(d))
     }
 
     fn continue_as_new(&mut self, input: String) -> wasmtime::Result<()> {

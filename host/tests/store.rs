@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, now_millis};
+use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
 use duro::store::sqlite::SqliteStore;
-use duro::store::{ClientStore, EpisodeCommit, RuntimeStore, StoreError};
+use duro::store::{ClientStore, EpisodeCommit, RuntimeStore, StoreError, Version};
 
 fn instance(id: &str) -> Instance {
     Instance {
@@ -17,6 +17,7 @@ fn instance(id: &str) -> Instance {
         output: None,
         custom_status: None,
         component: "sha256:test".into(),
+        execution_id: fresh_id(),
         created_at: now_millis(),
         updated_at: now_millis(),
         history_len: 1,
@@ -86,27 +87,25 @@ fn an_episode_computed_from_an_old_version_is_refused_whole() {
     let mut row = loaded.instance.clone();
     row.status = RuntimeStatus::Running;
     row.history_len = 2;
+    let mut expected = Version::of(&loaded.instance);
+    expected.history_len = 5;
     let stale = EpisodeCommit {
         instance: row,
-        expected_history_len: 5,
+        expected,
         reset_history: false,
         new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 1 }],
         consumed: loaded.inbox.iter().map(|m| m.id).collect(),
         new_timers: Vec::new(),
+        cancelled_timers: Vec::new(),
         follow_up: Vec::new(),
     };
     let results = store.commit_episodes(vec![stale]);
-    assert!(
-        matches!(
-            results[0],
-            Err(StoreError::Conflict {
-                expected: 5,
-                actual: 1,
-                ..
-            })
-        ),
-        "{results:?}"
-    );
+    match &results[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("1 events long, not 5"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
     let after = store.load("a").unwrap();
     assert_eq!(
         after.instance.status,
@@ -115,6 +114,87 @@ fn an_episode_computed_from_an_old_version_is_refused_whole() {
     );
     assert_eq!(after.history.len(), 1, "history untouched");
     assert_eq!(after.inbox.len(), 2, "inbox untouched (start + event)");
+}
+
+/// An episode computed for one execution (or one component) of an
+/// instance, committed after a restart of the same id (or an upgrade), is
+/// refused even when the history lengths happen to agree.
+#[test]
+fn an_episode_of_an_old_execution_or_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put_component("sha256:other", b"other").unwrap();
+    let commit_for = |loaded: &duro::store::LoadedInstance| EpisodeCommit {
+        instance: Instance {
+            status: RuntimeStatus::Completed,
+            output: Some("\"stale\"".into()),
+            history_len: 2,
+            ..loaded.instance.clone()
+        },
+        expected: Version::of(&loaded.instance),
+        reset_history: false,
+        new_events: vec![HistoryEvent::ExecutionCompleted {
+            output: "\"stale\"".into(),
+        }],
+        consumed: loaded.inbox.iter().map(|m| m.id).collect(),
+        new_timers: Vec::new(),
+        cancelled_timers: Vec::new(),
+        follow_up: Vec::new(),
+    };
+
+    // Computed for the first execution; meanwhile the id finished and was
+    // started again (same history length, 1).
+    store.create_instance(&instance("a")).unwrap();
+    let old = store.load("a").unwrap();
+    let stale = commit_for(&old);
+    store
+        .enqueue("a", &Message::Terminate { reason: None })
+        .unwrap();
+    let mut finished = store.load("a").unwrap().instance;
+    finished.status = RuntimeStatus::Terminated;
+    finished.history_len = 2;
+    let terminate = EpisodeCommit {
+        expected: Version::of(&old.instance),
+        ..commit_for(&old)
+    };
+    let terminate = EpisodeCommit {
+        instance: finished,
+        consumed: store
+            .load("a")
+            .unwrap()
+            .inbox
+            .iter()
+            .map(|m| m.id)
+            .collect(),
+        ..terminate
+    };
+    assert!(store.commit_episodes(vec![terminate])[0].is_ok());
+    store.create_instance(&instance("a")).unwrap();
+    let restarted = store.load("a").unwrap().instance;
+    assert_eq!(restarted.history_len, old.instance.history_len);
+    match &store.commit_episodes(vec![stale])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("replaced execution"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let now = store.load("a").unwrap();
+    assert_eq!(now.instance.status, RuntimeStatus::Pending, "untouched");
+    assert_eq!(now.history.len(), 1);
+
+    // Computed on one component; meanwhile the instance was upgraded.
+    let before = store.load("a").unwrap();
+    let stale = commit_for(&before);
+    store
+        .set_component("a", "sha256:other", &Version::of(&before.instance))
+        .unwrap();
+    match &store.commit_episodes(vec![stale])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("moved from component"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.load("a").unwrap().instance.history_len, 1);
 }
 
 #[test]

@@ -8,5 +8,6 @@ mod host;
 mod http;
 mod orchestration;
 mod queries;
+mod semantics;
 mod support;
 mod versions;

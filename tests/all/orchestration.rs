@@ -283,7 +283,7 @@ async fn traps_loops_and_errors_fail_their_own_instance() {
         failed
             .output
             .unwrap()
-            .contains("ran for more than 1s in one step"),
+            .contains("ran for more than 1s in one episode"),
         "spin is stopped by the step budget"
     );
     let failed = wait_status(&rt, &hog, RuntimeStatus::Failed).await;

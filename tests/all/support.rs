@@ -12,7 +12,21 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub const SCENARIO_NAMES: &[&str] = &["Workflow", "WorkflowWithTimeout", "FirstOf"];
 pub const TEST_NAMES: &[&str] = &[
-    "Fickle", "Sequence", "Panics", "Spin", "Probe", "Counter", "Refuses", "Hog",
+    "Fickle",
+    "Sequence",
+    "Panics",
+    "Spin",
+    "Probe",
+    "Counter",
+    "Refuses",
+    "Hog",
+    "EternalCounter",
+    "Reminders",
+    "KeptWait",
+    "SecondWait",
+    "TimerAfterContinue",
+    "Guids",
+    "StdSleep",
 ];
 
 pub async fn runtime(dir: &Path) -> Runtime {

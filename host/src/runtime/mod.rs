@@ -8,27 +8,30 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{self, Engine};
 use crate::model::{
     HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, canonical_json,
-    now_millis,
+    fresh_id, now_millis,
 };
 use crate::replay::{Divergence, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
 
 mod worker;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Version};
 
-/// How long an instance whose episode failed to run waits before a retry.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long an instance whose episode the host failed to run or commit
+/// waits before its first retry; each further failure doubles it, up to
+/// [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest wait between retries of an episode.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// Instances deleted per write by a bulk purge.
 pub const PURGE_BATCH: usize = 100;
@@ -43,10 +46,13 @@ pub struct RuntimeConfig {
     pub database: PathBuf,
     /// Where compiled components are cached; none disables the disk cache.
     pub compile_cache: Option<PathBuf>,
-    /// How long a guest may run in one step before it is stopped.
+    /// How long a guest may run in one episode (replaying its history and
+    /// taking new events) before it is stopped.
     pub step_budget: Duration,
-    /// Most instances claimed (and committed together) per round.
+    /// Most instances claimed per round.
     pub batch_size: usize,
+    /// Episodes that may run at once, each on a thread of its own.
+    pub episode_threads: usize,
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
 }
@@ -59,6 +65,7 @@ impl RuntimeConfig {
             compile_cache: None,
             step_budget: Duration::from_secs(5),
             batch_size: 64,
+            episode_threads: std::thread::available_parallelism().map_or(2, usize::from) + 2,
             poll_interval: Duration::from_millis(250),
         }
     }
@@ -142,7 +149,30 @@ struct Inner {
     committed: tokio::sync::broadcast::Sender<Arc<[String]>>,
     /// Rounds whose commit may be under way at once.
     in_flight: Arc<tokio::sync::Semaphore>,
-    ids: AtomicU64,
+    /// Failed attempts to run or commit an instance's episode, for backoff.
+    retries: Mutex<HashMap<String, u32>>,
+    /// The runtime the background tasks run on (episode threads spawn onto it).
+    handle: tokio::runtime::Handle,
+}
+
+impl Inner {
+    /// The delay before the next retry of `id`, counting this failure.
+    fn backoff(&self, id: &str) -> Duration {
+        let mut retries = self.retries.lock().expect("retry counts poisoned");
+        let failures = retries.entry(id.to_string()).or_default();
+        *failures = failures.saturating_add(1);
+        FIRST_RETRY_DELAY
+            .saturating_mul(1 << (*failures - 1).min(16))
+            .min(MAX_RETRY_DELAY)
+    }
+
+    /// Forget the failures of `id` once an episode of it committed.
+    fn succeeded(&self, id: &str) {
+        let mut retries = self.retries.lock().expect("retry counts poisoned");
+        if !retries.is_empty() {
+            retries.remove(id);
+        }
+    }
 }
 
 /// A running orchestration host: background workers plus client operations.
@@ -197,7 +227,8 @@ impl Runtime {
             timers: Notify::new(),
             committed: tokio::sync::broadcast::channel(1024).0,
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
-            ids: AtomicU64::new(0),
+            retries: Mutex::default(),
+            handle: tokio::runtime::Handle::current(),
         });
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -251,7 +282,7 @@ impl Runtime {
                 validate_instance_id(&id)?;
                 id
             }
-            None => self.new_instance_id(),
+            None => fresh_id(),
         };
         let now = now_millis();
         let instance = Instance {
@@ -262,6 +293,7 @@ impl Runtime {
             output: None,
             custom_status: None,
             component,
+            execution_id: fresh_id(),
             created_at: now,
             updated_at: now,
             history_len: 1,
@@ -301,16 +333,6 @@ impl Runtime {
             });
         }
         Ok(instance)
-    }
-
-    fn new_instance_id(&self) -> String {
-        let n = self.inner.ids.fetch_add(1, Ordering::Relaxed);
-        let seed = format!(
-            "{:?}\n{}\n{n}",
-            std::time::SystemTime::now(),
-            std::process::id()
-        );
-        hex::encode(&Sha256::digest(seed.as_bytes())[..16])
     }
 
     /// Deliver the event `name` with `payload` to an instance. Durable once
@@ -483,15 +505,15 @@ impl Runtime {
         let bytes = blocking(move || store.component(&digest))
             .await?
             .ok_or_else(|| RuntimeError::Component(format!("component {target} is not stored")))?;
-        let checked_len = instance.history_len;
+        let checked = Version::of(&instance);
         if let Err(divergence) = self.check_replay(instance, bytes).await? {
             return Ok(Err(divergence));
         }
-        // Checked against this history length: if an episode has added to it
-        // since, the caller gets `Busy` and may simply try again.
+        // Checked against this version: if an episode has added to its
+        // history since, the caller gets `Busy` and may simply try again.
         let store = self.inner.store.clone();
         let (id, digest) = (id.to_string(), target.clone());
-        blocking(move || store.set_component(&id, &digest, checked_len)).await?;
+        blocking(move || store.set_component(&id, &digest, &checked)).await?;
         Ok(Ok(target))
     }
 

@@ -2,29 +2,33 @@
 //! with messages, runs their episodes and group-commits them, and the timer
 //! loop that moves due timers into inboxes.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::{Inner, RETRY_DELAY, blocking};
+use super::{Inner, blocking};
 use crate::model::{
-    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, now_millis,
+    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, fresh_id, now_millis,
 };
 use crate::replay::{Outcome, Subject};
-use crate::store::EpisodeCommit;
+use crate::store::{EpisodeCommit, StoreError, Version};
 
 pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
-    loop {
+    let (commits, committer) = mpsc::unbounded_channel();
+    let committing = tokio::spawn(commit_loop(inner.clone(), committer));
+    let slots = Arc::new(Semaphore::new(inner.config.episode_threads.max(1)));
+    'work: loop {
         loop {
             if *stopped.borrow() {
-                return;
+                break 'work;
             }
-            match run_round(&inner).await {
+            match run_round(&inner, &slots, &commits).await {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!("orchestration round failed: {e:#}");
+                    tracing::error!("claiming work failed: {e:#}");
                     break;
                 }
             }
@@ -32,14 +36,26 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
         tokio::select! {
             _ = inner.work.notified() => {}
             _ = tokio::time::sleep(inner.config.poll_interval) => {}
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break 'work,
         }
     }
+    // The committer ends once the episodes under way have handed over theirs.
+    drop(commits);
+    let _ = committing.await;
 }
 
-/// Claim a batch of instances with messages, run an episode for each in
-/// parallel, and commit them all together. Returns how many were claimed.
-async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
+/// Claim a batch of instances with messages and hand them to episode
+/// threads (at most `episode_threads` at once, each taking the next
+/// instance of the batch when it is done with one), without waiting for
+/// them: a slow guest holds one thread, never the others or the commits of
+/// the batch. Returns how many instances were claimed.
+async fn run_round(
+    inner: &Arc<Inner>,
+    slots: &Arc<Semaphore>,
+    commits: &mpsc::UnboundedSender<EpisodeCommit>,
+) -> anyhow::Result<usize> {
+    // Claim only when a thread is free to run what is claimed.
+    let first = slots.clone().acquire_owned().await?;
     let lease_until = now_millis() + 60_000;
     let batch = inner.config.batch_size;
     let store = inner.store.clone();
@@ -48,73 +64,113 @@ async fn run_round(inner: &Arc<Inner>) -> anyhow::Result<usize> {
     if count == 0 {
         return Ok(0);
     }
-    // One blocking task per round, not per episode: on few cores the thread
-    // hand-offs cost more than the episodes themselves.
-    let worker = inner.clone();
-    let episodes = blocking(move || {
-        claimed
-            .into_iter()
-            .map(|id| {
-                let result = run_episode(&worker, &id);
-                (id, result)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let mut commits = Vec::new();
-    for (id, result) in episodes {
-        match result {
-            Ok(commit) => commits.push(commit),
-            Err(e) => {
-                // A store hiccup: keep the lease a moment so a persistent
-                // failure is retried once a second, not in a hot loop.
-                tracing::error!(instance = %id, "episode failed, retrying in 1s: {e:#}");
-                let store = inner.store.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(RETRY_DELAY).await;
-                    let _ = blocking(move || store.release(&id)).await;
-                });
-            }
+    let queue = Arc::new(Mutex::new(VecDeque::from(claimed)));
+    let mut permits = vec![first];
+    // One thread per few instances: on few cores the hand-offs cost more
+    // than small episodes themselves.
+    let wanted = count.div_ceil(EPISODES_PER_THREAD);
+    while permits.len() < wanted {
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
         }
     }
-    // Commit in the background and go on claiming: the leases keep these
-    // instances out of the next rounds until their commit is done, and the
-    // writer folds concurrent rounds into one transaction.
-    let permit = inner
-        .in_flight
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("commit semaphore closed");
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
-        let store = inner.store.clone();
-        let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
-        let committed = ids.clone();
-        let results = blocking(move || {
-            ids.iter()
-                .cloned()
-                .zip(store.commit_episodes(commits))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        for (id, result) in results {
-            if let Err(e) = result {
-                tracing::warn!(instance = %id, "episode not committed, will retry: {e}");
-                let store = inner.store.clone();
-                let _ = blocking(move || store.release(&id)).await;
+    for permit in permits {
+        let (worker, queue, commits) = (inner.clone(), queue.clone(), commits.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            loop {
+                let next = queue.lock().expect("episode queue poisoned").pop_front();
+                let Some(id) = next else { break };
+                match run_episode(&worker, &id) {
+                    Ok(commit) => {
+                        let _ = commits.send(commit);
+                    }
+                    Err(e) => retry_later(&worker, id, format!("episode not run: {e:#}")),
+                }
+            }
+        });
+    }
+    Ok(count)
+}
+
+/// Fewest claimed instances that get a thread of their own.
+const EPISODES_PER_THREAD: usize = 4;
+
+/// Most episodes committed by one write of the committer.
+const MAX_COMMIT: usize = 256;
+
+/// Group-commit finished episodes in the background: whatever has finished
+/// while the previous write was under way goes into the next one, and up to
+/// four writes may be under way (the writer folds them into one transaction).
+async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<EpisodeCommit>) {
+    while let Some(first) = finished.recv().await {
+        let mut commits = vec![first];
+        while commits.len() < MAX_COMMIT {
+            match finished.try_recv() {
+                Ok(commit) => commits.push(commit),
+                Err(_) => break,
             }
         }
-        if new_timers {
-            inner.timers.notify_one();
-        }
-        let _ = inner.committed.send(committed);
-        // Messages that arrived while these instances were leased.
+        let permit = inner
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("commit semaphore closed");
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
+            let store = inner.store.clone();
+            let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
+            let committed = ids.clone();
+            let results = blocking(move || {
+                ids.iter()
+                    .cloned()
+                    .zip(store.commit_episodes(commits))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            for (id, result) in results {
+                match result {
+                    Ok(()) => inner.succeeded(&id),
+                    // Another write changed the instance first (a restart, an
+                    // upgrade, a purge): run the episode again on what is
+                    // there now.
+                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                        let store = inner.store.clone();
+                        let _ = blocking(move || store.release(&id)).await;
+                    }
+                    Err(e) => retry_later(&inner, id, format!("episode not committed: {e}")),
+                }
+            }
+            if new_timers {
+                inner.timers.notify_one();
+            }
+            let _ = inner.committed.send(committed);
+            // Messages that arrived while these instances were leased.
+            inner.work.notify_one();
+        });
+    }
+}
+
+/// Keep an instance's lease for a growing delay after the host failed to run
+/// or commit its episode (a store hiccup, a starved thread), then give it
+/// back: trouble that persists is retried with backoff, not in a hot loop,
+/// and its instance does not fail.
+fn retry_later(inner: &Arc<Inner>, id: String, why: String) {
+    let delay = inner.backoff(&id);
+    tracing::warn!(instance = %id, "{why}; retrying in {delay:?}");
+    let inner = inner.clone();
+    // Called from episode threads as well as from the runtime's tasks.
+    let handle = inner.handle.clone();
+    handle.spawn(async move {
+        tokio::time::sleep(delay).await;
+        let store = inner.store.clone();
+        let _ = blocking(move || store.release(&id)).await;
         inner.work.notify_one();
     });
-    Ok(count)
 }
 
 /// What the inbox asks of an episode.
@@ -133,7 +189,10 @@ struct MessagePlan {
 
 /// Apply control messages in order; while the instance is suspended, other
 /// messages stay in the inbox (and are delivered, in order, on resume).
-fn plan_messages(status: RuntimeStatus, inbox: Vec<InboxEntry>) -> MessagePlan {
+///
+/// A timer that fired for another execution (before a continue-as-new or a
+/// restart) is consumed and dropped.
+fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>) -> MessagePlan {
     let mut plan = MessagePlan {
         consumed: Vec::new(),
         incoming: Vec::new(),
@@ -176,7 +235,14 @@ fn plan_messages(status: RuntimeStatus, inbox: Vec<InboxEntry>) -> MessagePlan {
                 continue;
             }
             Message::EventRaised { name, payload } => HistoryEvent::EventRaised { name, payload },
-            Message::TimerFired { task, fire_at } => HistoryEvent::TimerFired { task, fire_at },
+            Message::TimerFired {
+                execution: Some(other),
+                ..
+            } if other != execution => {
+                plan.consumed.push(entry.id);
+                continue;
+            }
+            Message::TimerFired { task, fire_at, .. } => HistoryEvent::TimerFired { task, fire_at },
         };
         if plan.suspended {
             deferred.push((entry.id, event));
@@ -192,14 +258,14 @@ fn plan_messages(status: RuntimeStatus, inbox: Vec<InboxEntry>) -> MessagePlan {
 fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     let loaded = inner.store.load(id)?;
     let mut instance = loaded.instance;
-    let expected_history_len = instance.history_len;
     let mut commit = EpisodeCommit {
         instance: instance.clone(),
-        expected_history_len,
+        expected: Version::of(&instance),
         reset_history: false,
         new_events: Vec::new(),
         consumed: Vec::new(),
         new_timers: Vec::new(),
+        cancelled_timers: Vec::new(),
         follow_up: Vec::new(),
     };
     if instance.status.is_terminal() {
@@ -208,7 +274,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         return Ok(commit);
     }
     let now = now_millis();
-    let plan = plan_messages(instance.status, loaded.inbox);
+    let plan = plan_messages(instance.status, &instance.execution_id, loaded.inbox);
     commit.consumed = plan.consumed;
     let mut control_events = plan.control_events;
     if let Some(reason) = plan.terminated {
@@ -230,6 +296,14 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     } else {
         RuntimeStatus::Running
     };
+    if !started && plan.suspended {
+        // Suspended before its first episode: only the suspension is
+        // recorded (no `OrchestratorStarted`, so replay starts the
+        // orchestration where it really started), and the first step runs
+        // on resume.
+        instance.status = RuntimeStatus::Suspended;
+        return Ok(finish(commit, instance, control_events, now));
+    }
     if started && plan.incoming.is_empty() {
         // Nothing for the orchestration itself: only its status may change.
         if control_events.is_empty() {
@@ -282,8 +356,10 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                     instance: instance.id.clone(),
                     task,
                     fire_at,
+                    execution: instance.execution_id.clone(),
                 })
                 .collect();
+            commit.cancelled_timers = episode.cancelled_timers;
         }
         Outcome::Completed(output) => {
             instance.status = RuntimeStatus::Completed;
@@ -308,6 +384,15 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                 name: instance.name.clone(),
                 input: input.clone(),
             }];
+            // Events the old execution received and never took go first
+            // into the new one, in order; those still in the inbox follow.
+            new_events.extend(
+                episode
+                    .unprocessed_events
+                    .into_iter()
+                    .map(|(name, payload)| HistoryEvent::EventRaised { name, payload }),
+            );
+            instance.execution_id = fresh_id();
             instance.input = input;
             instance.status = RuntimeStatus::Running;
             instance.output = None;
@@ -330,7 +415,7 @@ fn finish(
     instance.history_len = if commit.reset_history {
         appended
     } else {
-        commit.expected_history_len + appended
+        commit.expected.history_len + appended
     };
     commit.new_events = new_events;
     commit.instance = instance;

@@ -32,15 +32,14 @@ pub enum StoreError {
         /// Its status.
         status: RuntimeStatus,
     },
-    /// The history changed under the writer (optimistic concurrency).
-    #[error("history of `{instance}` is at version {actual}, the episode expected {expected}")]
+    /// The instance changed under the writer (optimistic concurrency):
+    /// another episode, a restart or an upgrade committed first.
+    #[error("instance `{instance}` changed under the write: {change}")]
     Conflict {
         /// The instance.
         instance: String,
-        /// The version the writer read.
-        expected: u64,
-        /// The version found.
-        actual: u64,
+        /// What differs from the version the writer read.
+        change: String,
     },
     /// The backend failed; `retriable` says whether trying again can help.
     #[error("store backend: {message}")]
@@ -68,13 +67,59 @@ impl StoreError {
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The state of an instance a write was computed from: the write applies
+/// only if the instance is still exactly there (same execution, same
+/// history length, same component).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The execution.
+    pub execution_id: String,
+    /// Its history length.
+    pub history_len: u64,
+    /// The component it runs on.
+    pub component: String,
+}
+
+impl Version {
+    /// The version of this instance row.
+    pub fn of(instance: &Instance) -> Self {
+        Version {
+            execution_id: instance.execution_id.clone(),
+            history_len: instance.history_len,
+            component: instance.component.clone(),
+        }
+    }
+
+    /// What differs between `self` (expected) and `actual`, if anything.
+    pub fn change_to(&self, actual: &Version) -> Option<String> {
+        if self.execution_id != actual.execution_id {
+            Some(format!(
+                "execution {} replaced execution {}",
+                actual.execution_id, self.execution_id
+            ))
+        } else if self.component != actual.component {
+            Some(format!(
+                "it moved from component {} to {}",
+                self.component, actual.component
+            ))
+        } else if self.history_len != actual.history_len {
+            Some(format!(
+                "its history is {} events long, not {}",
+                actual.history_len, self.history_len
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Everything one episode of one instance writes, applied atomically.
 #[derive(Debug, Clone)]
 pub struct EpisodeCommit {
     /// The instance row after the episode (its `history_len` included).
     pub instance: Instance,
-    /// The history length the episode was computed from.
-    pub expected_history_len: u64,
+    /// The instance the episode was computed from.
+    pub expected: Version,
     /// True when the history restarts (continue-as-new): old events go.
     pub reset_history: bool,
     /// Events to append, in order.
@@ -84,6 +129,8 @@ pub struct EpisodeCommit {
     pub consumed: Vec<i64>,
     /// Timers to create.
     pub new_timers: Vec<Timer>,
+    /// Tasks of timers the orchestration cancelled: their rows go.
+    pub cancelled_timers: Vec<u32>,
     /// Messages to put back into this instance's own inbox (continue-as-new).
     pub follow_up: Vec<Message>,
 }
@@ -128,9 +175,9 @@ pub trait ClientStore: Send + Sync + 'static {
     /// Create an instance with its `ExecutionStarted` event and a start
     /// message, replacing a finished instance with the same id.
     fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
-    /// Move an instance to another stored component, if its history is still
-    /// `expected_history_len` long (what the caller checked it against).
-    fn set_component(&self, id: &str, digest: &str, expected_history_len: u64) -> StoreResult<()>;
+    /// Move an instance to another stored component, if it is still at
+    /// `expected` (what the caller checked it against).
+    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()>;
     /// Put a message into an instance's inbox.
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
     /// One instance.

@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::listing::{self, SqlValue};
-use super::{ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult};
+use super::{
+    ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult, Version,
+};
 use crate::model::{
     HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     RuntimeStatus, canonical_json_text, input_hash, now_millis,
@@ -44,6 +46,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
         include_str!("migrations/0002_instance_queries.sql"),
         Some(backfill_input_hashes),
     ),
+    (include_str!("migrations/0003_executions.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -74,7 +77,7 @@ const MAX_GROUP: usize = 512;
 /// statements in `sql` can be built from it with `concat!`.
 macro_rules! instance_columns {
     () => {
-        "id, name, status, input, output, custom_status, component, created_at, updated_at, history_len"
+        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len"
     };
 }
 
@@ -99,8 +102,8 @@ pub mod sql {
     /// An instance's inbox.
     pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id";
     /// Timers due now, taken out of the table.
-    pub const FIRE_DUE_TIMERS: &str =
-        "DELETE FROM timers WHERE fire_at <= ?1 RETURNING instance_id, task, fire_at";
+    pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE fire_at <= ?1 \
+         RETURNING instance_id, task, fire_at, execution_id";
     /// When the next timer is due.
     pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
     /// One statement per table for a batch of purged ids (a JSON array).
@@ -294,8 +297,8 @@ impl SqliteStore {
             let mut insert = conn
                 .prepare_cached(
                     "INSERT INTO instances (id, name, status, input, output, custom_status, \
-                     component, created_at, updated_at, history_len, input_hash) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, 2, ?9)",
+                     component, created_at, updated_at, history_len, input_hash, execution_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, 2, ?9, ?10)",
                 )
                 .map_err(backend)?;
             for instance in &instances {
@@ -325,6 +328,7 @@ impl SqliteStore {
                         instance.created_at as i64,
                         instance.updated_at as i64,
                         input_hash(&instance.input),
+                        instance.execution_id,
                     ])
                     .map_err(backend)?;
                 let started = HistoryEvent::ExecutionStarted {
@@ -416,6 +420,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
             output: row.get("output")?,
             custom_status: row.get("custom_status")?,
             component: row.get("component")?,
+            execution_id: row.get("execution_id")?,
             created_at: row.get::<_, i64>("created_at")? as Millis,
             updated_at: row.get::<_, i64>("updated_at")? as Millis,
             history_len: row.get::<_, i64>("history_len")? as u64,
@@ -567,24 +572,33 @@ fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<I
     .collect()
 }
 
+/// Refuse a write computed from another version of the instance.
+fn check_version(conn: &Connection, id: &str, expected: &Version) -> StoreResult<()> {
+    let actual = conn
+        .prepare_cached("SELECT execution_id, history_len, component FROM instances WHERE id = ?1")
+        .map_err(backend)?
+        .query_row([id], |r| {
+            Ok(Version {
+                execution_id: r.get(0)?,
+                history_len: r.get::<_, i64>(1)? as u64,
+                component: r.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    match expected.change_to(&actual) {
+        Some(change) => Err(StoreError::Conflict {
+            instance: id.to_string(),
+            change,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> {
     let instance = &episode.instance;
-    let actual: Option<i64> = conn
-        .query_row(
-            "SELECT history_len FROM instances WHERE id = ?1",
-            [&instance.id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(backend)?;
-    let actual = actual.ok_or_else(|| StoreError::NotFound(instance.id.clone()))? as u64;
-    if actual != episode.expected_history_len {
-        return Err(StoreError::Conflict {
-            instance: instance.id.clone(),
-            expected: episode.expected_history_len,
-            actual,
-        });
-    }
+    check_version(conn, &instance.id, &episode.expected)?;
     let first_seq = if episode.reset_history {
         conn.execute("DELETE FROM history WHERE instance_id = ?1", [&instance.id])
             .map_err(backend)?;
@@ -592,20 +606,23 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
             .map_err(backend)?;
         0
     } else {
-        actual
+        episode.expected.history_len
     };
     append_events(conn, &instance.id, first_seq, &episode.new_events)?;
     // The input only changes with the history (continue-as-new): leaving it
     // out of the common UPDATE spares its index an update per episode.
     if episode.reset_history {
-        conn.prepare_cached("UPDATE instances SET input = ?2, input_hash = ?3 WHERE id = ?1")
-            .map_err(backend)?
-            .execute(params![
-                instance.id,
-                instance.input,
-                input_hash(&instance.input)
-            ])
-            .map_err(backend)?;
+        conn.prepare_cached(
+            "UPDATE instances SET input = ?2, input_hash = ?3, execution_id = ?4 WHERE id = ?1",
+        )
+        .map_err(backend)?
+        .execute(params![
+            instance.id,
+            instance.input,
+            input_hash(&instance.input),
+            instance.execution_id,
+        ])
+        .map_err(backend)?;
     }
     conn.prepare_cached(
         "UPDATE instances SET status = ?2, output = ?3, custom_status = ?4, \
@@ -629,11 +646,23 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
     }
     for timer in &episode.new_timers {
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO timers (instance_id, task, fire_at) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO timers (instance_id, task, fire_at, execution_id) \
+             VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(backend)?
-        .execute(params![timer.instance, timer.task, timer.fire_at as i64])
+        .execute(params![
+            timer.instance,
+            timer.task,
+            timer.fire_at as i64,
+            timer.execution
+        ])
         .map_err(backend)?;
+    }
+    for task in &episode.cancelled_timers {
+        conn.prepare_cached("DELETE FROM timers WHERE instance_id = ?1 AND task = ?2")
+            .map_err(backend)?
+            .execute(params![instance.id, task])
+            .map_err(backend)?;
     }
     if instance.status.is_terminal() {
         conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
@@ -731,18 +760,20 @@ impl RuntimeStore for SqliteStore {
                         r.get::<_, String>(0)?,
                         r.get::<_, u32>(1)?,
                         r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
                     ))
                 })
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;
-            for (instance, task, fire_at) in &due {
+            for (instance, task, fire_at, execution) in due.iter().cloned() {
                 push_message(
                     conn,
-                    instance,
+                    &instance,
                     &Message::TimerFired {
-                        task: *task,
-                        fire_at: *fire_at as Millis,
+                        task,
+                        fire_at: fire_at as Millis,
+                        execution: Some(execution),
                     },
                 )?;
             }
@@ -798,8 +829,8 @@ impl ClientStore for SqliteStore {
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
-                     component, created_at, updated_at, history_len, input_hash) \
-                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7)",
+                     component, created_at, updated_at, history_len, input_hash, execution_id) \
+                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8)",
                 )
                 .map_err(backend)?
                 .execute(params![
@@ -810,6 +841,7 @@ impl ClientStore for SqliteStore {
                     instance.component,
                     instance.created_at as i64,
                     input_hash(&instance.input),
+                    instance.execution_id,
                 ])
                 .map_err(backend)?;
             if inserted == 0 {
@@ -828,25 +860,10 @@ impl ClientStore for SqliteStore {
         })
     }
 
-    fn set_component(&self, id: &str, digest: &str, expected_history_len: u64) -> StoreResult<()> {
-        let (id, digest) = (id.to_string(), digest.to_string());
+    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
+        let (id, digest, expected) = (id.to_string(), digest.to_string(), expected.clone());
         self.write(move |conn| {
-            let actual: Option<i64> = conn
-                .query_row(
-                    "SELECT history_len FROM instances WHERE id = ?1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            let actual = actual.ok_or_else(|| StoreError::NotFound(id.clone()))? as u64;
-            if actual != expected_history_len {
-                return Err(StoreError::Conflict {
-                    instance: id,
-                    expected: expected_history_len,
-                    actual,
-                });
-            }
+            check_version(conn, &id, &expected)?;
             conn.execute(
                 "UPDATE instances SET component = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id, digest, now_millis() as i64],

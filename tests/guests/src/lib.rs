@@ -100,6 +100,102 @@ async fn counter(ctx: OrchestrationContext) -> Result<u32> {
     Ok(n)
 }
 
+/// An eternal counter: adds each `Add` event to its input and continues as
+/// new; its custom status is the running total. Events raised while an
+/// execution ends must reach the next one.
+async fn eternal_counter(ctx: OrchestrationContext) -> Result<u64> {
+    let total: u64 = ctx.input()?;
+    ctx.set_custom_status(&total);
+    let add: u64 = ctx.wait_for_external_event("Add").await?;
+    ctx.continue_as_new(&(total + add));
+    Ok(total + add)
+}
+
+/// Waits for `Approve`, sending itself a reminder (a fresh timer, raced
+/// with a fresh wait) every `reminder_ms`: each losing wait is dropped, and
+/// an `Approve` raised after some reminders must still be taken.
+async fn reminders(ctx: OrchestrationContext) -> Result<Value> {
+    let every: u64 = ctx.input()?;
+    let mut sent = 0u32;
+    loop {
+        let approve = ctx.wait_for_external_event::<Value>("Approve");
+        let reminder = ctx.sleep(std::time::Duration::from_millis(every));
+        match select(approve, reminder).await {
+            Either::Left(payload) => return Ok(json!({ "approved": payload?, "reminders": sent })),
+            Either::Right(()) => {
+                sent += 1;
+                ctx.set_custom_status(&sent);
+            }
+        }
+    }
+}
+
+/// Like `Reminders`, but keeps one wait alive across the races by racing a
+/// reference to it.
+async fn kept_wait(ctx: OrchestrationContext) -> Result<Value> {
+    let every: u64 = ctx.input()?;
+    let mut sent = 0u32;
+    let mut approve = ctx.wait_for_external_event::<Value>("Approve");
+    loop {
+        let reminder = ctx.sleep(std::time::Duration::from_millis(every));
+        match select(&mut approve, reminder).await {
+            Either::Left(payload) => {
+                return Ok(
+                    json!({ "approved": payload?, "reminders": sent, "task": approve.id() }),
+                );
+            }
+            Either::Right(()) => {
+                sent += 1;
+                ctx.set_custom_status(&sent);
+            }
+        }
+    }
+}
+
+/// Two waits for the same event, the first dropped unfinished: the one
+/// event raised must go to the second.
+async fn second_wait(ctx: OrchestrationContext) -> Result<Value> {
+    drop(ctx.wait_for_external_event::<Value>("E"));
+    let payload: Value = ctx.wait_for_external_event("E").await?;
+    Ok(payload)
+}
+
+/// Generation 0 waits for `Go` and continues as new; generation 1 races a
+/// timer an hour away (its task #0, like generation 0's wait) with `Go`. A
+/// timer that fired for generation 0 must not complete generation 1's.
+async fn timer_after_continue(ctx: OrchestrationContext) -> Result<String> {
+    let generation: u32 = ctx.input()?;
+    if generation == 0 {
+        let _: Value = ctx.wait_for_external_event("Go").await?;
+        ctx.continue_as_new(&1);
+        return Ok("continued".into());
+    }
+    let timer = ctx.sleep(std::time::Duration::from_secs(3600));
+    let go = ctx.wait_for_external_event::<Value>("Go");
+    Ok(match select(timer, go).await {
+        Either::Left(()) => "timer".into(),
+        Either::Right(_) => "event".into(),
+    })
+}
+
+/// Collects one GUID per execution over three executions.
+async fn guids(ctx: OrchestrationContext) -> Result<Vec<String>> {
+    let mut seen: Vec<String> = ctx.input()?;
+    seen.push(ctx.new_guid());
+    if seen.len() < 3 {
+        ctx.continue_as_new(&seen);
+    }
+    Ok(seen)
+}
+
+/// Sleeps with the standard library: a WASI sleep must return at once on
+/// the episode's clock, not hold a host thread for an hour.
+async fn std_sleep(ctx: OrchestrationContext) -> Result<String> {
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    let _: Value = ctx.wait_for_external_event("Go").await?;
+    Ok("slept".into())
+}
+
 /// Fails with an error the orchestration returns itself.
 async fn refuses(_ctx: OrchestrationContext) -> Result<()> {
     Err(duro_sdk::Error::msg("refused on purpose"))
@@ -116,4 +212,11 @@ duro_sdk::export_orchestrations! {
     "Counter" => counter,
     "Refuses" => refuses,
     "Hog" => hog,
+    "EternalCounter" => eternal_counter,
+    "Reminders" => reminders,
+    "KeptWait" => kept_wait,
+    "SecondWait" => second_wait,
+    "TimerAfterContinue" => timer_after_continue,
+    "Guids" => guids,
+    "StdSleep" => std_sleep,
 }

@@ -1,0 +1,327 @@
+//! The promises a durable host must keep, each driven with real guests:
+//! events survive continue-as-new, dropped tasks give up their waits,
+//! timers and commits belong to one execution, GUIDs differ per execution,
+//! traps are recorded, a suspension before the first episode holds, and no
+//! guest (or starved host) stalls or fails the others.
+
+use std::time::Duration;
+
+use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
+use duro::store::sqlite::SqliteStore;
+use duro::store::{ClientStore, RuntimeStore};
+use duro_tests::{TEST_GUESTS, guest_bytes};
+use serde_json::json;
+
+use crate::support::{PATIENCE, json, runtime, wait_status};
+
+fn custom_status(instance: &Instance) -> serde_json::Value {
+    instance
+        .custom_status
+        .as_deref()
+        .map(json)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_as_new_keeps_every_event_it_did_not_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = std::sync::Arc::new(runtime(dir.path()).await);
+    let id = rt
+        .start_new("EternalCounter", None, &json!(0))
+        .await
+        .unwrap();
+    wait_status(&rt, &id, RuntimeStatus::Running).await;
+    // Forty events at once: most arrive while an execution is ending.
+    let raises: Vec<_> = (0..40)
+        .map(|_| {
+            let (rt, id) = (rt.clone(), id.clone());
+            tokio::spawn(async move { rt.raise_event(&id, "Add", &json!(1)).await })
+        })
+        .collect();
+    for raise in raises {
+        raise.await.unwrap().unwrap();
+    }
+    let counted = rt
+        .wait_until(&id, PATIENCE, |i| custom_status(i) == json!(40))
+        .await
+        .unwrap();
+    assert_eq!(custom_status(&counted), json!(40), "{counted:?}");
+    assert_eq!(counted.status, RuntimeStatus::Running);
+    // Nothing more is pending: one more event makes exactly 41.
+    rt.raise_event(&id, "Add", &json!(1)).await.unwrap();
+    let more = rt
+        .wait_until(&id, PATIENCE, |i| custom_status(i) == json!(41))
+        .await
+        .unwrap();
+    assert_eq!(custom_status(&more), json!(41));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_takes_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+
+    // A fresh wait per round, the old one dropped by `select`.
+    let fresh = rt.start_new("Reminders", None, &json!(50)).await.unwrap();
+    rt.wait_until(&fresh, PATIENCE, |i| custom_status(i).as_u64() >= Some(2))
+        .await
+        .unwrap();
+    rt.raise_event(&fresh, "Approve", &json!("yes"))
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &fresh, RuntimeStatus::Completed).await;
+    let output = json(done.output.as_deref().unwrap());
+    assert_eq!(output["approved"], "yes", "{output}");
+    assert!(output["reminders"].as_u64().unwrap() >= 2, "{output}");
+    let history = rt.history(&fresh).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::TaskCancelled { .. })),
+        "dropped tasks are recorded: {history:?}"
+    );
+    // The recorded cancellations replay identically.
+    assert_eq!(
+        rt.replay_check(&fresh, guest_bytes(TEST_GUESTS))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+
+    // One wait kept alive across the rounds by racing a reference to it.
+    let kept = rt.start_new("KeptWait", None, &json!(50)).await.unwrap();
+    rt.wait_until(&kept, PATIENCE, |i| custom_status(i).as_u64() >= Some(2))
+        .await
+        .unwrap();
+    rt.raise_event(&kept, "Approve", &json!("sure"))
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &kept, RuntimeStatus::Completed).await;
+    let output = json(done.output.as_deref().unwrap());
+    assert_eq!(output["approved"], "sure");
+    assert_eq!(output["task"], 0, "the first wait was the one kept");
+
+    // Of two waits for one name, the dropped one takes nothing.
+    let second = rt
+        .start_new("SecondWait", None, &json!(null))
+        .await
+        .unwrap();
+    wait_status(&rt, &second, RuntimeStatus::Running).await;
+    rt.raise_event(&second, "E", &json!(7)).await.unwrap();
+    let done = wait_status(&rt, &second, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!(7));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_of_an_earlier_execution_completes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt
+        .start_new("TimerAfterContinue", None, &json!(0))
+        .await
+        .unwrap();
+    let first = wait_status(&rt, &id, RuntimeStatus::Running).await;
+    rt.raise_event(&id, "Go", &json!(null)).await.unwrap();
+    // Generation 1 has scheduled its timer (task #0).
+    rt.wait_until(&id, PATIENCE, |i| {
+        i.execution_id != first.execution_id && i.history_len >= 4
+    })
+    .await
+    .unwrap();
+
+    // What a timer of generation 0 firing late leaves in the inbox: the
+    // same task number as generation 1's timer.
+    let store = SqliteStore::open(dir.path().join("duro.db")).unwrap();
+    let stale = Message::TimerFired {
+        task: 0,
+        fire_at: now_millis(),
+        execution: Some(first.execution_id.clone()),
+    };
+    store.enqueue(&id, &stale).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = rt.status(&id).await.unwrap().unwrap();
+    assert_eq!(still.status, RuntimeStatus::Running, "{still:?}");
+
+    rt.raise_event(&id, "Go", &json!(null)).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!("event"));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guids_differ_per_execution_and_per_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt
+        .start_new("Guids", Some("guids".into()), &json!([]))
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    let first: Vec<String> = serde_json::from_str(done.output.as_deref().unwrap()).unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(
+        first[0] != first[1] && first[1] != first[2] && first[0] != first[2],
+        "one GUID per execution: {first:?}"
+    );
+    // The same id started again (with its latest input, the first two
+    // GUIDs) is a new execution: its GUID is none of those seen before.
+    rt.restart(&id, false).await.unwrap();
+    let again = rt
+        .wait_until(&id, PATIENCE, |i| {
+            i.status == RuntimeStatus::Completed && i.output != done.output
+        })
+        .await
+        .unwrap();
+    let second: Vec<String> = serde_json::from_str(again.output.as_deref().unwrap()).unwrap();
+    assert_eq!(second.len(), 3);
+    assert_eq!(second[..2], first[..2]);
+    assert!(!first.contains(&second[2]), "{first:?} / {second:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_recorded_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    for name in ["Panics", "Spin"] {
+        let id = rt.start_new(name, None, &json!(null)).await.unwrap();
+        let failed = wait_status(&rt, &id, RuntimeStatus::Failed).await;
+        let history = rt.history(&id).await.unwrap();
+        let last = &history.last().unwrap().event;
+        let HistoryEvent::ExecutionFailed { error } = last else {
+            panic!("{name}: the history ends with {last:?}");
+        };
+        assert_eq!(
+            json(failed.output.as_deref().unwrap()),
+            json!(error),
+            "{name}: status and history agree"
+        );
+        assert_eq!(failed.history_len, history.len() as u64);
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_before_the_first_episode_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("duro.db");
+    // Created and suspended while no host runs: its first episode sees both.
+    let bytes = guest_bytes(TEST_GUESTS);
+    let digest = duro::engine::digest(&bytes);
+    {
+        let store = SqliteStore::open(&database).unwrap();
+        store.put_component(&digest, &bytes).unwrap();
+        let now = now_millis();
+        store
+            .create_instance(&Instance {
+                id: "held".into(),
+                name: "Sequence".into(),
+                status: RuntimeStatus::Pending,
+                input: "null".into(),
+                output: None,
+                custom_status: None,
+                component: digest.clone(),
+                execution_id: fresh_id(),
+                created_at: now,
+                updated_at: now,
+                history_len: 1,
+            })
+            .unwrap();
+        store
+            .enqueue("held", &Message::Suspend { reason: None })
+            .unwrap();
+        store.release("held").unwrap();
+    }
+    let rt = runtime(dir.path()).await;
+    wait_status(&rt, "held", RuntimeStatus::Suspended).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let history = rt.history("held").await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::TaskScheduled { .. })),
+        "the orchestration ran while suspended: {history:?}"
+    );
+    rt.resume("held", None).await.unwrap();
+    wait_status(&rt, "held", RuntimeStatus::Running).await;
+    rt.raise_event("held", "A", &json!(1)).await.unwrap();
+    rt.raise_event("held", "B", &json!(2)).await.unwrap();
+    let done = wait_status(&rt, "held", RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!([1, 2]));
+    assert_eq!(
+        rt.replay_check("held", bytes).await.unwrap(),
+        Ok(()),
+        "the history replays"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_guest_does_not_stall_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Spins until its one-second budget stops it.
+    let slow = rt.start_new("Spin", None, &json!(null)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let quick = rt.start_new("Sequence", None, &json!(null)).await.unwrap();
+    rt.raise_event(&quick, "A", &json!("a")).await.unwrap();
+    rt.raise_event(&quick, "B", &json!("b")).await.unwrap();
+    wait_status(&rt, &quick, RuntimeStatus::Completed).await;
+    let spinning = rt.status(&slow).await.unwrap().unwrap();
+    assert!(
+        !spinning.status.is_terminal(),
+        "the quick instance waited for the slow one: {spinning:?}"
+    );
+    wait_status(&rt, &slow, RuntimeStatus::Failed).await;
+
+    // A WASI sleep returns at once on the episode's clock.
+    let sleeper = rt.start_new("StdSleep", None, &json!(null)).await.unwrap();
+    wait_status(&rt, &sleeper, RuntimeStatus::Running).await;
+    rt.raise_event(&sleeper, "Go", &json!(null)).await.unwrap();
+    let done = wait_status(&rt, &sleeper, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!("slept"));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_spent_while_the_host_was_starved_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Advancing the epoch as fast as a thread can makes every deadline pass
+    // at once, as if the host had been starved for the whole budget: the
+    // guests got almost no CPU, so their episodes are retried, not failed.
+    let engine = rt.engine().wasmtime().clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                engine.increment_epoch();
+            }
+        })
+    };
+    let ids: Vec<String> = start_sequences(&rt, 4).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for id in &ids {
+        let instance = rt.status(id).await.unwrap().unwrap();
+        assert_ne!(instance.status, RuntimeStatus::Failed, "{instance:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    for id in &ids {
+        wait_status(&rt, id, RuntimeStatus::Running).await;
+        rt.raise_event(id, "A", &json!(1)).await.unwrap();
+        rt.raise_event(id, "B", &json!(2)).await.unwrap();
+        wait_status(&rt, id, RuntimeStatus::Completed).await;
+    }
+    rt.shutdown().await;
+}
+
+async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(rt.start_new("Sequence", None, &json!(null)).await.unwrap());
+    }
+    ids
+}
