@@ -104,6 +104,26 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
         .with_state(runtime)
 }
 
+/// What an instance id must escape to be one path segment of a URL: the
+/// controls, the space and what RFC 3986 does not allow in a segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 /// Parse a request body as JSON; an empty body is `null`.
 fn body_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -140,7 +160,8 @@ fn host_of(headers: &HeaderMap) -> String {
 }
 
 fn status_links(headers: &HeaderMap, id: &str) -> Value {
-    let base = format!("http://{}{BASE}/instances/{id}", host_of(headers));
+    let segment = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
+    let base = format!("http://{}{BASE}/instances/{segment}", host_of(headers));
     json!({
         "id": id,
         "statusQueryGetUri": base,

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 
@@ -47,7 +48,18 @@ struct Route {
 struct AppState {
     triggers: Triggers,
     function_key: Option<String>,
+    /// Slots for HTTP function calls under way.
+    calls: Arc<tokio::sync::Semaphore>,
+    /// Longest an HTTP function call may take, by the wall clock.
+    trigger_budget: Duration,
 }
+
+/// Largest request body an HTTP function takes (as the management API).
+const MAX_TRIGGER_BODY: usize = 2 << 20;
+
+/// HTTP function calls under way at once; more get 503. The engine's pool
+/// holds 1000 guest instances, and what these leave is for orchestrations.
+const MAX_CONCURRENT_CALLS: usize = 800;
 
 /// Validate everything, then bind and serve until ctrl-c. The first line on
 /// stdout names the bound address.
@@ -116,10 +128,35 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         triggers,
         function_key: config.function_key.clone(),
+        calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
+        trigger_budget: config.trigger_budget,
     });
     // Only the host's own routes: a guest's error responses are its own.
-    let mut router =
-        api::router(runtime.clone()).layer(axum::middleware::map_response(json_errors));
+    let mut api = api::router(runtime.clone());
+    if let Some(key) = &config.function_key {
+        // Like Durable Functions' webhooks behind the system key: whoever
+        // may not call a function may not drive its instances either.
+        let key: Arc<str> = key.as_str().into();
+        api = api.layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let key = key.clone();
+                async move {
+                    if carries_key(&request, &key) {
+                        next.run(request).await
+                    } else {
+                        ApiError {
+                            status: StatusCode::UNAUTHORIZED,
+                            message: "the management API needs the key \
+                                  (x-functions-key header or code query parameter)"
+                                .into(),
+                        }
+                        .into_response()
+                    }
+                }
+            },
+        ));
+    }
+    let mut router = api.layer(axum::middleware::map_response(json_errors));
     for route in routes {
         let mut filter: Option<MethodFilter> = None;
         for method in &route.function.methods {
@@ -236,7 +273,11 @@ async fn call_trigger(
     params: Vec<(String, String)>,
     request: Request,
 ) -> Response {
-    if route.function.auth == AuthLevel::Function && !authorized(state, &request) {
+    let authorized = state
+        .function_key
+        .as_deref()
+        .is_some_and(|key| carries_key(&request, key));
+    if route.function.auth == AuthLevel::Function && !authorized {
         return ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: format!(
@@ -246,11 +287,35 @@ async fn call_trigger(
         }
         .into_response();
     }
-    match state
-        .triggers
-        .handle(&route.digest, &route.function.name, &params, request)
-        .await
-    {
+    let name = &route.function.name;
+    let Ok(_slot) = state.calls.clone().try_acquire_owned() else {
+        return ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "`{name}` is not called: {MAX_CONCURRENT_CALLS} calls are under way; try again"
+            ),
+        }
+        .into_response();
+    };
+    // The body is read whole before the guest is instantiated, within the
+    // call's budget: a slow client holds no guest slot.
+    let request = match read_body(request, state.trigger_budget).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let call = state.triggers.handle(&route.digest, name, &params, request);
+    // The epoch deadline stops a guest computing in wasm at the budget; the
+    // wall clock, a little later, ends a call that waits outside wasm.
+    let wall_clock = state.trigger_budget + state.trigger_budget / 2;
+    let Ok(answer) = tokio::time::timeout(wall_clock, call).await else {
+        tracing::warn!(function = %name, "no answer within {wall_clock:?}");
+        return ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!("function `{name}` did not answer within {wall_clock:?}"),
+        }
+        .into_response();
+    };
+    match answer {
         Ok(response) => response.map(axum::body::Body::new).into_response(),
         Err(e) => {
             tracing::warn!(function = %route.function.name, "trigger failed: {e:#}");
@@ -263,19 +328,85 @@ async fn call_trigger(
     }
 }
 
-fn authorized(state: &AppState, request: &Request) -> bool {
-    let Some(key) = &state.function_key else {
-        return false;
+/// The request with its whole body read, within `deadline` and
+/// [`MAX_TRIGGER_BODY`]; else the 4xx that says which limit it broke.
+async fn read_body(request: Request, deadline: Duration) -> Result<Request, ApiError> {
+    use http_body_util::BodyExt as _;
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("the request body is larger than {MAX_TRIGGER_BODY} bytes"),
     };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_TRIGGER_BODY as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_TRIGGER_BODY).collect();
+    match tokio::time::timeout(deadline, limited).await {
+        Err(_) => Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {deadline:?}"),
+        }),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "the request body could not be read: {e}"
+        ))),
+        Ok(Ok(body)) => Ok(Request::from_parts(
+            parts,
+            axum::body::Body::from(body.to_bytes()),
+        )),
+    }
+}
+
+/// True if the request carries `key` in the `x-functions-key` header or the
+/// (percent-decoded) `code` query parameter.
+fn carries_key(request: &Request, key: &str) -> bool {
     let header = request
         .headers()
         .get("x-functions-key")
-        .and_then(|v| v.to_str().ok());
-    let query = request
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("code="));
-    header == Some(key.as_str()) || query == Some(key.as_str())
+        .is_some_and(|v| same_key(v.as_bytes(), key.as_bytes()));
+    header
+        || form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .any(|(name, value)| name == "code" && same_key(value.as_bytes(), key.as_bytes()))
+}
+
+/// Compare two keys in time that depends only on their lengths, so that a
+/// client cannot find the key byte by byte from how fast it is refused.
+fn same_key(given: &[u8], key: &[u8]) -> bool {
+    given.len() == key.len()
+        && given
+            .iter()
+            .zip(key)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, header: Option<&str>) -> Request {
+        let mut builder = axum::http::Request::builder().uri(uri);
+        if let Some(value) = header {
+            builder = builder.header("x-functions-key", value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_key_is_taken_from_the_header_or_the_decoded_code_parameter() {
+        let key = "k+y/=&1";
+        assert!(carries_key(&request("/x", Some(key)), key));
+        assert!(carries_key(
+            &request("/x?a=1&code=k%2By%2F%3D%261", None),
+            key
+        ));
+        assert!(!carries_key(&request("/x?code=k+y/=", None), key));
+        assert!(!carries_key(&request("/x", Some("k+y/=&2")), key));
+        assert!(!carries_key(&request("/x", None), key));
+        assert!(!carries_key(&request("/x?code=", Some("")), key));
+    }
 }

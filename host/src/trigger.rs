@@ -139,21 +139,38 @@ impl Triggers {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let task = tokio::spawn(async move {
+        let mut task = AbortOnDrop(Some(tokio::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
-        });
+        })));
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                // The guest goes on streaming the body of its response.
+                task.0.take();
+                Ok(response)
+            }
             Ok(Err(code)) => anyhow::bail!("the trigger answered with an error: {code:?}"),
-            Err(_) => match task.await {
+            Err(_) => match task.0.take().expect("task still held").await {
                 Ok(Ok(())) => anyhow::bail!("the trigger returned without a response"),
                 Ok(Err(trap)) => anyhow::bail!("the trigger trapped: {trap:?}"),
                 Err(e) => anyhow::bail!("the trigger task failed: {e}"),
             },
+        }
+    }
+}
+
+/// The task running a guest, stopped (its store dropped) if the call is
+/// given up before the guest answered, e.g. at the caller's wall-clock
+/// deadline.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The scenario and the management API over real HTTP, against a real
 //! `duro serve` process.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::host::Host;
@@ -420,6 +422,105 @@ fn function_routes_need_the_key() {
         &[("x-functions-key", "s3cret")],
     );
     assert_eq!(with_header.status, 404, "authorized, and no such instance");
+
+    // The management API sits behind the same key.
+    let denied = host.post(&format!("{API}/orchestrators/Workflow"), "\"k\"");
+    assert_eq!(denied.status, 401, "{}", denied.body);
+    assert!(denied.error().contains("management API needs the key"));
+    assert_eq!(host.get(&format!("{API}/instances")).status, 401);
+    let started = host.request(
+        "POST",
+        &format!("{API}/orchestrators/Workflow"),
+        Some("\"k\""),
+        &[("x-functions-key", "s3cret")],
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_string();
+    let by_code = host.get(&format!("{API}/instances/{id}?code=s3cret"));
+    assert_eq!(by_code.status, 202, "{}", by_code.body);
+    assert_eq!(by_code.json()["instanceId"], id.as_str());
+    assert_eq!(
+        host.get(&format!("{API}/instances/{id}?code=s3cre")).status,
+        401
+    );
+    // `anonymous` app routes stay open.
+    assert_eq!(host.get("/api/check/k").status, 200);
+}
+
+#[test]
+fn status_links_percent_encode_the_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let started = host.post(&format!("{API}/orchestrators/Workflow/a%20b%25c"), "\"x\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    assert_eq!(started.json()["id"], "a b%c");
+    let location = started.header("location").unwrap().to_string();
+    assert!(location.ends_with("/instances/a%20b%25c"), "{location}");
+    let path = location.split_once(&host.address).unwrap().1;
+    let status = host.get(path);
+    assert_eq!(status.status, 202, "{}", status.body);
+    assert_eq!(status.json()["instanceId"], "a b%c");
+    assert!(
+        started.json()["sendEventPostUri"]
+            .as_str()
+            .unwrap()
+            .contains("/instances/a%20b%25c/raiseEvent/")
+    );
+}
+
+#[test]
+fn app_routes_limit_bodies_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = duro_tests::TEST_GUESTS_HTTP;
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[http]]\nname = \"Echo\"\nroute = \"/echo/{{thing}}\"\nmethods = [\"POST\"]\ncomponent = {guests:?}\n\
+             [[http]]\nname = \"Sleep\"\nroute = \"/sleep\"\ncomponent = {guests:?}\n"
+        ),
+    );
+    // --trigger-budget-ms 1000 (see `Host::start_with`).
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+
+    // Headers and the first part of a body, then nothing: the reply.
+    let send_part = |content_length: usize, part: &str| {
+        let mut stream = std::net::TcpStream::connect(&host.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            format!(
+                "POST /echo/part HTTP/1.1\r\nhost: {}\r\ncontent-length: {content_length}\r\n\r\n{part}",
+                host.address
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let refused = send_part(3 << 20, "xx");
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(refused.contains("larger than"), "{refused}");
+
+    // A client that sends half its body and stalls is cut off.
+    let started = Instant::now();
+    let reply = send_part(10, "{\"a\"");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive within"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A call that waits outside wasm is ended by the wall clock.
+    let started = Instant::now();
+    let slept = host.get("/sleep");
+    assert_eq!(slept.status, 504, "{}", slept.body);
+    assert!(slept.error().contains("did not answer within"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let echo = host.post("/echo/fine", "{\"a\": 1}");
+    assert_eq!(echo.status, 200, "{}", echo.body);
 }
 
 #[test]

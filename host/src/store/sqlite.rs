@@ -116,7 +116,9 @@ pub mod sql {
 }
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A write: run against the writer's connection (or, with an error, not run
+/// at all), it returns what to tell its caller once the transaction ends.
+type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Finish + Send>;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -227,7 +229,13 @@ impl SqliteStore {
     ) -> PendingWrite<R> {
         let (reply_tx, reply_rx) = mpsc::sync_channel::<StoreResult<R>>(1);
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, op);
+            let result = match conn {
+                Ok(conn) => in_savepoint(conn, op),
+                Err(why) => Err(StoreError::Backend {
+                    message: why.to_string(),
+                    retriable: true,
+                }),
+            };
             Box::new(move |committed| {
                 let result = match (result, committed) {
                     (Ok(value), Ok(())) => Ok(value),
@@ -349,8 +357,10 @@ impl<R> PendingWrite<R> {
     /// Its result, once its transaction is durable (or has failed).
     fn wait(self) -> StoreResult<R> {
         let stopped = || StoreError::Backend {
-            message: "the SQLite writer thread has stopped".into(),
-            retriable: false,
+            message: "the write was not applied: the SQLite writer failed while running \
+                      its transaction (see the log)"
+                .into(),
+            retriable: true,
         };
         self.0.ok_or_else(stopped)?.recv().map_err(|_| stopped())?
     }
@@ -380,6 +390,9 @@ fn run(conn: &Connection, sql: &str) -> StoreResult<()> {
         .map_err(backend)
 }
 
+/// The writer thread: folds every waiting write into one transaction. A
+/// write that panics fails its group (rolled back), and the thread goes on:
+/// one bug never leaves every later write failing.
 fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -389,20 +402,53 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
-            let message = format!("cannot begin a transaction: {e}");
-            for job in group {
-                // Run nothing: report the failure to every waiter.
-                drop(job);
-                tracing::error!("{message}");
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_group(&conn, group)));
+        if ran.is_err() {
+            // The waiters of the group were told (their reply channels closed
+            // while unwinding); undo whatever the group had written.
+            tracing::error!("a write panicked in the SQLite writer; its group was rolled back");
+            if !conn.is_autocommit() {
+                let _ = run(&conn, "ROLLBACK");
             }
-            continue;
         }
-        let finishers: Vec<Finish> = group.into_iter().map(|job| job(&conn)).collect();
-        let committed = run(&conn, "COMMIT").map_err(|e| {
-            let _ = run(&conn, "ROLLBACK");
-            format!("commit failed: {e}")
-        });
+    }
+}
+
+/// Run `group` in as few transactions as possible: one, unless SQLite rolls
+/// a transaction back by itself inside a write (disk full, I/O error). Then
+/// the writes of that transaction fail (none of them is applied) and the
+/// rest run in a new one, never one by one in autocommit mode.
+fn commit_group(conn: &Connection, group: Vec<Job>) {
+    let mut jobs = group.into_iter().peekable();
+    while jobs.peek().is_some() {
+        if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+            let why = format!("cannot begin a transaction: {e}");
+            tracing::error!("{why}");
+            for job in jobs {
+                job(Err(&why))(Err(why.clone()));
+            }
+            return;
+        }
+        let mut finishers: Vec<Finish> = Vec::new();
+        let mut rolled_back = false;
+        for job in jobs.by_ref() {
+            finishers.push(job(Ok(conn)));
+            if conn.is_autocommit() {
+                rolled_back = true;
+                break;
+            }
+        }
+        let committed = if rolled_back {
+            let why = "SQLite rolled the transaction back; the write was not applied".to_string();
+            tracing::error!("{why}");
+            Err(why)
+        } else {
+            run(conn, "COMMIT").map_err(|e| {
+                let _ = run(conn, "ROLLBACK");
+                format!("commit failed: {e}")
+            })
+        };
         for finish in finishers {
             finish(committed.clone());
         }
@@ -927,5 +973,88 @@ impl ClientStore for SqliteStore {
             .collect();
             delete_instances(conn, &ids)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(store: &SqliteStore, id: &str) -> i64 {
+        store
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM components WHERE digest = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)
+            })
+            .unwrap()
+    }
+
+    fn put(store: &SqliteStore, digest: &str) -> PendingWrite<()> {
+        let digest = digest.to_string();
+        store.submit(move |conn| {
+            conn.execute(
+                "INSERT INTO components (digest, bytes, created_at) VALUES (?1, x'00', 0)",
+                [digest],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    /// Hold the writer (once it runs this, alone) until the writes after it
+    /// have queued up, so that they form one group.
+    fn hold_writer(store: &SqliteStore) -> PendingWrite<()> {
+        let (started, running) = mpsc::channel();
+        let held = store.submit(move |_| {
+            started.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(())
+        });
+        running.recv().unwrap();
+        held
+    }
+
+    #[test]
+    fn a_transaction_rolled_back_inside_a_group_fails_its_writes_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.db")).unwrap();
+        let held = hold_writer(&store);
+        let before = put(&store, "before");
+        // What SQLite does by itself on a full disk or an I/O error.
+        let rolls_back = store.submit(|conn| {
+            conn.execute_batch("ROLLBACK").map_err(backend)?;
+            Ok(())
+        });
+        let after = put(&store, "after");
+        held.wait().unwrap();
+        assert!(before.wait().is_err(), "rolled back with its transaction");
+        assert!(rolls_back.wait().is_err());
+        after.wait().expect("runs in a transaction of its own");
+        assert_eq!(count(&store, "before"), 0);
+        assert_eq!(count(&store, "after"), 1);
+        // Nothing was left in autocommit mode: the next group commits whole.
+        put(&store, "later").wait().unwrap();
+        assert_eq!(count(&store, "later"), 1);
+    }
+
+    #[test]
+    fn a_write_that_panics_fails_its_group_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.db")).unwrap();
+        let held = hold_writer(&store);
+        let before = put(&store, "before");
+        let panics = store.submit(|_| -> StoreResult<()> { panic!("a bug in a write") });
+        held.wait().unwrap();
+        let error = before.wait().unwrap_err();
+        assert!(error.to_string().contains("not applied"), "{error}");
+        assert!(error.is_retriable());
+        assert!(panics.wait().is_err());
+        assert_eq!(count(&store, "before"), 0);
+        put(&store, "after").wait().expect("the writer still runs");
+        assert_eq!(count(&store, "after"), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP triggers only the tests use: `Echo` answers with everything the SDK
-//! parsed from the request, `Panic` traps, `Spin` never returns.
+//! parsed from the request, `Panic` traps, `Spin` never returns, `Sleep`
+//! waits in the host for a minute.
 
 use duro_http::{DurableClient, Request, Response};
 use serde_json::json;
@@ -30,8 +31,16 @@ fn spin(_req: &Request, _client: &DurableClient) -> Response {
     }
 }
 
+/// Sleeps for a minute outside wasm (in a WASI poll), where no epoch
+/// deadline reaches it: only the call's wall-clock deadline ends it.
+fn sleep(_req: &Request, _client: &DurableClient) -> Response {
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    Response::json(200, &json!("woke"))
+}
+
 duro_http::export_http_functions! {
     "Echo" => echo,
     "Panic" => panic,
     "Spin" => spin,
+    "Sleep" => sleep,
 }
