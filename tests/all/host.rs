@@ -93,25 +93,8 @@ impl Host {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut stream = TcpStream::connect(&self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let body = body.unwrap_or("");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            self.address,
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        Reply::parse(&raw)
+        try_request(&self.address, method, path, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// The pages of a listing, following `x-ms-continuation-token` until the
@@ -148,6 +131,34 @@ impl Host {
     }
 }
 
+/// One HTTP/1.1 request to `address` on a fresh connection; an error if the
+/// connection fails or the response is cut off.
+pub fn try_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    Reply::try_parse(&raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "response cut off"))
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -164,18 +175,14 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn parse(raw: &[u8]) -> Reply {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a complete response head");
+    fn try_parse(raw: &[u8]) -> Option<Reply> {
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let mut lines = head.split("\r\n");
         let status = lines
             .next()
             .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
+            .and_then(|s| s.parse().ok())?;
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -187,11 +194,11 @@ impl Reply {
         {
             body = dechunk(&body);
         }
-        Reply {
+        Some(Reply {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -10,4 +10,5 @@ mod orchestration;
 mod queries;
 mod semantics;
 mod support;
+mod torture;
 mod versions;
