@@ -15,6 +15,53 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// Where the runtime reads the time: the system clock in a host, a clock
+/// the test moves in simulations (so that timers fire without real sleeps).
+pub trait Clock: std::fmt::Debug + Send + Sync + 'static {
+    /// The time now, in [`Millis`].
+    fn now(&self) -> Millis;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        now_millis()
+    }
+}
+
+/// A clock that moves only when told: for tests and simulations.
+///
+/// ```
+/// use duro::model::{Clock, ManualClock};
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(500);
+/// assert_eq!(clock.now(), 1_500);
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock that reads `start`.
+    pub fn new(start: Millis) -> Self {
+        ManualClock(std::sync::atomic::AtomicU64::new(start))
+    }
+
+    /// Move the clock forward by `millis`.
+    pub fn advance(&self, millis: Millis) {
+        self.0
+            .fetch_add(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The lifecycle state of an instance, named as in Durable Functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RuntimeStatus {

@@ -9,6 +9,7 @@ mod http;
 mod orchestration;
 mod queries;
 mod semantics;
+mod simulation;
 mod support;
 mod torture;
 mod versions;

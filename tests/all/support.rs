@@ -27,6 +27,7 @@ pub const TEST_NAMES: &[&str] = &[
     "TimerAfterContinue",
     "Guids",
     "StdSleep",
+    "Program",
 ];
 
 pub async fn runtime(dir: &Path) -> Runtime {

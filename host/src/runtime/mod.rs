@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{self, Engine};
 use crate::model::{
-    HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, canonical_json,
-    fresh_id, now_millis,
+    Clock, HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, SystemClock,
+    canonical_json, fresh_id,
 };
 use crate::replay::{Divergence, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     pub episode_threads: usize,
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
+    /// Where episodes, timers and new instances read the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl RuntimeConfig {
@@ -67,6 +69,7 @@ impl RuntimeConfig {
             batch_size: 64,
             episode_threads: std::thread::available_parallelism().map_or(2, usize::from) + 2,
             poll_interval: Duration::from_millis(250),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -284,7 +287,7 @@ impl Runtime {
             }
             None => fresh_id(),
         };
-        let now = now_millis();
+        let now = self.inner.config.clock.now();
         let instance = Instance {
             id: id.clone(),
             name: name.to_string(),
@@ -544,6 +547,21 @@ impl Runtime {
             let _ = tokio::time::timeout(Duration::from_millis(50), until_changed(&mut committed))
                 .await;
         }
+    }
+
+    /// True when nothing is left for the instance to process: no message in
+    /// its inbox (so every episode for what it was sent has committed) and
+    /// no timer due by the runtime's clock.
+    pub async fn is_idle(&self, id: &str) -> RuntimeResult<bool> {
+        let store = self.inner.store.clone();
+        let (id, now) = (id.to_string(), self.inner.config.clock.now());
+        Ok(!blocking(move || store.has_pending_work(&id, now)).await?)
+    }
+
+    /// Tell the runtime that its clock moved (a [`ManualClock`](crate::model::ManualClock)
+    /// was advanced): due timers fire now rather than at the next poll.
+    pub fn clock_moved(&self) {
+        self.inner.timers.notify_one();
     }
 
     /// Stop the background tasks and wait for them.

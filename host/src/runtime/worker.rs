@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Inner, blocking};
 use crate::model::{
-    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, fresh_id, now_millis,
+    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, fresh_id,
 };
 use crate::replay::{Outcome, Subject};
 use crate::store::{EpisodeCommit, StoreError, Version};
@@ -56,7 +56,7 @@ async fn run_round(
 ) -> anyhow::Result<usize> {
     // Claim only when a thread is free to run what is claimed.
     let first = slots.clone().acquire_owned().await?;
-    let lease_until = now_millis() + 60_000;
+    let lease_until = inner.config.clock.now() + 60_000;
     let batch = inner.config.batch_size;
     let store = inner.store.clone();
     let claimed = blocking(move || store.claim_ready(batch, lease_until)).await?;
@@ -273,7 +273,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         commit.consumed = loaded.inbox.iter().map(|m| m.id).collect();
         return Ok(commit);
     }
-    let now = now_millis();
+    let now = inner.config.clock.now();
     let plan = plan_messages(instance.status, &instance.execution_id, loaded.inbox);
     commit.consumed = plan.consumed;
     let mut control_events = plan.control_events;
@@ -442,7 +442,8 @@ fn json_string(text: String) -> String {
 pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     loop {
         let store = inner.store.clone();
-        let fired = blocking(move || store.fire_due_timers(now_millis())).await;
+        let now = inner.config.clock.now();
+        let fired = blocking(move || store.fire_due_timers(now)).await;
         match fired {
             Ok(0) => {}
             Ok(_) => inner.work.notify_one(),
@@ -457,7 +458,9 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
             });
         let poll = inner.config.poll_interval;
         let wait = match next {
-            Some(due) => Duration::from_millis(due.saturating_sub(now_millis())).min(poll),
+            Some(due) => {
+                Duration::from_millis(due.saturating_sub(inner.config.clock.now())).min(poll)
+            }
             None => poll,
         };
         tokio::select! {

@@ -106,6 +106,9 @@ pub mod sql {
          RETURNING instance_id, task, fire_at, execution_id";
     /// When the next timer is due.
     pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
+    /// Whether an instance has messages or due timers.
+    pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1) \
+         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = ?1 AND fire_at <= ?2)";
     /// One statement per table for a batch of purged ids (a JSON array).
     pub const PURGE_BATCH: [&str; 4] = [
         "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
@@ -831,6 +834,15 @@ impl RuntimeStore for SqliteStore {
         self.read(|conn| {
             conn.query_row(sql::NEXT_TIMER_DUE, [], |r| r.get::<_, Option<i64>>(0))
                 .map(|t| t.map(|t| t as Millis))
+                .map_err(backend)
+        })
+    }
+
+    fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
+        self.read(|conn| {
+            conn.prepare_cached(sql::HAS_PENDING_WORK)
+                .map_err(backend)?
+                .query_row(params![instance, now as i64], |r| r.get(0))
                 .map_err(backend)
         })
     }

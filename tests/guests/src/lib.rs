@@ -196,6 +196,59 @@ async fn std_sleep(ctx: OrchestrationContext) -> Result<String> {
     Ok("slept".into())
 }
 
+/// One instruction of a [`program`].
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Op {
+    /// Wait for the event of this name; log its payload.
+    Wait(String),
+    /// Sleep this many milliseconds; log `"t"`.
+    Timer(u64),
+    /// Race the event of this name with a timer; log the payload or
+    /// `"timeout"`.
+    Race(String, u64),
+    /// Continue as new with the rest of the program and the log.
+    Continue,
+}
+
+/// The input (and continue-as-new input) of a [`program`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Program {
+    ops: Vec<Op>,
+    log: Vec<Value>,
+}
+
+/// Runs a program of the simulation's vocabulary: what it logs is checked
+/// against a reference model. Its custom status is the log so far.
+async fn program(ctx: OrchestrationContext) -> Result<Vec<Value>> {
+    let Program { ops, mut log } = ctx.input()?;
+    ctx.set_custom_status(&log);
+    for (at, op) in ops.iter().enumerate() {
+        match op {
+            Op::Wait(name) => log.push(ctx.wait_for_external_event(name).await?),
+            Op::Timer(ms) => {
+                ctx.sleep(std::time::Duration::from_millis(*ms)).await;
+                log.push(json!("t"));
+            }
+            Op::Race(name, ms) => {
+                let event = ctx.wait_for_external_event::<Value>(name);
+                let timer = ctx.sleep(std::time::Duration::from_millis(*ms));
+                log.push(match select(event, timer).await {
+                    Either::Left(payload) => payload?,
+                    Either::Right(()) => json!("timeout"),
+                });
+            }
+            Op::Continue => {
+                let rest = ops[at + 1..].to_vec();
+                ctx.continue_as_new(&Program { ops: rest, log });
+                return Ok(Vec::new());
+            }
+        }
+        ctx.set_custom_status(&log);
+    }
+    Ok(log)
+}
+
 /// Fails with an error the orchestration returns itself.
 async fn refuses(_ctx: OrchestrationContext) -> Result<()> {
     Err(duro_sdk::Error::msg("refused on purpose"))
@@ -219,4 +272,5 @@ duro_sdk::export_orchestrations! {
     "TimerAfterContinue" => timer_after_continue,
     "Guids" => guids,
     "StdSleep" => std_sleep,
+    "Program" => program,
 }
