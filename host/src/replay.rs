@@ -398,25 +398,7 @@ impl EpisodeState {
             wasi,
             table: ResourceTable::new(),
             limits: guest_limits(),
-            replay: ReplayState {
-                subject: subject.clone(),
-                recorded_len: history.len(),
-                history,
-                cursor: 0,
-                started: false,
-                replaying: true,
-                clock,
-                next_task: 0,
-                guids: 0,
-                open_waits: Vec::new(),
-                live_timers: BTreeSet::new(),
-                buffered: VecDeque::new(),
-                pending: VecDeque::new(),
-                custom_status: None,
-                new_timers: Vec::new(),
-                cancelled_timers: Vec::new(),
-                divergence: None,
-            },
+            replay: ReplayState::new(subject, history, clock),
         }
     }
 }
@@ -483,6 +465,28 @@ struct ReplayState {
 }
 
 impl ReplayState {
+    fn new(subject: &Subject, history: Vec<HistoryEvent>, clock: Arc<AtomicU64>) -> Self {
+        ReplayState {
+            subject: subject.clone(),
+            recorded_len: history.len(),
+            history,
+            cursor: 0,
+            started: false,
+            replaying: true,
+            clock,
+            next_task: 0,
+            guids: 0,
+            open_waits: Vec::new(),
+            live_timers: BTreeSet::new(),
+            buffered: VecDeque::new(),
+            pending: VecDeque::new(),
+            custom_status: None,
+            new_timers: Vec::new(),
+            cancelled_timers: Vec::new(),
+            divergence: None,
+        }
+    }
+
     /// The next argument of `step`, consuming history (and then `incoming`)
     /// until one is due; `None` when the orchestration has nothing left to
     /// receive.
@@ -825,5 +829,167 @@ impl ctx::Host for EpisodeState {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(history: Vec<HistoryEvent>) -> ReplayState {
+        let subject = Subject {
+            instance_id: "i".into(),
+            name: "N".into(),
+            input: "null".into(),
+            execution_id: "e".into(),
+        };
+        ReplayState::new(&subject, history, Arc::default())
+    }
+
+    fn raised(name: &str, payload: &str) -> HistoryEvent {
+        HistoryEvent::EventRaised {
+            name: name.into(),
+            payload: payload.into(),
+        }
+    }
+
+    fn wait(name: &str) -> Action {
+        Action::WaitForEvent { name: name.into() }
+    }
+
+    /// Drain deliveries until the orchestration would have to run.
+    fn deliveries(replay: &mut ReplayState, incoming: Vec<HistoryEvent>) -> Vec<Completion> {
+        let mut incoming = incoming.into();
+        let mut out = Vec::new();
+        while let Some(delivery) = replay.next_delivery(&mut incoming).unwrap() {
+            out.extend(delivery);
+        }
+        out
+    }
+
+    fn started() -> HistoryEvent {
+        HistoryEvent::OrchestratorStarted { timestamp: 5 }
+    }
+
+    #[test]
+    fn an_event_goes_to_the_oldest_live_wait_of_its_name() {
+        let mut replay = state(Vec::new());
+        assert!(deliveries(&mut replay, vec![started()]).is_empty());
+        let first = replay.schedule(wait("E")).unwrap();
+        let second = replay.schedule(wait("E")).unwrap();
+        replay.cancel(first).unwrap();
+        let got = deliveries(&mut replay, vec![raised("E", "1"), raised("E", "2")]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task, second);
+        assert!(matches!(&got[0].outcome, TaskOutcome::EventRaised(p) if p == "1"));
+        // The second event found no live wait: buffered for the next one.
+        assert_eq!(replay.buffered.len(), 1);
+        assert_eq!(
+            replay.history.last(),
+            Some(&raised("E", "2")),
+            "recorded in arrival order"
+        );
+        assert!(
+            replay
+                .history
+                .contains(&HistoryEvent::TaskCancelled { task: first })
+        );
+    }
+
+    #[test]
+    fn a_cancelled_wait_gives_its_buffered_event_back_in_arrival_order() {
+        let mut replay = state(Vec::new());
+        deliveries(
+            &mut replay,
+            vec![
+                started(),
+                raised("A", "a1"),
+                raised("B", "b"),
+                raised("A", "a2"),
+            ],
+        );
+        let task = replay.schedule(wait("A")).unwrap();
+        assert_eq!(replay.pending.len(), 1, "a1 handed to the wait");
+        replay.cancel(task).unwrap();
+        let order: Vec<&str> = replay.buffered.iter().map(|(_, _, p)| p.as_str()).collect();
+        assert_eq!(order, ["a1", "b", "a2"]);
+        // Cancelling again, or a completed task, records nothing more.
+        let len = replay.history.len();
+        replay.cancel(task).unwrap();
+        assert_eq!(replay.history.len(), len);
+    }
+
+    #[test]
+    fn a_cancelled_timer_and_an_unknown_task_complete_nothing() {
+        let mut replay = state(Vec::new());
+        deliveries(&mut replay, vec![started()]);
+        let timer = replay
+            .schedule(Action::CreateTimer { fire_at: 10 })
+            .unwrap();
+        replay.cancel(timer).unwrap();
+        assert_eq!(replay.cancelled_timers, [timer]);
+        let fired = |task| HistoryEvent::TimerFired { task, fire_at: 10 };
+        assert!(deliveries(&mut replay, vec![fired(timer), fired(42)]).is_empty());
+        let live = replay
+            .schedule(Action::CreateTimer { fire_at: 20 })
+            .unwrap();
+        let got = deliveries(&mut replay, vec![fired(live)]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task, live);
+    }
+
+    #[test]
+    fn a_recorded_cancellation_must_be_replayed() {
+        let history = vec![
+            HistoryEvent::ExecutionStarted {
+                name: "N".into(),
+                input: "null".into(),
+            },
+            started(),
+            HistoryEvent::TaskScheduled {
+                task: 0,
+                action: wait("E"),
+            },
+            HistoryEvent::TaskCancelled { task: 0 },
+        ];
+        let first_step = |replay: &mut ReplayState| {
+            let delivery = replay.next_delivery(&mut VecDeque::new()).unwrap();
+            assert!(matches!(delivery, Some(None)), "the orchestration starts");
+        };
+        // Replayed with the same cancellation: matched, nothing appended.
+        let mut replay = state(history.clone());
+        first_step(&mut replay);
+        replay.schedule(wait("E")).unwrap();
+        replay.cancel(0).unwrap();
+        assert_eq!(replay.history.len(), history.len());
+        assert!(deliveries(&mut replay, Vec::new()).is_empty());
+        // Replayed by code that keeps the task: a divergence.
+        let mut replay = state(history);
+        first_step(&mut replay);
+        replay.schedule(wait("E")).unwrap();
+        let divergence = replay.next_delivery(&mut VecDeque::new()).unwrap_err();
+        assert_eq!(divergence.position, 3);
+        assert_eq!(divergence.actual, "kept the task");
+    }
+
+    #[test]
+    fn a_failure_is_recorded_after_what_was_replayed_and_received() {
+        let history = vec![
+            HistoryEvent::ExecutionStarted {
+                name: "N".into(),
+                input: "null".into(),
+            },
+            started(),
+        ];
+        let mut replay = state(history);
+        deliveries(&mut replay, vec![started(), raised("E", "1")]);
+        replay.record_failure("trapped".into());
+        assert_eq!(replay.history.len(), 5);
+        assert_eq!(
+            replay.history[4],
+            HistoryEvent::ExecutionFailed {
+                error: "trapped".into()
+            }
+        );
     }
 }

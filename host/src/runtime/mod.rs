@@ -593,3 +593,29 @@ pub fn decode_continuation(token: &str) -> Option<(Millis, String)> {
     let (created, id) = text.split_once(':')?;
     Some((created.parse().ok()?, id.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_tokens_round_trip_and_refuse_garbage() {
+        let token = encode_continuation(1_700_000_000_123, "id:with:colons");
+        assert_eq!(
+            decode_continuation(&token),
+            Some((1_700_000_000_123, "id:with:colons".into()))
+        );
+        assert_eq!(decode_continuation("not hex"), None);
+        assert_eq!(decode_continuation(&hex::encode("no-colon")), None);
+        assert_eq!(decode_continuation(&hex::encode("x:id")), None);
+    }
+
+    #[test]
+    fn instance_ids_follow_the_http_rules() {
+        assert!(validate_instance_id("a b%c").is_ok());
+        for bad in ["", "a/b", "a?b", "a#b", "a\\b", "a\nb"] {
+            assert!(validate_instance_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_instance_id(&"x".repeat(MAX_INSTANCE_ID_LEN + 1)).is_err());
+    }
+}

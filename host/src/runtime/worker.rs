@@ -470,3 +470,106 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: i64, message: Message) -> InboxEntry {
+        InboxEntry { id, message }
+    }
+
+    fn event(name: &str) -> Message {
+        Message::EventRaised {
+            name: name.into(),
+            payload: "1".into(),
+        }
+    }
+
+    fn timer(task: u32, execution: Option<&str>) -> Message {
+        Message::TimerFired {
+            task,
+            fire_at: 1,
+            execution: execution.map(String::from),
+        }
+    }
+
+    #[test]
+    fn events_wait_while_suspended_and_follow_the_resume_in_order() {
+        let inbox = vec![
+            entry(1, event("A")),
+            entry(2, Message::Suspend { reason: None }),
+            entry(3, event("B")),
+            entry(4, event("C")),
+            entry(5, Message::Resume { reason: None }),
+            entry(6, event("D")),
+        ];
+        let plan = plan_messages(RuntimeStatus::Running, "e", inbox);
+        assert!(!plan.suspended);
+        assert_eq!(plan.consumed, [1, 2, 5, 3, 4, 6]);
+        let names: Vec<&str> = plan
+            .incoming
+            .iter()
+            .map(|e| match e {
+                HistoryEvent::EventRaised { name, .. } => name.as_str(),
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(names, ["A", "B", "C", "D"]);
+        assert_eq!(plan.control_events.len(), 2);
+    }
+
+    #[test]
+    fn a_suspended_instance_keeps_its_events_in_the_inbox() {
+        let inbox = vec![
+            entry(1, event("A")),
+            entry(2, Message::Suspend { reason: None }),
+        ];
+        let plan = plan_messages(RuntimeStatus::Suspended, "e", inbox);
+        assert!(plan.suspended);
+        assert_eq!(plan.consumed, [2], "the event stays for the resume");
+        assert!(plan.incoming.is_empty());
+        assert!(plan.control_events.is_empty(), "already suspended");
+    }
+
+    #[test]
+    fn timers_of_other_executions_are_dropped() {
+        let inbox = vec![
+            entry(1, timer(0, Some("old"))),
+            entry(2, timer(1, Some("e"))),
+            entry(3, timer(2, None)),
+        ];
+        let plan = plan_messages(RuntimeStatus::Running, "e", inbox);
+        assert_eq!(plan.consumed, [1, 2, 3]);
+        let tasks: Vec<u32> = plan
+            .incoming
+            .iter()
+            .map(|e| match e {
+                HistoryEvent::TimerFired { task, .. } => *task,
+                _ => u32::MAX,
+            })
+            .collect();
+        assert_eq!(
+            tasks,
+            [1, 2],
+            "a timer stored before executions had ids counts"
+        );
+    }
+
+    #[test]
+    fn terminate_ends_the_plan() {
+        let inbox = vec![
+            entry(1, event("A")),
+            entry(
+                2,
+                Message::Terminate {
+                    reason: Some("r".into()),
+                },
+            ),
+            entry(3, event("B")),
+        ];
+        let plan = plan_messages(RuntimeStatus::Running, "e", inbox);
+        assert_eq!(plan.terminated, Some(Some("r".into())));
+        assert_eq!(plan.consumed, [1, 2]);
+    }
+}
