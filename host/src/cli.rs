@@ -31,6 +31,10 @@ pub struct Cli {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The key client commands send, when the host has one (the same
+    /// variable `duro serve` reads its key from).
+    #[arg(long, global = true, env = "DURO_FUNCTION_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 /// The files of an app on this machine: its database and its manifest.
@@ -237,6 +241,7 @@ pub fn main() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client {
         host: cli.host.trim_end_matches('/').to_string(),
+        key: cli.key.clone(),
     };
     match cli.command {
         Command::Serve {
@@ -552,6 +557,8 @@ fn encode(text: &str) -> String {
 
 struct Client {
     host: String,
+    /// Sent as `x-functions-key` when set.
+    key: Option<String>,
 }
 
 impl Client {
@@ -581,6 +588,9 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(token) = continuation {
             request = request.header(CONTINUATION_HEADER, token);
+        }
+        if let Some(key) = &self.key {
+            request = request.header("x-functions-key", key);
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = sender.send_request(request).await?;

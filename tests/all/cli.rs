@@ -128,3 +128,28 @@ fn serve_works_with_relative_paths_and_the_default_cache() {
     assert!(dir.path().join("data/duro.db").exists());
     assert!(dir.path().join("data/.duro-cache").is_dir());
 }
+
+#[test]
+fn cli_sends_the_key_a_host_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--function-key", "k3y"],
+    );
+    let (ok, _, err) = duro(&host, &["start", "Workflow", "--input", "\"x\""]);
+    assert!(!ok);
+    assert!(
+        err.contains("401") && err.contains("needs the key"),
+        "{err}"
+    );
+    let (ok, out, err) = duro(
+        &host,
+        &[
+            "--key", "k3y", "start", "Workflow", "--input", "\"x\"", "--id", "keyed",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "started keyed");
+}

@@ -261,17 +261,21 @@ async fn a_suspension_before_the_first_episode_holds() {
 async fn a_slow_guest_does_not_stall_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path()).await;
-    // Spins until its one-second budget stops it.
+    // Spins until its one-second budget stops it; the quick ones are
+    // started right after it, most likely claimed in the same batch.
     let slow = rt.start_new("Spin", None, &json!(null)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let quick = rt.start_new("Sequence", None, &json!(null)).await.unwrap();
-    rt.raise_event(&quick, "A", &json!("a")).await.unwrap();
-    rt.raise_event(&quick, "B", &json!("b")).await.unwrap();
-    wait_status(&rt, &quick, RuntimeStatus::Completed).await;
+    let quick = start_sequences(&rt, 6).await;
+    for id in &quick {
+        rt.raise_event(id, "A", &json!("a")).await.unwrap();
+        rt.raise_event(id, "B", &json!("b")).await.unwrap();
+    }
+    for id in &quick {
+        wait_status(&rt, id, RuntimeStatus::Completed).await;
+    }
     let spinning = rt.status(&slow).await.unwrap().unwrap();
     assert!(
         !spinning.status.is_terminal(),
-        "the quick instance waited for the slow one: {spinning:?}"
+        "the quick instances waited for the slow one: {spinning:?}"
     );
     wait_status(&rt, &slow, RuntimeStatus::Failed).await;
 

@@ -22,6 +22,7 @@ use crate::model::{
 use crate::replay::{Divergence, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
 
+mod pool;
 mod worker;
 use crate::store::{Store, StoreError, Version};
 

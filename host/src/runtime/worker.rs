@@ -2,12 +2,12 @@
 //! with messages, runs their episodes and group-commits them, and the timer
 //! loop that moves due timers into inboxes.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::pool::{EpisodePool, StopOnDrop};
 use super::{Inner, blocking};
 use crate::model::{
     HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, fresh_id,
@@ -18,15 +18,39 @@ use crate::store::{EpisodeCommit, StoreError, Version};
 pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let (commits, committer) = mpsc::unbounded_channel();
     let committing = tokio::spawn(commit_loop(inner.clone(), committer));
-    let slots = Arc::new(Semaphore::new(inner.config.episode_threads.max(1)));
+    let worker = inner.clone();
+    let started = EpisodePool::start(inner.config.episode_threads, move |id| {
+        match run_episode(&worker, &id) {
+            Ok(commit) => {
+                let _ = commits.send(commit);
+            }
+            Err(e) => retry_later(&worker, id, format!("episode not run: {e:#}")),
+        }
+    });
+    let pool = match started {
+        Ok(pool) => StopOnDrop(pool),
+        Err(e) => {
+            tracing::error!("cannot start the episode threads: {e}");
+            return;
+        }
+    };
     'work: loop {
         loop {
             if *stopped.borrow() {
                 break 'work;
             }
-            match run_round(&inner, &slots, &commits).await {
-                Ok(0) => break,
-                Ok(_) => {}
+            // Claim only what the threads will soon take: claimed instances
+            // wait in the queue under their leases.
+            let room = inner.config.batch_size.saturating_sub(pool.0.backlog());
+            if room == 0 {
+                tokio::select! {
+                    _ = pool.0.room.notified() => continue,
+                    _ = stopped.changed() => break 'work,
+                }
+            }
+            match claim(&inner, room).await {
+                Ok(claimed) if claimed.is_empty() => break,
+                Ok(claimed) => pool.0.push(claimed),
                 Err(e) => {
                     tracing::error!("claiming work failed: {e:#}");
                     break;
@@ -39,63 +63,18 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
             _ = stopped.changed() => break 'work,
         }
     }
-    // The committer ends once the episodes under way have handed over theirs.
-    drop(commits);
+    // The committer ends once the threads (which hold the other senders of
+    // its channel) have stopped and handed over what they ran.
+    drop(pool);
     let _ = committing.await;
 }
 
-/// Claim a batch of instances with messages and hand them to episode
-/// threads (at most `episode_threads` at once, each taking the next
-/// instance of the batch when it is done with one), without waiting for
-/// them: a slow guest holds one thread, never the others or the commits of
-/// the batch. Returns how many instances were claimed.
-async fn run_round(
-    inner: &Arc<Inner>,
-    slots: &Arc<Semaphore>,
-    commits: &mpsc::UnboundedSender<EpisodeCommit>,
-) -> anyhow::Result<usize> {
-    // Claim only when a thread is free to run what is claimed.
-    let first = slots.clone().acquire_owned().await?;
+/// Lease up to `max` instances with messages.
+async fn claim(inner: &Arc<Inner>, max: usize) -> anyhow::Result<Vec<String>> {
     let lease_until = inner.config.clock.now() + 60_000;
-    let batch = inner.config.batch_size;
     let store = inner.store.clone();
-    let claimed = blocking(move || store.claim_ready(batch, lease_until)).await?;
-    let count = claimed.len();
-    if count == 0 {
-        return Ok(0);
-    }
-    let queue = Arc::new(Mutex::new(VecDeque::from(claimed)));
-    let mut permits = vec![first];
-    // One thread per few instances: on few cores the hand-offs cost more
-    // than small episodes themselves.
-    let wanted = count.div_ceil(EPISODES_PER_THREAD);
-    while permits.len() < wanted {
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => permits.push(permit),
-            Err(_) => break,
-        }
-    }
-    for permit in permits {
-        let (worker, queue, commits) = (inner.clone(), queue.clone(), commits.clone());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            loop {
-                let next = queue.lock().expect("episode queue poisoned").pop_front();
-                let Some(id) = next else { break };
-                match run_episode(&worker, &id) {
-                    Ok(commit) => {
-                        let _ = commits.send(commit);
-                    }
-                    Err(e) => retry_later(&worker, id, format!("episode not run: {e:#}")),
-                }
-            }
-        });
-    }
-    Ok(count)
+    Ok(blocking(move || store.claim_ready(max, lease_until)).await?)
 }
-
-/// Fewest claimed instances that get a thread of their own.
-const EPISODES_PER_THREAD: usize = 4;
 
 /// Most episodes committed by one write of the committer.
 const MAX_COMMIT: usize = 256;
