@@ -49,15 +49,17 @@ pub struct Engine {
 
 impl Engine {
     /// An engine whose compiled code is cached under `cache_dir` (if given),
-    /// with a thread that advances its epoch every [`EPOCH_TICK`].
-    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// with a thread that advances its epoch every [`EPOCH_TICK`], and room
+    /// for `guest_instances` guests at once (orchestrations and HTTP
+    /// functions together); instantiating one more fails until one ends.
+    pub fn new(cache_dir: Option<&Path>, guest_instances: u32) -> anyhow::Result<Self> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(1000)
-            .total_tables(2000)
-            .total_stacks(1000)
+            .total_component_instances(guest_instances)
+            .total_core_instances(4 * guest_instances)
+            .total_memories(guest_instances)
+            .total_tables(2 * guest_instances)
+            .total_stacks(guest_instances)
             .max_memory_size(MAX_GUEST_MEMORY)
             // Reset small guests' memory with memset rather than madvise: on
             // few cores the TLB shootdowns of madvise cost more (measured with

@@ -322,6 +322,36 @@ async fn a_budget_spent_while_the_host_was_starved_fails_nothing() {
     rt.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = duro::runtime::RuntimeConfig::new(dir.path().join("duro.db"));
+    config.compile_cache = Some(duro_tests::COMPILE_CACHE.into());
+    config.poll_interval = Duration::from_millis(50);
+    // Room for one guest, four threads that want one each.
+    config.guest_instances = 1;
+    config.episode_threads = 4;
+    let rt = duro::runtime::Runtime::start(config).await.unwrap();
+    rt.register(guest_bytes(TEST_GUESTS), &["Crunch"])
+        .await
+        .unwrap();
+    // Episodes of tens of milliseconds: they overlap, and all but one at a
+    // time find the pool full.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(rt.start_new("Crunch", None, &json!(20)).await.unwrap());
+    }
+    for id in &ids {
+        wait_status(&rt, id, RuntimeStatus::Running).await;
+        rt.raise_event(id, "Go", &json!(null)).await.unwrap();
+    }
+    for id in &ids {
+        let done = wait_status(&rt, id, RuntimeStatus::Completed).await;
+        assert_eq!(json(done.output.as_deref().unwrap()), json!(20_000_000));
+    }
+    rt.shutdown().await;
+}
+
 async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {

@@ -28,6 +28,7 @@ pub const TEST_NAMES: &[&str] = &[
     "Guids",
     "StdSleep",
     "Program",
+    "Crunch",
 ];
 
 pub async fn runtime(dir: &Path) -> Runtime {

@@ -54,6 +54,8 @@ pub struct RuntimeConfig {
     pub batch_size: usize,
     /// Episodes that may run at once, each on a thread of its own.
     pub episode_threads: usize,
+    /// Guests (orchestrations and HTTP functions) instantiated at once.
+    pub guest_instances: u32,
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
     /// Where episodes, timers and new instances read the time.
@@ -69,6 +71,7 @@ impl RuntimeConfig {
             step_budget: Duration::from_secs(5),
             batch_size: 64,
             episode_threads: std::thread::available_parallelism().map_or(2, usize::from) + 2,
+            guest_instances: 1000,
             poll_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
         }
@@ -219,7 +222,7 @@ impl Runtime {
     pub async fn start(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let database = config.database.clone();
         let store = blocking(move || SqliteStore::open(database)).await?;
-        let engine = Engine::new(config.compile_cache.as_deref())?;
+        let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
         let replayer = Replayer::new(engine.clone(), config.step_budget)?;
         let inner = Arc::new(Inner {
             store: Arc::new(store),

@@ -196,6 +196,18 @@ async fn std_sleep(ctx: OrchestrationContext) -> Result<String> {
     Ok("slept".into())
 }
 
+/// Computes for a while (`input` million steps) in every episode, then
+/// waits for `Go`: guests that overlap in time.
+async fn crunch(ctx: OrchestrationContext) -> Result<u64> {
+    let millions: u64 = ctx.input()?;
+    let mut n: u64 = 0;
+    while n < millions * 1_000_000 {
+        n = std::hint::black_box(n + 1);
+    }
+    let _: Value = ctx.wait_for_external_event("Go").await?;
+    Ok(n)
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -273,4 +285,5 @@ duro_sdk::export_orchestrations! {
     "Guids" => guids,
     "StdSleep" => std_sleep,
     "Program" => program,
+    "Crunch" => crunch,
 }
