@@ -1,7 +1,9 @@
 //! Crash torture: scenario lifecycles over HTTP from many clients while the
 //! host is killed with SIGKILL at random moments and restarted on the same
-//! database. Every acknowledged start must reach Completed exactly once with
-//! the right output, and no acknowledged event may be lost.
+//! database: `Workflow` ended by its event, and (every fourth) a
+//! `WorkflowWithTimeout` ended by its durable timer. Every acknowledged start
+//! must reach Completed exactly once with the right output, with one event
+//! (or one timer) and one completion in its history.
 //!
 //! CI runs the short form (10 kills). A long run:
 //! `DURO_TORTURE_KILLS=200 DURO_TORTURE_CLIENTS=32 ./scripts/test --test all torture -- --nocapture`
@@ -29,6 +31,8 @@ fn setting(name: &str, default: u64) -> u64 {
 struct Acknowledged {
     start: bool,
     event: bool,
+    /// A `WorkflowWithTimeout` left to its timer (no event is sent).
+    timed: bool,
 }
 
 /// A small deterministic generator, seeded and printed so a run can be
@@ -98,9 +102,19 @@ fn acknowledged_work_survives_repeated_kill_9() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("t{client}-{n}");
+                    // Every fourth lifecycle ends by a durable timer.
+                    let timed = n % 4 == 3;
                     n += 1;
-                    let input = json!(format!("in-{id}")).to_string();
-                    let start = format!("{API}/orchestrators/Workflow/{id}");
+                    let (name, input) = if timed {
+                        (
+                            "WorkflowWithTimeout",
+                            json!({ "name": id, "timeout_ms": 200 }),
+                        )
+                    } else {
+                        ("Workflow", json!(format!("in-{id}")))
+                    };
+                    let input = input.to_string();
+                    let start = format!("{API}/orchestrators/{name}/{id}");
                     let Some(reply) = send(&address, "POST", &start, &input, give_up) else {
                         return;
                     };
@@ -112,7 +126,17 @@ fn acknowledged_work_survives_repeated_kill_9() {
                         reply.body
                     );
                     requests.fetch_add(1, Ordering::Relaxed);
-                    ledger.lock().unwrap().entry(id.clone()).or_default().start = true;
+                    ledger.lock().unwrap().insert(
+                        id.clone(),
+                        Acknowledged {
+                            start: true,
+                            event: false,
+                            timed,
+                        },
+                    );
+                    if timed {
+                        continue;
+                    }
                     let raise = format!("{API}/instances/{id}/raiseEvent/Workflow");
                     let Some(reply) = send(&address, "POST", &raise, "\"go\"", give_up) else {
                         return;
@@ -153,7 +177,7 @@ fn acknowledged_work_survives_repeated_kill_9() {
         if !acked.start {
             continue;
         }
-        if !acked.event {
+        if !acked.event && !acked.timed {
             // The client stopped between its start and its event: send it now.
             let raise = host.post(
                 &format!("{API}/instances/{id}/raiseEvent/Workflow"),
@@ -173,7 +197,12 @@ fn acknowledged_work_survives_repeated_kill_9() {
             continue;
         }
         let body = status.json();
-        if body["output"] != json!(format!("Workflow for in-{id} stopped")) {
+        let expected = if acked.timed {
+            json!({ "name": id, "outcome": "timeout", "payload": null })
+        } else {
+            json!(format!("Workflow for in-{id} stopped"))
+        };
+        if body["output"] != expected {
             wrong.push((id.clone(), body["output"].clone()));
         }
         let history = body["historyEvents"]
@@ -186,7 +215,11 @@ fn acknowledged_work_survives_repeated_kill_9() {
                 .filter(|e| e["EventType"] == kind || e["eventType"] == kind)
                 .count()
         };
-        if count("ExecutionCompleted") != 1 || count("EventRaised") != 1 {
+        let (events, timers) = if acked.timed { (0, 1) } else { (1, 0) };
+        if count("ExecutionCompleted") != 1
+            || count("EventRaised") != events
+            || count("TimerFired") != timers
+        {
             duplicated.push((id.clone(), Value::Array(history.clone())));
         }
     }
