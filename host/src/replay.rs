@@ -973,6 +973,45 @@ mod tests {
     }
 
     #[test]
+    fn a_history_recorded_before_cancellations_replays_unchanged() {
+        // A race the timer won, recorded by a host that did not record the
+        // loser's cancellation.
+        let history = vec![
+            HistoryEvent::ExecutionStarted {
+                name: "N".into(),
+                input: "null".into(),
+            },
+            started(),
+            HistoryEvent::TaskScheduled {
+                task: 0,
+                action: wait("E"),
+            },
+            HistoryEvent::TaskScheduled {
+                task: 1,
+                action: Action::CreateTimer { fire_at: 9 },
+            },
+            started(),
+            HistoryEvent::TimerFired {
+                task: 1,
+                fire_at: 9,
+            },
+            HistoryEvent::ExecutionCompleted { output: "1".into() },
+        ];
+        let mut replay = state(history.clone());
+        let mut none = VecDeque::new();
+        assert!(matches!(replay.next_delivery(&mut none), Ok(Some(None))));
+        replay.schedule(wait("E")).unwrap();
+        replay.schedule(Action::CreateTimer { fire_at: 9 }).unwrap();
+        let fired = replay.next_delivery(&mut none).unwrap().unwrap().unwrap();
+        assert_eq!(fired.task, 1);
+        // The loser is dropped now: applied, with nothing to match.
+        replay.cancel(0).unwrap();
+        let end = HistoryEvent::ExecutionCompleted { output: "1".into() };
+        assert_eq!(replay.record_terminal(end), Ok(history[6].clone()));
+        assert_eq!(replay.history, history, "nothing appended");
+    }
+
+    #[test]
     fn a_failure_is_recorded_after_what_was_replayed_and_received() {
         let history = vec![
             HistoryEvent::ExecutionStarted {
