@@ -177,6 +177,34 @@ impl OrchestrationContext {
         Task::new(host::wait_for_external_event(name), decode_event::<T>)
     }
 
+    /// Wait for the next external event called `name` for at most `timeout`
+    /// (a durable timer): `Ok(Some(payload))` if it came, `Ok(None)` if the
+    /// time ran out first. The losing wait or timer is cancelled, so an
+    /// event raised after the timeout waits for the next wait of its name.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// use std::time::Duration;
+    /// match ctx.wait_for_external_event_with_timeout::<bool>("Approve", Duration::from_secs(86_400)).await? {
+    ///     Some(true) => ctx.log("approved"),
+    ///     Some(false) => ctx.log("rejected"),
+    ///     None => ctx.log("no answer within a day: escalating"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_external_event_with_timeout<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>> {
+        let event = self.wait_for_external_event::<T>(name);
+        let timer = self.sleep(timeout);
+        match crate::select(event, timer).await {
+            crate::Either::Left(payload) => payload.map(Some),
+            crate::Either::Right(()) => Ok(None),
+        }
+    }
+
     /// A durable timer that fires at `at` (at once if `at` is past). It
     /// survives host restarts and may be days away.
     ///

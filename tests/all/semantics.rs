@@ -114,6 +114,41 @@ async fn a_dropped_wait_takes_no_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_with_a_timeout_gives_none_and_keeps_later_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt.start_new("Approval", None, &json!(100)).await.unwrap();
+    // The first wait times out; the event raised after it goes to the second.
+    rt.wait_until(&id, PATIENCE, |i| {
+        custom_status(i) == json!({ "first": null })
+    })
+    .await
+    .unwrap();
+    rt.raise_event(&id, "Approve", &json!("late"))
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "first": null, "second": "late" })
+    );
+    // In time: the payload.
+    let id = rt
+        .start_new("Approval", None, &json!(600_000))
+        .await
+        .unwrap();
+    wait_status(&rt, &id, RuntimeStatus::Running).await;
+    rt.raise_event(&id, "Approve", &json!(1)).await.unwrap();
+    rt.raise_event(&id, "Approve", &json!(2)).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "first": 1, "second": 2 })
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_of_an_earlier_execution_completes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path()).await;

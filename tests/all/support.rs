@@ -29,6 +29,7 @@ pub const TEST_NAMES: &[&str] = &[
     "StdSleep",
     "Program",
     "Crunch",
+    "Approval",
 ];
 
 pub async fn runtime(dir: &Path) -> Runtime {

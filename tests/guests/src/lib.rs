@@ -208,6 +208,23 @@ async fn crunch(ctx: OrchestrationContext) -> Result<u64> {
     Ok(n)
 }
 
+/// Waits for `Approve` at most `input` milliseconds, twice: the second
+/// wait shows that an event raised after the first timeout is kept for it.
+async fn approval(ctx: OrchestrationContext) -> Result<Value> {
+    let timeout = std::time::Duration::from_millis(ctx.input()?);
+    let first = ctx
+        .wait_for_external_event_with_timeout::<Value>("Approve", timeout)
+        .await?;
+    ctx.set_custom_status(&json!({ "first": first }));
+    let second = ctx
+        .wait_for_external_event_with_timeout::<Value>(
+            "Approve",
+            std::time::Duration::from_secs(3600),
+        )
+        .await?;
+    Ok(json!({ "first": first, "second": second }))
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -286,4 +303,5 @@ duro_sdk::export_orchestrations! {
     "StdSleep" => std_sleep,
     "Program" => program,
     "Crunch" => crunch,
+    "Approval" => approval,
 }
