@@ -10,6 +10,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("SCENARIO_HTTP", "scenario-http"),
     ("TEST_GUESTS", "test-guests"),
     ("TEST_GUESTS_HTTP", "test-guests-http"),
+    ("TEST_ACTIVITIES", "test-activities"),
 ];
 
 fn main() {
@@ -22,6 +23,7 @@ fn main() {
         "workflows",
         "tests/guests",
         "tests/guests-http",
+        "tests/guests-activities",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::duro::workflow::orchestration_context as host;
-use crate::bindings::duro::workflow::types::{LogLevel, TaskOutcome};
+use crate::bindings::duro::workflow::types::{
+    LogLevel, RetryPolicy as WitRetryPolicy, TaskOutcome,
+};
 use crate::error::{Error, Result};
 use crate::runtime;
 
@@ -205,6 +207,59 @@ impl OrchestrationContext {
         }
     }
 
+    /// Call the activity `name` with `input`: the host runs it once this
+    /// episode is committed and completes the task with its output, or
+    /// with its error (`Err`, with the activity's message). One attempt; see
+    /// [`call_activity_with_retry`](Self::call_activity_with_retry). The
+    /// result is recorded: replay never runs the activity again.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let total: i64 = ctx.call_activity("Add", &vec![1, 2, 3]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_activity<I: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+    ) -> Task<Result<T>> {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        Task::new(host::call_activity(name, &json, None), decode_activity::<T>)
+    }
+
+    /// [`call_activity`](Self::call_activity), retrying failed attempts as
+    /// `retry` says: the task completes with the first success, or with the
+    /// error of the last attempt. Waits between attempts are durable (they
+    /// survive host restarts); the attempt count is recorded in the history.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// use std::time::Duration;
+    /// use duro_sdk::RetryPolicy;
+    /// let policy = RetryPolicy::new(5, Duration::from_secs(1));
+    /// let receipt: String = ctx.call_activity_with_retry("Charge", &42, policy).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_activity_with_retry<I: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &I,
+        retry: RetryPolicy,
+    ) -> Task<Result<T>> {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        let policy = WitRetryPolicy {
+            max_attempts: retry.max_attempts,
+            first_retry_interval_ms: retry.first_retry_interval.as_millis() as u64,
+            backoff_coefficient: retry.backoff_coefficient,
+            max_retry_interval_ms: retry.max_retry_interval.as_millis() as u64,
+            retry_timeout_ms: retry.retry_timeout.map_or(0, |t| t.as_millis() as u64),
+        };
+        Task::new(
+            host::call_activity(name, &json, Some(policy)),
+            decode_activity::<T>,
+        )
+    }
+
     /// A durable timer that fires at `at` (at once if `at` is past). It
     /// survives host restarts and may be days away.
     ///
@@ -253,7 +308,64 @@ fn decode_event<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
     match outcome {
         TaskOutcome::EventRaised(json) => serde_json::from_str(&json)
             .map_err(|e| Error::msg(format!("the event payload {json} does not fit: {e}"))),
-        TaskOutcome::TimerFired => Err(Error::msg("a timer completed an event task")),
+        _ => Err(Error::msg("an event task got another kind of completion")),
+    }
+}
+
+fn decode_activity<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
+    match outcome {
+        TaskOutcome::ActivityCompleted(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::msg(format!("the activity output {json} does not fit: {e}"))),
+        TaskOutcome::ActivityFailed(error) => Err(Error::msg(error)),
+        _ => Err(Error::msg(
+            "an activity task got another kind of completion",
+        )),
+    }
+}
+
+/// How failed activity attempts are retried: attempt `n + 1` starts
+/// `first_retry_interval * backoff_coefficient^(n - 1)` (at most
+/// `max_retry_interval`) after attempt `n` failed, until `max_attempts`
+/// attempts were made or `retry_timeout` has passed since the first.
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = duro_sdk::RetryPolicy::new(3, Duration::from_millis(100));
+/// assert_eq!(policy.backoff_coefficient, 1.0);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Wait before the first retry.
+    pub first_retry_interval: Duration,
+    /// Factor between consecutive waits (1: constant).
+    pub backoff_coefficient: f64,
+    /// Longest wait between two attempts.
+    pub max_retry_interval: Duration,
+    /// No retry starts later than this after the first attempt.
+    pub retry_timeout: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts, `first_retry_interval` apart, no backoff.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = duro_sdk::RetryPolicy {
+    ///     backoff_coefficient: 2.0,
+    ///     ..duro_sdk::RetryPolicy::new(5, Duration::from_secs(1))
+    /// };
+    /// assert_eq!(policy.max_retry_interval, Duration::from_secs(3600));
+    /// ```
+    pub fn new(max_attempts: u32, first_retry_interval: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            first_retry_interval,
+            backoff_coefficient: 1.0,
+            max_retry_interval: Duration::from_secs(3600),
+            retry_timeout: None,
+        }
     }
 }
 

@@ -30,18 +30,21 @@
 //! guest and must not pull in anything that reaches for the outside world.
 #![deny(missing_docs)]
 
+mod activity;
 mod combinators;
 mod context;
 mod error;
 mod runtime;
 
+pub use activity::{ActivityInfo, activity_info};
 pub use combinators::{Either, join, select, when_all, when_any};
-pub use context::{OrchestrationContext, Task};
+pub use context::{OrchestrationContext, RetryPolicy, Task};
 pub use error::{Error, Result};
 
 /// Items used by the macros of this crate; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::activity::run_activity;
     pub use crate::runtime::{BoxedOrchestration, boxed, step};
     pub use serde_json;
 }
@@ -56,6 +59,66 @@ pub mod bindings {
         export_macro_name: "export_orchestration_world",
         default_bindings_module: "duro_sdk::bindings",
     });
+}
+
+/// The bindings of the `activity` world (`guest-sdk/wit/activity.wit`).
+#[doc(hidden)]
+pub mod activity_bindings {
+    wit_bindgen::generate!({
+        world: "activity",
+        path: "wit",
+        pub_export_macro: true,
+        export_macro_name: "export_activity_world",
+        default_bindings_module: "duro_sdk::activity_bindings",
+    });
+}
+
+/// Declare the activities of this component, by the names orchestrations
+/// call them with. Each is a `fn(I) -> Result<O>`, `I` deserialized from the
+/// call's input and `O` serialized as its output; an `Err` fails the attempt
+/// with its message (retried if the call asked for it).
+///
+/// Activities are ordinary code: they may read clocks, use randomness and
+/// take their time (within the host's activity budget). They run at least
+/// once per call, so make them idempotent. Build them into a component of
+/// their own: an activity component is not an orchestration component.
+///
+/// ```ignore
+/// fn add(numbers: Vec<i64>) -> duro_sdk::Result<i64> {
+///     Ok(numbers.iter().sum())
+/// }
+///
+/// duro_sdk::export_activities! {
+///     "Add" => add,
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_activities {
+    ($($name:literal => $func:path),+ $(,)?) => {
+        struct __DuroActivities;
+
+        impl $crate::activity_bindings::exports::duro::workflow::activities::Guest for __DuroActivities {
+            fn run(
+                name: ::std::string::String,
+                input: ::std::string::String,
+                info: $crate::activity_bindings::exports::duro::workflow::activities::ActivityInfo,
+            ) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                let info = $crate::ActivityInfo {
+                    instance_id: info.instance_id,
+                    task: info.task,
+                    attempt: info.attempt,
+                };
+                match name.as_str() {
+                    $($name => $crate::__private::run_activity(info, &input, $func),)+
+                    other => ::core::result::Result::Err(::std::format!(
+                        "this component has no activity named `{other}`"
+                    )),
+                }
+            }
+        }
+
+        $crate::activity_bindings::export_activity_world!(__DuroActivities with_types_in $crate::activity_bindings);
+    };
 }
 
 /// Declare the orchestrations of this component, by name.

@@ -4,12 +4,14 @@
 //! ← `replay` (wasm replay, no I/O) ← `runtime` (workers, timers, the public
 //! API). `model` knows neither wasmtime nor SQLite.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod fill;
 pub mod manifest;
 pub mod model;
+pub mod orchestrator;
 pub mod replay;
 pub mod runtime;
 pub mod server;

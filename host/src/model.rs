@@ -142,6 +142,66 @@ pub enum Action {
         /// When the timer is due.
         fire_at: Millis,
     },
+    /// `call-activity(name, input, retry)`.
+    CallActivity {
+        /// The activity's name.
+        name: String,
+        /// Its input, as JSON.
+        input: String,
+        /// How failed attempts are retried (none: one attempt).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryPolicy>,
+    },
+}
+
+/// How an activity is retried after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Wait before the first retry, in milliseconds.
+    pub first_retry_interval_ms: u64,
+    /// Factor between consecutive waits.
+    pub backoff_coefficient: f64,
+    /// Longest wait between attempts, in milliseconds.
+    pub max_retry_interval_ms: u64,
+    /// No retry starts later than this after the first attempt (0: no limit).
+    pub retry_timeout_ms: u64,
+}
+
+// The policy is compared as recorded (replay matches scheduling calls), and
+// a coefficient read back from JSON is the one written.
+impl Eq for RetryPolicy {}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 for the first retry), or none if no
+    /// further attempt may start: too many attempts, or past the retry
+    /// timeout (`elapsed` since the first attempt).
+    ///
+    /// ```
+    /// use duro::model::RetryPolicy;
+    /// let policy = RetryPolicy { max_attempts: 4, first_retry_interval_ms: 100,
+    ///     backoff_coefficient: 2.0, max_retry_interval_ms: 300, retry_timeout_ms: 0 };
+    /// assert_eq!(policy.delay_before(2, 0), Some(100));
+    /// assert_eq!(policy.delay_before(3, 0), Some(200));
+    /// assert_eq!(policy.delay_before(4, 0), Some(300));
+    /// assert_eq!(policy.delay_before(5, 0), None);
+    /// ```
+    pub fn delay_before(&self, next: u32, elapsed: Millis) -> Option<Millis> {
+        if next > self.max_attempts.max(1) {
+            return None;
+        }
+        let retries_before = next.saturating_sub(2) as i32;
+        let delay = self.first_retry_interval_ms as f64
+            * self.backoff_coefficient.max(1.0).powi(retries_before);
+        let delay = (delay.min(self.max_retry_interval_ms.max(self.first_retry_interval_ms) as f64))
+            as Millis;
+        if self.retry_timeout_ms > 0 && elapsed + delay > self.retry_timeout_ms {
+            return None;
+        }
+        Some(delay)
+    }
 }
 
 impl fmt::Display for Action {
@@ -149,6 +209,9 @@ impl fmt::Display for Action {
         match self {
             Action::WaitForEvent { name } => write!(f, "wait-for-external-event({name:?})"),
             Action::CreateTimer { fire_at } => write!(f, "create-timer({fire_at})"),
+            Action::CallActivity { name, input, .. } => {
+                write!(f, "call-activity({name:?}, {input})")
+            }
         }
     }
 }
@@ -198,6 +261,24 @@ pub enum HistoryEvent {
         /// Its due time.
         fire_at: Millis,
     },
+    /// An activity returned this output.
+    TaskCompleted {
+        /// The activity's task.
+        task: u32,
+        /// Its output, as JSON.
+        output: String,
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// An activity failed on its last attempt.
+    TaskFailed {
+        /// The activity's task.
+        task: u32,
+        /// The last attempt's error.
+        error: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The orchestration returned this output.
     ExecutionCompleted {
         /// The output, as JSON.
@@ -240,6 +321,8 @@ impl HistoryEvent {
             HistoryEvent::TaskCancelled { .. } => "TaskCancelled",
             HistoryEvent::EventRaised { .. } => "EventRaised",
             HistoryEvent::TimerFired { .. } => "TimerFired",
+            HistoryEvent::TaskCompleted { .. } => "TaskCompleted",
+            HistoryEvent::TaskFailed { .. } => "TaskFailed",
             HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
             HistoryEvent::ExecutionFailed { .. } => "ExecutionFailed",
             HistoryEvent::ContinuedAsNew { .. } => "ContinuedAsNew",
@@ -286,6 +369,17 @@ pub enum Message {
         /// messages stored before executions had ids.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         execution: Option<String>,
+    },
+    /// An activity finished: its output, or its last attempt's error.
+    ActivityDone {
+        /// The activity's task.
+        task: u32,
+        /// The execution that called it.
+        execution: String,
+        /// Output JSON, or error message.
+        result: Result<String, String>,
+        /// Attempts made.
+        attempts: u32,
     },
     /// A client terminated the instance.
     Terminate {
@@ -350,6 +444,24 @@ pub struct Instance {
     pub updated_at: Millis,
     /// Number of history events: the version appends are checked against.
     pub history_len: u64,
+}
+
+/// An activity an episode scheduled: a row that waits for an activity
+/// worker, and stays until its result is in the instance's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityCall {
+    /// The instance that called it.
+    pub instance: String,
+    /// The execution that called it.
+    pub execution: String,
+    /// The call's task.
+    pub task: u32,
+    /// The activity's name.
+    pub name: String,
+    /// Its input, as JSON.
+    pub input: String,
+    /// How failed attempts are retried.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A durable timer: a row with a due time, not a sleeping task.

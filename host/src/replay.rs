@@ -18,19 +18,14 @@ use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::engine::{Engine, budget_ticks, guest_limits};
-use crate::model::{Action, HistoryEvent, Instance, Millis};
+use crate::model::{Action, HistoryEvent, Instance, Millis, RetryPolicy};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "orchestration",
-        path: "../guest-sdk/wit",
-        imports: { default: trappable },
-    });
-}
-
-use bindings::duro::workflow::orchestration_context as ctx;
-use bindings::duro::workflow::types::{Completion, LogLevel, StepResult, TaskOutcome};
-use bindings::{Orchestration, OrchestrationPre};
+use crate::orchestrator::Pre;
+use crate::orchestrator::bindings::duro::workflow::orchestration_context as ctx;
+use crate::orchestrator::bindings::duro::workflow::types::{
+    Completion, LogLevel, RetryPolicy as WitRetryPolicy, StepResult, TaskOutcome,
+};
+use crate::orchestrator::bindings::{self, Orchestration};
 
 /// The first point where an orchestration's behaviour departs from its
 /// recorded history.
@@ -78,6 +73,8 @@ pub struct Episode {
     pub new_timers: Vec<(u32, Millis)>,
     /// Timers this episode cancelled (their tasks).
     pub cancelled_timers: Vec<u32>,
+    /// Activities this episode called: (task, name, input, retry).
+    pub new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
     /// On continue-as-new: the events (name, payload) the execution received
     /// but never handed to a wait, oldest first, for the next execution.
     pub unprocessed_events: Vec<(String, String)>,
@@ -118,7 +115,7 @@ impl From<&Instance> for Subject {
 pub struct Replayer {
     engine: Engine,
     linker: Linker<EpisodeState>,
-    pres: Mutex<HashMap<String, OrchestrationPre<EpisodeState>>>,
+    pres: Mutex<HashMap<String, Pre<EpisodeState>>>,
     step_budget: Duration,
 }
 
@@ -146,11 +143,7 @@ impl Replayer {
         self.pre(digest, component).map(drop)
     }
 
-    fn pre(
-        &self,
-        digest: &str,
-        component: &Component,
-    ) -> anyhow::Result<OrchestrationPre<EpisodeState>> {
+    fn pre(&self, digest: &str, component: &Component) -> anyhow::Result<Pre<EpisodeState>> {
         let mut pres = self.pres.lock().expect("pre cache poisoned");
         if let Some(pre) = pres.get(digest) {
             return Ok(pre.clone());
@@ -158,7 +151,7 @@ impl Replayer {
         let pre = self
             .linker
             .instantiate_pre(component)
-            .and_then(OrchestrationPre::new)
+            .and_then(Pre::new)
             .map_err(|e| {
                 anyhow::anyhow!("component {digest} is not a duro orchestration: {e:?}")
             })?;
@@ -202,9 +195,7 @@ impl Replayer {
                 Ok(None) => break Outcome::Pending,
                 Err(divergence) => break Outcome::Diverged(divergence),
             };
-            let stepped = instance
-                .duro_workflow_orchestrator()
-                .call_step(&mut store, delivery.as_ref());
+            let stepped = instance.step(&mut store, delivery.as_ref());
             let terminal = match stepped {
                 Err(trap) => match store.data_mut().replay.divergence.take() {
                     Some(divergence) => break Outcome::Diverged(divergence),
@@ -268,6 +259,7 @@ impl Replayer {
             custom_status: replay.custom_status,
             new_timers: replay.new_timers,
             cancelled_timers: replay.cancelled_timers,
+            new_activities: replay.new_activities,
             unprocessed_events,
         })
     }
@@ -452,6 +444,8 @@ struct ReplayState {
     open_waits: Vec<(u32, String)>,
     /// Timers scheduled and neither fired nor cancelled.
     live_timers: BTreeSet<u32>,
+    /// Activities called and neither finished nor cancelled.
+    live_activities: BTreeSet<u32>,
     /// Events that no live wait took, in arrival order: (history position,
     /// name, payload).
     buffered: VecDeque<(usize, String, String)>,
@@ -461,6 +455,7 @@ struct ReplayState {
     custom_status: Option<Option<String>>,
     new_timers: Vec<(u32, Millis)>,
     cancelled_timers: Vec<u32>,
+    new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
     divergence: Option<Divergence>,
 }
 
@@ -478,11 +473,13 @@ impl ReplayState {
             guids: 0,
             open_waits: Vec::new(),
             live_timers: BTreeSet::new(),
+            live_activities: BTreeSet::new(),
             buffered: VecDeque::new(),
             pending: VecDeque::new(),
             custom_status: None,
             new_timers: Vec::new(),
             cancelled_timers: Vec::new(),
+            new_activities: Vec::new(),
             divergence: None,
         }
     }
@@ -558,6 +555,22 @@ impl ReplayState {
                         })));
                     }
                 }
+                HistoryEvent::TaskCompleted { task, output, .. } => {
+                    if self.live_activities.remove(&task) {
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::ActivityCompleted(output),
+                        })));
+                    }
+                }
+                HistoryEvent::TaskFailed { task, error, .. } => {
+                    if self.live_activities.remove(&task) {
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::ActivityFailed(error),
+                        })));
+                    }
+                }
                 HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
                 }
                 terminal @ (HistoryEvent::ExecutionCompleted { .. }
@@ -612,8 +625,13 @@ impl ReplayState {
                 task,
                 action: action.clone(),
             });
-            if let Action::CreateTimer { fire_at } = action {
-                self.new_timers.push((task, fire_at));
+            match &action {
+                Action::CreateTimer { fire_at } => self.new_timers.push((task, *fire_at)),
+                Action::CallActivity { name, input, retry } => {
+                    self.new_activities
+                        .push((task, name.clone(), input.clone(), retry.clone()));
+                }
+                Action::WaitForEvent { .. } => {}
             }
         }
         self.cursor += 1;
@@ -631,6 +649,9 @@ impl ReplayState {
             Action::CreateTimer { .. } => {
                 self.live_timers.insert(task);
             }
+            Action::CallActivity { .. } => {
+                self.live_activities.insert(task);
+            }
         }
         Ok(task)
     }
@@ -641,7 +662,8 @@ impl ReplayState {
         let waiting = self.open_waits.iter().position(|(t, _)| *t == task);
         let handed = self.pending.iter().position(|(t, _)| *t == task);
         let timer = self.live_timers.contains(&task);
-        if waiting.is_none() && handed.is_none() && !timer {
+        let activity = self.live_activities.contains(&task);
+        if waiting.is_none() && handed.is_none() && !timer && !activity {
             // Completed already (or never scheduled): nothing to give up.
             return Ok(());
         }
@@ -687,6 +709,8 @@ impl ReplayState {
             self.buffered.insert(at, event);
         }
         self.live_timers.remove(&task);
+        // A running activity is not stopped; its result completes nothing.
+        self.live_activities.remove(&task);
         Ok(())
     }
 
@@ -820,6 +844,30 @@ impl ctx::Host for EpisodeState {
     fn cancel_task(&mut self, task: u32) -> wasmtime::Result<()> {
         let replay = &mut self.replay;
         replay.cancel(task).map_err(|d| replay.trap(d))
+    }
+
+    fn call_activity(
+        &mut self,
+        name: String,
+        input: String,
+        retry: Option<WitRetryPolicy>,
+    ) -> wasmtime::Result<u32> {
+        if serde_json::from_str::<serde_json::Value>(&input).is_err() {
+            return Err(wasmtime::Error::msg(format!(
+                "call-activity({name:?}): the input {input:?} is not JSON"
+            )));
+        }
+        let retry = retry.map(|r| RetryPolicy {
+            max_attempts: r.max_attempts.max(1),
+            first_retry_interval_ms: r.first_retry_interval_ms,
+            backoff_coefficient: r.backoff_coefficient,
+            max_retry_interval_ms: r.max_retry_interval_ms,
+            retry_timeout_ms: r.retry_timeout_ms,
+        });
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::CallActivity { name, input, retry })
+            .map_err(|d| replay.trap(d))
     }
 
     fn continue_as_new(&mut self, input: String) -> wasmtime::Result<()> {

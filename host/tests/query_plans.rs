@@ -258,6 +258,20 @@ fn every_query_is_answered_from_an_index() {
         &[SqlValue::Text("i-1".into()), SqlValue::Int(1_000)],
         Allow::Searches,
     );
+    check(
+        &store,
+        "claim due activities",
+        sql::CLAIM_ACTIVITIES,
+        &[SqlValue::Int(1_000), SqlValue::Int(32)],
+        Allow::Searches,
+    );
+    check(
+        &store,
+        "next activity due",
+        sql::NEXT_ACTIVITY_DUE,
+        &[],
+        Allow::Searches,
+    );
     let ids = vec![SqlValue::Text(r#"["a","b"]"#.into())];
     for statement in sql::PURGE_BATCH {
         check(&store, "purge a batch", statement, &ids, Allow::Searches);

@@ -97,6 +97,7 @@ fn an_episode_computed_from_an_old_version_is_refused_whole() {
         consumed: loaded.inbox.iter().map(|m| m.id).collect(),
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
+        new_activities: Vec::new(),
         follow_up: Vec::new(),
     };
     let results = store.commit_episodes(vec![stale]);
@@ -139,6 +140,7 @@ fn an_episode_of_an_old_execution_or_component_is_refused() {
         consumed: loaded.inbox.iter().map(|m| m.id).collect(),
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
+        new_activities: Vec::new(),
         follow_up: Vec::new(),
     };
 

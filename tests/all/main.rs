@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary: real guests built from Rust, real SQLite
 //! files, the real runtime, and a real `duro` process over real HTTP.
 
+mod activities;
 mod cli;
 mod crash;
 mod dfclient;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use duro::model::{Instance, RuntimeStatus};
 use duro::runtime::{Runtime, RuntimeConfig};
-use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_GUESTS, guest_bytes};
+use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_ACTIVITIES, TEST_GUESTS, guest_bytes};
 
 /// Long enough for a debug build under load; tests poll, never sleep this long.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -30,12 +30,18 @@ pub const TEST_NAMES: &[&str] = &[
     "Program",
     "Crunch",
     "Approval",
+    "Chain",
+    "FanOut",
+    "CallOne",
 ];
+
+pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];
 
 pub async fn runtime(dir: &Path) -> Runtime {
     let mut config = RuntimeConfig::new(dir.join("duro.db"));
     config.compile_cache = Some(COMPILE_CACHE.into());
     config.step_budget = Duration::from_secs(1);
+    config.activity_budget = Duration::from_secs(2);
     config.poll_interval = Duration::from_millis(50);
     let runtime = Runtime::start(config).await.expect("runtime starts");
     runtime
@@ -46,6 +52,10 @@ pub async fn runtime(dir: &Path) -> Runtime {
         .register(guest_bytes(TEST_GUESTS), TEST_NAMES)
         .await
         .expect("test guests register");
+    runtime
+        .register_activities(guest_bytes(TEST_ACTIVITIES), ACTIVITY_NAMES)
+        .await
+        .expect("test activities register");
     runtime
 }
 

@@ -22,6 +22,7 @@ use crate::model::{
 use crate::replay::{Divergence, Replayer, Subject};
 use crate::store::sqlite::SqliteStore;
 
+mod activities;
 mod pool;
 mod worker;
 use crate::store::{Store, StoreError, Version};
@@ -54,8 +55,13 @@ pub struct RuntimeConfig {
     pub batch_size: usize,
     /// Episodes that may run at once, each on a thread of its own.
     pub episode_threads: usize,
-    /// Guests (orchestrations and HTTP functions) instantiated at once.
+    /// Guests (orchestrations, activities and HTTP functions) instantiated
+    /// at once.
     pub guest_instances: u32,
+    /// How long one activity attempt may run before it fails.
+    pub activity_budget: Duration,
+    /// Activity attempts that may run at once.
+    pub activity_concurrency: usize,
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
     /// Where episodes, timers and new instances read the time.
@@ -72,6 +78,8 @@ impl RuntimeConfig {
             batch_size: 64,
             episode_threads: std::thread::available_parallelism().map_or(2, usize::from) + 2,
             guest_instances: 1000,
+            activity_budget: Duration::from_secs(60),
+            activity_concurrency: 32,
             poll_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
         }
@@ -150,6 +158,11 @@ struct Inner {
     config: RuntimeConfig,
     /// Orchestration name → digest of the component that new instances use.
     registry: RwLock<HashMap<String, String>>,
+    /// Activity name → digest of the component that runs it.
+    activity_registry: RwLock<HashMap<String, String>>,
+    activity_host: crate::activity::ActivityHost,
+    /// Wakes the activity loop: new rows committed, an attempt ended.
+    activities: Notify,
     work: Notify,
     timers: Notify,
     /// The instances of each committed round, so waiters re-read promptly.
@@ -224,12 +237,17 @@ impl Runtime {
         let store = blocking(move || SqliteStore::open(database)).await?;
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
         let replayer = Replayer::new(engine.clone(), config.step_budget)?;
+        let activity_host =
+            crate::activity::ActivityHost::new(engine.clone(), config.activity_budget)?;
         let inner = Arc::new(Inner {
             store: Arc::new(store),
             engine,
             replayer,
             config,
             registry: RwLock::default(),
+            activity_registry: RwLock::default(),
+            activity_host,
+            activities: Notify::new(),
             work: Notify::new(),
             timers: Notify::new(),
             committed: tokio::sync::broadcast::channel(1024).0,
@@ -240,7 +258,8 @@ impl Runtime {
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(worker::work_loop(inner.clone(), stopped.clone())),
-            tokio::spawn(worker::timer_loop(inner.clone(), stopped)),
+            tokio::spawn(worker::timer_loop(inner.clone(), stopped.clone())),
+            tokio::spawn(activities::activity_loop(inner.clone(), stopped)),
         ];
         Ok(Runtime { inner, stop, tasks })
     }
@@ -271,6 +290,40 @@ impl Runtime {
         .await?;
         let mut registry = self.inner.registry.write().expect("registry poisoned");
         for name in orchestrations {
+            registry.insert(name.to_string(), digest.clone());
+        }
+        Ok(digest)
+    }
+
+    /// Store a component, check that it is an activity component, and make
+    /// it the one that runs `activities`. Returns its digest.
+    pub async fn register_activities(
+        &self,
+        bytes: Vec<u8>,
+        activities: &[&str],
+    ) -> RuntimeResult<String> {
+        let digest = engine::digest(&bytes);
+        let inner = self.inner.clone();
+        let d = digest.clone();
+        blocking(move || -> RuntimeResult<()> {
+            let component = inner
+                .engine
+                .component(&d, &bytes)
+                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
+            inner
+                .activity_host
+                .prepare(&d, &component)
+                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
+            inner.store.put_component(&d, &bytes)?;
+            Ok(())
+        })
+        .await?;
+        let mut registry = self
+            .inner
+            .activity_registry
+            .write()
+            .expect("registry poisoned");
+        for name in activities {
             registry.insert(name.to_string(), digest.clone());
         }
         Ok(digest)

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch};
 use super::pool::{EpisodePool, StopOnDrop};
 use super::{Inner, blocking};
 use crate::model::{
-    HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer, fresh_id,
+    ActivityCall, HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer,
+    fresh_id,
 };
 use crate::replay::{Outcome, Subject};
 use crate::store::{EpisodeCommit, StoreError, Version};
@@ -101,6 +102,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
         tokio::spawn(async move {
             let _permit = permit;
             let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
+            let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
             let store = inner.store.clone();
             let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let committed = ids.clone();
@@ -126,6 +128,9 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
             }
             if new_timers {
                 inner.timers.notify_one();
+            }
+            if new_activities {
+                inner.activities.notify_one();
             }
             let _ = inner.committed.send(committed);
             // Messages that arrived while these instances were leased.
@@ -222,6 +227,29 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
                 continue;
             }
             Message::TimerFired { task, fire_at, .. } => HistoryEvent::TimerFired { task, fire_at },
+            Message::ActivityDone {
+                execution: other, ..
+            } if other != execution => {
+                plan.consumed.push(entry.id);
+                continue;
+            }
+            Message::ActivityDone {
+                task,
+                result,
+                attempts,
+                ..
+            } => match result {
+                Ok(output) => HistoryEvent::TaskCompleted {
+                    task,
+                    output,
+                    attempts,
+                },
+                Err(error) => HistoryEvent::TaskFailed {
+                    task,
+                    error,
+                    attempts,
+                },
+            },
         };
         if plan.suspended {
             deferred.push((entry.id, event));
@@ -245,6 +273,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         consumed: Vec::new(),
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
+        new_activities: Vec::new(),
         follow_up: Vec::new(),
     };
     if instance.status.is_terminal() {
@@ -339,6 +368,18 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                 })
                 .collect();
             commit.cancelled_timers = episode.cancelled_timers;
+            commit.new_activities = episode
+                .new_activities
+                .into_iter()
+                .map(|(task, name, input, retry)| ActivityCall {
+                    instance: instance.id.clone(),
+                    execution: instance.execution_id.clone(),
+                    task,
+                    name,
+                    input,
+                    retry,
+                })
+                .collect();
         }
         Outcome::Completed(output) => {
             instance.status = RuntimeStatus::Completed;

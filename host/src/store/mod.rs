@@ -10,7 +10,7 @@ pub mod listing;
 pub mod sqlite;
 
 use crate::model::{
-    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
+    ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     RuntimeStatus, Timer,
 };
 
@@ -131,8 +131,39 @@ pub struct EpisodeCommit {
     pub new_timers: Vec<Timer>,
     /// Tasks of timers the orchestration cancelled: their rows go.
     pub cancelled_timers: Vec<u32>,
+    /// Activities to run once this commits.
+    pub new_activities: Vec<ActivityCall>,
     /// Messages to put back into this instance's own inbox (continue-as-new).
     pub follow_up: Vec<Message>,
+}
+
+/// An activity row claimed by an activity worker.
+#[derive(Debug, Clone)]
+pub struct ActivityWork {
+    /// The row.
+    pub id: i64,
+    /// The call.
+    pub call: ActivityCall,
+    /// The number of this attempt, from 1.
+    pub attempt: u32,
+    /// When the first attempt started, if one did.
+    pub first_at: Option<Millis>,
+}
+
+/// What became of an activity attempt.
+#[derive(Debug, Clone)]
+pub enum ActivityFinish {
+    /// Try again: attempt `attempt` at `run_at`.
+    Retry {
+        /// The next attempt's number.
+        attempt: u32,
+        /// When it may start.
+        run_at: Millis,
+        /// When the first attempt started.
+        first_at: Millis,
+    },
+    /// Done: this message goes into the instance's inbox, the row goes.
+    Done(Message),
 }
 
 /// An instance with its whole history and its unconsumed inbox.
@@ -169,6 +200,13 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool>;
     /// The bytes of a stored component.
     fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Lease up to `max` activity rows due at `now`.
+    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>>;
+    /// Record what became of a claimed activity attempt and give its lease
+    /// back, in one durable write.
+    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()>;
+    /// When the earliest activity row is due.
+    fn next_activity_due(&self) -> StoreResult<Option<Millis>>;
 }
 
 /// What clients (the management API, triggers) need from a store.

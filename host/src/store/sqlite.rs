@@ -13,10 +13,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::listing::{self, SqlValue};
 use super::{
-    ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore, StoreError, StoreResult, Version,
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
+    StoreError, StoreResult, Version,
 };
 use crate::model::{
-    HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
+    ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     RuntimeStatus, canonical_json_text, input_hash, now_millis,
 };
 
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
         Some(backfill_input_hashes),
     ),
     (include_str!("migrations/0003_executions.sql"), None),
+    (include_str!("migrations/0004_activities.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -109,11 +111,17 @@ pub mod sql {
     /// Whether an instance has messages or due timers.
     pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1) \
          OR EXISTS (SELECT 1 FROM timers WHERE instance_id = ?1 AND fire_at <= ?2)";
+    /// Activity rows due now, in due order.
+    pub const CLAIM_ACTIVITIES: &str = "SELECT id, instance_id, execution_id, task, name, input, \
+         retry, attempt, first_at FROM activities WHERE run_at <= ?1 ORDER BY run_at, id LIMIT ?2";
+    /// When the next activity row is due.
+    pub const NEXT_ACTIVITY_DUE: &str = "SELECT MIN(run_at) FROM activities";
     /// One statement per table for a batch of purged ids (a JSON array).
-    pub const PURGE_BATCH: [&str; 4] = [
+    pub const PURGE_BATCH: [&str; 5] = [
         "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
         "DELETE FROM inbox WHERE instance_id IN (SELECT value FROM json_each(?1))",
         "DELETE FROM timers WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM activities WHERE instance_id IN (SELECT value FROM json_each(?1))",
         "DELETE FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
     ];
 }
@@ -130,6 +138,8 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// Instances some worker of this process is stepping.
     leased: Mutex<HashSet<String>>,
+    /// Activity rows some activity worker of this process is running.
+    leased_activities: Mutex<HashSet<i64>>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -222,6 +232,7 @@ impl SqliteStore {
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
             leased: Mutex::default(),
+            leased_activities: Mutex::default(),
         })
     }
 
@@ -653,6 +664,11 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
             .map_err(backend)?;
         conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
             .map_err(backend)?;
+        conn.execute(
+            "DELETE FROM activities WHERE instance_id = ?1",
+            [&instance.id],
+        )
+        .map_err(backend)?;
         0
     } else {
         episode.expected.history_len
@@ -713,9 +729,36 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
             .execute(params![instance.id, task])
             .map_err(backend)?;
     }
+    for call in &episode.new_activities {
+        let retry = call
+            .retry
+            .as_ref()
+            .map(|r| serde_json::to_string(r).map_err(|e| corrupt("retry policy", e)))
+            .transpose()?;
+        conn.prepare_cached(
+            "INSERT INTO activities (instance_id, execution_id, task, name, input, retry, run_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            call.instance,
+            call.execution,
+            call.task,
+            call.name,
+            call.input,
+            retry,
+            instance.updated_at as i64,
+        ])
+        .map_err(backend)?;
+    }
     if instance.status.is_terminal() {
         conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
             .map_err(backend)?;
+        conn.execute(
+            "DELETE FROM activities WHERE instance_id = ?1",
+            [&instance.id],
+        )
+        .map_err(backend)?;
     }
     for message in &episode.follow_up {
         push_message(conn, &instance.id, message)?;
@@ -843,6 +886,104 @@ impl RuntimeStore for SqliteStore {
             conn.prepare_cached(sql::HAS_PENDING_WORK)
                 .map_err(backend)?
                 .query_row(params![instance, now as i64], |r| r.get(0))
+                .map_err(backend)
+        })
+    }
+
+    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
+        let held = self
+            .leased_activities
+            .lock()
+            .expect("lease set poisoned")
+            .len();
+        let rows: Vec<ActivityWork> = self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(sql::CLAIM_ACTIVITIES)
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now as i64, (max + held) as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        ActivityCall {
+                            instance: r.get(1)?,
+                            execution: r.get(2)?,
+                            task: r.get(3)?,
+                            name: r.get(4)?,
+                            input: r.get(5)?,
+                            retry: None,
+                        },
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, u32>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(id, mut call, retry, attempt, first_at)| {
+                    call.retry = retry
+                        .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("retry policy", e)))
+                        .transpose()?;
+                    Ok(ActivityWork {
+                        id,
+                        call,
+                        attempt,
+                        first_at: first_at.map(|t| t as Millis),
+                    })
+                })
+                .collect()
+        })?;
+        let mut leased = self.leased_activities.lock().expect("lease set poisoned");
+        Ok(rows
+            .into_iter()
+            .filter(|row| leased.insert(row.id))
+            .take(max)
+            .collect())
+    }
+
+    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
+        let result = self.write(move |conn| {
+            match finish {
+                ActivityFinish::Retry {
+                    attempt,
+                    run_at,
+                    first_at,
+                } => {
+                    conn.prepare_cached(
+                        "UPDATE activities SET attempt = ?2, run_at = ?3, first_at = ?4 WHERE id = ?1",
+                    )
+                    .map_err(backend)?
+                    .execute(params![id, attempt, run_at as i64, first_at as i64])
+                    .map_err(backend)?;
+                }
+                ActivityFinish::Done(message) => {
+                    let instance: Option<String> = conn
+                        .prepare_cached("DELETE FROM activities WHERE id = ?1 RETURNING instance_id")
+                        .map_err(backend)?
+                        .query_row([id], |r| r.get(0))
+                        .optional()
+                        .map_err(backend)?;
+                    // Gone with its instance (purged, finished, continued
+                    // as new): nobody waits for the result.
+                    if let Some(instance) = instance {
+                        push_message(conn, &instance, &message)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        self.leased_activities
+            .lock()
+            .expect("lease set poisoned")
+            .remove(&id);
+        result
+    }
+
+    fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
+        self.read(|conn| {
+            conn.query_row(sql::NEXT_ACTIVITY_DUE, [], |r| r.get::<_, Option<i64>>(0))
+                .map(|t| t.map(|t| t as Millis))
                 .map_err(backend)
         })
     }

@@ -225,6 +225,47 @@ async fn approval(ctx: OrchestrationContext) -> Result<Value> {
     Ok(json!({ "first": first, "second": second }))
 }
 
+/// Three activities in sequence: ((1 + 2) + 3) + input.
+async fn chain(ctx: OrchestrationContext) -> Result<i64> {
+    let base: i64 = ctx.input()?;
+    let a: i64 = ctx.call_activity("Add", &vec![1, 2]).await?;
+    let b: i64 = ctx.call_activity("Add", &vec![a, 3]).await?;
+    ctx.call_activity("Add", &vec![b, base]).await
+}
+
+/// `input` activities at once, their results summed.
+async fn fan_out(ctx: OrchestrationContext) -> Result<i64> {
+    let n: i64 = ctx.input()?;
+    let calls = (0..n).map(|i| ctx.call_activity::<_, i64>("Add", &vec![i, 1]));
+    let results = duro_sdk::when_all(calls).await;
+    let mut sum = 0;
+    for result in results {
+        sum += result?;
+    }
+    Ok(sum)
+}
+
+/// Calls the activity named in its input (`{"name", "input", "retries"}`),
+/// retrying as asked, and reports its output or its error as a value.
+async fn call_one(ctx: OrchestrationContext) -> Result<Value> {
+    let call: Value = ctx.input()?;
+    let name = call["name"].as_str().unwrap_or_default().to_string();
+    let retries = call["retries"].as_u64().unwrap_or(0) as u32;
+    let task = if retries > 0 {
+        let policy = duro_sdk::RetryPolicy {
+            backoff_coefficient: 2.0,
+            ..duro_sdk::RetryPolicy::new(retries + 1, std::time::Duration::from_millis(100))
+        };
+        ctx.call_activity_with_retry::<_, Value>(&name, &call["input"], policy)
+    } else {
+        ctx.call_activity::<_, Value>(&name, &call["input"])
+    };
+    Ok(match task.await {
+        Ok(output) => json!({ "ok": output }),
+        Err(error) => json!({ "error": error.to_string() }),
+    })
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -304,4 +345,7 @@ duro_sdk::export_orchestrations! {
     "Program" => program,
     "Crunch" => crunch,
     "Approval" => approval,
+    "Chain" => chain,
+    "FanOut" => fan_out,
+    "CallOne" => call_one,
 }

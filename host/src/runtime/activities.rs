@@ -1,0 +1,142 @@
+//! The activity loop: claims activity rows that are due, runs each attempt
+//! on the activity host (a bounded number at once), and records its end: a
+//! retry later (a new due time on the row) or the result in the instance's
+//! inbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use super::{Inner, blocking};
+use crate::model::Message;
+use crate::store::{ActivityFinish, ActivityWork};
+
+pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(inner.config.activity_concurrency.max(1)));
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let free = slots.available_permits();
+        if free > 0 {
+            let (store, now) = (inner.store.clone(), inner.config.clock.now());
+            match blocking(move || store.claim_activities(free, now)).await {
+                Ok(claimed) => {
+                    for work in claimed {
+                        let permit = slots.clone().acquire_owned().await.expect("open");
+                        let inner = inner.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            attempt(&inner, work).await;
+                            inner.activities.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!("claiming activities failed: {e}"),
+            }
+        }
+        let store = inner.store.clone();
+        let next = blocking(move || store.next_activity_due())
+            .await
+            .unwrap_or(None);
+        let poll = inner.config.poll_interval;
+        let wait = match next {
+            Some(due) => {
+                Duration::from_millis(due.saturating_sub(inner.config.clock.now())).min(poll)
+            }
+            None => poll,
+        };
+        tokio::select! {
+            _ = inner.activities.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Run one attempt and record how it ended.
+async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
+    let started = inner.config.clock.now();
+    let digest = inner
+        .activity_registry
+        .read()
+        .expect("registry poisoned")
+        .get(&work.call.name)
+        .cloned();
+    let result = match digest {
+        None => Err(format!(
+            "no activity named `{}` is registered",
+            work.call.name
+        )),
+        Some(digest) => {
+            match inner
+                .activity_host
+                .run(
+                    &digest,
+                    &work.call.name,
+                    &work.call.input,
+                    &crate::activity::ActivityInfo {
+                        instance_id: work.call.instance.clone(),
+                        task: work.call.task,
+                        attempt: work.attempt,
+                    },
+                )
+                .await
+            {
+                Ok(result) => result,
+                Err(trouble) => {
+                    // Not the activity's fault, not an attempt: the row stays
+                    // due and is claimed again after a pause.
+                    tracing::warn!(activity = %work.call.name, "{trouble}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let store = inner.store.clone();
+                    let finish = ActivityFinish::Retry {
+                        attempt: work.attempt,
+                        run_at: inner.config.clock.now(),
+                        first_at: work.first_at.unwrap_or(started),
+                    };
+                    let _ = blocking(move || store.finish_activity(work.id, finish)).await;
+                    return;
+                }
+            }
+        }
+    };
+    let first_at = work.first_at.unwrap_or(started);
+    let now = inner.config.clock.now();
+    let retry = match &result {
+        Ok(_) => None,
+        Err(_) => work
+            .call
+            .retry
+            .as_ref()
+            .and_then(|policy| policy.delay_before(work.attempt + 1, now - first_at)),
+    };
+    let finish = match (result, retry) {
+        (Err(error), Some(delay)) => {
+            tracing::info!(activity = %work.call.name, attempt = work.attempt, "failed, retrying in {delay} ms: {error}");
+            ActivityFinish::Retry {
+                attempt: work.attempt + 1,
+                run_at: now + delay,
+                first_at,
+            }
+        }
+        (result, _) => ActivityFinish::Done(Message::ActivityDone {
+            task: work.call.task,
+            execution: work.call.execution.clone(),
+            result,
+            attempts: work.attempt,
+        }),
+    };
+    let done = matches!(finish, ActivityFinish::Done(_));
+    let store = inner.store.clone();
+    let id = work.id;
+    match blocking(move || store.finish_activity(id, finish)).await {
+        // The instance has a message: run its episode.
+        Ok(()) if done => inner.work.notify_one(),
+        Ok(()) => {}
+        // The attempt ran but its end is not recorded: the row is claimed
+        // again and the activity runs again (at least once).
+        Err(e) => tracing::error!(activity = %work.call.name, "recording the attempt failed: {e}"),
+    }
+}

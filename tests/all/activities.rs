@@ -1,0 +1,155 @@
+//! Activities through the runtime: results recorded once and never run
+//! again on replay, retries with their delays and attempt counts, failures
+//! and traps handed to the orchestration as errors, fan-out.
+
+use duro::model::{Action, HistoryEvent, RuntimeStatus};
+use duro_tests::{TEST_GUESTS, guest_bytes};
+use serde_json::{Value, json};
+
+use crate::support::{json, runtime, wait_status};
+
+async fn call_one(
+    rt: &duro::runtime::Runtime,
+    call: Value,
+) -> (Value, Vec<duro::model::HistoryEntry>) {
+    let id = rt.start_new("CallOne", None, &call).await.unwrap();
+    let done = wait_status(rt, &id, RuntimeStatus::Completed).await;
+    (
+        json(done.output.as_deref().unwrap()),
+        rt.history(&id).await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_in_sequence_are_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt.start_new("Chain", None, &json!(10)).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!(16));
+    let history = rt.history(&id).await.unwrap();
+    let scheduled = history
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.event,
+                HistoryEvent::TaskScheduled {
+                    action: Action::CallActivity { name, .. },
+                    ..
+                } if name == "Add"
+            )
+        })
+        .count();
+    let completed: Vec<_> = history
+        .iter()
+        .filter_map(|e| match &e.event {
+            HistoryEvent::TaskCompleted {
+                output, attempts, ..
+            } => Some((output.clone(), *attempts)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scheduled, 3);
+    assert_eq!(
+        completed,
+        [
+            ("3".to_string(), 1),
+            ("6".to_string(), 1),
+            ("16".to_string(), 1)
+        ]
+    );
+    // Replay answers from the history: it runs no activity.
+    assert_eq!(
+        rt.replay_check(&id, guest_bytes(TEST_GUESTS))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_activities_fan_out_and_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let id = rt.start_new("FanOut", None, &json!(100)).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!(5050));
+    let history = rt.history(&id).await.unwrap();
+    let completed = history
+        .iter()
+        .filter(|e| matches!(e.event, HistoryEvent::TaskCompleted { .. }))
+        .count();
+    assert_eq!(completed, 100);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_with_their_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Fails twice; retries 100 ms, then 200 ms later.
+    let (output, history) =
+        call_one(&rt, json!({ "name": "Flaky", "input": 2, "retries": 4 })).await;
+    assert_eq!(output, json!({ "ok": 3 }));
+    let scheduled_at = history
+        .iter()
+        .find(|e| matches!(e.event, HistoryEvent::TaskScheduled { .. }))
+        .unwrap()
+        .timestamp;
+    let completed = history
+        .iter()
+        .find(|e| matches!(e.event, HistoryEvent::TaskCompleted { .. }))
+        .unwrap();
+    assert!(
+        matches!(
+            completed.event,
+            HistoryEvent::TaskCompleted { attempts: 3, .. }
+        ),
+        "{completed:?}"
+    );
+    assert!(
+        completed.timestamp - scheduled_at >= 300,
+        "the retry delays were not waited: {} ms",
+        completed.timestamp - scheduled_at
+    );
+
+    // Always failing: the last attempt's error reaches the orchestration.
+    let (output, history) =
+        call_one(&rt, json!({ "name": "Fail", "input": "no", "retries": 1 })).await;
+    assert_eq!(output, json!({ "error": "refused: no" }));
+    assert!(history.iter().any(|e| matches!(
+        &e.event,
+        HistoryEvent::TaskFailed { attempts: 2, error, .. } if error == "refused: no"
+    )));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_and_unknown_activities_are_failures_the_orchestration_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let (output, _) = call_one(&rt, json!({ "name": "Trap", "input": null })).await;
+    let error = output["error"].as_str().unwrap();
+    assert!(error.contains("the activity trapped"), "{error}");
+    let (output, _) = call_one(&rt, json!({ "name": "Nope", "input": null })).await;
+    assert_eq!(
+        output,
+        json!({ "error": "no activity named `Nope` is registered" })
+    );
+    // The activity knows its call.
+    let id = rt
+        .start_new(
+            "CallOne",
+            Some("who".into()),
+            &json!({ "name": "Attempt", "input": null }),
+        )
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "ok": { "instance": "who", "task": 0, "attempt": 1 } })
+    );
+    rt.shutdown().await;
+}
