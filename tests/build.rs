@@ -11,6 +11,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("TEST_GUESTS", "test-guests"),
     ("TEST_GUESTS_HTTP", "test-guests-http"),
     ("TEST_ACTIVITIES", "test-activities"),
+    ("TEST_LEGACY", "test-legacy"),
 ];
 
 fn main() {
@@ -24,6 +25,8 @@ fn main() {
         "tests/guests",
         "tests/guests-http",
         "tests/guests-activities",
+        "tests/guests-legacy",
+        "host/wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

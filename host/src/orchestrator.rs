@@ -3,7 +3,8 @@
 //! `step` call, so that components built before 0.1.2 keep running.
 
 use wasmtime::AsContextMut;
-use wasmtime::component::InstancePre;
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, InstancePre};
 
 /// The current contract (`guest-sdk/wit`).
 pub mod bindings {
@@ -45,14 +46,15 @@ impl<T: 'static> Clone for Pre<T> {
 }
 
 impl<T: Send + 'static> Pre<T> {
-    /// Whichever contract the component exports; the current one's error if
-    /// neither fits.
-    pub fn new(instance_pre: InstancePre<T>) -> wasmtime::Result<Self> {
-        match bindings::OrchestrationPre::new(instance_pre.clone()) {
-            Ok(pre) => Ok(Pre::Current(pre)),
-            Err(current) => legacy::OrchestrationPre::new(instance_pre)
-                .map(Pre::Legacy)
-                .map_err(|_| current),
+    /// Whichever contract the component exports. (Binding finds the export
+    /// by a semver-compatible name; the types of `step` are only compared
+    /// when it is called, so the contract is told by the number of cases of
+    /// `task-outcome` in its signature.)
+    pub fn new(instance_pre: InstancePre<T>, engine: &wasmtime::Engine) -> wasmtime::Result<Self> {
+        if outcome_cases(instance_pre.component(), engine) == Some(2) {
+            legacy::OrchestrationPre::new(instance_pre).map(Pre::Legacy)
+        } else {
+            bindings::OrchestrationPre::new(instance_pre).map(Pre::Current)
         }
     }
 
@@ -62,6 +64,34 @@ impl<T: Send + 'static> Pre<T> {
             Pre::Current(pre) => Guest::Current(pre.instantiate(store)?),
             Pre::Legacy(pre) => Guest::Legacy(pre.instantiate(store)?),
         })
+    }
+}
+
+/// How many cases `task-outcome` has in the component's `orchestrator.step`
+/// (its `delivery: option<completion>` parameter), if it exports one.
+fn outcome_cases(component: &Component, engine: &wasmtime::Engine) -> Option<usize> {
+    let ty = component.component_type();
+    let (_, orchestrator) = ty
+        .exports(engine)
+        .find(|(name, _)| name.starts_with("duro:workflow/orchestrator@"))?;
+    let ComponentItem::ComponentInstance(orchestrator) = orchestrator.ty else {
+        return None;
+    };
+    let step = orchestrator.get_export(engine, "step")?;
+    let ComponentItem::ComponentFunc(step) = step.ty else {
+        return None;
+    };
+    let (_, delivery) = step.params().next()?;
+    let Type::Option(completion) = delivery else {
+        return None;
+    };
+    let Type::Record(completion) = completion.ty() else {
+        return None;
+    };
+    let outcome = completion.fields().find(|f| f.name == "outcome")?;
+    match outcome.ty {
+        Type::Variant(variant) => Some(variant.cases().len()),
+        _ => None,
     }
 }
 

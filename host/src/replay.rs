@@ -151,7 +151,7 @@ impl Replayer {
         let pre = self
             .linker
             .instantiate_pre(component)
-            .and_then(Pre::new)
+            .and_then(|pre| Pre::new(pre, self.engine.wasmtime()))
             .map_err(|e| {
                 anyhow::anyhow!("component {digest} is not a duro orchestration: {e:?}")
             })?;

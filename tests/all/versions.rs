@@ -109,3 +109,30 @@ fn running_instances_keep_their_component_across_a_redeploy() {
         .expect("a scheduled task");
     assert_eq!(scheduled["action"]["kind"], "createTimer", "{scheduled}");
 }
+
+/// A component built against duro:workflow@0.1.1, whose `task-outcome` had
+/// two cases, runs on this host (through its legacy binding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_against_0_1_1_still_runs() {
+    use duro::model::RuntimeStatus;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = crate::support::runtime(dir.path()).await;
+    rt.register(
+        duro_tests::guest_bytes(duro_tests::TEST_LEGACY),
+        &["Legacy"],
+    )
+    .await
+    .unwrap();
+    let id = rt.start_new("Legacy", None, &json!(null)).await.unwrap();
+    crate::support::wait_status(&rt, &id, RuntimeStatus::Running).await;
+    rt.raise_event(&id, "Go", &json!({ "from": "0.1.1" }))
+        .await
+        .unwrap();
+    let done = crate::support::wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        crate::support::json(done.output.as_deref().unwrap()),
+        json!({ "from": "0.1.1" })
+    );
+    rt.shutdown().await;
+}
