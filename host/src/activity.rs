@@ -11,7 +11,7 @@ use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::engine::{Engine, budget_ticks, guest_limits};
-use crate::replay::HostTrouble;
+use crate::replay::{HostTrouble, is_host_trouble};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -96,10 +96,19 @@ impl ActivityHost {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(budget_ticks(self.budget));
-        let guest: Activity = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| HostTrouble(format!("the activity could not be instantiated: {e:#}")))?;
+        let guest: Activity = match pre.instantiate_async(&mut store).await {
+            Ok(guest) => guest,
+            Err(e) if is_host_trouble(&e) => {
+                return Err(HostTrouble(format!(
+                    "the activity could not be instantiated: {e:#}"
+                )));
+            }
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the activity could not be instantiated: {e:#}"
+                )));
+            }
+        };
         // The epoch stops a guest computing; the wall clock one that waits
         // outside wasm.
         let input = input.to_string();

@@ -180,14 +180,32 @@ impl Replayer {
         // by yielding often.
         store.set_epoch_deadline(budget_ticks(self.step_budget));
         let cpu_at_start = thread_cpu_time();
-        // The component was checked when it was registered: failing to
-        // instantiate it now is the host's trouble (memory, pools), not the
-        // guest's, so the episode is retried.
-        let instance = pre.instantiate(&mut store).map_err(|e| {
-            HostTrouble(format!(
-                "the orchestration could not be instantiated: {e:#}"
-            ))
-        })?;
+        // A full pool (or the OS refusing memory) is the host's trouble:
+        // the episode is retried. Anything else (a trap in the guest's start,
+        // a component that cannot link) fails the instance.
+        let instance = match pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) if is_host_trouble(&e) => {
+                return Err(HostTrouble(format!(
+                    "the orchestration could not be instantiated: {e:#}"
+                ))
+                .into());
+            }
+            Err(e) => {
+                let error = format!("the orchestration could not be instantiated: {e:#}");
+                store.data_mut().replay.record_failure(error.clone());
+                let replay = store.into_data().replay;
+                return Ok(Episode {
+                    appended: replay.history[recorded_len..].to_vec(),
+                    outcome: Outcome::Failed(error),
+                    custom_status: None,
+                    new_timers: Vec::new(),
+                    cancelled_timers: Vec::new(),
+                    new_activities: Vec::new(),
+                    unprocessed_events: Vec::new(),
+                });
+            }
+        };
         let mut incoming: VecDeque<HistoryEvent> = incoming.into();
         let outcome = loop {
             let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
@@ -324,6 +342,14 @@ fn sleep_on_the_episode_clock(linker: &mut Linker<EpisodeState>) -> anyhow::Resu
     })?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// Whether an instantiation failed for want of host resources (a full
+/// instance pool, memory the OS refused) rather than because of the guest.
+pub fn is_host_trouble(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<wasmtime::PoolConcurrencyLimitError>() || cause.is::<std::io::Error>()
+    })
 }
 
 fn is_interrupt(trap: &wasmtime::Error) -> bool {
