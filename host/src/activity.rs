@@ -30,12 +30,11 @@ pub struct ActivityHost {
     engine: Engine,
     linker: Linker<ActivityState>,
     pres: Mutex<HashMap<String, ActivityPre<ActivityState>>>,
-    budget: Duration,
 }
 
 impl ActivityHost {
-    /// Activities that may each run for `budget` per attempt.
-    pub fn new(engine: Engine, budget: Duration) -> anyhow::Result<Self> {
+    /// A host for activity components on `engine`.
+    pub fn new(engine: Engine) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -43,7 +42,6 @@ impl ActivityHost {
             engine,
             linker,
             pres: Mutex::default(),
-            budget,
         })
     }
 
@@ -66,12 +64,14 @@ impl ActivityHost {
         Ok(())
     }
 
-    /// One attempt of activity `name` of component `digest`: its output or
+    /// One attempt of activity `name` of component `digest`, stopped after
+    /// `budget` (computing) or 1.5 x `budget` (waiting): its output or
     /// its error (a trap or a budget overrun is the attempt's error), or
     /// host trouble (the attempt did not run and is not counted).
     pub async fn run(
         &self,
         digest: &str,
+        budget: Duration,
         name: &str,
         input: &str,
         info: &ActivityInfo,
@@ -95,7 +95,7 @@ impl ActivityHost {
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(budget_ticks(self.budget));
+        store.set_epoch_deadline(budget_ticks(budget));
         let guest: Activity = match pre.instantiate_async(&mut store).await {
             Ok(guest) => guest,
             Err(e) if is_host_trouble(&e) => {
@@ -115,14 +115,13 @@ impl ActivityHost {
         let call = guest
             .duro_workflow_activities()
             .call_run(&mut store, name, &input, info);
-        let wall_clock = self.budget + self.budget / 2;
+        let wall_clock = budget + budget / 2;
         Ok(match tokio::time::timeout(wall_clock, call).await {
             Err(_) => Err(format!("the activity did not finish within {wall_clock:?}")),
             Ok(Err(trap)) => Err(match trap.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => format!(
-                    "the activity ran for more than {:?} and was stopped",
-                    self.budget
-                ),
+                Some(wasmtime::Trap::Interrupt) => {
+                    format!("the activity ran for more than {budget:?} and was stopped")
+                }
                 _ => format!("the activity trapped: {trap:?}"),
             }),
             Ok(Ok(Err(error))) => Err(error),

@@ -18,6 +18,21 @@ pub struct Manifest {
     /// HTTP functions, each on a route.
     #[serde(default)]
     pub http: Vec<HttpEntry>,
+    /// Activities, each in a component.
+    #[serde(default)]
+    pub activity: Vec<ActivityEntry>,
+}
+
+/// `[[activity]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityEntry {
+    /// The name orchestrations call it by.
+    pub name: String,
+    /// Component file, relative to the manifest.
+    pub component: PathBuf,
+    /// How long one attempt may run (default: the host's activity budget).
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[[orchestration]]`.
@@ -74,6 +89,8 @@ pub struct ResolvedApp {
     pub orchestrations: Vec<(String, PathBuf)>,
     /// HTTP functions.
     pub http: Vec<ResolvedHttp>,
+    /// Activities: name, component path, attempt timeout.
+    pub activities: Vec<(String, PathBuf, Option<std::time::Duration>)>,
     /// Component path → bytes.
     pub files: HashMap<PathBuf, Vec<u8>>,
 }
@@ -212,9 +229,31 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
             component: read(&entry.component, &what)?,
         });
     }
+    let mut activities: Vec<(String, PathBuf, Option<std::time::Duration>)> = Vec::new();
+    for entry in &manifest.activity {
+        let what = format!("activity `{}`", entry.name);
+        if entry.name.trim().is_empty() {
+            bail!("manifest {}: an activity has an empty name", path.display());
+        }
+        if activities.iter().any(|(n, _, _)| *n == entry.name) {
+            bail!("manifest {}: {what} is declared twice", path.display());
+        }
+        if entry.timeout_ms == Some(0) {
+            bail!(
+                "manifest {}: {what}: `timeout_ms` must be positive",
+                path.display()
+            );
+        }
+        activities.push((
+            entry.name.clone(),
+            read(&entry.component, &what)?,
+            entry.timeout_ms.map(std::time::Duration::from_millis),
+        ));
+    }
     Ok(ResolvedApp {
         orchestrations,
         http,
+        activities,
         files,
     })
 }

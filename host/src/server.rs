@@ -100,6 +100,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("orchestration component {}", path.display()))?;
     }
 
+    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
+    for (name, path, _) in &app.activities {
+        by_component.entry(path.clone()).or_default().push(name);
+    }
+    for (path, names) in &by_component {
+        runtime
+            .register_activities(app.files[path].clone(), names)
+            .await
+            .with_context(|| format!("activity component {}", path.display()))?;
+    }
+    for (name, _, timeout) in &app.activities {
+        if let Some(timeout) = timeout {
+            runtime.set_activity_timeout(name, *timeout);
+        }
+    }
+    runtime.open_activities();
+
     let triggers = Triggers::new(
         runtime.engine().clone(),
         runtime.clone(),
@@ -210,8 +227,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         manifest = %config.manifest.display(),
         database = %config.database.display(),
-        "serving {} orchestrations and {} http functions",
+        "serving {} orchestrations, {} activities and {} http functions",
         app.orchestrations.len(),
+        app.activities.len(),
         app.http.len()
     );
     // Small JSON answers: send them now rather than wait for Nagle.

@@ -153,3 +153,108 @@ async fn traps_and_unknown_activities_are_failures_the_orchestration_handles() {
     );
     rt.shutdown().await;
 }
+
+/// A manifest with the test orchestrations and activities beside the scenario.
+fn activity_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let (guests, activities) = (duro_tests::TEST_GUESTS, duro_tests::TEST_ACTIVITIES);
+    let mut extra = String::new();
+    for name in ["Chain", "CallOne"] {
+        extra.push_str(&format!(
+            "[[orchestration]]\nname = \"{name}\"\ncomponent = {guests:?}\n"
+        ));
+    }
+    for name in ["Add", "Fail"] {
+        extra.push_str(&format!(
+            "[[activity]]\nname = \"{name}\"\ncomponent = {activities:?}\n"
+        ));
+    }
+    extra.push_str(&format!(
+        "[[activity]]\nname = \"Sleep\"\ncomponent = {activities:?}\ntimeout_ms = 3000\n"
+    ));
+    duro_tests::scenario_manifest(dir, &extra)
+}
+
+const API: &str = "/runtime/webhooks/durabletask";
+
+#[test]
+fn activities_declared_in_the_manifest_run_behind_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = activity_manifest(dir.path());
+    let host = crate::host::Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let started = host.post(&format!("{API}/orchestrators/Chain/chain-1"), "10");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let done = host.poll(&format!("{API}/instances/chain-1?showHistory=true"), |r| {
+        r.status == 200
+    });
+    let body = done.json();
+    assert_eq!(body["runtimeStatus"], "Completed", "{}", done.body);
+    assert_eq!(body["output"], json!(16));
+    let kinds: Vec<&str> = body["historyEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["eventType"].as_str())
+        .filter(|k| k.starts_with("Task"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "TaskScheduled",
+            "TaskCompleted",
+            "TaskScheduled",
+            "TaskCompleted",
+            "TaskScheduled",
+            "TaskCompleted"
+        ]
+    );
+
+    // An attempt past the activity's own timeout fails it.
+    let started = host.post(
+        &format!("{API}/orchestrators/CallOne/slow"),
+        r#"{"name": "Sleep", "input": 20000}"#,
+    );
+    assert_eq!(started.status, 202);
+    let done = host.poll(&format!("{API}/instances/slow"), |r| r.status == 200);
+    let error = done.json()["output"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("did not finish within 4.5s"),
+        "{}",
+        done.body
+    );
+}
+
+#[test]
+fn an_activity_in_flight_at_kill_9_runs_again_and_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = activity_manifest(dir.path());
+    let database = dir.path().join("duro.db");
+    let host = crate::host::Host::start_with(&manifest, &database, &[]);
+    let started = host.post(
+        &format!("{API}/orchestrators/CallOne/inflight"),
+        r#"{"name": "Sleep", "input": 1500}"#,
+    );
+    assert_eq!(started.status, 202);
+    // The activity is running (its call is committed) when the host dies.
+    host.poll(&format!("{API}/instances/inflight?showHistory=true"), |r| {
+        r.body.contains("CallActivity") || r.body.contains("callActivity")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    host.kill();
+
+    let host = crate::host::Host::start_with(&manifest, &database, &[]);
+    let done = host.poll(&format!("{API}/instances/inflight?showHistory=true"), |r| {
+        r.status == 200
+    });
+    let body = done.json();
+    assert_eq!(body["output"], json!({ "ok": 1500 }), "{}", done.body);
+    let completed = body["historyEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventType"] == "TaskCompleted")
+        .count();
+    assert_eq!(completed, 1, "{}", done.body);
+}

@@ -56,6 +56,7 @@ pub async fn runtime(dir: &Path) -> Runtime {
         .register_activities(guest_bytes(TEST_ACTIVITIES), ACTIVITY_NAMES)
         .await
         .expect("test activities register");
+    runtime.open_activities();
     runtime
 }
 

@@ -13,6 +13,11 @@ use crate::model::Message;
 use crate::store::{ActivityFinish, ActivityWork};
 
 pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut open = inner.activities_open.subscribe();
+    tokio::select! {
+        _ = open.wait_for(|open| *open) => {}
+        _ = stopped.changed() => return,
+    }
     let slots = Arc::new(Semaphore::new(inner.config.activity_concurrency.max(1)));
     loop {
         if *stopped.borrow() {
@@ -58,22 +63,23 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
 /// Run one attempt and record how it ended.
 async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
     let started = inner.config.clock.now();
-    let digest = inner
+    let registered = inner
         .activity_registry
         .read()
         .expect("registry poisoned")
         .get(&work.call.name)
         .cloned();
-    let result = match digest {
+    let result = match registered {
         None => Err(format!(
             "no activity named `{}` is registered",
             work.call.name
         )),
-        Some(digest) => {
+        Some((digest, timeout)) => {
             match inner
                 .activity_host
                 .run(
                     &digest,
+                    timeout.unwrap_or(inner.config.activity_budget),
                     &work.call.name,
                     &work.call.input,
                     &crate::activity::ActivityInfo {

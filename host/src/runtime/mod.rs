@@ -158,11 +158,16 @@ struct Inner {
     config: RuntimeConfig,
     /// Orchestration name → digest of the component that new instances use.
     registry: RwLock<HashMap<String, String>>,
-    /// Activity name → digest of the component that runs it.
-    activity_registry: RwLock<HashMap<String, String>>,
+    /// Activity name → digest of the component that runs it, and the
+    /// attempt timeout if it is not the default.
+    activity_registry: RwLock<HashMap<String, (String, Option<Duration>)>>,
     activity_host: crate::activity::ActivityHost,
     /// Wakes the activity loop: new rows committed, an attempt ended.
     activities: Notify,
+    /// True once every activity component is registered: the activity loop
+    /// runs nothing before, so that after a restart no call fails for an
+    /// activity whose component is not registered yet.
+    activities_open: watch::Sender<bool>,
     work: Notify,
     timers: Notify,
     /// The instances of each committed round, so waiters re-read promptly.
@@ -237,8 +242,7 @@ impl Runtime {
         let store = blocking(move || SqliteStore::open(database)).await?;
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
         let replayer = Replayer::new(engine.clone(), config.step_budget)?;
-        let activity_host =
-            crate::activity::ActivityHost::new(engine.clone(), config.activity_budget)?;
+        let activity_host = crate::activity::ActivityHost::new(engine.clone())?;
         let inner = Arc::new(Inner {
             store: Arc::new(store),
             engine,
@@ -248,6 +252,7 @@ impl Runtime {
             activity_registry: RwLock::default(),
             activity_host,
             activities: Notify::new(),
+            activities_open: watch::channel(false).0,
             work: Notify::new(),
             timers: Notify::new(),
             committed: tokio::sync::broadcast::channel(1024).0,
@@ -324,9 +329,28 @@ impl Runtime {
             .write()
             .expect("registry poisoned");
         for name in activities {
-            registry.insert(name.to_string(), digest.clone());
+            registry.insert(name.to_string(), (digest.clone(), None));
         }
         Ok(digest)
+    }
+
+    /// Start running activities: call it once every activity component is
+    /// registered (calls of a name still unknown then fail).
+    pub fn open_activities(&self) {
+        self.inner.activities_open.send_replace(true);
+    }
+
+    /// Let attempts of the registered activity `name` run for `timeout`
+    /// instead of the runtime's activity budget.
+    pub fn set_activity_timeout(&self, name: &str, timeout: Duration) {
+        let mut registry = self
+            .inner
+            .activity_registry
+            .write()
+            .expect("registry poisoned");
+        if let Some(entry) = registry.get_mut(name) {
+            entry.1 = Some(timeout);
+        }
     }
 
     /// Start an instance of `name` with `input`; returns its id.

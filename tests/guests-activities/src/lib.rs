@@ -1,6 +1,6 @@
 //! Activities only the tests use: `Add` sums, `Fail` always fails,
 //! `Flaky` fails its first attempts, `Trap` panics, `Attempt` reports its
-//! call and attempt.
+//! call and attempt, `Sleep` sleeps.
 
 use duro_sdk::{Error, Result, activity_info};
 use serde_json::{Value, json};
@@ -26,6 +26,12 @@ fn trap(_: Value) -> Result<()> {
     panic!("deliberate panic in an activity");
 }
 
+/// Sleeps `millis` (a real sleep: activities see the real clock).
+fn sleep(millis: u64) -> Result<u64> {
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    Ok(millis)
+}
+
 fn attempt(_: Value) -> Result<Value> {
     let info = activity_info().ok_or_else(|| Error::msg("no activity info"))?;
     Ok(json!({ "instance": info.instance_id, "task": info.task, "attempt": info.attempt }))
@@ -37,4 +43,5 @@ duro_sdk::export_activities! {
     "Flaky" => flaky,
     "Trap" => trap,
     "Attempt" => attempt,
+    "Sleep" => sleep,
 }
