@@ -1,6 +1,8 @@
 //! Activities: components of the `activity` world, instantiated per attempt
-//! with the real WASI clocks and randomness (no files, network or
-//! environment yet), under a time budget and the guest memory limit.
+//! with the real WASI clocks and randomness, outbound HTTP (plain `http://`)
+//! to the hosts the manifest allows for the activity and nowhere else, no
+//! files, sockets or environment, under a time budget and the guest memory
+//! limit.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::engine::{Engine, budget_ticks, guest_limits};
 use crate::replay::{HostTrouble, is_host_trouble};
@@ -37,6 +40,8 @@ impl ActivityHost {
     pub fn new(engine: Engine) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(ActivityHost {
             engine,
@@ -75,6 +80,7 @@ impl ActivityHost {
         name: &str,
         input: &str,
         info: &ActivityInfo,
+        allowed_hosts: &[AllowedHost],
     ) -> Result<Result<String, String>, HostTrouble> {
         let pre = self
             .pres
@@ -91,6 +97,10 @@ impl ActivityHost {
                 .build(),
             table: ResourceTable::new(),
             limits: guest_limits(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHttp {
+                allowed: allowed_hosts.to_vec(),
+            },
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -138,6 +148,141 @@ pub struct ActivityState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    http: WasiHttpCtx,
+    hooks: OutboundHttp,
+}
+
+impl WasiHttpView for ActivityState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// One entry of an activity's `allowed_hosts`: `http://host:port`, where
+/// the host or the port may be `*`.
+///
+/// ```
+/// use duro::activity::AllowedHost;
+/// let local: AllowedHost = "http://127.0.0.1:*".parse().unwrap();
+/// assert!(local.allows("http", "127.0.0.1", 8080));
+/// assert!(!local.allows("http", "localhost", 8080));
+/// assert!("https://example.com".parse::<AllowedHost>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    host: Option<String>,
+    port: Option<u16>,
+}
+
+impl std::str::FromStr for AllowedHost {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let rest = text.strip_prefix("http://").ok_or_else(|| {
+            format!("`{text}`: only http:// hosts can be allowed (no TLS client yet)")
+        })?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("`{text}`: expected http://host[:port], * for any"));
+        }
+        let port = match port {
+            None => Some(80),
+            Some("*") => None,
+            Some(port) => Some(
+                port.parse()
+                    .map_err(|_| format!("`{text}`: `{port}` is not a port"))?,
+            ),
+        };
+        Ok(AllowedHost {
+            host: (host != "*").then(|| host.to_ascii_lowercase()),
+            port,
+        })
+    }
+}
+
+impl AllowedHost {
+    /// Whether a request to `scheme://host:port` fits this entry.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        scheme == "http"
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(host))
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// Outbound HTTP of an activity: to its allowed hosts, over plain HTTP/1.1.
+struct OutboundHttp {
+    allowed: Vec<AllowedHost>,
+}
+
+type SendResult = Result<
+    (
+        http::Response<wasmtime_wasi_http::WasiBody>,
+        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
+
+impl WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        use wasmtime_wasi_http::Error;
+        let uri = request.uri().clone();
+        let scheme = uri.scheme_str().unwrap_or("http").to_string();
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let allowed = self.allowed.iter().any(|a| a.allows(&scheme, &host, port));
+        Box::new(async move {
+            if !allowed {
+                tracing::warn!("activity request to {scheme}://{host}:{port} denied");
+                return Err(Error::HttpRequestDenied);
+            }
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|_| Error::ConnectionRefused)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|_| Error::ConnectionTerminated)?;
+            tokio::spawn(connection);
+            // Origin form on the request line, as HTTP/1.1 servers expect.
+            let (mut parts, body) = request.into_parts();
+            parts.uri = uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|_| Error::HttpRequestUriInvalid)?;
+            let response = sender
+                .send_request(http::Request::from_parts(parts, body))
+                .await
+                .map_err(|_| Error::ConnectionTerminated)?;
+            let response = response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                    body,
+                    |_| Error::ConnectionTerminated,
+                ))
+            });
+            Ok((
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ))
+        })
+    }
 }
 
 impl WasiView for ActivityState {

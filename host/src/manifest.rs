@@ -33,6 +33,23 @@ pub struct ActivityEntry {
     pub component: PathBuf,
     /// How long one attempt may run (default: the host's activity budget).
     pub timeout_ms: Option<u64>,
+    /// Where it may send HTTP requests: `http://host:port`, `*` for any host
+    /// or port (default: nowhere).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// An activity ready to register.
+#[derive(Debug, Clone)]
+pub struct ResolvedActivity {
+    /// Its name.
+    pub name: String,
+    /// Component path.
+    pub component: PathBuf,
+    /// One attempt's budget, if set.
+    pub timeout: Option<std::time::Duration>,
+    /// Where it may send HTTP requests.
+    pub allowed_hosts: Vec<crate::activity::AllowedHost>,
 }
 
 /// `[[orchestration]]`.
@@ -89,8 +106,8 @@ pub struct ResolvedApp {
     pub orchestrations: Vec<(String, PathBuf)>,
     /// HTTP functions.
     pub http: Vec<ResolvedHttp>,
-    /// Activities: name, component path, attempt timeout.
-    pub activities: Vec<(String, PathBuf, Option<std::time::Duration>)>,
+    /// Activities.
+    pub activities: Vec<ResolvedActivity>,
     /// Component path → bytes.
     pub files: HashMap<PathBuf, Vec<u8>>,
 }
@@ -229,13 +246,13 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
             component: read(&entry.component, &what)?,
         });
     }
-    let mut activities: Vec<(String, PathBuf, Option<std::time::Duration>)> = Vec::new();
+    let mut activities: Vec<ResolvedActivity> = Vec::new();
     for entry in &manifest.activity {
         let what = format!("activity `{}`", entry.name);
         if entry.name.trim().is_empty() {
             bail!("manifest {}: an activity has an empty name", path.display());
         }
-        if activities.iter().any(|(n, _, _)| *n == entry.name) {
+        if activities.iter().any(|a| a.name == entry.name) {
             bail!("manifest {}: {what} is declared twice", path.display());
         }
         if entry.timeout_ms == Some(0) {
@@ -244,11 +261,20 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
                 path.display()
             );
         }
-        activities.push((
-            entry.name.clone(),
-            read(&entry.component, &what)?,
-            entry.timeout_ms.map(std::time::Duration::from_millis),
-        ));
+        let allowed_hosts = entry
+            .allowed_hosts
+            .iter()
+            .map(|host| host.parse())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| {
+                anyhow::anyhow!("manifest {}: {what}: allowed_hosts: {e}", path.display())
+            })?;
+        activities.push(ResolvedActivity {
+            name: entry.name.clone(),
+            component: read(&entry.component, &what)?,
+            timeout: entry.timeout_ms.map(std::time::Duration::from_millis),
+            allowed_hosts,
+        });
     }
     Ok(ResolvedApp {
         orchestrations,

@@ -185,7 +185,7 @@ impl Replayer {
         // a component that cannot link) fails the instance.
         let instance = match pre.instantiate(&mut store) {
             Ok(instance) => instance,
-            Err(e) if is_host_trouble(&e) => {
+            Err(e) if is_host_trouble(&e) || self.starved(&e, cpu_at_start) => {
                 return Err(HostTrouble(format!(
                     "the orchestration could not be instantiated: {e:#}"
                 ))
@@ -218,18 +218,13 @@ impl Replayer {
                 Err(trap) => match store.data_mut().replay.divergence.take() {
                     Some(divergence) => break Outcome::Diverged(divergence),
                     None => {
-                        if is_interrupt(&trap) {
-                            let used = thread_cpu_time().saturating_sub(cpu_at_start);
-                            // The deadline counts wall-clock ticks: a guest
-                            // that got less than half its budget of CPU was
-                            // starved by the host, not slow by itself.
-                            if used < self.step_budget / 2 {
-                                return Err(HostTrouble(format!(
-                                    "the episode's time budget of {:?} ran out after {used:?} of CPU",
-                                    self.step_budget
-                                ))
-                                .into());
-                            }
+                        if self.starved(&trap, cpu_at_start) {
+                            return Err(HostTrouble(format!(
+                                "the episode's time budget of {:?} ran out after {:?} of CPU",
+                                self.step_budget,
+                                thread_cpu_time().saturating_sub(cpu_at_start)
+                            ))
+                            .into());
                         }
                         let error = describe_trap(&trap, self.step_budget);
                         store.data_mut().replay.record_failure(error.clone());
@@ -280,6 +275,14 @@ impl Replayer {
             new_activities: replay.new_activities,
             unprocessed_events,
         })
+    }
+
+    /// Whether `trap` is the epoch deadline passing while the guest got
+    /// less than half its budget of CPU since `cpu_at_start`: the deadline
+    /// counts wall-clock ticks, so that guest was starved by the host, not
+    /// slow by itself.
+    fn starved(&self, trap: &wasmtime::Error, cpu_at_start: Duration) -> bool {
+        is_interrupt(trap) && thread_cpu_time().saturating_sub(cpu_at_start) < self.step_budget / 2
     }
 
     /// Replay a whole recorded history against `component` and report the

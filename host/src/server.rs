@@ -101,8 +101,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
 
     let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
-    for (name, path, _) in &app.activities {
-        by_component.entry(path.clone()).or_default().push(name);
+    for activity in &app.activities {
+        by_component
+            .entry(activity.component.clone())
+            .or_default()
+            .push(&activity.name);
     }
     for (path, names) in &by_component {
         runtime
@@ -110,10 +113,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("activity component {}", path.display()))?;
     }
-    for (name, _, timeout) in &app.activities {
-        if let Some(timeout) = timeout {
-            runtime.set_activity_timeout(name, *timeout);
+    for activity in &app.activities {
+        if let Some(timeout) = activity.timeout {
+            runtime.set_activity_timeout(&activity.name, timeout);
         }
+        runtime.allow_activity_hosts(&activity.name, activity.allowed_hosts.clone());
     }
     runtime.open_activities();
 

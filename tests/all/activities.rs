@@ -258,3 +258,78 @@ fn an_activity_in_flight_at_kill_9_runs_again_and_is_recorded_once() {
         .count();
     assert_eq!(completed, 1, "{}", done.body);
 }
+
+/// A local HTTP server that answers every request with the number of
+/// requests it has had; returns its address and that count.
+fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let body = n.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (address, count)
+}
+
+#[test]
+fn activities_reach_allowed_hosts_only_and_replay_never_calls_again() {
+    let (allowed, allowed_count) = counting_server();
+    let (other, other_count) = counting_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (guests, activities) = (duro_tests::TEST_GUESTS, duro_tests::TEST_ACTIVITIES);
+    let manifest = duro_tests::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"FetchThenWait\"\ncomponent = {guests:?}\n\
+             [[activity]]\nname = \"Fetch\"\ncomponent = {activities:?}\n\
+             allowed_hosts = [\"http://{allowed}\"]\n"
+        ),
+    );
+    let database = dir.path().join("duro.db");
+    let host = crate::host::Host::start_with(&manifest, &database, &[]);
+    let start = |host: &crate::host::Host, id: &str, url: String| {
+        let started = host.post(
+            &format!("{API}/orchestrators/FetchThenWait/{id}"),
+            &json!(url).to_string(),
+        );
+        assert_eq!(started.status, 202, "{}", started.body);
+    };
+    start(&host, "allowed", format!("http://{allowed}/count"));
+    start(&host, "denied", format!("http://{other}/count"));
+    host.poll(&format!("{API}/instances/allowed?showHistory=true"), |r| {
+        r.body.contains("TaskCompleted")
+    });
+    let denied = host.poll(&format!("{API}/instances/denied"), |r| r.status == 200);
+    assert_eq!(denied.json()["runtimeStatus"], "Failed", "{}", denied.body);
+    assert!(denied.body.contains("HttpRequestDenied"), "{}", denied.body);
+    assert_eq!(other_count.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(allowed_count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A new host replays the instance for its next event: the recorded
+    // result is used, the server is not called again.
+    host.kill();
+    let host = crate::host::Host::start_with(&manifest, &database, &[]);
+    let raised = host.post(&format!("{API}/instances/allowed/raiseEvent/Go"), "null");
+    assert_eq!(raised.status, 202);
+    let done = host.poll(&format!("{API}/instances/allowed"), |r| r.status == 200);
+    assert_eq!(
+        done.json()["output"],
+        json!({ "status": 200, "body": "1" }),
+        "{}",
+        done.body
+    );
+    assert_eq!(allowed_count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -74,12 +74,12 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
             "no activity named `{}` is registered",
             work.call.name
         )),
-        Some((digest, timeout)) => {
+        Some(activity) => {
             match inner
                 .activity_host
                 .run(
-                    &digest,
-                    timeout.unwrap_or(inner.config.activity_budget),
+                    &activity.digest,
+                    activity.timeout.unwrap_or(inner.config.activity_budget),
                     &work.call.name,
                     &work.call.input,
                     &crate::activity::ActivityInfo {
@@ -87,6 +87,7 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
                         task: work.call.task,
                         attempt: work.attempt,
                     },
+                    &activity.allowed_hosts,
                 )
                 .await
             {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::activity::AllowedHost;
 use crate::engine::{self, Engine};
 use crate::model::{
     Clock, HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, SystemClock,
@@ -158,9 +159,8 @@ struct Inner {
     config: RuntimeConfig,
     /// Orchestration name → digest of the component that new instances use.
     registry: RwLock<HashMap<String, String>>,
-    /// Activity name → digest of the component that runs it, and the
-    /// attempt timeout if it is not the default.
-    activity_registry: RwLock<HashMap<String, (String, Option<Duration>)>>,
+    /// Activity name → the component that runs it and its options.
+    activity_registry: RwLock<HashMap<String, RegisteredActivity>>,
     activity_host: crate::activity::ActivityHost,
     /// Wakes the activity loop: new rows committed, an attempt ended.
     activities: Notify,
@@ -200,6 +200,16 @@ impl Inner {
     }
 }
 
+/// An activity as registered: its component and its options.
+#[derive(Debug, Clone)]
+struct RegisteredActivity {
+    digest: String,
+    /// One attempt's budget, if not the runtime's default.
+    timeout: Option<Duration>,
+    /// Where it may send HTTP requests.
+    allowed_hosts: Vec<AllowedHost>,
+}
+
 /// A running orchestration host: background workers plus client operations.
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -208,9 +218,13 @@ pub struct Runtime {
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking store task panicked")
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the tokio runtime is shutting down, and with it the
+        // task that waits here.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Check an instance id against the rules of the HTTP API.
@@ -329,9 +343,29 @@ impl Runtime {
             .write()
             .expect("registry poisoned");
         for name in activities {
-            registry.insert(name.to_string(), (digest.clone(), None));
+            registry.insert(
+                name.to_string(),
+                RegisteredActivity {
+                    digest: digest.clone(),
+                    timeout: None,
+                    allowed_hosts: Vec::new(),
+                },
+            );
         }
         Ok(digest)
+    }
+
+    /// Let the registered activity `name` make HTTP requests to these hosts
+    /// (none by default).
+    pub fn allow_activity_hosts(&self, name: &str, hosts: Vec<AllowedHost>) {
+        let mut registry = self
+            .inner
+            .activity_registry
+            .write()
+            .expect("registry poisoned");
+        if let Some(entry) = registry.get_mut(name) {
+            entry.allowed_hosts = hosts;
+        }
     }
 
     /// Start running activities: call it once every activity component is
@@ -349,7 +383,7 @@ impl Runtime {
             .write()
             .expect("registry poisoned");
         if let Some(entry) = registry.get_mut(name) {
-            entry.1 = Some(timeout);
+            entry.timeout = Some(timeout);
         }
     }
 

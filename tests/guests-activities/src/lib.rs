@@ -1,6 +1,6 @@
 //! Activities only the tests use: `Add` sums, `Fail` always fails,
 //! `Flaky` fails its first attempts, `Trap` panics, `Attempt` reports its
-//! call and attempt, `Sleep` sleeps.
+//! call and attempt, `Sleep` sleeps, `Fetch` makes an outbound HTTP request.
 
 use duro_sdk::{Error, Result, activity_info};
 use serde_json::{Value, json};
@@ -32,6 +32,46 @@ fn sleep(millis: u64) -> Result<u64> {
     Ok(millis)
 }
 
+/// GETs `http://{authority}{path}` through `wasi:http/outgoing-handler`:
+/// `{"status", "body"}`, or the host's refusal as the error.
+fn fetch(url: String) -> Result<Value> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Error::msg("only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    let pending = outgoing_handler::handle(request, None)
+        .map_err(|e| Error::msg(format!("request refused: {e:?}")))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or_else(|| Error::msg("no response"))?
+        .map_err(|()| Error::msg("response taken twice"))?
+        .map_err(|e| Error::msg(format!("request failed: {e:?}")))?;
+    let status = response.status();
+    let body = response
+        .consume()
+        .map_err(|()| Error::msg("body taken twice"))?;
+    let stream = body.stream().map_err(|()| Error::msg("no body stream"))?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 << 10) {
+            Ok(chunk) => bytes.extend(chunk),
+            Err(wasi::io::streams::StreamError::Closed) => break,
+            Err(e) => return Err(Error::msg(format!("reading the body: {e:?}"))),
+        }
+    }
+    Ok(json!({ "status": status, "body": String::from_utf8_lossy(&bytes) }))
+}
+
 fn attempt(_: Value) -> Result<Value> {
     let info = activity_info().ok_or_else(|| Error::msg("no activity info"))?;
     Ok(json!({ "instance": info.instance_id, "task": info.task, "attempt": info.attempt }))
@@ -44,4 +84,5 @@ duro_sdk::export_activities! {
     "Trap" => trap,
     "Attempt" => attempt,
     "Sleep" => sleep,
+    "Fetch" => fetch,
 }

@@ -266,6 +266,15 @@ async fn call_one(ctx: OrchestrationContext) -> Result<Value> {
     })
 }
 
+/// Calls `Fetch` on its input URL, waits for `Go`, and returns what the
+/// fetch returned: the wait makes the next episode replay the call.
+async fn fetch_then_wait(ctx: OrchestrationContext) -> Result<Value> {
+    let url: String = ctx.input()?;
+    let fetched: Value = ctx.call_activity("Fetch", &url).await?;
+    let _: Value = ctx.wait_for_external_event("Go").await?;
+    Ok(fetched)
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -348,4 +357,5 @@ duro_sdk::export_orchestrations! {
     "Chain" => chain,
     "FanOut" => fan_out,
     "CallOne" => call_one,
+    "FetchThenWait" => fetch_then_wait,
 }
