@@ -260,6 +260,31 @@ impl OrchestrationContext {
         )
     }
 
+    /// Start the orchestration `name` as a child instance with `input`, and
+    /// complete with its output, or with an `Err` if it fails, is
+    /// terminated or cannot start (its id taken by a live instance, its name
+    /// unknown). The child's id is `instance_id`, or `<this id>:<task>`.
+    /// It is a full instance (visible in the API with `parentInstanceId`);
+    /// terminating this instance leaves it running.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let shipped: String = ctx.call_sub_orchestration("Ship", None, &"order-7").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_sub_orchestration<I: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        instance_id: Option<&str>,
+        input: &I,
+    ) -> Task<Result<T>> {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        Task::new(
+            host::call_sub_orchestration(name, instance_id, &json),
+            decode_child::<T>,
+        )
+    }
+
     /// A durable timer that fires at `at` (at once if `at` is past). It
     /// survives host restarts and may be days away.
     ///
@@ -319,6 +344,20 @@ fn decode_activity<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
         TaskOutcome::ActivityFailed(error) => Err(Error::msg(error)),
         _ => Err(Error::msg(
             "an activity task got another kind of completion",
+        )),
+    }
+}
+
+fn decode_child<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
+    match outcome {
+        TaskOutcome::SubOrchestrationCompleted(json) => serde_json::from_str(&json).map_err(|e| {
+            Error::msg(format!(
+                "the sub-orchestration output {json} does not fit: {e}"
+            ))
+        }),
+        TaskOutcome::SubOrchestrationFailed(error) => Err(Error::msg(error)),
+        _ => Err(Error::msg(
+            "a sub-orchestration task got another kind of completion",
         )),
     }
 }

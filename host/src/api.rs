@@ -187,6 +187,9 @@ pub fn status_json(instance: &Instance, show_input: bool) -> Value {
     if show_input {
         body["input"] = parse_stored(&Some(instance.input.clone()));
     }
+    if let Some(parent) = &instance.parent {
+        body["parentInstanceId"] = parent.instance.clone().into();
+    }
     body
 }
 

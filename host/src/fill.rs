@@ -80,6 +80,7 @@ pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::R
                     created_at: created,
                     updated_at: created,
                     history_len: 2,
+                    parent: None,
                 }
             })
             .collect();

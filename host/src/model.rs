@@ -142,6 +142,16 @@ pub enum Action {
         /// When the timer is due.
         fire_at: Millis,
     },
+    /// `call-sub-orchestration(name, instance-id, input)`, with the child's
+    /// id resolved (the default is `<parent>:<task>`).
+    CallSubOrchestration {
+        /// The child's orchestration.
+        name: String,
+        /// The child's instance id.
+        instance_id: String,
+        /// Its input, as JSON.
+        input: String,
+    },
     /// `call-activity(name, input, retry)`.
     CallActivity {
         /// The activity's name.
@@ -212,6 +222,14 @@ impl fmt::Display for Action {
             Action::CallActivity { name, input, .. } => {
                 write!(f, "call-activity({name:?}, {input})")
             }
+            Action::CallSubOrchestration {
+                name,
+                instance_id,
+                input,
+            } => write!(
+                f,
+                "call-sub-orchestration({name:?}, {instance_id:?}, {input})"
+            ),
         }
     }
 }
@@ -279,6 +297,20 @@ pub enum HistoryEvent {
         /// Attempts made.
         attempts: u32,
     },
+    /// A sub-orchestration completed with this output.
+    SubOrchestrationCompleted {
+        /// The call's task.
+        task: u32,
+        /// The child's output, as JSON.
+        output: String,
+    },
+    /// A sub-orchestration failed, was terminated or could not start.
+    SubOrchestrationFailed {
+        /// The call's task.
+        task: u32,
+        /// Why.
+        error: String,
+    },
     /// The orchestration returned this output.
     ExecutionCompleted {
         /// The output, as JSON.
@@ -323,6 +355,8 @@ impl HistoryEvent {
             HistoryEvent::TimerFired { .. } => "TimerFired",
             HistoryEvent::TaskCompleted { .. } => "TaskCompleted",
             HistoryEvent::TaskFailed { .. } => "TaskFailed",
+            HistoryEvent::SubOrchestrationCompleted { .. } => "SubOrchestrationCompleted",
+            HistoryEvent::SubOrchestrationFailed { .. } => "SubOrchestrationFailed",
             HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
             HistoryEvent::ExecutionFailed { .. } => "ExecutionFailed",
             HistoryEvent::ContinuedAsNew { .. } => "ContinuedAsNew",
@@ -380,6 +414,15 @@ pub enum Message {
         result: Result<String, String>,
         /// Attempts made.
         attempts: u32,
+    },
+    /// A sub-orchestration this instance called has ended.
+    ChildDone {
+        /// The call's task.
+        task: u32,
+        /// The execution that called it.
+        execution: String,
+        /// Output JSON, or why it failed.
+        result: Result<String, String>,
     },
     /// A client terminated the instance.
     Terminate {
@@ -444,6 +487,19 @@ pub struct Instance {
     pub updated_at: Millis,
     /// Number of history events: the version appends are checked against.
     pub history_len: u64,
+    /// The call this instance is a sub-orchestration of, if any.
+    pub parent: Option<ParentCall>,
+}
+
+/// The orchestration call a sub-orchestration answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentCall {
+    /// The parent instance.
+    pub instance: String,
+    /// Its execution that made the call.
+    pub execution: String,
+    /// The call's task there.
+    pub task: u32,
 }
 
 /// An activity an episode scheduled: a row that waits for an activity

@@ -125,10 +125,11 @@ impl Guest {
                                 old::TaskOutcome::EventRaised(payload.clone())
                             }
                             TaskOutcome::TimerFired => old::TaskOutcome::TimerFired,
-                            // Such a guest cannot have called an activity.
-                            TaskOutcome::ActivityCompleted(_) | TaskOutcome::ActivityFailed(_) => {
+                            // Such a guest cannot have called an activity
+                            // or a sub-orchestration.
+                            _ => {
                                 return Err(wasmtime::Error::msg(
-                                    "an activity result for a component built before activities",
+                                    "a completion of a kind the component was built before",
                                 ));
                             }
                         },

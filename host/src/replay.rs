@@ -75,6 +75,9 @@ pub struct Episode {
     pub cancelled_timers: Vec<u32>,
     /// Activities this episode called: (task, name, input, retry).
     pub new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
+    /// Sub-orchestrations this episode called: (task, name, instance id,
+    /// input).
+    pub new_children: Vec<(u32, String, String, String)>,
     /// On continue-as-new: the events (name, payload) the execution received
     /// but never handed to a wait, oldest first, for the next execution.
     pub unprocessed_events: Vec<(String, String)>,
@@ -202,6 +205,7 @@ impl Replayer {
                     new_timers: Vec::new(),
                     cancelled_timers: Vec::new(),
                     new_activities: Vec::new(),
+                    new_children: Vec::new(),
                     unprocessed_events: Vec::new(),
                 });
             }
@@ -273,6 +277,7 @@ impl Replayer {
             new_timers: replay.new_timers,
             cancelled_timers: replay.cancelled_timers,
             new_activities: replay.new_activities,
+            new_children: replay.new_children,
             unprocessed_events,
         })
     }
@@ -475,6 +480,8 @@ struct ReplayState {
     live_timers: BTreeSet<u32>,
     /// Activities called and neither finished nor cancelled.
     live_activities: BTreeSet<u32>,
+    /// Sub-orchestrations called and neither finished nor cancelled.
+    live_children: BTreeSet<u32>,
     /// Events that no live wait took, in arrival order: (history position,
     /// name, payload).
     buffered: VecDeque<(usize, String, String)>,
@@ -485,6 +492,7 @@ struct ReplayState {
     new_timers: Vec<(u32, Millis)>,
     cancelled_timers: Vec<u32>,
     new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
+    new_children: Vec<(u32, String, String, String)>,
     divergence: Option<Divergence>,
 }
 
@@ -503,12 +511,14 @@ impl ReplayState {
             open_waits: Vec::new(),
             live_timers: BTreeSet::new(),
             live_activities: BTreeSet::new(),
+            live_children: BTreeSet::new(),
             buffered: VecDeque::new(),
             pending: VecDeque::new(),
             custom_status: None,
             new_timers: Vec::new(),
             cancelled_timers: Vec::new(),
             new_activities: Vec::new(),
+            new_children: Vec::new(),
             divergence: None,
         }
     }
@@ -600,6 +610,22 @@ impl ReplayState {
                         })));
                     }
                 }
+                HistoryEvent::SubOrchestrationCompleted { task, output } => {
+                    if self.live_children.remove(&task) {
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::SubOrchestrationCompleted(output),
+                        })));
+                    }
+                }
+                HistoryEvent::SubOrchestrationFailed { task, error } => {
+                    if self.live_children.remove(&task) {
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::SubOrchestrationFailed(error),
+                        })));
+                    }
+                }
                 HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
                 }
                 terminal @ (HistoryEvent::ExecutionCompleted { .. }
@@ -660,6 +686,18 @@ impl ReplayState {
                     self.new_activities
                         .push((task, name.clone(), input.clone(), retry.clone()));
                 }
+                Action::CallSubOrchestration {
+                    name,
+                    instance_id,
+                    input,
+                } => {
+                    self.new_children.push((
+                        task,
+                        name.clone(),
+                        instance_id.clone(),
+                        input.clone(),
+                    ));
+                }
                 Action::WaitForEvent { .. } => {}
             }
         }
@@ -681,6 +719,9 @@ impl ReplayState {
             Action::CallActivity { .. } => {
                 self.live_activities.insert(task);
             }
+            Action::CallSubOrchestration { .. } => {
+                self.live_children.insert(task);
+            }
         }
         Ok(task)
     }
@@ -692,7 +733,8 @@ impl ReplayState {
         let handed = self.pending.iter().position(|(t, _)| *t == task);
         let timer = self.live_timers.contains(&task);
         let activity = self.live_activities.contains(&task);
-        if waiting.is_none() && handed.is_none() && !timer && !activity {
+        let child = self.live_children.contains(&task);
+        if waiting.is_none() && handed.is_none() && !timer && !activity && !child {
             // Completed already (or never scheduled): nothing to give up.
             return Ok(());
         }
@@ -738,8 +780,10 @@ impl ReplayState {
             self.buffered.insert(at, event);
         }
         self.live_timers.remove(&task);
-        // A running activity is not stopped; its result completes nothing.
+        // A running activity or child is not stopped; its result completes
+        // nothing.
         self.live_activities.remove(&task);
+        self.live_children.remove(&task);
         Ok(())
     }
 
@@ -896,6 +940,30 @@ impl ctx::Host for EpisodeState {
         let replay = &mut self.replay;
         replay
             .schedule(Action::CallActivity { name, input, retry })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn call_sub_orchestration(
+        &mut self,
+        name: String,
+        instance_id: Option<String>,
+        input: String,
+    ) -> wasmtime::Result<u32> {
+        if serde_json::from_str::<serde_json::Value>(&input).is_err() {
+            return Err(wasmtime::Error::msg(format!(
+                "call-sub-orchestration({name:?}): the input {input:?} is not JSON"
+            )));
+        }
+        let replay = &mut self.replay;
+        // Deterministic: the same on every replay.
+        let instance_id = instance_id
+            .unwrap_or_else(|| format!("{}:{}", replay.subject.instance_id, replay.next_task));
+        replay
+            .schedule(Action::CallSubOrchestration {
+                name,
+                instance_id,
+                input,
+            })
             .map_err(|d| replay.trap(d))
     }
 

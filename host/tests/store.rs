@@ -21,6 +21,7 @@ fn instance(id: &str) -> Instance {
         created_at: now_millis(),
         updated_at: now_millis(),
         history_len: 1,
+        parent: None,
     }
 }
 
@@ -98,6 +99,7 @@ fn an_episode_computed_from_an_old_version_is_refused_whole() {
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
         new_activities: Vec::new(),
+        new_children: Vec::new(),
         follow_up: Vec::new(),
     };
     let results = store.commit_episodes(vec![stale]);
@@ -130,6 +132,7 @@ fn an_episode_of_an_old_execution_or_component_is_refused() {
             status: RuntimeStatus::Completed,
             output: Some("\"stale\"".into()),
             history_len: 2,
+            parent: None,
             ..loaded.instance.clone()
         },
         expected: Version::of(&loaded.instance),
@@ -141,6 +144,7 @@ fn an_episode_of_an_old_execution_or_component_is_refused() {
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
         new_activities: Vec::new(),
+        new_children: Vec::new(),
         follow_up: Vec::new(),
     };
 

@@ -333,3 +333,105 @@ fn activities_reach_allowed_hosts_only_and_replay_never_calls_again() {
     );
     assert_eq!(allowed_count.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestrations_report_their_end_to_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // A child that calls activities: its output reaches the parent.
+    let id = rt
+        .start_new(
+            "Parent",
+            Some("p1".into()),
+            &json!({ "name": "Chain", "input": 5 }),
+        )
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!({ "ok": 11 }));
+    let child = rt
+        .status("p1:0")
+        .await
+        .unwrap()
+        .expect("the child is an instance");
+    assert_eq!(child.status, RuntimeStatus::Completed);
+    assert_eq!(child.parent.as_ref().unwrap().instance, "p1");
+    let history = rt.history(&id).await.unwrap();
+    assert!(history.iter().any(|e| matches!(
+        e.event,
+        HistoryEvent::SubOrchestrationCompleted { task: 0, .. }
+    )));
+
+    // A failing child, a name nobody registered, an id taken by a live
+    // instance: errors the parent handles.
+    let id = rt
+        .start_new(
+            "Parent",
+            Some("p2".into()),
+            &json!({ "name": "Refuses", "input": null }),
+        )
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "error": "sub-orchestration `p2:0` failed: refused on purpose" })
+    );
+    let id = rt
+        .start_new("Parent", None, &json!({ "name": "Nobody", "input": null }))
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "error": "no orchestration named `Nobody` is registered" })
+    );
+    rt.start_new("Sequence", Some("taken".into()), &json!(null))
+        .await
+        .unwrap();
+    let id = rt
+        .start_new(
+            "Parent",
+            None,
+            &json!({ "name": "Sequence", "id": "taken", "input": null }),
+        )
+        .await
+        .unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    let error = json(done.output.as_deref().unwrap())["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("not started") && error.contains("already exists"),
+        "{error}"
+    );
+
+    // Terminating the parent leaves its child to its own lifetime.
+    let id = rt
+        .start_new(
+            "Parent",
+            Some("p3".into()),
+            &json!({ "name": "Sequence", "input": null }),
+        )
+        .await
+        .unwrap();
+    // The child is created with the parent's episode that called it.
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while rt.status("p3:0").await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no child p3:0");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    wait_status(&rt, "p3:0", RuntimeStatus::Running).await;
+    rt.terminate(&id, Some("stop".into())).await.unwrap();
+    wait_status(&rt, &id, RuntimeStatus::Terminated).await;
+    rt.raise_event("p3:0", "A", &json!(1)).await.unwrap();
+    rt.raise_event("p3:0", "B", &json!(2)).await.unwrap();
+    let child = wait_status(&rt, "p3:0", RuntimeStatus::Completed).await;
+    assert_eq!(json(child.output.as_deref().unwrap()), json!([1, 2]));
+    assert_eq!(
+        rt.status(&id).await.unwrap().unwrap().status,
+        RuntimeStatus::Terminated
+    );
+    rt.shutdown().await;
+}

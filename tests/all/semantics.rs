@@ -261,6 +261,7 @@ async fn a_suspension_before_the_first_episode_holds() {
                 created_at: now,
                 updated_at: now,
                 history_len: 1,
+                parent: None,
             })
             .unwrap();
         store

@@ -33,6 +33,8 @@ pub const TEST_NAMES: &[&str] = &[
     "Chain",
     "FanOut",
     "CallOne",
+    "FetchThenWait",
+    "Parent",
 ];
 
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];

@@ -415,6 +415,7 @@ impl Runtime {
             created_at: now,
             updated_at: now,
             history_len: 1,
+            parent: None,
         };
         let store = self.inner.store.clone();
         blocking(move || store.create_instance(&instance)).await?;

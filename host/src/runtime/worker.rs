@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use super::pool::{EpisodePool, StopOnDrop};
 use super::{Inner, blocking};
 use crate::model::{
-    ActivityCall, HistoryEvent, InboxEntry, Instance, Message, Millis, RuntimeStatus, Timer,
-    fresh_id,
+    ActivityCall, HistoryEvent, InboxEntry, Instance, Message, Millis, ParentCall, RuntimeStatus,
+    Timer, fresh_id,
 };
 use crate::replay::{Outcome, Subject};
 use crate::store::{EpisodeCommit, StoreError, Version};
@@ -227,6 +227,16 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
                 continue;
             }
             Message::TimerFired { task, fire_at, .. } => HistoryEvent::TimerFired { task, fire_at },
+            Message::ChildDone {
+                execution: other, ..
+            } if other != execution => {
+                plan.consumed.push(entry.id);
+                continue;
+            }
+            Message::ChildDone { task, result, .. } => match result {
+                Ok(output) => HistoryEvent::SubOrchestrationCompleted { task, output },
+                Err(error) => HistoryEvent::SubOrchestrationFailed { task, error },
+            },
             Message::ActivityDone {
                 execution: other, ..
             } if other != execution => {
@@ -274,6 +284,7 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         new_timers: Vec::new(),
         cancelled_timers: Vec::new(),
         new_activities: Vec::new(),
+        new_children: Vec::new(),
         follow_up: Vec::new(),
     };
     if instance.status.is_terminal() {
@@ -380,6 +391,40 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                     retry,
                 })
                 .collect();
+            for (task, name, id, input) in episode.new_children {
+                let parent = ParentCall {
+                    instance: instance.id.clone(),
+                    execution: instance.execution_id.clone(),
+                    task,
+                };
+                let component = inner
+                    .registry
+                    .read()
+                    .expect("registry poisoned")
+                    .get(&name)
+                    .cloned();
+                match component {
+                    Some(component) => commit.new_children.push(Instance {
+                        id,
+                        name,
+                        status: RuntimeStatus::Pending,
+                        input: crate::model::canonical_json_text(input),
+                        output: None,
+                        custom_status: None,
+                        component,
+                        execution_id: fresh_id(),
+                        created_at: now,
+                        updated_at: now,
+                        history_len: 1,
+                        parent: Some(parent),
+                    }),
+                    None => commit.follow_up.push(Message::ChildDone {
+                        task,
+                        execution: parent.execution,
+                        result: Err(format!("no orchestration named `{name}` is registered")),
+                    }),
+                }
+            }
         }
         Outcome::Completed(output) => {
             instance.status = RuntimeStatus::Completed;

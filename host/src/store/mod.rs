@@ -133,6 +133,10 @@ pub struct EpisodeCommit {
     pub cancelled_timers: Vec<u32>,
     /// Activities to run once this commits.
     pub new_activities: Vec<ActivityCall>,
+    /// Sub-orchestrations to create once this commits (rows with their
+    /// `parent` set); one whose id is taken by a live instance fails its
+    /// call instead.
+    pub new_children: Vec<Instance>,
     /// Messages to put back into this instance's own inbox (continue-as-new).
     pub follow_up: Vec<Message>,
 }

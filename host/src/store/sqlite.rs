@@ -18,7 +18,7 @@ use super::{
 };
 use crate::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    RuntimeStatus, canonical_json_text, input_hash, now_millis,
+    ParentCall, RuntimeStatus, canonical_json_text, input_hash, now_millis,
 };
 
 /// PRAGMAs applied to every connection, in order.
@@ -49,6 +49,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
     ),
     (include_str!("migrations/0003_executions.sql"), None),
     (include_str!("migrations/0004_activities.sql"), None),
+    (include_str!("migrations/0005_sub_orchestrations.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -79,7 +80,7 @@ const MAX_GROUP: usize = 512;
 /// statements in `sql` can be built from it with `concat!`.
 macro_rules! instance_columns {
     () => {
-        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len"
+        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, parent_task"
     };
 }
 
@@ -484,6 +485,14 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
             created_at: row.get::<_, i64>("created_at")? as Millis,
             updated_at: row.get::<_, i64>("updated_at")? as Millis,
             history_len: row.get::<_, i64>("history_len")? as u64,
+            parent: match row.get::<_, Option<String>>("parent_instance")? {
+                Some(instance) => Some(ParentCall {
+                    instance,
+                    execution: row.get("parent_execution")?,
+                    task: row.get("parent_task")?,
+                }),
+                None => None,
+            },
         },
         status,
     ))
@@ -632,6 +641,95 @@ fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<I
     .collect()
 }
 
+/// Create an instance with its `ExecutionStarted` event and a start message.
+/// Like Durable Functions, an id whose instance has finished may be started
+/// again (the old execution is replaced); a live one may not.
+fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
+    if let Some(existing) = get_instance(conn, &instance.id)? {
+        if !existing.status.is_terminal() {
+            return Err(StoreError::AlreadyExists(instance.id.clone()));
+        }
+        delete_instances(conn, std::slice::from_ref(&instance.id))?;
+    }
+    let parent = instance.parent.as_ref();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
+             component, created_at, updated_at, history_len, input_hash, execution_id, \
+             parent_instance, parent_execution, parent_task) \
+             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            instance.id,
+            instance.name,
+            RuntimeStatus::Pending.as_str(),
+            instance.input,
+            instance.component,
+            instance.created_at as i64,
+            input_hash(&instance.input),
+            instance.execution_id,
+            parent.map(|p| &p.instance),
+            parent.map(|p| &p.execution),
+            parent.map(|p| p.task),
+        ])
+        .map_err(backend)?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists(instance.id.clone()));
+    }
+    append_events(
+        conn,
+        &instance.id,
+        0,
+        &[HistoryEvent::ExecutionStarted {
+            name: instance.name.clone(),
+            input: instance.input.clone(),
+        }],
+    )?;
+    push_message(conn, &instance.id, &Message::Start)
+}
+
+/// Tell the parent of a sub-orchestration that has just ended how it ended.
+fn notify_parent(conn: &Connection, child: &Instance) -> StoreResult<()> {
+    let Some(parent) = &child.parent else {
+        return Ok(());
+    };
+    let exists: bool = conn
+        .query_row(
+            "SELECT 1 FROM instances WHERE id = ?1",
+            [&parent.instance],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(backend)?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
+    let output = child.output.clone().unwrap_or_else(|| "null".into());
+    let result = match child.status {
+        RuntimeStatus::Completed => Ok(output),
+        RuntimeStatus::Terminated => Err(format!(
+            "sub-orchestration `{}` was terminated: {output}",
+            child.id
+        )),
+        _ => Err(format!(
+            "sub-orchestration `{}` failed: {}",
+            child.id,
+            serde_json::from_str::<String>(&output).unwrap_or(output)
+        )),
+    };
+    push_message(
+        conn,
+        &parent.instance,
+        &Message::ChildDone {
+            task: parent.task,
+            execution: parent.execution.clone(),
+            result,
+        },
+    )
+}
+
 /// Refuse a write computed from another version of the instance.
 fn check_version(conn: &Connection, id: &str, expected: &Version) -> StoreResult<()> {
     let actual = conn
@@ -751,7 +849,29 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
         ])
         .map_err(backend)?;
     }
+    for child in &episode.new_children {
+        // Children are created in a savepoint of their own: an id taken by a
+        // live instance fails the call, not the parent's episode.
+        run(conn, "SAVEPOINT child")?;
+        let created = insert_instance(conn, child);
+        if created.is_err() {
+            run(conn, "ROLLBACK TO child")?;
+        }
+        run(conn, "RELEASE child")?;
+        if let (Err(e), Some(parent)) = (created, &child.parent) {
+            push_message(
+                conn,
+                &parent.instance,
+                &Message::ChildDone {
+                    task: parent.task,
+                    execution: parent.execution.clone(),
+                    result: Err(format!("sub-orchestration not started: {e}")),
+                },
+            )?;
+        }
+    }
     if instance.status.is_terminal() {
+        notify_parent(conn, instance)?;
         conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
             .map_err(backend)?;
         conn.execute(
@@ -1016,47 +1136,7 @@ impl ClientStore for SqliteStore {
 
     fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
         let instance = instance.clone();
-        self.write(move |conn| {
-            // Like Durable Functions: an id whose instance has finished may be
-            // started again (the old execution is replaced); a live one may not.
-            if let Some(existing) = get_instance(conn, &instance.id)? {
-                if !existing.status.is_terminal() {
-                    return Err(StoreError::AlreadyExists(instance.id.clone()));
-                }
-                delete_instances(conn, std::slice::from_ref(&instance.id))?;
-            }
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
-                     component, created_at, updated_at, history_len, input_hash, execution_id) \
-                     VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8)",
-                )
-                .map_err(backend)?
-                .execute(params![
-                    instance.id,
-                    instance.name,
-                    RuntimeStatus::Pending.as_str(),
-                    instance.input,
-                    instance.component,
-                    instance.created_at as i64,
-                    input_hash(&instance.input),
-                    instance.execution_id,
-                ])
-                .map_err(backend)?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyExists(instance.id.clone()));
-            }
-            append_events(
-                conn,
-                &instance.id,
-                0,
-                &[HistoryEvent::ExecutionStarted {
-                    name: instance.name.clone(),
-                    input: instance.input.clone(),
-                }],
-            )?;
-            push_message(conn, &instance.id, &Message::Start)
-        })
+        self.write(move |conn| insert_instance(conn, &instance))
     }
 
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {

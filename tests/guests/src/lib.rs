@@ -275,6 +275,19 @@ async fn fetch_then_wait(ctx: OrchestrationContext) -> Result<Value> {
     Ok(fetched)
 }
 
+/// Calls the sub-orchestration named in its input (`{"name", "id",
+/// "input"}`) and reports its output or its error as a value.
+async fn parent(ctx: OrchestrationContext) -> Result<Value> {
+    let call: Value = ctx.input()?;
+    let name = call["name"].as_str().unwrap_or_default().to_string();
+    let id = call["id"].as_str().map(String::from);
+    let child = ctx.call_sub_orchestration::<_, Value>(&name, id.as_deref(), &call["input"]);
+    Ok(match child.await {
+        Ok(output) => json!({ "ok": output }),
+        Err(error) => json!({ "error": error.to_string() }),
+    })
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -358,4 +371,5 @@ duro_sdk::export_orchestrations! {
     "FanOut" => fan_out,
     "CallOne" => call_one,
     "FetchThenWait" => fetch_then_wait,
+    "Parent" => parent,
 }
