@@ -1,5 +1,5 @@
 //! Deterministic simulation of the runtime: random orchestration programs
-//! (waits, timers, races of the two, continue-as-new) under random
+//! (waits, timers, races of the two, activities, continue-as-new) under random
 //! interleavings of raised events, clock moves, and crashes (the runtime
 //! dropped right after an action, with its episodes possibly under way, and
 //! started again on the same database). The clock is a `ManualClock`: timers
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use duro::model::{Clock, ManualClock, RuntimeStatus};
 use duro::runtime::{Runtime, RuntimeConfig, RuntimeError};
-use duro_tests::{COMPILE_CACHE, TEST_GUESTS, guest_bytes};
+use duro_tests::{COMPILE_CACHE, TEST_ACTIVITIES, TEST_GUESTS, guest_bytes};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -27,6 +27,7 @@ enum Op {
     Wait(String),
     Timer(u64),
     Race(String, u64),
+    Activity(i64),
     Continue,
 }
 
@@ -107,6 +108,8 @@ impl Model {
                         return;
                     }
                 },
+                // Runs once the episode commits; the step settles after it.
+                Op::Activity(n) => self.log.push(json!(n)),
                 Op::Continue => {}
             }
             self.pc += 1;
@@ -144,6 +147,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => name.clone().prop_map(Op::Wait),
         2 => ms.clone().prop_map(Op::Timer),
         3 => (name, ms).prop_map(|(n, t)| Op::Race(n, t)),
+        2 => (0i64..100).prop_map(Op::Activity),
         2 => Just(Op::Continue),
     ]
 }
@@ -167,6 +171,11 @@ async fn start(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Runtime {
         .register(guest_bytes(TEST_GUESTS), &["Program"])
         .await
         .expect("guest registers");
+    runtime
+        .register_activities(guest_bytes(TEST_ACTIVITIES), &["Add"])
+        .await
+        .expect("activities register");
+    runtime.open_activities();
     runtime
 }
 

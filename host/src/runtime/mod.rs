@@ -666,8 +666,8 @@ impl Runtime {
     }
 
     /// True when nothing is left for the instance to process: no message in
-    /// its inbox (so every episode for what it was sent has committed) and
-    /// no timer due by the runtime's clock.
+    /// its inbox (so every episode for what it was sent has committed), no
+    /// timer and no activity due by the runtime's clock.
     pub async fn is_idle(&self, id: &str) -> RuntimeResult<bool> {
         let store = self.inner.store.clone();
         let (id, now) = (id.to_string(), self.inner.config.clock.now());

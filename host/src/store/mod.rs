@@ -199,8 +199,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize>;
     /// When the earliest timer falls due.
     fn next_timer_due(&self) -> StoreResult<Option<Millis>>;
-    /// True if the instance has a message in its inbox or a timer due at
-    /// `now`: work a runtime has yet to do for it.
+    /// True if the instance has a message in its inbox, or a timer or an
+    /// activity due at `now`: work a runtime has yet to do for it.
     fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool>;
     /// The bytes of a stored component.
     fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;

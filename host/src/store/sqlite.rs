@@ -109,9 +109,10 @@ pub mod sql {
          RETURNING instance_id, task, fire_at, execution_id";
     /// When the next timer is due.
     pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
-    /// Whether an instance has messages or due timers.
+    /// Whether an instance has messages, due timers or activities to run.
     pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1) \
-         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = ?1 AND fire_at <= ?2)";
+         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = ?1 AND fire_at <= ?2) \
+         OR EXISTS (SELECT 1 FROM activities WHERE instance_id = ?1 AND run_at <= ?2)";
     /// Activity rows due now, in due order.
     pub const CLAIM_ACTIVITIES: &str = "SELECT id, instance_id, execution_id, task, name, input, \
          retry, attempt, first_at FROM activities WHERE run_at <= ?1 ORDER BY run_at, id LIMIT ?2";

@@ -299,6 +299,8 @@ enum Op {
     /// Race the event of this name with a timer; log the payload or
     /// `"timeout"`.
     Race(String, u64),
+    /// Call the `Add` activity on `[n]`; log its output.
+    Activity(i64),
     /// Continue as new with the rest of the program and the log.
     Continue,
 }
@@ -330,6 +332,7 @@ async fn program(ctx: OrchestrationContext) -> Result<Vec<Value>> {
                     Either::Right(()) => json!("timeout"),
                 });
             }
+            Op::Activity(n) => log.push(json!(ctx.call_activity::<_, i64>("Add", &[*n]).await?)),
             Op::Continue => {
                 let rest = ops[at + 1..].to_vec();
                 ctx.continue_as_new(&Program { ops: rest, log });
