@@ -435,3 +435,29 @@ async fn sub_orchestrations_report_their_end_to_the_parent() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eternal_monitor_keeps_its_history_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Fifty cycles of poll (activity), sleep (timer), continue-as-new.
+    let id = rt
+        .start_new("Monitor", None, &json!([0, 50]))
+        .await
+        .unwrap();
+    let mut longest = 0;
+    let done = loop {
+        let instance = rt.status(&id).await.unwrap().unwrap();
+        longest = longest.max(instance.history_len);
+        if instance.status == RuntimeStatus::Completed {
+            break instance;
+        }
+        assert_ne!(instance.status, RuntimeStatus::Failed, "{instance:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(json(done.output.as_deref().unwrap()), json!(50));
+    // One cycle's events at most, however many cycles ran.
+    assert!(longest <= 12, "history grew to {longest} events");
+    assert!(rt.history(&id).await.unwrap().len() <= 12);
+    rt.shutdown().await;
+}

@@ -35,6 +35,7 @@ pub const TEST_NAMES: &[&str] = &[
     "CallOne",
     "FetchThenWait",
     "Parent",
+    "Monitor",
 ];
 
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];

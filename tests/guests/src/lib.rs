@@ -288,6 +288,19 @@ async fn parent(ctx: OrchestrationContext) -> Result<Value> {
     })
 }
 
+/// The monitor pattern: poll (an activity), sleep, continue as new, until
+/// the poll says done. Input `[cycle, last]`; output the cycles run.
+async fn monitor(ctx: OrchestrationContext) -> Result<u64> {
+    let (cycle, last): (u64, u64) = ctx.input()?;
+    let polled: i64 = ctx.call_activity("Add", &[cycle as i64, 1]).await?;
+    if polled as u64 > last {
+        return Ok(cycle);
+    }
+    ctx.sleep(std::time::Duration::from_millis(5)).await;
+    ctx.continue_as_new(&(cycle + 1, last));
+    Ok(cycle)
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -375,4 +388,5 @@ duro_sdk::export_orchestrations! {
     "CallOne" => call_one,
     "FetchThenWait" => fetch_then_wait,
     "Parent" => parent,
+    "Monitor" => monitor,
 }
