@@ -260,6 +260,26 @@ impl OrchestrationContext {
         )
     }
 
+    /// Send an HTTP request from the host, durably: it runs as a built-in
+    /// activity once this episode commits, only to the hosts the manifest
+    /// allows for this orchestration (`allowed_hosts`), following the
+    /// `202 Accepted` and `Location` pattern if asked; the response is
+    /// recorded in the history, so replay never sends the request again. A
+    /// request that cannot be sent (denied, unreachable) is an `Err`; any
+    /// status is a response.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let response = ctx
+    ///     .call_http(duro_sdk::HttpRequest::get("http://127.0.0.1:8080/report").poll_async())
+    ///     .await?;
+    /// ctx.log(&format!("{}: {}", response.status, response.body));
+    /// # Ok(()) }
+    /// ```
+    pub fn call_http(&self, request: crate::HttpRequest) -> Task<Result<crate::HttpResponse>> {
+        self.call_activity("duro:http", &request)
+    }
+
     /// Start the orchestration `name` as a child instance with `input`, and
     /// complete with its output, or with an `Err` if it fails, is
     /// terminated or cannot start (its id taken by a live instance, its name

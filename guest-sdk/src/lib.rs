@@ -33,12 +33,14 @@
 mod activity;
 mod combinators;
 mod context;
+mod durable_http;
 mod error;
 mod runtime;
 
 pub use activity::{ActivityInfo, activity_info};
 pub use combinators::{Either, join, select, when_all, when_any};
 pub use context::{OrchestrationContext, RetryPolicy, Task};
+pub use durable_http::{HttpRequest, HttpResponse};
 pub use error::{Error, Result};
 
 /// Items used by the macros of this crate; not part of the public API.

@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod api;
 pub mod cli;
+pub mod durable_http;
 pub mod engine;
 pub mod fill;
 pub mod manifest;

@@ -60,6 +60,10 @@ pub struct OrchestrationEntry {
     pub name: String,
     /// Component file, relative to the manifest.
     pub component: PathBuf,
+    /// Where its `ctx.call_http` requests may go: `http://host:port`, `*`
+    /// for any host or port (default: nowhere).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Who may call an HTTP function.
@@ -104,6 +108,8 @@ fn default_auth() -> AuthLevel {
 pub struct ResolvedApp {
     /// Orchestration name → component bytes' path.
     pub orchestrations: Vec<(String, PathBuf)>,
+    /// Orchestration name → where its `ctx.call_http` requests may go.
+    pub http_allowed: Vec<(String, Vec<crate::activity::AllowedHost>)>,
     /// HTTP functions.
     pub http: Vec<ResolvedHttp>,
     /// Activities.
@@ -189,6 +195,7 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
         Ok(full)
     };
     let mut orchestrations = Vec::new();
+    let mut http_allowed = Vec::new();
     for entry in &manifest.orchestration {
         let what = format!("orchestration `{}`", entry.name);
         if entry.name.trim().is_empty() {
@@ -201,6 +208,15 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
             bail!("manifest {}: {what} is declared twice", path.display());
         }
         orchestrations.push((entry.name.clone(), read(&entry.component, &what)?));
+        let allowed = entry
+            .allowed_hosts
+            .iter()
+            .map(|host| host.parse())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| {
+                anyhow::anyhow!("manifest {}: {what}: allowed_hosts: {e}", path.display())
+            })?;
+        http_allowed.push((entry.name.clone(), allowed));
     }
     let mut http: Vec<ResolvedHttp> = Vec::new();
     let mut shapes: Vec<(String, String, String)> = Vec::new();
@@ -278,6 +294,7 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
     }
     Ok(ResolvedApp {
         orchestrations,
+        http_allowed,
         http,
         activities,
         files,

@@ -119,6 +119,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
         runtime.allow_activity_hosts(&activity.name, activity.allowed_hosts.clone());
     }
+    for (orchestration, hosts) in &app.http_allowed {
+        runtime.allow_http_hosts(orchestration, hosts.clone());
+    }
     runtime.open_activities();
 
     let triggers = Triggers::new(

@@ -461,3 +461,78 @@ async fn an_eternal_monitor_keeps_its_history_bounded() {
     assert!(rt.history(&id).await.unwrap().len() <= 12);
     rt.shutdown().await;
 }
+
+/// A server with one long-running job: `GET /start` answers 202 with
+/// `Location: /status`; `/status` answers 202 twice more, then 200 `done`.
+/// Returns its address and how many requests it had.
+fn async_job_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let reply = if n < 4 {
+                "HTTP/1.1 202 Accepted\r\nlocation: /status\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone".to_string()
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (address, count)
+}
+
+#[test]
+fn call_http_polls_an_async_api_and_honours_the_allowlist() {
+    let (allowed, allowed_count) = async_job_server();
+    let (other, other_count) = async_job_server();
+    let dir = tempfile::tempdir().unwrap();
+    let guests = duro_tests::TEST_GUESTS;
+    let manifest = duro_tests::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"HttpCaller\"\ncomponent = {guests:?}\n\
+             allowed_hosts = [\"http://{allowed}\"]\n"
+        ),
+    );
+    let host = crate::host::Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    for (id, address) in [("ok", &allowed), ("denied", &other)] {
+        let started = host.post(
+            &format!("{API}/orchestrators/HttpCaller/{id}"),
+            &json!(format!("http://{address}/start")).to_string(),
+        );
+        assert_eq!(started.status, 202, "{}", started.body);
+    }
+    let done = host.poll(&format!("{API}/instances/ok?showHistory=true"), |r| {
+        r.status == 200
+    });
+    let body = done.json();
+    assert_eq!(
+        body["output"],
+        json!({ "status": 200, "body": "done" }),
+        "{}",
+        done.body
+    );
+    assert_eq!(allowed_count.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert!(
+        done.body.contains("duro:http"),
+        "recorded as an activity call"
+    );
+    let denied = host.poll(&format!("{API}/instances/denied"), |r| r.status == 200);
+    let error = denied.json()["output"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("not among the orchestration's allowed_hosts"),
+        "{}",
+        denied.body
+    );
+    assert_eq!(other_count.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -36,6 +36,7 @@ pub const TEST_NAMES: &[&str] = &[
     "FetchThenWait",
     "Parent",
     "Monitor",
+    "HttpCaller",
 ];
 
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];

@@ -63,6 +63,10 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
 /// Run one attempt and record how it ended.
 async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
     let started = inner.config.clock.now();
+    if work.call.name == crate::durable_http::ACTIVITY {
+        let result = durable_http(inner, &work).await;
+        return finish(inner, work, started, result).await;
+    }
     let registered = inner
         .activity_registry
         .read()
@@ -109,6 +113,40 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
             }
         }
     };
+    finish(inner, work, started, result).await;
+}
+
+/// The built-in `ctx.call_http` activity, with the calling orchestration's
+/// allowlist.
+async fn durable_http(inner: &Arc<Inner>, work: &ActivityWork) -> Result<String, String> {
+    let store = inner.store.clone();
+    let id = work.call.instance.clone();
+    let orchestration = match blocking(move || store.instance(&id)).await {
+        Ok(Some(instance)) => instance.name,
+        _ => {
+            return Err(format!(
+                "call_http: instance `{}` is gone",
+                work.call.instance
+            ));
+        }
+    };
+    let allowed = inner
+        .http_allowed
+        .read()
+        .expect("allowlist poisoned")
+        .get(&orchestration)
+        .cloned()
+        .unwrap_or_default();
+    crate::durable_http::call(&work.call.input, &allowed, inner.config.activity_budget).await
+}
+
+/// Record how an attempt ended: a retry later, or the result.
+async fn finish(
+    inner: &Arc<Inner>,
+    work: ActivityWork,
+    started: crate::model::Millis,
+    result: Result<String, String>,
+) {
     let first_at = work.first_at.unwrap_or(started);
     let now = inner.config.clock.now();
     let retry = match &result {

@@ -161,6 +161,8 @@ struct Inner {
     registry: RwLock<HashMap<String, String>>,
     /// Activity name → the component that runs it and its options.
     activity_registry: RwLock<HashMap<String, RegisteredActivity>>,
+    /// Orchestration name → where its `ctx.call_http` requests may go.
+    http_allowed: RwLock<HashMap<String, Vec<AllowedHost>>>,
     activity_host: crate::activity::ActivityHost,
     /// Wakes the activity loop: new rows committed, an attempt ended.
     activities: Notify,
@@ -264,6 +266,7 @@ impl Runtime {
             config,
             registry: RwLock::default(),
             activity_registry: RwLock::default(),
+            http_allowed: RwLock::default(),
             activity_host,
             activities: Notify::new(),
             activities_open: watch::channel(false).0,
@@ -372,6 +375,16 @@ impl Runtime {
     /// registered (calls of a name still unknown then fail).
     pub fn open_activities(&self) {
         self.inner.activities_open.send_replace(true);
+    }
+
+    /// Let instances of the orchestration `name` send `ctx.call_http`
+    /// requests to these hosts (none by default).
+    pub fn allow_http_hosts(&self, name: &str, hosts: Vec<AllowedHost>) {
+        self.inner
+            .http_allowed
+            .write()
+            .expect("allowlist poisoned")
+            .insert(name.to_string(), hosts);
     }
 
     /// Let attempts of the registered activity `name` run for `timeout`

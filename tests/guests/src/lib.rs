@@ -301,6 +301,20 @@ async fn monitor(ctx: OrchestrationContext) -> Result<u64> {
     Ok(cycle)
 }
 
+/// GETs its input URL with `ctx.call_http`, following 202 polling.
+async fn http_caller(ctx: OrchestrationContext) -> Result<Value> {
+    let url: String = ctx.input()?;
+    Ok(
+        match ctx
+            .call_http(duro_sdk::HttpRequest::get(&url).poll_async())
+            .await
+        {
+            Ok(response) => json!({ "status": response.status, "body": response.body }),
+            Err(error) => json!({ "error": error.to_string() }),
+        },
+    )
+}
+
 /// One instruction of a [`program`].
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -389,4 +403,5 @@ duro_sdk::export_orchestrations! {
     "FetchThenWait" => fetch_then_wait,
     "Parent" => parent,
     "Monitor" => monitor,
+    "HttpCaller" => http_caller,
 }

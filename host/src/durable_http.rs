@@ -1,0 +1,179 @@
+//! The built-in activity behind `ctx.call_http` (Durable Functions'
+//! `CallHttpAsync`): one HTTP request from the host, to the hosts the
+//! orchestration's manifest entry allows, optionally following the
+//! `202 Accepted` + `Location` polling pattern; its response is the
+//! activity's output, recorded in the history like any other.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::activity::AllowedHost;
+
+/// The reserved activity name that `ctx.call_http` calls.
+pub const ACTIVITY: &str = "duro:http";
+
+/// Longest body of a response kept.
+const MAX_BODY: usize = 4 << 20;
+
+/// A request, as the SDK sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: Option<String>,
+    /// Follow `202` + `Location` with GETs until another status comes.
+    #[serde(default)]
+    poll_async: bool,
+}
+
+/// A response, as the SDK receives it.
+#[derive(Debug, Serialize)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// Run one `ctx.call_http` request within `budget`: the response as JSON,
+/// or why there is none.
+pub async fn call(
+    input: &str,
+    allowed: &[AllowedHost],
+    budget: Duration,
+) -> Result<String, String> {
+    let request: Request =
+        serde_json::from_str(input).map_err(|e| format!("call_http: bad request {input}: {e}"))?;
+    let run = async {
+        let mut response = send(
+            &request.method,
+            &request.url,
+            &request.headers,
+            request.body.clone(),
+            allowed,
+        )
+        .await?;
+        while request.poll_async && response.status == 202 {
+            let Some(location) = header(&response, "location") else {
+                break;
+            };
+            let wait = header(&response, "retry-after")
+                .and_then(|s| s.parse::<u64>().ok())
+                .map_or(Duration::from_secs(1), Duration::from_secs);
+            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+            let url = absolute(&request.url, location);
+            response = send("GET", &url, &request.headers, None, allowed).await?;
+        }
+        serde_json::to_string(&response).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(budget, run)
+        .await
+        .map_err(|_| format!("call_http: no final response within {budget:?}"))?
+}
+
+fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    response
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// `location` made absolute against `base` (a path keeps base's origin).
+fn absolute(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let origin_end = base
+        .find("://")
+        .and_then(|at| base[at + 3..].find('/').map(|slash| at + 3 + slash))
+        .unwrap_or(base.len());
+    format!("{}{location}", &base[..origin_end])
+}
+
+async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<String>,
+    allowed: &[AllowedHost],
+) -> Result<Response, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("call_http: bad URL {url}: {e}"))?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    if !allowed.iter().any(|a| a.allows(scheme, &host, port)) {
+        return Err(format!(
+            "call_http: {scheme}://{host}:{port} is not among the orchestration's allowed_hosts"
+        ));
+    }
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("call_http: cannot connect to {host}:{port}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("call_http: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.clone(), |a| a.to_string()),
+        );
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .map_err(|e| format!("call_http: bad request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("call_http: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("call_http: reading the response: {e}"))?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute;
+
+    #[test]
+    fn locations_are_resolved_against_the_request_url() {
+        assert_eq!(absolute("http://a:1/x/y", "/s/1"), "http://a:1/s/1");
+        assert_eq!(absolute("http://a:1", "/s"), "http://a:1/s");
+        assert_eq!(absolute("http://a:1/x", "http://b/s"), "http://b/s");
+    }
+}
