@@ -1,9 +1,10 @@
 //! Crash torture: scenario lifecycles over HTTP from many clients while the
 //! host is killed with SIGKILL at random moments and restarted on the same
-//! database: `Workflow` ended by its event, and (every fourth) a
-//! `WorkflowWithTimeout` ended by its durable timer. Every acknowledged start
-//! must reach Completed exactly once with the right output, with one event
-//! (or one timer) and one completion in its history.
+//! database: `Workflow` ended by its event, and one in four each a
+//! `WorkflowWithTimeout` ended by its durable timer and a `Chain` of three
+//! activities. Every acknowledged start must reach Completed exactly once
+//! with the right output, with one event (or one timer, or three activity
+//! results) and one completion in its history.
 //!
 //! CI runs the short form (10 kills). A long run:
 //! `DURO_TORTURE_KILLS=200 DURO_TORTURE_CLIENTS=32 ./scripts/test --test all torture -- --nocapture`
@@ -31,8 +32,20 @@ fn setting(name: &str, default: u64) -> u64 {
 struct Acknowledged {
     start: bool,
     event: bool,
-    /// A `WorkflowWithTimeout` left to its timer (no event is sent).
-    timed: bool,
+    /// How the lifecycle ends.
+    kind: Lifecycle,
+}
+
+/// The kinds of lifecycles the clients run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// `Workflow`, ended by its event.
+    #[default]
+    Event,
+    /// `WorkflowWithTimeout`, left to its durable timer (no event is sent).
+    Timer,
+    /// `Chain`: three activities in sequence (no event is sent).
+    Activities,
 }
 
 /// A small deterministic generator, seeded and printed so a run can be
@@ -80,7 +93,15 @@ fn acknowledged_work_survives_repeated_kill_9() {
             | 1,
     );
     let dir = tempfile::tempdir().unwrap();
-    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Chain\"\ncomponent = {:?}\n\
+             [[activity]]\nname = \"Add\"\ncomponent = {:?}\n",
+            duro_tests::TEST_GUESTS,
+            duro_tests::TEST_ACTIVITIES
+        ),
+    );
     let database = dir.path().join("duro.db");
     let host = Host::start_with(&manifest, &database, &[]);
     let address = Arc::new(RwLock::new(host.address.clone()));
@@ -102,17 +123,22 @@ fn acknowledged_work_survives_repeated_kill_9() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("t{client}-{n}");
-                    // Every fourth lifecycle ends by a durable timer.
-                    let timed = n % 4 == 3;
-                    n += 1;
-                    let (name, input) = if timed {
-                        (
+                    // One lifecycle in four ends by a durable timer, one by
+                    // three activities, the others by an event.
+                    let kind = match n % 4 {
+                        1 => Lifecycle::Activities,
+                        3 => Lifecycle::Timer,
+                        _ => Lifecycle::Event,
+                    };
+                    let (name, input) = match kind {
+                        Lifecycle::Timer => (
                             "WorkflowWithTimeout",
                             json!({ "name": id, "timeout_ms": 200 }),
-                        )
-                    } else {
-                        ("Workflow", json!(format!("in-{id}")))
+                        ),
+                        Lifecycle::Activities => ("Chain", json!(n)),
+                        Lifecycle::Event => ("Workflow", json!(format!("in-{id}"))),
                     };
+                    n += 1;
                     let input = input.to_string();
                     let start = format!("{API}/orchestrators/{name}/{id}");
                     let Some(reply) = send(&address, "POST", &start, &input, give_up) else {
@@ -131,10 +157,10 @@ fn acknowledged_work_survives_repeated_kill_9() {
                         Acknowledged {
                             start: true,
                             event: false,
-                            timed,
+                            kind,
                         },
                     );
-                    if timed {
+                    if kind != Lifecycle::Event {
                         continue;
                     }
                     let raise = format!("{API}/instances/{id}/raiseEvent/Workflow");
@@ -177,7 +203,7 @@ fn acknowledged_work_survives_repeated_kill_9() {
         if !acked.start {
             continue;
         }
-        if !acked.event && !acked.timed {
+        if !acked.event && acked.kind == Lifecycle::Event {
             // The client stopped between its start and its event: send it now.
             let raise = host.post(
                 &format!("{API}/instances/{id}/raiseEvent/Workflow"),
@@ -197,10 +223,13 @@ fn acknowledged_work_survives_repeated_kill_9() {
             continue;
         }
         let body = status.json();
-        let expected = if acked.timed {
-            json!({ "name": id, "outcome": "timeout", "payload": null })
-        } else {
-            json!(format!("Workflow for in-{id} stopped"))
+        let expected = match acked.kind {
+            Lifecycle::Timer => json!({ "name": id, "outcome": "timeout", "payload": null }),
+            // Chain(n) = n + 1 + 2 + 3, n from the id's counter.
+            Lifecycle::Activities => {
+                json!(id.rsplit('-').next().unwrap().parse::<i64>().unwrap() + 6)
+            }
+            Lifecycle::Event => json!(format!("Workflow for in-{id} stopped")),
         };
         if body["output"] != expected {
             wrong.push((id.clone(), body["output"].clone()));
@@ -215,10 +244,15 @@ fn acknowledged_work_survives_repeated_kill_9() {
                 .filter(|e| e["EventType"] == kind || e["eventType"] == kind)
                 .count()
         };
-        let (events, timers) = if acked.timed { (0, 1) } else { (1, 0) };
+        let (events, timers, activities) = match acked.kind {
+            Lifecycle::Event => (1, 0, 0),
+            Lifecycle::Timer => (0, 1, 0),
+            Lifecycle::Activities => (0, 0, 3),
+        };
         if count("ExecutionCompleted") != 1
             || count("EventRaised") != events
             || count("TimerFired") != timers
+            || count("TaskCompleted") != activities
         {
             duplicated.push((id.clone(), Value::Array(history.clone())));
         }
