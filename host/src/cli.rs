@@ -43,17 +43,45 @@ struct AppFiles {
     /// SQLite database file, created if missing.
     #[arg(long, env = "DURO_DATABASE", default_value = ".duro/duro.db")]
     database: PathBuf,
-    /// The app manifest.
-    #[arg(
-        long,
-        env = "DURO_MANIFEST",
-        default_value = "workflows/scenario/duro.toml"
-    )]
-    manifest: PathBuf,
+    /// The app manifest (default: `duro.toml` in the current folder if there
+    /// is one, as in an app made by `duro new`; else the example app's).
+    #[arg(long, env = "DURO_MANIFEST")]
+    manifest: Option<PathBuf>,
+}
+
+impl AppFiles {
+    /// The manifest given, or the default one.
+    fn manifest(&self) -> PathBuf {
+        self.manifest.clone().unwrap_or_else(|| {
+            let here = PathBuf::from("duro.toml");
+            if here.exists() {
+                here
+            } else {
+                PathBuf::from("workflows/scenario/duro.toml")
+            }
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create a new app in the folder NAME: an orchestration, an activity,
+    /// an HTTP function and their manifest.
+    New {
+        /// The app's name (and folder).
+        name: String,
+        /// The duro guest SDK to depend on (default: the one this duro was
+        /// built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build an app's guests for wasm32-wasip2 and put them where its
+    /// manifest names them.
+    Build {
+        /// The app manifest.
+        #[arg(long, default_value = "duro.toml")]
+        manifest: PathBuf,
+    },
     /// Serve an app: its HTTP functions, its orchestrations, the management API.
     Serve {
         /// Address to listen on.
@@ -246,7 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
-            app: AppFiles { database, manifest },
+            app,
             function_key,
             cache_dir,
             step_budget_ms,
@@ -254,8 +282,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             server::serve(ServeConfig {
                 listen,
-                database,
-                manifest,
+                manifest: app.manifest(),
+                database: app.database,
                 function_key,
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),
@@ -396,8 +424,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
+        Command::New { name, sdk } => {
+            let root = crate::scaffold::new_app(&name, sdk)?;
+            println!(
+                "created {}: cd {} && duro build && duro serve",
+                root.display(),
+                root.display()
+            );
+            Ok(())
+        }
+        Command::Build { manifest } => {
+            let placed = crate::scaffold::build_app(&manifest)?;
+            for path in placed {
+                println!("built {}", path.display());
+            }
+            Ok(())
+        }
         Command::Fill {
-            app: AppFiles { database, manifest },
+            app,
             orchestration,
             count,
             status,
@@ -416,9 +460,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 spread_ms: spread_secs * 1000,
             };
             let started = std::time::Instant::now();
-            let written =
-                tokio::task::spawn_blocking(move || crate::fill::fill(&database, &manifest, &spec))
-                    .await??;
+            let written = tokio::task::spawn_blocking(move || {
+                crate::fill::fill(&app.database, &app.manifest(), &spec)
+            })
+            .await??;
             print(
                 cli.json,
                 &serde_json::json!({ "instancesWritten": written }),

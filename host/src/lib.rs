@@ -15,6 +15,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod replay;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod trigger;

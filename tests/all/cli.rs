@@ -153,3 +153,60 @@ fn cli_sends_the_key_a_host_asks_for() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "started keyed");
 }
+
+/// The author's loop on a fresh app: `duro new`, `duro build`, `duro serve`,
+/// then a request to its HTTP function runs its orchestration and activity.
+#[test]
+fn duro_new_builds_and_serves_an_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let created = Command::new(duro_binary())
+        .current_dir(dir.path())
+        .args(["new", "hello", "--sdk"])
+        .arg(&sdk)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let app = dir.path().join("hello");
+    let again = Command::new(duro_binary())
+        .current_dir(dir.path())
+        .args(["new", "hello"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    // A target dir of its own, kept between runs: the app's dependencies
+    // compile once per machine.
+    let built = Command::new(duro_binary())
+        .current_dir(&app)
+        .arg("build")
+        .env(
+            "CARGO_TARGET_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("duro-new-target"),
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(app.join("components/hello_orchestrations.wasm").exists());
+
+    let host = Host::start_in(&app, std::path::Path::new("duro.toml"), ".duro/duro.db");
+    let started = host.get("/api/hello/world");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_string();
+    let done = host.poll(
+        &format!("/runtime/webhooks/durabletask/instances/{id}"),
+        |r| r.status == 200,
+    );
+    assert_eq!(done.json()["output"], "hello world", "{}", done.body);
+}
