@@ -12,6 +12,9 @@ const GUESTS: &[(&str, &str)] = &[
     ("TEST_GUESTS_HTTP", "test-guests-http"),
     ("TEST_ACTIVITIES", "test-activities"),
     ("TEST_LEGACY", "test-legacy"),
+    ("PATTERNS_ORCHESTRATIONS", "patterns-orchestrations"),
+    ("PATTERNS_ACTIVITIES", "patterns-activities"),
+    ("PATTERNS_HTTP", "patterns-http"),
 ];
 
 fn main() {

@@ -8,6 +8,7 @@ mod dfclient;
 mod host;
 mod http;
 mod orchestration;
+mod patterns;
 mod queries;
 mod semantics;
 mod simulation;
