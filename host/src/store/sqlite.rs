@@ -892,7 +892,11 @@ impl RuntimeStore for SqliteStore {
     /// of them anyway, so making them durable would only cost an fsync per
     /// round.
     fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
-        let held = self.leased.lock().expect("lease set poisoned").len();
+        // The lease set is held across the read: a lease given back after
+        // its commit must not be taken again by a claim that read the rows
+        // from before that commit.
+        let mut leased = self.leased.lock().expect("lease set poisoned");
+        let held = leased.len();
         let candidates: Vec<String> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(sql::CLAIM_READY).map_err(backend)?;
             stmt.query_map([(max + held) as i64], |r| r.get(0))
@@ -900,7 +904,6 @@ impl RuntimeStore for SqliteStore {
                 .collect::<rusqlite::Result<Vec<String>>>()
                 .map_err(backend)
         })?;
-        let mut leased = self.leased.lock().expect("lease set poisoned");
         Ok(candidates
             .into_iter()
             .filter(|id| leased.insert(id.clone()))
@@ -1012,11 +1015,11 @@ impl RuntimeStore for SqliteStore {
     }
 
     fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
-        let held = self
-            .leased_activities
-            .lock()
-            .expect("lease set poisoned")
-            .len();
+        // Held across the read (see `claim_ready`): otherwise an attempt that
+        // finishes between the read and the filter (row deleted, lease given
+        // back) is claimed, and run, a second time.
+        let mut leased = self.leased_activities.lock().expect("lease set poisoned");
+        let held = leased.len();
         let rows: Vec<ActivityWork> = self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(sql::CLAIM_ACTIVITIES)
@@ -1055,7 +1058,6 @@ impl RuntimeStore for SqliteStore {
                 })
                 .collect()
         })?;
-        let mut leased = self.leased_activities.lock().expect("lease set poisoned");
         Ok(rows
             .into_iter()
             .filter(|row| leased.insert(row.id))
