@@ -259,29 +259,9 @@ fn an_activity_in_flight_at_kill_9_runs_again_and_is_recorded_once() {
     assert_eq!(completed, 1, "{}", done.body);
 }
 
-/// A local HTTP server that answers every request with the number of
-/// requests it has had; returns its address and that count.
+/// A local server answering each request with how many it has had.
 fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            let body = n.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (address, count)
+    crate::host::local_server(|n| crate::host::ok_response(&n.to_string()))
 }
 
 #[test]
@@ -464,28 +444,16 @@ async fn an_eternal_monitor_keeps_its_history_bounded() {
 
 /// A server with one long-running job: `GET /start` answers 202 with
 /// `Location: /status`; `/status` answers 202 twice more, then 200 `done`.
-/// Returns its address and how many requests it had.
 fn async_job_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            let reply = if n < 4 {
-                "HTTP/1.1 202 Accepted\r\nlocation: /status\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
-            } else {
-                "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone".to_string()
-            };
-            let _ = stream.write_all(reply.as_bytes());
+    crate::host::local_server(|n| {
+        if n < 4 {
+            "HTTP/1.1 202 Accepted\r\nlocation: /status\r\nretry-after: 0\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+                .to_string()
+        } else {
+            crate::host::ok_response("done")
         }
-    });
-    (address, count)
+    })
 }
 
 #[test]

@@ -2,8 +2,7 @@
 //! driven over HTTP against a real `duro serve` running that app's manifest
 //! (its component paths pointed at the components the build made).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -87,25 +86,9 @@ fn human_interaction_is_approved_or_escalated() {
 
 #[test]
 fn the_monitor_polls_until_done_with_a_bounded_history() {
-    use std::io::{Read, Write};
     // An endpoint that answers `pending` four times, then `done`.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            let body = if n < 5 { "pending" } else { "done" };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+    let (address, hits) = crate::host::local_server(|n| {
+        crate::host::ok_response(if n < 5 { "pending" } else { "done" })
     });
     let dir = tempfile::tempdir().unwrap();
     let host = serve_patterns(dir.path());

@@ -291,9 +291,16 @@ impl Runtime {
         &self.inner.engine
     }
 
-    /// Store a component, check that it is an orchestration, and make it the
-    /// version new instances of `orchestrations` start on. Returns its digest.
-    pub async fn register(&self, bytes: Vec<u8>, orchestrations: &[&str]) -> RuntimeResult<String> {
+    /// Compile a component, check it with `prepare` (which also keeps it
+    /// ready to instantiate), and store its bytes by digest; returns the
+    /// digest.
+    async fn store_component(
+        &self,
+        bytes: Vec<u8>,
+        prepare: impl FnOnce(&Inner, &str, &wasmtime::component::Component) -> anyhow::Result<()>
+        + Send
+        + 'static,
+    ) -> RuntimeResult<String> {
         let digest = engine::digest(&bytes);
         let inner = self.inner.clone();
         let d = digest.clone();
@@ -302,14 +309,23 @@ impl Runtime {
                 .engine
                 .component(&d, &bytes)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            inner
-                .replayer
-                .prepare(&d, &component)
+            prepare(&inner, &d, &component)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
             inner.store.put_component(&d, &bytes)?;
             Ok(())
         })
         .await?;
+        Ok(digest)
+    }
+
+    /// Store a component, check that it is an orchestration, and make it the
+    /// version new instances of `orchestrations` start on. Returns its digest.
+    pub async fn register(&self, bytes: Vec<u8>, orchestrations: &[&str]) -> RuntimeResult<String> {
+        let digest = self
+            .store_component(bytes, |inner, digest, component| {
+                inner.replayer.prepare(digest, component)
+            })
+            .await?;
         let mut registry = self.inner.registry.write().expect("registry poisoned");
         for name in orchestrations {
             registry.insert(name.to_string(), digest.clone());
@@ -324,22 +340,11 @@ impl Runtime {
         bytes: Vec<u8>,
         activities: &[&str],
     ) -> RuntimeResult<String> {
-        let digest = engine::digest(&bytes);
-        let inner = self.inner.clone();
-        let d = digest.clone();
-        blocking(move || -> RuntimeResult<()> {
-            let component = inner
-                .engine
-                .component(&d, &bytes)
-                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            inner
-                .activity_host
-                .prepare(&d, &component)
-                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            inner.store.put_component(&d, &bytes)?;
-            Ok(())
-        })
-        .await?;
+        let digest = self
+            .store_component(bytes, |inner, digest, component| {
+                inner.activity_host.prepare(digest, component)
+            })
+            .await?;
         let mut registry = self
             .inner
             .activity_registry
