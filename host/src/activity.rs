@@ -219,6 +219,79 @@ impl AllowedHost {
     }
 }
 
+/// Why an outbound request got no response.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// No allowed host admits `scheme://host:port`.
+    Denied(String),
+    /// The URI cannot be sent.
+    BadUri(String),
+    /// The host could not be reached.
+    Unreachable(String),
+    /// The exchange failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Denied(target) => write!(f, "{target} is not among the allowed hosts"),
+            Refusal::BadUri(why) | Refusal::Unreachable(why) | Refusal::Failed(why) => {
+                f.write_str(why)
+            }
+        }
+    }
+}
+
+/// Send `request` (its URI absolute) over a fresh plain HTTP/1.1
+/// connection, if one of `allowed` admits its host: the one outbound path
+/// of activities and of `ctx.call_http`.
+pub(crate) async fn send_to_allowed<B>(
+    request: http::Request<B>,
+    allowed: &[AllowedHost],
+) -> Result<http::Response<hyper::body::Incoming>, Refusal>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let uri = request.uri().clone();
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    if !allowed.iter().any(|a| a.allows(scheme, &host, port)) {
+        return Err(Refusal::Denied(format!("{scheme}://{host}:{port}")));
+    }
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| Refusal::Unreachable(format!("cannot connect to {host}:{port}: {e}")))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+    tokio::spawn(connection);
+    // Origin form on the request line, as HTTP/1.1 servers expect, and the
+    // authority in `Host` if the request has none.
+    let (mut parts, body) = request.into_parts();
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(value) = authority.as_str().parse()
+    {
+        parts.headers.insert(http::header::HOST, value);
+    }
+    parts.uri = uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|e| Refusal::BadUri(format!("{uri}: {e}")))?;
+    sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| Refusal::Failed(e.to_string()))
+}
+
 /// Outbound HTTP of an activity: to its allowed hosts, over plain HTTP/1.1.
 struct OutboundHttp {
     allowed: Vec<AllowedHost>,
@@ -240,37 +313,20 @@ impl WasiHttpHooks for OutboundHttp {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         use wasmtime_wasi_http::Error;
-        let uri = request.uri().clone();
-        let scheme = uri.scheme_str().unwrap_or("http").to_string();
-        let host = uri.host().unwrap_or_default().to_string();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let allowed = self.allowed.iter().any(|a| a.allows(&scheme, &host, port));
+        let allowed = self.allowed.clone();
         Box::new(async move {
-            if !allowed {
-                tracing::warn!("activity request to {scheme}://{host}:{port} denied");
-                return Err(Error::HttpRequestDenied);
-            }
-            let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|_| Error::ConnectionRefused)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            let response =
+                send_to_allowed(request, &allowed)
                     .await
-                    .map_err(|_| Error::ConnectionTerminated)?;
-            tokio::spawn(connection);
-            // Origin form on the request line, as HTTP/1.1 servers expect.
-            let (mut parts, body) = request.into_parts();
-            parts.uri = uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse()
-                .map_err(|_| Error::HttpRequestUriInvalid)?;
-            let response = sender
-                .send_request(http::Request::from_parts(parts, body))
-                .await
-                .map_err(|_| Error::ConnectionTerminated)?;
+                    .map_err(|refusal| match refusal {
+                        Refusal::Denied(target) => {
+                            tracing::warn!("activity request to {target} denied");
+                            Error::HttpRequestDenied
+                        }
+                        Refusal::BadUri(_) => Error::HttpRequestUriInvalid,
+                        Refusal::Unreachable(_) => Error::ConnectionRefused,
+                        Refusal::Failed(_) => Error::ConnectionTerminated,
+                    })?;
             let response = response.map(|body| {
                 http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
                     body,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::activity::AllowedHost;
+use crate::activity::{AllowedHost, Refusal, send_to_allowed};
 
 /// The reserved activity name that `ctx.call_http` calls.
 pub const ACTIVITY: &str = "duro:http";
@@ -103,34 +103,7 @@ async fn send(
     body: Option<String>,
     allowed: &[AllowedHost],
 ) -> Result<Response, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("call_http: bad URL {url}: {e}"))?;
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let host = uri.host().unwrap_or_default().to_string();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    if !allowed.iter().any(|a| a.allows(scheme, &host, port)) {
-        return Err(format!(
-            "call_http: {scheme}://{host}:{port} is not among the orchestration's allowed_hosts"
-        ));
-    }
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("call_http: cannot connect to {host}:{port}: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("call_http: {e}"))?;
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(
-            http::header::HOST,
-            uri.authority().map_or(host.clone(), |a| a.to_string()),
-        );
+    let mut request = http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -138,11 +111,15 @@ async fn send(
         .body(http_body_util::Full::new(hyper::body::Bytes::from(
             body.unwrap_or_default(),
         )))
-        .map_err(|e| format!("call_http: bad request: {e}"))?;
-    let response = sender
-        .send_request(request)
+        .map_err(|e| format!("call_http: bad request to {url}: {e}"))?;
+    let response = send_to_allowed(request, allowed)
         .await
-        .map_err(|e| format!("call_http: {e}"))?;
+        .map_err(|refusal| match refusal {
+            Refusal::Denied(target) => {
+                format!("call_http: {target} is not among the orchestration's allowed_hosts")
+            }
+            other => format!("call_http: {other}"),
+        })?;
     let status = response.status().as_u16();
     let headers = response
         .headers()

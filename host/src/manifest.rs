@@ -135,6 +135,20 @@ pub struct ResolvedHttp {
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
+/// An entry's `allowed_hosts`, parsed; the error names the manifest, the
+/// entry and the host.
+fn allowed_hosts(
+    path: &Path,
+    what: &str,
+    hosts: &[String],
+) -> anyhow::Result<Vec<crate::activity::AllowedHost>> {
+    hosts
+        .iter()
+        .map(|host| host.parse())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("manifest {}: {what}: allowed_hosts: {e}", path.display()))
+}
+
 /// Check a route template: `/` segments of literals or `{name}` parameters.
 fn check_route(route: &str) -> Result<String, String> {
     if !route.starts_with('/') {
@@ -208,14 +222,7 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
             bail!("manifest {}: {what} is declared twice", path.display());
         }
         orchestrations.push((entry.name.clone(), read(&entry.component, &what)?));
-        let allowed = entry
-            .allowed_hosts
-            .iter()
-            .map(|host| host.parse())
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| {
-                anyhow::anyhow!("manifest {}: {what}: allowed_hosts: {e}", path.display())
-            })?;
+        let allowed = allowed_hosts(path, &what, &entry.allowed_hosts)?;
         http_allowed.push((entry.name.clone(), allowed));
     }
     let mut http: Vec<ResolvedHttp> = Vec::new();
@@ -277,14 +284,7 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
                 path.display()
             );
         }
-        let allowed_hosts = entry
-            .allowed_hosts
-            .iter()
-            .map(|host| host.parse())
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| {
-                anyhow::anyhow!("manifest {}: {what}: allowed_hosts: {e}", path.display())
-            })?;
+        let allowed_hosts = allowed_hosts(path, &what, &entry.allowed_hosts)?;
         activities.push(ResolvedActivity {
             name: entry.name.clone(),
             component: read(&entry.component, &what)?,

@@ -442,6 +442,18 @@ pub enum Message {
 }
 
 impl Message {
+    /// The execution a completion belongs to; none for what is addressed to
+    /// the instance (or a timer stored before executions had ids).
+    pub fn execution(&self) -> Option<&str> {
+        match self {
+            Message::TimerFired { execution, .. } => execution.as_deref(),
+            Message::ActivityDone { execution, .. } | Message::ChildDone { execution, .. } => {
+                Some(execution)
+            }
+            _ => None,
+        }
+    }
+
     /// Control messages steer the instance itself and are processed even
     /// while it is suspended.
     pub fn is_control(&self) -> bool {
@@ -489,6 +501,39 @@ pub struct Instance {
     pub history_len: u64,
     /// The call this instance is a sub-orchestration of, if any.
     pub parent: Option<ParentCall>,
+}
+
+impl Instance {
+    /// A new instance of `name`, created at `now` on `component`, before its
+    /// first episode: a fresh execution with only its `ExecutionStarted`.
+    ///
+    /// ```
+    /// let i = duro::model::Instance::pending("i".into(), "N".into(), "null".into(), "sha256:x".into(), 5, None);
+    /// assert_eq!((i.status, i.history_len, i.created_at), (duro::model::RuntimeStatus::Pending, 1, 5));
+    /// ```
+    pub fn pending(
+        id: String,
+        name: String,
+        input: String,
+        component: String,
+        now: Millis,
+        parent: Option<ParentCall>,
+    ) -> Self {
+        Instance {
+            id,
+            name,
+            status: RuntimeStatus::Pending,
+            input,
+            output: None,
+            custom_status: None,
+            component,
+            execution_id: fresh_id(),
+            created_at: now,
+            updated_at: now,
+            history_len: 1,
+            parent,
+        }
+    }
 }
 
 /// The orchestration call a sub-orchestration answers.

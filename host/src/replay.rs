@@ -5,7 +5,7 @@
 //! the history and the incoming messages it is handed, and returns what the
 //! episode appended; the runtime persists it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -460,6 +460,14 @@ impl HostMonotonicClock for EpisodeClock {
     }
 }
 
+/// What kind of task a live task number stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    Timer,
+    Activity,
+    Child,
+}
+
 /// The replay cursor over the history and what the orchestration has asked
 /// for so far.
 struct ReplayState {
@@ -476,12 +484,9 @@ struct ReplayState {
     guids: u32,
     /// Event waits not yet satisfied, oldest first.
     open_waits: Vec<(u32, String)>,
-    /// Timers scheduled and neither fired nor cancelled.
-    live_timers: BTreeSet<u32>,
-    /// Activities called and neither finished nor cancelled.
-    live_activities: BTreeSet<u32>,
-    /// Sub-orchestrations called and neither finished nor cancelled.
-    live_children: BTreeSet<u32>,
+    /// Timers, activities and sub-orchestrations scheduled and neither
+    /// completed nor cancelled (event waits are in `open_waits`).
+    live: BTreeMap<u32, Live>,
     /// Events that no live wait took, in arrival order: (history position,
     /// name, payload).
     buffered: VecDeque<(usize, String, String)>,
@@ -509,9 +514,7 @@ impl ReplayState {
             next_task: 0,
             guids: 0,
             open_waits: Vec::new(),
-            live_timers: BTreeSet::new(),
-            live_activities: BTreeSet::new(),
-            live_children: BTreeSet::new(),
+            live: BTreeMap::new(),
             buffered: VecDeque::new(),
             pending: VecDeque::new(),
             custom_status: None,
@@ -585,45 +588,34 @@ impl ReplayState {
                     }
                 }
                 HistoryEvent::TimerFired { task, .. } => {
-                    // A cancelled timer completes nothing; neither does a
-                    // task number that is no timer of this execution.
-                    if self.live_timers.remove(&task) {
-                        return Ok(Some(Some(Completion {
-                            task,
-                            outcome: TaskOutcome::TimerFired,
-                        })));
+                    if let Some(completion) =
+                        self.complete(task, Live::Timer, TaskOutcome::TimerFired)
+                    {
+                        return Ok(Some(Some(completion)));
                     }
                 }
                 HistoryEvent::TaskCompleted { task, output, .. } => {
-                    if self.live_activities.remove(&task) {
-                        return Ok(Some(Some(Completion {
-                            task,
-                            outcome: TaskOutcome::ActivityCompleted(output),
-                        })));
+                    let outcome = TaskOutcome::ActivityCompleted(output);
+                    if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                        return Ok(Some(Some(completion)));
                     }
                 }
                 HistoryEvent::TaskFailed { task, error, .. } => {
-                    if self.live_activities.remove(&task) {
-                        return Ok(Some(Some(Completion {
-                            task,
-                            outcome: TaskOutcome::ActivityFailed(error),
-                        })));
+                    let outcome = TaskOutcome::ActivityFailed(error);
+                    if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                        return Ok(Some(Some(completion)));
                     }
                 }
                 HistoryEvent::SubOrchestrationCompleted { task, output } => {
-                    if self.live_children.remove(&task) {
-                        return Ok(Some(Some(Completion {
-                            task,
-                            outcome: TaskOutcome::SubOrchestrationCompleted(output),
-                        })));
+                    let outcome = TaskOutcome::SubOrchestrationCompleted(output);
+                    if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                        return Ok(Some(Some(completion)));
                     }
                 }
                 HistoryEvent::SubOrchestrationFailed { task, error } => {
-                    if self.live_children.remove(&task) {
-                        return Ok(Some(Some(Completion {
-                            task,
-                            outcome: TaskOutcome::SubOrchestrationFailed(error),
-                        })));
+                    let outcome = TaskOutcome::SubOrchestrationFailed(error);
+                    if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                        return Ok(Some(Some(completion)));
                     }
                 }
                 HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
@@ -714,16 +706,27 @@ impl ReplayState {
                 }
             }
             Action::CreateTimer { .. } => {
-                self.live_timers.insert(task);
+                self.live.insert(task, Live::Timer);
             }
             Action::CallActivity { .. } => {
-                self.live_activities.insert(task);
+                self.live.insert(task, Live::Activity);
             }
             Action::CallSubOrchestration { .. } => {
-                self.live_children.insert(task);
+                self.live.insert(task, Live::Child);
             }
         }
         Ok(task)
+    }
+
+    /// The completion of `task` if it is a live task of `kind`: a cancelled
+    /// task, or a number that is no such task of this execution, completes
+    /// nothing.
+    fn complete(&mut self, task: u32, kind: Live, outcome: TaskOutcome) -> Option<Completion> {
+        if self.live.get(&task) != Some(&kind) {
+            return None;
+        }
+        self.live.remove(&task);
+        Some(Completion { task, outcome })
     }
 
     /// Cancel a task the orchestration dropped before it completed: recorded
@@ -731,10 +734,8 @@ impl ReplayState {
     fn cancel(&mut self, task: u32) -> Result<(), Divergence> {
         let waiting = self.open_waits.iter().position(|(t, _)| *t == task);
         let handed = self.pending.iter().position(|(t, _)| *t == task);
-        let timer = self.live_timers.contains(&task);
-        let activity = self.live_activities.contains(&task);
-        let child = self.live_children.contains(&task);
-        if waiting.is_none() && handed.is_none() && !timer && !activity && !child {
+        let live = self.live.get(&task).copied();
+        if waiting.is_none() && handed.is_none() && live.is_none() {
             // Completed already (or never scheduled): nothing to give up.
             return Ok(());
         }
@@ -765,7 +766,7 @@ impl ReplayState {
             None => {
                 self.history.push(HistoryEvent::TaskCancelled { task });
                 self.cursor += 1;
-                if timer {
+                if live == Some(Live::Timer) {
                     self.cancelled_timers.push(task);
                 }
             }
@@ -779,11 +780,9 @@ impl ReplayState {
             let at = self.buffered.partition_point(|(p, _, _)| *p < event.0);
             self.buffered.insert(at, event);
         }
-        self.live_timers.remove(&task);
         // A running activity or child is not stopped; its result completes
         // nothing.
-        self.live_activities.remove(&task);
-        self.live_children.remove(&task);
+        self.live.remove(&task);
         Ok(())
     }
 

@@ -42,16 +42,8 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
             }
         }
         let store = inner.store.clone();
-        let next = blocking(move || store.next_activity_due())
-            .await
-            .unwrap_or(None);
-        let poll = inner.config.poll_interval;
-        let wait = match next {
-            Some(due) => {
-                Duration::from_millis(due.saturating_sub(inner.config.clock.now())).min(poll)
-            }
-            None => poll,
-        };
+        let next = blocking(move || store.next_activity_due()).await;
+        let wait = inner.wait_for(next, "activities");
         tokio::select! {
             _ = inner.activities.notified() => {}
             _ = tokio::time::sleep(wait) => {}

@@ -193,6 +193,24 @@ impl Inner {
             .min(MAX_RETRY_DELAY)
     }
 
+    /// How long a background loop sleeps before the next item it serves
+    /// falls due (`next`, read from the store; `what` names the items for a
+    /// failed read): until then by the runtime's clock, at most the poll
+    /// interval.
+    fn wait_for(&self, next: Result<Option<Millis>, StoreError>, what: &str) -> Duration {
+        let poll = self.config.poll_interval;
+        match next {
+            Ok(Some(due)) => {
+                Duration::from_millis(due.saturating_sub(self.config.clock.now())).min(poll)
+            }
+            Ok(None) => poll,
+            Err(e) => {
+                tracing::error!("reading due {what} failed: {e}");
+                poll
+            }
+        }
+    }
+
     /// Forget the failures of `id` once an episode of it committed.
     fn succeeded(&self, id: &str) {
         let mut retries = self.retries.lock().expect("retry counts poisoned");
@@ -421,20 +439,14 @@ impl Runtime {
             None => fresh_id(),
         };
         let now = self.inner.config.clock.now();
-        let instance = Instance {
-            id: id.clone(),
-            name: name.to_string(),
-            status: RuntimeStatus::Pending,
-            input: canonical_json(input),
-            output: None,
-            custom_status: None,
+        let instance = Instance::pending(
+            id.clone(),
+            name.to_string(),
+            canonical_json(input),
             component,
-            execution_id: fresh_id(),
-            created_at: now,
-            updated_at: now,
-            history_len: 1,
-            parent: None,
-        };
+            now,
+            None,
+        );
         let store = self.inner.store.clone();
         blocking(move || store.create_instance(&instance)).await?;
         self.inner.work.notify_one();

@@ -3,7 +3,6 @@
 //! loop that moves due timers into inboxes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -174,8 +173,9 @@ struct MessagePlan {
 /// Apply control messages in order; while the instance is suspended, other
 /// messages stay in the inbox (and are delivered, in order, on resume).
 ///
-/// A timer that fired for another execution (before a continue-as-new or a
-/// restart) is consumed and dropped.
+/// A completion for another execution (a timer, an activity or a child of
+/// the execution before a continue-as-new or a restart) is consumed and
+/// dropped.
 fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>) -> MessagePlan {
     let mut plan = MessagePlan {
         consumed: Vec::new(),
@@ -186,6 +186,14 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
     };
     let mut deferred: Vec<(i64, HistoryEvent)> = Vec::new();
     for entry in inbox {
+        if entry
+            .message
+            .execution()
+            .is_some_and(|other| other != execution)
+        {
+            plan.consumed.push(entry.id);
+            continue;
+        }
         let event = match entry.message {
             Message::Terminate { reason } => {
                 plan.consumed.push(entry.id);
@@ -219,30 +227,11 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
                 continue;
             }
             Message::EventRaised { name, payload } => HistoryEvent::EventRaised { name, payload },
-            Message::TimerFired {
-                execution: Some(other),
-                ..
-            } if other != execution => {
-                plan.consumed.push(entry.id);
-                continue;
-            }
             Message::TimerFired { task, fire_at, .. } => HistoryEvent::TimerFired { task, fire_at },
-            Message::ChildDone {
-                execution: other, ..
-            } if other != execution => {
-                plan.consumed.push(entry.id);
-                continue;
-            }
             Message::ChildDone { task, result, .. } => match result {
                 Ok(output) => HistoryEvent::SubOrchestrationCompleted { task, output },
                 Err(error) => HistoryEvent::SubOrchestrationFailed { task, error },
             },
-            Message::ActivityDone {
-                execution: other, ..
-            } if other != execution => {
-                plan.consumed.push(entry.id);
-                continue;
-            }
             Message::ActivityDone {
                 task,
                 result,
@@ -404,20 +393,14 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                     .get(&name)
                     .cloned();
                 match component {
-                    Some(component) => commit.new_children.push(Instance {
+                    Some(component) => commit.new_children.push(Instance::pending(
                         id,
                         name,
-                        status: RuntimeStatus::Pending,
-                        input: crate::model::canonical_json_text(input),
-                        output: None,
-                        custom_status: None,
+                        crate::model::canonical_json_text(input),
                         component,
-                        execution_id: fresh_id(),
-                        created_at: now,
-                        updated_at: now,
-                        history_len: 1,
-                        parent: Some(parent),
-                    }),
+                        now,
+                        Some(parent),
+                    )),
                     None => commit.follow_up.push(Message::ChildDone {
                         task,
                         execution: parent.execution,
@@ -515,19 +498,8 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
             Err(e) => tracing::error!("firing timers failed: {e}"),
         }
         let store = inner.store.clone();
-        let next: Option<Millis> = blocking(move || store.next_timer_due())
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!("reading timers failed: {e}");
-                None
-            });
-        let poll = inner.config.poll_interval;
-        let wait = match next {
-            Some(due) => {
-                Duration::from_millis(due.saturating_sub(inner.config.clock.now())).min(poll)
-            }
-            None => poll,
-        };
+        let next = blocking(move || store.next_timer_due()).await;
+        let wait = inner.wait_for(next, "timers");
         tokio::select! {
             _ = inner.timers.notified() => {}
             _ = tokio::time::sleep(wait) => {}

@@ -690,6 +690,21 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
     push_message(conn, &instance.id, &Message::Start)
 }
 
+/// Delete the timers and activity calls of an execution that has ended
+/// (finished, or continued as new): nothing waits for them any more.
+fn drop_scheduled_work(conn: &Connection, id: &str) -> StoreResult<()> {
+    for statement in [
+        "DELETE FROM timers WHERE instance_id = ?1",
+        "DELETE FROM activities WHERE instance_id = ?1",
+    ] {
+        conn.prepare_cached(statement)
+            .map_err(backend)?
+            .execute([id])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// Tell the parent of a sub-orchestration that has just ended how it ended.
 fn notify_parent(conn: &Connection, child: &Instance) -> StoreResult<()> {
     let Some(parent) = &child.parent else {
@@ -761,13 +776,7 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
     let first_seq = if episode.reset_history {
         conn.execute("DELETE FROM history WHERE instance_id = ?1", [&instance.id])
             .map_err(backend)?;
-        conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
-            .map_err(backend)?;
-        conn.execute(
-            "DELETE FROM activities WHERE instance_id = ?1",
-            [&instance.id],
-        )
-        .map_err(backend)?;
+        drop_scheduled_work(conn, &instance.id)?;
         0
     } else {
         episode.expected.history_len
@@ -873,13 +882,7 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
     }
     if instance.status.is_terminal() {
         notify_parent(conn, instance)?;
-        conn.execute("DELETE FROM timers WHERE instance_id = ?1", [&instance.id])
-            .map_err(backend)?;
-        conn.execute(
-            "DELETE FROM activities WHERE instance_id = ?1",
-            [&instance.id],
-        )
-        .map_err(backend)?;
+        drop_scheduled_work(conn, &instance.id)?;
     }
     for message in &episode.follow_up {
         push_message(conn, &instance.id, message)?;
