@@ -305,6 +305,64 @@ impl OrchestrationContext {
         )
     }
 
+    /// [`call_sub_orchestration`](Self::call_sub_orchestration), starting
+    /// the child again as `retry` says when it fails: the result is the
+    /// first success, or the error of the last attempt. Waits between
+    /// attempts are durable timers. With an `instance_id` every attempt
+    /// reuses it (the failed child is replaced, as Durable Functions does);
+    /// without one each attempt is a new child `<this id>:<task>`.
+    ///
+    /// Unlike [`call_activity_with_retry`](Self::call_activity_with_retry)
+    /// the retries are driven by this orchestration's own code, so each
+    /// attempt and each wait is a task of its own in the history.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// use std::time::Duration;
+    /// let policy = duro_sdk::RetryPolicy::new(3, Duration::from_secs(30));
+    /// let shipped: String = ctx
+    ///     .call_sub_orchestration_with_retry("Ship", Some("ship-order-7"), &"order-7", policy)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_sub_orchestration_with_retry<I: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        instance_id: Option<&str>,
+        input: &I,
+        retry: RetryPolicy,
+    ) -> impl Future<Output = Result<T>> + use<I, T> {
+        let ctx = *self;
+        let name = name.to_string();
+        let instance_id = instance_id.map(str::to_string);
+        let json = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
+        async move {
+            let started = ctx.current_time();
+            let mut attempt = 1;
+            loop {
+                let result = ctx
+                    .call_sub_orchestration::<_, T>(&name, instance_id.as_deref(), &json)
+                    .await;
+                let error = match result {
+                    Ok(output) => return Ok(output),
+                    Err(error) => error,
+                };
+                let Some(delay) = retry.delay_after(attempt) else {
+                    return Err(error);
+                };
+                let next = ctx.current_time() + delay;
+                let too_late = retry
+                    .retry_timeout
+                    .is_some_and(|limit| next.duration_since(started).unwrap_or_default() > limit);
+                if too_late {
+                    return Err(error);
+                }
+                ctx.create_timer(next).await;
+                attempt += 1;
+            }
+        }
+    }
+
     /// A durable timer that fires at `at` (at once if `at` is past). It
     /// survives host restarts and may be days away.
     ///
@@ -382,7 +440,7 @@ fn decode_child<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
     }
 }
 
-/// How failed activity attempts are retried: attempt `n + 1` starts
+/// How failed activity or sub-orchestration attempts are retried: attempt `n + 1` starts
 /// `first_retry_interval * backoff_coefficient^(n - 1)` (at most
 /// `max_retry_interval`) after attempt `n` failed, until `max_attempts`
 /// attempts were made or `retry_timeout` has passed since the first.
@@ -425,6 +483,33 @@ impl RetryPolicy {
             max_retry_interval: Duration::from_secs(3600),
             retry_timeout: None,
         }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after attempt `attempt` (1-based) failed, or `None` when
+    /// that was the last attempt allowed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = duro_sdk::RetryPolicy {
+    ///     backoff_coefficient: 2.0,
+    ///     max_retry_interval: Duration::from_secs(3),
+    ///     ..duro_sdk::RetryPolicy::new(4, Duration::from_secs(1))
+    /// };
+    /// assert_eq!(policy.delay_after(1), Some(Duration::from_secs(1)));
+    /// assert_eq!(policy.delay_after(2), Some(Duration::from_secs(2)));
+    /// assert_eq!(policy.delay_after(3), Some(Duration::from_secs(3)));
+    /// assert_eq!(policy.delay_after(4), None);
+    /// ```
+    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let factor = self.backoff_coefficient.max(0.0).powi(attempt as i32 - 1);
+        let millis = self.first_retry_interval.as_millis() as f64 * factor;
+        let cap = self.max_retry_interval.as_millis() as f64;
+        Some(Duration::from_millis(millis.min(cap) as u64))
     }
 }
 

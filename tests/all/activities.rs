@@ -416,6 +416,104 @@ async fn sub_orchestrations_report_their_end_to_the_parent() {
     rt.shutdown().await;
 }
 
+/// Raises `Verdict` on child `id` once its attempt `attempt` is live (the
+/// one before ended as Failed; a retry replaces it under the same id), and
+/// waits for the attempt to end.
+async fn judge(rt: &duro::runtime::Runtime, id: &str, attempt: u64, accepted: bool) {
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while !rt
+        .status(id)
+        .await
+        .unwrap()
+        .is_some_and(|child| !child.status.is_terminal())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempt {attempt} of child {id} never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    rt.raise_event(id, "Verdict", &json!(accepted))
+        .await
+        .unwrap();
+    let end = if accepted {
+        RuntimeStatus::Completed
+    } else {
+        RuntimeStatus::Failed
+    };
+    wait_status(rt, id, end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestrations_retry_under_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Fails twice, then succeeds on the third of three attempts.
+    let id = rt
+        .start_new(
+            "RetryingParent",
+            Some("rp1".into()),
+            &json!({ "id": "verdict-1", "attempts": 3 }),
+        )
+        .await
+        .unwrap();
+    for (attempt, accepted) in [(1, false), (2, false), (3, true)] {
+        judge(&rt, "verdict-1", attempt, accepted).await;
+    }
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "ok": "accepted" })
+    );
+    let history = rt.history(&id).await.unwrap();
+    // Each failure is followed, in the same episode, by a wait of the
+    // policy's interval from that episode's time.
+    let mut episode_time = 0;
+    let mut failed_in_episode = false;
+    let (mut failures, mut waits) = (0, 0);
+    for entry in &history {
+        match &entry.event {
+            HistoryEvent::OrchestratorStarted { timestamp } => {
+                episode_time = *timestamp;
+                failed_in_episode = false;
+            }
+            HistoryEvent::SubOrchestrationFailed { .. } => {
+                failures += 1;
+                failed_in_episode = true;
+            }
+            HistoryEvent::TaskScheduled {
+                action: Action::CreateTimer { fire_at },
+                ..
+            } => {
+                waits += 1;
+                assert!(failed_in_episode, "{history:#?}");
+                assert_eq!(*fire_at, episode_time + 200, "{history:#?}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((failures, waits), (2, 2), "{history:#?}");
+
+    // Out of attempts: the last attempt's error reaches the parent.
+    let id = rt
+        .start_new(
+            "RetryingParent",
+            Some("rp2".into()),
+            &json!({ "id": "verdict-2", "attempts": 2 }),
+        )
+        .await
+        .unwrap();
+    for (attempt, accepted) in [(1, false), (2, false)] {
+        judge(&rt, "verdict-2", attempt, accepted).await;
+    }
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!({ "error": "sub-orchestration `verdict-2` failed: rejected" })
+    );
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eternal_monitor_keeps_its_history_bounded() {
     let dir = tempfile::tempdir().unwrap();

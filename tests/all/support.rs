@@ -35,6 +35,8 @@ pub const TEST_NAMES: &[&str] = &[
     "CallOne",
     "FetchThenWait",
     "Parent",
+    "Verdict",
+    "RetryingParent",
     "Monitor",
     "HttpCaller",
 ];

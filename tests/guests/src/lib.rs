@@ -288,6 +288,35 @@ async fn parent(ctx: OrchestrationContext) -> Result<Value> {
     })
 }
 
+/// Waits for `Verdict`: `true` completes, `false` fails.
+async fn verdict(ctx: OrchestrationContext) -> Result<&'static str> {
+    let accepted: bool = ctx.wait_for_external_event("Verdict").await?;
+    if accepted {
+        Ok("accepted")
+    } else {
+        Err(duro_sdk::Error::msg("rejected"))
+    }
+}
+
+/// Calls `Verdict` as the child `{"id"}` with up to `{"attempts"}` attempts
+/// 200 ms apart, and reports its output or its last error as a value.
+async fn retrying_parent(ctx: OrchestrationContext) -> Result<Value> {
+    let call: Value = ctx.input()?;
+    let id = call["id"].as_str().map(String::from);
+    let attempts = call["attempts"].as_u64().unwrap_or(1) as u32;
+    let policy = duro_sdk::RetryPolicy::new(attempts, std::time::Duration::from_millis(200));
+    let child = ctx.call_sub_orchestration_with_retry::<_, Value>(
+        "Verdict",
+        id.as_deref(),
+        &Value::Null,
+        policy,
+    );
+    Ok(match child.await {
+        Ok(output) => json!({ "ok": output }),
+        Err(error) => json!({ "error": error.to_string() }),
+    })
+}
+
 /// The monitor pattern: poll (an activity), sleep, continue as new, until
 /// the poll says done. Input `[cycle, last]`; output the cycles run.
 async fn monitor(ctx: OrchestrationContext) -> Result<u64> {
@@ -402,6 +431,8 @@ duro_sdk::export_orchestrations! {
     "CallOne" => call_one,
     "FetchThenWait" => fetch_then_wait,
     "Parent" => parent,
+    "Verdict" => verdict,
+    "RetryingParent" => retrying_parent,
     "Monitor" => monitor,
     "HttpCaller" => http_caller,
 }
