@@ -12,9 +12,33 @@ const GUESTS: &[(&str, &str)] = &[
     ("TEST_GUESTS_HTTP", "test-guests-http"),
     ("TEST_ACTIVITIES", "test-activities"),
     ("TEST_LEGACY", "test-legacy"),
-    ("PATTERNS_ORCHESTRATIONS", "patterns-orchestrations"),
-    ("PATTERNS_ACTIVITIES", "patterns-activities"),
-    ("PATTERNS_HTTP", "patterns-http"),
+    ("CHAINING_ORCHESTRATION", "chaining-orchestration"),
+    ("CHAINING_ACTIVITIES", "chaining-activities"),
+    ("CHAINING_HTTP", "chaining-http"),
+    (
+        "FAN_OUT_FAN_IN_ORCHESTRATION",
+        "fan-out-fan-in-orchestration",
+    ),
+    ("FAN_OUT_FAN_IN_ACTIVITIES", "fan-out-fan-in-activities"),
+    ("FAN_OUT_FAN_IN_HTTP", "fan-out-fan-in-http"),
+    (
+        "ASYNC_HTTP_API_ORCHESTRATION",
+        "async-http-api-orchestration",
+    ),
+    ("ASYNC_HTTP_API_ACTIVITIES", "async-http-api-activities"),
+    ("ASYNC_HTTP_API_HTTP", "async-http-api-http"),
+    ("MONITOR_ORCHESTRATION", "monitor-orchestration"),
+    ("MONITOR_ACTIVITIES", "monitor-activities"),
+    ("MONITOR_HTTP", "monitor-http"),
+    (
+        "HUMAN_INTERACTION_ORCHESTRATION",
+        "human-interaction-orchestration",
+    ),
+    (
+        "HUMAN_INTERACTION_ACTIVITIES",
+        "human-interaction-activities",
+    ),
+    ("HUMAN_INTERACTION_HTTP", "human-interaction-http"),
 ];
 
 fn main() {
@@ -60,6 +84,10 @@ fn main() {
             file.display().to_string()
         ));
     }
+    code.push_str(&format!(
+        "/// Where the build put every guest component (`<crate>.wasm`).\npub const GUEST_DIR: &str = {:?};\n",
+        wasm_path(&target_dir, "any").parent().unwrap().display().to_string()
+    ));
     code.push_str(&format!(
         "/// Compiled-code cache shared by the tests.\npub const COMPILE_CACHE: &str = {:?};\n",
         out.join("compile-cache").display().to_string()

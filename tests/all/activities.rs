@@ -421,11 +421,11 @@ async fn sub_orchestrations_report_their_end_to_the_parent() {
 /// waits for the attempt to end.
 async fn judge(rt: &duro::runtime::Runtime, id: &str, attempt: u64, accepted: bool) {
     let deadline = std::time::Instant::now() + crate::support::PATIENCE;
-    while !rt
+    while rt
         .status(id)
         .await
         .unwrap()
-        .is_some_and(|child| !child.status.is_terminal())
+        .is_none_or(|child| child.status.is_terminal())
     {
         assert!(
             std::time::Instant::now() < deadline,

@@ -1,6 +1,6 @@
-//! The Durable Functions application patterns of `workflows/patterns`, each
-//! driven over HTTP against a real `duro serve` running that app's manifest
-//! (its component paths pointed at the components the build made).
+//! The example apps of `workflows/` (one per Durable Functions application
+//! pattern), each driven over HTTP against a real `duro serve` running that
+//! app's own `duro.toml`, its components where the build put them.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,79 +9,109 @@ use serde_json::{Value, json};
 
 use crate::host::{Host, Reply};
 
-/// `workflows/patterns/duro.toml`, with its components where the build put them.
-fn serve_patterns(dir: &std::path::Path) -> Host {
+const API: &str = "/runtime/webhooks/durabletask";
+
+/// `workflows/<app>/duro.toml`, served with its components from the build.
+fn serve_app(dir: &std::path::Path, app: &str) -> Host {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("workflows/patterns/duro.toml")).unwrap();
-    let text = text
-        .replace(
-            "\"components/patterns_orchestrations.wasm\"",
-            &format!("{:?}", duro_tests::PATTERNS_ORCHESTRATIONS),
-        )
-        .replace(
-            "\"components/patterns_activities.wasm\"",
-            &format!("{:?}", duro_tests::PATTERNS_ACTIVITIES),
-        )
-        .replace(
-            "\"components/patterns_http.wasm\"",
-            &format!("{:?}", duro_tests::PATTERNS_HTTP),
-        );
+    let text = std::fs::read_to_string(root.join("workflows").join(app).join("duro.toml")).unwrap();
+    let text = text.replace("\"components/", &format!("\"{}/", duro_tests::GUEST_DIR));
     let manifest = dir.join("duro.toml");
     std::fs::write(&manifest, text).unwrap();
     Host::start_with(&manifest, &dir.join("duro.db"), &[])
 }
 
-/// Start `orchestration` through the app's `Start` function and follow its
-/// `Location` until the instance has finished, as an async HTTP API client
-/// would; returns the final status reply.
-fn run_async(host: &Host, orchestration: &str, input: Value) -> Reply {
-    let started = host.post(&format!("/api/start/{orchestration}"), &input.to_string());
+/// POST `body` to `path`, expect `202` with a `Location`, and follow it
+/// until it answers something else, as an async HTTP API client would.
+fn follow(host: &Host, path: &str, body: &str) -> (Reply, Reply) {
+    let started = host.post(path, body);
     assert_eq!(started.status, 202, "{}", started.body);
-    let location = started.header("location").unwrap().to_string();
-    host.poll(&location, |r| r.status == 200)
+    let location = started.header("location").expect("a Location").to_string();
+    // The check-status answer names this host; the test client wants a path.
+    let location = location
+        .strip_prefix(&format!("http://{}", host.address))
+        .unwrap_or(&location)
+        .to_string();
+    let done = host.poll(&location, |r| r.status != 202);
+    (started, done)
 }
 
 #[test]
-fn function_chaining_fan_out_and_the_async_http_api() {
+fn function_chaining_runs_three_activities_in_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let host = serve_patterns(dir.path());
-    let chained = run_async(&host, "Chaining", Value::Null);
+    let host = serve_app(dir.path(), "chaining");
+    let (started, done) = follow(&host, "/api/chaining", "");
+    assert_eq!(done.status, 200, "{}", done.body);
     assert_eq!(
-        chained.json()["output"],
+        done.json()["output"],
         json!(["Hello Tokyo!", "Hello Seattle!", "Hello London!"])
     );
-    let fanned = run_async(&host, "FanOutFanIn", json!(100));
-    // 1² + 2² + ... + 100²
-    assert_eq!(fanned.json()["output"], json!(338_350));
-    let job = run_async(&host, "Job", json!("order 7"));
-    assert_eq!(job.json()["output"], json!("processed order 7"));
-    assert_eq!(job.json()["runtimeStatus"], "Completed");
+    // The check-status answer carries the instance's management URLs.
+    let urls = started.json();
+    let id = urls["id"].as_str().unwrap();
+    assert!(
+        urls["sendEventPostUri"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{id}/raiseEvent/{{eventName}}"))
+    );
+    // Three activities, one after the other, each recorded once.
+    let history = host
+        .get(&format!("{API}/instances/{id}?showHistory=true"))
+        .json();
+    let completed: Vec<_> = history["historyEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventType"] == "TaskCompleted")
+        .collect();
+    assert_eq!(completed.len(), 3, "{history}");
+    let (_, done) = follow(&host, "/api/chaining", r#"["Oslo"]"#);
+    assert_eq!(done.json()["output"], json!(["Hello Oslo!"]));
 }
 
 #[test]
-fn human_interaction_is_approved_or_escalated() {
+fn fan_out_fan_in_sums_a_hundred_parallel_activities() {
     let dir = tempfile::tempdir().unwrap();
-    let host = serve_patterns(dir.path());
-    let started = host.post("/api/start/Approval", "600000");
-    let id = started.json()["id"].as_str().unwrap().to_string();
-    host.poll(
-        &format!("/runtime/webhooks/durabletask/instances/{id}"),
-        |r| r.json()["runtimeStatus"] == "Running",
+    let host = serve_app(dir.path(), "fan-out-fan-in");
+    let (_, done) = follow(&host, "/api/fan-out/100", "");
+    assert_eq!(done.status, 200, "{}", done.body);
+    // 1² + 2² + ... + 100²
+    assert_eq!(done.json()["output"], json!(338_350));
+    let refused = host.post("/api/fan-out/0", "");
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("from 1 to 1000")
     );
-    let raised = host.post(
-        &format!("/runtime/webhooks/durabletask/instances/{id}/raiseEvent/Approve"),
-        "true",
+}
+
+#[test]
+fn the_async_http_api_answers_202_then_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = serve_app(dir.path(), "async-http-api");
+    let started = host.post("/api/jobs", "quarterly report");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let location = started.header("location").unwrap().to_string();
+    assert!(location.starts_with("/api/jobs/"), "{location}");
+    // The job takes a while: the status endpoint says so first.
+    let first = host.get(&location);
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.header("retry-after"), Some("1"));
+    let done = host.poll(&location, |r| r.status != 202);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["result"], "processed quarterly report");
+    // A failing job: its error on the status endpoint.
+    let (_, failed) = follow(&host, "/api/jobs", "  ");
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert!(
+        failed.body.contains("the document is empty"),
+        "{}",
+        failed.body
     );
-    assert_eq!(raised.status, 202);
-    let done = host.poll(
-        &format!("/runtime/webhooks/durabletask/instances/{id}"),
-        |r| r.status == 200,
-    );
-    assert_eq!(done.json()["output"], "approved");
-    // Nobody answers within 300 ms: escalated.
-    let escalated = run_async(&host, "Approval", json!(300));
-    let output = escalated.json()["output"].as_str().unwrap().to_string();
-    assert!(output.starts_with("escalated"), "{output}");
+    assert_eq!(host.get("/api/jobs/nobody").status, 404);
 }
 
 #[test]
@@ -91,13 +121,12 @@ fn the_monitor_polls_until_done_with_a_bounded_history() {
         crate::host::ok_response(if n < 5 { "pending" } else { "done" })
     });
     let dir = tempfile::tempdir().unwrap();
-    let host = serve_patterns(dir.path());
-    let started = host.post(
-        "/api/start/Monitor",
-        &json!({ "url": format!("http://{address}/job"), "interval_ms": 50 }).to_string(),
-    );
+    let host = serve_app(dir.path(), "monitor");
+    let spec = json!({ "url": format!("http://{address}/job"), "interval_ms": 50 });
+    let started = host.post("/api/monitors", &spec.to_string());
+    assert_eq!(started.status, 202, "{}", started.body);
     let id = started.json()["id"].as_str().unwrap().to_string();
-    let path = format!("/runtime/webhooks/durabletask/instances/{id}?showHistory=true");
+    let path = format!("{API}/instances/{id}?showHistory=true");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut longest = 0;
     let done = loop {
@@ -121,4 +150,38 @@ fn the_monitor_polls_until_done_with_a_bounded_history() {
     // lease set across their read.)
     assert_eq!(hits.load(Ordering::SeqCst), 5);
     assert!(longest <= 12, "the history grew to {longest} events");
+    let refused = host.post("/api/monitors", r#"{"url": "ftp://x"}"#);
+    assert_eq!(refused.status, 400);
+}
+
+#[test]
+fn human_interaction_is_approved_rejected_or_escalated() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = serve_app(dir.path(), "human-interaction");
+    let mut decided = Vec::new();
+    for decision in ["approve", "reject"] {
+        let started = host.post("/api/approvals", r#"{"timeout_ms": 600000}"#);
+        assert_eq!(started.status, 202, "{}", started.body);
+        let id = started.json()["id"].as_str().unwrap().to_string();
+        let status = format!("{API}/instances/{id}");
+        host.poll(&status, |r| {
+            r.json()["customStatus"] == "waiting for approval"
+        });
+        let answered = host.post(&format!("/api/approvals/{id}/{decision}"), "");
+        assert_eq!(answered.status, 202, "{}", answered.body);
+        decided.push(host.poll(&status, |r| r.status == 200).json()["output"].clone());
+    }
+    assert_eq!(decided, [json!("approved"), json!("rejected")]);
+    // Nobody answers within 300 ms: escalated.
+    let (_, escalated) = follow(&host, "/api/approvals", r#"{"timeout_ms": 300}"#);
+    let output = escalated.json()["output"].as_str().unwrap().to_string();
+    assert!(output.starts_with("escalated"), "{output}");
+    let refused = host.post("/api/approvals/x/maybe", "");
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.body.contains("approve or reject"),
+        "{}",
+        refused.body
+    );
+    let _: Value = refused.json();
 }

@@ -320,6 +320,48 @@ impl DurableClient {
         Ok(host::start_new(name, instance_id, &to_json(input)?)?)
     }
 
+    /// The answer of the async HTTP API pattern (Durable Functions'
+    /// `CreateCheckStatusResponse`): `202 Accepted`, `Location` and
+    /// `Retry-After: 1`, and a body with the instance's management URLs
+    /// (`statusQueryGetUri`, `sendEventPostUri`, `terminatePostUri`,
+    /// `purgeHistoryDeleteUri`, …) on the host the request came to. A
+    /// client polls `Location` until it answers `200` with the output.
+    ///
+    /// ```no_run
+    /// # use duro_http::{DurableClient, Request, Response};
+    /// fn start(req: &Request, client: &DurableClient) -> Response {
+    ///     match client.start_new("Job", None, &req.json::<serde_json::Value>().ok()) {
+    ///         Ok(id) => client.create_check_status_response(req, &id),
+    ///         Err(e) => Response::error(&e),
+    ///     }
+    /// }
+    /// ```
+    pub fn create_check_status_response(
+        &self,
+        req: &crate::Request,
+        instance_id: &str,
+    ) -> crate::Response {
+        let base = match req.header("host") {
+            Some(host) => format!("http://{host}/runtime/webhooks/durabletask/instances"),
+            None => "/runtime/webhooks/durabletask/instances".to_string(),
+        };
+        let id = percent_encode(instance_id);
+        let status = format!("{base}/{id}");
+        let body = serde_json::json!({
+            "id": instance_id,
+            "statusQueryGetUri": status,
+            "sendEventPostUri": format!("{status}/raiseEvent/{{eventName}}"),
+            "terminatePostUri": format!("{status}/terminate?reason={{text}}"),
+            "suspendPostUri": format!("{status}/suspend?reason={{text}}"),
+            "resumePostUri": format!("{status}/resume?reason={{text}}"),
+            "restartPostUri": format!("{status}/restart"),
+            "purgeHistoryDeleteUri": status,
+        });
+        crate::Response::json(202, &body)
+            .with_header("location", &status)
+            .with_header("retry-after", "1")
+    }
+
     /// One instance's status, or none.
     ///
     /// ```no_run
@@ -446,4 +488,17 @@ impl DurableClient {
     pub fn purge(&self, instance_id: &str) -> Result<bool, ClientError> {
         Ok(host::purge(instance_id)?)
     }
+}
+
+/// An instance id as one URL path segment.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -1,30 +1,14 @@
-//! The activities of the pattern examples.
+//! The monitor's poll: one GET through `wasi:http/outgoing-handler`, to a
+//! host the manifest allows.
 
 use duro_sdk::{Error, Result};
+use wasi::http::types::{Fields, OutgoingRequest, Scheme};
 
-fn say_hello(city: String) -> Result<String> {
-    Ok(format!("Hello {city}!"))
-}
-
-fn square(i: i64) -> Result<i64> {
-    Ok(i * i)
-}
-
-fn process(input: String) -> Result<String> {
-    Ok(format!("processed {input}"))
-}
-
-fn escalate(instance: String) -> Result<String> {
-    Ok(format!("escalated {instance} to a manager"))
-}
-
-/// GET an `http://` URL (the manifest must allow its host) and return the
-/// body.
+/// GETs an `http://` URL and returns the body.
 fn poll(url: String) -> Result<String> {
-    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| Error::msg("only http:// URLs"))?;
+        .ok_or_else(|| Error::msg(format!("only http:// URLs, not `{url}`")))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let request = OutgoingRequest::new(Fields::new());
     let _ = request.set_scheme(Some(&Scheme::Http));
@@ -48,9 +32,5 @@ fn poll(url: String) -> Result<String> {
 }
 
 duro_sdk::export_activities! {
-    "SayHello" => say_hello,
-    "Square" => square,
-    "Process" => process,
-    "Escalate" => escalate,
     "Poll" => poll,
 }
