@@ -13,7 +13,7 @@ use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::engine::{Engine, budget_ticks, guest_limits};
+use crate::engine::{Engine, MAX_GUEST_MEMORY, budget_ticks, guest_limits_of};
 use crate::replay::{HostTrouble, is_host_trouble};
 
 mod bindings {
@@ -70,18 +70,20 @@ impl ActivityHost {
     }
 
     /// One attempt of activity `name` of component `digest`, stopped after
-    /// `budget` (computing) or 1.5 x `budget` (waiting): its output or
+    /// its budget (`options.timeout`, else `default_budget`) computing or
+    /// 1.5 x that waiting, its memory capped by `options`: its output or
     /// its error (a trap or a budget overrun is the attempt's error), or
     /// host trouble (the attempt did not run and is not counted).
     pub async fn run(
         &self,
         digest: &str,
-        budget: Duration,
+        options: &ActivityOptions,
+        default_budget: Duration,
         name: &str,
         input: &str,
         info: &ActivityInfo,
-        allowed_hosts: &[AllowedHost],
     ) -> Result<Result<String, String>, HostTrouble> {
+        let budget = options.timeout.unwrap_or(default_budget);
         let pre = self
             .pres
             .lock()
@@ -96,10 +98,10 @@ impl ActivityHost {
                 .allow_udp(false)
                 .build(),
             table: ResourceTable::new(),
-            limits: guest_limits(),
+            limits: guest_limits_of(options.max_memory.unwrap_or(MAX_GUEST_MEMORY)),
             http: WasiHttpCtx::new(),
             hooks: OutboundHttp {
-                allowed: allowed_hosts.to_vec(),
+                allowed: options.allowed_hosts.clone(),
             },
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
@@ -141,6 +143,19 @@ impl ActivityHost {
             },
         })
     }
+}
+
+/// How the attempts of one activity run: the manifest's `[[activity]]`
+/// limits and allowlist.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityOptions {
+    /// One attempt's budget, if not the runtime's default.
+    pub timeout: Option<Duration>,
+    /// The largest linear memory an attempt may grow to, if less than
+    /// [`MAX_GUEST_MEMORY`].
+    pub max_memory: Option<usize>,
+    /// Where it may send HTTP requests (nowhere by default).
+    pub allowed_hosts: Vec<AllowedHost>,
 }
 
 /// The store data of one activity attempt.

@@ -24,8 +24,13 @@ pub const MAX_GUEST_MEMORY: usize = 256 << 20;
 /// The resource limits of every guest store: memory past
 /// [`MAX_GUEST_MEMORY`] traps the guest rather than failing the host.
 pub fn guest_limits() -> StoreLimits {
+    guest_limits_of(MAX_GUEST_MEMORY)
+}
+
+/// [`guest_limits`] with a smaller memory cap, `max_memory` bytes.
+pub fn guest_limits_of(max_memory: usize) -> StoreLimits {
     StoreLimitsBuilder::new()
-        .memory_size(MAX_GUEST_MEMORY)
+        .memory_size(max_memory.min(MAX_GUEST_MEMORY))
         .trap_on_grow_failure(true)
         .build()
 }

@@ -33,6 +33,9 @@ pub struct ActivityEntry {
     pub component: PathBuf,
     /// How long one attempt may run (default: the host's activity budget).
     pub timeout_ms: Option<u64>,
+    /// The most linear memory one attempt may use, in MiB (1 to 256; default
+    /// 256). Growing past it traps the attempt, a failed attempt.
+    pub max_memory_mb: Option<u64>,
     /// Where it may send HTTP requests: `http://host:port`, `*` for any host
     /// or port (default: nowhere).
     #[serde(default)]
@@ -46,10 +49,8 @@ pub struct ResolvedActivity {
     pub name: String,
     /// Component path.
     pub component: PathBuf,
-    /// One attempt's budget, if set.
-    pub timeout: Option<std::time::Duration>,
-    /// Where it may send HTTP requests.
-    pub allowed_hosts: Vec<crate::activity::AllowedHost>,
+    /// Its limits and allowlist.
+    pub options: crate::activity::ActivityOptions,
 }
 
 /// `[[orchestration]]`.
@@ -284,12 +285,25 @@ pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
                 path.display()
             );
         }
+        let max_memory_mb = crate::engine::MAX_GUEST_MEMORY as u64 >> 20;
+        if entry
+            .max_memory_mb
+            .is_some_and(|mb| mb == 0 || mb > max_memory_mb)
+        {
+            bail!(
+                "manifest {}: {what}: `max_memory_mb` must be from 1 to {max_memory_mb}",
+                path.display()
+            );
+        }
         let allowed_hosts = allowed_hosts(path, &what, &entry.allowed_hosts)?;
         activities.push(ResolvedActivity {
             name: entry.name.clone(),
             component: read(&entry.component, &what)?,
-            timeout: entry.timeout_ms.map(std::time::Duration::from_millis),
-            allowed_hosts,
+            options: crate::activity::ActivityOptions {
+                timeout: entry.timeout_ms.map(std::time::Duration::from_millis),
+                max_memory: entry.max_memory_mb.map(|mb| (mb as usize) << 20),
+                allowed_hosts,
+            },
         });
     }
     Ok(ResolvedApp {

@@ -114,10 +114,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("activity component {}", path.display()))?;
     }
     for activity in &app.activities {
-        if let Some(timeout) = activity.timeout {
-            runtime.set_activity_timeout(&activity.name, timeout);
-        }
-        runtime.allow_activity_hosts(&activity.name, activity.allowed_hosts.clone());
+        runtime.set_activity_options(&activity.name, activity.options.clone());
     }
     for (orchestration, hosts) in &app.http_allowed {
         runtime.allow_http_hosts(orchestration, hosts.clone());

@@ -314,6 +314,37 @@ fn activities_reach_allowed_hosts_only_and_replay_never_calls_again() {
     assert_eq!(allowed_count.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+#[test]
+fn an_activity_past_its_memory_limit_fails_its_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guests, activities) = (duro_tests::TEST_GUESTS, duro_tests::TEST_ACTIVITIES);
+    let manifest = duro_tests::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"CallOne\"\ncomponent = {guests:?}\n\
+             [[activity]]\nname = \"Allocate\"\ncomponent = {activities:?}\n\
+             max_memory_mb = 16\n"
+        ),
+    );
+    let host = crate::host::Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let call = |id: &str, mib: usize| {
+        let input = json!({ "name": "Allocate", "input": mib });
+        let started = host.post(
+            &format!("{API}/orchestrators/CallOne/{id}"),
+            &input.to_string(),
+        );
+        assert_eq!(started.status, 202, "{}", started.body);
+        let done = host.poll(&format!("{API}/instances/{id}"), |r| r.status == 200);
+        done.json()["output"].clone()
+    };
+    assert_eq!(call("small", 4), json!({ "ok": 4 << 20 }));
+    let refused = call("large", 64);
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("trapped"), "{refused}");
+    // The host is unharmed: the next attempt within the limit runs.
+    assert_eq!(call("small-again", 8), json!({ "ok": 8 << 20 }));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_orchestrations_report_their_end_to_the_parent() {
     let dir = tempfile::tempdir().unwrap();

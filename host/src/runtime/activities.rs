@@ -75,7 +75,8 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
                 .activity_host
                 .run(
                     &activity.digest,
-                    activity.timeout.unwrap_or(inner.config.activity_budget),
+                    &activity.options,
+                    inner.config.activity_budget,
                     &work.call.name,
                     &work.call.input,
                     &crate::activity::ActivityInfo {
@@ -83,7 +84,6 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
                         task: work.call.task,
                         attempt: work.attempt,
                     },
-                    &activity.allowed_hosts,
                 )
                 .await
             {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::activity::AllowedHost;
+use crate::activity::{ActivityOptions, AllowedHost};
 use crate::engine::{self, Engine};
 use crate::model::{
     Clock, HistoryEntry, Instance, InstanceQuery, Message, Millis, RuntimeStatus, SystemClock,
@@ -224,10 +224,7 @@ impl Inner {
 #[derive(Debug, Clone)]
 struct RegisteredActivity {
     digest: String,
-    /// One attempt's budget, if not the runtime's default.
-    timeout: Option<Duration>,
-    /// Where it may send HTTP requests.
-    allowed_hosts: Vec<AllowedHost>,
+    options: ActivityOptions,
 }
 
 /// A running orchestration host: background workers plus client operations.
@@ -373,24 +370,22 @@ impl Runtime {
                 name.to_string(),
                 RegisteredActivity {
                     digest: digest.clone(),
-                    timeout: None,
-                    allowed_hosts: Vec::new(),
+                    options: ActivityOptions::default(),
                 },
             );
         }
         Ok(digest)
     }
 
-    /// Let the registered activity `name` make HTTP requests to these hosts
-    /// (none by default).
-    pub fn allow_activity_hosts(&self, name: &str, hosts: Vec<AllowedHost>) {
+    /// Run the attempts of the registered activity `name` with `options`.
+    pub fn set_activity_options(&self, name: &str, options: ActivityOptions) {
         let mut registry = self
             .inner
             .activity_registry
             .write()
             .expect("registry poisoned");
         if let Some(entry) = registry.get_mut(name) {
-            entry.allowed_hosts = hosts;
+            entry.options = options;
         }
     }
 
@@ -408,19 +403,6 @@ impl Runtime {
             .write()
             .expect("allowlist poisoned")
             .insert(name.to_string(), hosts);
-    }
-
-    /// Let attempts of the registered activity `name` run for `timeout`
-    /// instead of the runtime's activity budget.
-    pub fn set_activity_timeout(&self, name: &str, timeout: Duration) {
-        let mut registry = self
-            .inner
-            .activity_registry
-            .write()
-            .expect("registry poisoned");
-        if let Some(entry) = registry.get_mut(name) {
-            entry.timeout = Some(timeout);
-        }
     }
 
     /// Start an instance of `name` with `input`; returns its id.

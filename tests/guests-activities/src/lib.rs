@@ -1,5 +1,5 @@
 //! Activities only the tests use: `Add` sums, `Fail` always fails,
-//! `Flaky` fails its first attempts, `Trap` panics, `Attempt` reports its
+//! `Flaky` fails its first attempts, `Trap` panics, `Allocate` allocates, `Attempt` reports its
 //! call and attempt, `Sleep` sleeps, `Fetch` makes an outbound HTTP request.
 
 use duro_sdk::{Error, Result, activity_info};
@@ -20,6 +20,12 @@ fn flaky(failures: u32) -> Result<u32> {
         return Err(Error::msg(format!("attempt {attempt} fails on purpose")));
     }
     Ok(attempt)
+}
+
+/// Allocates and touches `mib` MiB; answers how many bytes it touched.
+fn allocate(mib: usize) -> Result<usize> {
+    let block = std::hint::black_box(vec![1u8; mib << 20]);
+    Ok(block.iter().map(|&b| b as usize).sum())
 }
 
 fn trap(_: Value) -> Result<()> {
@@ -82,6 +88,7 @@ duro_sdk::export_activities! {
     "Fail" => fail,
     "Flaky" => flaky,
     "Trap" => trap,
+    "Allocate" => allocate,
     "Attempt" => attempt,
     "Sleep" => sleep,
     "Fetch" => fetch,
