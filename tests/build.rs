@@ -53,7 +53,7 @@ fn main() {
         "tests/guests-http",
         "tests/guests-activities",
         "tests/guests-legacy",
-        "host/wit",
+        "host/wasm/wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -361,13 +361,20 @@ async fn a_budget_spent_while_the_host_was_starved_fails_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = duro::runtime::RuntimeConfig::new(dir.path().join("duro.db"));
-    config.compile_cache = Some(duro_tests::COMPILE_CACHE.into());
-    config.poll_interval = Duration::from_millis(50);
-    // Room for one guest, four threads that want one each.
-    config.guest_instances = 1;
-    config.episode_threads = 4;
-    let rt = duro::runtime::Runtime::start(config).await.unwrap();
+    let config = duro::runtime::RuntimeConfig {
+        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+        poll_interval: Duration::from_millis(50),
+        // Room for one guest, four threads that want one each.
+        guest_instances: 1,
+        episode_threads: 4,
+        ..Default::default()
+    };
+    let rt = duro::runtime::Runtime::start(
+        config,
+        duro::database::open(&dir.path().join("duro.db")).unwrap(),
+    )
+    .await
+    .unwrap();
     rt.register(guest_bytes(TEST_GUESTS), &["Crunch"])
         .await
         .unwrap();

@@ -162,11 +162,15 @@ fn action() -> impl Strategy<Value = (Action, bool)> {
 }
 
 async fn start(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Runtime {
-    let mut config = RuntimeConfig::new(dir.join("duro.db"));
-    config.compile_cache = Some(COMPILE_CACHE.into());
-    config.poll_interval = Duration::from_millis(20);
-    config.clock = clock.clone();
-    let runtime = Runtime::start(config).await.expect("runtime starts");
+    let config = RuntimeConfig {
+        compile_cache: Some(COMPILE_CACHE.into()),
+        poll_interval: Duration::from_millis(20),
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let runtime = Runtime::start(config, duro::database::open(&dir.join("duro.db")).unwrap())
+        .await
+        .expect("runtime starts");
     runtime
         .register(guest_bytes(TEST_GUESTS), &["Program"])
         .await

@@ -44,12 +44,16 @@ pub const TEST_NAMES: &[&str] = &[
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];
 
 pub async fn runtime(dir: &Path) -> Runtime {
-    let mut config = RuntimeConfig::new(dir.join("duro.db"));
-    config.compile_cache = Some(COMPILE_CACHE.into());
-    config.step_budget = Duration::from_secs(1);
-    config.activity_budget = Duration::from_secs(2);
-    config.poll_interval = Duration::from_millis(50);
-    let runtime = Runtime::start(config).await.expect("runtime starts");
+    let config = RuntimeConfig {
+        compile_cache: Some(COMPILE_CACHE.into()),
+        step_budget: Duration::from_secs(1),
+        activity_budget: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let runtime = Runtime::start(config, duro::database::open(&dir.join("duro.db")).unwrap())
+        .await
+        .expect("runtime starts");
     runtime
         .register(guest_bytes(SCENARIO), SCENARIO_NAMES)
         .await

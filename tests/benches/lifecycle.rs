@@ -47,9 +47,18 @@ async fn main() {
     let lifecycles = bench_arg("--lifecycles", 2000) as usize;
     let samples = bench_arg("--latency-samples", 200) as usize;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = RuntimeConfig::new(dir.path().join("bench.db"));
-    config.compile_cache = Some(COMPILE_CACHE.into());
-    let rt = Arc::new(Runtime::start(config).await.expect("runtime"));
+    let config = RuntimeConfig {
+        compile_cache: Some(COMPILE_CACHE.into()),
+        ..Default::default()
+    };
+    let rt = Arc::new(
+        Runtime::start(
+            config,
+            duro::database::open(&dir.path().join("bench.db")).unwrap(),
+        )
+        .await
+        .expect("runtime"),
+    );
     rt.register(guest_bytes(SCENARIO), &["Workflow"])
         .await
         .expect("register");

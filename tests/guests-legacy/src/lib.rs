@@ -1,11 +1,11 @@
 //! An orchestration written directly against the 0.1.1 contract
-//! (`host/wit/legacy-0.1.1`), as components built before 0.1.2 are: the host
+//! (`host/wasm/wit/legacy-0.1.1`), as components built before 0.1.2 are: the host
 //! must keep running it. `Legacy` waits for the event `Go` and completes with
 //! its payload.
 
 wit_bindgen::generate!({
     world: "orchestration",
-    path: "../../host/wit/legacy-0.1.1",
+    path: "../../host/wasm/wit/legacy-0.1.1",
 });
 
 use duro::workflow::orchestration_context as host;

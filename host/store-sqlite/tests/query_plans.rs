@@ -3,9 +3,9 @@
 //! and no sort of the rows it found, so an index cannot silently stop being
 //! used as the schema or the queries change.
 
-use duro::model::{InstanceQuery, RuntimeStatus, canonical_json};
-use duro::store::listing::{self, SqlValue};
-use duro::store::sqlite::{INSTANCE_COLUMNS, SqliteStore, sql};
+use duro_core::model::{InstanceQuery, RuntimeStatus, canonical_json};
+use duro_core::store::listing::{self, SqlValue};
+use duro_store_sqlite::{INSTANCE_COLUMNS, SqliteStore, sql};
 
 /// What a plan may do beyond index searches.
 #[derive(Clone, Copy, PartialEq)]

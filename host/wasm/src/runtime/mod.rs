@@ -21,7 +21,6 @@ use crate::model::{
     canonical_json, fresh_id,
 };
 use crate::replay::{Divergence, Replayer, Subject};
-use crate::store::sqlite::SqliteStore;
 
 mod activities;
 mod pool;
@@ -45,8 +44,6 @@ pub const MAX_INSTANCE_ID_LEN: usize = 256;
 /// How a runtime is set up.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// The SQLite database file (created if missing).
-    pub database: PathBuf,
     /// Where compiled components are cached; none disables the disk cache.
     pub compile_cache: Option<PathBuf>,
     /// How long a guest may run in one episode (replaying its history and
@@ -69,11 +66,9 @@ pub struct RuntimeConfig {
     pub clock: Arc<dyn Clock>,
 }
 
-impl RuntimeConfig {
-    /// Defaults around a database file.
-    pub fn new(database: impl Into<PathBuf>) -> Self {
+impl Default for RuntimeConfig {
+    fn default() -> Self {
         RuntimeConfig {
-            database: database.into(),
             compile_cache: None,
             step_budget: Duration::from_secs(5),
             batch_size: 64,
@@ -267,15 +262,14 @@ pub fn validate_instance_id(id: &str) -> RuntimeResult<()> {
 }
 
 impl Runtime {
-    /// Open the store and start the workers and the timer loop.
-    pub async fn start(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let database = config.database.clone();
-        let store = blocking(move || SqliteStore::open(database)).await?;
+    /// Start the workers, the timer loop and the activity loop over
+    /// `store` (any backend: the runtime never opens one itself).
+    pub async fn start(config: RuntimeConfig, store: Arc<dyn Store>) -> anyhow::Result<Runtime> {
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
         let replayer = Replayer::new(engine.clone(), config.step_budget)?;
         let activity_host = crate::activity::ActivityHost::new(engine.clone())?;
         let inner = Arc::new(Inner {
-            store: Arc::new(store),
+            store,
             engine,
             replayer,
             config,

@@ -21,7 +21,7 @@ use crate::runtime::{Runtime, RuntimeError};
 mod bindings {
     wasmtime::component::bindgen!({
         world: "trigger",
-        path: "../guest-sdk/wit",
+        path: "../../guest-sdk/wit",
         imports: { "duro:workflow/client": async },
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,

@@ -73,21 +73,27 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.manifest.display()
         );
     }
-    let mut runtime_config = RuntimeConfig::new(&config.database);
-    runtime_config.step_budget = config.step_budget;
+    let store = {
+        let database = config.database.clone();
+        tokio::task::spawn_blocking(move || crate::database::open(&database)).await??
+    };
     let data_dir = config
         .database
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    runtime_config.compile_cache = Some(
-        config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join(".duro-cache")),
-    );
-    let runtime = Arc::new(Runtime::start(runtime_config).await?);
+    let runtime_config = RuntimeConfig {
+        step_budget: config.step_budget,
+        compile_cache: Some(
+            config
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join(".duro-cache")),
+        ),
+        ..Default::default()
+    };
+    let runtime = Arc::new(Runtime::start(runtime_config, store).await?);
 
     let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
     for (name, path) in &app.orchestrations {

@@ -19,7 +19,7 @@ use crate::replay::{HostTrouble, is_host_trouble};
 mod bindings {
     wasmtime::component::bindgen!({
         world: "activity",
-        path: "../guest-sdk/wit",
+        path: "../../guest-sdk/wit",
         exports: { default: async },
     });
 }
@@ -181,7 +181,7 @@ impl WasiHttpView for ActivityState {
 /// the host or the port may be `*`.
 ///
 /// ```
-/// use duro::activity::AllowedHost;
+/// use duro_wasm::activity::AllowedHost;
 /// let local: AllowedHost = "http://127.0.0.1:*".parse().unwrap();
 /// assert!(local.allows("http", "127.0.0.1", 8080));
 /// assert!(!local.allows("http", "localhost", 8080));

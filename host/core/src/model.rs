@@ -35,7 +35,7 @@ impl Clock for SystemClock {
 /// A clock that moves only when told: for tests and simulations.
 ///
 /// ```
-/// use duro::model::{Clock, ManualClock};
+/// use duro_core::model::{Clock, ManualClock};
 /// let clock = ManualClock::new(1_000);
 /// clock.advance(500);
 /// assert_eq!(clock.now(), 1_500);
@@ -190,7 +190,7 @@ impl RetryPolicy {
     /// timeout (`elapsed` since the first attempt).
     ///
     /// ```
-    /// use duro::model::RetryPolicy;
+    /// use duro_core::model::RetryPolicy;
     /// let policy = RetryPolicy { max_attempts: 4, first_retry_interval_ms: 100,
     ///     backoff_coefficient: 2.0, max_retry_interval_ms: 300, retry_timeout_ms: 0 };
     /// assert_eq!(policy.delay_before(2, 0), Some(100));
@@ -508,8 +508,8 @@ impl Instance {
     /// first episode: a fresh execution with only its `ExecutionStarted`.
     ///
     /// ```
-    /// let i = duro::model::Instance::pending("i".into(), "N".into(), "null".into(), "sha256:x".into(), 5, None);
-    /// assert_eq!((i.status, i.history_len, i.created_at), (duro::model::RuntimeStatus::Pending, 1, 5));
+    /// let i = duro_core::model::Instance::pending("i".into(), "N".into(), "null".into(), "sha256:x".into(), 5, None);
+    /// assert_eq!((i.status, i.history_len, i.created_at), (duro_core::model::RuntimeStatus::Pending, 1, 5));
     /// ```
     pub fn pending(
         id: String,
@@ -608,7 +608,7 @@ pub struct InstanceQuery {
 ///
 /// ```
 /// let a: serde_json::Value = serde_json::from_str(r#"{ "b": 1, "a": [true, null] }"#).unwrap();
-/// assert_eq!(duro::model::canonical_json(&a), r#"{"a":[true,null],"b":1}"#);
+/// assert_eq!(duro_core::model::canonical_json(&a), r#"{"a":[true,null],"b":1}"#);
 /// ```
 pub fn canonical_json(value: &serde_json::Value) -> String {
     fn write(value: &serde_json::Value, out: &mut String) {
@@ -649,8 +649,8 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
 /// is (it can only ever equal itself).
 ///
 /// ```
-/// assert_eq!(duro::model::canonical_json_text("{ \"b\": 1, \"a\": 2 }".into()), r#"{"a":2,"b":1}"#);
-/// assert_eq!(duro::model::canonical_json_text("not json".into()), "not json");
+/// assert_eq!(duro_core::model::canonical_json_text("{ \"b\": 1, \"a\": 2 }".into()), r#"{"a":2,"b":1}"#);
+/// assert_eq!(duro_core::model::canonical_json_text("not json".into()), "not json");
 /// ```
 pub fn canonical_json_text(text: String) -> String {
     serde_json::from_str::<serde_json::Value>(&text)

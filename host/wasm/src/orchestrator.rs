@@ -10,12 +10,12 @@ use wasmtime::component::{Component, InstancePre};
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "orchestration",
-        path: "../guest-sdk/wit",
+        path: "../../guest-sdk/wit",
         imports: { default: trappable },
     });
 }
 
-/// The contract as 0.1.1 had it (`host/wit/legacy-0.1.1`): only its
+/// The contract as 0.1.1 had it (`host/wasm/wit/legacy-0.1.1`): only its
 /// `orchestrator` export is used; its imports are a subset of the current
 /// ones, which wasmtime links semver-compatibly.
 mod legacy {

@@ -7,7 +7,6 @@
 //! Every write that a caller is told succeeded is durable.
 
 pub mod listing;
-pub mod sqlite;
 
 use crate::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 /// Where this duro's guest SDK was when it was built.
 fn default_sdk() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk")
 }
 
 /// Create the app `name` in the directory `name`, its guest crates depending

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
-use duro::store::sqlite::SqliteStore;
-use duro::store::{ClientStore, EpisodeCommit, RuntimeStore, StoreError, Version};
+use duro_core::model::{HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
+use duro_core::store::{ClientStore, EpisodeCommit, RuntimeStore, StoreError, Version};
+use duro_store_sqlite::SqliteStore;
 
 fn instance(id: &str) -> Instance {
     Instance {
@@ -127,7 +127,7 @@ fn an_episode_of_an_old_execution_or_component_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.put_component("sha256:other", b"other").unwrap();
-    let commit_for = |loaded: &duro::store::LoadedInstance| EpisodeCommit {
+    let commit_for = |loaded: &duro_core::store::LoadedInstance| EpisodeCommit {
         instance: Instance {
             status: RuntimeStatus::Completed,
             output: Some("\"stale\"".into()),
@@ -241,7 +241,7 @@ fn a_version_1_database_is_migrated_and_its_inputs_found() {
         // The schema as the first release wrote it, with one instance whose
         // input was stored with its keys out of order.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../src/store/migrations/0001_initial.sql"))
+        conn.execute_batch(include_str!("../src/migrations/0001_initial.sql"))
             .unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute_batch(
@@ -255,8 +255,8 @@ fn a_version_1_database_is_migrated_and_its_inputs_found() {
     let by_input = |json: &str| {
         let value: serde_json::Value = serde_json::from_str(json).unwrap();
         store
-            .list(&duro::model::InstanceQuery {
-                input: Some(duro::model::canonical_json(&value)),
+            .list(&duro_core::model::InstanceQuery {
+                input: Some(duro_core::model::canonical_json(&value)),
                 name: Some("Workflow".into()),
                 limit: 10,
                 ..Default::default()

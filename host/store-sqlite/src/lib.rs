@@ -11,14 +11,14 @@ use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::listing::{self, SqlValue};
-use super::{
-    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    StoreError, StoreResult, Version,
-};
-use crate::model::{
+use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     ParentCall, RuntimeStatus, canonical_json_text, input_hash, now_millis,
+};
+use duro_core::store::listing::{self, SqlValue};
+use duro_core::store::{
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
+    StoreError, StoreResult, Version,
 };
 
 /// PRAGMAs applied to every connection, in order.

@@ -1,0 +1,22 @@
+//! duro: a WebAssembly function host with durable orchestrations. This
+//! crate is the program: the command line, the server, the management API
+//! and the manifest. The rest lives in crates of its own under `host/`:
+//! `duro-core` (model and store contract), `duro-store-sqlite` (the
+//! embedded store), `duro-wasm` (engine, replay, runtime, triggers).
+
+pub use duro_core::model;
+pub use duro_wasm::{activity, durable_http, engine, orchestrator, replay, runtime, trigger};
+
+/// The store contract, and its backends.
+pub mod store {
+    pub use duro_core::store::*;
+    pub use duro_store_sqlite as sqlite;
+}
+
+pub mod api;
+pub mod cli;
+pub mod database;
+pub mod fill;
+pub mod manifest;
+pub mod scaffold;
+pub mod server;
