@@ -40,9 +40,11 @@ pub struct Cli {
 /// The files of an app on this machine: its database and its manifest.
 #[derive(clap::Args, Debug)]
 struct AppFiles {
-    /// SQLite database file, created if missing.
+    /// Where the app's state lives: a SQLite file (created if missing) or
+    /// a `postgres://user:password@host/db` URL (`?schema=name` for a schema
+    /// of its own), which several hosts may share.
     #[arg(long, env = "DURO_DATABASE", default_value = ".duro/duro.db")]
-    database: PathBuf,
+    database: crate::database::Database,
     /// The app manifest (default: `duro.toml` in the current folder if there
     /// is one, as in an app made by `duro new`; else the example app's).
     #[arg(long, env = "DURO_MANIFEST")]
@@ -50,6 +52,14 @@ struct AppFiles {
 }
 
 impl AppFiles {
+    /// The SQLite file, for commands that work on one only.
+    fn sqlite_file(&self) -> anyhow::Result<&std::path::Path> {
+        match &self.database {
+            crate::database::Database::Sqlite(path) => Ok(path),
+            other => anyhow::bail!("this command works on a SQLite database only, not {other}"),
+        }
+    }
+
     /// The manifest given, or the default one.
     fn manifest(&self) -> PathBuf {
         self.manifest.clone().unwrap_or_else(|| {
@@ -102,6 +112,10 @@ enum Command {
         /// How long one HTTP function call may run before it gets a 500.
         #[arg(long, env = "DURO_TRIGGER_BUDGET_MS", default_value_t = 30000)]
         trigger_budget_ms: u64,
+        /// PostgreSQL: how long a host's leases outlive its last renewal,
+        /// so how soon another host takes over the work of one that died.
+        #[arg(long, env = "DURO_LEASE_TTL_MS", default_value_t = 10000)]
+        lease_ttl_ms: u64,
     },
     /// Start an orchestration instance.
     Start {
@@ -279,6 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_dir,
             step_budget_ms,
             trigger_budget_ms,
+            lease_ttl_ms,
         } => {
             server::serve(ServeConfig {
                 listen,
@@ -288,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),
                 trigger_budget: Duration::from_millis(trigger_budget_ms),
+                lease_ttl: Duration::from_millis(lease_ttl_ms),
             })
             .await
         }
@@ -461,7 +477,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let started = std::time::Instant::now();
             let written = tokio::task::spawn_blocking(move || {
-                crate::fill::fill(&app.database, &app.manifest(), &spec)
+                crate::fill::fill(app.sqlite_file()?, &app.manifest(), &spec)
             })
             .await??;
             print(

@@ -1,16 +1,164 @@
-//! Opening the store a `--database` value names: a file path or `sqlite:`
-//! URL is the embedded SQLite store.
+//! The store a `--database` value names: `postgres://…` (or
+//! `postgresql://…`) is the shared PostgreSQL store; a file path or a
+//! `sqlite:` URL is the embedded SQLite store.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::store::Store;
 
-/// Open (creating and migrating as needed) the store at `database`.
-pub fn open(database: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    let store = duro_store_sqlite::SqliteStore::open(database)
-        .with_context(|| format!("cannot open the database {}", database.display()))?;
-    Ok(Arc::new(store))
+/// Where an app's state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One SQLite file, for one host.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, for one host or several.
+    Postgres {
+        /// The connection URL, without duro's own `schema` parameter.
+        url: String,
+        /// The schema to keep the tables in (`?schema=name`), if not the
+        /// connection's default.
+        schema: Option<String>,
+    },
+}
+
+impl std::str::FromStr for Database {
+    type Err = String;
+
+    /// ```
+    /// use duro::database::Database;
+    /// assert_eq!("app.db".parse(), Ok(Database::Sqlite("app.db".into())));
+    /// assert_eq!("sqlite:data/app.db".parse(), Ok(Database::Sqlite("data/app.db".into())));
+    /// assert_eq!(
+    ///     "postgres://duro@db/duro?schema=staging&connect_timeout=3".parse(),
+    ///     Ok(Database::Postgres {
+    ///         url: "postgres://duro@db/duro?connect_timeout=3".into(),
+    ///         schema: Some("staging".into()),
+    ///     })
+    /// );
+    /// ```
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            let (base, query) = value.split_once('?').unwrap_or((value, ""));
+            let mut schema = None;
+            let mut kept = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.strip_prefix("schema=") {
+                    Some(name) => schema = Some(name.to_string()),
+                    None => kept.push(pair),
+                }
+            }
+            let url = if kept.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            };
+            return Ok(Database::Postgres { url, schema });
+        }
+        let path = value
+            .strip_prefix("sqlite://")
+            .or_else(|| value.strip_prefix("sqlite:"))
+            .unwrap_or(value);
+        if path.is_empty() {
+            return Err("the database is empty: give a file path or a postgres:// URL".into());
+        }
+        if path.contains("://") {
+            return Err(format!(
+                "`{value}` is not a database duro knows: give a file path, a sqlite: \
+                 path or a postgres:// URL"
+            ));
+        }
+        Ok(Database::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The database for logs and messages, without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres { url, schema } => {
+                let shown = match (url.find("://"), url.find('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        let credentials = &url[scheme + 3..at];
+                        match credentials.split_once(':') {
+                            Some((user, _)) => {
+                                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+                            }
+                            None => url.clone(),
+                        }
+                    }
+                    _ => url.clone(),
+                };
+                match schema {
+                    Some(schema) => write!(f, "{shown} (schema {schema})"),
+                    None => write!(f, "{shown}"),
+                }
+            }
+        }
+    }
+}
+
+impl Database {
+    /// Where files that belong beside the database go (the compiled-code
+    /// cache): the SQLite file's folder, or `.duro` for PostgreSQL.
+    pub fn data_dir(&self) -> PathBuf {
+        match self {
+            Database::Sqlite(path) => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            Database::Postgres { .. } => PathBuf::from(".duro"),
+        }
+    }
+}
+
+/// How stores are opened beyond their location.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// PostgreSQL: how long a host's leases outlive its last renewal.
+    pub lease_ttl: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Open (creating and migrating as needed) the SQLite store at `path`.
+pub fn open(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    open_database(
+        &Database::Sqlite(path.to_path_buf()),
+        &OpenOptions::default(),
+    )
+}
+
+/// Open (connecting, creating and migrating as needed) the store `database`
+/// names; a PostgreSQL server that cannot be reached is an error that says
+/// so.
+pub fn open_database(database: &Database, options: &OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
+    match database {
+        Database::Sqlite(path) => {
+            let store = duro_store_sqlite::SqliteStore::open(path)
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        Database::Postgres { url, schema } => {
+            let options = duro_store_postgres::PgOptions {
+                schema: schema.clone(),
+                lease_ttl: options.lease_ttl,
+                ..Default::default()
+            };
+            let store = duro_store_postgres::PgStore::open(url, options)
+                .with_context(|| format!("cannot open the database {database}"))?;
+            Ok(Arc::new(store))
+        }
+    }
 }

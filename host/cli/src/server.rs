@@ -26,8 +26,8 @@ use crate::trigger::Triggers;
 pub struct ServeConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// The SQLite database file.
-    pub database: PathBuf,
+    /// Where state lives (SQLite file or PostgreSQL).
+    pub database: crate::database::Database,
     /// The app manifest.
     pub manifest: PathBuf,
     /// Key for `auth = "function"` routes.
@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub step_budget: Duration,
     /// Longest an HTTP function call may run.
     pub trigger_budget: Duration,
+    /// PostgreSQL: how long leases outlive their last renewal.
+    pub lease_ttl: Duration,
 }
 
 struct Route {
@@ -75,14 +77,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let store = {
         let database = config.database.clone();
-        tokio::task::spawn_blocking(move || crate::database::open(&database)).await??
+        let options = crate::database::OpenOptions {
+            lease_ttl: config.lease_ttl,
+        };
+        tokio::task::spawn_blocking(move || crate::database::open_database(&database, &options))
+            .await??
     };
-    let data_dir = config
-        .database
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let data_dir = config.database.data_dir();
     let runtime_config = RuntimeConfig {
         step_budget: config.step_budget,
         compile_cache: Some(
@@ -236,7 +237,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     println!("duro listening on http://{address}");
     tracing::info!(
         manifest = %config.manifest.display(),
-        database = %config.database.display(),
+        database = %config.database,
         "serving {} orchestrations, {} activities and {} http functions",
         app.orchestrations.len(),
         app.activities.len(),

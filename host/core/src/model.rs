@@ -679,3 +679,21 @@ pub fn input_hash(canonical: &str) -> i64 {
     let digest = sha2::Sha256::digest(canonical.as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
+
+/// What a finished sub-orchestration tells its parent: its output, or why
+/// it did not complete.
+pub fn child_result(child: &Instance) -> Result<String, String> {
+    let output = child.output.clone().unwrap_or_else(|| "null".into());
+    match child.status {
+        RuntimeStatus::Completed => Ok(output),
+        RuntimeStatus::Terminated => Err(format!(
+            "sub-orchestration `{}` was terminated: {output}",
+            child.id
+        )),
+        _ => Err(format!(
+            "sub-orchestration `{}` failed: {}",
+            child.id,
+            serde_json::from_str::<String>(&output).unwrap_or(output)
+        )),
+    }
+}

@@ -210,7 +210,27 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()>;
     /// When the earliest activity row is due.
     fn next_activity_due(&self) -> StoreResult<Option<Millis>>;
+    /// Call `wake` whenever another host may have made work for this one
+    /// (a shared backend hears of other hosts' writes); a backend that one
+    /// host owns never calls it, its runtime knows of every write.
+    fn on_foreign_work(&self, wake: WakeFn) {
+        let _ = wake;
+    }
 }
+
+/// What kind of work another host made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Inbox messages: instances to step.
+    Instances,
+    /// Timers (one may now be due sooner than this host thought).
+    Timers,
+    /// Activity rows to run.
+    Activities,
+}
+
+/// A callback that wakes a runtime's loops.
+pub type WakeFn = std::sync::Arc<dyn Fn(WorkKind) + Send + Sync>;
 
 /// What clients (the management API, triggers) need from a store.
 pub trait ClientStore: Send + Sync + 'static {

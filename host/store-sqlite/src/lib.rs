@@ -722,26 +722,13 @@ fn notify_parent(conn: &Connection, child: &Instance) -> StoreResult<()> {
     if !exists {
         return Ok(());
     }
-    let output = child.output.clone().unwrap_or_else(|| "null".into());
-    let result = match child.status {
-        RuntimeStatus::Completed => Ok(output),
-        RuntimeStatus::Terminated => Err(format!(
-            "sub-orchestration `{}` was terminated: {output}",
-            child.id
-        )),
-        _ => Err(format!(
-            "sub-orchestration `{}` failed: {}",
-            child.id,
-            serde_json::from_str::<String>(&output).unwrap_or(output)
-        )),
-    };
     push_message(
         conn,
         &parent.instance,
         &Message::ChildDone {
             task: parent.task,
             execution: parent.execution.clone(),
-            result,
+            result: duro_core::model::child_result(child),
         },
     )
 }

@@ -41,6 +41,38 @@ pub struct Statement {
     pub args: Vec<SqlValue>,
 }
 
+impl Statement {
+    /// The same statement in PostgreSQL's dialect: `$N` placeholders, and no
+    /// `INDEXED BY` (PostgreSQL's planner picks the index; its query-plan
+    /// test checks it does).
+    ///
+    /// ```
+    /// use duro_core::store::listing::Statement;
+    /// let sqlite = Statement {
+    ///     sql: "SELECT id FROM instances INDEXED BY instances_by_name WHERE name = ?1 LIMIT ?2".into(),
+    ///     args: vec![],
+    /// };
+    /// assert_eq!(
+    ///     sqlite.to_postgres().sql,
+    ///     "SELECT id FROM instances WHERE name = $1 LIMIT $2"
+    /// );
+    /// ```
+    pub fn to_postgres(&self) -> Statement {
+        let mut sql = self.sql.replace('?', "$");
+        if let Some(at) = sql.find(" INDEXED BY ") {
+            let rest = &sql[at + " INDEXED BY ".len()..];
+            let end = rest
+                .find(' ')
+                .map_or(sql.len(), |i| at + " INDEXED BY ".len() + i);
+            sql.replace_range(at..end, "");
+        }
+        Statement {
+            sql,
+            args: self.args.clone(),
+        }
+    }
+}
+
 /// Which columns a listing is ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {

@@ -25,7 +25,7 @@ use crate::replay::{Divergence, Replayer, Subject};
 mod activities;
 mod pool;
 mod worker;
-use crate::store::{Store, StoreError, Version};
+use crate::store::{Store, StoreError, Version, WorkKind};
 
 /// How long an instance whose episode the host failed to run or commit
 /// waits before its first retry; each further failure doubles it, up to
@@ -286,6 +286,17 @@ impl Runtime {
             retries: Mutex::default(),
             handle: tokio::runtime::Handle::current(),
         });
+        // Weak: the store holds the callback, and the runtime the store.
+        let woken = Arc::downgrade(&inner);
+        inner.store.on_foreign_work(Arc::new(move |kind| {
+            if let Some(inner) = woken.upgrade() {
+                match kind {
+                    WorkKind::Instances => inner.work.notify_one(),
+                    WorkKind::Timers => inner.timers.notify_one(),
+                    WorkKind::Activities => inner.activities.notify_one(),
+                }
+            }
+        }));
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(worker::work_loop(inner.clone(), stopped.clone())),

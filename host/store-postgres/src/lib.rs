@@ -1,0 +1,578 @@
+//! The shared store: PostgreSQL, so that several `duro serve` processes can
+//! share one database and the work in it.
+//!
+//! Hosts share work through leases in the rows themselves: an instance or an
+//! activity row is claimed with `FOR UPDATE SKIP LOCKED` by the host that
+//! sets its `lease_owner`, until `lease_until`. A background task renews
+//! the leases a live host holds; a host that dies stops renewing, and once
+//! its leases expire another host claims the work. An episode commits only
+//! while its host still holds the instance's lease and the instance is at
+//! the version it was computed from. Due timers are moved to the inbox by a
+//! `DELETE … RETURNING` that skips rows another host has locked, so each
+//! fires once. Idle hosts hear of new work through `LISTEN/NOTIFY`.
+//!
+//! The store traits are synchronous (the runtime calls them from blocking
+//! threads); this store runs tokio-postgres on a small runtime of its own
+//! and blocks on it.
+
+mod ops;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use duro_core::model::{HistoryEntry, Instance, InstanceQuery, Message, Millis, now_millis};
+use duro_core::store::{
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
+    StoreError, StoreResult, Version, WakeFn, WorkKind,
+};
+use tokio_postgres::NoTls;
+
+/// Numbered schema migrations, applied in order under an advisory lock (two
+/// hosts starting at once migrate once); `duro_migrations` says which ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The advisory lock key that serialises migrations ("duro" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6475_726f;
+
+/// The channels hosts notify and listen on.
+const CHANNELS: [(&str, WorkKind); 3] = [
+    ("duro_instances", WorkKind::Instances),
+    ("duro_timers", WorkKind::Timers),
+    ("duro_activities", WorkKind::Activities),
+];
+
+/// How a PostgreSQL store is opened.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The schema to keep duro's tables in (created if missing); none: the
+    /// connection's default `search_path`.
+    pub schema: Option<String>,
+    /// How long a lease lasts without renewal: how soon the work of a host
+    /// that died moves to another.
+    pub lease_ttl: Duration,
+    /// Most connections in the pool.
+    pub max_connections: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: None,
+            lease_ttl: Duration::from_secs(10),
+            max_connections: 16,
+        }
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    /// Runs the driver; `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// This host's name in `lease_owner`.
+    owner: String,
+    lease_ttl: Duration,
+    /// Whom to wake when another host makes work.
+    wake: Arc<Mutex<Option<WakeFn>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; the store may be dropped on an async
+        // thread (the server shutting down).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    // Errors without a SQL state are the connection's: the database went
+    // away or is restarting, and trying again may help.
+    let retriable = e.code().is_none_or(|code| {
+        let code = code.code();
+        code.starts_with("08") // connection exception
+            || code.starts_with("57P") // operator intervention (shutdown)
+            || code == "40001" // serialization failure
+            || code == "40P01" // deadlock detected
+            || code == "53300" // too many connections
+    });
+    let message = match e.as_db_error() {
+        Some(db) => format!("PostgreSQL: {}", db.message()),
+        None => format!("PostgreSQL: {e}"),
+    };
+    StoreError::Backend { message, retriable }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => StoreError::Backend {
+            message: format!("PostgreSQL connection pool: {other}"),
+            retriable: true,
+        },
+    }
+}
+
+fn setup_error(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        message: format!("{what}: {e}"),
+        retriable: false,
+    }
+}
+
+/// A name for this host that no other host shares.
+fn host_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("host-{}-{:08x}", std::process::id(), nanos)
+}
+
+/// Whether `schema` is a plain identifier (it is spliced into SQL).
+fn valid_schema(schema: &str) -> bool {
+    !schema.is_empty()
+        && schema.len() < 64
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (`postgres://user:password@host/db`),
+    /// migrate its schema and start renewing leases.
+    pub fn open(url: &str, options: PgOptions) -> StoreResult<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| setup_error(&format!("the database URL {url:?}"), e))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if let Some(schema) = options.schema.as_deref().filter(|s| !valid_schema(s)) {
+            return Err(setup_error(
+                "schema",
+                format!("{schema:?} is not a lowercase identifier"),
+            ));
+        }
+        // Notices (`schema … already exists, skipping`) are not news.
+        let mut session = String::from("-c client_min_messages=warning");
+        if let Some(schema) = &options.schema {
+            session.push_str(&format!(" -c search_path={schema}"));
+        }
+        config.options(session);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("duro-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| setup_error("cannot start the PostgreSQL driver", e))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(2))
+            .build()
+            .map_err(|e| setup_error("cannot build the connection pool", e))?;
+        let store = PgStore {
+            runtime: Some(runtime),
+            pool,
+            config,
+            owner: host_name(),
+            lease_ttl: options.lease_ttl,
+            wake: Arc::default(),
+        };
+        store.block(store.migrate(options.schema.as_deref()))?;
+        store.spawn(renew_leases(
+            store.pool.clone(),
+            store.owner.clone(),
+            store.lease_ttl,
+        ));
+        Ok(store)
+    }
+
+    /// Drop `schema` and everything in it (tests give each store a schema
+    /// of its own and drop it after).
+    pub fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
+        if !valid_schema(schema) {
+            return Err(setup_error("schema", format!("{schema:?} is not valid")));
+        }
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| setup_error("the database URL", e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| setup_error("runtime", e))?;
+        let drop = async {
+            let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
+            let driver = tokio::spawn(connection);
+            let result = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .map_err(backend);
+            drop(client);
+            let _ = driver.await;
+            result
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => std::thread::scope(|s| {
+                s.spawn(|| runtime.block_on(drop))
+                    .join()
+                    .expect("dropping the schema panicked")
+            }),
+            Err(_) => runtime.block_on(drop),
+        }
+    }
+
+    /// This host's name in the lease columns.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the store is open")
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime().spawn(task);
+    }
+
+    /// Run `op` on the driver's runtime and wait for it, from any thread:
+    /// a blocking thread, an episode thread, or (briefly) an async one.
+    fn block<T: Send>(&self, op: impl Future<Output = StoreResult<T>> + Send) -> StoreResult<T> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let runtime = self.runtime();
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| runtime.block_on(op))
+            }
+            // A current-thread runtime cannot give its thread away: wait on
+            // another one.
+            Ok(_) => std::thread::scope(|s| {
+                s.spawn(|| runtime.block_on(op))
+                    .join()
+                    .expect("a store operation panicked")
+            }),
+            Err(_) => runtime.block_on(op),
+        }
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn migrate(&self, schema: Option<&str>) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        if let Some(schema) = schema {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(backend)?;
+        }
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(backend)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS duro_migrations \
+             (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(backend)?;
+        let done: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM duro_migrations", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        let done = done as usize;
+        if done > MIGRATIONS.len() {
+            return Err(setup_error(
+                "schema",
+                format!(
+                    "the database is at schema version {done}, newer than this duro knows ({})",
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.batch_execute(sql).await.map_err(backend)?;
+            tx.execute(
+                "INSERT INTO duro_migrations (version, applied_at) VALUES ($1, $2)",
+                &[&(index as i32 + 1), &(now_millis() as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    fn lease_deadline(&self) -> i64 {
+        (now_millis() + self.lease_ttl.as_millis() as Millis) as i64
+    }
+}
+
+/// Renew every lease this host holds, a third of the lease's life apart,
+/// until the store is dropped (its runtime with it).
+async fn renew_leases(pool: Pool, owner: String, ttl: Duration) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let until = (now_millis() + ttl.as_millis() as Millis) as i64;
+        let renewed = async {
+            let client = pool.get().await.map_err(pool_error)?;
+            for table in ["instances", "activities"] {
+                let sql = format!("UPDATE {table} SET lease_until = $2 WHERE lease_owner = $1");
+                let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
+                client
+                    .execute(&stmt, &[&owner, &until])
+                    .await
+                    .map_err(backend)?;
+            }
+            StoreResult::Ok(())
+        };
+        if let Err(e) = renewed.await {
+            tracing::warn!("cannot renew this host's leases: {e}");
+        }
+    }
+}
+
+/// Listen for other hosts' notifications and wake the runtime, reconnecting
+/// (and waking everything, in case something was missed) when the
+/// connection drops.
+async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                let _ = heard_tx.send(n.channel().to_string());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                let listening = CHANNELS
+                    .iter()
+                    .map(|(channel, _)| format!("LISTEN {channel};"))
+                    .collect::<String>();
+                if client.batch_execute(&listening).await.is_ok() {
+                    for (_, kind) in CHANNELS {
+                        wake(kind);
+                    }
+                    while let Some(channel) = heard.recv().await {
+                        if let Some((_, kind)) = CHANNELS.iter().find(|(c, _)| *c == channel) {
+                            wake(*kind);
+                        }
+                    }
+                }
+                driver.abort();
+                tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+            }
+            Err(e) => tracing::warn!("cannot listen for PostgreSQL notifications: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl RuntimeStore for PgStore {
+    /// The lease lasts the store's `lease_ttl` from now, renewed while this
+    /// host lives, whatever `lease_until` the runtime asks for.
+    fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::claim_ready(&client, &self.owner, self.lease_deadline(), max).await
+        })
+    }
+
+    fn release(&self, instance: &str) -> StoreResult<()> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::release(&client, &self.owner, &[instance.to_string()]).await
+        })
+    }
+
+    fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::load(&mut client, instance).await
+        })
+    }
+
+    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+        let count = episodes.len();
+        let committed = self.block(async {
+            let mut client = self.client().await?;
+            let results = ops::commit_episodes(&mut client, &self.owner, &episodes).await?;
+            // Failed episodes give their leases back without changing anything.
+            let failed: Vec<String> = episodes
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(e, _)| e.instance.id.clone())
+                .collect();
+            if !failed.is_empty() {
+                ops::release(&client, &self.owner, &failed).await?;
+            }
+            Ok(results)
+        });
+        match committed {
+            Ok(results) => results,
+            Err(e) => {
+                let message = e.to_string();
+                (0..count)
+                    .map(|_| {
+                        Err(StoreError::Backend {
+                            message: message.clone(),
+                            retriable: true,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::fire_due_timers(&mut client, now).await
+        })
+    }
+
+    fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::min_of(&client, "SELECT MIN(fire_at) FROM timers").await
+        })
+    }
+
+    fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::has_pending_work(&client, instance, now).await
+        })
+    }
+
+    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::component(&client, digest).await
+        })
+    }
+
+    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::claim_activities(&client, &self.owner, self.lease_deadline(), max, now).await
+        })
+    }
+
+    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::finish_activity(&mut client, &self.owner, id, finish).await
+        })
+    }
+
+    fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::min_of(&client, "SELECT MIN(run_at) FROM activities").await
+        })
+    }
+
+    fn on_foreign_work(&self, wake: WakeFn) {
+        let mut slot = self.wake.lock().expect("wake slot poisoned");
+        if slot.is_none() {
+            self.spawn(listen(self.config.clone(), wake.clone()));
+        }
+        *slot = Some(wake);
+    }
+}
+
+impl ClientStore for PgStore {
+    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::put_component(&client, digest, bytes).await
+        })
+    }
+
+    fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            ops::insert_instance(&tx, instance).await?;
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::set_component(&mut client, id, digest, expected).await
+        })
+    }
+
+    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::enqueue(&mut client, instance, message).await
+        })
+    }
+
+    fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::get_instance(&client, id).await
+        })
+    }
+
+    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::get_history(&client, id).await
+        })
+    }
+
+    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::list_instances(&client, query).await
+        })
+    }
+
+    fn purge(&self, id: &str) -> StoreResult<bool> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::purge(&mut client, id).await
+        })
+    }
+
+    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::purge_batch(&mut client, query).await
+        })
+    }
+}

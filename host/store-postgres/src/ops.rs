@@ -1,0 +1,792 @@
+//! The statements of the PostgreSQL store, one function per operation, each
+//! on a pooled connection or inside the caller's transaction. Every
+//! statement goes through the connection's prepared-statement cache.
+
+use deadpool_postgres::{GenericClient, Object, Transaction};
+use duro_core::model::{
+    ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
+    ParentCall, RuntimeStatus, input_hash, now_millis,
+};
+use duro_core::store::listing::{self, SqlValue};
+use duro_core::store::{
+    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, StoreError, StoreResult, Version,
+};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::backend;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, \
+     execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, \
+     parent_task";
+
+async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+    let stmt = c.prepare_cached(sql).await.map_err(backend)?;
+    c.execute(&stmt, params).await.map_err(backend)
+}
+
+async fn rows(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+    let stmt = c.prepare_cached(sql).await.map_err(backend)?;
+    c.query(&stmt, params).await.map_err(backend)
+}
+
+async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+    let stmt = c.prepare_cached(sql).await.map_err(backend)?;
+    c.query_opt(&stmt, params).await.map_err(backend)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        message: format!("stored {what} cannot be read: {e}"),
+        retriable: false,
+    }
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+fn instance_from_row(row: &Row) -> StoreResult<Instance> {
+    let status: String = row.get("status");
+    Ok(Instance {
+        id: row.get("id"),
+        name: row.get("name"),
+        status: RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        input: row.get("input"),
+        output: row.get("output"),
+        custom_status: row.get("custom_status"),
+        component: row.get("component"),
+        execution_id: row.get("execution_id"),
+        created_at: row.get::<_, i64>("created_at") as Millis,
+        updated_at: row.get::<_, i64>("updated_at") as Millis,
+        history_len: row.get::<_, i64>("history_len") as u64,
+        parent: row
+            .get::<_, Option<String>>("parent_instance")
+            .map(|instance| ParentCall {
+                instance,
+                execution: row.get("parent_execution"),
+                task: row.get::<_, Option<i64>>("parent_task").unwrap_or(0) as u32,
+            }),
+    })
+}
+
+pub async fn get_instance(c: &impl GenericClient, id: &str) -> StoreResult<Option<Instance>> {
+    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
+    row(c, &sql, &[&id])
+        .await?
+        .map(|r| instance_from_row(&r))
+        .transpose()
+}
+
+pub async fn get_history(c: &impl GenericClient, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+    let found = rows(
+        c,
+        "SELECT seq, timestamp, event FROM history WHERE instance_id = $1 ORDER BY seq",
+        &[&id],
+    )
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            let event: String = r.get(2);
+            Ok(HistoryEntry {
+                seq: r.get::<_, i64>(0) as u64,
+                timestamp: r.get::<_, i64>(1) as Millis,
+                event: serde_json::from_str(&event).map_err(|e| corrupt("history event", e))?,
+            })
+        })
+        .collect()
+}
+
+async fn append_events(
+    c: &impl GenericClient,
+    id: &str,
+    first_seq: u64,
+    events: &[HistoryEvent],
+) -> StoreResult<()> {
+    let now = now_millis() as i64;
+    for (offset, event) in events.iter().enumerate() {
+        let json = to_json("history event", event)?;
+        let seq = (first_seq + offset as u64) as i64;
+        exec(
+            c,
+            "INSERT INTO history (instance_id, seq, timestamp, event) VALUES ($1, $2, $3, $4)",
+            &[&id, &seq, &now, &json],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Put a message into an inbox and tell listening hosts, at commit.
+async fn push_message(c: &impl GenericClient, id: &str, message: &Message) -> StoreResult<()> {
+    let json = to_json("message", message)?;
+    exec(
+        c,
+        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)",
+        &[&id, &json, &message.is_control(), &(now_millis() as i64)],
+    )
+    .await?;
+    notify(c, "duro_instances").await
+}
+
+/// Notifications are delivered at commit, once per channel per transaction.
+async fn notify(c: &impl GenericClient, channel: &str) -> StoreResult<()> {
+    exec(c, "SELECT pg_notify($1, '')", &[&channel]).await?;
+    Ok(())
+}
+
+/// Delete instances and everything they own, one statement per table for
+/// the whole batch; returns how many instances there were.
+async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut deleted = 0;
+    for table in ["history", "inbox", "timers", "activities"] {
+        let sql = format!("DELETE FROM {table} WHERE instance_id = ANY($1)");
+        exec(c, &sql, &[&ids]).await?;
+    }
+    deleted += exec(c, "DELETE FROM instances WHERE id = ANY($1)", &[&ids]).await?;
+    Ok(deleted as usize)
+}
+
+/// Create an instance with its `ExecutionStarted` event and a start message,
+/// replacing a finished one with the same id (as on SQLite).
+pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
+    if let Some(existing) = get_instance(c, &instance.id).await? {
+        if !existing.status.is_terminal() {
+            return Err(StoreError::AlreadyExists(instance.id.clone()));
+        }
+        delete_instances(c, std::slice::from_ref(&instance.id)).await?;
+    }
+    let parent = instance.parent.as_ref();
+    let inserted = exec(
+        c,
+        "INSERT INTO instances (id, name, status, input, output, custom_status, component, \
+         created_at, updated_at, history_len, input_hash, execution_id, parent_instance, \
+         parent_execution, parent_task) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11) \
+         ON CONFLICT (id) DO NOTHING",
+        &[
+            &instance.id,
+            &instance.name,
+            &RuntimeStatus::Pending.as_str(),
+            &instance.input,
+            &instance.component,
+            &(instance.created_at as i64),
+            &input_hash(&instance.input),
+            &instance.execution_id,
+            &parent.map(|p| p.instance.as_str()),
+            &parent.map(|p| p.execution.as_str()),
+            &parent.map(|p| p.task as i64),
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists(instance.id.clone()));
+    }
+    let started = HistoryEvent::ExecutionStarted {
+        name: instance.name.clone(),
+        input: instance.input.clone(),
+    };
+    append_events(c, &instance.id, 0, &[started]).await?;
+    push_message(c, &instance.id, &Message::Start).await
+}
+
+pub async fn put_component(c: &Object, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+    exec(
+        c,
+        "INSERT INTO components (digest, bytes, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (digest) DO NOTHING",
+        &[&digest, &bytes, &(now_millis() as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn component(c: &Object, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+    Ok(row(
+        c,
+        "SELECT bytes FROM components WHERE digest = $1",
+        &[&digest],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}
+
+/// The version of an instance, its row locked until the transaction ends,
+/// and who holds its lease.
+async fn lock_version(tx: &Transaction<'_>, id: &str) -> StoreResult<(Version, Option<String>)> {
+    let found = row(
+        tx,
+        "SELECT execution_id, history_len, component, lease_owner FROM instances \
+         WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    Ok((
+        Version {
+            execution_id: found.get(0),
+            history_len: found.get::<_, i64>(1) as u64,
+            component: found.get(2),
+        },
+        found.get(3),
+    ))
+}
+
+fn conflict(id: &str, change: String) -> StoreError {
+    StoreError::Conflict {
+        instance: id.to_string(),
+        change,
+    }
+}
+
+/// Refuse a write computed from another version of the instance.
+async fn check_version(tx: &Transaction<'_>, id: &str, expected: &Version) -> StoreResult<()> {
+    let (actual, _) = lock_version(tx, id).await?;
+    match expected.change_to(&actual) {
+        Some(change) => Err(conflict(id, change)),
+        None => Ok(()),
+    }
+}
+
+pub async fn set_component(
+    c: &mut Object,
+    id: &str,
+    digest: &str,
+    expected: &Version,
+) -> StoreResult<()> {
+    let tx = c.transaction().await.map_err(backend)?;
+    check_version(&tx, id, expected).await?;
+    exec(
+        &tx,
+        "UPDATE instances SET component = $2, updated_at = $3 WHERE id = $1",
+        &[&id, &digest, &(now_millis() as i64)],
+    )
+    .await?;
+    tx.commit().await.map_err(backend)
+}
+
+pub async fn enqueue(c: &mut Object, id: &str, message: &Message) -> StoreResult<()> {
+    let tx = c.transaction().await.map_err(backend)?;
+    if row(&tx, "SELECT 1 FROM instances WHERE id = $1", &[&id])
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::NotFound(id.to_string()));
+    }
+    push_message(&tx, id, message).await?;
+    tx.commit().await.map_err(backend)
+}
+
+pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+    list_rows(c, query, INSTANCE_COLUMNS)
+        .await?
+        .iter()
+        .map(instance_from_row)
+        .collect()
+}
+
+/// The rows of `columns` (which include `id` and `created_at`) for the
+/// instances matching `query`, in the listing's order (see `listing`).
+async fn list_rows(
+    c: &impl GenericClient,
+    query: &InstanceQuery,
+    columns: &str,
+) -> StoreResult<Vec<Row>> {
+    let limit = query.limit.max(1);
+    let (statements, order) = listing::statements(query, columns, limit);
+    let mut found = Vec::new();
+    for statement in &statements {
+        let statement = statement.to_postgres();
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = statement
+            .args
+            .iter()
+            .map(|value| -> Box<dyn ToSql + Sync + Send> {
+                match value {
+                    SqlValue::Int(i) => Box::new(*i),
+                    SqlValue::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        found.extend(rows(c, &statement.sql, &params).await?);
+    }
+    if statements.len() == 1 {
+        return Ok(found);
+    }
+    let keyed: Vec<(Millis, String, Row)> = found
+        .into_iter()
+        .map(|r| {
+            let created = r.get::<_, i64>("created_at") as Millis;
+            (created, r.get::<_, String>("id"), r)
+        })
+        .collect();
+    Ok(
+        listing::merge(keyed, query.newest_first, limit, |(created, id, _)| {
+            order.key(*created, id)
+        })
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect(),
+    )
+}
+
+pub async fn purge(c: &mut Object, id: &str) -> StoreResult<bool> {
+    let tx = c.transaction().await.map_err(backend)?;
+    let purged = match get_instance(&tx, id).await? {
+        None => false,
+        Some(instance) if !instance.status.is_terminal() => {
+            return Err(StoreError::NotFinished {
+                id: id.to_string(),
+                status: instance.status,
+            });
+        }
+        Some(_) => delete_instances(&tx, &[id.to_string()]).await? > 0,
+    };
+    tx.commit().await.map_err(backend)?;
+    Ok(purged)
+}
+
+pub async fn purge_batch(c: &mut Object, query: &InstanceQuery) -> StoreResult<usize> {
+    let tx = c.transaction().await.map_err(backend)?;
+    let ids: Vec<String> = list_rows(&tx, query, "id, created_at")
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let deleted = delete_instances(&tx, &ids).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(deleted)
+}
+
+/// Lease up to `max` instances with messages to process (a suspended one
+/// only for control messages) whose lease is free or expired.
+pub async fn claim_ready(
+    c: &Object,
+    owner: &str,
+    lease_until: i64,
+    max: usize,
+) -> StoreResult<Vec<String>> {
+    let now = now_millis() as i64;
+    let claimed = rows(
+        c,
+        "WITH candidates AS ( \
+             SELECT DISTINCT i.instance_id AS id FROM inbox i \
+             JOIN instances s ON s.id = i.instance_id \
+             WHERE (s.status <> 'Suspended' OR i.control) \
+               AND (s.lease_until IS NULL OR s.lease_until < $3) \
+             LIMIT $4 \
+         ), locked AS ( \
+             SELECT s.id FROM instances s JOIN candidates c ON c.id = s.id \
+             WHERE s.lease_until IS NULL OR s.lease_until < $3 \
+             FOR UPDATE OF s SKIP LOCKED \
+         ) \
+         UPDATE instances SET lease_owner = $1, lease_until = $2 \
+         FROM locked WHERE instances.id = locked.id RETURNING instances.id",
+        &[&owner, &lease_until, &now, &(max as i64)],
+    )
+    .await?;
+    Ok(claimed.iter().map(|r| r.get(0)).collect())
+}
+
+/// Give leases back (only those this host still holds).
+pub async fn release(c: &Object, owner: &str, ids: &[String]) -> StoreResult<()> {
+    exec(
+        c,
+        "UPDATE instances SET lease_owner = NULL, lease_until = NULL \
+         WHERE id = ANY($1) AND lease_owner = $2",
+        &[&ids, &owner],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn load(c: &mut Object, id: &str) -> StoreResult<LoadedInstance> {
+    // One snapshot for the three reads.
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(backend)?;
+    let instance = get_instance(&tx, id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.into()))?;
+    let history = get_history(&tx, id).await?;
+    let inbox = rows(
+        &tx,
+        "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id",
+        &[&id],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let message: String = r.get(1);
+        Ok(InboxEntry {
+            id: r.get(0),
+            message: serde_json::from_str(&message).map_err(|e| corrupt("inbox message", e))?,
+        })
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+    tx.commit().await.map_err(backend)?;
+    Ok(LoadedInstance {
+        instance,
+        history,
+        inbox,
+    })
+}
+
+/// Apply the episodes in one transaction, each in a savepoint of its own so
+/// that a refused one undoes only itself. The outer error is the
+/// transaction's (nothing was applied).
+pub async fn commit_episodes(
+    c: &mut Object,
+    owner: &str,
+    episodes: &[EpisodeCommit],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let tx = c.transaction().await.map_err(backend)?;
+    let mut results = Vec::with_capacity(episodes.len());
+    for episode in episodes {
+        tx.batch_execute("SAVEPOINT episode")
+            .await
+            .map_err(backend)?;
+        let result = apply_episode(&tx, owner, episode).await;
+        if result.is_err() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT episode")
+                .await
+                .map_err(backend)?;
+        }
+        tx.batch_execute("RELEASE SAVEPOINT episode")
+            .await
+            .map_err(backend)?;
+        results.push(result);
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(results)
+}
+
+async fn apply_episode(
+    tx: &Transaction<'_>,
+    owner: &str,
+    episode: &EpisodeCommit,
+) -> StoreResult<()> {
+    let instance = &episode.instance;
+    let id = instance.id.as_str();
+    let (actual, lease_owner) = lock_version(tx, id).await?;
+    if let Some(holder) = lease_owner.filter(|holder| holder != owner) {
+        return Err(conflict(
+            id,
+            format!("its lease passed to {holder} (this host's had expired)"),
+        ));
+    }
+    if let Some(change) = episode.expected.change_to(&actual) {
+        return Err(conflict(id, change));
+    }
+    let first_seq = if episode.reset_history {
+        exec(tx, "DELETE FROM history WHERE instance_id = $1", &[&id]).await?;
+        drop_scheduled_work(tx, id).await?;
+        0
+    } else {
+        episode.expected.history_len
+    };
+    append_events(tx, id, first_seq, &episode.new_events).await?;
+    if episode.reset_history {
+        exec(
+            tx,
+            "UPDATE instances SET input = $2, input_hash = $3, execution_id = $4 WHERE id = $1",
+            &[
+                &id,
+                &instance.input,
+                &input_hash(&instance.input),
+                &instance.execution_id,
+            ],
+        )
+        .await?;
+    }
+    // The commit gives the lease back.
+    exec(
+        tx,
+        "UPDATE instances SET status = $2, output = $3, custom_status = $4, updated_at = $5, \
+         history_len = $6, lease_owner = NULL, lease_until = NULL WHERE id = $1",
+        &[
+            &id,
+            &instance.status.as_str(),
+            &instance.output,
+            &instance.custom_status,
+            &(instance.updated_at as i64),
+            &(instance.history_len as i64),
+        ],
+    )
+    .await?;
+    if !episode.consumed.is_empty() {
+        exec(
+            tx,
+            "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)",
+            &[&id, &episode.consumed],
+        )
+        .await?;
+    }
+    for timer in &episode.new_timers {
+        exec(
+            tx,
+            "INSERT INTO timers (instance_id, task, fire_at, execution_id) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id, task) \
+             DO UPDATE SET fire_at = EXCLUDED.fire_at, execution_id = EXCLUDED.execution_id",
+            &[
+                &timer.instance,
+                &(timer.task as i64),
+                &(timer.fire_at as i64),
+                &timer.execution,
+            ],
+        )
+        .await?;
+    }
+    if !episode.new_timers.is_empty() {
+        notify(tx, "duro_timers").await?;
+    }
+    for task in &episode.cancelled_timers {
+        exec(
+            tx,
+            "DELETE FROM timers WHERE instance_id = $1 AND task = $2",
+            &[&id, &(*task as i64)],
+        )
+        .await?;
+    }
+    for call in &episode.new_activities {
+        let retry = call
+            .retry
+            .as_ref()
+            .map(|r| to_json("retry policy", r))
+            .transpose()?;
+        exec(
+            tx,
+            "INSERT INTO activities (instance_id, execution_id, task, name, input, retry, run_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &call.instance,
+                &call.execution,
+                &(call.task as i64),
+                &call.name,
+                &call.input,
+                &retry,
+                &(instance.updated_at as i64),
+            ],
+        )
+        .await?;
+    }
+    if !episode.new_activities.is_empty() {
+        notify(tx, "duro_activities").await?;
+    }
+    for child in &episode.new_children {
+        // A child whose id a live instance holds fails the call, not the
+        // parent's episode.
+        tx.batch_execute("SAVEPOINT child").await.map_err(backend)?;
+        let created = insert_instance(tx, child).await;
+        if created.is_err() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT child")
+                .await
+                .map_err(backend)?;
+        }
+        tx.batch_execute("RELEASE SAVEPOINT child")
+            .await
+            .map_err(backend)?;
+        if let (Err(e), Some(parent)) = (created, &child.parent) {
+            let failed = Message::ChildDone {
+                task: parent.task,
+                execution: parent.execution.clone(),
+                result: Err(format!("sub-orchestration not started: {e}")),
+            };
+            push_message(tx, &parent.instance, &failed).await?;
+        }
+    }
+    if instance.status.is_terminal() {
+        notify_parent(tx, instance).await?;
+        drop_scheduled_work(tx, id).await?;
+    }
+    for message in &episode.follow_up {
+        push_message(tx, id, message).await?;
+    }
+    Ok(())
+}
+
+/// Delete the timers and activity calls of an execution that has ended.
+async fn drop_scheduled_work(tx: &Transaction<'_>, id: &str) -> StoreResult<()> {
+    exec(tx, "DELETE FROM timers WHERE instance_id = $1", &[&id]).await?;
+    exec(tx, "DELETE FROM activities WHERE instance_id = $1", &[&id]).await?;
+    Ok(())
+}
+
+/// Tell the parent of a sub-orchestration that has just ended how it ended.
+async fn notify_parent(tx: &Transaction<'_>, child: &Instance) -> StoreResult<()> {
+    let Some(parent) = &child.parent else {
+        return Ok(());
+    };
+    if row(
+        tx,
+        "SELECT 1 FROM instances WHERE id = $1",
+        &[&parent.instance],
+    )
+    .await?
+    .is_none()
+    {
+        return Ok(());
+    }
+    let message = Message::ChildDone {
+        task: parent.task,
+        execution: parent.execution.clone(),
+        result: duro_core::model::child_result(child),
+    };
+    push_message(tx, &parent.instance, &message).await
+}
+
+/// Move due timers into their instances' inboxes, skipping rows another
+/// host is moving: each timer fires once.
+pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> {
+    let tx = c.transaction().await.map_err(backend)?;
+    let due = rows(
+        &tx,
+        "DELETE FROM timers WHERE (instance_id, task) IN ( \
+             SELECT instance_id, task FROM timers WHERE fire_at <= $1 \
+             ORDER BY fire_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+         RETURNING instance_id, task, fire_at, execution_id",
+        &[&(now as i64)],
+    )
+    .await?;
+    for timer in &due {
+        let instance: String = timer.get(0);
+        let message = Message::TimerFired {
+            task: timer.get::<_, i64>(1) as u32,
+            fire_at: timer.get::<_, i64>(2) as Millis,
+            execution: Some(timer.get(3)),
+        };
+        push_message(&tx, &instance, &message).await?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(due.len())
+}
+
+pub async fn min_of(c: &Object, sql: &str) -> StoreResult<Option<Millis>> {
+    let found = row(c, sql, &[]).await?;
+    Ok(found
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(|t| t as Millis))
+}
+
+pub async fn has_pending_work(c: &Object, id: &str, now: Millis) -> StoreResult<bool> {
+    let pending = row(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1) \
+         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = $1 AND fire_at <= $2) \
+         OR EXISTS (SELECT 1 FROM activities WHERE instance_id = $1 AND run_at <= $2)",
+        &[&id, &(now as i64)],
+    )
+    .await?;
+    Ok(pending.is_some_and(|r| r.get(0)))
+}
+
+/// Lease up to `max` activity rows due at `now` whose lease is free or
+/// expired.
+pub async fn claim_activities(
+    c: &Object,
+    owner: &str,
+    lease_until: i64,
+    max: usize,
+    now: Millis,
+) -> StoreResult<Vec<ActivityWork>> {
+    let now = now as i64;
+    // The lease's expiry is compared with the wall clock, not `now` (the
+    // runtime's clock, which a test may hold still).
+    let wall = now_millis() as i64;
+    let claimed = rows(
+        c,
+        "UPDATE activities a SET lease_owner = $1, lease_until = $2 \
+         FROM ( \
+             SELECT id FROM activities \
+             WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $5) \
+             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED \
+         ) due \
+         WHERE a.id = due.id \
+         RETURNING a.id, a.instance_id, a.execution_id, a.task, a.name, a.input, a.retry, \
+             a.attempt, a.first_at",
+        &[&owner, &lease_until, &now, &(max as i64), &wall],
+    )
+    .await?;
+    claimed
+        .iter()
+        .map(|r| {
+            let retry: Option<String> = r.get(6);
+            Ok(ActivityWork {
+                id: r.get(0),
+                call: ActivityCall {
+                    instance: r.get(1),
+                    execution: r.get(2),
+                    task: r.get::<_, i64>(3) as u32,
+                    name: r.get(4),
+                    input: r.get(5),
+                    retry: retry
+                        .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("retry policy", e)))
+                        .transpose()?,
+                },
+                attempt: r.get::<_, i64>(7) as u32,
+                first_at: r.get::<_, Option<i64>>(8).map(|t| t as Millis),
+            })
+        })
+        .collect()
+}
+
+/// Record what became of an attempt. A retry moves the row on (if this host
+/// still holds it); a result goes into the inbox with the row, once: a
+/// second host that ran the same row after this one's lease expired finds
+/// it gone.
+pub async fn finish_activity(
+    c: &mut Object,
+    owner: &str,
+    id: i64,
+    finish: ActivityFinish,
+) -> StoreResult<()> {
+    let tx = c.transaction().await.map_err(backend)?;
+    match finish {
+        ActivityFinish::Retry {
+            attempt,
+            run_at,
+            first_at,
+        } => {
+            exec(
+                &tx,
+                "UPDATE activities SET attempt = $2, run_at = $3, first_at = $4, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $5",
+                &[
+                    &id,
+                    &(attempt as i64),
+                    &(run_at as i64),
+                    &(first_at as i64),
+                    &owner,
+                ],
+            )
+            .await?;
+            notify(&tx, "duro_activities").await?;
+        }
+        ActivityFinish::Done(message) => {
+            let done = row(
+                &tx,
+                "DELETE FROM activities WHERE id = $1 RETURNING instance_id",
+                &[&id],
+            )
+            .await?;
+            if let Some(done) = done {
+                let instance: String = done.get(0);
+                push_message(&tx, &instance, &message).await?;
+            }
+        }
+    }
+    tx.commit().await.map_err(backend)
+}
