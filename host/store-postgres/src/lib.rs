@@ -54,6 +54,9 @@ pub struct PgOptions {
     pub lease_ttl: Duration,
     /// Most connections in the pool.
     pub max_connections: usize,
+    /// Renew this host's leases while it lives (on, but for tests that
+    /// play a host that hangs and loses its leases).
+    pub renew_leases: bool,
 }
 
 impl Default for PgOptions {
@@ -62,6 +65,7 @@ impl Default for PgOptions {
             schema: None,
             lease_ttl: Duration::from_secs(10),
             max_connections: 16,
+            renew_leases: true,
         }
     }
 }
@@ -198,11 +202,13 @@ impl PgStore {
             wake: Arc::default(),
         };
         store.block(store.migrate(options.schema.as_deref()))?;
-        store.spawn(renew_leases(
-            store.pool.clone(),
-            store.owner.clone(),
-            store.lease_ttl,
-        ));
+        if options.renew_leases {
+            store.spawn(renew_leases(
+                store.pool.clone(),
+                store.owner.clone(),
+                store.lease_ttl,
+            ));
+        }
         Ok(store)
     }
 

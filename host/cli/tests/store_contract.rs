@@ -1,0 +1,549 @@
+//! The store contract, one set of tests run against every backend: grouped
+//! writes that fail alone, the commit guard (history length, execution,
+//! component), durability across reopening, leases, timers that fire once
+//! and activity rows claimed once when two hosts race, and, on PostgreSQL,
+//! leases that expire and move to another host, whose commit then wins.
+//!
+//! PostgreSQL tests run against `DURO_TEST_POSTGRES_URL`, each in a schema
+//! of its own that it drops; without the variable they are skipped (and
+//! say so), unless `DURO_REQUIRE_POSTGRES` is set, as in CI.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duro::database::{Database, OpenOptions, open_database};
+use duro::model::{
+    ActivityCall, HistoryEvent, Instance, Message, RuntimeStatus, Timer, fresh_id, now_millis,
+};
+use duro::store::{EpisodeCommit, LoadedInstance, Store, StoreError, Version};
+use duro_store_postgres::{PgOptions, PgStore};
+
+/// A store under test, and how to open another host's handle on the same
+/// data.
+struct TestStore {
+    store: Arc<dyn Store>,
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(std::path::PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl TestStore {
+    /// The SQLite store in a fresh folder.
+    fn sqlite() -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contract.db");
+        let store = open_database(&Database::Sqlite(path.clone()), &OpenOptions::default())
+            .expect("SQLite opens");
+        TestStore::ready(store, Backend::Sqlite(path), dir)
+    }
+
+    /// A PostgreSQL store in a schema of its own, or `None` (skipped) when no
+    /// server is configured.
+    fn postgres(test: &str) -> Option<TestStore> {
+        let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
+                "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("{test}: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
+            return None;
+        };
+        let schema = format!("t_{test}_{}", std::process::id()).to_lowercase();
+        PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+        let backend = Backend::Postgres { url, schema };
+        let store = open_backend(&backend, true);
+        Some(TestStore::ready(
+            store,
+            backend,
+            tempfile::tempdir().unwrap(),
+        ))
+    }
+
+    fn ready(store: Arc<dyn Store>, backend: Backend, dir: tempfile::TempDir) -> TestStore {
+        store.put_component("sha256:test", b"bytes").unwrap();
+        store.put_component("sha256:other", b"other").unwrap();
+        TestStore {
+            store,
+            backend,
+            _dir: dir,
+        }
+    }
+
+    /// Another host's handle on the same data: a second connection pool on
+    /// PostgreSQL; on SQLite, which one host owns, the same store.
+    fn another_host(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.store.clone(),
+            Backend::Postgres { .. } => open_backend(&self.backend, true),
+        }
+    }
+
+    /// The data opened afresh, as after a restart.
+    fn reopen(&self) -> Arc<dyn Store> {
+        open_backend(&self.backend, true)
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Backend::Postgres { url, schema } = &self.backend {
+            let _ = PgStore::drop_schema(url, schema);
+        }
+    }
+}
+
+fn open_backend(backend: &Backend, renew_leases: bool) -> Arc<dyn Store> {
+    match backend {
+        Backend::Sqlite(path) => {
+            open_database(&Database::Sqlite(path.clone()), &OpenOptions::default()).unwrap()
+        }
+        Backend::Postgres { url, schema } => Arc::new(
+            PgStore::open(
+                url,
+                PgOptions {
+                    schema: Some(schema.clone()),
+                    lease_ttl: Duration::from_millis(400),
+                    renew_leases,
+                    ..Default::default()
+                },
+            )
+            .expect("PostgreSQL store opens"),
+        ),
+    }
+}
+
+/// Each test, once per backend.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(&super::TestStore::sqlite()); } )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(store) = super::TestStore::postgres(stringify!($test)) {
+                        super::$test(&store);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    concurrent_writes_fail_alone,
+    a_stale_episode_is_refused_whole,
+    an_episode_of_an_old_execution_or_component_is_refused,
+    written_state_survives_reopening,
+    a_claim_leases_until_release_or_commit,
+    due_timers_fire_once_when_hosts_race,
+    activity_rows_are_claimed_once_when_hosts_race,
+    children_and_purges,
+);
+
+fn instance(id: &str) -> Instance {
+    Instance {
+        id: id.into(),
+        name: "Workflow".into(),
+        status: RuntimeStatus::Pending,
+        input: "\"x\"".into(),
+        output: None,
+        custom_status: None,
+        component: "sha256:test".into(),
+        execution_id: fresh_id(),
+        created_at: now_millis(),
+        updated_at: now_millis(),
+        history_len: 1,
+        parent: None,
+    }
+}
+
+/// The episode that takes every inbox message and ends the instance with
+/// `status` (or keeps it running), writing one event.
+fn episode(loaded: &LoadedInstance, status: RuntimeStatus) -> EpisodeCommit {
+    EpisodeCommit {
+        instance: Instance {
+            status,
+            output: status.is_terminal().then(|| "\"done\"".to_string()),
+            history_len: loaded.instance.history_len + 1,
+            ..loaded.instance.clone()
+        },
+        expected: Version::of(&loaded.instance),
+        reset_history: false,
+        new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 1 }],
+        consumed: loaded.inbox.iter().map(|m| m.id).collect(),
+        new_timers: Vec::new(),
+        cancelled_timers: Vec::new(),
+        new_activities: Vec::new(),
+        new_children: Vec::new(),
+        follow_up: Vec::new(),
+    }
+}
+
+fn event(payload: &str) -> Message {
+    Message::EventRaised {
+        name: "E".into(),
+        payload: payload.into(),
+    }
+}
+
+fn concurrent_writes_fail_alone(t: &TestStore) {
+    // 64 threads, each creating one instance; every fourth id is taken twice.
+    let results: Vec<_> = (0..64)
+        .map(|i| {
+            let store = t.store.clone();
+            std::thread::spawn(move || {
+                let id = if i % 4 == 3 {
+                    format!("i{}", i - 1)
+                } else {
+                    format!("i{i}")
+                };
+                (id.clone(), store.create_instance(&instance(&id)))
+            })
+        })
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(failed.len(), 16, "one of each pair of duplicates fails");
+    for (id, result) in &failed {
+        assert!(
+            matches!(result, Err(StoreError::AlreadyExists(d)) if d == id),
+            "{result:?}"
+        );
+    }
+    for i in (0..64).filter(|i| i % 4 != 3) {
+        let id = format!("i{i}");
+        assert_eq!(
+            t.store.instance(&id).unwrap().unwrap().status,
+            RuntimeStatus::Pending
+        );
+        assert_eq!(
+            t.store.history(&id).unwrap().len(),
+            1,
+            "{id}: ExecutionStarted"
+        );
+    }
+}
+
+fn a_stale_episode_is_refused_whole(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("a")).unwrap();
+    store.enqueue("a", &event("1")).unwrap();
+    let loaded = store.load("a").unwrap();
+    let mut stale = episode(&loaded, RuntimeStatus::Running);
+    stale.expected.history_len = 5;
+    match &store.commit_episodes(vec![stale])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("1 events long, not 5"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = store.load("a").unwrap();
+    assert_eq!(
+        after.instance.status,
+        RuntimeStatus::Pending,
+        "row untouched"
+    );
+    assert_eq!(after.history.len(), 1, "history untouched");
+    assert_eq!(after.inbox.len(), 2, "inbox untouched (start + event)");
+    // The same episode from the right version commits.
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Running)])[0].is_ok());
+    let after = store.load("a").unwrap();
+    assert_eq!((after.history.len(), after.inbox.len()), (2, 0));
+}
+
+fn an_episode_of_an_old_execution_or_component_is_refused(t: &TestStore) {
+    let store = &t.store;
+    // Computed for the first execution; meanwhile the id finished and was
+    // started again (same history length).
+    store.create_instance(&instance("a")).unwrap();
+    let old = store.load("a").unwrap();
+    let stale = episode(&old, RuntimeStatus::Completed);
+    assert!(store.commit_episodes(vec![episode(&old, RuntimeStatus::Terminated)])[0].is_ok());
+    store.create_instance(&instance("a")).unwrap();
+    assert_eq!(
+        store.load("a").unwrap().instance.history_len,
+        old.instance.history_len
+    );
+    match &store.commit_episodes(vec![stale])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("replaced execution"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.load("a").unwrap().instance.status,
+        RuntimeStatus::Pending
+    );
+    // Computed on one component; meanwhile the instance was upgraded.
+    let before = store.load("a").unwrap();
+    let stale = episode(&before, RuntimeStatus::Completed);
+    store
+        .set_component("a", "sha256:other", &Version::of(&before.instance))
+        .unwrap();
+    match &store.commit_episodes(vec![stale])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("moved from component"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.load("a").unwrap().instance.history_len, 1);
+}
+
+fn written_state_survives_reopening(t: &TestStore) {
+    t.store.create_instance(&instance("kept")).unwrap();
+    t.store.enqueue("kept", &event("{}")).unwrap();
+    let store = t.reopen();
+    let loaded = store.load("kept").unwrap();
+    assert_eq!((loaded.history.len(), loaded.inbox.len()), (1, 2));
+    assert_eq!(
+        store.component("sha256:test").unwrap().as_deref(),
+        Some(&b"bytes"[..])
+    );
+    assert!(matches!(
+        store.enqueue("ghost", &Message::Start),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn a_claim_leases_until_release_or_commit(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("a")).unwrap();
+    let far = now_millis() + 60_000;
+    assert_eq!(store.claim_ready(10, far).unwrap(), ["a"]);
+    assert!(store.claim_ready(10, far).unwrap().is_empty(), "leased");
+    assert!(
+        t.another_host().claim_ready(10, far).unwrap().is_empty(),
+        "leased"
+    );
+    store.release("a").unwrap();
+    assert_eq!(store.claim_ready(10, far).unwrap(), ["a"]);
+    // A commit gives the lease back; a new message makes it claimable.
+    let loaded = store.load("a").unwrap();
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Running)])[0].is_ok());
+    assert!(
+        store.claim_ready(10, far).unwrap().is_empty(),
+        "nothing to do"
+    );
+    store.enqueue("a", &event("2")).unwrap();
+    assert_eq!(t.another_host().claim_ready(10, far).unwrap(), ["a"]);
+    // A suspended instance is claimed for control messages only.
+    assert!(store.has_pending_work("a", now_millis()).unwrap());
+}
+
+/// Commit one episode of a fresh instance `id` that schedules `timers`
+/// timers, all due now, and `activities` activity calls.
+fn schedule(store: &Arc<dyn Store>, id: &str, timers: u32, activities: u32) {
+    store.create_instance(&instance(id)).unwrap();
+    let far = now_millis() + 60_000;
+    assert_eq!(store.claim_ready(10, far).unwrap(), [id]);
+    let loaded = store.load(id).unwrap();
+    let mut commit = episode(&loaded, RuntimeStatus::Running);
+    let execution = loaded.instance.execution_id.clone();
+    commit.new_timers = (0..timers)
+        .map(|task| Timer {
+            instance: id.into(),
+            task,
+            fire_at: now_millis(),
+            execution: execution.clone(),
+        })
+        .collect();
+    commit.new_activities = (0..activities)
+        .map(|task| ActivityCall {
+            instance: id.into(),
+            execution: execution.clone(),
+            task: timers + task,
+            name: "Add".into(),
+            input: "[1, 2]".into(),
+            retry: None,
+        })
+        .collect();
+    assert!(store.commit_episodes(vec![commit])[0].is_ok());
+}
+
+fn due_timers_fire_once_when_hosts_race(t: &TestStore) {
+    schedule(&t.store, "timed", 60, 0);
+    assert!(t.store.next_timer_due().unwrap().is_some());
+    let hosts = [t.store.clone(), t.another_host(), t.another_host()];
+    let now = now_millis() + 1;
+    let fired: usize = hosts
+        .iter()
+        .map(|host| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| host.fire_due_timers(now).unwrap())
+                    .sum::<usize>()
+            })
+        })
+        .map(|thread| thread.join().unwrap())
+        .sum();
+    assert_eq!(fired, 60);
+    let tasks: Vec<u32> = t
+        .store
+        .load("timed")
+        .unwrap()
+        .inbox
+        .iter()
+        .filter_map(|m| match m.message {
+            Message::TimerFired { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tasks.len(), 60, "{tasks:?}");
+    assert_eq!(tasks.iter().collect::<HashSet<_>>().len(), 60, "each once");
+    assert_eq!(t.store.next_timer_due().unwrap(), None);
+}
+
+fn activity_rows_are_claimed_once_when_hosts_race(t: &TestStore) {
+    schedule(&t.store, "busy", 0, 40);
+    let hosts = [t.store.clone(), t.another_host()];
+    let now = now_millis() + 1;
+    let claimed: Vec<i64> = hosts
+        .iter()
+        .map(|host| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .flat_map(|_| host.claim_activities(3, now).unwrap())
+                    .map(|work| work.id)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    assert_eq!(claimed.len(), 40, "{claimed:?}");
+    assert_eq!(
+        claimed.iter().collect::<HashSet<_>>().len(),
+        40,
+        "each once"
+    );
+    // Results go into the inbox once, even if a second host finishes too.
+    for id in &claimed {
+        let done = Message::ActivityDone {
+            task: 0,
+            execution: String::new(),
+            result: Ok("3".into()),
+            attempts: 1,
+        };
+        t.store
+            .finish_activity(*id, duro::store::ActivityFinish::Done(done.clone()))
+            .unwrap();
+        t.another_host()
+            .finish_activity(*id, duro::store::ActivityFinish::Done(done))
+            .unwrap();
+    }
+    let results = t.store.load("busy").unwrap().inbox.len();
+    assert_eq!(results, 40);
+    assert_eq!(t.store.next_activity_due().unwrap(), None);
+}
+
+fn children_and_purges(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("parent")).unwrap();
+    store.create_instance(&instance("taken")).unwrap();
+    let loaded = store.load("parent").unwrap();
+    let mut commit = episode(&loaded, RuntimeStatus::Running);
+    let parent = duro::model::ParentCall {
+        instance: "parent".into(),
+        execution: loaded.instance.execution_id.clone(),
+        task: 0,
+    };
+    let child = |id: &str, task: u32| Instance {
+        parent: Some(duro::model::ParentCall {
+            task,
+            ..parent.clone()
+        }),
+        ..instance(id)
+    };
+    commit.new_children = vec![child("child", 0), child("taken", 1)];
+    assert!(store.commit_episodes(vec![commit])[0].is_ok());
+    // The free id became a child; the taken one failed its call only.
+    let created = store.instance("child").unwrap().expect("child created");
+    assert_eq!(created.parent.unwrap().instance, "parent");
+    let inbox = store.load("parent").unwrap().inbox;
+    assert!(
+        matches!(&inbox[..], [entry] if matches!(&entry.message,
+            Message::ChildDone { task: 1, result: Err(e), .. } if e.contains("not started"))),
+        "{inbox:?}"
+    );
+    // The child's end reaches the parent.
+    let loaded = store.load("child").unwrap();
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok());
+    let inbox = store.load("parent").unwrap().inbox;
+    assert!(
+        inbox.iter().any(|entry| matches!(&entry.message,
+            Message::ChildDone { task: 0, result: Ok(output), .. } if output == "\"done\"")),
+        "{inbox:?}"
+    );
+    // Purges: a live instance is refused, a finished one goes with its rows.
+    assert!(matches!(
+        store.purge("parent"),
+        Err(StoreError::NotFinished { .. })
+    ));
+    assert!(store.purge("child").unwrap());
+    assert!(store.instance("child").unwrap().is_none());
+    assert!(store.history("child").unwrap().is_empty());
+    assert!(!store.purge("child").unwrap());
+    // Found by input through the index, on every backend.
+    let found = store
+        .list(&duro::model::InstanceQuery {
+            input: Some("\"x\"".into()),
+            name: Some("Workflow".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: HashSet<_> = found.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, HashSet::from(["parent", "taken"]));
+}
+
+/// PostgreSQL only: a host that stops renewing loses its leases when they
+/// expire; another host claims the instance, and the first host's late
+/// commit is refused while the new owner's goes through.
+#[test]
+fn an_expired_lease_moves_to_another_host_and_the_old_commit_is_refused() {
+    let Some(t) = TestStore::postgres("expired_lease") else {
+        return;
+    };
+    let hung = open_backend(&t.backend, false);
+    hung.create_instance(&instance("a")).unwrap();
+    let far = now_millis() + 60_000;
+    assert_eq!(hung.claim_ready(10, far).unwrap(), ["a"]);
+    let computed = hung.load("a").unwrap();
+    let other = t.another_host();
+    assert!(
+        other.claim_ready(10, far).unwrap().is_empty(),
+        "still leased"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        other.claim_ready(10, far).unwrap(),
+        ["a"],
+        "expired: taken over"
+    );
+    match &hung.commit_episodes(vec![episode(&computed, RuntimeStatus::Completed)])[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("lease passed"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let loaded = other.load("a").unwrap();
+    assert!(other.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok());
+    assert_eq!(
+        other.instance("a").unwrap().unwrap().status,
+        RuntimeStatus::Completed
+    );
+    // A live host's leases outlast their time to live: it renews them.
+    other.create_instance(&instance("b")).unwrap();
+    assert_eq!(other.claim_ready(10, far).unwrap(), ["b"]);
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(hung.claim_ready(10, far).unwrap().is_empty(), "renewed");
+}
