@@ -10,6 +10,7 @@ mod http;
 mod orchestration;
 mod patterns;
 mod queries;
+mod scaleout;
 mod semantics;
 mod simulation;
 mod support;

@@ -70,6 +70,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
                 StatusCode::BAD_REQUEST
             }
+            // The database is away or busy (PostgreSQL restarting, a
+            // connection lost): nothing was written, try again later.
+            RuntimeError::Store(store) if store.is_retriable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
