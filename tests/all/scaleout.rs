@@ -90,3 +90,114 @@ fn a_database_that_cannot_be_reached_stops_serve_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a database duro knows"), "{stderr}");
 }
+
+/// A TCP proxy to PostgreSQL that the test can cut: while down it closes
+/// every connection through it and every new one at once, as a database
+/// that went away.
+struct Outage {
+    address: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    fn to(upstream: String) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_down, sockets) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if is_down.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut kept = sockets.lock().unwrap();
+                kept.push(client.try_clone().unwrap());
+                kept.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Outage {
+            address,
+            down,
+            open,
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            for socket in self.open.lock().unwrap().drain(..) {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_database_that_goes_away_gives_503s_then_everything_resumes() {
+    let Some(database) = postgres_database("outage") else {
+        return;
+    };
+    // The same database, reached through the proxy.
+    let (scheme_and_credentials, rest) = database.split_once('@').unwrap();
+    let (upstream, path) = rest.split_once('/').unwrap();
+    let upstream = if upstream.contains(':') {
+        upstream.to_string()
+    } else {
+        format!("{upstream}:5432")
+    };
+    let outage = Outage::to(upstream);
+    let through = format!("{scheme_and_credentials}@{}/{path}", outage.address);
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(&manifest(dir.path()), Path::new(&through), &[]);
+    let started = host.post(&format!("{API}/orchestrators/Workflow/before"), "\"a\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    host.poll(&format!("{API}/instances/before"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+
+    outage.set_down(true);
+    let refused = host.post(&format!("{API}/orchestrators/Workflow/during"), "\"b\"");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL")
+    );
+    let status = host.get(&format!("{API}/instances/before"));
+    assert_eq!(status.status, 503, "{}", status.body);
+    let raised = host.post(
+        &format!("{API}/instances/before/raiseEvent/Workflow"),
+        "true",
+    );
+    assert_eq!(raised.status, 503, "{}", raised.body);
+
+    outage.set_down(false);
+    // Nothing acknowledged was lost, nothing refused was written.
+    let raised = host.poll(&format!("{API}/instances/before"), |r| r.status != 503);
+    assert_eq!(raised.json()["runtimeStatus"], "Running", "{}", raised.body);
+    assert_eq!(host.get(&format!("{API}/instances/during")).status, 404);
+    let again = host.post(
+        &format!("{API}/instances/before/raiseEvent/Workflow"),
+        "true",
+    );
+    assert_eq!(again.status, 202, "{}", again.body);
+    let done = host.poll(&format!("{API}/instances/before"), |r| r.status == 200);
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+}
