@@ -17,6 +17,8 @@
 
 mod ops;
 
+pub use ops::sql;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -246,6 +248,30 @@ impl PgStore {
         }
     }
 
+    /// The plan PostgreSQL chooses for `sql` with `params` when a
+    /// sequential scan is priced out (`enable_seqscan = off`): a table scan
+    /// left in the plan means no index can serve the statement. One line
+    /// per plan node (for the query-plan test).
+    pub fn explain(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<String>> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.batch_execute("SET LOCAL enable_seqscan = off")
+                .await
+                .map_err(backend)?;
+            let plan = tx
+                .query(&format!("EXPLAIN {sql}"), params)
+                .await
+                .map_err(backend)?;
+            tx.rollback().await.map_err(backend)?;
+            Ok(plan.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+    }
+
     /// This host's name in the lease columns.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -468,7 +494,7 @@ impl RuntimeStore for PgStore {
     fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
         self.block(async {
             let client = self.client().await?;
-            ops::min_of(&client, "SELECT MIN(fire_at) FROM timers").await
+            ops::min_of(&client, ops::sql::NEXT_TIMER_DUE).await
         })
     }
 
@@ -503,7 +529,7 @@ impl RuntimeStore for PgStore {
     fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
         self.block(async {
             let client = self.client().await?;
-            ops::min_of(&client, "SELECT MIN(run_at) FROM activities").await
+            ops::min_of(&client, ops::sql::NEXT_ACTIVITY_DUE).await
         })
     }
 

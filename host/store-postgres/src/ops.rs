@@ -18,9 +18,89 @@ use crate::backend;
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-const INSTANCE_COLUMNS: &str = "id, name, status, input, output, custom_status, component, \
-     execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, \
-     parent_task";
+/// The statements the workers and clients run besides listings (which
+/// `listing` builds), named so that the query-plan test explains exactly
+/// the text the store runs.
+pub mod sql {
+    /// The columns `instance_from_row` reads.
+    macro_rules! instance_columns {
+        () => {
+            "id, name, status, input, output, custom_status, component, execution_id, \
+             created_at, updated_at, history_len, parent_instance, parent_execution, parent_task"
+        };
+    }
+    /// The columns `instance_from_row` reads.
+    pub const INSTANCE_COLUMNS: &str = instance_columns!();
+    /// One instance row.
+    pub const GET_INSTANCE: &str = concat!(
+        "SELECT ",
+        instance_columns!(),
+        " FROM instances WHERE id = $1"
+    );
+    /// Lease instances with messages to process whose lease is free or expired ($1 owner, $2 until, $3 now, $4 limit).
+    pub const CLAIM_READY: &str = "WITH candidates AS ( \
+             SELECT DISTINCT i.instance_id AS id FROM inbox i \
+             JOIN instances s ON s.id = i.instance_id \
+             WHERE (s.status <> 'Suspended' OR i.control) \
+               AND (s.lease_until IS NULL OR s.lease_until < $3) \
+             LIMIT $4 \
+         ), locked AS ( \
+             SELECT s.id FROM instances s JOIN candidates c ON c.id = s.id \
+             WHERE s.lease_until IS NULL OR s.lease_until < $3 \
+             FOR UPDATE OF s SKIP LOCKED \
+         ) \
+         UPDATE instances SET lease_owner = $1, lease_until = $2 \
+         FROM locked WHERE instances.id = locked.id RETURNING instances.id";
+    /// Give leases back ($1 ids, $2 owner).
+    pub const RELEASE: &str = "UPDATE instances SET lease_owner = NULL, lease_until = NULL \
+         WHERE id = ANY($1) AND lease_owner = $2";
+    /// An instance's history.
+    pub const LOAD_HISTORY: &str =
+        "SELECT seq, timestamp, event FROM history WHERE instance_id = $1 ORDER BY seq";
+    /// An instance's inbox.
+    pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id";
+    /// An instance's version and lease holder, its row locked.
+    pub const LOCK_VERSION: &str = "SELECT execution_id, history_len, component, lease_owner FROM instances \
+         WHERE id = $1 FOR UPDATE";
+    /// Due timers taken out of the table, skipping rows another host holds.
+    pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE (instance_id, task) IN ( \
+             SELECT instance_id, task FROM timers WHERE fire_at <= $1 \
+             ORDER BY fire_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+         RETURNING instance_id, task, fire_at, execution_id";
+    /// Whether an instance has messages, due timers or due activities.
+    pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1) \
+         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = $1 AND fire_at <= $2) \
+         OR EXISTS (SELECT 1 FROM activities WHERE instance_id = $1 AND run_at <= $2)";
+    /// Lease due activity rows whose lease is free or expired.
+    pub const CLAIM_ACTIVITIES: &str = "UPDATE activities a SET lease_owner = $1, lease_until = $2 \
+         FROM ( \
+             SELECT id FROM activities \
+             WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $5) \
+             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED \
+         ) due \
+         WHERE a.id = due.id \
+         RETURNING a.id, a.instance_id, a.execution_id, a.task, a.name, a.input, a.retry, \
+             a.attempt, a.first_at";
+    /// Inbox messages an episode consumed.
+    pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
+    /// When the next timer is due.
+    pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
+    /// When the next activity row is due.
+    pub const NEXT_ACTIVITY_DUE: &str = "SELECT MIN(run_at) FROM activities";
+    /// Renew every lease a host holds ($1 owner, $2 until).
+    pub const RENEW_LEASES: [&str; 2] = [
+        "UPDATE instances SET lease_until = $2 WHERE lease_owner = $1",
+        "UPDATE activities SET lease_until = $2 WHERE lease_owner = $1",
+    ];
+    /// One statement per table for a batch of purged ids ($1, a text array).
+    pub const PURGE_BATCH: [&str; 5] = [
+        "DELETE FROM history WHERE instance_id = ANY($1)",
+        "DELETE FROM inbox WHERE instance_id = ANY($1)",
+        "DELETE FROM timers WHERE instance_id = ANY($1)",
+        "DELETE FROM activities WHERE instance_id = ANY($1)",
+        "DELETE FROM instances WHERE id = ANY($1)",
+    ];
+}
 
 async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<u64> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
@@ -73,20 +153,14 @@ fn instance_from_row(row: &Row) -> StoreResult<Instance> {
 }
 
 pub async fn get_instance(c: &impl GenericClient, id: &str) -> StoreResult<Option<Instance>> {
-    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
-    row(c, &sql, &[&id])
+    row(c, sql::GET_INSTANCE, &[&id])
         .await?
         .map(|r| instance_from_row(&r))
         .transpose()
 }
 
 pub async fn get_history(c: &impl GenericClient, id: &str) -> StoreResult<Vec<HistoryEntry>> {
-    let found = rows(
-        c,
-        "SELECT seq, timestamp, event FROM history WHERE instance_id = $1 ORDER BY seq",
-        &[&id],
-    )
-    .await?;
+    let found = rows(c, sql::LOAD_HISTORY, &[&id]).await?;
     found
         .iter()
         .map(|r| {
@@ -145,11 +219,10 @@ async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult
         return Ok(0);
     }
     let mut deleted = 0;
-    for table in ["history", "inbox", "timers", "activities"] {
-        let sql = format!("DELETE FROM {table} WHERE instance_id = ANY($1)");
-        exec(c, &sql, &[&ids]).await?;
+    for statement in sql::PURGE_BATCH {
+        // The last statement deletes the instance rows themselves.
+        deleted = exec(c, statement, &[&ids]).await?;
     }
-    deleted += exec(c, "DELETE FROM instances WHERE id = ANY($1)", &[&ids]).await?;
     Ok(deleted as usize)
 }
 
@@ -220,14 +293,9 @@ pub async fn component(c: &Object, digest: &str) -> StoreResult<Option<Vec<u8>>>
 /// The version of an instance, its row locked until the transaction ends,
 /// and who holds its lease.
 async fn lock_version(tx: &Transaction<'_>, id: &str) -> StoreResult<(Version, Option<String>)> {
-    let found = row(
-        tx,
-        "SELECT execution_id, history_len, component, lease_owner FROM instances \
-         WHERE id = $1 FOR UPDATE",
-        &[&id],
-    )
-    .await?
-    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let found = row(tx, sql::LOCK_VERSION, &[&id])
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     Ok((
         Version {
             execution_id: found.get(0),
@@ -284,7 +352,7 @@ pub async fn enqueue(c: &mut Object, id: &str, message: &Message) -> StoreResult
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-    list_rows(c, query, INSTANCE_COLUMNS)
+    list_rows(c, query, sql::INSTANCE_COLUMNS)
         .await?
         .iter()
         .map(instance_from_row)
@@ -378,19 +446,7 @@ pub async fn claim_ready(
     let now = now_millis() as i64;
     let claimed = rows(
         c,
-        "WITH candidates AS ( \
-             SELECT DISTINCT i.instance_id AS id FROM inbox i \
-             JOIN instances s ON s.id = i.instance_id \
-             WHERE (s.status <> 'Suspended' OR i.control) \
-               AND (s.lease_until IS NULL OR s.lease_until < $3) \
-             LIMIT $4 \
-         ), locked AS ( \
-             SELECT s.id FROM instances s JOIN candidates c ON c.id = s.id \
-             WHERE s.lease_until IS NULL OR s.lease_until < $3 \
-             FOR UPDATE OF s SKIP LOCKED \
-         ) \
-         UPDATE instances SET lease_owner = $1, lease_until = $2 \
-         FROM locked WHERE instances.id = locked.id RETURNING instances.id",
+        sql::CLAIM_READY,
         &[&owner, &lease_until, &now, &(max as i64)],
     )
     .await?;
@@ -399,13 +455,7 @@ pub async fn claim_ready(
 
 /// Give leases back (only those this host still holds).
 pub async fn release(c: &Object, owner: &str, ids: &[String]) -> StoreResult<()> {
-    exec(
-        c,
-        "UPDATE instances SET lease_owner = NULL, lease_until = NULL \
-         WHERE id = ANY($1) AND lease_owner = $2",
-        &[&ids, &owner],
-    )
-    .await?;
+    exec(c, sql::RELEASE, &[&ids, &owner]).await?;
     Ok(())
 }
 
@@ -422,21 +472,17 @@ pub async fn load(c: &mut Object, id: &str) -> StoreResult<LoadedInstance> {
         .await?
         .ok_or_else(|| StoreError::NotFound(id.into()))?;
     let history = get_history(&tx, id).await?;
-    let inbox = rows(
-        &tx,
-        "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id",
-        &[&id],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        let message: String = r.get(1);
-        Ok(InboxEntry {
-            id: r.get(0),
-            message: serde_json::from_str(&message).map_err(|e| corrupt("inbox message", e))?,
+    let inbox = rows(&tx, sql::LOAD_INBOX, &[&id])
+        .await?
+        .iter()
+        .map(|r| {
+            let message: String = r.get(1);
+            Ok(InboxEntry {
+                id: r.get(0),
+                message: serde_json::from_str(&message).map_err(|e| corrupt("inbox message", e))?,
+            })
         })
-    })
-    .collect::<StoreResult<Vec<_>>>()?;
+        .collect::<StoreResult<Vec<_>>>()?;
     tx.commit().await.map_err(backend)?;
     Ok(LoadedInstance {
         instance,
@@ -528,12 +574,7 @@ async fn apply_episode(
     )
     .await?;
     if !episode.consumed.is_empty() {
-        exec(
-            tx,
-            "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)",
-            &[&id, &episode.consumed],
-        )
-        .await?;
+        exec(tx, sql::DELETE_CONSUMED, &[&id, &episode.consumed]).await?;
     }
     for timer in &episode.new_timers {
         exec(
@@ -652,15 +693,7 @@ async fn notify_parent(tx: &Transaction<'_>, child: &Instance) -> StoreResult<()
 /// host is moving: each timer fires once.
 pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> {
     let tx = c.transaction().await.map_err(backend)?;
-    let due = rows(
-        &tx,
-        "DELETE FROM timers WHERE (instance_id, task) IN ( \
-             SELECT instance_id, task FROM timers WHERE fire_at <= $1 \
-             ORDER BY fire_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-         RETURNING instance_id, task, fire_at, execution_id",
-        &[&(now as i64)],
-    )
-    .await?;
+    let due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64)]).await?;
     for timer in &due {
         let instance: String = timer.get(0);
         let message = Message::TimerFired {
@@ -682,14 +715,7 @@ pub async fn min_of(c: &Object, sql: &str) -> StoreResult<Option<Millis>> {
 }
 
 pub async fn has_pending_work(c: &Object, id: &str, now: Millis) -> StoreResult<bool> {
-    let pending = row(
-        c,
-        "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1) \
-         OR EXISTS (SELECT 1 FROM timers WHERE instance_id = $1 AND fire_at <= $2) \
-         OR EXISTS (SELECT 1 FROM activities WHERE instance_id = $1 AND run_at <= $2)",
-        &[&id, &(now as i64)],
-    )
-    .await?;
+    let pending = row(c, sql::HAS_PENDING_WORK, &[&id, &(now as i64)]).await?;
     Ok(pending.is_some_and(|r| r.get(0)))
 }
 
@@ -708,15 +734,7 @@ pub async fn claim_activities(
     let wall = now_millis() as i64;
     let claimed = rows(
         c,
-        "UPDATE activities a SET lease_owner = $1, lease_until = $2 \
-         FROM ( \
-             SELECT id FROM activities \
-             WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $5) \
-             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED \
-         ) due \
-         WHERE a.id = due.id \
-         RETURNING a.id, a.instance_id, a.execution_id, a.task, a.name, a.input, a.retry, \
-             a.attempt, a.first_at",
+        sql::CLAIM_ACTIVITIES,
         &[&owner, &lease_until, &now, &(max as i64), &wall],
     )
     .await?;

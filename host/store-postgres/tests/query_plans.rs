@@ -1,0 +1,156 @@
+//! Every statement the PostgreSQL store runs for the API, the clients and
+//! the workers can be served by an index: explained with sequential scans
+//! priced out, no plan may still scan a table. Skipped (and says so)
+//! without `DURO_TEST_POSTGRES_URL`, unless `DURO_REQUIRE_POSTGRES` is set.
+
+use duro_core::model::{InstanceQuery, RuntimeStatus};
+use duro_core::store::listing::{self, SqlValue};
+use duro_store_postgres::{PgOptions, PgStore, sql};
+use tokio_postgres::types::ToSql;
+
+fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) {
+    let plan = store
+        .explain(sql, params)
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{sql}"));
+    let scans: Vec<&String> = plan
+        .iter()
+        .filter(|line| line.contains("Seq Scan"))
+        .collect();
+    assert!(
+        scans.is_empty(),
+        "{what} scans a table:\n{}\n{sql}",
+        plan.join("\n")
+    );
+}
+
+#[test]
+fn every_statement_is_served_by_an_index() {
+    let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
+            "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("query plans: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
+        return;
+    };
+    let schema = format!("plans_{}", std::process::id());
+    PgStore::drop_schema(&url, &schema).unwrap();
+    let options = PgOptions {
+        schema: Some(schema.clone()),
+        ..Default::default()
+    };
+    let store = PgStore::open(&url, options).unwrap();
+    let (id, owner, now, limit) = ("i", "host", 1_000_i64, 10_i64);
+    let ids = vec!["a".to_string(), "b".to_string()];
+    let consumed = vec![1_i64, 2];
+    check(&store, "get instance", sql::GET_INSTANCE, &[&id]);
+    check(&store, "lock version", sql::LOCK_VERSION, &[&id]);
+    check(&store, "load history", sql::LOAD_HISTORY, &[&id]);
+    check(&store, "load inbox", sql::LOAD_INBOX, &[&id]);
+    check(
+        &store,
+        "claim ready",
+        sql::CLAIM_READY,
+        &[&owner, &now, &now, &limit],
+    );
+    check(&store, "release", sql::RELEASE, &[&ids, &owner]);
+    check(&store, "consume", sql::DELETE_CONSUMED, &[&id, &consumed]);
+    check(&store, "fire due timers", sql::FIRE_DUE_TIMERS, &[&now]);
+    check(&store, "next timer", sql::NEXT_TIMER_DUE, &[]);
+    check(&store, "pending work", sql::HAS_PENDING_WORK, &[&id, &now]);
+    check(
+        &store,
+        "claim activities",
+        sql::CLAIM_ACTIVITIES,
+        &[&owner, &now, &now, &limit, &now],
+    );
+    check(&store, "next activity", sql::NEXT_ACTIVITY_DUE, &[]);
+    for statement in sql::RENEW_LEASES {
+        check(&store, "renew leases", statement, &[&owner, &now]);
+    }
+    for statement in sql::PURGE_BATCH {
+        check(&store, "purge batch", statement, &[&ids]);
+    }
+    // Listings, with each filter and their combinations, and a continuation.
+    let base = InstanceQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let queries = [
+        ("everything", base.clone()),
+        (
+            "time window",
+            InstanceQuery {
+                created_from: Some(1),
+                created_to: Some(2),
+                ..base.clone()
+            },
+        ),
+        (
+            "name",
+            InstanceQuery {
+                name: Some("Workflow".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "statuses",
+            InstanceQuery {
+                statuses: vec![RuntimeStatus::Running, RuntimeStatus::Completed],
+                ..base.clone()
+            },
+        ),
+        (
+            "name and status",
+            InstanceQuery {
+                name: Some("Workflow".into()),
+                statuses: vec![RuntimeStatus::Running],
+                ..base.clone()
+            },
+        ),
+        (
+            "input",
+            InstanceQuery {
+                input: Some("\"x\"".into()),
+                name: Some("Workflow".into()),
+                created_from: Some(1),
+                ..base.clone()
+            },
+        ),
+        (
+            "id prefix",
+            InstanceQuery {
+                id_prefix: Some("order-".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "continuation, newest first",
+            InstanceQuery {
+                after: Some((5, "m".into())),
+                newest_first: true,
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, query) in queries {
+        let (statements, _) = listing::statements(&query, sql::INSTANCE_COLUMNS, 100);
+        for statement in statements {
+            let statement = statement.to_postgres();
+            let args: Vec<Box<dyn ToSql + Sync>> = statement
+                .args
+                .iter()
+                .map(|value| -> Box<dyn ToSql + Sync> {
+                    match value {
+                        SqlValue::Int(i) => Box::new(*i),
+                        SqlValue::Text(t) => Box::new(t.clone()),
+                    }
+                })
+                .collect();
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
+            check(&store, what, &statement.sql, &params);
+        }
+    }
+    drop(store);
+    PgStore::drop_schema(&url, &schema).unwrap();
+}
