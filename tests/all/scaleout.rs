@@ -201,3 +201,51 @@ fn a_database_that_goes_away_gives_503s_then_everything_resumes() {
     let done = host.poll(&format!("{API}/instances/before"), |r| r.status == 200);
     assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
 }
+
+/// A host whose fallback polling is ten minutes away still takes, within
+/// moments, work another host wrote: PostgreSQL's NOTIFY wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_wakes_on_another_hosts_writes() {
+    use duro::database::{Database, OpenOptions, open_database};
+    use duro::model::{Instance, Message, RuntimeStatus, now_millis};
+    use duro::runtime::{Runtime, RuntimeConfig};
+
+    let Some(database) = postgres_database("notify") else {
+        return;
+    };
+    let database: Database = database.parse().unwrap();
+    let store = open_database(&database, &OpenOptions::default()).unwrap();
+    let config = RuntimeConfig {
+        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+        poll_interval: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    let rt = Runtime::start(config, store).await.unwrap();
+    let digest = rt
+        .register(duro_tests::guest_bytes(duro_tests::SCENARIO), &["Workflow"])
+        .await
+        .unwrap();
+    // Let the runtime's first rounds pass: from now on only a notification
+    // (or ten minutes) wakes it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The other host has no runtime: it writes as its API would.
+    let other = open_database(&database, &OpenOptions::default()).unwrap();
+    let instance = Instance::pending(
+        "woken".into(),
+        "Workflow".into(),
+        "\"x\"".into(),
+        digest,
+        now_millis(),
+        None,
+    );
+    other.create_instance(&instance).unwrap();
+    crate::support::wait_status(&rt, "woken", RuntimeStatus::Running).await;
+    let event = Message::EventRaised {
+        name: "Workflow".into(),
+        payload: "true".into(),
+    };
+    other.enqueue("woken", &event).unwrap();
+    let done = crate::support::wait_status(&rt, "woken", RuntimeStatus::Completed).await;
+    assert_eq!(done.output.as_deref(), Some("\"Workflow for x stopped\""));
+    rt.shutdown().await;
+}

@@ -92,6 +92,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| data_dir.join(".duro-cache")),
         ),
+        // Hosts sharing PostgreSQL hear of each other's work through
+        // LISTEN/NOTIFY; polling is only the fallback.
+        poll_interval: match config.database {
+            crate::database::Database::Postgres { .. } => Duration::from_secs(2),
+            crate::database::Database::Sqlite(_) => RuntimeConfig::default().poll_interval,
+        },
         ..Default::default()
     };
     let runtime = Arc::new(Runtime::start(runtime_config, store).await?);

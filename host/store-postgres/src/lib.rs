@@ -223,10 +223,6 @@ impl PgStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| setup_error("the database URL", e))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| setup_error("runtime", e))?;
         let drop = async {
             let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
             let driver = tokio::spawn(connection);
@@ -238,14 +234,19 @@ impl PgStore {
             let _ = driver.await;
             result
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => std::thread::scope(|s| {
-                s.spawn(|| runtime.block_on(drop))
-                    .join()
-                    .expect("dropping the schema panicked")
-            }),
-            Err(_) => runtime.block_on(drop),
-        }
+        // A runtime of its own, on a thread of its own: the caller may be on
+        // an async thread, where a runtime may be neither run nor dropped.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| setup_error("runtime", e))?
+                    .block_on(drop)
+            })
+            .join()
+            .expect("dropping the schema panicked")
+        })
     }
 
     /// The plan PostgreSQL chooses for `sql` with `params` when a
