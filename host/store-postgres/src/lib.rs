@@ -9,13 +9,15 @@
 //! while its host still holds the instance's lease and the instance is at
 //! the version it was computed from. Due timers are moved to the inbox by a
 //! `DELETE … RETURNING` that skips rows another host has locked, so each
-//! fires once. Idle hosts hear of new work through `LISTEN/NOTIFY`.
+//! fires once. Idle hosts hear of new work through `LISTEN/NOTIFY`. Writes
+//! are group-committed (`writer`).
 //!
 //! The store traits are synchronous (the runtime calls them from blocking
 //! threads); this store runs tokio-postgres on a small runtime of its own
 //! and blocks on it.
 
 mod ops;
+mod writer;
 
 pub use ops::sql;
 
@@ -83,6 +85,8 @@ pub struct PgStore {
     lease_ttl: Duration,
     /// Whom to wake when another host makes work.
     wake: Arc<Mutex<Option<WakeFn>>>,
+    /// Group commit of the writes.
+    writer: writer::Writer,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -195,11 +199,17 @@ impl PgStore {
             .max_size(options.max_connections.max(2))
             .build()
             .map_err(|e| setup_error("cannot build the connection pool", e))?;
+        let owner = host_name();
+        let writer = {
+            let _entered = runtime.enter();
+            writer::Writer::start(&pool, &owner)
+        };
         let store = PgStore {
             runtime: Some(runtime),
+            writer,
             pool,
             config,
-            owner: host_name(),
+            owner,
             lease_ttl: options.lease_ttl,
             wake: Arc::default(),
         };
@@ -453,36 +463,23 @@ impl RuntimeStore for PgStore {
     }
 
     fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
-        let count = episodes.len();
-        let committed = self.block(async {
-            let mut client = self.client().await?;
-            let results = ops::commit_episodes(&mut client, &self.owner, &episodes).await?;
-            // Failed episodes give their leases back without changing anything.
-            let failed: Vec<String> = episodes
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| r.is_err())
-                .map(|(e, _)| e.instance.id.clone())
-                .collect();
-            if !failed.is_empty() {
-                ops::release(&client, &self.owner, &failed).await?;
+        // Each episode is a write of its own: the writers fold them, and
+        // any other waiting writes, into as few transactions as they can.
+        let pending: Vec<_> = episodes
+            .into_iter()
+            .map(|episode| {
+                self.writer
+                    .submit(writer::Write::Episode(Box::new(episode)))
+            })
+            .collect();
+        let results: StoreResult<Vec<StoreResult<()>>> = self.block(async {
+            let mut results = Vec::with_capacity(pending.len());
+            for result in pending {
+                results.push(result.await);
             }
             Ok(results)
         });
-        match committed {
-            Ok(results) => results,
-            Err(e) => {
-                let message = e.to_string();
-                (0..count)
-                    .map(|_| {
-                        Err(StoreError::Backend {
-                            message: message.clone(),
-                            retriable: true,
-                        })
-                    })
-                    .collect()
-            }
-        }
+        results.expect("waiting for submitted writes cannot fail")
     }
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
@@ -521,10 +518,10 @@ impl RuntimeStore for PgStore {
     }
 
     fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::finish_activity(&mut client, &self.owner, id, finish).await
-        })
+        self.block(
+            self.writer
+                .submit(writer::Write::FinishActivity(id, finish)),
+        )
     }
 
     fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
@@ -552,12 +549,7 @@ impl ClientStore for PgStore {
     }
 
     fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
-        self.block(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            ops::insert_instance(&tx, instance).await?;
-            tx.commit().await.map_err(backend)
-        })
+        self.block(self.writer.submit(writer::Write::Create(instance.clone())))
     }
 
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
@@ -568,10 +560,8 @@ impl ClientStore for PgStore {
     }
 
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::enqueue(&mut client, instance, message).await
-        })
+        let write = writer::Write::Enqueue(instance.to_string(), message.clone());
+        self.block(self.writer.submit(write))
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {

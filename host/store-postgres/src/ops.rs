@@ -339,16 +339,15 @@ pub async fn set_component(
     tx.commit().await.map_err(backend)
 }
 
-pub async fn enqueue(c: &mut Object, id: &str, message: &Message) -> StoreResult<()> {
-    let tx = c.transaction().await.map_err(backend)?;
-    if row(&tx, "SELECT 1 FROM instances WHERE id = $1", &[&id])
+/// Put a message into the inbox of an instance that exists.
+pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> StoreResult<()> {
+    if row(tx, "SELECT 1 FROM instances WHERE id = $1", &[&id])
         .await?
         .is_none()
     {
         return Err(StoreError::NotFound(id.to_string()));
     }
-    push_message(&tx, id, message).await?;
-    tx.commit().await.map_err(backend)
+    push_message(tx, id, message).await
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
@@ -491,36 +490,9 @@ pub async fn load(c: &mut Object, id: &str) -> StoreResult<LoadedInstance> {
     })
 }
 
-/// Apply the episodes in one transaction, each in a savepoint of its own so
-/// that a refused one undoes only itself. The outer error is the
-/// transaction's (nothing was applied).
-pub async fn commit_episodes(
-    c: &mut Object,
-    owner: &str,
-    episodes: &[EpisodeCommit],
-) -> StoreResult<Vec<StoreResult<()>>> {
-    let tx = c.transaction().await.map_err(backend)?;
-    let mut results = Vec::with_capacity(episodes.len());
-    for episode in episodes {
-        tx.batch_execute("SAVEPOINT episode")
-            .await
-            .map_err(backend)?;
-        let result = apply_episode(&tx, owner, episode).await;
-        if result.is_err() {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT episode")
-                .await
-                .map_err(backend)?;
-        }
-        tx.batch_execute("RELEASE SAVEPOINT episode")
-            .await
-            .map_err(backend)?;
-        results.push(result);
-    }
-    tx.commit().await.map_err(backend)?;
-    Ok(results)
-}
-
-async fn apply_episode(
+/// Apply one episode, if its host still holds the lease and the instance
+/// is at the version the episode was computed from.
+pub async fn apply_episode(
     tx: &Transaction<'_>,
     owner: &str,
     episode: &EpisodeCommit,
@@ -766,12 +738,11 @@ pub async fn claim_activities(
 /// second host that ran the same row after this one's lease expired finds
 /// it gone.
 pub async fn finish_activity(
-    c: &mut Object,
+    tx: &Transaction<'_>,
     owner: &str,
     id: i64,
     finish: ActivityFinish,
 ) -> StoreResult<()> {
-    let tx = c.transaction().await.map_err(backend)?;
     match finish {
         ActivityFinish::Retry {
             attempt,
@@ -779,7 +750,7 @@ pub async fn finish_activity(
             first_at,
         } => {
             exec(
-                &tx,
+                tx,
                 "UPDATE activities SET attempt = $2, run_at = $3, first_at = $4, \
                  lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $5",
                 &[
@@ -791,20 +762,20 @@ pub async fn finish_activity(
                 ],
             )
             .await?;
-            notify(&tx, "duro_activities").await?;
+            notify(tx, "duro_activities").await?;
         }
         ActivityFinish::Done(message) => {
             let done = row(
-                &tx,
+                tx,
                 "DELETE FROM activities WHERE id = $1 RETURNING instance_id",
                 &[&id],
             )
             .await?;
             if let Some(done) = done {
                 let instance: String = done.get(0);
-                push_message(&tx, &instance, &message).await?;
+                push_message(tx, &instance, &message).await?;
             }
         }
     }
-    tx.commit().await.map_err(backend)
+    Ok(())
 }

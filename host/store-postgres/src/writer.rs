@@ -1,0 +1,164 @@
+//! Group commit: a few writer tasks per host, each folding every write
+//! waiting for it (new instances, messages, episodes, activity results)
+//! into one transaction, each write in a savepoint of its own so that a
+//! refused one undoes only itself. A write's caller hears back once the
+//! transaction is durable.
+
+use deadpool_postgres::{Pool, Transaction};
+use duro_core::model::{Instance, Message};
+use duro_core::store::{ActivityFinish, EpisodeCommit, StoreError, StoreResult};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{backend, ops, pool_error};
+
+/// Most writes folded into one transaction.
+const MAX_GROUP: usize = 256;
+
+/// Writer tasks per host: transactions in flight at once.
+const LANES: usize = 4;
+
+/// A write the writers apply.
+#[derive(Debug)]
+pub enum Write {
+    /// Create an instance (`ClientStore::create_instance`).
+    Create(Instance),
+    /// Put a message into an existing instance's inbox.
+    Enqueue(String, Message),
+    /// Commit an episode (its lease given back with it; a refused one's
+    /// lease is given back after the transaction).
+    Episode(Box<EpisodeCommit>),
+    /// Record what became of an activity attempt.
+    FinishActivity(i64, ActivityFinish),
+}
+
+impl Write {
+    /// The instance it writes to, to pick its lane.
+    fn key(&self) -> &str {
+        match self {
+            Write::Create(instance) => &instance.id,
+            Write::Enqueue(id, _) => id,
+            Write::Episode(episode) => &episode.instance.id,
+            Write::FinishActivity(..) => "",
+        }
+    }
+}
+
+type Job = (Write, oneshot::Sender<StoreResult<()>>);
+
+/// The writer lanes of one host.
+pub struct Writer {
+    lanes: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+impl Writer {
+    /// Start the lanes on the current runtime.
+    pub fn start(pool: &Pool, owner: &str) -> Writer {
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(pool.clone(), owner.to_string(), rx));
+                tx
+            })
+            .collect();
+        Writer { lanes }
+    }
+
+    /// Hand `write` to its lane; resolves once its transaction is durable
+    /// (or has failed).
+    pub fn submit(&self, write: Write) -> impl Future<Output = StoreResult<()>> + Send + use<> {
+        let lane = write
+            .key()
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % self.lanes.len();
+        let (reply, answer) = oneshot::channel();
+        let sent = self.lanes[lane].send((write, reply));
+        async move {
+            let stopped = || StoreError::Backend {
+                message: "the PostgreSQL writer has stopped".into(),
+                retriable: true,
+            };
+            sent.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
+    }
+}
+
+async fn run(pool: Pool, owner: String, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
+        match commit_group(&pool, &owner, &writes).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend {
+                        message: message.clone(),
+                        retriable: true,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the group; the outer error is the transaction's
+/// (nothing was applied).
+async fn commit_group(
+    pool: &Pool,
+    owner: &str,
+    writes: &[Write],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        tx.batch_execute("SAVEPOINT write").await.map_err(backend)?;
+        let result = apply(&tx, owner, write).await;
+        if result.is_err() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT write")
+                .await
+                .map_err(backend)?;
+        }
+        tx.batch_execute("RELEASE SAVEPOINT write")
+            .await
+            .map_err(backend)?;
+        results.push(result);
+    }
+    tx.commit().await.map_err(backend)?;
+    // Refused episodes give their leases back without changing anything.
+    let refused: Vec<String> = writes
+        .iter()
+        .zip(&results)
+        .filter_map(|(write, result)| match (write, result) {
+            (Write::Episode(episode), Err(_)) => Some(episode.instance.id.clone()),
+            _ => None,
+        })
+        .collect();
+    if !refused.is_empty() {
+        ops::release(&client, owner, &refused).await?;
+    }
+    Ok(results)
+}
+
+async fn apply(tx: &Transaction<'_>, owner: &str, write: &Write) -> StoreResult<()> {
+    match write {
+        Write::Create(instance) => ops::insert_instance(tx, instance).await,
+        Write::Enqueue(id, message) => ops::enqueue(tx, id, message).await,
+        Write::Episode(episode) => ops::apply_episode(tx, owner, episode).await,
+        Write::FinishActivity(id, finish) => {
+            ops::finish_activity(tx, owner, *id, finish.clone()).await
+        }
+    }
+}
