@@ -48,12 +48,15 @@ fn cli_starts_inspects_raises_and_purges() {
         "{out}"
     );
 
+    // Waiting on a running instance gives up after the time asked.
+    let (ok, out, _) = duro(&host, &["status", "cli-1", "--wait", "50"]);
+    assert!(ok);
+    assert!(out.contains("runtimeStatus    Running"), "{out}");
+
     let (ok, _, err) = duro(&host, &["raise", "cli-1", "Workflow", "--payload", "1"]);
     assert!(ok, "{err}");
-    host.poll("/runtime/webhooks/durabletask/instances/cli-1", |r| {
-        r.status == 200
-    });
-    let (ok, out, _) = duro(&host, &["status", "cli-1", "--json"]);
+    // ... and answers as soon as it has finished.
+    let (ok, out, _) = duro(&host, &["status", "cli-1", "--wait", "--json"]);
     assert!(ok);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["runtimeStatus"], "Completed");

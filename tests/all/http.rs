@@ -582,3 +582,46 @@ fn triggers_see_their_request_and_fail_alone() {
     // The host is fine, and so is the app.
     assert_eq!(host.get("/api/start/after").status, 200);
 }
+
+#[test]
+fn a_status_request_can_wait_for_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = std::sync::Arc::new(Host::start(dir.path()));
+    let started = host.post(&format!("{API}/orchestrators/Workflow/waited"), "\"w\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    host.poll(&format!("{API}/instances/waited"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    // Not finished within the time asked: 202 with the running status.
+    let early = host.get(&format!("{API}/instances/waited?waitForCompletion=100"));
+    assert_eq!(early.status, 202, "{}", early.body);
+    assert_eq!(early.json()["runtimeStatus"], "Running");
+    // A long poll made while it runs answers when it finishes.
+    let waiting = {
+        let host = host.clone();
+        std::thread::spawn(move || {
+            host.get(&format!("{API}/instances/waited?waitForCompletion=30000"))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let raised = host.post(&format!("{API}/instances/waited/raiseEvent/Workflow"), "1");
+    assert_eq!(raised.status, 202);
+    let done = waiting.join().unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["output"], "Workflow for w stopped");
+    // Bad values and unknown instances.
+    let bad = host.get(&format!("{API}/instances/waited?waitForCompletion=soon"));
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("waitForCompletion")
+    );
+    let too_long = host.get(&format!(
+        "{API}/instances/waited?waitForCompletion=99999999"
+    ));
+    assert_eq!(too_long.status, 400);
+    let unknown = host.get(&format!("{API}/instances/nobody?waitForCompletion=50"));
+    assert_eq!(unknown.status, 404);
+}

@@ -5,6 +5,7 @@
 //! codes of the management API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -272,7 +273,11 @@ struct StatusParams {
     show_history: Option<String>,
     show_history_output: Option<String>,
     show_input: Option<String>,
+    wait_for_completion: Option<String>,
 }
+
+/// The longest `waitForCompletion` a status request may ask for.
+const MAX_WAIT_FOR_COMPLETION_MS: u64 = 120_000;
 
 fn flag(value: &Option<String>, name: &str, default: bool) -> Result<bool, ApiError> {
     match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -298,10 +303,29 @@ async fn status(
     let show_history = flag(&params.show_history, "showHistory", false)?;
     let show_output = flag(&params.show_history_output, "showHistoryOutput", false)?;
     let show_input = flag(&params.show_input, "showInput", true)?;
-    let instance = rt
-        .status(&id)
-        .await?
-        .ok_or(RuntimeError::NotFound(id.clone()))?;
+    let wait = match params.wait_for_completion.as_deref() {
+        None => None,
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms <= MAX_WAIT_FOR_COMPLETION_MS => Some(Duration::from_millis(ms)),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "waitForCompletion={ms:?}: expected milliseconds, at most \
+                     {MAX_WAIT_FOR_COMPLETION_MS}"
+                )));
+            }
+        },
+    };
+    let instance = match wait {
+        // A long poll: the answer comes as soon as the instance finishes.
+        Some(timeout) => {
+            rt.wait_until(&id, timeout, |i| i.status.is_terminal())
+                .await?
+        }
+        None => rt
+            .status(&id)
+            .await?
+            .ok_or(RuntimeError::NotFound(id.clone()))?,
+    };
     let mut body = status_json(&instance, show_input);
     if show_history {
         body["historyEvents"] = history_json(&rt.history(&id).await?, show_output);

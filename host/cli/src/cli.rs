@@ -135,6 +135,10 @@ enum Command {
         /// Include the history.
         #[arg(long)]
         history: bool,
+        /// Wait until the instance has finished, for at most this many
+        /// milliseconds (a long poll: the answer comes when it finishes).
+        #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "120000")]
+        wait: Option<u64>,
     },
     /// List instances.
     List {
@@ -319,11 +323,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Status { id, history } => {
-            let path = format!(
+        Command::Status { id, history, wait } => {
+            let mut path = format!(
                 "{BASE}/instances/{}?showInput=true&showHistory={history}",
                 encode(&id)
             );
+            if let Some(ms) = wait {
+                path.push_str(&format!("&waitForCompletion={ms}"));
+            }
             let (_, body) = client.call("GET", &path, None, None).await?;
             print(cli.json, &body, || status_text(&body));
             Ok(())

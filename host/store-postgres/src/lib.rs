@@ -16,6 +16,7 @@
 //! threads); this store runs tokio-postgres on a small runtime of its own
 //! and blocks on it.
 
+mod notifier;
 mod ops;
 mod writer;
 
@@ -68,7 +69,7 @@ impl Default for PgOptions {
         PgOptions {
             schema: None,
             lease_ttl: Duration::from_secs(10),
-            max_connections: 16,
+            max_connections: 32,
             renew_leases: true,
         }
     }
@@ -87,6 +88,8 @@ pub struct PgStore {
     wake: Arc<Mutex<Option<WakeFn>>>,
     /// Group commit of the writes.
     writer: writer::Writer,
+    /// Tells other hosts of new work.
+    notifier: Arc<notifier::Notifier>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -200,13 +203,15 @@ impl PgStore {
             .build()
             .map_err(|e| setup_error("cannot build the connection pool", e))?;
         let owner = host_name();
-        let writer = {
+        let (writer, notifier) = {
             let _entered = runtime.enter();
-            writer::Writer::start(&pool, &owner)
+            let notifier = notifier::Notifier::start(pool.clone());
+            (writer::Writer::start(&pool, &owner, &notifier), notifier)
         };
         let store = PgStore {
             runtime: Some(runtime),
             writer,
+            notifier,
             pool,
             config,
             owner,
@@ -378,9 +383,8 @@ async fn renew_leases(pool: Pool, owner: String, ttl: Duration) {
         let until = (now_millis() + ttl.as_millis() as Millis) as i64;
         let renewed = async {
             let client = pool.get().await.map_err(pool_error)?;
-            for table in ["instances", "activities"] {
-                let sql = format!("UPDATE {table} SET lease_until = $2 WHERE lease_owner = $1");
-                let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
+            for sql in ops::sql::RENEW_LEASES {
+                let stmt = client.prepare_cached(sql).await.map_err(backend)?;
                 client
                     .execute(&stmt, &[&owner, &until])
                     .await
@@ -483,10 +487,14 @@ impl RuntimeStore for PgStore {
     }
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
-        self.block(async {
+        let fired = self.block(async {
             let mut client = self.client().await?;
             ops::fire_due_timers(&mut client, now).await
-        })
+        })?;
+        if fired > 0 {
+            self.notifier.raise(WorkKind::Instances);
+        }
+        Ok(fired)
     }
 
     fn next_timer_due(&self) -> StoreResult<Option<Millis>> {

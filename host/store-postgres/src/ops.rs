@@ -88,9 +88,13 @@ pub mod sql {
     /// When the next activity row is due.
     pub const NEXT_ACTIVITY_DUE: &str = "SELECT MIN(run_at) FROM activities";
     /// Renew every lease a host holds ($1 owner, $2 until).
+    /// Rows locked by a write under way are skipped (that write is about
+    /// to give the lease back), so renewal never deadlocks with one.
     pub const RENEW_LEASES: [&str; 2] = [
-        "UPDATE instances SET lease_until = $2 WHERE lease_owner = $1",
-        "UPDATE activities SET lease_until = $2 WHERE lease_owner = $1",
+        "UPDATE instances SET lease_until = $2 WHERE id IN ( \
+             SELECT id FROM instances WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED)",
+        "UPDATE activities SET lease_until = $2 WHERE id IN ( \
+             SELECT id FROM activities WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED)",
     ];
     /// One statement per table for a batch of purged ids ($1, a text array).
     pub const PURGE_BATCH: [&str; 5] = [
@@ -194,7 +198,8 @@ async fn append_events(
     Ok(())
 }
 
-/// Put a message into an inbox and tell listening hosts, at commit.
+/// Put a message into an inbox (the writer tells other hosts after the
+/// commit).
 async fn push_message(c: &impl GenericClient, id: &str, message: &Message) -> StoreResult<()> {
     let json = to_json("message", message)?;
     exec(
@@ -203,12 +208,6 @@ async fn push_message(c: &impl GenericClient, id: &str, message: &Message) -> St
         &[&id, &json, &message.is_control(), &(now_millis() as i64)],
     )
     .await?;
-    notify(c, "duro_instances").await
-}
-
-/// Notifications are delivered at commit, once per channel per transaction.
-async fn notify(c: &impl GenericClient, channel: &str) -> StoreResult<()> {
-    exec(c, "SELECT pg_notify($1, '')", &[&channel]).await?;
     Ok(())
 }
 
@@ -563,9 +562,6 @@ pub async fn apply_episode(
         )
         .await?;
     }
-    if !episode.new_timers.is_empty() {
-        notify(tx, "duro_timers").await?;
-    }
     for task in &episode.cancelled_timers {
         exec(
             tx,
@@ -595,9 +591,6 @@ pub async fn apply_episode(
             ],
         )
         .await?;
-    }
-    if !episode.new_activities.is_empty() {
-        notify(tx, "duro_activities").await?;
     }
     for child in &episode.new_children {
         // A child whose id a live instance holds fails the call, not the
@@ -762,7 +755,6 @@ pub async fn finish_activity(
                 ],
             )
             .await?;
-            notify(tx, "duro_activities").await?;
         }
         ActivityFinish::Done(message) => {
             let done = row(

@@ -9,6 +9,11 @@ use duro_core::model::{Instance, Message};
 use duro_core::store::{ActivityFinish, EpisodeCommit, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
+use duro_core::store::WorkKind;
+
+use crate::notifier::Notifier;
 use crate::{backend, ops, pool_error};
 
 /// Most writes folded into one transaction.
@@ -32,6 +37,32 @@ pub enum Write {
 }
 
 impl Write {
+    /// The kinds of work it makes for some host once committed.
+    fn work_made(&self) -> Vec<WorkKind> {
+        match self {
+            Write::Create(_) | Write::Enqueue(..) => vec![WorkKind::Instances],
+            Write::Episode(episode) => {
+                let mut kinds = Vec::new();
+                // Messages to its own inbox, or to a parent's or children's.
+                if !episode.follow_up.is_empty()
+                    || !episode.new_children.is_empty()
+                    || episode.instance.parent.is_some() && episode.instance.status.is_terminal()
+                {
+                    kinds.push(WorkKind::Instances);
+                }
+                if !episode.new_timers.is_empty() {
+                    kinds.push(WorkKind::Timers);
+                }
+                if !episode.new_activities.is_empty() {
+                    kinds.push(WorkKind::Activities);
+                }
+                kinds
+            }
+            Write::FinishActivity(_, ActivityFinish::Retry { .. }) => vec![WorkKind::Activities],
+            Write::FinishActivity(_, ActivityFinish::Done(_)) => vec![WorkKind::Instances],
+        }
+    }
+
     /// The instance it writes to, to pick its lane.
     fn key(&self) -> &str {
         match self {
@@ -51,12 +82,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the lanes on the current runtime.
-    pub fn start(pool: &Pool, owner: &str) -> Writer {
+    /// Start the lanes on the current runtime; they tell other hosts of
+    /// what they committed through `notifier`.
+    pub fn start(pool: &Pool, owner: &str, notifier: &Arc<Notifier>) -> Writer {
         let lanes = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run(pool.clone(), owner.to_string(), rx));
+                tokio::spawn(run(pool.clone(), owner.to_string(), notifier.clone(), rx));
                 tx
             })
             .collect();
@@ -84,7 +116,12 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, owner: String, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    pool: Pool,
+    owner: String,
+    notifier: Arc<Notifier>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -96,6 +133,13 @@ async fn run(pool: Pool, owner: String, mut jobs: mpsc::UnboundedReceiver<Job>) 
         let (writes, replies): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
         match commit_group(&pool, &owner, &writes).await {
             Ok(results) => {
+                for (write, result) in writes.iter().zip(&results) {
+                    if result.is_ok() {
+                        for kind in write.work_made() {
+                            notifier.raise(kind);
+                        }
+                    }
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
