@@ -576,20 +576,25 @@ impl<T> Task<T> {
 impl<T> Future for Task<T> {
     type Output = T;
 
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let task = self.get_mut();
         match runtime::take_outcome(task.id) {
             Some(outcome) => {
                 task.done = true;
+                runtime::forget_waker(task.id);
                 Poll::Ready((task.decode)(outcome))
             }
-            None => Poll::Pending,
+            None => {
+                runtime::register_waker(task.id, cx.waker());
+                Poll::Pending
+            }
         }
     }
 }
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
+        runtime::forget_waker(self.id);
         // A completion delivered but never polled is discarded here; the
         // host has nothing left to cancel for it.
         if !self.done && runtime::take_outcome(self.id).is_none() {

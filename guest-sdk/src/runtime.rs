@@ -38,6 +38,9 @@ where
 struct State {
     orchestration: Option<BoxedOrchestration>,
     outcomes: HashMap<u32, TaskOutcome>,
+    /// The waker of each pending task's last poll: a delivery wakes it, so
+    /// that combinators over many tasks poll only those that may be ready.
+    wakers: HashMap<u32, Waker>,
     continue_as_new: Option<String>,
 }
 
@@ -48,6 +51,25 @@ thread_local! {
 /// Take the outcome of `task` if it has been delivered.
 pub(crate) fn take_outcome(task: u32) -> Option<TaskOutcome> {
     STATE.with(|s| s.borrow_mut().outcomes.remove(&task))
+}
+
+/// Remember who to wake when `task`'s completion is delivered.
+pub(crate) fn register_waker(task: u32, waker: &Waker) {
+    STATE.with(|s| {
+        let mut state = s.borrow_mut();
+        match state.wakers.get_mut(&task) {
+            Some(known) if known.will_wake(waker) => {}
+            Some(known) => known.clone_from(waker),
+            None => {
+                state.wakers.insert(task, waker.clone());
+            }
+        }
+    });
+}
+
+/// Forget a task's waker (the task is finished or dropped).
+pub(crate) fn forget_waker(task: u32) {
+    STATE.with(|s| s.borrow_mut().wakers.remove(&task));
 }
 
 pub(crate) fn set_continue_as_new(input: String) {
@@ -63,11 +85,15 @@ pub fn step(
     pick: impl FnOnce(&str, OrchestrationContext) -> Option<BoxedOrchestration>,
 ) -> StepResult {
     if let Some(completion) = delivery {
-        STATE.with(|s| {
-            s.borrow_mut()
-                .outcomes
-                .insert(completion.task, completion.outcome)
+        let waker = STATE.with(|s| {
+            let mut state = s.borrow_mut();
+            state.outcomes.insert(completion.task, completion.outcome);
+            state.wakers.remove(&completion.task)
         });
+        // Outside the borrow: waking runs combinators' bookkeeping.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
     // The future is taken out of the cell while it runs: it reads the cell
     // itself (task outcomes), and a borrow held across `poll` would panic.

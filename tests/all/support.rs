@@ -37,6 +37,7 @@ pub const TEST_NAMES: &[&str] = &[
     "Parent",
     "Verdict",
     "RetryingParent",
+    "Timers",
     "Monitor",
     "HttpCaller",
 ];

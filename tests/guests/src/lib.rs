@@ -2,7 +2,7 @@
 //! `Workflow`, a buggy one that branches on replay, ones that trap or spin,
 //! and probes of the sandbox's determinism.
 
-use duro_sdk::{Either, OrchestrationContext, Result, select};
+use duro_sdk::{Either, OrchestrationContext, Result, select, when_all};
 use serde_json::{Value, json};
 
 /// Same name as the scenario's `Workflow`, different first call: replaying a
@@ -288,6 +288,17 @@ async fn parent(ctx: OrchestrationContext) -> Result<Value> {
     })
 }
 
+/// Schedules `input` timers due at once and takes them all in the next
+/// episode, then waits for `Go`: a history of about twice `input` events in
+/// two episodes (the replay benchmark's long histories).
+async fn timers(ctx: OrchestrationContext) -> Result<u64> {
+    let n: u64 = ctx.input()?;
+    let now = ctx.current_time();
+    when_all((0..n).map(|_| ctx.create_timer(now))).await;
+    let _: Value = ctx.wait_for_external_event("Go").await?;
+    Ok(n)
+}
+
 /// Waits for `Verdict`: `true` completes, `false` fails.
 async fn verdict(ctx: OrchestrationContext) -> Result<&'static str> {
     let accepted: bool = ctx.wait_for_external_event("Verdict").await?;
@@ -432,6 +443,7 @@ duro_sdk::export_orchestrations! {
     "FetchThenWait" => fetch_then_wait,
     "Parent" => parent,
     "Verdict" => verdict,
+    "Timers" => timers,
     "RetryingParent" => retrying_parent,
     "Monitor" => monitor,
     "HttpCaller" => http_caller,

@@ -1,0 +1,120 @@
+//! What sleeping instances cost: a real `duro serve` (release build) with
+//! 0, 10,000 and 100,000 scenario instances started and waiting for their
+//! event; the server's resident memory at each level, and the database's
+//! bytes (file and WAL) per sleeping instance.
+//!
+//! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32]`
+//!
+//! Prints a table and, last, one `RESULT {json}` line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{API, Client, Server};
+
+/// Start instances `from..to`, `clients` at a time.
+async fn start(host: &str, from: usize, to: usize, clients: usize) {
+    let next = Arc::new(AtomicUsize::new(from));
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (host, next) = (host.to_string(), next.clone());
+            tokio::spawn(async move {
+                let mut client = Client::connect(&host).await;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= to {
+                        break;
+                    }
+                    let path = format!("{API}/orchestrators/Workflow/sleeper-{n}");
+                    let (status, body) = client.call("POST", &path, &format!("\"s{n}\"")).await;
+                    assert_eq!(status, 202, "{body}");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
+
+/// Wait until the last instance started is Running (every episode before it
+/// has run; the host claims in order), then a moment for the commits.
+async fn settle(host: &str, last: usize) {
+    let mut client = Client::connect(host).await;
+    let path = format!("{API}/instances/sleeper-{last}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (_, body) = client.call("GET", &path, "").await;
+        if body["runtimeStatus"] == "Running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleeper-{last} never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+fn database_bytes(dir: &std::path::Path) -> u64 {
+    ["duro.db", "duro.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::main]
+async fn main() {
+    let max = duro_tests::bench_arg("--max", 100_000) as usize;
+    let clients = duro_tests::bench_arg("--clients", 32) as usize;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = duro_tests::scenario_manifest(dir.path(), "");
+    let server = Server::start(&manifest, &dir.path().join("duro.db"));
+    let mut levels = vec![0, 10_000, 100_000];
+    levels.retain(|&n| n <= max);
+    let mut rows = Vec::new();
+    let mut started = 0;
+    for level in levels {
+        if level > started {
+            let begun = Instant::now();
+            start(&server.host, started, level, clients).await;
+            settle(&server.host, level - 1).await;
+            eprintln!(
+                "{level} sleeping ({:.1?} to start the last {})",
+                begun.elapsed(),
+                level - started
+            );
+            started = level;
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        rows.push((level, server.resident_bytes(), database_bytes(dir.path())));
+    }
+    println!(
+        "{:>10}  {:>12}  {:>14}  {:>16}",
+        "sleeping", "RSS (MiB)", "database (MiB)", "bytes / sleeper"
+    );
+    let base_db = rows[0].2;
+    for (level, rss, db) in &rows {
+        let per = if *level > 0 {
+            (db - base_db) / *level as u64
+        } else {
+            0
+        };
+        println!(
+            "{level:>10}  {:>12.1}  {:>14.1}  {per:>16}",
+            *rss as f64 / 1048576.0,
+            *db as f64 / 1048576.0
+        );
+    }
+    let result = serde_json::json!({
+        "sleepers": rows.iter().map(|(level, rss, db)| serde_json::json!({
+            "sleeping": level,
+            "rss_bytes": rss,
+            "database_bytes": db,
+            "bytes_per_sleeper": if *level > 0 { (db - base_db) / *level as u64 } else { 0 },
+        })).collect::<Vec<_>>(),
+    });
+    println!("RESULT {result}");
+}
