@@ -4,7 +4,8 @@
 //! `cargo bench -p duro-tests --bench lifecycle -- [--clients 64] [--lifecycles 2000] [--latency-samples 200]`
 //!
 //! Reports lifecycles per second at N concurrent clients, and the latency
-//! from raising the event to seeing the instance Completed with one client.
+//! from raising the event to seeing the instance Completed with one client;
+//! last, one `RESULT {json}` line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,4 +103,16 @@ async fn main() {
          with {clients} clients in {elapsed:.2?} = {:.0} lifecycles/s",
         lifecycles as f64 / elapsed.as_secs_f64()
     );
+    let per_second = lifecycles as f64 / elapsed.as_secs_f64();
+    let result = json!({
+        "in_process": {
+            "clients": clients,
+            "lifecycles_per_s": per_second,
+            // Each lifecycle is two episodes (start, then the event).
+            "episodes_per_s": 2.0 * per_second,
+            "raise_to_done_p50_ms": percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            "raise_to_done_p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        }
+    });
+    println!("RESULT {result}");
 }

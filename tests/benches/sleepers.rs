@@ -1,7 +1,8 @@
 //! What sleeping instances cost: a real `duro serve` (release build) with
 //! 0, 10,000 and 100,000 scenario instances started and waiting for their
-//! event; the server's resident memory at each level, and the database's
-//! bytes (file and WAL) per sleeping instance.
+//! event; the server's resident memory at each level (all of it, and the
+//! anonymous part without the database pages SQLite maps), and the
+//! database's bytes (file and WAL) per sleeping instance.
 //!
 //! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32]`
 //!
@@ -92,28 +93,34 @@ async fn main() {
         rows.push((level, server.resident_bytes(), database_bytes(dir.path())));
     }
     println!(
-        "{:>10}  {:>12}  {:>14}  {:>16}",
-        "sleeping", "RSS (MiB)", "database (MiB)", "bytes / sleeper"
+        "{:>10}  {:>10}  {:>15}  {:>14}  {:>16}",
+        "sleeping", "RSS (MiB)", "anon RSS (MiB)", "database (MiB)", "bytes / sleeper"
     );
     let base_db = rows[0].2;
-    for (level, rss, db) in &rows {
-        let per = if *level > 0 {
-            (db - base_db) / *level as u64
+    let per_sleeper = |level: usize, db: u64| {
+        if level > 0 {
+            (db - base_db) / level as u64
         } else {
             0
-        };
+        }
+    };
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    for &(level, (rss, anon), db) in &rows {
         println!(
-            "{level:>10}  {:>12.1}  {:>14.1}  {per:>16}",
-            *rss as f64 / 1048576.0,
-            *db as f64 / 1048576.0
+            "{level:>10}  {:>10.1}  {:>15.1}  {:>14.1}  {:>16}",
+            mib(rss),
+            mib(anon),
+            mib(db),
+            per_sleeper(level, db)
         );
     }
     let result = serde_json::json!({
-        "sleepers": rows.iter().map(|(level, rss, db)| serde_json::json!({
+        "sleepers": rows.iter().map(|&(level, (rss, anon), db)| serde_json::json!({
             "sleeping": level,
             "rss_bytes": rss,
+            "anon_rss_bytes": anon,
             "database_bytes": db,
-            "bytes_per_sleeper": if *level > 0 { (db - base_db) / *level as u64 } else { 0 },
+            "bytes_per_sleeper": per_sleeper(level, db),
         })).collect::<Vec<_>>(),
     });
     println!("RESULT {result}");

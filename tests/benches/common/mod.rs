@@ -54,16 +54,22 @@ impl Server {
 }
 
 impl Server {
-    /// The server process's resident memory, in bytes.
-    pub fn resident_bytes(&self) -> u64 {
+    /// The server process's resident memory, in bytes: all of it
+    /// (`VmRSS`), and the anonymous part (`RssAnon`: heaps and stacks, not
+    /// the database pages SQLite maps from its file, which the kernel can
+    /// drop).
+    pub fn resident_bytes(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("/proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        let field = |name: &str| -> u64 {
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc status"));
+            kib * 1024
+        };
+        (field("VmRSS:"), field("RssAnon:"))
     }
 }
 
