@@ -226,7 +226,10 @@ async fn replay_check_reports_the_first_divergence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverging_replay_fails_only_its_own_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime(dir.path()).await;
+    // Divergence shows on replay; a warm instance is not replayed (as in
+    // Temporal's sticky cache, a changed program is caught when its
+    // instance next replays: after an eviction, a restart, an upgrade).
+    let rt = crate::support::cold_runtime(dir.path()).await;
     let fickle = rt.start_new("Fickle", None, &json!(null)).await.unwrap();
     let bystander = rt.start_new("Workflow", None, &json!("ok")).await.unwrap();
     wait_status(&rt, &fickle, RuntimeStatus::Running).await;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use duro::model::{HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
+use duro::model::{Action, HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
 use duro::store::sqlite::SqliteStore;
 use duro::store::{ClientStore, RuntimeStore};
 use duro_tests::{TEST_GUESTS, guest_bytes};
@@ -401,4 +401,71 @@ async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
         ids.push(rt.start_new("Sequence", None, &json!(null)).await.unwrap());
     }
     ids
+}
+
+/// A hot instance is stepped warm, without replaying its history, and
+/// ends exactly as a replayed one does: same output, same history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_instance_skips_replay_and_records_the_same_history() {
+    let run = |warm_instances: usize| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let config = duro::runtime::RuntimeConfig {
+            compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+            poll_interval: Duration::from_millis(50),
+            warm_instances,
+            ..Default::default()
+        };
+        let store = duro::database::open(&dir.path().join("duro.db")).unwrap();
+        let rt = duro::runtime::Runtime::start(config, store).await.unwrap();
+        rt.register(guest_bytes(TEST_GUESTS), &["Program"])
+            .await
+            .unwrap();
+        // Waits, a timer, a race and an event for a wait not yet made: each
+        // its own episode.
+        let program = json!({
+            "ops": [{"wait": "a"}, {"timer": 10}, {"race": ["b", 60000]}, {"wait": "c"}, {"wait": "d"}],
+            "log": []
+        });
+        let id = rt
+            .start_new("Program", Some("p".into()), &program)
+            .await
+            .unwrap();
+        for (name, payload) in [("a", 1), ("d", 4), ("b", 2), ("c", 3)] {
+            wait_status(&rt, &id, RuntimeStatus::Running).await;
+            rt.raise_event(&id, name, &json!(payload)).await.unwrap();
+            let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+            while !rt.is_idle(&id).await.unwrap() {
+                assert!(std::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+        let history: Vec<_> = rt
+            .history(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.event {
+                // Episode times differ between runs.
+                HistoryEvent::OrchestratorStarted { .. } => "OrchestratorStarted".to_string(),
+                HistoryEvent::TaskScheduled {
+                    task,
+                    action: Action::CreateTimer { .. },
+                } => {
+                    format!("timer #{task}")
+                }
+                HistoryEvent::TimerFired { task, .. } => format!("fired #{task}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        let stats = rt.warm_stats();
+        rt.shutdown().await;
+        (done.output, history, stats)
+    };
+    let (warm_output, warm_history, (hits, _)) = run(16).await;
+    let (cold_output, cold_history, (cold_hits, _)) = run(0).await;
+    assert_eq!(warm_output, cold_output);
+    assert_eq!(warm_history, cold_history);
+    assert_eq!(cold_hits, 0);
+    assert!(hits >= 3, "only {hits} warm episodes");
 }

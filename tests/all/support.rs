@@ -45,11 +45,22 @@ pub const TEST_NAMES: &[&str] = &[
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];
 
 pub async fn runtime(dir: &Path) -> Runtime {
+    runtime_with(dir, RuntimeConfig::default().warm_instances).await
+}
+
+/// A runtime that replays every episode from history (no warm instances):
+/// for tests of what replay detects.
+pub async fn cold_runtime(dir: &Path) -> Runtime {
+    runtime_with(dir, 0).await
+}
+
+async fn runtime_with(dir: &Path, warm_instances: usize) -> Runtime {
     let config = RuntimeConfig {
         compile_cache: Some(COMPILE_CACHE.into()),
         step_budget: Duration::from_secs(1),
         activity_budget: Duration::from_secs(2),
         poll_interval: Duration::from_millis(50),
+        warm_instances,
         ..Default::default()
     };
     let runtime = Runtime::start(config, duro::database::open(&dir.join("duro.db")).unwrap())

@@ -1,8 +1,10 @@
 //! Replay cost: how long a cold episode (a fresh instance replaying the
 //! whole history) takes for histories of about 100, 1,000 and 10,000
-//! events, and one instantiation with a three-event history; through the
-//! runtime's `replay_check`, which replays a stored instance against a
-//! component exactly as an episode does, on a real SQLite file.
+//! events, and one instantiation with a three-event history, through the
+//! runtime's `replay_check` (a replay exactly as an episode does it); and
+//! what a whole episode (raise an event → committed) costs on such an
+//! instance, with the warm-instance cache off (every episode replays) and
+//! on (a hot instance is fed only the new event). Real SQLite file.
 //!
 //! `cargo bench -p duro-tests --bench replay -- [--samples 15]`
 //!
@@ -14,6 +16,11 @@ use duro::model::RuntimeStatus;
 use duro::runtime::{Runtime, RuntimeConfig};
 use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_GUESTS, bench_arg, guest_bytes};
 use serde_json::json;
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
 
 /// Median of `samples` cold replays of instance `id`.
 async fn replay_cost(rt: &Runtime, id: &str, component: &[u8], samples: usize) -> Duration {
@@ -27,17 +34,42 @@ async fn replay_cost(rt: &Runtime, id: &str, component: &[u8], samples: usize) -
         times.push(started.elapsed());
         assert_eq!(replayed, Ok(()), "{id} diverged");
     }
-    times.sort();
-    times[times.len() / 2]
+    median(times)
 }
 
-#[tokio::main]
-async fn main() {
-    let samples = bench_arg("--samples", 15) as usize;
+async fn until_idle(rt: &Runtime, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !rt.is_idle(id).await.unwrap() {
+        assert!(Instant::now() < deadline, "{id} never went idle");
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
+/// Median of `samples` episodes: raise `Go`, wait until it is committed.
+async fn episode_cost(rt: &Runtime, id: &str, samples: usize) -> Duration {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        rt.raise_event(id, "Go", &json!("again")).await.unwrap();
+        until_idle(rt, id).await;
+        times.push(started.elapsed());
+    }
+    median(times)
+}
+
+struct Row {
+    events: usize,
+    cold_replay: Duration,
+    episode: Duration,
+}
+
+/// The rows for one runtime (cache on or off).
+async fn measure(warm_instances: usize, samples: usize) -> Vec<Row> {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         compile_cache: Some(COMPILE_CACHE.into()),
         step_budget: Duration::from_secs(60),
+        warm_instances,
         ..Default::default()
     };
     let store = duro::database::open(&dir.path().join("bench.db")).unwrap();
@@ -61,11 +93,12 @@ async fn main() {
     })
     .await
     .unwrap();
-    let events = rt.history(&id).await.unwrap().len();
-    let floor = replay_cost(&rt, &id, &scenario, samples).await;
-    rows.push((events, floor));
-
-    for timers in [50u64, 500, 5000] {
+    rows.push(Row {
+        events: rt.history(&id).await.unwrap().len(),
+        cold_replay: replay_cost(&rt, &id, &scenario, samples).await,
+        episode: Duration::ZERO,
+    });
+    for timers in [5u64, 50, 500, 5000] {
         let id = rt.start_new("Timers", None, &json!(timers)).await.unwrap();
         let wanted = 2 * timers as usize;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -76,28 +109,55 @@ async fn main() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        rt.wait_until(&id, Duration::from_secs(60), |i| {
-            i.status == RuntimeStatus::Running
-        })
-        .await
-        .unwrap();
-        // Let the episode that took the timers commit.
-        while !rt.is_idle(&id).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_idle(&rt, &id).await;
         let events = rt.history(&id).await.unwrap().len();
-        rows.push((events, replay_cost(&rt, &id, &guests, samples).await));
+        let cold_replay = replay_cost(&rt, &id, &guests, samples).await;
+        // The first episode after the timers may replay (the cache fills);
+        // the median is over the rest.
+        let episode = episode_cost(&rt, &id, samples + 1).await;
+        rows.push(Row {
+            events,
+            cold_replay,
+            episode,
+        });
     }
     rt.shutdown().await;
+    rows
+}
 
-    println!("{:>10}  {:>16}", "events", "cold replay (ms)");
-    for (events, cost) in &rows {
-        println!("{events:>10}  {:>16.3}", cost.as_secs_f64() * 1e3);
+#[tokio::main]
+async fn main() {
+    let samples = bench_arg("--samples", 15) as usize;
+    let cold = measure(0, samples).await;
+    let warm = measure(128, samples).await;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{:>8}  {:>16}  {:>22}  {:>22}",
+        "events", "cold replay (ms)", "episode, replayed (ms)", "episode, warm (ms)"
+    );
+    for (c, w) in cold.iter().zip(&warm) {
+        println!(
+            "{:>8}  {:>16.3}  {:>22.3}  {:>22.3}",
+            c.events,
+            ms(c.cold_replay),
+            ms(c.episode),
+            ms(w.episode)
+        );
     }
     let result = json!({
-        "replay_cold": rows
+        "replay_cold": cold
             .iter()
-            .map(|(events, cost)| json!({ "events": events, "ms": cost.as_secs_f64() * 1e3 }))
+            .map(|r| json!({ "events": r.events, "ms": ms(r.cold_replay) }))
+            .collect::<Vec<_>>(),
+        "episode": cold
+            .iter()
+            .zip(&warm)
+            .skip(1)
+            .map(|(c, w)| json!({
+                "events": c.events,
+                "replayed_ms": ms(c.episode),
+                "warm_ms": ms(w.episode),
+            }))
             .collect::<Vec<_>>(),
         "samples": samples,
     });

@@ -190,6 +190,12 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn release(&self, instance: &str) -> StoreResult<()>;
     /// Load an instance, its history and its inbox.
     fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
+    /// Load an instance and its inbox; the history may be left out (it is
+    /// when the backend can skip it): for an episode of a warm instance,
+    /// which has seen it.
+    fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        self.load(instance)
+    }
     /// Apply the episodes, each atomically and all in as few durable commits
     /// as the backend can (group commit); releases their leases. One result
     /// per episode, in order.

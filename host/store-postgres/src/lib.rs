@@ -462,7 +462,14 @@ impl RuntimeStore for PgStore {
     fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
         self.block(async {
             let mut client = self.client().await?;
-            ops::load(&mut client, instance).await
+            ops::load(&mut client, instance, true).await
+        })
+    }
+
+    fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        self.block(async {
+            let mut client = self.client().await?;
+            ops::load(&mut client, instance, false).await
         })
     }
 

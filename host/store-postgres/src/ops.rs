@@ -457,7 +457,7 @@ pub async fn release(c: &Object, owner: &str, ids: &[String]) -> StoreResult<()>
     Ok(())
 }
 
-pub async fn load(c: &mut Object, id: &str) -> StoreResult<LoadedInstance> {
+pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
     // One snapshot for the three reads.
     let tx = c
         .build_transaction()
@@ -469,7 +469,11 @@ pub async fn load(c: &mut Object, id: &str) -> StoreResult<LoadedInstance> {
     let instance = get_instance(&tx, id)
         .await?
         .ok_or_else(|| StoreError::NotFound(id.into()))?;
-    let history = get_history(&tx, id).await?;
+    let history = if with_history {
+        get_history(&tx, id).await?
+    } else {
+        Vec::new()
+    };
     let inbox = rows(&tx, sql::LOAD_INBOX, &[&id])
         .await?
         .iter()

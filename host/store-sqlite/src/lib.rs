@@ -297,6 +297,43 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// An instance and its inbox, with its history if `with_history`.
+    fn load_parts(&self, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
+        self.read(|conn| {
+            // One read transaction, so the three reads see the same snapshot.
+            run(conn, "BEGIN")?;
+            let result = (|| {
+                let instance =
+                    get_instance(conn, id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+                let history = if with_history {
+                    get_history(conn, id)?
+                } else {
+                    Vec::new()
+                };
+                let mut stmt = conn.prepare_cached(sql::LOAD_INBOX).map_err(backend)?;
+                let rows = stmt
+                    .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(backend)?;
+                let mut inbox = Vec::new();
+                for row in rows {
+                    let (id, message) = row.map_err(backend)?;
+                    inbox.push(InboxEntry {
+                        id,
+                        message: serde_json::from_str(&message)
+                            .map_err(|e| corrupt("inbox message", e))?,
+                    });
+                }
+                Ok(LoadedInstance {
+                    instance,
+                    history,
+                    inbox,
+                })
+            })();
+            run(conn, "COMMIT")?;
+            result
+        })
+    }
+
     /// The plan SQLite chooses for `sql` with `args`: the detail column of
     /// `EXPLAIN QUERY PLAN`, one line per step (for the query-plan test).
     pub fn explain(&self, sql: &str, args: &[SqlValue]) -> StoreResult<Vec<String>> {
@@ -910,35 +947,11 @@ impl RuntimeStore for SqliteStore {
     }
 
     fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
-        self.read(|conn| {
-            // One read transaction, so the three reads see the same snapshot.
-            run(conn, "BEGIN")?;
-            let result = (|| {
-                let instance =
-                    get_instance(conn, id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
-                let history = get_history(conn, id)?;
-                let mut stmt = conn.prepare_cached(sql::LOAD_INBOX).map_err(backend)?;
-                let rows = stmt
-                    .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                    .map_err(backend)?;
-                let mut inbox = Vec::new();
-                for row in rows {
-                    let (id, message) = row.map_err(backend)?;
-                    inbox.push(InboxEntry {
-                        id,
-                        message: serde_json::from_str(&message)
-                            .map_err(|e| corrupt("inbox message", e))?,
-                    });
-                }
-                Ok(LoadedInstance {
-                    instance,
-                    history,
-                    inbox,
-                })
-            })();
-            run(conn, "COMMIT")?;
-            result
-        })
+        self.load_parts(id, true)
+    }
+
+    fn load_head(&self, id: &str) -> StoreResult<LoadedInstance> {
+        self.load_parts(id, false)
     }
 
     fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {

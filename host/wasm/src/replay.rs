@@ -20,12 +20,12 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 use crate::engine::{Engine, budget_ticks, guest_limits};
 use crate::model::{Action, HistoryEvent, Instance, Millis, RetryPolicy};
 
-use crate::orchestrator::Pre;
 use crate::orchestrator::bindings::duro::workflow::orchestration_context as ctx;
 use crate::orchestrator::bindings::duro::workflow::types::{
     Completion, LogLevel, RetryPolicy as WitRetryPolicy, StepResult, TaskOutcome,
 };
 use crate::orchestrator::bindings::{self, Orchestration};
+use crate::orchestrator::{Guest, Pre};
 
 /// The first point where an orchestration's behaviour departs from its
 /// recorded history.
@@ -114,18 +114,89 @@ impl From<&Instance> for Subject {
     }
 }
 
-/// Per-component pre-instantiated orchestrations, ready to replay.
+/// Per-component pre-instantiated orchestrations, ready to replay, and the
+/// instances kept warm between episodes.
 pub struct Replayer {
     engine: Engine,
     linker: Linker<EpisodeState>,
     pres: Mutex<HashMap<String, Pre<EpisodeState>>>,
     step_budget: Duration,
+    warm: Mutex<WarmCache>,
+}
+
+/// An orchestration instance kept alive after an episode in which it
+/// started waiting: the next episode of its instance feeds it only the new
+/// events, if the stored history is exactly the one it has seen.
+struct Warm {
+    digest: String,
+    execution_id: String,
+    store: Store<EpisodeState>,
+    guest: Guest,
+    /// When it was last used, for eviction.
+    used: u64,
+    /// Its episode has committed: the stored history is the one it saw.
+    committed: bool,
+}
+
+impl Warm {
+    fn fits(&self, digest: &str, execution_id: &str, history_len: u64) -> bool {
+        self.committed
+            && self.digest == digest
+            && self.execution_id == execution_id
+            && self.store.data().replay.history.len() as u64 == history_len
+    }
+}
+
+/// The warm instances, by instance id, at most `capacity` of them (each
+/// holds a slot of the engine's instance pool); the least recently used
+/// goes first.
+#[derive(Default)]
+struct WarmCache {
+    capacity: usize,
+    entries: HashMap<String, Warm>,
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl WarmCache {
+    fn take(&mut self, instance: &str) -> Option<Warm> {
+        self.entries.remove(instance)
+    }
+
+    fn put(&mut self, instance: String, mut warm: Warm) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.clock += 1;
+        warm.used = self.clock;
+        self.entries.insert(instance, warm);
+        while self.entries.len() > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, w)| w.used)
+                .map(|(id, _)| id.clone())
+                .expect("over capacity, so not empty");
+            self.entries.remove(&oldest);
+        }
+    }
 }
 
 impl Replayer {
     /// A replayer whose guests may run `step_budget` per episode (replay
     /// and new steps together) before they are stopped.
     pub fn new(engine: Engine, step_budget: Duration) -> anyhow::Result<Self> {
+        Self::with_warm_instances(engine, step_budget, 0)
+    }
+
+    /// [`Replayer::new`], keeping up to `warm_instances` instances alive
+    /// between episodes (0: every episode replays from history).
+    pub fn with_warm_instances(
+        engine: Engine,
+        step_budget: Duration,
+        warm_instances: usize,
+    ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         // Deterministic WASI only: clocks and randomness are replaced per
         // episode, and the context has no files, network, env or args.
@@ -138,6 +209,10 @@ impl Replayer {
             linker,
             pres: Mutex::default(),
             step_budget,
+            warm: Mutex::new(WarmCache {
+                capacity: warm_instances,
+                ..Default::default()
+            }),
         })
     }
 
@@ -162,10 +237,110 @@ impl Replayer {
         Ok(pre)
     }
 
-    /// Replay `history` into a fresh instance of `component`, then deliver
-    /// `incoming` (events that arrived since, starting with this episode's
-    /// `OrchestratorStarted`) and run until the orchestration waits or ends.
+    /// Warm-cache hits and misses so far.
+    pub fn warm_stats(&self) -> (u64, u64) {
+        let warm = self.warm.lock().expect("warm cache poisoned");
+        (warm.hits, warm.misses)
+    }
+
+    /// Whether an episode of `instance` can run warm: its instance is kept,
+    /// at this execution, component and history length, and the episode
+    /// that left it there has committed.
+    pub fn is_warm(&self, instance: &Instance) -> bool {
+        self.warm
+            .lock()
+            .expect("warm cache poisoned")
+            .entries
+            .get(&instance.id)
+            .is_some_and(|w| {
+                w.fits(
+                    &instance.component,
+                    &instance.execution_id,
+                    instance.history_len,
+                )
+            })
+    }
+
+    /// The last episode of `instance_id` committed with `history_len`
+    /// events: its warm instance may take the next one.
+    pub fn committed(&self, instance_id: &str, history_len: u64) {
+        let mut warm = self.warm.lock().expect("warm cache poisoned");
+        if let Some(entry) = warm.entries.get_mut(instance_id)
+            && entry.store.data().replay.history.len() as u64 == history_len
+        {
+            entry.committed = true;
+        }
+    }
+
+    /// Forget the warm instance of `instance_id`, if any (its episode did
+    /// not commit).
+    pub fn forget_warm(&self, instance_id: &str) {
+        self.warm
+            .lock()
+            .expect("warm cache poisoned")
+            .take(instance_id);
+    }
+
+    /// Run an episode of `subject`, whose stored history is `history_len`
+    /// events long: on its warm instance if it has one that fits (see
+    /// [`Replayer::is_warm`]), feeding it only `incoming`; else on a fresh
+    /// instance, replaying the history `load_history` reads. Keeps the
+    /// instance warm afterwards if it is waiting.
     pub fn run_episode(
+        &self,
+        digest: &str,
+        component: &Component,
+        subject: &Subject,
+        history_len: u64,
+        load_history: impl FnOnce() -> anyhow::Result<Vec<HistoryEvent>>,
+        incoming: Vec<HistoryEvent>,
+    ) -> anyhow::Result<Episode> {
+        let (warm, cached) = {
+            let mut cache = self.warm.lock().expect("warm cache poisoned");
+            let warm = cache
+                .take(&subject.instance_id)
+                .filter(|w| w.fits(digest, &subject.execution_id, history_len));
+            match warm {
+                Some(_) => cache.hits += 1,
+                None if cache.capacity > 0 => cache.misses += 1,
+                None => {}
+            }
+            (warm, cache.capacity > 0)
+        };
+        let (mut store, guest) = match warm {
+            Some(Warm {
+                mut store, guest, ..
+            }) => {
+                store.data_mut().replay.start_episode();
+                store.set_epoch_deadline(budget_ticks(self.step_budget));
+                (store, guest)
+            }
+            None => match self.instantiate(digest, component, subject, load_history()?)? {
+                Ok(fresh) => fresh,
+                Err(failed) => return Ok(failed),
+            },
+        };
+        let cpu_at_start = thread_cpu_time();
+        let episode = self.step_through(&mut store, &guest, incoming, cpu_at_start)?;
+        if cached && matches!(episode.outcome, Outcome::Pending) {
+            self.warm.lock().expect("warm cache poisoned").put(
+                subject.instance_id.clone(),
+                Warm {
+                    digest: digest.to_string(),
+                    execution_id: subject.execution_id.clone(),
+                    store,
+                    guest,
+                    used: 0,
+                    committed: false,
+                },
+            );
+        }
+        Ok(episode)
+    }
+
+    /// Replay `history` into a fresh instance, deliver `incoming`, and drop
+    /// the instance (never kept warm).
+    fn run_cold(
         &self,
         digest: &str,
         component: &Component,
@@ -173,8 +348,24 @@ impl Replayer {
         history: Vec<HistoryEvent>,
         incoming: Vec<HistoryEvent>,
     ) -> anyhow::Result<Episode> {
+        let (mut store, guest) = match self.instantiate(digest, component, subject, history)? {
+            Ok(fresh) => fresh,
+            Err(failed) => return Ok(failed),
+        };
+        let cpu_at_start = thread_cpu_time();
+        self.step_through(&mut store, &guest, incoming, cpu_at_start)
+    }
+
+    /// A fresh instance with `history` to replay, its time budget set; or
+    /// the episode of an instantiation the guest made fail.
+    fn instantiate(
+        &self,
+        digest: &str,
+        component: &Component,
+        subject: &Subject,
+        history: Vec<HistoryEvent>,
+    ) -> anyhow::Result<Result<(Store<EpisodeState>, Guest), Episode>> {
         let pre = self.pre(digest, component)?;
-        let recorded_len = history.len();
         let state = EpisodeState::new(subject, history);
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -186,20 +377,31 @@ impl Replayer {
         // A full pool (or the OS refusing memory) is the host's trouble:
         // the episode is retried. Anything else (a trap in the guest's start,
         // a component that cannot link) fails the instance.
-        let instance = match pre.instantiate(&mut store) {
-            Ok(instance) => instance,
+        match pre.instantiate(&mut store) {
+            Ok(guest) => Ok(Ok((store, guest))),
             Err(e) if is_host_trouble(&e) || self.starved(&e, cpu_at_start) => {
-                return Err(HostTrouble(format!(
+                // Warm instances hold pool slots: give them back, so that
+                // the retry finds room.
+                if e.chain()
+                    .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+                {
+                    self.warm
+                        .lock()
+                        .expect("warm cache poisoned")
+                        .entries
+                        .clear();
+                }
+                Err(HostTrouble(format!(
                     "the orchestration could not be instantiated: {e:#}"
                 ))
-                .into());
+                .into())
             }
             Err(e) => {
                 let error = format!("the orchestration could not be instantiated: {e:#}");
-                store.data_mut().replay.record_failure(error.clone());
-                let replay = store.into_data().replay;
-                return Ok(Episode {
-                    appended: replay.history[recorded_len..].to_vec(),
+                let replay = &mut store.data_mut().replay;
+                replay.record_failure(error.clone());
+                Ok(Err(Episode {
+                    appended: replay.history[replay.recorded_len..].to_vec(),
                     outcome: Outcome::Failed(error),
                     custom_status: None,
                     new_timers: Vec::new(),
@@ -207,9 +409,20 @@ impl Replayer {
                     new_activities: Vec::new(),
                     new_children: Vec::new(),
                     unprocessed_events: Vec::new(),
-                });
+                }))
             }
-        };
+        }
+    }
+
+    /// Deliver the rest of the history, then `incoming`, until the
+    /// orchestration waits or ends; what the episode produced.
+    fn step_through(
+        &self,
+        store: &mut Store<EpisodeState>,
+        guest: &Guest,
+        incoming: Vec<HistoryEvent>,
+        cpu_at_start: Duration,
+    ) -> anyhow::Result<Episode> {
         let mut incoming: VecDeque<HistoryEvent> = incoming.into();
         let outcome = loop {
             let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
@@ -217,7 +430,7 @@ impl Replayer {
                 Ok(None) => break Outcome::Pending,
                 Err(divergence) => break Outcome::Diverged(divergence),
             };
-            let stepped = instance.step(&mut store, delivery.as_ref());
+            let stepped = guest.step(&mut *store, delivery.as_ref());
             let terminal = match stepped {
                 Err(trap) => match store.data_mut().replay.divergence.take() {
                     Some(divergence) => break Outcome::Diverged(divergence),
@@ -250,17 +463,16 @@ impl Replayer {
                 Err(divergence) => Outcome::Diverged(divergence),
             };
         };
-        let replay = store.into_data().replay;
+        let replay = &mut store.data_mut().replay;
         let appended = replay
             .history
-            .get(recorded_len..)
+            .get(replay.recorded_len..)
             .unwrap_or_default()
             .to_vec();
         let unprocessed_events = match outcome {
             // Events buffered in the execution, then those not yet handed
             // over, in arrival order (`preserveUnprocessedEvents`).
-            Outcome::ContinuedAsNew(_) => replay
-                .buffered
+            Outcome::ContinuedAsNew(_) => std::mem::take(&mut replay.buffered)
                 .into_iter()
                 .map(|(_, name, payload)| (name, payload))
                 .chain(incoming.into_iter().filter_map(|event| match event {
@@ -273,11 +485,11 @@ impl Replayer {
         Ok(Episode {
             appended,
             outcome,
-            custom_status: replay.custom_status,
-            new_timers: replay.new_timers,
-            cancelled_timers: replay.cancelled_timers,
-            new_activities: replay.new_activities,
-            new_children: replay.new_children,
+            custom_status: replay.custom_status.take(),
+            new_timers: std::mem::take(&mut replay.new_timers),
+            cancelled_timers: std::mem::take(&mut replay.cancelled_timers),
+            new_activities: std::mem::take(&mut replay.new_activities),
+            new_children: std::mem::take(&mut replay.new_children),
             unprocessed_events,
         })
     }
@@ -300,7 +512,7 @@ impl Replayer {
         history: Vec<HistoryEvent>,
     ) -> anyhow::Result<Result<(), Divergence>> {
         let recorded_len = history.len();
-        let episode = self.run_episode(digest, component, subject, history, Vec::new())?;
+        let episode = self.run_cold(digest, component, subject, history, Vec::new())?;
         Ok(match episode.outcome {
             Outcome::Diverged(divergence) => Err(divergence),
             Outcome::Failed(error) if !episode.appended.is_empty() => Err(Divergence {
@@ -524,6 +736,19 @@ impl ReplayState {
             new_children: Vec::new(),
             divergence: None,
         }
+    }
+
+    /// Get a warm instance's state ready for its next episode: what it has
+    /// seen is now the recorded history, and the episode's products start
+    /// empty.
+    fn start_episode(&mut self) {
+        self.recorded_len = self.history.len();
+        self.custom_status = None;
+        self.new_timers.clear();
+        self.cancelled_timers.clear();
+        self.new_activities.clear();
+        self.new_children.clear();
+        self.divergence = None;
     }
 
     /// The next argument of `step`, consuming history (and then `incoming`)

@@ -289,14 +289,19 @@ async fn parent(ctx: OrchestrationContext) -> Result<Value> {
 }
 
 /// Schedules `input` timers due at once and takes them all in the next
-/// episode, then waits for `Go`: a history of about twice `input` events in
-/// two episodes (the replay benchmark's long histories).
+/// episode, then takes `Go` events until one says `"stop"`: a history of
+/// about twice `input` events in two episodes, then one short episode per
+/// event (the replay benchmark's long histories).
 async fn timers(ctx: OrchestrationContext) -> Result<u64> {
     let n: u64 = ctx.input()?;
     let now = ctx.current_time();
     when_all((0..n).map(|_| ctx.create_timer(now))).await;
-    let _: Value = ctx.wait_for_external_event("Go").await?;
-    Ok(n)
+    loop {
+        let go: Value = ctx.wait_for_external_event("Go").await?;
+        if go == "stop" {
+            return Ok(n);
+        }
+    }
 }
 
 /// Waits for `Verdict`: `true` completes, `false` fails.

@@ -64,6 +64,12 @@ pub struct RuntimeConfig {
     pub poll_interval: Duration,
     /// Where episodes, timers and new instances read the time.
     pub clock: Arc<dyn Clock>,
+    /// Orchestration instances kept alive between episodes, so that the
+    /// next episode of a hot instance feeds it only the new events instead
+    /// of replaying its history (0: always replay). Correctness never
+    /// depends on it: an instance whose stored history is not exactly the
+    /// one it saw is replayed. Default 128, or `DURO_WARM_INSTANCES`.
+    pub warm_instances: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +84,10 @@ impl Default for RuntimeConfig {
             activity_concurrency: 32,
             poll_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
+            warm_instances: std::env::var("DURO_WARM_INSTANCES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128),
         }
     }
 }
@@ -266,7 +276,11 @@ impl Runtime {
     /// `store` (any backend: the runtime never opens one itself).
     pub async fn start(config: RuntimeConfig, store: Arc<dyn Store>) -> anyhow::Result<Runtime> {
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
-        let replayer = Replayer::new(engine.clone(), config.step_budget)?;
+        let replayer = Replayer::with_warm_instances(
+            engine.clone(),
+            config.step_budget,
+            config.warm_instances,
+        )?;
         let activity_host = crate::activity::ActivityHost::new(engine.clone())?;
         let inner = Arc::new(Inner {
             store,
@@ -680,6 +694,12 @@ impl Runtime {
             let _ = tokio::time::timeout(Duration::from_millis(50), until_changed(&mut committed))
                 .await;
         }
+    }
+
+    /// Episodes that found their instance warm, and those that replayed
+    /// (with the warm cache on).
+    pub fn warm_stats(&self) -> (u64, u64) {
+        self.inner.replayer.warm_stats()
     }
 
     /// True when nothing is left for the instance to process: no message in

@@ -104,6 +104,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
             let store = inner.store.clone();
             let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
+            let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
             let committed = ids.clone();
             let results = blocking(move || {
                 ids.iter()
@@ -112,7 +113,12 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
                     .collect::<Vec<_>>()
             })
             .await;
-            for (id, result) in results {
+            for ((id, result), history_len) in results.into_iter().zip(history_lens) {
+                if result.is_ok() {
+                    inner.replayer.committed(&id, history_len);
+                } else {
+                    inner.replayer.forget_warm(&id);
+                }
                 match result {
                     Ok(()) => inner.succeeded(&id),
                     // Another write changed the instance first (a restart, an
@@ -262,7 +268,17 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
 
 /// One episode of one leased instance, as a commit.
 fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
-    let loaded = inner.store.load(id)?;
+    // A warm instance has seen the history: only the row and the inbox are
+    // read (a store that cannot leave the history out reads it anyway).
+    let loaded = inner.store.load_head(id)?;
+    let warm = inner.replayer.is_warm(&loaded.instance);
+    let recorded = if warm {
+        None
+    } else if loaded.history.len() as u64 == loaded.instance.history_len {
+        Some(loaded.history)
+    } else {
+        Some(inner.store.history(id)?)
+    };
     let mut instance = loaded.instance;
     let mut commit = EpisodeCommit {
         instance: instance.clone(),
@@ -295,10 +311,12 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         instance.output = Some(json_string(reason.unwrap_or_default()));
         return Ok(finish(commit, instance, new_events, now));
     }
-    let started = loaded
-        .history
-        .iter()
-        .any(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. }));
+    let started = warm
+        || recorded.as_ref().is_some_and(|history| {
+            history
+                .iter()
+                .any(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. }))
+        });
     let status_after = if plan.suspended {
         RuntimeStatus::Suspended
     } else {
@@ -345,11 +363,22 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         }
     };
     let subject = Subject::from(&instance);
-    let history: Vec<HistoryEvent> = loaded.history.into_iter().map(|e| e.event).collect();
-    let episode =
-        inner
-            .replayer
-            .run_episode(&instance.component, &component, &subject, history, incoming)?;
+    // Read only if the warm instance is gone after all (evicted meanwhile).
+    let load_history = || -> anyhow::Result<Vec<HistoryEvent>> {
+        let history = match recorded {
+            Some(history) => history,
+            None => inner.store.history(id)?,
+        };
+        Ok(history.into_iter().map(|e| e.event).collect())
+    };
+    let episode = inner.replayer.run_episode(
+        &instance.component,
+        &component,
+        &subject,
+        instance.history_len,
+        load_history,
+        incoming,
+    )?;
     if let Some(custom_status) = episode.custom_status {
         instance.custom_status = custom_status;
     }
