@@ -3,7 +3,7 @@
 //! POST start → poll GET status until Running → POST raiseEvent → poll GET
 //! status until 200 (Completed).
 //!
-//! `cargo bench -p duro-tests --bench http -- [--clients 64] [--lifecycles 4000] [--poll-ms 1]`
+//! `cargo bench -p duro-tests --bench http -- [--clients 64] [--lifecycles 4000] [--poll-ms 1] [--long-poll 1]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,8 +28,10 @@ async fn wait_for(client: &mut Client, id: &str, status: &str, poll: Duration) {
     }
 }
 
-/// Start → Running → raise → Completed; returns raise → Completed.
-async fn lifecycle(client: &mut Client, n: usize, poll: Duration) -> Duration {
+/// Start → Running → raise → Completed; returns raise → Completed. With
+/// `long_poll`, Completed is awaited with one `waitForCompletion` request
+/// instead of polling.
+async fn lifecycle(client: &mut Client, n: usize, poll: Duration, long_poll: bool) -> Duration {
     let (code, body) = client
         .call(
             "POST",
@@ -49,7 +51,13 @@ async fn lifecycle(client: &mut Client, n: usize, poll: Duration) -> Duration {
         )
         .await;
     assert_eq!(code, 202);
-    wait_for(client, &id, "Completed", poll).await;
+    if long_poll {
+        let path = format!("{API}/instances/{id}?showInput=false&waitForCompletion=30000");
+        let (code, body) = client.call("GET", &path, "").await;
+        assert_eq!((code, &body["runtimeStatus"]), (200, &serde_json::json!("Completed")));
+    } else {
+        wait_for(client, &id, "Completed", poll).await;
+    }
     raised.elapsed()
 }
 
@@ -58,16 +66,17 @@ async fn main() {
     let clients = duro_tests::bench_arg("--clients", 64) as usize;
     let lifecycles = duro_tests::bench_arg("--lifecycles", 4000) as usize;
     let poll = Duration::from_millis(duro_tests::bench_arg("--poll-ms", 1));
+    let long_poll = duro_tests::bench_arg("--long-poll", 0) != 0;
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
     let server = Server::start(&manifest, &dir.path().join("bench.db"));
     let host = server.host.clone();
 
     let mut one = Client::connect(&host).await;
-    lifecycle(&mut one, usize::MAX, poll).await;
+    lifecycle(&mut one, usize::MAX, poll, long_poll).await;
     let mut latencies = Vec::new();
     for n in 0..200 {
-        latencies.push(lifecycle(&mut one, n, poll).await);
+        latencies.push(lifecycle(&mut one, n, poll, long_poll).await);
     }
     latencies.sort();
 
@@ -83,7 +92,7 @@ async fn main() {
                     if n >= lifecycles {
                         return;
                     }
-                    lifecycle(&mut client, 1000 + n, poll).await;
+                    lifecycle(&mut client, 1000 + n, poll, long_poll).await;
                 }
             })
         })
