@@ -54,7 +54,10 @@ async fn lifecycle(client: &mut Client, n: usize, poll: Duration, long_poll: boo
     if long_poll {
         let path = format!("{API}/instances/{id}?showInput=false&waitForCompletion=30000");
         let (code, body) = client.call("GET", &path, "").await;
-        assert_eq!((code, &body["runtimeStatus"]), (200, &serde_json::json!("Completed")));
+        assert_eq!(
+            (code, &body["runtimeStatus"]),
+            (200, &serde_json::json!("Completed"))
+        );
     } else {
         wait_for(client, &id, "Completed", poll).await;
     }

@@ -200,6 +200,15 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// as the backend can (group commit); releases their leases. One result
     /// per episode, in order.
     fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>>;
+    /// `commit_episodes` without blocking the calling thread (see
+    /// `ClientStore::create_instance_nonblocking`); the episodes back if
+    /// the backend has no such path.
+    fn commit_episodes_nonblocking(
+        &self,
+        episodes: Vec<EpisodeCommit>,
+    ) -> Result<PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
+        Err(episodes)
+    }
     /// Move every timer due at `now` into its instance's inbox; returns how many.
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize>;
     /// When the earliest timer falls due.
@@ -250,6 +259,20 @@ pub trait ClientStore: Send + Sync + 'static {
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()>;
     /// Put a message into an instance's inbox.
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
+    /// `create_instance` without blocking the calling thread, for a
+    /// backend whose writes go to a writer of its own anyway: the returned
+    /// future resolves when the write is durable. `None`: the backend has
+    /// no such path, call `create_instance` (on a thread that may block).
+    fn create_instance_nonblocking(&self, instance: &Instance) -> Option<PendingWrite<()>> {
+        let _ = instance;
+        None
+    }
+    /// `enqueue` without blocking the calling thread (see
+    /// `create_instance_nonblocking`).
+    fn enqueue_nonblocking(&self, instance: &str, message: &Message) -> Option<PendingWrite<()>> {
+        let _ = (instance, message);
+        None
+    }
     /// One instance.
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     /// One instance's history.
@@ -267,6 +290,10 @@ pub trait ClientStore: Send + Sync + 'static {
     /// writes get their turn between batches.
     fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize>;
 }
+
+/// A write under way: resolves once it is durable (or has failed).
+pub type PendingWrite<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
 
 /// A store for both consumers.
 pub trait Store: RuntimeStore + ClientStore {}

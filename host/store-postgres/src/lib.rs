@@ -473,7 +473,10 @@ impl RuntimeStore for PgStore {
         })
     }
 
-    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+    fn commit_episodes_nonblocking(
+        &self,
+        episodes: Vec<EpisodeCommit>,
+    ) -> Result<duro_core::store::PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
         // Each episode is a write of its own: the writers fold them, and
         // any other waiting writes, into as few transactions as they can.
         let pending: Vec<_> = episodes
@@ -483,14 +486,21 @@ impl RuntimeStore for PgStore {
                     .submit(writer::Write::Episode(Box::new(episode)))
             })
             .collect();
-        let results: StoreResult<Vec<StoreResult<()>>> = self.block(async {
+        Ok(Box::pin(async move {
             let mut results = Vec::with_capacity(pending.len());
             for result in pending {
                 results.push(result.await);
             }
             Ok(results)
-        });
-        results.expect("waiting for submitted writes cannot fail")
+        }))
+    }
+
+    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+        let Ok(pending) = self.commit_episodes_nonblocking(episodes) else {
+            unreachable!("this store always commits without blocking");
+        };
+        self.block(pending)
+            .expect("waiting for submitted writes cannot fail")
     }
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
@@ -567,6 +577,15 @@ impl ClientStore for PgStore {
         self.block(self.writer.submit(writer::Write::Create(instance.clone())))
     }
 
+    fn create_instance_nonblocking(
+        &self,
+        instance: &Instance,
+    ) -> Option<duro_core::store::PendingWrite<()>> {
+        Some(Box::pin(
+            self.writer.submit(writer::Write::Create(instance.clone())),
+        ))
+    }
+
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
         self.block(async {
             let mut client = self.client().await?;
@@ -577,6 +596,15 @@ impl ClientStore for PgStore {
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
         let write = writer::Write::Enqueue(instance.to_string(), message.clone());
         self.block(self.writer.submit(write))
+    }
+
+    fn enqueue_nonblocking(
+        &self,
+        instance: &str,
+        message: &Message,
+    ) -> Option<duro_core::store::PendingWrite<()>> {
+        let write = writer::Write::Enqueue(instance.to_string(), message.clone());
+        Some(Box::pin(self.writer.submit(write)))
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {

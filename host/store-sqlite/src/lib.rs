@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -139,7 +139,7 @@ pub struct SqliteStore {
     writer: Mutex<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
     /// Instances some worker of this process is stepping.
-    leased: Mutex<HashSet<String>>,
+    leased: Arc<Mutex<HashSet<String>>>,
     /// Activity rows some activity worker of this process is running.
     leased_activities: Mutex<HashSet<i64>>,
 }
@@ -233,7 +233,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
-            leased: Mutex::default(),
+            leased: Arc::default(),
             leased_activities: Mutex::default(),
         })
     }
@@ -244,6 +244,32 @@ impl SqliteStore {
         op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> PendingWrite<R> {
         let (reply_tx, reply_rx) = mpsc::sync_channel::<StoreResult<R>>(1);
+        let sent = self.submit_with(op, move |result| {
+            let _ = reply_tx.send(result);
+        });
+        PendingWrite(sent.then_some(reply_rx))
+    }
+
+    /// [`SqliteStore::submit`] for an async caller: the future resolves
+    /// when the transaction is durable, and no thread waits for it.
+    fn submit_async<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> duro_core::store::PendingWrite<R> {
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
+        self.submit_with(op, move |result| {
+            let _ = reply_tx.send(result);
+        });
+        Box::pin(async move { reply_rx.await.unwrap_or_else(|_| Err(writer_stopped())) })
+    }
+
+    /// Hand `op` to the writer; `reply` gets its result once the group's
+    /// transaction has ended. False if the writer has stopped.
+    fn submit_with<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        reply: impl FnOnce(StoreResult<R>) + Send + 'static,
+    ) -> bool {
         let job: Job = Box::new(move |conn| {
             let result = match conn {
                 Ok(conn) => in_savepoint(conn, op),
@@ -261,15 +287,14 @@ impl SqliteStore {
                         retriable: true,
                     }),
                 };
-                let _ = reply_tx.send(result);
+                reply(result);
             })
         });
-        let sent = self
-            .writer
+        self.writer
             .lock()
             .expect("writer sender poisoned")
-            .send(job);
-        PendingWrite(sent.ok().map(|()| reply_rx))
+            .send(job)
+            .is_ok()
     }
 
     /// Run `op` inside the writer's next group transaction and wait until that
@@ -409,13 +434,19 @@ struct PendingWrite<R>(Option<mpsc::Receiver<StoreResult<R>>>);
 impl<R> PendingWrite<R> {
     /// Its result, once its transaction is durable (or has failed).
     fn wait(self) -> StoreResult<R> {
-        let stopped = || StoreError::Backend {
-            message: "the write was not applied: the SQLite writer failed while running \
-                      its transaction (see the log)"
-                .into(),
-            retriable: true,
-        };
-        self.0.ok_or_else(stopped)?.recv().map_err(|_| stopped())?
+        self.0
+            .ok_or_else(writer_stopped)?
+            .recv()
+            .map_err(|_| writer_stopped())?
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Backend {
+        message: "the write was not applied: the SQLite writer failed while running \
+                  its transaction (see the log)"
+            .into(),
+        retriable: true,
     }
 }
 
@@ -727,6 +758,27 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
     push_message(conn, &instance.id, &Message::Start)
 }
 
+/// Give the leases of `ids` back (their episodes have committed or failed).
+fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
+    let mut leased = leased.lock().expect("lease set poisoned");
+    for id in ids {
+        leased.remove(id);
+    }
+}
+
+/// Put a message into the inbox of an instance that exists.
+fn enqueue_existing(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
+    let exists = conn
+        .query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(()))
+        .optional()
+        .map_err(backend)?
+        .is_some();
+    if !exists {
+        return Err(StoreError::NotFound(id.to_string()));
+    }
+    push_message(conn, id, message)
+}
+
 /// Delete the timers and activity calls of an execution that has ended
 /// (finished, or continued as new): nothing waits for them any more.
 fn drop_scheduled_work(conn: &Connection, id: &str) -> StoreResult<()> {
@@ -963,11 +1015,28 @@ impl RuntimeStore for SqliteStore {
             .map(|episode| self.submit(move |conn| apply_episode(conn, &episode)))
             .collect();
         let results: Vec<StoreResult<()>> = pending.into_iter().map(PendingWrite::wait).collect();
-        let mut leased = self.leased.lock().expect("lease set poisoned");
-        for id in &ids {
-            leased.remove(id);
-        }
+        release_all(&self.leased, &ids);
         results
+    }
+
+    fn commit_episodes_nonblocking(
+        &self,
+        episodes: Vec<EpisodeCommit>,
+    ) -> Result<duro_core::store::PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
+        let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
+        let pending: Vec<_> = episodes
+            .into_iter()
+            .map(|episode| self.submit_async(move |conn| apply_episode(conn, &episode)))
+            .collect();
+        let leased = self.leased.clone();
+        Ok(Box::pin(async move {
+            let mut results = Vec::with_capacity(pending.len());
+            for result in pending {
+                results.push(result.await);
+            }
+            release_all(&leased, &ids);
+            Ok(results)
+        }))
     }
 
     fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
@@ -1145,6 +1214,14 @@ impl ClientStore for SqliteStore {
         self.write(move |conn| insert_instance(conn, &instance))
     }
 
+    fn create_instance_nonblocking(
+        &self,
+        instance: &Instance,
+    ) -> Option<duro_core::store::PendingWrite<()>> {
+        let instance = instance.clone();
+        Some(self.submit_async(move |conn| insert_instance(conn, &instance)))
+    }
+
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
         let (id, digest, expected) = (id.to_string(), digest.to_string(), expected.clone());
         self.write(move |conn| {
@@ -1160,17 +1237,16 @@ impl ClientStore for SqliteStore {
 
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
         let (id, message) = (instance.to_string(), message.clone());
-        self.write(move |conn| {
-            let exists: bool = conn
-                .query_row("SELECT 1 FROM instances WHERE id = ?1", [&id], |_| Ok(()))
-                .optional()
-                .map_err(backend)?
-                .is_some();
-            if !exists {
-                return Err(StoreError::NotFound(id));
-            }
-            push_message(conn, &id, &message)
-        })
+        self.write(move |conn| enqueue_existing(conn, &id, &message))
+    }
+
+    fn enqueue_nonblocking(
+        &self,
+        instance: &str,
+        message: &Message,
+    ) -> Option<duro_core::store::PendingWrite<()>> {
+        let (id, message) = (instance.to_string(), message.clone());
+        Some(self.submit_async(move |conn| enqueue_existing(conn, &id, &message)))
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {

@@ -449,7 +449,10 @@ impl Runtime {
             None,
         );
         let store = self.inner.store.clone();
-        blocking(move || store.create_instance(&instance)).await?;
+        match store.create_instance_nonblocking(&instance) {
+            Some(pending) => pending.await?,
+            None => blocking(move || store.create_instance(&instance)).await?,
+        }
         self.inner.work.notify_one();
         Ok(id)
     }
@@ -520,7 +523,10 @@ impl Runtime {
         self.live(id).await?;
         let store = self.inner.store.clone();
         let id = id.to_string();
-        blocking(move || store.enqueue(&id, &message)).await?;
+        match store.enqueue_nonblocking(&id, &message) {
+            Some(pending) => pending.await?,
+            None => blocking(move || store.enqueue(&id, &message)).await?,
+        }
         self.inner.work.notify_one();
         Ok(())
     }

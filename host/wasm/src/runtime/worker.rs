@@ -106,13 +106,23 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
             let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
             let committed = ids.clone();
-            let results = blocking(move || {
-                ids.iter()
-                    .cloned()
-                    .zip(store.commit_episodes(commits))
-                    .collect::<Vec<_>>()
-            })
-            .await;
+            // A backend with a writer of its own is awaited without a
+            // blocking thread in between.
+            let outcomes = match store.commit_episodes_nonblocking(commits) {
+                Ok(pending) => pending.await.unwrap_or_else(|e| {
+                    let message = e.to_string();
+                    (0..ids.len())
+                        .map(|_| {
+                            Err(StoreError::Backend {
+                                message: message.clone(),
+                                retriable: true,
+                            })
+                        })
+                        .collect()
+                }),
+                Err(commits) => blocking(move || store.commit_episodes(commits)).await,
+            };
+            let results: Vec<_> = ids.iter().cloned().zip(outcomes).collect();
             for ((id, result), history_len) in results.into_iter().zip(history_lens) {
                 if result.is_ok() {
                     inner.replayer.committed(&id, history_len);
