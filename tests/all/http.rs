@@ -443,6 +443,9 @@ fn function_routes_need_the_key() {
         host.get(&format!("{API}/instances/{id}?code=s3cre")).status,
         401
     );
+    // So do the metrics (a Prometheus scrape passes `code` as a param).
+    assert_eq!(host.get("/metrics").status, 401);
+    assert_eq!(host.get("/metrics?code=s3cret").status, 200);
     // `anonymous` app routes stay open.
     assert_eq!(host.get("/api/check/k").status, 200);
 }
@@ -624,4 +627,90 @@ fn a_status_request_can_wait_for_completion() {
     assert_eq!(too_long.status, 400);
     let unknown = host.get(&format!("{API}/instances/nobody?waitForCompletion=50"));
     assert_eq!(unknown.status, 404);
+}
+
+/// The value of the sample `name{labels}` in a metrics page, if present.
+fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{labels} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn metrics_count_episodes_commits_and_function_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let started = host.get("/api/start/metered");
+    assert_eq!(started.status, 200, "{}", started.body);
+    host.poll("/api/check/metered", |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    let stopped = host.get("/api/stop/metered");
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    host.poll("/api/check/metered", |r| {
+        r.json()["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(host.get("/api/check/nobody").status, 404);
+
+    let page = host.get("/metrics");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        page.headers
+    );
+    let text = &page.body;
+    // Every line is a comment or `name{labels} value`, and the page ends
+    // as OpenMetrics says.
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line:?}");
+        assert!(line.starts_with("duro_"), "{line:?}");
+    }
+    // One episode waited, one completed; both committed.
+    assert_eq!(
+        sample(text, "duro_episodes_total", "{outcome=\"waiting\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "duro_episodes_total", "{outcome=\"completed\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(text, "duro_commit_seconds_count", "").unwrap() >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(text, "duro_episode_seconds_count", "").unwrap() >= 2.0,
+        "{text}"
+    );
+    // Function calls by name and status.
+    let start = sample(
+        text,
+        "duro_http_requests_total",
+        "{function=\"Start\",status=\"200\"}",
+    );
+    assert_eq!(start, Some(1.0), "{text}");
+    let missing = sample(
+        text,
+        "duro_http_requests_total",
+        "{function=\"Check\",status=\"404\"}",
+    );
+    assert_eq!(missing, Some(1.0), "{text}");
+    assert!(
+        sample(
+            text,
+            "duro_http_requests_total",
+            "{function=\"Check\",status=\"200\"}"
+        )
+        .unwrap()
+            >= 2.0,
+        "{text}"
+    );
 }

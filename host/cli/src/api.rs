@@ -105,7 +105,21 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
             post(raise_event),
         )
         .route(&format!("{BASE}/instances/{{id}}/{{verb}}"), post(control))
+        .route("/metrics", get(metrics))
         .with_state(runtime)
+}
+
+/// `GET /metrics`: the host's metrics in the OpenMetrics text format
+/// (which Prometheus scrapes), behind the key like the rest of this API.
+async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        rt.metrics().encode(),
+    )
+        .into_response()
 }
 
 /// What an instance id must escape to be one path segment of a URL: the

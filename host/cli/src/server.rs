@@ -54,6 +54,8 @@ struct AppState {
     calls: Arc<tokio::sync::Semaphore>,
     /// Longest an HTTP function call may take, by the wall clock.
     trigger_budget: Duration,
+    /// Where calls are counted.
+    metrics: Arc<duro_wasm::metrics::Metrics>,
 }
 
 /// Largest request body an HTTP function takes (as the management API).
@@ -164,6 +166,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         function_key: config.function_key.clone(),
         calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
         trigger_budget: config.trigger_budget,
+        metrics: runtime.metrics().clone(),
     });
     // Only the host's own routes: a guest's error responses are its own.
     let mut api = api::router(runtime.clone());
@@ -211,7 +214,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     let (route, state) = (route.clone(), state.clone());
                     async move {
                         match params {
-                            Ok(Path(params)) => call_trigger(&state, &route, params, request).await,
+                            Ok(Path(params)) => {
+                                let response = call_trigger(&state, &route, params, request).await;
+                                state
+                                    .metrics
+                                    .http_requests
+                                    .get_or_create(&vec![
+                                        ("function", route.function.name.clone()),
+                                        ("status", response.status().as_u16().to_string()),
+                                    ])
+                                    .inc();
+                                response
+                            }
                             Err(rejection) => {
                                 ApiError::bad_request(rejection.body_text()).into_response()
                             }

@@ -13,6 +13,7 @@ pub use duro_core::{model, store};
 pub mod activity;
 pub mod durable_http;
 pub mod engine;
+pub mod metrics;
 pub mod orchestrator;
 pub mod replay;
 pub mod runtime;

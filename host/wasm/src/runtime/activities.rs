@@ -105,6 +105,19 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
             }
         }
     };
+    let outcome = if result.is_ok() {
+        "completed"
+    } else {
+        "failed"
+    };
+    inner
+        .metrics
+        .activity_attempts
+        .get_or_create(&vec![
+            ("activity", work.call.name.clone()),
+            ("result", outcome.to_string()),
+        ])
+        .inc();
     finish(inner, work, started, result).await;
 }
 

@@ -161,6 +161,7 @@ struct Inner {
     store: Arc<dyn Store>,
     engine: Engine,
     replayer: Replayer,
+    metrics: Arc<crate::metrics::Metrics>,
     config: RuntimeConfig,
     /// Orchestration name → digest of the component that new instances use.
     registry: RwLock<HashMap<String, String>>,
@@ -286,6 +287,7 @@ impl Runtime {
             store,
             engine,
             replayer,
+            metrics: Arc::default(),
             config,
             registry: RwLock::default(),
             activity_registry: RwLock::default(),
@@ -700,6 +702,11 @@ impl Runtime {
             let _ = tokio::time::timeout(Duration::from_millis(50), until_changed(&mut committed))
                 .await;
         }
+    }
+
+    /// The host's metrics (`/metrics`).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// Episodes that found their instance warm, and those that replayed

@@ -108,6 +108,8 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
             let committed = ids.clone();
             // A backend with a writer of its own is awaited without a
             // blocking thread in between.
+            inner.metrics.commit_batch.observe(commits.len() as f64);
+            let commit_started = std::time::Instant::now();
             let outcomes = match store.commit_episodes_nonblocking(commits) {
                 Ok(pending) => pending.await.unwrap_or_else(|e| {
                     let message = e.to_string();
@@ -122,6 +124,10 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
                 }),
                 Err(commits) => blocking(move || store.commit_episodes(commits)).await,
             };
+            inner
+                .metrics
+                .commit_seconds
+                .observe(commit_started.elapsed().as_secs_f64());
             let results: Vec<_> = ids.iter().cloned().zip(outcomes).collect();
             for ((id, result), history_len) in results.into_iter().zip(history_lens) {
                 if result.is_ok() {
@@ -381,6 +387,12 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         };
         Ok(history.into_iter().map(|e| e.event).collect())
     };
+    let metrics = &inner.metrics;
+    let warm_label = if warm { "hit" } else { "miss" };
+    let started_at = std::time::Instant::now();
+    if !warm {
+        metrics.replayed_events.observe(instance.history_len as f64);
+    }
     let episode = inner.replayer.run_episode(
         &instance.component,
         &component,
@@ -389,6 +401,24 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
         load_history,
         incoming,
     )?;
+    metrics
+        .episode_seconds
+        .observe(started_at.elapsed().as_secs_f64());
+    metrics
+        .warm_instances
+        .get_or_create(&vec![("warm", warm_label.to_string())])
+        .inc();
+    let outcome = match &episode.outcome {
+        Outcome::Pending => "waiting",
+        Outcome::Completed(_) => "completed",
+        Outcome::Failed(_) => "failed",
+        Outcome::ContinuedAsNew(_) => "continued_as_new",
+        Outcome::Diverged(_) => "diverged",
+    };
+    metrics
+        .episodes
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
     if let Some(custom_status) = episode.custom_status {
         instance.custom_status = custom_status;
     }
@@ -533,7 +563,10 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
         let fired = blocking(move || store.fire_due_timers(now)).await;
         match fired {
             Ok(0) => {}
-            Ok(_) => inner.work.notify_one(),
+            Ok(fired) => {
+                inner.metrics.timers_fired.inc_by(fired as u64);
+                inner.work.notify_one();
+            }
             Err(e) => tracing::error!("firing timers failed: {e}"),
         }
         let store = inner.store.clone();

@@ -1,0 +1,113 @@
+//! The host's metrics in the Prometheus text format: counters and
+//! histograms updated where the work happens, encoded on each scrape.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label pairs, e.g. `[("outcome", "completed")]`.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the host keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Episodes run, by how they ended.
+    pub episodes: Family<Labels, Counter>,
+    /// How long episodes took (replay and new steps).
+    pub episode_seconds: Histogram,
+    /// Events replayed by episodes that were not warm.
+    pub replayed_events: Histogram,
+    /// Episodes by whether their instance was warm (`hit`) or replayed.
+    pub warm_instances: Family<Labels, Counter>,
+    /// Episodes per commit.
+    pub commit_batch: Histogram,
+    /// How long commits took.
+    pub commit_seconds: Histogram,
+    /// Timers fired.
+    pub timers_fired: Counter,
+    /// Activity attempts, by activity and result.
+    pub activity_attempts: Family<Labels, Counter>,
+    /// HTTP function calls, by function and status.
+    pub http_requests: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn seconds() -> Histogram {
+    // 50 µs to about 3 s.
+    Histogram::new(exponential_buckets(0.000_05, 3.0, 11))
+}
+
+impl Metrics {
+    /// The metrics, registered and at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("duro");
+        let episodes = Family::<Labels, Counter>::default();
+        registry.register("episodes", "Episodes run, by outcome", episodes.clone());
+        let episode_seconds = seconds();
+        registry.register(
+            "episode_seconds",
+            "Episode duration (replay and new steps)",
+            episode_seconds.clone(),
+        );
+        let replayed_events = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        registry.register(
+            "replayed_events",
+            "History events replayed by an episode whose instance was not warm",
+            replayed_events.clone(),
+        );
+        let warm_instances = Family::<Labels, Counter>::default();
+        registry.register(
+            "warm_instance_episodes",
+            "Episodes by whether their instance was warm",
+            warm_instances.clone(),
+        );
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "commit_batch_episodes",
+            "Episodes committed together",
+            commit_batch.clone(),
+        );
+        let commit_seconds = seconds();
+        registry.register("commit_seconds", "Commit duration", commit_seconds.clone());
+        let timers_fired = Counter::default();
+        registry.register("timers_fired", "Timers fired", timers_fired.clone());
+        let activity_attempts = Family::<Labels, Counter>::default();
+        registry.register(
+            "activity_attempts",
+            "Activity attempts, by activity and result",
+            activity_attempts.clone(),
+        );
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP function calls, by function and status",
+            http_requests.clone(),
+        );
+        Metrics {
+            registry,
+            episodes,
+            episode_seconds,
+            replayed_events,
+            warm_instances,
+            commit_batch,
+            commit_seconds,
+            timers_fired,
+            activity_attempts,
+            http_requests,
+        }
+    }
+
+    /// The text exposition format (`text/plain; version=0.0.4` compatible).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
