@@ -35,6 +35,73 @@ pub fn guest_limits_of(max_memory: usize) -> StoreLimits {
         .build()
 }
 
+/// [`guest_limits`] that also count the linear memory the guest holds (its
+/// memories' sizes, as they grew): what a warm instance costs.
+pub struct CountedLimits {
+    limits: StoreLimits,
+    memory: usize,
+}
+
+impl Default for CountedLimits {
+    fn default() -> Self {
+        CountedLimits {
+            limits: guest_limits(),
+            memory: 0,
+        }
+    }
+}
+
+impl CountedLimits {
+    /// Bytes of linear memory the guest has grown to.
+    pub fn memory(&self) -> usize {
+        self.memory
+    }
+}
+
+impl wasmtime::ResourceLimiter for CountedLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// A time budget as epoch ticks (at least one), for `set_epoch_deadline`.
 pub fn budget_ticks(budget: Duration) -> u64 {
     (budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64

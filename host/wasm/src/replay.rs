@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use rand::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
+use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Store, StoreLimits};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use crate::engine::{Engine, budget_ticks, guest_limits};
+use crate::engine::{CountedLimits, Engine, budget_ticks};
 use crate::model::{Action, HistoryEvent, Instance, Millis, RetryPolicy};
 
 use crate::orchestrator::bindings::duro::workflow::orchestration_context as ctx;
@@ -153,6 +153,8 @@ impl Warm {
 #[derive(Default)]
 struct WarmCache {
     capacity: usize,
+    /// Most bytes of guest linear memory the warm instances may hold.
+    max_memory: usize,
     entries: HashMap<String, Warm>,
     clock: u64,
     hits: u64,
@@ -171,7 +173,15 @@ impl WarmCache {
         self.clock += 1;
         warm.used = self.clock;
         self.entries.insert(instance, warm);
-        while self.entries.len() > self.capacity {
+        let held = |entries: &HashMap<String, Warm>| -> usize {
+            entries
+                .values()
+                .map(|w| w.store.data().limits.memory())
+                .sum()
+        };
+        while self.entries.len() > self.capacity
+            || (self.entries.len() > 1 && held(&self.entries) > self.max_memory)
+        {
             let oldest = self
                 .entries
                 .iter()
@@ -187,15 +197,17 @@ impl Replayer {
     /// A replayer whose guests may run `step_budget` per episode (replay
     /// and new steps together) before they are stopped.
     pub fn new(engine: Engine, step_budget: Duration) -> anyhow::Result<Self> {
-        Self::with_warm_instances(engine, step_budget, 0)
+        Self::with_warm_instances(engine, step_budget, 0, 0)
     }
 
-    /// [`Replayer::new`], keeping up to `warm_instances` instances alive
-    /// between episodes (0: every episode replays from history).
+    /// [`Replayer::new`], keeping up to `warm_instances` instances, holding
+    /// at most `warm_memory` bytes of linear memory together, alive between
+    /// episodes (0 instances: every episode replays from history).
     pub fn with_warm_instances(
         engine: Engine,
         step_budget: Duration,
         warm_instances: usize,
+        warm_memory: usize,
     ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         // Deterministic WASI only: clocks and randomness are replaced per
@@ -211,6 +223,7 @@ impl Replayer {
             step_budget,
             warm: Mutex::new(WarmCache {
                 capacity: warm_instances,
+                max_memory: warm_memory,
                 ..Default::default()
             }),
         })
@@ -610,7 +623,7 @@ fn describe_event(event: &HistoryEvent) -> String {
 pub struct EpisodeState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CountedLimits,
     replay: ReplayState,
 }
 
@@ -635,7 +648,7 @@ impl EpisodeState {
         EpisodeState {
             wasi,
             table: ResourceTable::new(),
-            limits: guest_limits(),
+            limits: CountedLimits::default(),
             replay: ReplayState::new(subject, history, clock),
         }
     }

@@ -70,6 +70,10 @@ pub struct RuntimeConfig {
     /// depends on it: an instance whose stored history is not exactly the
     /// one it saw is replayed. Default 128, or `DURO_WARM_INSTANCES`.
     pub warm_instances: usize,
+    /// Most bytes of linear memory the warm instances may hold together
+    /// (least recently used evicted first). Default 64 MiB, or
+    /// `DURO_WARM_MEMORY_MB`.
+    pub warm_memory: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -88,6 +92,11 @@ impl Default for RuntimeConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(128),
+            warm_memory: std::env::var("DURO_WARM_MEMORY_MB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(64)
+                << 20,
         }
     }
 }
@@ -280,7 +289,13 @@ impl Runtime {
         let replayer = Replayer::with_warm_instances(
             engine.clone(),
             config.step_budget,
-            config.warm_instances,
+            // Warm instances hold slots of the guest pool, which HTTP
+            // functions (800 at most), activities and episodes share:
+            // never more than an eighth of it.
+            config
+                .warm_instances
+                .min(config.guest_instances as usize / 8),
+            config.warm_memory,
         )?;
         let activity_host = crate::activity::ActivityHost::new(engine.clone())?;
         let inner = Arc::new(Inner {
