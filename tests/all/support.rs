@@ -99,20 +99,9 @@ pub fn json(text: &str) -> serde_json::Value {
 }
 
 /// A `postgres://` URL for `duro serve --database` with a schema of its own
-/// (dropped first, so each run starts empty), or `None` when
-/// `DURO_TEST_POSTGRES_URL` is not set: the test is then skipped, and says
-/// so, unless `DURO_REQUIRE_POSTGRES` is set (as in CI).
+/// (see `PgStore::test_schema`: empty, or `None` and the test skipped).
 pub fn postgres_database(test: &str) -> Option<String> {
-    let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
-            "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
-        );
-        eprintln!("{test}: skipped (DURO_TEST_POSTGRES_URL is not set)");
-        return None;
-    };
-    let schema = format!("e2e_{test}_{}", std::process::id());
-    duro_store_postgres::PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+    let (url, schema) = duro_store_postgres::PgStore::test_schema(&format!("e2e_{test}"))?;
     let separator = if url.contains('?') { '&' } else { '?' };
     Some(format!("{url}{separator}schema={schema}"))
 }

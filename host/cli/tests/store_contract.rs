@@ -46,16 +46,7 @@ impl TestStore {
     /// A PostgreSQL store in a schema of its own, or `None` (skipped) when no
     /// server is configured.
     fn postgres(test: &str) -> Option<TestStore> {
-        let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
-            assert!(
-                std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
-                "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
-            );
-            eprintln!("{test}: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
-            return None;
-        };
-        let schema = format!("t_{test}_{}", std::process::id()).to_lowercase();
-        PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+        let (url, schema) = PgStore::test_schema(test)?;
         let backend = Backend::Postgres { url, schema };
         let store = open_backend(&backend, true);
         Some(TestStore::ready(

@@ -288,6 +288,25 @@ impl PgStore {
         })
     }
 
+    /// For tests: the database URL in `DURO_TEST_POSTGRES_URL` and a schema
+    /// named after `test` and this process, dropped first so that the test
+    /// starts empty; `None` when the variable is not set, after saying that
+    /// `test` is skipped, unless `DURO_REQUIRE_POSTGRES` is set (as in CI),
+    /// which makes a missing server a failure.
+    pub fn test_schema(test: &str) -> Option<(String, String)> {
+        let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
+                "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("{test}: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
+            return None;
+        };
+        let schema = format!("t_{test}_{}", std::process::id()).to_lowercase();
+        PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+        Some((url, schema))
+    }
+
     /// This host's name in the lease columns.
     pub fn owner(&self) -> &str {
         &self.owner

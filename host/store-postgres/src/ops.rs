@@ -599,16 +599,7 @@ pub async fn apply_episode(
     for child in &episode.new_children {
         // A child whose id a live instance holds fails the call, not the
         // parent's episode.
-        tx.batch_execute("SAVEPOINT child").await.map_err(backend)?;
-        let created = insert_instance(tx, child).await;
-        if created.is_err() {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT child")
-                .await
-                .map_err(backend)?;
-        }
-        tx.batch_execute("RELEASE SAVEPOINT child")
-            .await
-            .map_err(backend)?;
+        let created = in_savepoint(tx, insert_instance(tx, child)).await?;
         if let (Err(e), Some(parent)) = (created, &child.parent) {
             let failed = Message::ChildDone {
                 task: parent.task,
@@ -626,6 +617,27 @@ pub async fn apply_episode(
         push_message(tx, id, message).await?;
     }
     Ok(())
+}
+
+/// Run `op` in a savepoint of its own, so that its failure undoes only
+/// what it wrote: its result, inside the transaction's (whose error means
+/// the transaction itself failed). Savepoints nest: a name reused inside
+/// one refers to the innermost.
+pub async fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    op: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<StoreResult<T>> {
+    tx.batch_execute("SAVEPOINT op").await.map_err(backend)?;
+    let result = op.await;
+    if result.is_err() {
+        tx.batch_execute("ROLLBACK TO SAVEPOINT op")
+            .await
+            .map_err(backend)?;
+    }
+    tx.batch_execute("RELEASE SAVEPOINT op")
+        .await
+        .map_err(backend)?;
+    Ok(result)
 }
 
 /// Delete the timers and activity calls of an execution that has ended.

@@ -168,17 +168,7 @@ async fn commit_group(
     let tx = client.transaction().await.map_err(backend)?;
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
-        tx.batch_execute("SAVEPOINT write").await.map_err(backend)?;
-        let result = apply(&tx, owner, write).await;
-        if result.is_err() {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT write")
-                .await
-                .map_err(backend)?;
-        }
-        tx.batch_execute("RELEASE SAVEPOINT write")
-            .await
-            .map_err(backend)?;
-        results.push(result);
+        results.push(ops::in_savepoint(&tx, apply(&tx, owner, write)).await?);
     }
     tx.commit().await.map_err(backend)?;
     // Refused episodes give their leases back without changing anything.

@@ -25,16 +25,9 @@ fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)])
 
 #[test]
 fn every_statement_is_served_by_an_index() {
-    let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
-            "DURO_REQUIRE_POSTGRES is set but DURO_TEST_POSTGRES_URL is not"
-        );
-        eprintln!("query plans: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
+    let Some((url, schema)) = PgStore::test_schema("plans") else {
         return;
     };
-    let schema = format!("plans_{}", std::process::id());
-    PgStore::drop_schema(&url, &schema).unwrap();
     let options = PgOptions {
         schema: Some(schema.clone()),
         ..Default::default()

@@ -195,15 +195,11 @@ impl WarmCache {
 
 impl Replayer {
     /// A replayer whose guests may run `step_budget` per episode (replay
-    /// and new steps together) before they are stopped.
-    pub fn new(engine: Engine, step_budget: Duration) -> anyhow::Result<Self> {
-        Self::with_warm_instances(engine, step_budget, 0, 0)
-    }
-
-    /// [`Replayer::new`], keeping up to `warm_instances` instances, holding
-    /// at most `warm_memory` bytes of linear memory together, alive between
-    /// episodes (0 instances: every episode replays from history).
-    pub fn with_warm_instances(
+    /// and new steps together) before they are stopped, keeping up to
+    /// `warm_instances` instances, holding at most `warm_memory` bytes of
+    /// linear memory together, alive between episodes (0 instances: every
+    /// episode replays from history).
+    pub fn new(
         engine: Engine,
         step_budget: Duration,
         warm_instances: usize,
@@ -254,6 +250,16 @@ impl Replayer {
     pub fn warm_stats(&self) -> (u64, u64) {
         let warm = self.warm.lock().expect("warm cache poisoned");
         (warm.hits, warm.misses)
+    }
+
+    /// Whether an instance of `instance_id` is kept warm at all (whether or
+    /// not it fits the instance as stored now).
+    pub fn holds(&self, instance_id: &str) -> bool {
+        self.warm
+            .lock()
+            .expect("warm cache poisoned")
+            .entries
+            .contains_key(instance_id)
     }
 
     /// Whether an episode of `instance` can run warm: its instance is kept,

@@ -286,7 +286,7 @@ impl Runtime {
     /// `store` (any backend: the runtime never opens one itself).
     pub async fn start(config: RuntimeConfig, store: Arc<dyn Store>) -> anyhow::Result<Runtime> {
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
-        let replayer = Replayer::with_warm_instances(
+        let replayer = Replayer::new(
             engine.clone(),
             config.step_budget,
             // Warm instances hold slots of the guest pool, which HTTP

@@ -285,8 +285,13 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
 /// One episode of one leased instance, as a commit.
 fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     // A warm instance has seen the history: only the row and the inbox are
-    // read (a store that cannot leave the history out reads it anyway).
-    let loaded = inner.store.load_head(id)?;
+    // read (a store that cannot leave the history out reads it anyway). An
+    // instance the cache does not hold is read whole, in one snapshot.
+    let loaded = if inner.replayer.holds(id) {
+        inner.store.load_head(id)?
+    } else {
+        inner.store.load(id)?
+    };
     let warm = inner.replayer.is_warm(&loaded.instance);
     let recorded = if warm {
         None
