@@ -307,11 +307,6 @@ impl PgStore {
         Some((url, schema))
     }
 
-    /// This host's name in the lease columns.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("the store is open")
     }
