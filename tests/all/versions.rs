@@ -136,3 +136,220 @@ async fn a_component_built_against_0_1_1_still_runs() {
     );
     rt.shutdown().await;
 }
+
+/// `duro deploy` on a running host: a dry run names exactly the instances
+/// whose history does not replay on the new code (and where), changes
+/// nothing; the deploy then serves the new version to new instances,
+/// moves the compatible ones, and every instance finishes on its version.
+#[test]
+fn a_hot_deploy_replays_in_flight_instances_before_moving_them() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(&v1, &dir.path().join("duro.db"), &[]);
+    for id in ["w1", "w2", "w3"] {
+        let started = host.post(
+            &format!("{API}/orchestrators/Workflow/{id}"),
+            &format!("{id:?}"),
+        );
+        assert_eq!(started.status, 202);
+    }
+    for id in ["t1", "t2"] {
+        let started = host.post(
+            &format!("{API}/orchestrators/WorkflowWithTimeout/{id}"),
+            r#"{"name": "t", "timeout_ms": 600000}"#,
+        );
+        assert_eq!(started.status, 202);
+    }
+    for id in ["w1", "w2", "w3", "t1", "t2"] {
+        host.poll(&format!("{API}/instances/{id}"), |r| {
+            r.json()["runtimeStatus"] == "Running"
+        });
+    }
+    let (ok, versions_before, err) = duro(&host, &["versions", "--json"]);
+    assert!(ok, "{err}");
+
+    // Version 2: both orchestrations from the test guests (`Workflow`
+    // diverges, `WorkflowWithTimeout` replays); the `Stop` route is gone.
+    let v2 = dir.path().join("v2.toml");
+    std::fs::write(
+        &v2,
+        format!(
+            "[[orchestration]]\nname = \"Workflow\"\ncomponent = {0:?}\n\
+             [[orchestration]]\nname = \"WorkflowWithTimeout\"\ncomponent = {0:?}\n\
+             [[http]]\nname = \"Start\"\nroute = \"/api/start/{{input}}\"\ncomponent = {1:?}\n",
+            duro_tests::TEST_GUESTS,
+            duro_tests::SCENARIO_HTTP,
+        ),
+    )
+    .unwrap();
+    let v2 = v2.to_str().unwrap();
+
+    let (ok, out, err) = duro(&host, &["deploy", v2, "--dry-run"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for id in ["w1", "w2", "w3"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} in {out}"));
+        assert!(line.contains("diverges at event 2"), "{out}");
+    }
+    for id in ["t1", "t2"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} in {out}"));
+        assert!(line.ends_with("compatible"), "{out}");
+    }
+    assert!(out.contains("dry run: nothing was deployed"), "{out}");
+    let (ok, json_out, _) = duro(&host, &["--json", "deploy", v2, "--dry-run"]);
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+    let mut diverging: Vec<(String, u64)> = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["compatible"] == false)
+        .map(|c| {
+            (
+                c["instanceId"].as_str().unwrap().to_string(),
+                c["divergence"]["event"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    diverging.sort();
+    assert_eq!(
+        diverging,
+        [("w1".into(), 2), ("w2".into(), 2), ("w3".into(), 2)]
+    );
+    assert_eq!(report["instances"].as_array().unwrap().len(), 5);
+    // The dry run changed nothing: same versions, the Stop route still here.
+    assert_eq!(duro(&host, &["versions", "--json"]).1, versions_before);
+    let stop = host.get("/api/stop/nobody");
+    assert!(!stop.body.contains("no route matches"), "{}", stop.body);
+
+    let (ok, out, err) = duro(&host, &["deploy", v2, "--upgrade-compatible"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .filter(|l| l.ends_with("compatible, moved"))
+            .count()
+            == 2,
+        "{out}"
+    );
+    // The route the new manifest dropped is gone; the one it kept serves.
+    let gone = host.get("/api/stop/w1");
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error(), "no route matches this path");
+    assert_eq!(host.get("/api/start/fresh").status, 200);
+
+    let versions: serde_json::Value =
+        serde_json::from_str(&duro(&host, &["versions", "--json"]).1).unwrap();
+    let rows: Vec<(String, bool, u64)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["orchestration"].as_str().unwrap().to_string(),
+                v["current"].as_bool().unwrap(),
+                v["inFlight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // `Workflow`: version 2 deployed (with `fresh`), version 1 kept for
+    // w1-w3; `WorkflowWithTimeout`: only version 2, both moved there.
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("Workflow".into(), false, 3),
+            ("Workflow".into(), true, 1),
+            ("WorkflowWithTimeout".into(), true, 2),
+        ],
+        "{versions}"
+    );
+    let (ok, table, _) = duro(&host, &["versions"]);
+    assert!(ok && table.starts_with("ORCHESTRATION"), "{table}");
+
+    // Every instance finishes on its own version.
+    for id in ["w1", "w2", "w3", "t1", "t2"] {
+        host.post(&format!("{API}/instances/{id}/raiseEvent/Workflow"), "7");
+    }
+    for id in ["w1", "w2", "w3"] {
+        let done = host.poll(&format!("{API}/instances/{id}"), |r| r.status == 200);
+        assert_eq!(done.json()["output"], format!("Workflow for {id} stopped"));
+    }
+    for id in ["t1", "t2"] {
+        let done = host.poll(&format!("{API}/instances/{id}"), |r| r.status == 200);
+        assert_eq!(done.json()["output"]["version"], 2, "{}", done.body);
+    }
+    let fresh = host.poll(
+        &format!("{API}/instances?name=Workflow&input=%22fresh%22"),
+        |r| r.json().as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let fresh_id = fresh.json()[0]["instanceId"].as_str().unwrap().to_string();
+    let history = host.poll(
+        &format!("{API}/instances/{fresh_id}?showHistory=true"),
+        |r| {
+            r.json()["historyEvents"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["eventType"] == "TaskScheduled"))
+        },
+    );
+    let events = history.json()["historyEvents"].clone();
+    let scheduled = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["eventType"] == "TaskScheduled")
+        .unwrap()
+        .clone();
+    assert_eq!(scheduled["action"]["kind"], "createTimer", "{scheduled}");
+}
+
+/// A deploy that cannot be served is refused whole with a 400 naming the
+/// problem, and the host goes on serving what it served.
+#[test]
+fn a_bad_deploy_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(&v1, &dir.path().join("duro.db"), &[]);
+    let before = host.get(&format!("{API}/versions")).body;
+
+    let not_json = host.post(&format!("{API}/deploy"), "manifest");
+    assert_eq!(not_json.status, 400);
+    assert!(
+        not_json.error().contains("not an app upload"),
+        "{}",
+        not_json.body
+    );
+
+    let missing = host.post(
+        &format!("{API}/deploy"),
+        r#"{"manifest": "[[orchestration]]\nname = \"Workflow\"\ncomponent = \"w.wasm\"\n", "components": {}}"#,
+    );
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing
+            .error()
+            .contains("component w.wasm was not uploaded with the manifest"),
+        "{}",
+        missing.body
+    );
+
+    // An HTTP trigger component deployed as an orchestration.
+    use base64::Engine as _;
+    let trigger = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(duro_tests::SCENARIO_HTTP).unwrap());
+    let upload = serde_json::json!({
+        "manifest": "[[orchestration]]\nname = \"Workflow\"\ncomponent = \"t.wasm\"\n",
+        "components": { "t.wasm": trigger },
+    });
+    let wrong_world = host.post(&format!("{API}/deploy"), &upload.to_string());
+    assert_eq!(wrong_world.status, 400, "{}", wrong_world.body);
+    assert_eq!(host.get(&format!("{API}/versions")).body, before);
+    assert_eq!(host.get("/api/start/still").status, 200);
+}

@@ -210,6 +210,25 @@ enum Command {
         /// Instance id.
         id: String,
     },
+    /// Deploy a new version of the app to the running host: every in-flight
+    /// instance of a changed orchestration is first replayed against the new
+    /// code, and the table says which are compatible and where the others
+    /// diverge. New instances start on the new version; in-flight ones stay
+    /// on theirs unless --upgrade-compatible moves those that replayed.
+    Deploy {
+        /// The app manifest (its components are uploaded with it).
+        #[arg(default_value = "duro.toml")]
+        manifest: PathBuf,
+        /// Check and print the table only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move every compatible in-flight instance to the new version.
+        #[arg(long, conflicts_with = "dry_run")]
+        upgrade_compatible: bool,
+    },
+    /// List each orchestration's deployed version and the older ones that
+    /// in-flight instances still run on.
+    Versions,
     /// Start an instance again with its original input.
     Restart {
         /// Instance id.
@@ -407,6 +426,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
+        Command::Deploy {
+            manifest,
+            dry_run,
+            upgrade_compatible,
+        } => {
+            let upload = crate::deploy::AppUpload::read(&manifest)?;
+            let path =
+                format!("{BASE}/deploy?dryRun={dry_run}&upgradeCompatible={upgrade_compatible}");
+            let body = serde_json::to_string(&upload)?;
+            let (_, body) = client.call("POST", &path, Some(body), None).await?;
+            print(cli.json, &body, || deploy_table(&body));
+            Ok(())
+        }
+        Command::Versions => {
+            let (_, body) = client
+                .call("GET", &format!("{BASE}/versions"), None, None)
+                .await?;
+            print(cli.json, &body, || {
+                let rows = body
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| {
+                        vec![
+                            compact(&v["orchestration"]),
+                            compact(&v["component"]),
+                            if v["current"] == true { "yes" } else { "no" }.to_string(),
+                            compact(&v["inFlight"]),
+                        ]
+                    })
+                    .collect();
+                columns(
+                    &["ORCHESTRATION", "COMPONENT", "CURRENT", "IN FLIGHT"],
+                    rows,
+                )
+            });
+            Ok(())
+        }
         Command::Restart { id, new_id } => {
             let path = format!(
                 "{BASE}/instances/{}/restart?restartWithNewInstanceId={new_id}",
@@ -563,28 +620,25 @@ fn status_text(body: &Value) -> String {
 }
 
 fn table(body: &Value) -> String {
-    let rows: Vec<[String; 4]> = body
+    let rows = body
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|i| {
-                    [
-                        compact(&i["instanceId"]),
-                        compact(&i["name"]),
-                        compact(&i["runtimeStatus"]),
-                        compact(&i["createdTime"]),
-                    ]
+                    ["instanceId", "name", "runtimeStatus", "createdTime"]
+                        .map(|key| compact(&i[key]))
+                        .to_vec()
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let header = [
-        "INSTANCE".to_string(),
-        "NAME".into(),
-        "STATUS".into(),
-        "CREATED".into(),
-    ];
-    let widths: Vec<usize> = (0..4)
+    columns(&["INSTANCE", "NAME", "STATUS", "CREATED"], rows)
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn columns(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let widths: Vec<usize> = (0..header.len())
         .map(|c| {
             rows.iter()
                 .map(|r| r[c].len())
@@ -595,20 +649,81 @@ fn table(body: &Value) -> String {
         .collect();
     std::iter::once(&header)
         .chain(rows.iter())
-        .map(|r| {
-            format!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2]
-            )
+        .map(|row| {
+            let last = row.len() - 1;
+            row.iter()
+                .enumerate()
+                .map(|(c, cell)| {
+                    if c == last {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<w$}", w = widths[c])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A deploy's report: one line per in-flight instance checked.
+fn deploy_table(body: &Value) -> String {
+    let mut out = Vec::new();
+    for o in body["orchestrations"].as_array().into_iter().flatten() {
+        let what = if o["changed"] == true {
+            format!("{} -> {}", short(&o["from"]), short(&o["to"]))
+        } else {
+            format!("unchanged ({})", short(&o["to"]))
+        };
+        out.push(format!("orchestration {}: {what}", compact(&o["name"])));
+    }
+    for name in body["removed"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "orchestration {}: removed (no new instances)",
+            compact(name)
+        ));
+    }
+    let rows: Vec<Vec<String>> = body["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let result = match c["divergence"].as_object() {
+                None if c["moved"] == true => "compatible, moved".to_string(),
+                None => "compatible".to_string(),
+                Some(d) => format!(
+                    "diverges at event {}: expected {}, actual {}",
+                    compact(&d["event"]),
+                    compact(&d["expected"]),
+                    compact(&d["actual"])
+                ),
+            };
+            vec![
+                compact(&c["instanceId"]),
+                compact(&c["orchestration"]),
+                result,
+            ]
+        })
+        .collect();
+    out.push(String::new());
+    if rows.is_empty() {
+        out.push("no in-flight instance of a changed orchestration".into());
+    } else {
+        out.push(columns(&["INSTANCE", "ORCHESTRATION", "RESULT"], rows));
+    }
+    if body["dryRun"] == true {
+        out.push("dry run: nothing was deployed".into());
+    }
+    out.join("\n")
+}
+
+/// A component digest cut to its first 12 hex digits, as in a table.
+fn short(digest: &Value) -> String {
+    match digest.as_str() {
+        Some(d) => d.trim_start_matches("sha256:").chars().take(12).collect(),
+        None => "none".into(),
+    }
 }
 
 /// Percent-encode a path segment or query value.

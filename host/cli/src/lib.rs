@@ -16,6 +16,7 @@ pub mod store {
 pub mod api;
 pub mod cli;
 pub mod database;
+pub mod deploy;
 pub mod fill;
 pub mod manifest;
 pub mod scaffold;

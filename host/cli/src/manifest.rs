@@ -187,27 +187,50 @@ fn check_route(route: &str) -> Result<String, String> {
     Ok(shape)
 }
 
-/// Read, parse and resolve the manifest at `path`.
+/// Read, parse and resolve the manifest at `path`, reading its components
+/// from paths relative to its folder.
 pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the manifest {}", path.display()))?;
-    let manifest: Manifest =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
+    resolve(path, &text, |component| {
+        let full = base.join(component);
+        let bytes = std::fs::read(&full)
+            .with_context(|| format!("cannot read component {}", full.display()))?;
+        Ok((full, bytes))
+    })
+}
+
+/// The component paths a manifest names, as written in it (what `duro
+/// deploy` uploads beside the manifest's text).
+pub fn component_paths(path: &Path, text: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let manifest: Manifest =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+    let mut paths: Vec<PathBuf> = (manifest.orchestration.iter().map(|o| o.component.clone()))
+        .chain(manifest.http.iter().map(|h| h.component.clone()))
+        .chain(manifest.activity.iter().map(|a| a.component.clone()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
+}
+
+/// Parse and resolve a manifest's `text` (`path` names it in errors);
+/// `read` turns a component path as written into the key it is kept under
+/// and its bytes.
+pub fn resolve(
+    path: &Path,
+    text: &str,
+    mut read_component: impl FnMut(&Path) -> anyhow::Result<(PathBuf, Vec<u8>)>,
+) -> anyhow::Result<ResolvedApp> {
+    let manifest: Manifest =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
     let mut files = HashMap::new();
     let mut read = |component: &Path, what: &str| -> anyhow::Result<PathBuf> {
-        let full = base.join(component);
-        if !files.contains_key(&full) {
-            let bytes = std::fs::read(&full).with_context(|| {
-                format!(
-                    "manifest {}: {what}: cannot read component {}",
-                    path.display(),
-                    full.display()
-                )
-            })?;
-            files.insert(full.clone(), bytes);
-        }
-        Ok(full)
+        let (key, bytes) = read_component(component)
+            .map_err(|e| anyhow::anyhow!("manifest {}: {what}: {e:#}", path.display()))?;
+        files.entry(key.clone()).or_insert(bytes);
+        Ok(key)
     };
     let mut orchestrations = Vec::new();
     let mut http_allowed = Vec::new();

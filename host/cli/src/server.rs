@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,7 +17,7 @@ use axum::routing::{MethodFilter, on};
 
 use crate::api::{self, ApiError};
 use crate::engine;
-use crate::manifest::{self, AuthLevel, ResolvedHttp};
+use crate::manifest::{self, AuthLevel, ResolvedApp, ResolvedHttp};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::trigger::Triggers;
 
@@ -45,6 +45,167 @@ pub struct ServeConfig {
 struct Route {
     function: ResolvedHttp,
     digest: String,
+}
+
+/// The app a host serves, which a deploy replaces.
+pub(crate) struct Served {
+    /// The runtime.
+    pub(crate) runtime: Arc<Runtime>,
+    /// What the HTTP functions' routes share.
+    state: Arc<AppState>,
+    /// The routes of the app's HTTP functions, swapped whole by a deploy.
+    functions: Arc<RwLock<axum::Router>>,
+}
+
+impl Served {
+    /// Check an app's HTTP functions and activities and build its routes,
+    /// changing nothing yet (a deploy refuses the whole app if any is bad).
+    pub(crate) async fn prepare(&self, app: &ResolvedApp) -> anyhow::Result<axum::Router> {
+        if app.http.iter().any(|h| h.auth == AuthLevel::Function)
+            && self.state.function_key.is_none()
+        {
+            anyhow::bail!("a route has auth = \"function\" but the host has no function key");
+        }
+        for activity in &app.activities {
+            self.runtime
+                .check_activity_component(app.files[&activity.component].clone())
+                .await
+                .with_context(|| format!("activity `{}`", activity.name))?;
+        }
+        functions_router(&self.state, app)
+    }
+
+    /// Make `app`'s activities and the routes `prepare` built the ones
+    /// served (its orchestrations are the runtime's `deploy`).
+    pub(crate) async fn install(
+        &self,
+        app: &ResolvedApp,
+        functions: axum::Router,
+    ) -> anyhow::Result<()> {
+        register_activities(&self.runtime, app).await?;
+        *self.functions.write().expect("functions poisoned") = functions;
+        Ok(())
+    }
+}
+
+/// An app's orchestration components, each with the orchestrations it
+/// defines.
+pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(Vec<u8>, Vec<String>)> {
+    let mut by_component: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for (name, path) in &app.orchestrations {
+        match by_component.iter_mut().find(|(p, _)| p == path) {
+            Some((_, names)) => names.push(name.clone()),
+            None => by_component.push((path.clone(), vec![name.clone()])),
+        }
+    }
+    by_component
+        .into_iter()
+        .map(|(path, names)| (app.files[&path].clone(), names))
+        .collect()
+}
+
+/// Register an app's activities with their options, and where its
+/// orchestrations' `call_http` may go.
+async fn register_activities(runtime: &Runtime, app: &ResolvedApp) -> anyhow::Result<()> {
+    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
+    for activity in &app.activities {
+        by_component
+            .entry(activity.component.clone())
+            .or_default()
+            .push(&activity.name);
+    }
+    for (path, names) in &by_component {
+        runtime
+            .register_activities(app.files[path].clone(), names)
+            .await
+            .with_context(|| format!("activity component {}", path.display()))?;
+    }
+    for activity in &app.activities {
+        runtime.set_activity_options(&activity.name, activity.options.clone());
+    }
+    for (orchestration, hosts) in &app.http_allowed {
+        runtime.allow_http_hosts(orchestration, hosts.clone());
+    }
+    Ok(())
+}
+
+/// The routes of an app's HTTP functions, their components prepared.
+fn functions_router(state: &Arc<AppState>, app: &ResolvedApp) -> anyhow::Result<axum::Router> {
+    let mut router = axum::Router::new();
+    for function in &app.http {
+        let bytes = &app.files[&function.component];
+        let digest = engine::digest(bytes);
+        let component = state
+            .triggers
+            .engine()
+            .component(&digest, bytes)
+            .with_context(|| format!("http function `{}`", function.name))?;
+        state
+            .triggers
+            .prepare(&digest, &component)
+            .with_context(|| {
+                format!(
+                    "http function `{}`: component {}",
+                    function.name,
+                    function.component.display()
+                )
+            })?;
+        let route = Arc::new(Route {
+            function: function.clone(),
+            digest,
+        });
+        let mut filter: Option<MethodFilter> = None;
+        for method in &route.function.methods {
+            let m = MethodFilter::try_from(method.parse::<axum::http::Method>()?)
+                .map_err(|e| anyhow::anyhow!("method {method}: {e}"))?;
+            filter = Some(filter.map_or(m, |f| f.or(m)));
+        }
+        let filter = filter.expect("manifest guarantees a method");
+        let path = route.function.route.clone();
+        let state = state.clone();
+        router = router.route(
+            &path,
+            on(
+                filter,
+                move |params: Result<Path<Vec<(String, String)>>, PathRejection>,
+                      request: Request| {
+                    let (route, state) = (route.clone(), state.clone());
+                    async move {
+                        match params {
+                            Ok(Path(params)) => {
+                                let response = call_trigger(&state, &route, params, request).await;
+                                state
+                                    .metrics
+                                    .http_requests
+                                    .get_or_create(&vec![
+                                        ("function", route.function.name.clone()),
+                                        ("status", response.status().as_u16().to_string()),
+                                    ])
+                                    .inc();
+                                response
+                            }
+                            Err(rejection) => {
+                                ApiError::bad_request(rejection.body_text()).into_response()
+                            }
+                        }
+                    }
+                },
+            ),
+        );
+    }
+    Ok(router
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no route matches this path".into(),
+            }
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: format!("this route does not take {method}"),
+            }
+        }))
 }
 
 struct AppState {
@@ -104,36 +265,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let runtime = Arc::new(Runtime::start(runtime_config, store).await?);
 
-    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
-    for (name, path) in &app.orchestrations {
-        by_component.entry(path.clone()).or_default().push(name);
-    }
-    for (path, names) in &by_component {
+    for (bytes, names) in orchestration_components(&app) {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         runtime
-            .register(app.files[path].clone(), names)
+            .register(bytes, &names)
             .await
-            .with_context(|| format!("orchestration component {}", path.display()))?;
+            .with_context(|| format!("orchestration component for {}", names.join(", ")))?;
     }
-
-    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
-    for activity in &app.activities {
-        by_component
-            .entry(activity.component.clone())
-            .or_default()
-            .push(&activity.name);
-    }
-    for (path, names) in &by_component {
-        runtime
-            .register_activities(app.files[path].clone(), names)
-            .await
-            .with_context(|| format!("activity component {}", path.display()))?;
-    }
-    for activity in &app.activities {
-        runtime.set_activity_options(&activity.name, activity.options.clone());
-    }
-    for (orchestration, hosts) in &app.http_allowed {
-        runtime.allow_http_hosts(orchestration, hosts.clone());
-    }
+    register_activities(&runtime, &app).await?;
     runtime.open_activities();
 
     let triggers = Triggers::new(
@@ -141,26 +280,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         runtime.clone(),
         config.trigger_budget,
     )?;
-    let mut routes = Vec::new();
-    for function in &app.http {
-        let bytes = &app.files[&function.component];
-        let digest = engine::digest(bytes);
-        let component = runtime
-            .engine()
-            .component(&digest, bytes)
-            .with_context(|| format!("http function `{}`", function.name))?;
-        triggers.prepare(&digest, &component).with_context(|| {
-            format!(
-                "http function `{}`: component {}",
-                function.name,
-                function.component.display()
-            )
-        })?;
-        routes.push(Route {
-            function: function.clone(),
-            digest,
-        });
-    }
     let state = Arc::new(AppState {
         triggers,
         function_key: config.function_key.clone(),
@@ -168,8 +287,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         trigger_budget: config.trigger_budget,
         metrics: runtime.metrics().clone(),
     });
+    let functions = Arc::new(RwLock::new(functions_router(&state, &app)?));
+    let served = Arc::new(Served {
+        runtime: runtime.clone(),
+        state,
+        functions: functions.clone(),
+    });
     // Only the host's own routes: a guest's error responses are its own.
-    let mut api = api::router(runtime.clone());
+    let mut api = api::router(runtime.clone()).merge(crate::deploy::router(served));
     if let Some(key) = &config.function_key {
         // Like Durable Functions' webhooks behind the system key: whoever
         // may not call a function may not drive its instances either.
@@ -193,59 +318,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             },
         ));
     }
-    let mut router = api.layer(axum::middleware::map_response(json_errors));
-    for route in routes {
-        let mut filter: Option<MethodFilter> = None;
-        for method in &route.function.methods {
-            let m = MethodFilter::try_from(method.parse::<axum::http::Method>()?)
-                .map_err(|e| anyhow::anyhow!("method {method}: {e}"))?;
-            filter = Some(filter.map_or(m, |f| f.or(m)));
-        }
-        let filter = filter.expect("manifest guarantees a method");
-        let route = Arc::new(route);
-        let path = route.function.route.clone();
-        let state = state.clone();
-        router = router.route(
-            &path,
-            on(
-                filter,
-                move |params: Result<Path<Vec<(String, String)>>, PathRejection>,
-                      request: Request| {
-                    let (route, state) = (route.clone(), state.clone());
-                    async move {
-                        match params {
-                            Ok(Path(params)) => {
-                                let response = call_trigger(&state, &route, params, request).await;
-                                state
-                                    .metrics
-                                    .http_requests
-                                    .get_or_create(&vec![
-                                        ("function", route.function.name.clone()),
-                                        ("status", response.status().as_u16().to_string()),
-                                    ])
-                                    .inc();
-                                response
-                            }
-                            Err(rejection) => {
-                                ApiError::bad_request(rejection.body_text()).into_response()
-                            }
-                        }
-                    }
-                },
-            ),
-        );
-    }
-    let router = router
-        .fallback(|| async {
-            ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: "no route matches this path".into(),
-            }
-        })
-        .method_not_allowed_fallback(|method: axum::http::Method| async move {
-            ApiError {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                message: format!("this route does not take {method}"),
+    // Everything else goes to the app's HTTP functions, as deployed now.
+    let router = api
+        .layer(axum::middleware::map_response(json_errors))
+        .fallback(move |request: Request| {
+            let functions = functions.read().expect("functions poisoned").clone();
+            async move {
+                match tower::ServiceExt::oneshot(functions, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
             }
         });
 

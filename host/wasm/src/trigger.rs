@@ -69,6 +69,11 @@ impl Triggers {
         })
     }
 
+    /// The engine the triggers' components are compiled by.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Check that a component is an HTTP trigger, and keep it ready.
     pub fn prepare(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
         let pre = self

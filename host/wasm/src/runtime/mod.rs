@@ -23,9 +23,13 @@ use crate::model::{
 use crate::replay::{Divergence, Replayer, Subject};
 
 mod activities;
+mod deploy;
 mod pool;
 mod worker;
 use crate::store::{Store, StoreError, Version, WorkKind};
+pub use deploy::{
+    DeployMode, DeployReport, InstanceCheck, OrchestrationChange, OrchestrationVersion,
+};
 
 /// How long an instance whose episode the host failed to run or commit
 /// waits before its first retry; each further failure doubles it, up to

@@ -1,0 +1,276 @@
+//! Deploys checked by replay: before a new version of an orchestration takes
+//! over, every in-flight instance's history is replayed against it; the
+//! compatible ones may move, the others finish on the version they started.
+
+use std::collections::BTreeMap;
+
+use crate::engine;
+use crate::model::{Instance, InstanceQuery, RuntimeStatus};
+use crate::replay::Divergence;
+
+use super::{Runtime, RuntimeError, RuntimeResult, blocking};
+
+/// What a deploy does beyond checking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployMode {
+    /// Check only: register nothing, move nothing.
+    pub dry_run: bool,
+    /// Move every in-flight instance whose history replays on the new
+    /// version to it.
+    pub upgrade_compatible: bool,
+}
+
+/// One orchestration of a deploy: the version new instances started on
+/// before and the one they start on after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrchestrationChange {
+    /// The orchestration.
+    pub name: String,
+    /// Its component before the deploy (none: a new orchestration).
+    pub from: Option<String>,
+    /// Its component after.
+    pub to: String,
+}
+
+impl OrchestrationChange {
+    /// Whether the deploy changes this orchestration's code.
+    pub fn changed(&self) -> bool {
+        self.from.as_deref() != Some(self.to.as_str())
+    }
+}
+
+/// One in-flight instance of a changed orchestration, replayed against its
+/// new version.
+#[derive(Debug, Clone)]
+pub struct InstanceCheck {
+    /// The instance.
+    pub instance_id: String,
+    /// Its orchestration.
+    pub orchestration: String,
+    /// The component it runs on.
+    pub from: String,
+    /// The component it was checked against.
+    pub to: String,
+    /// Where its history stops replaying on `to` (none: compatible).
+    pub divergence: Option<Divergence>,
+    /// Whether the deploy moved it to `to`.
+    pub moved: bool,
+}
+
+/// What a deploy found and did.
+#[derive(Debug, Clone, Default)]
+pub struct DeployReport {
+    /// Every orchestration deployed, changed or not.
+    pub orchestrations: Vec<OrchestrationChange>,
+    /// Every in-flight instance of a changed orchestration not already on
+    /// its new version, in orchestration then creation order.
+    pub instances: Vec<InstanceCheck>,
+    /// Orchestrations registered before and not in the deploy: no new
+    /// instance starts on them; those in flight finish where they run.
+    pub removed: Vec<String>,
+}
+
+/// One version of an orchestration the host knows: the deployed one, or one
+/// an in-flight instance still runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrchestrationVersion {
+    /// The orchestration.
+    pub name: String,
+    /// The component digest.
+    pub component: String,
+    /// Whether new instances start on it.
+    pub current: bool,
+    /// In-flight instances running on it.
+    pub in_flight: usize,
+}
+
+/// Instances read per page while walking the in-flight ones.
+const PAGE: usize = 500;
+
+impl Runtime {
+    /// Deploy orchestration components (each with the orchestrations it
+    /// defines): replay every in-flight instance of a changed orchestration
+    /// against its new component, then (unless `mode.dry_run`) make the new
+    /// components the ones new instances start on and, with
+    /// `mode.upgrade_compatible`, move the instances that replayed.
+    pub async fn deploy(
+        &self,
+        components: Vec<(Vec<u8>, Vec<String>)>,
+        mode: DeployMode,
+    ) -> RuntimeResult<DeployReport> {
+        let mut report = DeployReport::default();
+        let deployed: Vec<&String> = components.iter().flat_map(|(_, names)| names).collect();
+        report.removed = (self.inner.registry.read().expect("registry poisoned"))
+            .keys()
+            .filter(|name| !deployed.contains(name))
+            .cloned()
+            .collect();
+        report.removed.sort();
+        let mut checked: Vec<(Instance, Vec<u8>)> = Vec::new();
+        for (bytes, names) in &components {
+            let digest = self.check_orchestration_component(bytes.clone()).await?;
+            for name in names {
+                let change = OrchestrationChange {
+                    name: name.clone(),
+                    from: self.registered(name).ok(),
+                    to: digest.clone(),
+                };
+                if change.changed() {
+                    for instance in self.in_flight(Some(name)).await? {
+                        if instance.component != digest {
+                            checked.push((instance, bytes.clone()));
+                        }
+                    }
+                }
+                report.orchestrations.push(change);
+            }
+        }
+        for (instance, bytes) in checked {
+            let to = engine::digest(&bytes);
+            let divergence = self.check_replay(instance.clone(), bytes).await?.err();
+            report.instances.push(InstanceCheck {
+                instance_id: instance.id,
+                orchestration: instance.name,
+                from: instance.component,
+                to,
+                divergence,
+                moved: false,
+            });
+        }
+        if mode.dry_run {
+            return Ok(report);
+        }
+        for (bytes, names) in components {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            self.register(bytes, &names).await?;
+        }
+        {
+            let mut registry = self.inner.registry.write().expect("registry poisoned");
+            for name in &report.removed {
+                registry.remove(name);
+            }
+        }
+        if mode.upgrade_compatible {
+            for check in report.instances.iter_mut() {
+                if check.divergence.is_none() {
+                    self.move_checked(check).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Move an instance that replayed on `check.to`; if it took a step since
+    /// it was checked, check it again (an `upgrade`).
+    async fn move_checked(&self, check: &mut InstanceCheck) -> RuntimeResult<()> {
+        let instance = match self.live(&check.instance_id).await {
+            Ok(instance) => instance,
+            // It finished (or was purged) meanwhile: it stays where it ran.
+            Err(RuntimeError::Finished { .. } | RuntimeError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if instance.component != check.from {
+            return Ok(());
+        }
+        let result = match self.upgrade(&check.instance_id).await {
+            Err(RuntimeError::Finished { .. } | RuntimeError::NotFound(_)) => return Ok(()),
+            other => other?,
+        };
+        match result {
+            Ok(digest) => check.moved = digest == check.to,
+            Err(divergence) => check.divergence = Some(divergence),
+        }
+        Ok(())
+    }
+
+    /// Compile `bytes` and check that it is an orchestration component,
+    /// without storing or registering it. Returns its digest.
+    async fn check_orchestration_component(&self, bytes: Vec<u8>) -> RuntimeResult<String> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let digest = engine::digest(&bytes);
+            inner
+                .engine
+                .component(&digest, &bytes)
+                .and_then(|component| inner.replayer.prepare(&digest, &component))
+                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
+            Ok(digest)
+        })
+        .await
+    }
+
+    /// Every instance that has not finished, of `orchestration` or of all,
+    /// oldest first.
+    pub async fn in_flight(&self, orchestration: Option<&str>) -> RuntimeResult<Vec<Instance>> {
+        let mut query = InstanceQuery {
+            statuses: RuntimeStatus::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .collect(),
+            name: orchestration.map(str::to_string),
+            limit: PAGE,
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.list(query.clone()).await?;
+            let full = page.len() == PAGE;
+            query.after = page.last().map(|i| (i.created_at, i.id.clone()));
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The versions of each orchestration: the deployed one and every other
+    /// one an in-flight instance still runs on, with how many do.
+    pub async fn versions(&self) -> RuntimeResult<Vec<OrchestrationVersion>> {
+        let mut versions: BTreeMap<(String, String), OrchestrationVersion> = BTreeMap::new();
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .expect("registry poisoned")
+            .clone();
+        for (name, digest) in registry {
+            versions.insert(
+                (name.clone(), digest.clone()),
+                OrchestrationVersion {
+                    name,
+                    component: digest,
+                    current: true,
+                    in_flight: 0,
+                },
+            );
+        }
+        for instance in self.in_flight(None).await? {
+            versions
+                .entry((instance.name.clone(), instance.component.clone()))
+                .or_insert_with(|| OrchestrationVersion {
+                    name: instance.name,
+                    component: instance.component,
+                    current: false,
+                    in_flight: 0,
+                })
+                .in_flight += 1;
+        }
+        Ok(versions.into_values().collect())
+    }
+
+    /// Compile `bytes` and check that it is an activity component, without
+    /// storing or registering it (a deploy checks every component before it
+    /// changes anything).
+    pub async fn check_activity_component(&self, bytes: Vec<u8>) -> RuntimeResult<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let digest = engine::digest(&bytes);
+            inner
+                .engine
+                .component(&digest, &bytes)
+                .and_then(|component| inner.activity_host.prepare(&digest, &component))
+                .map_err(|e| RuntimeError::Component(format!("{e:#}")))
+        })
+        .await
+    }
+}
