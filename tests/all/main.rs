@@ -7,6 +7,7 @@ mod crash;
 mod dfclient;
 mod host;
 mod http;
+mod openapi;
 mod orchestration;
 mod patterns;
 mod queries;

@@ -106,11 +106,19 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
         )
         .route(&format!("{BASE}/instances/{{id}}/{{verb}}"), post(control))
         .route("/metrics", get(metrics))
+        .route(&format!("{BASE}/openapi.json"), get(openapi))
         .with_state(runtime)
 }
 
 /// `GET /metrics`: the host's metrics in the OpenMetrics text format
 /// (which Prometheus scrapes), behind the key like the rest of this API.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "The host's metrics (OpenMetrics text, for Prometheus)",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String)),
+    tag = "host",
+)]
 async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
     (
         [(
@@ -120,6 +128,19 @@ async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         rt.metrics().encode(),
     )
         .into_response()
+}
+
+/// `GET openapi.json`: this API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/openapi.json",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)),
+    tag = "host",
+)]
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(DOCUMENT.get_or_init(crate::openapi::document)).into_response()
 }
 
 /// What an instance id must escape to be one path segment of a URL: the
@@ -234,6 +255,18 @@ fn history_json(history: &[HistoryEntry], show_output: bool) -> Value {
         .collect()
 }
 
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/orchestrators/{name}",
+    summary = "Start an instance under a new id",
+    params(("name" = String, Path, description = "Orchestration name")),
+    request_body(content = serde_json::Value, description = "The input (JSON; empty is null)"),
+    responses(
+        (status = 202, description = "Started; `Location` is its status", body = crate::openapi::CheckStatusLinks),
+        (status = 400, description = "Unknown orchestration or input not JSON", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn start(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
@@ -243,6 +276,22 @@ async fn start(
     start_instance(rt, name, None, headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/orchestrators/{name}/{instance_id}",
+    summary = "Start an instance under a given id",
+    params(
+        ("name" = String, Path, description = "Orchestration name"),
+        ("instance_id" = String, Path, description = "Instance id"),
+    ),
+    request_body(content = serde_json::Value, description = "The input (JSON; empty is null)"),
+    responses(
+        (status = 202, description = "Started", body = crate::openapi::CheckStatusLinks),
+        (status = 400, description = "Unknown orchestration, input not JSON or a bad id", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A live instance has this id", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn start_with_id(
     State(rt): State<Arc<Runtime>>,
     Path((name, id)): Path<(String, String)>,
@@ -308,6 +357,25 @@ fn checked_id(id: &str) -> Result<(), ApiError> {
     validate_instance_id(id).map_err(ApiError::from)
 }
 
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances/{id}",
+    summary = "An instance's status (and history)",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("showHistory" = Option<bool>, Query, description = "Include `historyEvents`"),
+        ("showHistoryOutput" = Option<bool>, Query, description = "Include outputs in the history"),
+        ("showInput" = Option<bool>, Query, description = "Include the input (default true)"),
+        ("waitForCompletion" = Option<u64>, Query, description = "Long poll: answer when it finishes or after this many ms (at most 120000)"),
+    ),
+    responses(
+        (status = 200, description = "Finished", body = crate::openapi::InstanceStatus),
+        (status = 202, description = "Pending, running or suspended", body = crate::openapi::InstanceStatus),
+        (status = 400, description = "A bad parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such instance", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn status(
     State(rt): State<Arc<Runtime>>,
     Path(id): Path<String>,
@@ -422,6 +490,28 @@ fn list_query(params: &ListParams, headers: &HeaderMap) -> Result<InstanceQuery,
     Ok(query)
 }
 
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances",
+    summary = "A page of instances (also at `instances/`)",
+    params(
+        ("createdTimeFrom" = Option<String>, Query, description = "Created at or after (RFC 3339)"),
+        ("createdTimeTo" = Option<String>, Query, description = "Created at or before (RFC 3339)"),
+        ("runtimeStatus" = Option<String>, Query, description = "Comma-separated statuses"),
+        ("instanceIdPrefix" = Option<String>, Query, description = "Id prefix"),
+        ("name" = Option<String>, Query, description = "Orchestration name (duro extension)"),
+        ("input" = Option<String>, Query, description = "Exact input as JSON (duro extension)"),
+        ("newestFirst" = Option<bool>, Query, description = "Newest first (duro extension)"),
+        ("showInput" = Option<bool>, Query, description = "Include inputs"),
+        ("top" = Option<u32>, Query, description = "Page size (default 100, at most 1000)"),
+        ("x-ms-continuation-token" = Option<String>, Header, description = "The previous page's token"),
+    ),
+    responses(
+        (status = 200, description = "The page; `x-ms-continuation-token` when more follow", body = Vec<crate::openapi::InstanceStatus>),
+        (status = 400, description = "A bad filter", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn list(
     State(rt): State<Arc<Runtime>>,
     Query(params): Query<ListParams>,
@@ -441,6 +531,23 @@ async fn list(
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/instances/{id}/raiseEvent/{event}",
+    summary = "Raise an event on an instance",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("event" = String, Path, description = "Event name"),
+    ),
+    request_body(content = serde_json::Value, description = "The payload (JSON; empty is null)"),
+    responses(
+        (status = 202, description = "Durably delivered to its inbox"),
+        (status = 400, description = "Payload not JSON", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such instance", body = crate::openapi::ErrorBody),
+        (status = 410, description = "The instance has finished", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn raise_event(
     State(rt): State<Arc<Runtime>>,
     Path((id, event)): Path<(String, String)>,
@@ -509,6 +616,18 @@ async fn control(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/runtime/webhooks/durabletask/instances/{id}",
+    summary = "Purge a finished instance and its history",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Deleted", body = crate::openapi::PurgeResult),
+        (status = 404, description = "No such instance", body = crate::openapi::ErrorBody),
+        (status = 412, description = "Not finished", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn purge_one(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> ApiResult {
     checked_id(&id)?;
     if !rt.purge(&id).await? {
@@ -517,6 +636,22 @@ async fn purge_one(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> Ap
     Ok((StatusCode::OK, Json(json!({ "instancesDeleted": 1 }))).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/runtime/webhooks/durabletask/instances",
+    summary = "Purge the instances created in a window (also at `instances/`)",
+    params(
+        ("createdTimeFrom" = String, Query, description = "Created at or after (RFC 3339); required"),
+        ("createdTimeTo" = Option<String>, Query, description = "Created at or before (default now)"),
+        ("runtimeStatus" = Option<String>, Query, description = "Statuses (default Completed,Failed,Terminated)"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = crate::openapi::PurgeResult),
+        (status = 400, description = "No createdTimeFrom, or a bad filter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Nothing matched", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
 async fn purge_many(
     State(rt): State<Arc<Runtime>>,
     Query(params): Query<ListParams>,

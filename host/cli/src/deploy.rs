@@ -108,6 +108,21 @@ struct DeployParams {
 /// `POST deploy?dryRun=&upgradeCompatible=`: 200 with the report (a dry run
 /// changes nothing); 400 naming what is wrong with the app, and then
 /// nothing changes either.
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/deploy",
+    summary = "Deploy a new version of the app, checked by replay",
+    params(
+        ("dryRun" = Option<bool>, Query, description = "Check only; change nothing"),
+        ("upgradeCompatible" = Option<bool>, Query, description = "Move the in-flight instances that replayed"),
+    ),
+    request_body(content = crate::openapi::AppUpload),
+    responses(
+        (status = 200, description = "The report", body = crate::openapi::DeployReport),
+        (status = 400, description = "What is wrong with the app; nothing changed", body = crate::openapi::ErrorBody),
+    ),
+    tag = "deploys",
+)]
 async fn deploy(
     State(state): State<Arc<DeployState>>,
     params: Result<Query<DeployParams>, axum::extract::rejection::QueryRejection>,
@@ -185,6 +200,13 @@ fn report_json(report: &DeployReport, dry_run: bool) -> Value {
 
 /// `GET versions`: each orchestration's deployed version and every older
 /// one an in-flight instance still runs on.
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/versions",
+    summary = "Each orchestration's deployed version and the older ones in use",
+    responses((status = 200, description = "The versions", body = Vec<crate::openapi::OrchestrationVersion>)),
+    tag = "deploys",
+)]
 async fn versions(State(state): State<Arc<DeployState>>) -> Result<Response, ApiError> {
     let versions = state.served.runtime.versions().await?;
     let body: Vec<Value> = versions

@@ -19,5 +19,6 @@ pub mod database;
 pub mod deploy;
 pub mod fill;
 pub mod manifest;
+pub mod openapi;
 pub mod scaffold;
 pub mod server;

@@ -1,0 +1,321 @@
+//! The management API's OpenAPI 3.1 document, generated (utoipa) from the
+//! handlers' annotations and the shapes below, served at
+//! `/runtime/webhooks/durabletask/openapi.json`.
+//!
+//! The shapes are the JSON the handlers write with `json!`; the test suite
+//! checks real responses against this document, so the two cannot drift.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+
+/// An instance's status, as Durable Functions' status query answers it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStatus {
+    /// The orchestration.
+    pub name: String,
+    /// The instance id.
+    pub instance_id: String,
+    /// Where it stands.
+    pub runtime_status: RuntimeStatus,
+    /// Its input (omitted with `showInput=false`; listings show it only
+    /// with `showInput=true`).
+    #[schema(required = false)]
+    pub input: Value,
+    /// What the orchestration last set with `set_custom_status`.
+    pub custom_status: Value,
+    /// Its output once completed; the error once failed.
+    pub output: Value,
+    /// When it was created (RFC 3339, milliseconds, UTC).
+    #[schema(format = DateTime)]
+    pub created_time: String,
+    /// When it last changed.
+    #[schema(format = DateTime)]
+    pub last_updated_time: String,
+    /// Its history (with `showHistory=true`), oldest first.
+    #[schema(required = false)]
+    pub history_events: Vec<HistoryEvent>,
+    /// The instance that started it, for a sub-orchestration.
+    #[schema(required = false)]
+    pub parent_instance_id: String,
+}
+
+/// An instance's runtime status.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub enum RuntimeStatus {
+    /// Created, no episode yet.
+    Pending,
+    /// Waiting or working.
+    Running,
+    /// Finished with an output.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Ended by a terminate.
+    Terminated,
+    /// Holding its events until resumed.
+    Suspended,
+    /// Between two executions of a continue-as-new.
+    ContinuedAsNew,
+}
+
+/// One history event: its type and time, and the fields of that type.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    /// `ExecutionStarted`, `TaskScheduled`, `EventRaised`, `TimerFired`,
+    /// `ExecutionCompleted`, ...
+    pub event_type: String,
+    /// When it was recorded.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+/// The links of a started instance (`CreateCheckStatusResponse`).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckStatusLinks {
+    /// The instance id.
+    pub id: String,
+    /// `GET` its status.
+    pub status_query_get_uri: String,
+    /// `POST` an event (replace `{eventName}`).
+    pub send_event_post_uri: String,
+    /// `POST` to terminate it.
+    pub terminate_post_uri: String,
+    /// `POST` to suspend it.
+    pub suspend_post_uri: String,
+    /// `POST` to resume it.
+    pub resume_post_uri: String,
+    /// `DELETE` to purge it.
+    pub purge_history_delete_uri: String,
+}
+
+/// Every error: the same message under the key duro reads and the two
+/// keys the Durable Functions clients read.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// The same, for Durable Functions clients.
+    #[serde(rename = "Message")]
+    pub message: String,
+    /// The same, for Durable Functions clients.
+    #[serde(rename = "ExceptionMessage")]
+    pub exception_message: String,
+}
+
+/// How many instances a purge deleted.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PurgeResult {
+    /// At least one (none is a 404).
+    pub instances_deleted: u64,
+}
+
+/// The component an upgraded instance runs on from now on.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradeResult {
+    /// The instance.
+    pub instance_id: String,
+    /// `sha256:<hex>` of its component.
+    pub component: String,
+}
+
+/// An app uploaded for a deploy.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppUpload {
+    /// The manifest's text (`duro.toml`).
+    pub manifest: String,
+    /// Each component the manifest names, by its path as written there,
+    /// base64-encoded.
+    pub components: std::collections::HashMap<String, String>,
+}
+
+/// What a deploy found and did.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeployReport {
+    /// True when nothing was changed.
+    pub dry_run: bool,
+    /// Every orchestration of the app.
+    pub orchestrations: Vec<DeployedOrchestration>,
+    /// Orchestrations served before and not in this app.
+    pub removed: Vec<String>,
+    /// Every in-flight instance of a changed orchestration, replayed.
+    pub instances: Vec<CheckedInstance>,
+}
+
+/// One orchestration of a deploy.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployedOrchestration {
+    /// Its name.
+    pub name: String,
+    /// The component new instances started on before (null: new).
+    pub from: Option<String>,
+    /// The component they start on after.
+    pub to: String,
+    /// Whether its code changed.
+    pub changed: bool,
+}
+
+/// One in-flight instance replayed against the new version.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckedInstance {
+    /// The instance.
+    pub instance_id: String,
+    /// Its orchestration.
+    pub orchestration: String,
+    /// The component it ran on.
+    pub from: String,
+    /// The component it was replayed against.
+    pub to: String,
+    /// Whether its whole history replayed.
+    pub compatible: bool,
+    /// Where it did not (null when compatible).
+    pub divergence: Option<Divergence>,
+    /// Whether the deploy moved it.
+    pub moved: bool,
+}
+
+/// The first history event a new version does not reproduce.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Divergence {
+    /// Its position in the history (0 is `ExecutionStarted`).
+    pub event: u64,
+    /// The scheduling call involved, if any.
+    pub task: Option<u32>,
+    /// What the history recorded.
+    pub expected: String,
+    /// What the new code did instead.
+    pub actual: String,
+}
+
+/// One version of an orchestration.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchestrationVersion {
+    /// The orchestration.
+    pub orchestration: String,
+    /// `sha256:<hex>` of the component.
+    pub component: String,
+    /// Whether new instances start on it.
+    pub current: bool,
+    /// In-flight instances running on it.
+    pub in_flight: u64,
+}
+
+macro_rules! control_operation {
+    ($name:ident, $verb:literal, $summary:literal, $ok:literal) => {
+        #[utoipa::path(
+            post,
+            path = concat!("/runtime/webhooks/durabletask/instances/{id}/", $verb),
+            summary = $summary,
+            params(
+                ("id" = String, Path, description = "Instance id"),
+                ("reason" = Option<String>, Query, description = "Recorded with the operation"),
+            ),
+            responses(
+                (status = 202, description = $ok),
+                (status = 404, description = "No such instance", body = ErrorBody),
+                (status = 410, description = "The instance has finished", body = ErrorBody),
+            ),
+            tag = "instances",
+        )]
+        #[allow(dead_code)]
+        fn $name() {}
+    };
+}
+
+control_operation!(
+    terminate,
+    "terminate",
+    "Terminate an instance",
+    "Terminated (durably recorded)"
+);
+control_operation!(
+    suspend,
+    "suspend",
+    "Suspend an instance",
+    "Suspended; events raised meanwhile wait"
+);
+control_operation!(resume, "resume", "Resume a suspended instance", "Resumed");
+
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/instances/{id}/restart",
+    summary = "Start an instance again with its original input",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("restartWithNewInstanceId" = Option<bool>, Query, description = "Under a new id (default true) or its own, which must have finished"),
+    ),
+    responses(
+        (status = 202, description = "Started", body = CheckStatusLinks),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Same id, still live", body = ErrorBody),
+    ),
+    tag = "instances",
+)]
+#[allow(dead_code)]
+fn restart() {}
+
+#[utoipa::path(
+    post,
+    path = "/runtime/webhooks/durabletask/instances/{id}/upgrade",
+    summary = "Move a live instance to its orchestration's deployed version, after replaying its history on it",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Moved (or already there)", body = UpgradeResult),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Its history diverges on the new version; nothing changed", body = ErrorBody),
+        (status = 410, description = "The instance has finished", body = ErrorBody),
+    ),
+    tag = "instances",
+)]
+#[allow(dead_code)]
+fn upgrade() {}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "duro management API",
+        description = "Durable Functions' HTTP API for orchestration instances, with duro's extensions (name and input filters, long polls, upgrades, deploys).",
+    ),
+    paths(
+        crate::api::start,
+        crate::api::start_with_id,
+        crate::api::status,
+        crate::api::list,
+        crate::api::raise_event,
+        terminate,
+        suspend,
+        resume,
+        restart,
+        upgrade,
+        crate::api::purge_one,
+        crate::api::purge_many,
+        crate::deploy::deploy,
+        crate::deploy::versions,
+        crate::api::metrics,
+        crate::api::openapi,
+    ),
+    tags(
+        (name = "instances", description = "Start, query and drive orchestration instances"),
+        (name = "deploys", description = "Hot deploys checked by replay"),
+        (name = "host", description = "The host itself"),
+    ),
+)]
+pub struct ManagementApi;
+
+/// The document as JSON.
+pub fn document() -> Value {
+    serde_json::to_value(ManagementApi::openapi()).expect("the OpenAPI document is JSON")
+}
