@@ -4,6 +4,7 @@
 mod activities;
 mod cli;
 mod crash;
+mod dashboard;
 mod dfclient;
 mod host;
 mod http;

@@ -101,6 +101,13 @@ fn real_responses_match_the_openapi_document() {
     assert_eq!(reply.status, 400);
     api.check("get", &instance, &reply);
 
+    let pending = format!("{API}/instances/{{id}}/pending");
+    let reply = host.get(&format!("{API}/instances/a/pending"));
+    assert_eq!(reply.status, 200);
+    api.check("get", &pending, &reply);
+    let reply = host.get(&format!("{API}/instances/ghost/pending"));
+    assert_eq!(reply.status, 404);
+    api.check("get", &pending, &reply);
     let raise = format!("{API}/instances/{{id}}/raiseEvent/{{event}}");
     let reply = host.post(&format!("{API}/instances/a/raiseEvent/Workflow"), "\"doc\"");
     assert_eq!(reply.status, 202);

@@ -104,6 +104,7 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
             &format!("{BASE}/instances/{{id}}/raiseEvent/{{event}}"),
             post(raise_event),
         )
+        .route(&format!("{BASE}/instances/{{id}}/pending"), get(pending))
         .route(&format!("{BASE}/instances/{{id}}/{{verb}}"), post(control))
         .route("/metrics", get(metrics))
         .route(&format!("{BASE}/openapi.json"), get(openapi))
@@ -557,6 +558,45 @@ async fn raise_event(
     let payload = body_json(&body, "the event payload")?;
     rt.raise_event(&id, &event, &payload).await?;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `GET instances/{id}/pending`: what the instance waits on (a duro
+/// extension, for the dashboard).
+#[utoipa::path(
+    get,
+    path = "/runtime/webhooks/durabletask/instances/{id}/pending",
+    summary = "What an instance waits on: open timers, activities and sub-orchestrations, and its inbox",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Its open tasks and inbox", body = crate::openapi::PendingWork),
+        (status = 404, description = "No such instance", body = crate::openapi::ErrorBody),
+    ),
+    tag = "instances",
+)]
+async fn pending(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> ApiResult {
+    checked_id(&id)?;
+    rt.status(&id)
+        .await?
+        .ok_or(RuntimeError::NotFound(id.clone()))?;
+    let pending = rt.pending(&id).await?;
+    let tasks: Vec<Value> = pending
+        .tasks
+        .iter()
+        .map(|(task, action)| {
+            let mut entry = serde_json::to_value(action).unwrap_or(Value::Null);
+            entry["task"] = (*task).into();
+            if let crate::model::Action::CreateTimer { fire_at } = action {
+                entry["fireTime"] = timestamp(*fire_at).into();
+            }
+            entry
+        })
+        .collect();
+    let inbox: Vec<Value> = pending
+        .inbox
+        .iter()
+        .map(|message| serde_json::to_value(message).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(json!({ "tasks": tasks, "inbox": inbox })).into_response())
 }
 
 #[derive(Deserialize, Default)]

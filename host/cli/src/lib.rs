@@ -15,6 +15,7 @@ pub mod store {
 
 pub mod api;
 pub mod cli;
+pub mod dashboard;
 pub mod database;
 pub mod deploy;
 pub mod fill;

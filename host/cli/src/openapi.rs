@@ -107,6 +107,36 @@ pub struct ErrorBody {
     pub exception_message: String,
 }
 
+/// What an instance waits on.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PendingWork {
+    /// Scheduled calls not completed yet: each with `task`, `kind`
+    /// (`createTimer`, `callActivity`, `callSubOrchestration`) and that
+    /// call's fields (`fireTime` for a timer).
+    pub tasks: Vec<PendingTask>,
+    /// Messages waiting for the next episode, oldest first; each has a
+    /// `type` (`EventRaised`, `TimerFired`, `ActivityDone`, `Terminate`, ...).
+    pub inbox: Vec<InboxMessage>,
+}
+
+/// A scheduled call not completed yet.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PendingTask {
+    /// The call's sequence number.
+    pub task: u32,
+    /// What it is.
+    pub kind: String,
+}
+
+/// A message waiting in an inbox.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct InboxMessage {
+    /// What it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
 /// How many instances a purge deleted.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -295,6 +325,7 @@ fn upgrade() {}
         crate::api::status,
         crate::api::list,
         crate::api::raise_event,
+        crate::api::pending,
         terminate,
         suspend,
         resume,

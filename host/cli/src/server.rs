@@ -294,7 +294,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         functions: functions.clone(),
     });
     // Only the host's own routes: a guest's error responses are its own.
-    let mut api = api::router(runtime.clone()).merge(crate::deploy::router(served));
+    let mut api = api::router(runtime.clone())
+        .merge(crate::deploy::router(served))
+        .merge(crate::dashboard::page());
     if let Some(key) = &config.function_key {
         // Like Durable Functions' webhooks behind the system key: whoever
         // may not call a function may not drive its instances either.
@@ -320,6 +322,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     // Everything else goes to the app's HTTP functions, as deployed now.
     let router = api
+        .merge(crate::dashboard::assets())
         .layer(axum::middleware::map_response(json_errors))
         .fallback(move |request: Request| {
             let functions = functions.read().expect("functions poisoned").clone();

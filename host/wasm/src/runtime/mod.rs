@@ -105,6 +105,15 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What an instance waits on ([`Runtime::pending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Scheduled and not completed: timers, activities, sub-orchestrations.
+    pub tasks: Vec<(u32, crate::model::Action)>,
+    /// Messages waiting for its next episode.
+    pub inbox: Vec<crate::model::Message>,
+}
+
 /// What a client operation can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -565,6 +574,38 @@ impl Runtime {
         let store = self.inner.store.clone();
         let id = id.to_string();
         Ok(blocking(move || store.history(&id)).await?)
+    }
+
+    /// What an instance waits on: the scheduled tasks of its current
+    /// execution that have not completed (timers, activities,
+    /// sub-orchestrations; event waits are matched by name and not listed)
+    /// and the messages in its inbox, oldest first.
+    pub async fn pending(&self, id: &str) -> RuntimeResult<Pending> {
+        use crate::model::{Action, HistoryEvent};
+        let store = self.inner.store.clone();
+        let id = id.to_string();
+        let loaded = blocking(move || store.load(&id)).await?;
+        let mut open: Vec<(u32, Action)> = Vec::new();
+        for entry in &loaded.history {
+            match &entry.event {
+                HistoryEvent::ExecutionStarted { .. } => open.clear(),
+                HistoryEvent::TaskScheduled { task, action } => open.push((*task, action.clone())),
+                HistoryEvent::TaskCancelled { task }
+                | HistoryEvent::TimerFired { task, .. }
+                | HistoryEvent::TaskCompleted { task, .. }
+                | HistoryEvent::TaskFailed { task, .. }
+                | HistoryEvent::SubOrchestrationCompleted { task, .. }
+                | HistoryEvent::SubOrchestrationFailed { task, .. } => {
+                    open.retain(|(t, _)| t != task)
+                }
+                _ => {}
+            }
+        }
+        open.retain(|(_, action)| !matches!(action, Action::WaitForEvent { .. }));
+        Ok(Pending {
+            tasks: open,
+            inbox: loaded.inbox.into_iter().map(|e| e.message).collect(),
+        })
     }
 
     /// Instances matching a query.
