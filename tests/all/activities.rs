@@ -155,7 +155,7 @@ async fn traps_and_unknown_activities_are_failures_the_orchestration_handles() {
 }
 
 /// A manifest with the test orchestrations and activities beside the scenario.
-fn activity_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+pub fn activity_manifest(dir: &std::path::Path) -> std::path::PathBuf {
     let (guests, activities) = (duro_tests::TEST_GUESTS, duro_tests::TEST_ACTIVITIES);
     let mut extra = String::new();
     for name in ["Chain", "CallOne"] {

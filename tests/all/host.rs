@@ -45,7 +45,7 @@ impl Host {
         Host::spawn(command, manifest, Path::new(database), &[])
     }
 
-    fn spawn(mut command: Command, manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+    pub fn spawn(mut command: Command, manifest: &Path, database: &Path, extra: &[&str]) -> Host {
         let mut child = command
             .arg("serve")
             .arg("--listen=127.0.0.1:0")

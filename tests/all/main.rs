@@ -16,5 +16,6 @@ mod scaleout;
 mod semantics;
 mod simulation;
 mod support;
+mod telemetry;
 mod torture;
 mod versions;

@@ -262,6 +262,7 @@ async fn a_suspension_before_the_first_episode_holds() {
                 updated_at: now,
                 history_len: 1,
                 parent: None,
+                trace_parent: None,
             })
             .unwrap();
         store

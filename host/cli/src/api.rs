@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::telemetry::RequestTrace;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -271,10 +273,11 @@ fn history_json(history: &[HistoryEntry], show_output: bool) -> Value {
 async fn start(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
+    trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    start_instance(rt, name, None, headers, body).await
+    start_instance(rt, name, None, headers, body, trace).await
 }
 
 #[utoipa::path(
@@ -296,10 +299,11 @@ async fn start(
 async fn start_with_id(
     State(rt): State<Arc<Runtime>>,
     Path((name, id)): Path<(String, String)>,
+    trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    start_instance(rt, name, Some(id), headers, body).await
+    start_instance(rt, name, Some(id), headers, body, trace).await
 }
 
 async fn start_instance(
@@ -308,9 +312,11 @@ async fn start_instance(
     id: Option<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
+    trace: Option<Extension<RequestTrace>>,
 ) -> ApiResult {
     let input = body_json(&body, "the request body (the orchestration input)")?;
-    let id = rt.start_new(&name, id, &input).await?;
+    let trace = trace.map(|Extension(RequestTrace(trace))| trace);
+    let id = rt.start_new_traced(&name, id, &input, trace).await?;
     Ok(check_status_response(&headers, &id))
 }
 

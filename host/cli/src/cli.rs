@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -116,6 +117,10 @@ enum Command {
         /// so how soon another host takes over the work of one that died.
         #[arg(long, env = "DURO_LEASE_TTL_MS", default_value_t = 10000)]
         lease_ttl_ms: u64,
+        /// Export every request, episode, commit and activity span to this
+        /// OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318).
+        #[arg(long, env = "DURO_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Start an orchestration instance.
     Start {
@@ -282,28 +287,33 @@ enum Command {
 /// The whole `duro` program: logging to stderr, parse, run, exit non-zero
 /// with the error on failure.
 pub fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DURO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let otlp_endpoint = match &cli.command {
+        Command::Serve { otlp_endpoint, .. } => otlp_endpoint.clone(),
+        _ => None,
+    };
+    let telemetry = match crate::telemetry::init(otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli)));
+        .and_then(|rt| rt.block_on(run(cli, telemetry.link.clone())));
+    telemetry.shutdown();
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// Run the command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Run the command line; `serve` joins its spans to traces through
+/// `trace_link`.
+pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyhow::Result<()> {
     let client = Client {
         host: cli.host.trim_end_matches('/').to_string(),
         key: cli.key.clone(),
@@ -317,8 +327,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             step_budget_ms,
             trigger_budget_ms,
             lease_ttl_ms,
+            otlp_endpoint: _,
         } => {
             server::serve(ServeConfig {
+                trace_link,
                 listen,
                 manifest: app.manifest(),
                 database: app.database,

@@ -149,7 +149,13 @@ async fn deploy(
     };
     let report = served
         .runtime
-        .deploy(orchestration_components(&app), mode)
+        .deploy(
+            orchestration_components(&app)
+                .into_iter()
+                .map(|(_, bytes, names)| (bytes, names))
+                .collect(),
+            mode,
+        )
         .await
         .map_err(|e| match e {
             RuntimeError::Component(message) => ApiError::bad_request(message),

@@ -81,6 +81,7 @@ pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::R
                     updated_at: created,
                     history_len: 2,
                     parent: None,
+                    trace_parent: None,
                 }
             })
             .collect();

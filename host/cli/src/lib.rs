@@ -5,7 +5,9 @@
 //! embedded store), `duro-wasm` (engine, replay, runtime, triggers).
 
 pub use duro_core::model;
-pub use duro_wasm::{activity, durable_http, engine, orchestrator, replay, runtime, trigger};
+pub use duro_wasm::{
+    activity, durable_http, engine, orchestrator, replay, runtime, trace, trigger,
+};
 
 /// The store contract, and its backends.
 pub mod store {
@@ -23,3 +25,4 @@ pub mod manifest;
 pub mod openapi;
 pub mod scaffold;
 pub mod server;
+pub mod telemetry;

@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub trigger_budget: Duration,
     /// PostgreSQL: how long leases outlive their last renewal.
     pub lease_ttl: Duration,
+    /// How spans join W3C traces (OpenTelemetry export sets its own).
+    pub trace_link: Arc<dyn crate::trace::TraceLink>,
 }
 
 struct Route {
@@ -88,9 +90,9 @@ impl Served {
     }
 }
 
-/// An app's orchestration components, each with the orchestrations it
-/// defines.
-pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(Vec<u8>, Vec<String>)> {
+/// An app's orchestration components (path, bytes), each with the
+/// orchestrations it defines.
+pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(PathBuf, Vec<u8>, Vec<String>)> {
     let mut by_component: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for (name, path) in &app.orchestrations {
         match by_component.iter_mut().find(|(p, _)| p == path) {
@@ -100,7 +102,7 @@ pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(Vec<u8>, Vec<S
     }
     by_component
         .into_iter()
-        .map(|(path, names)| (app.files[&path].clone(), names))
+        .map(|(path, names)| (path.clone(), app.files[&path].clone(), names))
         .collect()
 }
 
@@ -261,16 +263,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             crate::database::Database::Postgres { .. } => Duration::from_secs(2),
             crate::database::Database::Sqlite(_) => RuntimeConfig::default().poll_interval,
         },
+        trace_link: config.trace_link.clone(),
         ..Default::default()
     };
     let runtime = Arc::new(Runtime::start(runtime_config, store).await?);
 
-    for (bytes, names) in orchestration_components(&app) {
+    for (path, bytes, names) in orchestration_components(&app) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         runtime
             .register(bytes, &names)
             .await
-            .with_context(|| format!("orchestration component for {}", names.join(", ")))?;
+            .with_context(|| format!("orchestration component {}", path.display()))?;
     }
     register_activities(&runtime, &app).await?;
     runtime.open_activities();
@@ -321,6 +324,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ));
     }
     // Everything else goes to the app's HTTP functions, as deployed now.
+    let link = config.trace_link.clone();
     let router = api
         .merge(crate::dashboard::assets())
         .layer(axum::middleware::map_response(json_errors))
@@ -332,7 +336,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Err(never) => match never {},
                 }
             }
-        });
+        })
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                crate::telemetry::traced(link.clone(), request, next)
+            },
+        ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -437,7 +446,13 @@ async fn call_trigger(
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
-    let call = state.triggers.handle(&route.digest, name, &params, request);
+    let trace = request
+        .extensions()
+        .get::<crate::telemetry::RequestTrace>()
+        .map(|t| t.0);
+    let call = state
+        .triggers
+        .handle(&route.digest, name, &params, request, trace);
     // The epoch deadline stops a guest computing in wasm at the budget; the
     // wall clock, a little later, ends a call that waits outside wasm.
     let wall_clock = state.trigger_budget + state.trigger_budget / 2;

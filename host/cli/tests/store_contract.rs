@@ -153,6 +153,7 @@ fn instance(id: &str) -> Instance {
         updated_at: now_millis(),
         history_len: 1,
         parent: None,
+        trace_parent: None,
     }
 }
 
@@ -452,6 +453,7 @@ fn children_and_purges(t: &TestStore) {
             task,
             ..parent.clone()
         }),
+        trace_parent: None,
         ..instance(id)
     };
     commit.new_children = vec![child("child", 0), child("taken", 1)];

@@ -501,6 +501,10 @@ pub struct Instance {
     pub history_len: u64,
     /// The call this instance is a sub-orchestration of, if any.
     pub parent: Option<ParentCall>,
+    /// The W3C `traceparent` of the request that started it (or of its
+    /// parent), which its episodes and activities are traced under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl Instance {
@@ -532,6 +536,7 @@ impl Instance {
             updated_at: now,
             history_len: 1,
             parent,
+            trace_parent: None,
         }
     }
 }

@@ -36,7 +36,10 @@ use tokio_postgres::NoTls;
 
 /// Numbered schema migrations, applied in order under an advisory lock (two
 /// hosts starting at once migrate once); `duro_migrations` says which ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_trace_context.sql"),
+];
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6475_726f;

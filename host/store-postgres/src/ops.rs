@@ -26,7 +26,8 @@ pub mod sql {
     macro_rules! instance_columns {
         () => {
             "id, name, status, input, output, custom_status, component, execution_id, \
-             created_at, updated_at, history_len, parent_instance, parent_execution, parent_task"
+             created_at, updated_at, history_len, parent_instance, parent_execution, parent_task, \
+             trace_parent"
         };
     }
     /// The columns `instance_from_row` reads.
@@ -153,6 +154,7 @@ fn instance_from_row(row: &Row) -> StoreResult<Instance> {
                 execution: row.get("parent_execution"),
                 task: row.get::<_, Option<i64>>("parent_task").unwrap_or(0) as u32,
             }),
+        trace_parent: row.get("trace_parent"),
     })
 }
 
@@ -239,8 +241,8 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
         c,
         "INSERT INTO instances (id, name, status, input, output, custom_status, component, \
          created_at, updated_at, history_len, input_hash, execution_id, parent_instance, \
-         parent_execution, parent_task) \
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11) \
+         parent_execution, parent_task, trace_parent) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (id) DO NOTHING",
         &[
             &instance.id,
@@ -254,6 +256,7 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
             &parent.map(|p| p.instance.as_str()),
             &parent.map(|p| p.execution.as_str()),
             &parent.map(|p| p.task as i64),
+            &instance.trace_parent,
         ],
     )
     .await?;

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
     (include_str!("migrations/0003_executions.sql"), None),
     (include_str!("migrations/0004_activities.sql"), None),
     (include_str!("migrations/0005_sub_orchestrations.sql"), None),
+    (include_str!("migrations/0006_trace_context.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -80,7 +81,7 @@ const MAX_GROUP: usize = 512;
 /// statements in `sql` can be built from it with `concat!`.
 macro_rules! instance_columns {
     () => {
-        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, parent_task"
+        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, parent_task, trace_parent"
     };
 }
 
@@ -562,6 +563,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
                 }),
                 None => None,
             },
+            trace_parent: row.get("trace_parent")?,
         },
         status,
     ))
@@ -725,8 +727,8 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
         .prepare_cached(
             "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
              component, created_at, updated_at, history_len, input_hash, execution_id, \
-             parent_instance, parent_execution, parent_task) \
-             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11)",
+             parent_instance, parent_execution, parent_task, trace_parent) \
+             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .map_err(backend)?
         .execute(params![
@@ -741,6 +743,7 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
             parent.map(|p| &p.instance),
             parent.map(|p| &p.execution),
             parent.map(|p| p.task),
+            instance.trace_parent,
         ])
         .map_err(backend)?;
     if inserted == 0 {

@@ -20,6 +20,7 @@ fn instance(id: &str) -> Instance {
         updated_at: now_millis(),
         history_len: 1,
         parent: None,
+        trace_parent: None,
     }
 }
 

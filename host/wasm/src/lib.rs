@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod replay;
 pub mod runtime;
+pub mod trace;
 pub mod trigger;

@@ -100,6 +100,7 @@ impl Triggers {
         function: &str,
         params: &[(String, String)],
         mut request: hyper::Request<axum::body::Body>,
+        trace: Option<crate::trace::TraceContext>,
     ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
         let pre = self
             .pres
@@ -123,6 +124,7 @@ impl Triggers {
             table: ResourceTable::new(),
             limits: guest_limits(),
             runtime: self.runtime.clone(),
+            trace,
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -212,6 +214,8 @@ pub struct TriggerState {
     table: ResourceTable,
     limits: StoreLimits,
     runtime: Arc<Runtime>,
+    /// The request's trace: instances the call starts join it.
+    trace: Option<crate::trace::TraceContext>,
 }
 
 impl WasiView for TriggerState {
@@ -295,7 +299,7 @@ impl wit::Host for TriggerState {
     ) -> Result<String, wit::ClientError> {
         let input = parse_json(&input, "the input")?;
         self.runtime
-            .start_new(&name, instance_id, &input)
+            .start_new_traced(&name, instance_id, &input, self.trace)
             .await
             .map_err(client_error)
     }

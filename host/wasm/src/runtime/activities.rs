@@ -52,8 +52,28 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
     }
 }
 
-/// Run one attempt and record how it ended.
+/// Run one attempt in a span of its instance's trace.
 async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
+    use tracing::Instrument as _;
+    // A primary-key read, as `Runtime::status` does inline.
+    let trace = match inner.store.instance(&work.call.instance) {
+        Ok(Some(instance)) => crate::trace::instance_trace(&instance),
+        _ => crate::trace::TraceContext::root(),
+    };
+    let span = tracing::info_span!(
+        "activity",
+        activity = %work.call.name,
+        instance = %work.call.instance,
+        task = work.call.task,
+        attempt = work.attempt,
+        trace_id = %trace.trace_id_hex(),
+    );
+    inner.config.trace_link.link(&span, &trace);
+    run_attempt(inner, work).instrument(span).await
+}
+
+/// Run one attempt and record how it ended.
+async fn run_attempt(inner: &Arc<Inner>, work: ActivityWork) {
     let started = inner.config.clock.now();
     if work.call.name == crate::durable_http::ACTIVITY {
         let result = durable_http(inner, &work).await;

@@ -78,6 +78,9 @@ pub struct RuntimeConfig {
     /// (least recently used evicted first). Default 64 MiB, or
     /// `DURO_WARM_MEMORY_MB`.
     pub warm_memory: usize,
+    /// How episode, commit and activity spans join their instance's trace
+    /// (OpenTelemetry export sets its own).
+    pub trace_link: Arc<dyn crate::trace::TraceLink>,
 }
 
 impl Default for RuntimeConfig {
@@ -101,6 +104,7 @@ impl Default for RuntimeConfig {
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(64)
                 << 20,
+            trace_link: Arc::new(crate::trace::FieldsOnly),
         }
     }
 }
@@ -461,6 +465,19 @@ impl Runtime {
         instance_id: Option<String>,
         input: &serde_json::Value,
     ) -> RuntimeResult<String> {
+        self.start_new_traced(name, instance_id, input, None).await
+    }
+
+    /// [`start_new`](Self::start_new) within a trace: the instance's
+    /// episodes and activities are traced as children of `trace` (the
+    /// starting request's span), or of a new trace when none is given.
+    pub async fn start_new_traced(
+        &self,
+        name: &str,
+        instance_id: Option<String>,
+        input: &serde_json::Value,
+        trace: Option<crate::trace::TraceContext>,
+    ) -> RuntimeResult<String> {
         let component = self.registered(name)?;
         let id = match instance_id {
             Some(id) => {
@@ -470,7 +487,7 @@ impl Runtime {
             None => fresh_id(),
         };
         let now = self.inner.config.clock.now();
-        let instance = Instance::pending(
+        let mut instance = Instance::pending(
             id.clone(),
             name.to_string(),
             canonical_json(input),
@@ -478,6 +495,8 @@ impl Runtime {
             now,
             None,
         );
+        let trace = trace.unwrap_or_else(crate::trace::TraceContext::root);
+        instance.trace_parent = Some(trace.to_string());
         let store = self.inner.store.clone();
         match store.create_instance_nonblocking(&instance) {
             Some(pending) => pending.await?,

@@ -21,8 +21,8 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
     let worker = inner.clone();
     let started = EpisodePool::start(inner.config.episode_threads, move |id| {
         match run_episode(&worker, &id) {
-            Ok(commit) => {
-                let _ = commits.send(commit);
+            Ok(episode) => {
+                let _ = commits.send(episode);
             }
             Err(e) => retry_later(&worker, id, format!("episode not run: {e:#}")),
         }
@@ -82,7 +82,10 @@ const MAX_COMMIT: usize = 256;
 /// Group-commit finished episodes in the background: whatever has finished
 /// while the previous write was under way goes into the next one, and up to
 /// four writes may be under way (the writer folds them into one transaction).
-async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<EpisodeCommit>) {
+async fn commit_loop(
+    inner: Arc<Inner>,
+    mut finished: mpsc::UnboundedReceiver<(EpisodeCommit, tracing::Span)>,
+) {
     while let Some(first) = finished.recv().await {
         let mut commits = vec![first];
         while commits.len() < MAX_COMMIT {
@@ -100,6 +103,16 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
         let inner = inner.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let batch = commits.len();
+            let (commits, spans): (Vec<EpisodeCommit>, Vec<tracing::Span>) =
+                commits.into_iter().unzip();
+            // One span per episode, in its episode's trace, for as long as
+            // the group commit it is part of takes.
+            let commit_spans: Vec<tracing::Span> = (spans.iter().zip(&commits))
+                .map(|(episode, commit)| {
+                    tracing::info_span!(parent: episode, "commit", instance = %commit.instance.id, batch)
+                })
+                .collect();
             let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
             let store = inner.store.clone();
@@ -128,6 +141,8 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Ep
                 .metrics
                 .commit_seconds
                 .observe(commit_started.elapsed().as_secs_f64());
+            drop(commit_spans);
+            drop(spans);
             let results: Vec<_> = ids.iter().cloned().zip(outcomes).collect();
             for ((id, result), history_len) in results.into_iter().zip(history_lens) {
                 if result.is_ok() {
@@ -283,7 +298,15 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
 }
 
 /// One episode of one leased instance, as a commit.
-fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
+/// Run one episode of `id`: what to commit, and the episode's span (in the
+/// instance's trace), which the commit's span is a child of.
+fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<(EpisodeCommit, tracing::Span)> {
+    let mut span = tracing::Span::none();
+    let commit = episode(inner, id, &mut span)?;
+    Ok((commit, span))
+}
+
+fn episode(inner: &Inner, id: &str, span: &mut tracing::Span) -> anyhow::Result<EpisodeCommit> {
     // A warm instance has seen the history: only the row and the inbox are
     // read (a store that cannot leave the history out reads it anyway). An
     // instance the cache does not hold is read whole, in one snapshot.
@@ -292,6 +315,12 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
     } else {
         inner.store.load(id)?
     };
+    // Linked to its trace before it is entered (OpenTelemetry starts the
+    // span on entry, and its parent is fixed from then on).
+    let trace = crate::trace::instance_trace(&loaded.instance);
+    *span = tracing::info_span!("episode", instance = %id, trace_id = %trace.trace_id_hex());
+    inner.config.trace_link.link(span, &trace);
+    let _entered = span.clone().entered();
     let warm = inner.replayer.is_warm(&loaded.instance);
     let recorded = if warm {
         None
@@ -467,14 +496,19 @@ fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<EpisodeCommit> {
                     .get(&name)
                     .cloned();
                 match component {
-                    Some(component) => commit.new_children.push(Instance::pending(
-                        id,
-                        name,
-                        crate::model::canonical_json_text(input),
-                        component,
-                        now,
-                        Some(parent),
-                    )),
+                    Some(component) => {
+                        let mut child = Instance::pending(
+                            id,
+                            name,
+                            crate::model::canonical_json_text(input),
+                            component,
+                            now,
+                            Some(parent),
+                        );
+                        // A child's work belongs to its parent's trace.
+                        child.trace_parent = instance.trace_parent.clone();
+                        commit.new_children.push(child);
+                    }
                     None => commit.follow_up.push(Message::ChildDone {
                         task,
                         execution: parent.execution,
