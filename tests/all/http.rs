@@ -640,7 +640,15 @@ fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
 #[test]
 fn metrics_count_episodes_commits_and_function_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path());
+    let guests = duro_tests::TEST_GUESTS;
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Panics\"\ncomponent = {guests:?}\n\
+             [[orchestration]]\nname = \"Hog\"\ncomponent = {guests:?}\n"
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
     let started = host.get("/api/start/metered");
     assert_eq!(started.status, 200, "{}", started.body);
     host.poll("/api/check/metered", |r| {
@@ -652,6 +660,22 @@ fn metrics_count_episodes_commits_and_function_calls() {
         r.json()["runtimeStatus"] == "Completed"
     });
     assert_eq!(host.get("/api/check/nobody").status, 404);
+    // A sleeper (a timer, not due), a trap and a memory limit hit.
+    for (name, input) in [
+        (
+            "WorkflowWithTimeout",
+            r#"{"name": "m", "timeout_ms": 600000}"#,
+        ),
+        ("Panics", "null"),
+        ("Hog", "null"),
+    ] {
+        let id = name.to_lowercase();
+        host.post(&format!("{API}/orchestrators/{name}/{id}"), input);
+        host.poll(&format!("{API}/instances/{id}"), |r| {
+            r.json()["runtimeStatus"] != "Pending"
+        });
+    }
+    host.poll(&format!("{API}/instances/hog"), |r| r.status == 200);
 
     let page = host.get("/metrics");
     assert_eq!(page.status, 200, "{}", page.body);
@@ -671,10 +695,16 @@ fn metrics_count_episodes_commits_and_function_calls() {
         assert!(value.parse::<f64>().is_ok(), "not a sample: {line:?}");
         assert!(line.starts_with("duro_"), "{line:?}");
     }
-    // One episode waited, one completed; both committed.
+    // The scenario's instance waited then completed, the sleeper waited,
+    // the other two failed.
+    assert_eq!(
+        sample(text, "duro_episodes_total", "{outcome=\"failed\"}"),
+        Some(2.0),
+        "{text}"
+    );
     assert_eq!(
         sample(text, "duro_episodes_total", "{outcome=\"waiting\"}"),
-        Some(1.0),
+        Some(2.0),
         "{text}"
     );
     assert_eq!(
@@ -703,6 +733,37 @@ fn metrics_count_episodes_commits_and_function_calls() {
         "{function=\"Check\",status=\"404\"}",
     );
     assert_eq!(missing, Some(1.0), "{text}");
+    // Gauges read from the store at the scrape.
+    for (status, n) in [
+        ("Completed", 1.0),
+        ("Running", 1.0),
+        ("Failed", 2.0),
+        ("Suspended", 0.0),
+    ] {
+        let labels = format!("{{status=\"{status}\"}}");
+        assert_eq!(
+            sample(text, "duro_instances", &labels),
+            Some(n),
+            "{status}: {text}"
+        );
+    }
+    assert_eq!(sample(text, "duro_timers", ""), Some(1.0), "{text}");
+    assert_eq!(sample(text, "duro_timers_due", ""), Some(0.0), "{text}");
+    assert_eq!(sample(text, "duro_inbox_messages", ""), Some(0.0), "{text}");
+    assert_eq!(
+        sample(text, "duro_activities_pending", ""),
+        Some(0.0),
+        "{text}"
+    );
+    // Guest traps by kind.
+    for kind in ["trap", "memory"] {
+        let labels = format!("{{kind=\"{kind}\",where=\"orchestration\"}}");
+        assert_eq!(
+            sample(text, "duro_guest_traps_total", &labels),
+            Some(1.0),
+            "{kind}: {text}"
+        );
+    }
     assert!(
         sample(
             text,

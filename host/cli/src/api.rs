@@ -123,6 +123,9 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
     tag = "host",
 )]
 async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    if let Err(e) = rt.refresh_gauges().await {
+        tracing::warn!("metrics: the store's counts could not be read: {e}");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

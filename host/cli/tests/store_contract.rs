@@ -137,6 +137,8 @@ contract!(
     due_timers_fire_once_when_hosts_race,
     activity_rows_are_claimed_once_when_hosts_race,
     children_and_purges,
+    counts_for_the_gauges,
+    the_trace_parent_is_kept,
 );
 
 fn instance(id: &str) -> Instance {
@@ -287,6 +289,43 @@ fn an_episode_of_an_old_execution_or_component_is_refused(t: &TestStore) {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.load("a").unwrap().instance.history_len, 1);
+}
+
+fn counts_for_the_gauges(t: &TestStore) {
+    let store = &t.store;
+    schedule(store, "busy", 2, 3);
+    store.create_instance(&instance("waiting")).unwrap();
+    let counts = store.counts(now_millis() + 1).unwrap();
+    let mut by_status = counts.instances.clone();
+    by_status.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        by_status,
+        [(RuntimeStatus::Pending, 1), (RuntimeStatus::Running, 1)]
+    );
+    // The start message of `waiting`; both timers, due; three activities.
+    assert_eq!(
+        (
+            counts.inbox_messages,
+            counts.timers,
+            counts.timers_due,
+            counts.activities
+        ),
+        (1, 2, 2, 3)
+    );
+    assert_eq!(store.counts(0).unwrap().timers_due, 0);
+}
+
+fn the_trace_parent_is_kept(t: &TestStore) {
+    let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = Instance {
+        trace_parent: Some(header.into()),
+        ..instance("traced")
+    };
+    t.store.create_instance(&traced).unwrap();
+    let stored = t.store.instance("traced").unwrap().unwrap();
+    assert_eq!(stored.trace_parent.as_deref(), Some(header));
+    let loaded = t.store.load("traced").unwrap();
+    assert_eq!(loaded.instance.trace_parent.as_deref(), Some(header));
 }
 
 fn written_state_survives_reopening(t: &TestStore) {

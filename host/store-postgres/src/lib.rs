@@ -30,7 +30,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use duro_core::model::{HistoryEntry, Instance, InstanceQuery, Message, Millis, now_millis};
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    StoreError, StoreResult, Version, WakeFn, WorkKind,
+    StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
 };
 use tokio_postgres::NoTls;
 
@@ -622,6 +622,13 @@ impl ClientStore for PgStore {
     ) -> Option<duro_core::store::PendingWrite<()>> {
         let write = writer::Write::Enqueue(instance.to_string(), message.clone());
         Some(Box::pin(self.writer.submit(write)))
+    }
+
+    fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::counts(&client, now).await
+        })
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {

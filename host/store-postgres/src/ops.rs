@@ -9,7 +9,8 @@ use duro_core::model::{
 };
 use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::{
-    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, StoreError, StoreResult, Version,
+    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, StoreCounts, StoreError,
+    StoreResult, Version,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -86,6 +87,12 @@ pub mod sql {
     pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
     /// When the next timer is due.
     pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
+    /// Instances by status.
+    pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM instances GROUP BY status";
+    /// Messages in inboxes, timers (all, and due at $1) and activity calls.
+    pub const COUNT_WORK: &str = "SELECT (SELECT count(*) FROM inbox), \
+         (SELECT count(*) FROM timers), (SELECT count(*) FROM timers WHERE fire_at <= $1), \
+         (SELECT count(*) FROM activities)";
     /// When the next activity row is due.
     pub const NEXT_ACTIVITY_DUE: &str = "SELECT MIN(run_at) FROM activities";
     /// Renew every lease a host holds ($1 owner, $2 until).
@@ -696,6 +703,26 @@ pub async fn min_of(c: &Object, sql: &str) -> StoreResult<Option<Millis>> {
     Ok(found
         .and_then(|r| r.get::<_, Option<i64>>(0))
         .map(|t| t as Millis))
+}
+
+pub async fn counts(c: &Object, now: Millis) -> StoreResult<StoreCounts> {
+    let mut counts = StoreCounts::default();
+    let stmt = c
+        .prepare_cached(sql::COUNT_BY_STATUS)
+        .await
+        .map_err(backend)?;
+    for r in c.query(&stmt, &[]).await.map_err(backend)? {
+        let status: String = r.get(0);
+        let status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+        counts.instances.push((status, r.get::<_, i64>(1) as u64));
+    }
+    if let Some(r) = row(c, sql::COUNT_WORK, &[&(now as i64)]).await? {
+        counts.inbox_messages = r.get::<_, i64>(0) as u64;
+        counts.timers = r.get::<_, i64>(1) as u64;
+        counts.timers_due = r.get::<_, i64>(2) as u64;
+        counts.activities = r.get::<_, i64>(3) as u64;
+    }
+    Ok(counts)
 }
 
 pub async fn has_pending_work(c: &Object, id: &str, now: Millis) -> StoreResult<bool> {

@@ -18,7 +18,7 @@ use duro_core::model::{
 use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    StoreError, StoreResult, Version,
+    StoreCounts, StoreError, StoreResult, Version,
 };
 
 /// PRAGMAs applied to every connection, in order.
@@ -89,6 +89,16 @@ macro_rules! instance_columns {
 /// `listing` builds): named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
+    /// Instances by status (the status index, no table read).
+    pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM instances GROUP BY status";
+    /// Messages in inboxes.
+    pub const COUNT_INBOX: &str = "SELECT count(*) FROM inbox";
+    /// Timers not fired.
+    pub const COUNT_TIMERS: &str = "SELECT count(*) FROM timers";
+    /// Timers due at ?1.
+    pub const COUNT_TIMERS_DUE: &str = "SELECT count(*) FROM timers WHERE fire_at <= ?1";
+    /// Activity calls not finished.
+    pub const COUNT_ACTIVITIES: &str = "SELECT count(*) FROM activities";
     /// Instances with messages to process (a suspended one only for control
     /// messages). Reads the inbox in index order and stops at the limit.
     pub const CLAIM_READY: &str = "SELECT DISTINCT i.instance_id FROM inbox i \
@@ -1254,6 +1264,36 @@ impl ClientStore for SqliteStore {
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         self.read(|conn| get_instance(conn, id))
+    }
+
+    fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
+        self.read(|conn| {
+            let mut counts = StoreCounts::default();
+            let mut by_status = conn.prepare_cached(sql::COUNT_BY_STATUS).map_err(backend)?;
+            let rows = by_status
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            for row in rows {
+                let (status, n) = row.map_err(backend)?;
+                let status =
+                    RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+                counts.instances.push((status, n as u64));
+            }
+            let count = |statement: &str, now: Option<i64>| -> StoreResult<u64> {
+                let mut statement = conn.prepare_cached(statement).map_err(backend)?;
+                let n: i64 = match now {
+                    Some(now) => statement.query_row([now], |r| r.get(0)),
+                    None => statement.query_row([], |r| r.get(0)),
+                }
+                .map_err(backend)?;
+                Ok(n as u64)
+            };
+            counts.inbox_messages = count(sql::COUNT_INBOX, None)?;
+            counts.timers = count(sql::COUNT_TIMERS, None)?;
+            counts.timers_due = count(sql::COUNT_TIMERS_DUE, Some(now as i64))?;
+            counts.activities = count(sql::COUNT_ACTIVITIES, None)?;
+            Ok(counts)
+        })
     }
 
     fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {

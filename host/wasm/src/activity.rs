@@ -130,11 +130,14 @@ impl ActivityHost {
         let wall_clock = budget + budget / 2;
         Ok(match tokio::time::timeout(wall_clock, call).await {
             Err(_) => Err(format!("the activity did not finish within {wall_clock:?}")),
-            Ok(Err(trap)) => Err(match trap.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => {
-                    format!("the activity ran for more than {budget:?} and was stopped")
+            Ok(Err(trap)) => Err({
+                self.engine.count_trap(&trap, "activity");
+                match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => {
+                        format!("the activity ran for more than {budget:?} and was stopped")
+                    }
+                    _ => format!("the activity trapped: {trap:?}"),
                 }
-                _ => format!("the activity trapped: {trap:?}"),
             }),
             Ok(Ok(Err(error))) => Err(error),
             Ok(Ok(Ok(output))) => match serde_json::from_str::<serde_json::Value>(&output) {

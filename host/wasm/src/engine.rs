@@ -102,6 +102,24 @@ impl wasmtime::ResourceLimiter for CountedLimits {
     }
 }
 
+/// What stopped a guest: its time budget (`deadline`), a memory or table
+/// limit (`memory`), or any other trap (`trap`).
+pub fn trap_kind(error: &wasmtime::Error) -> &'static str {
+    if matches!(
+        error.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        "deadline"
+    } else if error
+        .chain()
+        .any(|cause| cause.to_string().contains("forcing trap when growing"))
+    {
+        "memory"
+    } else {
+        "trap"
+    }
+}
+
 /// A time budget as epoch ticks (at least one), for `set_epoch_deadline`.
 pub fn budget_ticks(budget: Duration) -> u64 {
     (budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
@@ -117,6 +135,7 @@ pub fn digest(bytes: &[u8]) -> String {
 pub struct Engine {
     inner: wasmtime::Engine,
     components: Arc<Mutex<HashMap<String, Component>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -172,7 +191,19 @@ impl Engine {
         Ok(Engine {
             inner,
             components: Arc::default(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The metrics of the host this engine runs guests for.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Count a guest's trap or limit hit, by its kind, where it ran
+    /// (`orchestration`, `activity`, `http`).
+    pub fn count_trap(&self, error: &wasmtime::Error, place: &'static str) {
+        self.metrics.trap(trap_kind(error), place);
     }
 
     /// The wasmtime engine.

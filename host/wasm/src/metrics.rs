@@ -4,6 +4,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,19 @@ pub struct Metrics {
     pub activity_attempts: Family<Labels, Counter>,
     /// HTTP function calls, by function and status.
     pub http_requests: Family<Labels, Counter>,
+    /// Guest traps and limit hits, by kind (`deadline`, `memory`, `trap`)
+    /// and by where (`orchestration`, `activity`, `http`).
+    pub guest_traps: Family<Labels, Counter>,
+    /// Stored instances by status, read from the store at each scrape.
+    pub instances: Family<Labels, Gauge>,
+    /// Messages waiting in inboxes, at the last scrape.
+    pub inbox_messages: Gauge,
+    /// Durable timers not fired, at the last scrape.
+    pub timers: Gauge,
+    /// Timers due and not fired yet, at the last scrape.
+    pub timers_due: Gauge,
+    /// Activity calls not finished, at the last scrape.
+    pub activities_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,7 +104,45 @@ impl Metrics {
             "HTTP function calls, by function and status",
             http_requests.clone(),
         );
+        let guest_traps = Family::<Labels, Counter>::default();
+        registry.register(
+            "guest_traps",
+            "Guest traps and limit hits, by kind and where",
+            guest_traps.clone(),
+        );
+        let instances = Family::<Labels, Gauge>::default();
+        registry.register(
+            "instances",
+            "Stored instances, by runtime status",
+            instances.clone(),
+        );
+        let inbox_messages = Gauge::default();
+        registry.register(
+            "inbox_messages",
+            "Messages waiting in inboxes",
+            inbox_messages.clone(),
+        );
+        let timers = Gauge::default();
+        registry.register("timers", "Durable timers not fired", timers.clone());
+        let timers_due = Gauge::default();
+        registry.register(
+            "timers_due",
+            "Durable timers due and not fired yet",
+            timers_due.clone(),
+        );
+        let activities_pending = Gauge::default();
+        registry.register(
+            "activities_pending",
+            "Activity calls not finished",
+            activities_pending.clone(),
+        );
         Metrics {
+            guest_traps,
+            instances,
+            inbox_messages,
+            timers,
+            timers_due,
+            activities_pending,
             registry,
             episodes,
             episode_seconds,
@@ -105,6 +157,34 @@ impl Metrics {
     }
 
     /// The text exposition format (`text/plain; version=0.0.4` compatible).
+    /// Set the store gauges from `counts`.
+    pub fn set_counts(&self, counts: &crate::store::StoreCounts) {
+        for status in crate::model::RuntimeStatus::ALL {
+            let n = counts
+                .instances
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
+            self.instances
+                .get_or_create(&vec![("status", status.as_str().to_string())])
+                .set(n as i64);
+        }
+        self.inbox_messages.set(counts.inbox_messages as i64);
+        self.timers.set(counts.timers as i64);
+        self.timers_due.set(counts.timers_due as i64);
+        self.activities_pending.set(counts.activities as i64);
+    }
+
+    /// Count a guest trap or limit hit.
+    pub fn trap(&self, kind: &'static str, place: &'static str) {
+        self.guest_traps
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("where", place.to_string()),
+            ])
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");

@@ -462,6 +462,7 @@ impl Replayer {
                             ))
                             .into());
                         }
+                        self.engine.count_trap(&trap, "orchestration");
                         let error = describe_trap(&trap, self.step_budget);
                         store.data_mut().replay.record_failure(error.clone());
                         break Outcome::Failed(error);

@@ -162,7 +162,10 @@ impl Triggers {
             Ok(Err(code)) => anyhow::bail!("the trigger answered with an error: {code:?}"),
             Err(_) => match task.0.take().expect("task still held").await {
                 Ok(Ok(())) => anyhow::bail!("the trigger returned without a response"),
-                Ok(Err(trap)) => anyhow::bail!("the trigger trapped: {trap:?}"),
+                Ok(Err(trap)) => {
+                    self.engine.count_trap(&trap, "http");
+                    anyhow::bail!("the trigger trapped: {trap:?}")
+                }
                 Err(e) => anyhow::bail!("the trigger task failed: {e}"),
             },
         }

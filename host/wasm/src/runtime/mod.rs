@@ -303,6 +303,7 @@ impl Runtime {
     /// `store` (any backend: the runtime never opens one itself).
     pub async fn start(config: RuntimeConfig, store: Arc<dyn Store>) -> anyhow::Result<Runtime> {
         let engine = Engine::new(config.compile_cache.as_deref(), config.guest_instances)?;
+        let metrics = engine.metrics().clone();
         let replayer = Replayer::new(
             engine.clone(),
             config.step_budget,
@@ -319,7 +320,7 @@ impl Runtime {
             store,
             engine,
             replayer,
-            metrics: Arc::default(),
+            metrics,
             config,
             registry: RwLock::default(),
             activity_registry: RwLock::default(),
@@ -786,6 +787,15 @@ impl Runtime {
     /// The host's metrics (`/metrics`).
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    /// Read the store's counts into the metrics' gauges (before a scrape).
+    pub async fn refresh_gauges(&self) -> RuntimeResult<()> {
+        let store = self.inner.store.clone();
+        let now = self.inner.config.clock.now();
+        let counts = blocking(move || store.counts(now)).await?;
+        self.inner.metrics.set_counts(&counts);
+        Ok(())
     }
 
     /// Episodes that found their instance warm, and those that replayed
