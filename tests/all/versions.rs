@@ -353,3 +353,28 @@ fn a_bad_deploy_is_refused_and_changes_nothing() {
     assert_eq!(host.get(&format!("{API}/versions")).body, before);
     assert_eq!(host.get("/api/start/still").status, 200);
 }
+
+/// A deploy can add orchestrations and the activities they call to a host
+/// serving an app that had neither; they run at once, no restart.
+#[test]
+fn a_deploy_adds_orchestrations_and_activities() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(&v1, &dir.path().join("duro.db"), &[]);
+    let refused = host.post(&format!("{API}/orchestrators/Chain/before"), "10");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+
+    let v2_dir = dir.path().join("v2");
+    std::fs::create_dir_all(&v2_dir).unwrap();
+    let v2 = crate::activities::activity_manifest(&v2_dir);
+    let (ok, out, err) = duro(&host, &["deploy", v2.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("orchestration Chain: none -> "), "{out}");
+    assert!(out.contains("orchestration Workflow: unchanged"), "{out}");
+
+    let started = host.post(&format!("{API}/orchestrators/Chain/after"), "10");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let done = host.poll(&format!("{API}/instances/after"), |r| r.status == 200);
+    assert_eq!(done.json()["output"], 16, "{}", done.body);
+}
