@@ -101,6 +101,18 @@ async fn screenshot(client: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// Click the element `css` selects.
+async fn click(client: &Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.click().await.unwrap();
+}
+
+/// Type `text` into the element `css` selects.
+async fn type_into(client: &Client, css: &str, text: &str) {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.send_keys(text).await.unwrap();
+}
+
 /// Wait until `script` (a JS expression) is true in the page.
 async fn until(client: &Client, what: &str, script: &str) {
     let deadline = Instant::now() + crate::support::PATIENCE;
@@ -165,15 +177,13 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     screenshot(&client, "1-list").await;
 
     // Keyboard: "/" jumps to the filters; filter by id prefix with Enter.
-    let body = client.find(Locator::Css("body")).await.unwrap();
-    body.send_keys("/").await.unwrap();
+    type_into(&client, "body", "/").await;
     let focused = client
         .execute("return document.activeElement.id;", vec![])
         .await
         .unwrap();
     assert_eq!(focused, json!("filter-name"));
-    let prefix = client.find(Locator::Id("filter-prefix")).await.unwrap();
-    prefix.send_keys("order-\u{E007}").await.unwrap(); // WebDriver's Enter
+    type_into(&client, "#filter-prefix", "order-\u{E007}").await; // WebDriver's Enter
     until(
         &client,
         "only order-*",
@@ -205,13 +215,7 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
            && document.getElementById("prev").disabled"##,
     )
     .await;
-    client
-        .find(Locator::Id("next"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#next").await;
     until(
         &client,
         "the second page",
@@ -221,13 +225,7 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     )
     .await;
     screenshot(&client, "2b-second-page").await;
-    client
-        .find(Locator::Id("prev"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#prev").await;
     until(
         &client,
         "the first page again",
@@ -246,13 +244,7 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     .await;
 
     // Open order-1, raise its event through the form, see it complete.
-    client
-        .find(Locator::Css(r##"tr[data-id="order-1"] a"##))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, r##"tr[data-id="order-1"] a"##).await;
     until(
         &client,
         "order-1 running",
@@ -261,40 +253,16 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     )
     .await;
     screenshot(&client, "3-instance").await;
-    client
-        .find(Locator::Id("event-name"))
-        .await
-        .unwrap()
-        .send_keys("Workflow")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("event-payload"))
-        .await
-        .unwrap()
-        .send_keys("\"approved\"")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("raise-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&client, "#event-name", "Workflow").await;
+    type_into(&client, "#event-payload", "\"approved\"").await;
+    click(&client, "#raise-submit").await;
     until(
         &client,
         "the confirmation",
         "document.getElementById('confirm').open",
     )
     .await;
-    client
-        .find(Locator::Id("confirm-ok"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#confirm-ok").await;
     until(
         &client,
         "order-1 completed",
@@ -330,34 +298,16 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
            && !document.getElementById("action-terminate").disabled"##,
     )
     .await;
-    client
-        .find(Locator::Id("action-terminate"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#action-terminate").await;
     until(
         &client,
         "the confirmation",
         "document.getElementById('confirm').open",
     )
     .await;
-    client
-        .find(Locator::Id("confirm-reason"))
-        .await
-        .unwrap()
-        .send_keys("from the dashboard")
-        .await
-        .unwrap();
+    type_into(&client, "#confirm-reason", "from the dashboard").await;
     screenshot(&client, "6-confirm-terminate").await;
-    client
-        .find(Locator::Id("confirm-ok"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#confirm-ok").await;
     until(
         &client,
         "order-2 terminated",

@@ -8,7 +8,7 @@ use crate::engine;
 use crate::model::{Instance, InstanceQuery, RuntimeStatus};
 use crate::replay::Divergence;
 
-use super::{Runtime, RuntimeError, RuntimeResult, blocking};
+use super::{Runtime, RuntimeError, RuntimeResult};
 
 /// What a deploy does beyond checking.
 #[derive(Debug, Clone, Copy, Default)]
@@ -186,17 +186,12 @@ impl Runtime {
     /// Compile `bytes` and check that it is an orchestration component,
     /// without storing or registering it. Returns its digest.
     async fn check_orchestration_component(&self, bytes: Vec<u8>) -> RuntimeResult<String> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let digest = engine::digest(&bytes);
-            inner
-                .engine
-                .component(&digest, &bytes)
-                .and_then(|component| inner.replayer.prepare(&digest, &component))
-                .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            Ok(digest)
-        })
-        .await
+        let (digest, _) = self
+            .checked_component(bytes, |inner, digest, component| {
+                inner.replayer.prepare(digest, component)
+            })
+            .await?;
+        Ok(digest)
     }
 
     /// Every instance that has not finished, of `orchestration` or of all,
@@ -262,15 +257,10 @@ impl Runtime {
     /// storing or registering it (a deploy checks every component before it
     /// changes anything).
     pub async fn check_activity_component(&self, bytes: Vec<u8>) -> RuntimeResult<()> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let digest = engine::digest(&bytes);
-            inner
-                .engine
-                .component(&digest, &bytes)
-                .and_then(|component| inner.activity_host.prepare(&digest, &component))
-                .map_err(|e| RuntimeError::Component(format!("{e:#}")))
+        self.checked_component(bytes, |inner, digest, component| {
+            inner.activity_host.prepare(digest, component)
         })
         .await
+        .map(|_| ())
     }
 }

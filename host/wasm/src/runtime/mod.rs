@@ -370,21 +370,34 @@ impl Runtime {
         + Send
         + 'static,
     ) -> RuntimeResult<String> {
-        let digest = engine::digest(&bytes);
-        let inner = self.inner.clone();
+        let (digest, bytes) = self.checked_component(bytes, prepare).await?;
+        let store = self.inner.store.clone();
         let d = digest.clone();
-        blocking(move || -> RuntimeResult<()> {
+        blocking(move || store.put_component(&d, &bytes)).await?;
+        Ok(digest)
+    }
+
+    /// Compile `bytes` and `prepare` them (which checks their world),
+    /// storing nothing: their digest, and the bytes back.
+    async fn checked_component(
+        &self,
+        bytes: Vec<u8>,
+        prepare: impl FnOnce(&Inner, &str, &wasmtime::component::Component) -> anyhow::Result<()>
+        + Send
+        + 'static,
+    ) -> RuntimeResult<(String, Vec<u8>)> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let digest = engine::digest(&bytes);
             let component = inner
                 .engine
-                .component(&d, &bytes)
+                .component(&digest, &bytes)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            prepare(&inner, &d, &component)
+            prepare(&inner, &digest, &component)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            inner.store.put_component(&d, &bytes)?;
-            Ok(())
+            Ok((digest, bytes))
         })
-        .await?;
-        Ok(digest)
+        .await
     }
 
     /// Store a component, check that it is an orchestration, and make it the
