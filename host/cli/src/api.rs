@@ -318,7 +318,10 @@ async fn start_instance(
     trace: Option<Extension<RequestTrace>>,
 ) -> ApiResult {
     let input = body_json(&body, "the request body (the orchestration input)")?;
-    let trace = trace.map(|Extension(RequestTrace(trace))| trace);
+    let trace = match trace {
+        Some(Extension(RequestTrace(trace))) => Some(trace),
+        None => crate::telemetry::request_trace(&Default::default(), &headers),
+    };
     let id = rt.start_new_traced(&name, id, &input, trace).await?;
     Ok(check_status_response(&headers, &id))
 }

@@ -336,12 +336,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Err(never) => match never {},
                 }
             }
-        })
-        .layer(axum::middleware::from_fn(
+        });
+    let router = if crate::telemetry::spans_enabled() {
+        router.layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
                 crate::telemetry::traced(link.clone(), request, next)
             },
-        ));
+        ))
+    } else {
+        router
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -446,10 +450,7 @@ async fn call_trigger(
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
-    let trace = request
-        .extensions()
-        .get::<crate::telemetry::RequestTrace>()
-        .map(|t| t.0);
+    let trace = crate::telemetry::request_trace(request.extensions(), request.headers());
     let call = state
         .triggers
         .handle(&route.digest, name, &params, request, trace);

@@ -40,11 +40,13 @@ impl Telemetry {
     }
 }
 
-/// The spans duro makes: requests, episodes, commits, activities.
+/// The spans duro makes: requests, episodes, commits, activities. They are
+/// at debug level, so that a host that neither exports nor logs at debug
+/// does not make them at all.
 fn duro_targets() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new()
-        .with_target("duro", tracing::Level::INFO)
-        .with_target("duro_wasm", tracing::Level::INFO)
+        .with_target("duro", tracing::Level::DEBUG)
+        .with_target("duro_wasm", tracing::Level::DEBUG)
 }
 
 /// Install the global subscriber: the log on stderr (filtered by
@@ -151,6 +153,29 @@ impl TraceLink for OpenTelemetryLink {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestTrace(pub TraceContext);
 
+/// Whether duro's spans are made (exported, or logged at debug level). The
+/// filters are fixed at start, so `serve` asks once: without spans, no
+/// request goes through `traced` (which costs several percent of
+/// throughput) and instances join their caller's `traceparent` directly.
+pub fn spans_enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// The trace the work a request starts joins: the request's span (when
+/// `traced` made one), else the `traceparent` the caller sent, else none.
+pub fn request_trace(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+) -> Option<TraceContext> {
+    match extensions.get::<RequestTrace>() {
+        Some(RequestTrace(trace)) => Some(*trace),
+        None => headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse),
+    }
+}
+
 /// Middleware: a span per request, child of the request's `traceparent`
 /// (a new trace without one); the response says the span's `traceparent`.
 pub async fn traced(link: Arc<dyn TraceLink>, mut request: Request, next: Next) -> Response {
@@ -160,7 +185,7 @@ pub async fn traced(link: Arc<dyn TraceLink>, mut request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse)
         .unwrap_or_else(TraceContext::root);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "http.request",
         method = %request.method(),
         path = %request.uri().path(),

@@ -55,9 +55,8 @@ impl TraceContext {
 
     /// The start of a new trace.
     pub fn root() -> Self {
-        let random = crate::model::fresh_id();
         TraceContext {
-            trace_id: u128::from_str_radix(&random, 16).unwrap_or(1).max(1),
+            trace_id: (u128::from(random_u64()) << 64 | u128::from(random_u64())).max(1),
             span_id: new_span_id(),
             sampled: true,
         }
@@ -91,6 +90,25 @@ impl fmt::Display for TraceContext {
 }
 
 fn new_span_id() -> u64 {
-    let random = crate::model::fresh_id();
-    u64::from_str_radix(&random[..16], 16).unwrap_or(1).max(1)
+    random_u64().max(1)
+}
+
+/// 64 random bits, cheaply: a per-thread splitmix64 sequence seeded from
+/// `fresh_id` (time, process, counter). Ids are made for every request and
+/// episode, so they must cost nanoseconds; they need to be unique, not secret.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            u64::from_str_radix(&crate::model::fresh_id()[..16], 16).unwrap_or(0x9e37_79b9),
+        );
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }

@@ -52,23 +52,27 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
     }
 }
 
-/// Run one attempt in a span of its instance's trace.
+/// Run one attempt in a span of its instance's trace (when spans are made:
+/// exported, or logged at debug level).
 async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
     use tracing::Instrument as _;
-    // A primary-key read, as `Runtime::status` does inline.
-    let trace = match inner.store.instance(&work.call.instance) {
-        Ok(Some(instance)) => crate::trace::instance_trace(&instance),
-        _ => crate::trace::TraceContext::root(),
-    };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "activity",
         activity = %work.call.name,
         instance = %work.call.instance,
         task = work.call.task,
         attempt = work.attempt,
-        trace_id = %trace.trace_id_hex(),
+        trace_id = tracing::field::Empty,
     );
-    inner.config.trace_link.link(&span, &trace);
+    if !span.is_disabled() {
+        // A primary-key read, as `Runtime::status` does inline.
+        let trace = match inner.store.instance(&work.call.instance) {
+            Ok(Some(instance)) => crate::trace::instance_trace(&instance),
+            _ => crate::trace::TraceContext::root(),
+        };
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        inner.config.trace_link.link(&span, &trace);
+    }
     run_attempt(inner, work).instrument(span).await
 }
 

@@ -110,7 +110,7 @@ async fn commit_loop(
             // the group commit it is part of takes.
             let commit_spans: Vec<tracing::Span> = (spans.iter().zip(&commits))
                 .map(|(episode, commit)| {
-                    tracing::info_span!(parent: episode, "commit", instance = %commit.instance.id, batch)
+                    tracing::debug_span!(parent: episode, "commit", instance = %commit.instance.id, batch)
                 })
                 .collect();
             let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
@@ -317,9 +317,12 @@ fn episode(inner: &Inner, id: &str, span: &mut tracing::Span) -> anyhow::Result<
     };
     // Linked to its trace before it is entered (OpenTelemetry starts the
     // span on entry, and its parent is fixed from then on).
-    let trace = crate::trace::instance_trace(&loaded.instance);
-    *span = tracing::info_span!("episode", instance = %id, trace_id = %trace.trace_id_hex());
-    inner.config.trace_link.link(span, &trace);
+    *span = tracing::debug_span!("episode", instance = %id, trace_id = tracing::field::Empty);
+    if !span.is_disabled() {
+        let trace = crate::trace::instance_trace(&loaded.instance);
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        inner.config.trace_link.link(span, &trace);
+    }
     let _entered = span.clone().entered();
     let warm = inner.replayer.is_warm(&loaded.instance);
     let recorded = if warm {
