@@ -143,10 +143,24 @@ async fn a_component_built_against_0_1_1_still_runs() {
 /// moves the compatible ones, and every instance finishes on its version.
 #[test]
 fn a_hot_deploy_replays_in_flight_instances_before_moving_them() {
-    use crate::cli::duro;
     let dir = tempfile::tempdir().unwrap();
-    let v1 = crate::host::scenario_manifest(dir.path(), "");
-    let host = Host::start_with(&v1, &dir.path().join("duro.db"), &[]);
+    hot_deploy(dir.path(), &dir.path().join("duro.db"));
+}
+
+/// The same on PostgreSQL (skipped without `DURO_TEST_POSTGRES_URL`).
+#[test]
+fn a_hot_deploy_on_postgres() {
+    let Some(database) = crate::support::postgres_database("deploy") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    hot_deploy(dir.path(), std::path::Path::new(&database));
+}
+
+fn hot_deploy(dir: &std::path::Path, database: &std::path::Path) {
+    use crate::cli::duro;
+    let v1 = crate::host::scenario_manifest(dir, "");
+    let host = Host::start_with(&v1, database, &[]);
     for id in ["w1", "w2", "w3"] {
         let started = host.post(
             &format!("{API}/orchestrators/Workflow/{id}"),
@@ -171,7 +185,7 @@ fn a_hot_deploy_replays_in_flight_instances_before_moving_them() {
 
     // Version 2: both orchestrations from the test guests (`Workflow`
     // diverges, `WorkflowWithTimeout` replays); the `Stop` route is gone.
-    let v2 = dir.path().join("v2.toml");
+    let v2 = dir.join("v2.toml");
     std::fs::write(
         &v2,
         format!(
