@@ -8,7 +8,8 @@ use crate::engine;
 use crate::model::{Instance, InstanceQuery, RuntimeStatus};
 use crate::replay::Divergence;
 
-use super::{Runtime, RuntimeError, RuntimeResult};
+use super::{Runtime, RuntimeError, RuntimeResult, blocking};
+use crate::store::{StoreError, Version};
 
 /// What a deploy does beyond checking.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,7 +126,11 @@ impl Runtime {
                 report.orchestrations.push(change);
             }
         }
+        // The version each instance was listed at: a move commits only if the
+        // instance is still there (its history, read after, is the one checked).
+        let mut listed: Vec<Version> = Vec::with_capacity(checked.len());
         for (instance, bytes) in checked {
+            listed.push(Version::of(&instance));
             let to = engine::digest(&bytes);
             let divergence = self.check_replay(instance.clone(), bytes).await?.err();
             report.instances.push(InstanceCheck {
@@ -151,9 +156,9 @@ impl Runtime {
             }
         }
         if mode.upgrade_compatible {
-            for check in report.instances.iter_mut() {
+            for (check, version) in report.instances.iter_mut().zip(listed) {
                 if check.divergence.is_none() {
-                    self.move_checked(check).await?;
+                    self.move_checked(check, version).await?;
                 }
             }
         }
@@ -162,7 +167,18 @@ impl Runtime {
 
     /// Move an instance that replayed on `check.to`; if it took a step since
     /// it was checked, check it again (an `upgrade`).
-    async fn move_checked(&self, check: &mut InstanceCheck) -> RuntimeResult<()> {
+    async fn move_checked(&self, check: &mut InstanceCheck, checked: Version) -> RuntimeResult<()> {
+        let store = self.inner.store.clone();
+        let (id, to) = (check.instance_id.clone(), check.to.clone());
+        match blocking(move || store.set_component(&id, &to, &checked)).await {
+            Ok(()) => {
+                check.moved = true;
+                return Ok(());
+            }
+            // It took a step, finished or was purged: look again.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let instance = match self.live(&check.instance_id).await {
             Ok(instance) => instance,
             // It finished (or was purged) meanwhile: it stays where it ran.
