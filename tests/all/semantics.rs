@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use duro::model::{Action, HistoryEvent, Instance, Message, RuntimeStatus, fresh_id, now_millis};
+use duro::model::{Action, HistoryEvent, Instance, Message, RuntimeStatus, now_millis};
 use duro::store::sqlite::SqliteStore;
 use duro::store::{ClientStore, RuntimeStore};
 use duro_tests::{TEST_GUESTS, guest_bytes};
@@ -249,21 +249,14 @@ async fn a_suspension_before_the_first_episode_holds() {
         store.put_component(&digest, &bytes).unwrap();
         let now = now_millis();
         store
-            .create_instance(&Instance {
-                id: "held".into(),
-                name: "Sequence".into(),
-                status: RuntimeStatus::Pending,
-                input: "null".into(),
-                output: None,
-                custom_status: None,
-                component: digest.clone(),
-                execution_id: fresh_id(),
-                created_at: now,
-                updated_at: now,
-                history_len: 1,
-                parent: None,
-                trace_parent: None,
-            })
+            .create_instance(&Instance::pending(
+                "held".into(),
+                "Sequence".into(),
+                "null".into(),
+                digest.clone(),
+                now,
+                None,
+            ))
             .unwrap();
         store
             .enqueue("held", &Message::Suspend { reason: None })

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use duro::database::{Database, OpenOptions, open_database};
 use duro::model::{
-    ActivityCall, HistoryEvent, Instance, Message, RuntimeStatus, Timer, fresh_id, now_millis,
+    ActivityCall, HistoryEvent, Instance, Message, RuntimeStatus, Timer, now_millis,
 };
 use duro::store::{EpisodeCommit, LoadedInstance, Store, StoreError, Version};
 use duro_store_postgres::{PgOptions, PgStore};
@@ -142,21 +142,14 @@ contract!(
 );
 
 fn instance(id: &str) -> Instance {
-    Instance {
-        id: id.into(),
-        name: "Workflow".into(),
-        status: RuntimeStatus::Pending,
-        input: "\"x\"".into(),
-        output: None,
-        custom_status: None,
-        component: "sha256:test".into(),
-        execution_id: fresh_id(),
-        created_at: now_millis(),
-        updated_at: now_millis(),
-        history_len: 1,
-        parent: None,
-        trace_parent: None,
-    }
+    Instance::pending(
+        id.into(),
+        "Workflow".into(),
+        "\"x\"".into(),
+        "sha256:test".into(),
+        now_millis(),
+        None,
+    )
 }
 
 /// The episode that takes every inbox message and ends the instance with

@@ -2,26 +2,19 @@
 //! wrote. (The contract every backend keeps is tested in
 //! `host/cli/tests/store_contract.rs`.)
 
-use duro_core::model::{Instance, RuntimeStatus, fresh_id, now_millis};
+use duro_core::model::{Instance, RuntimeStatus, now_millis};
 use duro_core::store::{ClientStore, StoreError};
 use duro_store_sqlite::SqliteStore;
 
 fn instance(id: &str) -> Instance {
-    Instance {
-        id: id.into(),
-        name: "Workflow".into(),
-        status: RuntimeStatus::Pending,
-        input: "\"x\"".into(),
-        output: None,
-        custom_status: None,
-        component: "sha256:test".into(),
-        execution_id: fresh_id(),
-        created_at: now_millis(),
-        updated_at: now_millis(),
-        history_len: 1,
-        parent: None,
-        trace_parent: None,
-    }
+    Instance::pending(
+        id.into(),
+        "Workflow".into(),
+        "\"x\"".into(),
+        "sha256:test".into(),
+        now_millis(),
+        None,
+    )
 }
 
 #[test]
