@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::telemetry::RequestTrace;
+use crate::telemetry::StartTrace;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -276,7 +276,7 @@ fn history_json(history: &[HistoryEntry], show_output: bool) -> Value {
 async fn start(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
-    trace: Option<Extension<RequestTrace>>,
+    StartTrace(trace): StartTrace,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
@@ -302,7 +302,7 @@ async fn start(
 async fn start_with_id(
     State(rt): State<Arc<Runtime>>,
     Path((name, id)): Path<(String, String)>,
-    trace: Option<Extension<RequestTrace>>,
+    StartTrace(trace): StartTrace,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
@@ -315,13 +315,9 @@ async fn start_instance(
     id: Option<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-    trace: Option<Extension<RequestTrace>>,
+    trace: Option<crate::trace::TraceContext>,
 ) -> ApiResult {
     let input = body_json(&body, "the request body (the orchestration input)")?;
-    let trace = match trace {
-        Some(Extension(RequestTrace(trace))) => Some(trace),
-        None => crate::telemetry::request_trace(&Default::default(), &headers),
-    };
     let id = rt.start_new_traced(&name, id, &input, trace).await?;
     Ok(check_status_response(&headers, &id))
 }

@@ -169,22 +169,36 @@ pub fn request_trace(
 ) -> Option<TraceContext> {
     match extensions.get::<RequestTrace>() {
         Some(RequestTrace(trace)) => Some(*trace),
-        None => headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse),
+        None => caller_trace(headers),
+    }
+}
+
+/// The valid `traceparent` a caller sent, if any.
+fn caller_trace(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+}
+
+/// Extractor: [`request_trace`] for a handler that starts instances.
+pub struct StartTrace(pub Option<TraceContext>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StartTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(StartTrace(request_trace(&parts.extensions, &parts.headers)))
     }
 }
 
 /// Middleware: a span per request, child of the request's `traceparent`
 /// (a new trace without one); the response says the span's `traceparent`.
 pub async fn traced(link: Arc<dyn TraceLink>, mut request: Request, next: Next) -> Response {
-    let parent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::root);
+    let parent = caller_trace(request.headers()).unwrap_or_else(TraceContext::root);
     let span = tracing::debug_span!(
         "http.request",
         method = %request.method(),

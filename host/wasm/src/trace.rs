@@ -24,6 +24,17 @@ impl TraceLink for FieldsOnly {
     }
 }
 
+/// Put `span` (which has an empty `trace_id` field) in the trace `trace`
+/// works out, when the span is made at all: only then is the trace read.
+pub fn join(span: &tracing::Span, link: &dyn TraceLink, trace: impl FnOnce() -> TraceContext) {
+    if span.is_disabled() {
+        return;
+    }
+    let trace = trace();
+    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    link.link(span, &trace);
+}
+
 /// The trace an instance's work joins: the one it was started in, or (for
 /// an instance stored before instances kept one) a new one.
 pub fn instance_trace(instance: &Instance) -> TraceContext {

@@ -64,15 +64,13 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
         attempt = work.attempt,
         trace_id = tracing::field::Empty,
     );
-    if !span.is_disabled() {
+    crate::trace::join(&span, &*inner.config.trace_link, || {
         // A primary-key read, as `Runtime::status` does inline.
-        let trace = match inner.store.instance(&work.call.instance) {
+        match inner.store.instance(&work.call.instance) {
             Ok(Some(instance)) => crate::trace::instance_trace(&instance),
             _ => crate::trace::TraceContext::root(),
-        };
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-        inner.config.trace_link.link(&span, &trace);
-    }
+        }
+    });
     run_attempt(inner, work).instrument(span).await
 }
 

@@ -318,11 +318,9 @@ fn episode(inner: &Inner, id: &str, span: &mut tracing::Span) -> anyhow::Result<
     // Linked to its trace before it is entered (OpenTelemetry starts the
     // span on entry, and its parent is fixed from then on).
     *span = tracing::debug_span!("episode", instance = %id, trace_id = tracing::field::Empty);
-    if !span.is_disabled() {
-        let trace = crate::trace::instance_trace(&loaded.instance);
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-        inner.config.trace_link.link(span, &trace);
-    }
+    crate::trace::join(span, &*inner.config.trace_link, || {
+        crate::trace::instance_trace(&loaded.instance)
+    });
     let _entered = span.clone().entered();
     let warm = inner.replayer.is_warm(&loaded.instance);
     let recorded = if warm {
