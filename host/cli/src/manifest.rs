@@ -119,6 +119,28 @@ pub struct ResolvedApp {
     pub files: HashMap<PathBuf, Vec<u8>>,
 }
 
+impl ResolvedApp {
+    /// Whether a route needs the function key (`auth = "function"`).
+    pub fn needs_function_key(&self) -> bool {
+        self.http.iter().any(|h| h.auth == AuthLevel::Function)
+    }
+
+    /// Each component with the names of the entries (orchestrations, or
+    /// activities) that `entries` pairs with it, in manifest order.
+    pub fn by_component<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a PathBuf)>,
+    ) -> Vec<(PathBuf, Vec<String>)> {
+        let mut grouped: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        for (name, path) in entries {
+            match grouped.iter_mut().find(|(p, _)| p == path) {
+                Some((_, names)) => names.push(name.to_string()),
+                None => grouped.push((path.clone(), vec![name.to_string()])),
+            }
+        }
+        grouped
+    }
+}
+
 /// An HTTP function ready to serve.
 #[derive(Debug, Clone)]
 pub struct ResolvedHttp {

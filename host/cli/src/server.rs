@@ -1,7 +1,6 @@
 //! `duro serve`: resolve the manifest, register its components, then serve
 //! the app's HTTP functions and the management API on one socket.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -63,9 +62,7 @@ impl Served {
     /// Check an app's HTTP functions and activities and build its routes,
     /// changing nothing yet (a deploy refuses the whole app if any is bad).
     pub(crate) async fn prepare(&self, app: &ResolvedApp) -> anyhow::Result<axum::Router> {
-        if app.http.iter().any(|h| h.auth == AuthLevel::Function)
-            && self.state.function_key.is_none()
-        {
+        if app.needs_function_key() && self.state.function_key.is_none() {
             anyhow::bail!("a route has auth = \"function\" but the host has no function key");
         }
         for activity in &app.activities {
@@ -93,32 +90,27 @@ impl Served {
 /// An app's orchestration components (path, bytes), each with the
 /// orchestrations it defines.
 pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(PathBuf, Vec<u8>, Vec<String>)> {
-    let mut by_component: Vec<(PathBuf, Vec<String>)> = Vec::new();
-    for (name, path) in &app.orchestrations {
-        match by_component.iter_mut().find(|(p, _)| p == path) {
-            Some((_, names)) => names.push(name.clone()),
-            None => by_component.push((path.clone(), vec![name.clone()])),
-        }
-    }
-    by_component
+    let entries = app
+        .orchestrations
+        .iter()
+        .map(|(name, path)| (name.as_str(), path));
+    ResolvedApp::by_component(entries)
         .into_iter()
-        .map(|(path, names)| (path.clone(), app.files[&path].clone(), names))
+        .map(|(path, names)| {
+            let bytes = app.files[&path].clone();
+            (path, bytes, names)
+        })
         .collect()
 }
 
 /// Register an app's activities with their options, and where its
 /// orchestrations' `call_http` may go.
 async fn register_activities(runtime: &Runtime, app: &ResolvedApp) -> anyhow::Result<()> {
-    let mut by_component: HashMap<PathBuf, Vec<&str>> = HashMap::new();
-    for activity in &app.activities {
-        by_component
-            .entry(activity.component.clone())
-            .or_default()
-            .push(&activity.name);
-    }
-    for (path, names) in &by_component {
+    let entries = (app.activities.iter()).map(|a| (a.name.as_str(), &a.component));
+    for (path, names) in ResolvedApp::by_component(entries) {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         runtime
-            .register_activities(app.files[path].clone(), names)
+            .register_activities(app.files[&path].clone(), &names)
             .await
             .with_context(|| format!("activity component {}", path.display()))?;
     }
@@ -233,7 +225,7 @@ const MAX_CONCURRENT_CALLS: usize = 800;
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Everything that can be wrong with the input is found before binding.
     let app = manifest::load(&config.manifest)?;
-    if app.http.iter().any(|h| h.auth == AuthLevel::Function) && config.function_key.is_none() {
+    if app.needs_function_key() && config.function_key.is_none() {
         anyhow::bail!(
             "manifest {}: a route has auth = \"function\" but no function key is set \
              (--function-key or DURO_FUNCTION_KEY)",
