@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine;
+use wasmtime::component::Component;
+
 use crate::model::{Instance, InstanceQuery, RuntimeStatus};
 use crate::replay::Divergence;
 
@@ -107,9 +108,11 @@ impl Runtime {
             .cloned()
             .collect();
         report.removed.sort();
-        let mut checked: Vec<(Instance, Vec<u8>)> = Vec::new();
+        // Each component is hashed and compiled once, whatever the number
+        // of instances replayed on it.
+        let mut checked: Vec<(Instance, String, Component)> = Vec::new();
         for (bytes, names) in &components {
-            let digest = self.check_orchestration_component(bytes.clone()).await?;
+            let (digest, compiled) = self.check_orchestration_component(bytes.clone()).await?;
             for name in names {
                 let change = OrchestrationChange {
                     name: name.clone(),
@@ -119,7 +122,7 @@ impl Runtime {
                 if change.changed() {
                     for instance in self.in_flight(Some(name)).await? {
                         if instance.component != digest {
-                            checked.push((instance, bytes.clone()));
+                            checked.push((instance, digest.clone(), compiled.clone()));
                         }
                     }
                 }
@@ -129,10 +132,12 @@ impl Runtime {
         // The version each instance was listed at: a move commits only if the
         // instance is still there (its history, read after, is the one checked).
         let mut listed: Vec<Version> = Vec::with_capacity(checked.len());
-        for (instance, bytes) in checked {
+        for (instance, to, compiled) in checked {
             listed.push(Version::of(&instance));
-            let to = engine::digest(&bytes);
-            let divergence = self.check_replay(instance.clone(), bytes).await?.err();
+            let divergence = (self
+                .replay_on(instance.clone(), to.clone(), compiled)
+                .await?)
+                .err();
             report.instances.push(InstanceCheck {
                 instance_id: instance.id,
                 orchestration: instance.name,
@@ -200,14 +205,18 @@ impl Runtime {
     }
 
     /// Compile `bytes` and check that it is an orchestration component,
-    /// without storing or registering it. Returns its digest.
-    async fn check_orchestration_component(&self, bytes: Vec<u8>) -> RuntimeResult<String> {
-        let (digest, _) = self
+    /// without storing or registering it. Returns its digest and the
+    /// compiled component.
+    async fn check_orchestration_component(
+        &self,
+        bytes: Vec<u8>,
+    ) -> RuntimeResult<(String, Component)> {
+        let (digest, _, compiled) = self
             .checked_component(bytes, |inner, digest, component| {
                 inner.replayer.prepare(digest, component)
             })
             .await?;
-        Ok(digest)
+        Ok((digest, compiled))
     }
 
     /// Every instance that has not finished, of `orchestration` or of all,

@@ -370,7 +370,7 @@ impl Runtime {
         + Send
         + 'static,
     ) -> RuntimeResult<String> {
-        let (digest, bytes) = self.checked_component(bytes, prepare).await?;
+        let (digest, bytes, _) = self.checked_component(bytes, prepare).await?;
         let store = self.inner.store.clone();
         let d = digest.clone();
         blocking(move || store.put_component(&d, &bytes)).await?;
@@ -378,14 +378,15 @@ impl Runtime {
     }
 
     /// Compile `bytes` and `prepare` them (which checks their world),
-    /// storing nothing: their digest, and the bytes back.
+    /// storing nothing: their digest, the bytes back, and the compiled
+    /// component.
     async fn checked_component(
         &self,
         bytes: Vec<u8>,
         prepare: impl FnOnce(&Inner, &str, &wasmtime::component::Component) -> anyhow::Result<()>
         + Send
         + 'static,
-    ) -> RuntimeResult<(String, Vec<u8>)> {
+    ) -> RuntimeResult<(String, Vec<u8>, wasmtime::component::Component)> {
         let inner = self.inner.clone();
         blocking(move || {
             let digest = engine::digest(&bytes);
@@ -395,7 +396,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
             prepare(&inner, &digest, &component)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
-            Ok((digest, bytes))
+            Ok((digest, bytes, component))
         })
         .await
     }
@@ -724,14 +725,30 @@ impl Runtime {
         instance: Instance,
         component: Vec<u8>,
     ) -> RuntimeResult<Result<(), Divergence>> {
-        let history = self.history(&instance.id).await?;
         let inner = self.inner.clone();
-        blocking(move || {
+        let (digest, compiled) = blocking(move || {
             let digest = engine::digest(&component);
             let compiled = inner
                 .engine
                 .component(&digest, &component)
                 .map_err(|e| RuntimeError::Component(format!("{e:#}")))?;
+            RuntimeResult::Ok((digest, compiled))
+        })
+        .await?;
+        self.replay_on(instance, digest, compiled).await
+    }
+
+    /// Replay an instance's recorded history on the compiled component
+    /// `digest` and report the first divergence.
+    async fn replay_on(
+        &self,
+        instance: Instance,
+        digest: String,
+        compiled: wasmtime::component::Component,
+    ) -> RuntimeResult<Result<(), Divergence>> {
+        let history = self.history(&instance.id).await?;
+        let inner = self.inner.clone();
+        blocking(move || {
             let events = history.into_iter().map(|e| e.event).collect();
             inner
                 .replayer
