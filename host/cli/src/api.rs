@@ -583,9 +583,7 @@ async fn raise_event(
 )]
 async fn pending(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> ApiResult {
     checked_id(&id)?;
-    rt.status(&id)
-        .await?
-        .ok_or(RuntimeError::NotFound(id.clone()))?;
+    // An unknown id is NotFound (404) from the store's load itself.
     let pending = rt.pending(&id).await?;
     let tasks: Vec<Value> = pending
         .tasks
