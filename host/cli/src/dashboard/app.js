@@ -33,8 +33,8 @@ function h(spec, attrs, ...children) {
   return el;
 }
 
-async function api(method, path, body) {
-  const headers = { "content-type": "application/json" };
+async function api(method, path, body, extraHeaders) {
+  const headers = Object.assign({ "content-type": "application/json" }, extraHeaders);
   if (KEY) headers["x-functions-key"] = KEY;
   const response = await fetch(API + path, { method, headers, body });
   const text = await response.text();
@@ -146,14 +146,10 @@ function renderList() {
     if (state.from) query.set("createdTimeFrom", new Date(state.from).toISOString());
     if (state.to) query.set("createdTimeTo", new Date(state.to).toISOString());
     const token = pages[pages.length - 1];
-    const headers = { "content-type": "application/json" };
-    if (KEY) headers["x-functions-key"] = KEY;
-    if (token) headers["x-ms-continuation-token"] = token;
     try {
-      const response = await fetch(`${API}/instances?${query}`, { headers });
-      const json = await response.json();
-      if (!response.ok) throw new Error(json.error || response.statusText);
-      nextToken = response.headers.get("x-ms-continuation-token");
+      const { json, headers } = await api("GET", `/instances?${query}`, undefined,
+        token ? { "x-ms-continuation-token": token } : {});
+      nextToken = headers.get("x-ms-continuation-token");
       body.replaceChildren(...(json.length ? json.map((i) => h("tr", { "data-id": i.instanceId },
         h("td.mono", {}, h("a", { href: "#/instances/" + enc(i.instanceId), text: i.instanceId })),
         h("td", { text: i.name }),
