@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use duro::database::{Database, OpenOptions, open_database};
 use duro::model::{
-    ActivityCall, HistoryEvent, Instance, Message, RuntimeStatus, Timer, now_millis,
+    ActivityCall, HistoryEvent, Instance, InstanceQuery, Message, RuntimeStatus, Timer, now_millis,
 };
 use duro::store::{EpisodeCommit, LoadedInstance, Store, StoreError, Version};
 use duro_store_postgres::{PgOptions, PgStore};
@@ -139,6 +139,7 @@ contract!(
     children_and_purges,
     counts_for_the_gauges,
     the_trace_parent_is_kept,
+    a_listing_by_status_is_one_snapshot,
 );
 
 fn instance(id: &str) -> Instance {
@@ -306,6 +307,49 @@ fn counts_for_the_gauges(t: &TestStore) {
         (1, 2, 2, 3)
     );
     assert_eq!(store.counts(0).unwrap().timers_due, 0);
+}
+
+/// A listing over several statuses (one index range per status) while
+/// instances move from one to the other finds each exactly once.
+fn a_listing_by_status_is_one_snapshot(t: &TestStore) {
+    const N: usize = 60;
+    let ids: Vec<String> = (0..N).map(|i| format!("s{i:02}")).collect();
+    for id in &ids {
+        t.store.create_instance(&instance(id)).unwrap();
+    }
+    let mover = {
+        let (store, ids) = (t.store.clone(), ids.clone());
+        std::thread::spawn(move || {
+            for id in &ids {
+                let loaded = store.load(id).unwrap();
+                let commit = episode(&loaded, RuntimeStatus::Running);
+                assert!(store.commit_episodes(vec![commit])[0].is_ok());
+            }
+        })
+    };
+    let query = InstanceQuery {
+        statuses: vec![RuntimeStatus::Pending, RuntimeStatus::Running],
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut listings = 0;
+    loop {
+        let moving = !mover.is_finished();
+        let found: Vec<String> = t
+            .store
+            .list(&query)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(found, ids, "listing {listings} (each id once, in order)");
+        listings += 1;
+        if !moving {
+            break;
+        }
+    }
+    mover.join().unwrap();
+    assert!(listings > 1);
 }
 
 fn the_trace_parent_is_kept(t: &TestStore) {

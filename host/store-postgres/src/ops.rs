@@ -376,9 +376,9 @@ async fn list_rows(
 ) -> StoreResult<Vec<Row>> {
     let limit = query.limit.max(1);
     let (statements, order) = listing::statements(query, columns, limit);
-    let mut found = Vec::new();
-    for statement in &statements {
-        let statement = statement.to_postgres();
+    // One statement, so one snapshot (and one round trip).
+    let statement = listing::union_all(&statements).to_postgres();
+    let found = {
         let args: Vec<Box<dyn ToSql + Sync + Send>> = statement
             .args
             .iter()
@@ -393,8 +393,8 @@ async fn list_rows(
             .iter()
             .map(|a| a.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        found.extend(rows(c, &statement.sql, &params).await?);
-    }
+        rows(c, &statement.sql, &params).await?
+    };
     if statements.len() == 1 {
         return Ok(found);
     }

@@ -128,8 +128,9 @@ fn every_statement_is_served_by_an_index() {
     ];
     for (what, query) in queries {
         let (statements, _) = listing::statements(&query, sql::INSTANCE_COLUMNS, 100);
-        for statement in statements {
-            let statement = statement.to_postgres();
+        // What the store runs: the statements as one union.
+        {
+            let statement = listing::union_all(&statements).to_postgres();
             let args: Vec<Box<dyn ToSql + Sync>> = statement
                 .args
                 .iter()

@@ -682,24 +682,42 @@ fn list_rows<T>(
 ) -> StoreResult<Vec<T>> {
     let limit = query.limit.max(1);
     let (statements, order) = listing::statements(query, columns, limit);
+    if let [statement] = &statements[..] {
+        return select(conn, statement, &row);
+    }
+    // Several statements read one snapshot: an instance that changes status
+    // meanwhile is found once, not twice nor not at all.
+    let own_transaction = conn.is_autocommit();
+    if own_transaction {
+        run(conn, "BEGIN")?;
+    }
     let mut rows = Vec::new();
-    for statement in &statements {
-        let mut stmt = conn.prepare_cached(&statement.sql).map_err(backend)?;
-        let args = statement.args.iter().map(sql_value);
-        let found = stmt
-            .query_map(rusqlite::params_from_iter(args), &row)
-            .map_err(backend)?
-            .collect::<rusqlite::Result<Vec<T>>>()
-            .map_err(backend)?;
-        rows.extend(found);
+    let read = statements.iter().try_for_each(|statement| {
+        rows.extend(select(conn, statement, &row)?);
+        Ok(())
+    });
+    if own_transaction {
+        run(conn, if read.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
     }
-    if statements.len() == 1 {
-        return Ok(rows);
-    }
+    read?;
     Ok(listing::merge(rows, query.newest_first, limit, |r| {
         let (created, id) = key(r);
         order.key(created, id)
     }))
+}
+
+/// The rows of one listing statement.
+fn select<T>(
+    conn: &Connection,
+    statement: &listing::Statement,
+    row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = conn.prepare_cached(&statement.sql).map_err(backend)?;
+    let args = statement.args.iter().map(sql_value);
+    stmt.query_map(rusqlite::params_from_iter(args), row)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(backend)
 }
 
 fn sql_value(value: &SqlValue) -> rusqlite::types::Value {

@@ -58,12 +58,11 @@ impl Statement {
     /// );
     /// ```
     pub fn to_postgres(&self) -> Statement {
+        const HINT: &str = " INDEXED BY ";
         let mut sql = self.sql.replace('?', "$");
-        if let Some(at) = sql.find(" INDEXED BY ") {
-            let rest = &sql[at + " INDEXED BY ".len()..];
-            let end = rest
-                .find(' ')
-                .map_or(sql.len(), |i| at + " INDEXED BY ".len() + i);
+        while let Some(at) = sql.find(HINT) {
+            let rest = &sql[at + HINT.len()..];
+            let end = rest.find(' ').map_or(sql.len(), |i| at + HINT.len() + i);
             sql.replace_range(at..end, "");
         }
         Statement {
@@ -71,6 +70,47 @@ impl Statement {
             args: self.args.clone(),
         }
     }
+}
+
+/// Several statements as one, `(a) UNION ALL (b) …`, each one's
+/// placeholders numbered after the arguments of those before it. One
+/// statement reads one snapshot: an instance that changes status while a
+/// listing split by status runs is then found exactly once, never twice
+/// (left by one statement, met again by the next) nor not at all. Each
+/// branch keeps its own index range scan.
+pub fn union_all(statements: &[Statement]) -> Statement {
+    if let [one] = statements {
+        return one.clone();
+    }
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    for statement in statements {
+        if !sql.is_empty() {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push('(');
+        sql.push_str(&renumbered(&statement.sql, args.len()));
+        sql.push(')');
+        args.extend(statement.args.iter().cloned());
+    }
+    Statement { sql, args }
+}
+
+/// `sql` with every `?N` placeholder made `?(N + offset)`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('?') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            out.push_str(&(n + offset).to_string());
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Which columns a listing is ordered by.
@@ -298,6 +338,33 @@ pub fn merge<T>(
 mod tests {
     use super::*;
     use crate::model::RuntimeStatus;
+
+    #[test]
+    fn a_union_numbers_each_statements_arguments_after_the_ones_before() {
+        let one = |sql: &str, n: i64| Statement {
+            sql: sql.into(),
+            args: vec![SqlValue::Int(n), SqlValue::Int(n + 1)],
+        };
+        let union = union_all(&[
+            one("SELECT id FROM t WHERE a = ?1 LIMIT ?2", 1),
+            one("SELECT id FROM t WHERE a = ?1 LIMIT ?2", 10),
+            one("SELECT id FROM t WHERE a = ?1 LIMIT ?2", 100),
+        ]);
+        assert_eq!(
+            union.sql,
+            "(SELECT id FROM t WHERE a = ?1 LIMIT ?2) UNION ALL \
+             (SELECT id FROM t WHERE a = ?3 LIMIT ?4) UNION ALL \
+             (SELECT id FROM t WHERE a = ?5 LIMIT ?6)"
+        );
+        assert_eq!(union.args.len(), 6);
+        assert_eq!(union.args[4], SqlValue::Int(100));
+        assert_eq!(
+            union.to_postgres().sql,
+            "(SELECT id FROM t WHERE a = $1 LIMIT $2) UNION ALL \
+             (SELECT id FROM t WHERE a = $3 LIMIT $4) UNION ALL \
+             (SELECT id FROM t WHERE a = $5 LIMIT $6)"
+        );
+    }
 
     #[test]
     fn prefix_bounds() {
