@@ -4,7 +4,8 @@
 //! runtime's `replay_check` (a replay exactly as an episode does it); and
 //! what a whole episode (raise an event → committed) costs on such an
 //! instance, with the warm-instance cache off (every episode replays) and
-//! on (a hot instance is fed only the new event). Real SQLite file.
+//! on (a hot instance is fed only the new event); and how much of a cold
+//! replay is reading the history from the store. Real SQLite file.
 //!
 //! `cargo bench -p duro-tests --bench replay -- [--samples 15]`
 //!
@@ -20,6 +21,18 @@ use serde_json::json;
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
+}
+
+/// Median of `samples` reads of the history of instance `id`: the part of a
+/// cold replay that is the store's.
+async fn history_cost(rt: &Runtime, id: &str, samples: usize) -> Duration {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        rt.history(id).await.expect("history");
+        times.push(started.elapsed());
+    }
+    median(times)
 }
 
 /// Median of `samples` cold replays of instance `id`.
@@ -59,6 +72,7 @@ async fn episode_cost(rt: &Runtime, id: &str, samples: usize) -> Duration {
 
 struct Row {
     events: usize,
+    history_read: Duration,
     cold_replay: Duration,
     episode: Duration,
 }
@@ -95,6 +109,7 @@ async fn measure(warm_instances: usize, samples: usize) -> Vec<Row> {
     .unwrap();
     rows.push(Row {
         events: rt.history(&id).await.unwrap().len(),
+        history_read: history_cost(&rt, &id, samples).await,
         cold_replay: replay_cost(&rt, &id, &scenario, samples).await,
         episode: Duration::ZERO,
     });
@@ -111,12 +126,14 @@ async fn measure(warm_instances: usize, samples: usize) -> Vec<Row> {
         }
         until_idle(&rt, &id).await;
         let events = rt.history(&id).await.unwrap().len();
+        let history_read = history_cost(&rt, &id, samples).await;
         let cold_replay = replay_cost(&rt, &id, &guests, samples).await;
         // The first episode after the timers may replay (the cache fills);
         // the median is over the rest.
         let episode = episode_cost(&rt, &id, samples + 1).await;
         rows.push(Row {
             events,
+            history_read,
             cold_replay,
             episode,
         });
@@ -132,13 +149,18 @@ async fn main() {
     let warm = measure(128, samples).await;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{:>8}  {:>16}  {:>22}  {:>22}",
-        "events", "cold replay (ms)", "episode, replayed (ms)", "episode, warm (ms)"
+        "{:>8}  {:>17}  {:>16}  {:>22}  {:>22}",
+        "events",
+        "history read (ms)",
+        "cold replay (ms)",
+        "episode, replayed (ms)",
+        "episode, warm (ms)"
     );
     for (c, w) in cold.iter().zip(&warm) {
         println!(
-            "{:>8}  {:>16.3}  {:>22.3}  {:>22.3}",
+            "{:>8}  {:>17.3}  {:>16.3}  {:>22.3}  {:>22.3}",
             c.events,
+            ms(c.history_read),
             ms(c.cold_replay),
             ms(c.episode),
             ms(w.episode)
@@ -147,7 +169,11 @@ async fn main() {
     let result = json!({
         "replay_cold": cold
             .iter()
-            .map(|r| json!({ "events": r.events, "ms": ms(r.cold_replay) }))
+            .map(|r| json!({
+                "events": r.events,
+                "ms": ms(r.cold_replay),
+                "history_read_ms": ms(r.history_read),
+            }))
             .collect::<Vec<_>>(),
         "episode": cold
             .iter()

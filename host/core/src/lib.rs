@@ -5,4 +5,5 @@
 
 pub mod model;
 pub mod store;
+pub mod tagged;
 pub mod trace;

@@ -128,40 +128,42 @@ impl fmt::Display for RuntimeStatus {
     }
 }
 
-/// A scheduling call an orchestration made, as recorded in its history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum Action {
-    /// `wait-for-external-event(name)`.
-    WaitForEvent {
-        /// The event name.
-        name: String,
-    },
-    /// `create-timer(fire-at)`.
-    CreateTimer {
-        /// When the timer is due.
-        fire_at: Millis,
-    },
-    /// `call-sub-orchestration(name, instance-id, input)`, with the child's
-    /// id resolved (the default is `<parent>:<task>`).
-    CallSubOrchestration {
-        /// The child's orchestration.
-        name: String,
-        /// The child's instance id.
-        instance_id: String,
-        /// Its input, as JSON.
-        input: String,
-    },
-    /// `call-activity(name, input, retry)`.
-    CallActivity {
-        /// The activity's name.
-        name: String,
-        /// Its input, as JSON.
-        input: String,
-        /// How failed attempts are retried (none: one attempt).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        retry: Option<RetryPolicy>,
-    },
+crate::tagged_enum! {
+    tag = "kind", rename_all = "camelCase";
+    /// A scheduling call an orchestration made, as recorded in its history.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Action {
+        /// `wait-for-external-event(name)`.
+        WaitForEvent {
+            /// The event name.
+            name: String,
+        },
+        /// `create-timer(fire-at)`.
+        CreateTimer {
+            /// When the timer is due.
+            fire_at: Millis,
+        },
+        /// `call-sub-orchestration(name, instance-id, input)`, with the child's
+        /// id resolved (the default is `<parent>:<task>`).
+        CallSubOrchestration {
+            /// The child's orchestration.
+            name: String,
+            /// The child's instance id.
+            instance_id: String,
+            /// Its input, as JSON.
+            input: String,
+        },
+        /// `call-activity(name, input, retry)`.
+        CallActivity {
+            /// The activity's name.
+            name: String,
+            /// Its input, as JSON.
+            input: String,
+            /// How failed attempts are retried (none: one attempt).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            retry: Option<RetryPolicy>,
+        },
+    }
 }
 
 /// How an activity is retried after a failed attempt.
@@ -234,113 +236,115 @@ impl fmt::Display for Action {
     }
 }
 
-/// One entry of an instance's history. The history is append-only and is the
-/// whole truth about an orchestration: replaying it rebuilds its state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "eventType")]
-pub enum HistoryEvent {
-    /// The execution began with this input.
-    ExecutionStarted {
-        /// The orchestration name.
-        name: String,
-        /// The input, as JSON.
-        input: String,
-    },
-    /// An episode began; the orchestration's clock reads `timestamp` until the
-    /// next one.
-    OrchestratorStarted {
-        /// The episode time.
-        timestamp: Millis,
-    },
-    /// The orchestration made a scheduling call; `task` is its sequence number.
-    TaskScheduled {
-        /// Sequence number of the call.
-        task: u32,
-        /// What was scheduled.
-        action: Action,
-    },
-    /// The orchestration dropped a task before it completed: its wait takes
-    /// no event and its timer completes nothing.
-    TaskCancelled {
-        /// Sequence number of the cancelled call.
-        task: u32,
-    },
-    /// An external event arrived.
-    EventRaised {
-        /// The event name.
-        name: String,
-        /// The payload, as JSON.
-        payload: String,
-    },
-    /// A durable timer fell due.
-    TimerFired {
-        /// The timer's task.
-        task: u32,
-        /// Its due time.
-        fire_at: Millis,
-    },
-    /// An activity returned this output.
-    TaskCompleted {
-        /// The activity's task.
-        task: u32,
-        /// Its output, as JSON.
-        output: String,
-        /// Attempts it took.
-        attempts: u32,
-    },
-    /// An activity failed on its last attempt.
-    TaskFailed {
-        /// The activity's task.
-        task: u32,
-        /// The last attempt's error.
-        error: String,
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// A sub-orchestration completed with this output.
-    SubOrchestrationCompleted {
-        /// The call's task.
-        task: u32,
-        /// The child's output, as JSON.
-        output: String,
-    },
-    /// A sub-orchestration failed, was terminated or could not start.
-    SubOrchestrationFailed {
-        /// The call's task.
-        task: u32,
-        /// Why.
-        error: String,
-    },
-    /// The orchestration returned this output.
-    ExecutionCompleted {
-        /// The output, as JSON.
-        output: String,
-    },
-    /// The orchestration failed.
-    ExecutionFailed {
-        /// Why.
-        error: String,
-    },
-    /// The orchestration asked to start over with this input.
-    ContinuedAsNew {
-        /// The next execution's input, as JSON.
-        input: String,
-    },
-    /// A client terminated the instance.
-    ExecutionTerminated {
-        /// The reason given, if any.
-        reason: Option<String>,
-    },
-    /// A client suspended the instance.
-    ExecutionSuspended {
-        /// The reason given, if any.
-        reason: Option<String>,
-    },
-    /// A client resumed the instance.
-    ExecutionResumed {
-        /// The reason given, if any.
-        reason: Option<String>,
-    },
+crate::tagged_enum! {
+    tag = "eventType";
+    /// One entry of an instance's history. The history is append-only and is the
+    /// whole truth about an orchestration: replaying it rebuilds its state.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HistoryEvent {
+        /// The execution began with this input.
+        ExecutionStarted {
+            /// The orchestration name.
+            name: String,
+            /// The input, as JSON.
+            input: String,
+        },
+        /// An episode began; the orchestration's clock reads `timestamp` until the
+        /// next one.
+        OrchestratorStarted {
+            /// The episode time.
+            timestamp: Millis,
+        },
+        /// The orchestration made a scheduling call; `task` is its sequence number.
+        TaskScheduled {
+            /// Sequence number of the call.
+            task: u32,
+            /// What was scheduled.
+            action: Action,
+        },
+        /// The orchestration dropped a task before it completed: its wait takes
+        /// no event and its timer completes nothing.
+        TaskCancelled {
+            /// Sequence number of the cancelled call.
+            task: u32,
+        },
+        /// An external event arrived.
+        EventRaised {
+            /// The event name.
+            name: String,
+            /// The payload, as JSON.
+            payload: String,
+        },
+        /// A durable timer fell due.
+        TimerFired {
+            /// The timer's task.
+            task: u32,
+            /// Its due time.
+            fire_at: Millis,
+        },
+        /// An activity returned this output.
+        TaskCompleted {
+            /// The activity's task.
+            task: u32,
+            /// Its output, as JSON.
+            output: String,
+            /// Attempts it took.
+            attempts: u32,
+        },
+        /// An activity failed on its last attempt.
+        TaskFailed {
+            /// The activity's task.
+            task: u32,
+            /// The last attempt's error.
+            error: String,
+            /// Attempts made.
+            attempts: u32,
+        },
+        /// A sub-orchestration completed with this output.
+        SubOrchestrationCompleted {
+            /// The call's task.
+            task: u32,
+            /// The child's output, as JSON.
+            output: String,
+        },
+        /// A sub-orchestration failed, was terminated or could not start.
+        SubOrchestrationFailed {
+            /// The call's task.
+            task: u32,
+            /// Why.
+            error: String,
+        },
+        /// The orchestration returned this output.
+        ExecutionCompleted {
+            /// The output, as JSON.
+            output: String,
+        },
+        /// The orchestration failed.
+        ExecutionFailed {
+            /// Why.
+            error: String,
+        },
+        /// The orchestration asked to start over with this input.
+        ContinuedAsNew {
+            /// The next execution's input, as JSON.
+            input: String,
+        },
+        /// A client terminated the instance.
+        ExecutionTerminated {
+            /// The reason given, if any.
+            reason: Option<String>,
+        },
+        /// A client suspended the instance.
+        ExecutionSuspended {
+            /// The reason given, if any.
+            reason: Option<String>,
+        },
+        /// A client resumed the instance.
+        ExecutionResumed {
+            /// The reason given, if any.
+            reason: Option<String>,
+        },
+    }
 }
 
 impl HistoryEvent {

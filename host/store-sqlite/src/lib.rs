@@ -599,22 +599,16 @@ fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
 
 fn get_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEntry>> {
     let mut stmt = conn.prepare_cached(sql::LOAD_HISTORY).map_err(backend)?;
-    let rows = stmt
-        .query_map([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
-        .map_err(backend)?;
+    let mut rows = stmt.query([id]).map_err(backend)?;
     let mut history = Vec::new();
-    for row in rows {
-        let (seq, timestamp, event) = row.map_err(backend)?;
+    while let Some(row) = rows.next().map_err(backend)? {
+        // Decoded from the row's own text, not a copy of it.
+        let event = row.get_ref(2).map_err(backend)?;
+        let event = event.as_str().map_err(|e| corrupt("history event", e))?;
         history.push(HistoryEntry {
-            seq: seq as u64,
-            timestamp: timestamp as Millis,
-            event: serde_json::from_str(&event).map_err(|e| corrupt("history event", e))?,
+            seq: row.get::<_, i64>(0).map_err(backend)? as u64,
+            timestamp: row.get::<_, i64>(1).map_err(backend)? as Millis,
+            event: serde_json::from_str(event).map_err(|e| corrupt("history event", e))?,
         });
     }
     Ok(history)
