@@ -120,6 +120,7 @@ struct DeployParams {
     responses(
         (status = 200, description = "The report", body = crate::openapi::DeployReport),
         (status = 400, description = "What is wrong with the app; nothing changed", body = crate::openapi::ErrorBody),
+        (status = 500, description = "The host failed to install the checked app (its store); deploy again", body = crate::openapi::ErrorBody),
     ),
     tag = "deploys",
 )]
@@ -165,7 +166,15 @@ async fn deploy(
         served
             .install(&app, functions)
             .await
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            // Everything was checked before: this is the host's trouble
+            // (its store), and the orchestrations are already deployed.
+            .map_err(|e| ApiError {
+                status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!(
+                    "the orchestrations were deployed, but installing the app's activities \
+                     and routes failed (deploy again): {e:#}"
+                ),
+            })?;
         tracing::info!(
             orchestrations = report.orchestrations.len(),
             checked = report.instances.len(),
