@@ -188,6 +188,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>>;
     /// Give a lease back without changing anything.
     fn release(&self, instance: &str) -> StoreResult<()>;
+    /// Lease `instance`, which a write of this host just gave a message,
+    /// if this store can do so without a round trip (a single-host store
+    /// keeping its leases in memory): true if it is now leased to the
+    /// caller, false if it is leased already or the store cannot (the work
+    /// loop then claims it as usual).
+    fn lease_local(&self, _instance: &str) -> bool {
+        false
+    }
     /// Load an instance, its history and its inbox.
     fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
     /// Load an instance and its inbox; the history may be left out (it is

@@ -1015,6 +1015,13 @@ impl RuntimeStore for SqliteStore {
             .collect())
     }
 
+    fn lease_local(&self, instance: &str) -> bool {
+        self.leased
+            .lock()
+            .expect("lease set poisoned")
+            .insert(instance.to_string())
+    }
+
     fn release(&self, instance: &str) -> StoreResult<()> {
         self.leased
             .lock()

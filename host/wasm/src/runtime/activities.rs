@@ -205,7 +205,7 @@ async fn finish(
     let id = work.id;
     match blocking(move || store.finish_activity(id, finish)).await {
         // The instance has a message: run its episode.
-        Ok(()) if done => inner.work.notify_one(),
+        Ok(()) if done => inner.has_work(&work.call.instance),
         Ok(()) => {}
         // The attempt ran but its end is not recorded: the row is claimed
         // again and the activity runs again (at least once).

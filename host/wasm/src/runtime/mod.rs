@@ -203,6 +203,10 @@ struct Inner {
     /// activity whose component is not registered yet.
     activities_open: watch::Sender<bool>,
     work: Notify,
+    /// The episode threads, once the work loop has started them: an
+    /// instance given a message by this host goes to them directly when
+    /// the store can lease it locally.
+    episode_pool: std::sync::OnceLock<Arc<pool::EpisodePool>>,
     timers: Notify,
     /// The instances of each committed round, so waiters re-read promptly.
     committed: tokio::sync::broadcast::Sender<Arc<[String]>>,
@@ -241,6 +245,22 @@ impl Inner {
                 poll
             }
         }
+    }
+
+    /// `id` has a new message, durable: run its episode. When the store
+    /// leases it on the spot and the episode threads have room, it goes
+    /// straight to them (no claim query, no hand-off through the work
+    /// loop); otherwise the work loop claims it.
+    fn has_work(&self, id: &str) {
+        if let Some(pool) = self.episode_pool.get()
+            && self.store.lease_local(id)
+        {
+            if pool.offer(id.to_string(), self.config.batch_size) {
+                return;
+            }
+            let _ = self.store.release(id);
+        }
+        self.work.notify_one();
     }
 
     /// Forget the failures of `id` once an episode of it committed.
@@ -329,6 +349,7 @@ impl Runtime {
             activities: Notify::new(),
             activities_open: watch::channel(false).0,
             work: Notify::new(),
+            episode_pool: std::sync::OnceLock::new(),
             timers: Notify::new(),
             committed: tokio::sync::broadcast::channel(1024).0,
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
@@ -517,7 +538,7 @@ impl Runtime {
             Some(pending) => pending.await?,
             None => blocking(move || store.create_instance(&instance)).await?,
         }
-        self.inner.work.notify_one();
+        self.inner.has_work(&id);
         Ok(id)
     }
 
@@ -586,12 +607,14 @@ impl Runtime {
     async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
         self.live(id).await?;
         let store = self.inner.store.clone();
-        let id = id.to_string();
-        match store.enqueue_nonblocking(&id, &message) {
+        match store.enqueue_nonblocking(id, &message) {
             Some(pending) => pending.await?,
-            None => blocking(move || store.enqueue(&id, &message)).await?,
+            None => {
+                let owned = id.to_string();
+                blocking(move || store.enqueue(&owned, &message)).await?
+            }
         }
-        self.inner.work.notify_one();
+        self.inner.has_work(id);
         Ok(())
     }
 

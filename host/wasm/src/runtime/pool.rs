@@ -67,6 +67,19 @@ impl EpisodePool {
         }
     }
 
+    /// Queue one leased instance if the queue has room below `limit`
+    /// (instances queued or running) and the pool has not stopped; false
+    /// if it was not queued.
+    pub(super) fn offer(&self, id: String, limit: usize) -> bool {
+        let mut state = self.state.lock().expect("episode pool poisoned");
+        if state.stopped || state.queue.len() + state.running >= limit {
+            return false;
+        }
+        state.queue.push_back(id);
+        self.ready.notify_one();
+        true
+    }
+
     /// Queue claimed instances for the threads.
     pub(super) fn push(&self, ids: Vec<String>) {
         let mut state = self.state.lock().expect("episode pool poisoned");

@@ -28,7 +28,10 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
         }
     });
     let pool = match started {
-        Ok(pool) => StopOnDrop(pool),
+        Ok(pool) => {
+            let _ = inner.episode_pool.set(pool.clone());
+            StopOnDrop(pool)
+        }
         Err(e) => {
             tracing::error!("cannot start the episode threads: {e}");
             return;
