@@ -174,17 +174,17 @@ pub async fn get_instance(c: &impl GenericClient, id: &str) -> StoreResult<Optio
 
 pub async fn get_history(c: &impl GenericClient, id: &str) -> StoreResult<Vec<HistoryEntry>> {
     let found = rows(c, sql::LOAD_HISTORY, &[&id]).await?;
-    found
-        .iter()
-        .map(|r| {
-            let event: String = r.get(2);
-            Ok(HistoryEntry {
-                seq: r.get::<_, i64>(0) as u64,
-                timestamp: r.get::<_, i64>(1) as Millis,
-                event: serde_json::from_str(&event).map_err(|e| corrupt("history event", e))?,
-            })
-        })
-        .collect()
+    found.iter().map(history_entry).collect()
+}
+
+/// A history row (seq, timestamp, event) as its entry.
+fn history_entry(r: &Row) -> StoreResult<HistoryEntry> {
+    let event: &str = r.get(2);
+    Ok(HistoryEntry {
+        seq: r.get::<_, i64>(0) as u64,
+        timestamp: r.get::<_, i64>(1) as Millis,
+        event: serde_json::from_str(event).map_err(|e| corrupt("history event", e))?,
+    })
 }
 
 async fn append_events(
@@ -193,17 +193,21 @@ async fn append_events(
     first_seq: u64,
     events: &[HistoryEvent],
 ) -> StoreResult<()> {
-    let now = now_millis() as i64;
-    for (offset, event) in events.iter().enumerate() {
-        let json = to_json("history event", event)?;
-        let seq = (first_seq + offset as u64) as i64;
-        exec(
-            c,
-            "INSERT INTO history (instance_id, seq, timestamp, event) VALUES ($1, $2, $3, $4)",
-            &[&id, &seq, &now, &json],
-        )
-        .await?;
+    if events.is_empty() {
+        return Ok(());
     }
+    // One statement for the episode's events, whatever their number.
+    let json = events
+        .iter()
+        .map(|event| to_json("history event", event))
+        .collect::<StoreResult<Vec<String>>>()?;
+    exec(
+        c,
+        "INSERT INTO history (instance_id, seq, timestamp, event) \
+         SELECT $1, $2 + n - 1, $3, event FROM UNNEST($4::text[]) WITH ORDINALITY AS e (event, n)",
+        &[&id, &(first_seq as i64), &(now_millis() as i64), &json],
+    )
+    .await?;
     Ok(())
 }
 
@@ -468,24 +472,49 @@ pub async fn release(c: &Object, owner: &str, ids: &[String]) -> StoreResult<()>
 }
 
 pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
-    // One snapshot for the three reads.
-    let tx = c
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(backend)?;
-    let instance = get_instance(&tx, id)
-        .await?
+    // One snapshot for the three reads, and one round trip for all of it:
+    // the statements are prepared first (a cache hit after the first use
+    // on a connection), then BEGIN, the reads and COMMIT are sent without
+    // waiting for each other's answers (tokio-postgres sends a request when
+    // its future is first polled, and a biased `join!` polls them in order). A read
+    // that fails aborts the transaction, and COMMIT then rolls it back, so
+    // the connection goes back to the pool clean either way.
+    let get = c.prepare_cached(sql::GET_INSTANCE).await.map_err(backend)?;
+    let history = c.prepare_cached(sql::LOAD_HISTORY).await.map_err(backend)?;
+    let inbox = c.prepare_cached(sql::LOAD_INBOX).await.map_err(backend)?;
+    let client: &tokio_postgres::Client = c;
+    let params: Params<'_> = &[&id];
+    let (begun, instance, history, inbox, committed) = tokio::join!(
+        biased;
+        client.batch_execute("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+        client.query_opt(&get, params),
+        async {
+            if with_history {
+                client.query(&history, params).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        client.query(&inbox, params),
+        client.batch_execute("COMMIT"),
+    );
+    begun.map_err(backend)?;
+    let (instance, history, inbox) = (
+        instance.map_err(backend)?,
+        history.map_err(backend)?,
+        inbox.map_err(backend)?,
+    );
+    committed.map_err(backend)?;
+    let instance = instance
+        .map(|r| instance_from_row(&r))
+        .transpose()?
         .ok_or_else(|| StoreError::NotFound(id.into()))?;
-    let history = if with_history {
-        get_history(&tx, id).await?
-    } else {
-        Vec::new()
-    };
-    let inbox = rows(&tx, sql::LOAD_INBOX, &[&id])
-        .await?
+    let history = history
+        .unwrap_or_default()
+        .iter()
+        .map(history_entry)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let inbox = inbox
         .iter()
         .map(|r| {
             let message: String = r.get(1);
@@ -495,7 +524,6 @@ pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<L
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    tx.commit().await.map_err(backend)?;
     Ok(LoadedInstance {
         instance,
         history,
