@@ -278,8 +278,13 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
         name: instance.name.clone(),
         input: instance.input.clone(),
     };
-    append_events(c, &instance.id, 0, &[started]).await?;
-    push_message(c, &instance.id, &Message::Start).await
+    // Sent together (one round trip): a biased join polls, so sends, in order.
+    let (appended, pushed) = tokio::join!(
+        biased;
+        append_events(c, &instance.id, 0, std::slice::from_ref(&started)),
+        push_message(c, &instance.id, &Message::Start),
+    );
+    appended.and(pushed)
 }
 
 pub async fn put_component(c: &Object, digest: &str, bytes: &[u8]) -> StoreResult<()> {
@@ -354,13 +359,19 @@ pub async fn set_component(
 
 /// Put a message into the inbox of an instance that exists.
 pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> StoreResult<()> {
-    if row(tx, "SELECT 1 FROM instances WHERE id = $1", &[&id])
-        .await?
-        .is_none()
-    {
+    // One statement: the message goes in only beside its instance.
+    let json = to_json("message", message)?;
+    let inserted = exec(
+        tx,
+        "INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = $1)",
+        &[&id, &json, &message.is_control(), &(now_millis() as i64)],
+    )
+    .await?;
+    if inserted == 0 {
         return Err(StoreError::NotFound(id.to_string()));
     }
-    push_message(tx, id, message).await
+    Ok(())
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
@@ -676,6 +687,35 @@ pub async fn in_savepoint<T>(
         .await
         .map_err(backend)?;
     Ok(result)
+}
+
+/// A write of a group, boxed: the writer's task must stay `Send`, which a
+/// lazily mapped iterator of borrowed futures trips over.
+pub type Op<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+/// Run `ops` one after another in one transaction, each in a savepoint of
+/// its own (see [`in_savepoint`]), without a round trip for the
+/// savepoints: each op's `SAVEPOINT` (and the `RELEASE` of the one before)
+/// is sent together with the op's first statement, and `COMMIT` releases
+/// the last. The outer error is the transaction's.
+pub async fn each_in_savepoint<T>(
+    tx: &Transaction<'_>,
+    ops: Vec<Op<'_, T>>,
+) -> StoreResult<Vec<StoreResult<T>>> {
+    let mut results = Vec::new();
+    let mut open = "SAVEPOINT op";
+    for op in ops {
+        let (opened, result) = tokio::join!(biased; tx.batch_execute(open), op);
+        opened.map_err(backend)?;
+        if result.is_err() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT op")
+                .await
+                .map_err(backend)?;
+        }
+        results.push(result);
+        open = "RELEASE SAVEPOINT op; SAVEPOINT op";
+    }
+    Ok(results)
 }
 
 /// Delete the timers and activity calls of an execution that has ended.

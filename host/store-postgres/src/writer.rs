@@ -166,10 +166,11 @@ async fn commit_group(
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(backend)?;
-    let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        results.push(ops::in_savepoint(&tx, apply(&tx, owner, write)).await?);
-    }
+    let applied: Vec<ops::Op<'_, ()>> = writes
+        .iter()
+        .map(|write| Box::pin(apply(&tx, owner, write)) as ops::Op<'_, ()>)
+        .collect();
+    let results = ops::each_in_savepoint(&tx, applied).await?;
     tx.commit().await.map_err(backend)?;
     // Refused episodes give their leases back without changing anything.
     let refused: Vec<String> = writes
