@@ -568,7 +568,6 @@ pub async fn apply_episode(
     } else {
         episode.expected.history_len
     };
-    append_events(tx, id, first_seq, &episode.new_events).await?;
     if episode.reset_history {
         exec(
             tx,
@@ -582,24 +581,41 @@ pub async fn apply_episode(
         )
         .await?;
     }
-    // The commit gives the lease back.
-    exec(
-        tx,
-        "UPDATE instances SET status = $2, output = $3, custom_status = $4, updated_at = $5, \
-         history_len = $6, lease_owner = NULL, lease_until = NULL WHERE id = $1",
-        &[
-            &id,
-            &instance.status.as_str(),
-            &instance.output,
-            &instance.custom_status,
-            &(instance.updated_at as i64),
-            &(instance.history_len as i64),
-        ],
-    )
-    .await?;
-    if !episode.consumed.is_empty() {
-        exec(tx, sql::DELETE_CONSUMED, &[&id, &episode.consumed]).await?;
-    }
+    // The events, the row (the commit gives the lease back) and the
+    // consumed messages touch different rows: sent together, one round
+    // trip (a biased join polls, so sends, in order).
+    let (status, updated_at, history_len) = (
+        instance.status.as_str(),
+        instance.updated_at as i64,
+        instance.history_len as i64,
+    );
+    let new_row: Params<'_> = &[
+        &id,
+        &status,
+        &instance.output,
+        &instance.custom_status,
+        &updated_at,
+        &history_len,
+    ];
+    let (appended, updated, consumed) = tokio::join!(
+        biased;
+        append_events(tx, id, first_seq, &episode.new_events),
+        exec(
+            tx,
+            "UPDATE instances SET status = $2, output = $3, custom_status = $4, updated_at = $5, \
+             history_len = $6, lease_owner = NULL, lease_until = NULL WHERE id = $1",
+            new_row,
+        ),
+        async {
+            if episode.consumed.is_empty() {
+                return Ok(0);
+            }
+            exec(tx, sql::DELETE_CONSUMED, &[&id, &episode.consumed]).await
+        },
+    );
+    appended?;
+    updated?;
+    consumed?;
     for timer in &episode.new_timers {
         exec(
             tx,
@@ -720,8 +736,14 @@ pub async fn each_in_savepoint<T>(
 
 /// Delete the timers and activity calls of an execution that has ended.
 async fn drop_scheduled_work(tx: &Transaction<'_>, id: &str) -> StoreResult<()> {
-    exec(tx, "DELETE FROM timers WHERE instance_id = $1", &[&id]).await?;
-    exec(tx, "DELETE FROM activities WHERE instance_id = $1", &[&id]).await?;
+    let params: Params<'_> = &[&id];
+    let (timers, activities) = tokio::join!(
+        biased;
+        exec(tx, "DELETE FROM timers WHERE instance_id = $1", params),
+        exec(tx, "DELETE FROM activities WHERE instance_id = $1", params),
+    );
+    timers?;
+    activities?;
     Ok(())
 }
 
