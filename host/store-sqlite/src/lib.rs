@@ -336,9 +336,8 @@ impl SqliteStore {
     /// An instance and its inbox, with its history if `with_history`.
     fn load_parts(&self, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
         self.read(|conn| {
-            // One read transaction, so the three reads see the same snapshot.
-            run(conn, "BEGIN")?;
-            let result = (|| {
+            // The three reads see the same snapshot.
+            in_snapshot(conn, || {
                 let instance =
                     get_instance(conn, id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
                 let history = if with_history {
@@ -364,9 +363,7 @@ impl SqliteStore {
                     history,
                     inbox,
                 })
-            })();
-            run(conn, "COMMIT")?;
-            result
+            })
         })
     }
 
@@ -472,6 +469,19 @@ fn in_savepoint<R>(
         run(conn, "ROLLBACK TO op")?;
     }
     run(conn, "RELEASE op")?;
+    result
+}
+
+/// Run the reads of `op` in one read transaction, so that they see one
+/// snapshot, unless `conn` is in a transaction already (the writer's).
+fn in_snapshot<T>(conn: &Connection, op: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    if !conn.is_autocommit() {
+        return op();
+    }
+    run(conn, "BEGIN")?;
+    let result = op();
+    // A read-only transaction: ending it either way changes nothing.
+    run(conn, if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
     result
 }
 
@@ -681,19 +691,13 @@ fn list_rows<T>(
     }
     // Several statements read one snapshot: an instance that changes status
     // meanwhile is found once, not twice nor not at all.
-    let own_transaction = conn.is_autocommit();
-    if own_transaction {
-        run(conn, "BEGIN")?;
-    }
-    let mut rows = Vec::new();
-    let read = statements.iter().try_for_each(|statement| {
-        rows.extend(select(conn, statement, &row)?);
-        Ok(())
-    });
-    if own_transaction {
-        run(conn, if read.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-    }
-    read?;
+    let rows = in_snapshot(conn, || {
+        let mut rows = Vec::new();
+        for statement in &statements {
+            rows.extend(select(conn, statement, &row)?);
+        }
+        Ok(rows)
+    })?;
     Ok(listing::merge(rows, query.newest_first, limit, |r| {
         let (created, id) = key(r);
         order.key(created, id)
