@@ -18,7 +18,14 @@ use duro::runtime::{Runtime, RuntimeConfig};
 use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_GUESTS, bench_arg, guest_bytes};
 use serde_json::json;
 
-fn median(mut times: Vec<Duration>) -> Duration {
+/// Median time of `samples` runs of `op`.
+async fn median_of(samples: usize, mut op: impl AsyncFnMut()) -> Duration {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        op().await;
+        times.push(started.elapsed());
+    }
     times.sort();
     times[times.len() / 2]
 }
@@ -26,28 +33,22 @@ fn median(mut times: Vec<Duration>) -> Duration {
 /// Median of `samples` reads of the history of instance `id`: the part of a
 /// cold replay that is the store's.
 async fn history_cost(rt: &Runtime, id: &str, samples: usize) -> Duration {
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
+    median_of(samples, async || {
         rt.history(id).await.expect("history");
-        times.push(started.elapsed());
-    }
-    median(times)
+    })
+    .await
 }
 
 /// Median of `samples` cold replays of instance `id`.
 async fn replay_cost(rt: &Runtime, id: &str, component: &[u8], samples: usize) -> Duration {
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
+    median_of(samples, async || {
         let replayed = rt
             .replay_check(id, component.to_vec())
             .await
             .expect("replay");
-        times.push(started.elapsed());
         assert_eq!(replayed, Ok(()), "{id} diverged");
-    }
-    median(times)
+    })
+    .await
 }
 
 async fn until_idle(rt: &Runtime, id: &str) {
@@ -60,14 +61,11 @@ async fn until_idle(rt: &Runtime, id: &str) {
 
 /// Median of `samples` episodes: raise `Go`, wait until it is committed.
 async fn episode_cost(rt: &Runtime, id: &str, samples: usize) -> Duration {
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
+    median_of(samples, async || {
         rt.raise_event(id, "Go", &json!("again")).await.unwrap();
         until_idle(rt, id).await;
-        times.push(started.elapsed());
-    }
-    median(times)
+    })
+    .await
 }
 
 struct Row {
