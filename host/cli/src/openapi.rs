@@ -41,24 +41,25 @@ pub struct InstanceStatus {
     pub parent_instance_id: String,
 }
 
-/// An instance's runtime status.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub enum RuntimeStatus {
-    /// Created, no episode yet.
-    Pending,
-    /// Waiting or working.
-    Running,
-    /// Finished with an output.
-    Completed,
-    /// Finished with an error.
-    Failed,
-    /// Ended by a terminate.
-    Terminated,
-    /// Holding its events until resumed.
-    Suspended,
-    /// Between two executions of a continue-as-new.
-    ContinuedAsNew,
+/// An instance's runtime status: its schema lists the names of
+/// `duro_core`'s statuses (`RuntimeStatus::ALL`), so a status added there
+/// is documented without a second list to keep.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuntimeStatus(pub crate::model::RuntimeStatus);
+
+impl utoipa::PartialSchema for RuntimeStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("An instance's runtime status."))
+            .enum_values(Some(crate::model::RuntimeStatus::ALL.map(|s| s.as_str())))
+            .into()
+    }
 }
+
+impl ToSchema for RuntimeStatus {}
 
 /// One history event: its type and time, and the fields of that type.
 #[derive(Serialize, Deserialize, ToSchema)]
