@@ -775,3 +775,59 @@ fn metrics_count_episodes_commits_and_function_calls() {
         "{text}"
     );
 }
+
+#[test]
+fn an_idle_host_drops_its_warm_instances_and_they_replay_on_their_next_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let mut command = std::process::Command::new(crate::host::duro_binary());
+    command.env("DURO_IDLE_RELEASE_MS", "300");
+    let host = Host::spawn(
+        command,
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--cache-dir", duro_tests::COMPILE_CACHE],
+    );
+    assert_eq!(host.get("/api/start/dozing").status, 200);
+    host.poll("/api/check/dozing", |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    // Its warm instance goes once unused for the idle period, and the
+    // store's caches once no episode ran for a whole one.
+    let page = host.poll("/metrics", |r| {
+        sample(&r.body, "duro_warm_instances_held", "") == Some(0.0)
+            && sample(&r.body, "duro_memory_releases_total", "").unwrap_or(0.0) >= 1.0
+    });
+    assert_eq!(
+        sample(&page.body, "duro_warm_instances_held", ""),
+        Some(0.0),
+        "{}",
+        page.body
+    );
+    assert!(
+        sample(&page.body, "duro_memory_releases_total", "").unwrap() >= 1.0,
+        "{}",
+        page.body
+    );
+    // The event still reaches it: its next episode replays the history.
+    assert_eq!(host.get("/api/stop/dozing").status, 200);
+    let done = host.poll("/api/check/dozing", |r| {
+        r.json()["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    let page = host.get("/metrics");
+    let episodes = |warm: &str| {
+        sample(
+            &page.body,
+            "duro_warm_instance_episodes_total",
+            &format!("{{warm=\"{warm}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (episodes("hit"), episodes("miss")),
+        (0.0, 2.0),
+        "{}",
+        page.body
+    );
+}

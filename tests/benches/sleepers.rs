@@ -71,7 +71,12 @@ async fn main() {
     let clients = duro_tests::bench_arg("--clients", 32) as usize;
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
-    let server = Server::start(&manifest, &dir.path().join("duro.db"));
+    let idle_ms = duro_tests::bench_arg("--idle-release-ms", 2000);
+    let server = Server::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &[("DURO_IDLE_RELEASE_MS", &idle_ms.to_string())],
+    );
     let mut levels = vec![0, 10_000, 100_000];
     levels.retain(|&n| n <= max);
     let mut rows = Vec::new();
@@ -90,13 +95,28 @@ async fn main() {
         } else {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        rows.push((level, server.resident_bytes(), database_bytes(dir.path())));
+        let busy = server.resident_bytes();
+        // Warm instances go after one idle period, the caches after the
+        // first whole period without an episode: wait for both.
+        tokio::time::sleep(Duration::from_millis(2 * idle_ms + 500)).await;
+        rows.push((
+            level,
+            busy,
+            server.resident_bytes(),
+            database_bytes(dir.path()),
+        ));
     }
     println!(
-        "{:>10}  {:>10}  {:>15}  {:>14}  {:>16}",
-        "sleeping", "RSS (MiB)", "anon RSS (MiB)", "database (MiB)", "bytes / sleeper"
+        "{:>10}  {:>16}  {:>21}  {:>10}  {:>15}  {:>14}  {:>16}",
+        "sleeping",
+        "busy RSS (MiB)",
+        "busy anon RSS (MiB)",
+        "RSS (MiB)",
+        "anon RSS (MiB)",
+        "database (MiB)",
+        "bytes / sleeper"
     );
-    let base_db = rows[0].2;
+    let base_db = rows[0].3;
     let per_sleeper = |level: usize, db: u64| {
         if level > 0 {
             (db - base_db) / level as u64
@@ -105,9 +125,11 @@ async fn main() {
         }
     };
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
-    for &(level, (rss, anon), db) in &rows {
+    for &(level, (busy_rss, busy_anon), (rss, anon), db) in &rows {
         println!(
-            "{level:>10}  {:>10.1}  {:>15.1}  {:>14.1}  {:>16}",
+            "{level:>10}  {:>16.1}  {:>21.1}  {:>10.1}  {:>15.1}  {:>14.1}  {:>16}",
+            mib(busy_rss),
+            mib(busy_anon),
             mib(rss),
             mib(anon),
             mib(db),
@@ -115,8 +137,11 @@ async fn main() {
         );
     }
     let result = serde_json::json!({
-        "sleepers": rows.iter().map(|&(level, (rss, anon), db)| serde_json::json!({
+        "idle_release_ms": idle_ms,
+        "sleepers": rows.iter().map(|&(level, (busy_rss, busy_anon), (rss, anon), db)| serde_json::json!({
             "sleeping": level,
+            "busy_rss_bytes": busy_rss,
+            "busy_anon_rss_bytes": busy_anon,
             "rss_bytes": rss,
             "anon_rss_bytes": anon,
             "database_bytes": db,

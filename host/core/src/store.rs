@@ -196,6 +196,11 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn lease_local(&self, _instance: &str) -> bool {
         false
     }
+    /// Give back memory held only to go faster (page caches, idle
+    /// connections), because the host has been idle: the runtime calls it
+    /// after a quiet spell. Nothing stored changes; the next operations may
+    /// be slower while the caches refill.
+    fn release_memory(&self) {}
     /// Load an instance, its history and its inbox.
     fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
     /// Load an instance and its inbox; the history may be left out (it is

@@ -45,6 +45,11 @@ pub struct Metrics {
     pub timers_due: Gauge,
     /// Activity calls not finished, at the last scrape.
     pub activities_pending: Gauge,
+    /// Orchestration instances kept warm between episodes, at the last
+    /// scrape.
+    pub warm_instances_held: Gauge,
+    /// Times the host gave back its caches after a quiet spell.
+    pub memory_releases: Counter,
 }
 
 impl Default for Metrics {
@@ -136,7 +141,21 @@ impl Metrics {
             "Activity calls not finished",
             activities_pending.clone(),
         );
+        let warm_instances_held = Gauge::default();
+        registry.register(
+            "warm_instances_held",
+            "Orchestration instances kept warm between episodes",
+            warm_instances_held.clone(),
+        );
+        let memory_releases = Counter::default();
+        registry.register(
+            "memory_releases",
+            "Times the host gave back its caches after a quiet spell",
+            memory_releases.clone(),
+        );
         Metrics {
+            warm_instances_held,
+            memory_releases,
             guest_traps,
             instances,
             inbox_messages,

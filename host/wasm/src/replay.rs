@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng as _;
 use sha2::{Digest as _, Sha256};
@@ -132,8 +132,10 @@ struct Warm {
     execution_id: String,
     store: Store<EpisodeState>,
     guest: Guest,
-    /// When it was last used, for eviction.
+    /// When it was last used, for eviction: in puts (least recently used
+    /// first) and in time (idle too long).
     used: u64,
+    last_used: Instant,
     /// Its episode has committed: the stored history is the one it saw.
     committed: bool,
 }
@@ -172,6 +174,7 @@ impl WarmCache {
         }
         self.clock += 1;
         warm.used = self.clock;
+        warm.last_used = Instant::now();
         self.entries.insert(instance, warm);
         let held = |entries: &HashMap<String, Warm>| -> usize {
             entries
@@ -250,6 +253,32 @@ impl Replayer {
     pub fn warm_stats(&self) -> (u64, u64) {
         let warm = self.warm.lock().expect("warm cache poisoned");
         (warm.hits, warm.misses)
+    }
+
+    /// How many instances are kept warm now.
+    pub fn warm_count(&self) -> usize {
+        self.warm.lock().expect("warm cache poisoned").entries.len()
+    }
+
+    /// Drop the warm instances not used for `idle` or longer (an instance
+    /// sleeping on a long timer or an event holds its pool slot and linear
+    /// memory for nothing); returns how many were dropped. Their next
+    /// episode replays.
+    pub fn release_idle(&self, idle: Duration) -> usize {
+        let expired: Vec<Warm> = {
+            let mut warm = self.warm.lock().expect("warm cache poisoned");
+            let ids: Vec<String> = warm
+                .entries
+                .iter()
+                .filter(|(_, w)| w.last_used.elapsed() >= idle)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| warm.entries.remove(id))
+                .collect()
+        };
+        // Dropped outside the lock: tearing a store down resets its memory.
+        expired.len()
     }
 
     /// Whether an instance of `instance_id` is kept warm at all (whether or
@@ -350,6 +379,7 @@ impl Replayer {
                     store,
                     guest,
                     used: 0,
+                    last_used: Instant::now(),
                     committed: false,
                 },
             );

@@ -29,6 +29,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(manifest: &Path, database: &Path) -> Server {
+        Server::start_with(manifest, database, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_with(manifest: &Path, database: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = duro()
             .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
             .arg(manifest)
@@ -37,6 +42,7 @@ impl Server {
             .arg("--cache-dir")
             .arg(duro_tests::COMPILE_CACHE)
             .env("DURO_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("duro starts");

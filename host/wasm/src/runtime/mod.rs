@@ -24,6 +24,7 @@ use crate::replay::{Divergence, Replayer, Subject};
 
 mod activities;
 mod deploy;
+mod idle;
 mod pool;
 mod worker;
 use crate::store::{Store, StoreError, Version, WorkKind};
@@ -81,6 +82,13 @@ pub struct RuntimeConfig {
     /// How episode, commit and activity spans join their instance's trace
     /// (OpenTelemetry export sets its own).
     pub trace_link: Arc<dyn crate::trace::TraceLink>,
+    /// A warm instance unused for this long is dropped (its next episode
+    /// replays), and a host that ran no episode for this long gives back
+    /// its caches: the store's (SQLite page caches, idle connections) and
+    /// the heap's free pages. So instances sleeping for days cost memory
+    /// only while they are hot. Zero: never. Default 30 s, or
+    /// `DURO_IDLE_RELEASE_MS`.
+    pub idle_release: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -105,6 +113,12 @@ impl Default for RuntimeConfig {
                 .unwrap_or(64)
                 << 20,
             trace_link: Arc::new(crate::trace::FieldsOnly),
+            idle_release: Duration::from_millis(
+                std::env::var("DURO_IDLE_RELEASE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30_000),
+            ),
         }
     }
 }
@@ -216,6 +230,8 @@ struct Inner {
     retries: Mutex<HashMap<String, u32>>,
     /// The runtime the background tasks run on (episode threads spawn onto it).
     handle: tokio::runtime::Handle,
+    /// Episodes begun so far: the idle release waits for it to stand still.
+    episodes_begun: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -355,6 +371,7 @@ impl Runtime {
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
             retries: Mutex::default(),
             handle: tokio::runtime::Handle::current(),
+            episodes_begun: Default::default(),
         });
         // Weak: the store holds the callback, and the runtime the store.
         let woken = Arc::downgrade(&inner);
@@ -371,7 +388,8 @@ impl Runtime {
         let tasks = vec![
             tokio::spawn(worker::work_loop(inner.clone(), stopped.clone())),
             tokio::spawn(worker::timer_loop(inner.clone(), stopped.clone())),
-            tokio::spawn(activities::activity_loop(inner.clone(), stopped)),
+            tokio::spawn(activities::activity_loop(inner.clone(), stopped.clone())),
+            tokio::spawn(idle::release_loop(inner.clone(), stopped)),
         ];
         Ok(Runtime { inner, stop, tasks })
     }
@@ -848,6 +866,10 @@ impl Runtime {
         let now = self.inner.config.clock.now();
         let counts = blocking(move || store.counts(now)).await?;
         self.inner.metrics.set_counts(&counts);
+        self.inner
+            .metrics
+            .warm_instances_held
+            .set(self.inner.replayer.warm_count() as i64);
         Ok(())
     }
 

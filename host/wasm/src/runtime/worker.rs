@@ -3,6 +3,7 @@
 //! loop that moves due timers into inboxes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
 
@@ -300,10 +301,10 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
     plan
 }
 
-/// One episode of one leased instance, as a commit.
 /// Run one episode of `id`: what to commit, and the episode's span (in the
 /// instance's trace), which the commit's span is a child of.
 fn run_episode(inner: &Inner, id: &str) -> anyhow::Result<(EpisodeCommit, tracing::Span)> {
+    inner.episodes_begun.fetch_add(1, Ordering::Relaxed);
     let mut span = tracing::Span::none();
     let commit = episode(inner, id, &mut span)?;
     Ok((commit, span))
