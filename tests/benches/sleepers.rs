@@ -1,10 +1,13 @@
 //! What sleeping instances cost: a real `duro serve` (release build) with
 //! 0, 10,000 and 100,000 scenario instances started and waiting for their
 //! event; the server's resident memory at each level (all of it, and the
-//! anonymous part without the database pages SQLite maps), and the
-//! database's bytes (file and WAL) per sleeping instance.
+//! anonymous part without the database pages SQLite maps), right after the
+//! last start and after an idle period (when the host has dropped its warm
+//! instances and freed its caches), and the database's bytes (file and WAL)
+//! per sleeping instance. Between 0 and 10,000 a burst of instances is
+//! started and terminated: 0 sleeping again, on a host that has run guests.
 //!
-//! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32]`
+//! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32] [--burst 1000] [--idle-release-ms 2000]`
 //!
 //! Prints a table and, last, one `RESULT {json}` line.
 
@@ -15,8 +18,15 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{API, Client, Server};
 
-/// Start instances `from..to`, `clients` at a time.
-async fn start(host: &str, from: usize, to: usize, clients: usize) {
+/// POST `path(n)` for each `n` in `from..to`, `clients` at a time; each
+/// must answer 202.
+async fn post_each(
+    host: &str,
+    from: usize,
+    to: usize,
+    clients: usize,
+    path: fn(usize) -> (String, String),
+) {
     let next = Arc::new(AtomicUsize::new(from));
     let workers: Vec<_> = (0..clients)
         .map(|_| {
@@ -28,9 +38,9 @@ async fn start(host: &str, from: usize, to: usize, clients: usize) {
                     if n >= to {
                         break;
                     }
-                    let path = format!("{API}/orchestrators/Workflow/sleeper-{n}");
-                    let (status, body) = client.call("POST", &path, &format!("\"s{n}\"")).await;
-                    assert_eq!(status, 202, "{body}");
+                    let (path, body) = path(n);
+                    let (status, reply) = client.call("POST", &path, &body).await;
+                    assert_eq!(status, 202, "{path}: {reply}");
                 }
             })
         })
@@ -40,21 +50,47 @@ async fn start(host: &str, from: usize, to: usize, clients: usize) {
     }
 }
 
-/// Wait until the last instance started is Running (every episode before it
-/// has run; the host claims in order), then a moment for the commits.
-async fn settle(host: &str, last: usize) {
+fn start_sleeper(n: usize) -> (String, String) {
+    let path = format!("{API}/orchestrators/Workflow/sleeper-{n}");
+    (path, format!("\"s{n}\""))
+}
+
+fn start_burst(n: usize) -> (String, String) {
+    let path = format!("{API}/orchestrators/Workflow/burst-{n}");
+    (path, format!("\"b{n}\""))
+}
+
+fn terminate_burst(n: usize) -> (String, String) {
+    let path = format!("{API}/instances/burst-{n}/terminate?reason=done");
+    (path, String::new())
+}
+
+/// Wait until instance `id` is `status` (the host claims in order: every
+/// episode before its own has run), then a moment for the commits.
+async fn settle(host: &str, id: &str, status: &str) {
     let mut client = Client::connect(host).await;
-    let path = format!("{API}/instances/sleeper-{last}");
+    let path = format!("{API}/instances/{id}");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let (_, body) = client.call("GET", &path, "").await;
-        if body["runtimeStatus"] == "Running" {
+        if body["runtimeStatus"] == status {
             break;
         }
-        assert!(Instant::now() < deadline, "sleeper-{last} never ran");
+        assert!(Instant::now() < deadline, "{id} never became {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// One measured level.
+struct Row {
+    label: &'static str,
+    sleeping: usize,
+    /// (RSS, anonymous RSS) right after the level was reached, then after
+    /// an idle period.
+    busy: (u64, u64),
+    idle: (u64, u64),
+    database: u64,
 }
 
 fn database_bytes(dir: &std::path::Path) -> u64 {
@@ -77,21 +113,33 @@ async fn main() {
         &dir.path().join("duro.db"),
         &[("DURO_IDLE_RELEASE_MS", &idle_ms.to_string())],
     );
-    let mut levels = vec![0, 10_000, 100_000];
-    levels.retain(|&n| n <= max);
-    let mut rows = Vec::new();
+    let burst = duro_tests::bench_arg("--burst", 1000) as usize;
+    let mut levels = vec![
+        ("0", 0),
+        ("0 after a burst", 0),
+        ("10,000", 10_000),
+        ("100,000", 100_000),
+    ];
+    levels.retain(|&(label, n)| n <= max && (burst > 0 || label != "0 after a burst"));
+    let mut rows: Vec<Row> = Vec::new();
     let mut started = 0;
-    for level in levels {
+    for (label, level) in levels {
         if level > started {
             let begun = Instant::now();
-            start(&server.host, started, level, clients).await;
-            settle(&server.host, level - 1).await;
+            post_each(&server.host, started, level, clients, start_sleeper).await;
+            settle(&server.host, &format!("sleeper-{}", level - 1), "Running").await;
             eprintln!(
                 "{level} sleeping ({:.1?} to start the last {})",
                 begun.elapsed(),
                 level - started
             );
             started = level;
+        } else if !rows.is_empty() {
+            post_each(&server.host, 0, burst, clients, start_burst).await;
+            settle(&server.host, &format!("burst-{}", burst - 1), "Running").await;
+            post_each(&server.host, 0, burst, clients, terminate_burst).await;
+            settle(&server.host, &format!("burst-{}", burst - 1), "Terminated").await;
+            eprintln!("{burst} instances started and terminated");
         } else {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -99,15 +147,16 @@ async fn main() {
         // Warm instances go after one idle period, the caches after the
         // first whole period without an episode: wait for both.
         tokio::time::sleep(Duration::from_millis(2 * idle_ms + 500)).await;
-        rows.push((
-            level,
+        rows.push(Row {
+            label,
+            sleeping: level,
             busy,
-            server.resident_bytes(),
-            database_bytes(dir.path()),
-        ));
+            idle: server.resident_bytes(),
+            database: database_bytes(dir.path()),
+        });
     }
     println!(
-        "{:>10}  {:>16}  {:>21}  {:>10}  {:>15}  {:>14}  {:>16}",
+        "{:>16}  {:>16}  {:>21}  {:>10}  {:>15}  {:>14}  {:>16}",
         "sleeping",
         "busy RSS (MiB)",
         "busy anon RSS (MiB)",
@@ -116,36 +165,40 @@ async fn main() {
         "database (MiB)",
         "bytes / sleeper"
     );
-    let base_db = rows[0].3;
-    let per_sleeper = |level: usize, db: u64| {
-        if level > 0 {
-            (db - base_db) / level as u64
-        } else {
-            0
-        }
+    // Per sleeper: beyond the database of the last level without one.
+    let base_db = rows
+        .iter()
+        .rfind(|r| r.sleeping == 0)
+        .map_or(0, |r| r.database);
+    let per_sleeper = |row: &Row| match row.sleeping {
+        0 => 0,
+        n => row.database.saturating_sub(base_db) / n as u64,
     };
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
-    for &(level, (busy_rss, busy_anon), (rss, anon), db) in &rows {
+    for row in &rows {
         println!(
-            "{level:>10}  {:>16.1}  {:>21.1}  {:>10.1}  {:>15.1}  {:>14.1}  {:>16}",
-            mib(busy_rss),
-            mib(busy_anon),
-            mib(rss),
-            mib(anon),
-            mib(db),
-            per_sleeper(level, db)
+            "{:>16}  {:>16.1}  {:>21.1}  {:>10.1}  {:>15.1}  {:>14.1}  {:>16}",
+            row.label,
+            mib(row.busy.0),
+            mib(row.busy.1),
+            mib(row.idle.0),
+            mib(row.idle.1),
+            mib(row.database),
+            per_sleeper(row)
         );
     }
     let result = serde_json::json!({
         "idle_release_ms": idle_ms,
-        "sleepers": rows.iter().map(|&(level, (busy_rss, busy_anon), (rss, anon), db)| serde_json::json!({
-            "sleeping": level,
-            "busy_rss_bytes": busy_rss,
-            "busy_anon_rss_bytes": busy_anon,
-            "rss_bytes": rss,
-            "anon_rss_bytes": anon,
-            "database_bytes": db,
-            "bytes_per_sleeper": per_sleeper(level, db),
+        "burst": burst,
+        "sleepers": rows.iter().map(|row| serde_json::json!({
+            "level": row.label,
+            "sleeping": row.sleeping,
+            "busy_rss_bytes": row.busy.0,
+            "busy_anon_rss_bytes": row.busy.1,
+            "rss_bytes": row.idle.0,
+            "anon_rss_bytes": row.idle.1,
+            "database_bytes": row.database,
+            "bytes_per_sleeper": per_sleeper(row),
         })).collect::<Vec<_>>(),
     });
     println!("RESULT {result}");
