@@ -140,6 +140,7 @@ contract!(
     counts_for_the_gauges,
     the_trace_parent_is_kept,
     a_listing_by_status_is_one_snapshot,
+    a_message_reaches_only_a_live_instance,
 );
 
 fn instance(id: &str) -> Instance {
@@ -353,6 +354,28 @@ fn a_listing_by_status_is_one_snapshot(t: &TestStore) {
         }
     }
     mover.join().unwrap();
+}
+
+fn a_message_reaches_only_a_live_instance(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("live")).unwrap();
+    store.enqueue("live", &event("1")).unwrap();
+    store.create_instance(&instance("ended")).unwrap();
+    let loaded = store.load("ended").unwrap();
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok());
+    match store.enqueue("ended", &event("2")) {
+        Err(StoreError::Finished { id, status }) => {
+            assert_eq!((id.as_str(), status), ("ended", RuntimeStatus::Completed));
+        }
+        other => panic!("a message to a finished instance: {other:?}"),
+    }
+    assert!(store.load("ended").unwrap().inbox.is_empty());
+    assert!(matches!(
+        store.enqueue("nobody", &event("3")),
+        Err(StoreError::NotFound(id)) if id == "nobody"
+    ));
+    // The live one has its start and the event.
+    assert_eq!(store.load("live").unwrap().inbox.len(), 2);
 }
 
 fn the_trace_parent_is_kept(t: &TestStore) {

@@ -23,6 +23,14 @@ pub enum StoreError {
     /// A live (unfinished) instance with this id exists already.
     #[error("an instance with id `{0}` already exists and has not finished")]
     AlreadyExists(String),
+    /// The instance has finished: it takes no more messages.
+    #[error("instance `{id}` is {status}; it accepts no more messages")]
+    Finished {
+        /// The instance.
+        id: String,
+        /// Its final status.
+        status: RuntimeStatus,
+    },
     /// Only finished instances may be purged.
     #[error("instance `{id}` is {status}; only a finished instance can be purged")]
     NotFinished {
@@ -289,7 +297,10 @@ pub trait ClientStore: Send + Sync + 'static {
     /// Move an instance to another stored component, if it is still at
     /// `expected` (what the caller checked it against).
     fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()>;
-    /// Put a message into an instance's inbox.
+    /// Put a message into the inbox of a live instance: `NotFound` if there
+    /// is no such instance, `Finished` if it has finished (checked in the
+    /// same write, so a message never lands beside an instance that ended
+    /// meanwhile).
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
     /// `create_instance` without blocking the calling thread, for a
     /// backend whose writes go to a writer of its own anyway: the returned

@@ -359,19 +359,44 @@ pub async fn set_component(
 
 /// Put a message into the inbox of an instance that exists.
 pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> StoreResult<()> {
-    // One statement: the message goes in only beside its instance.
+    // One statement: the message goes in only beside its live instance.
     let json = to_json("message", message)?;
+    let finished: Vec<&str> = RuntimeStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(RuntimeStatus::as_str)
+        .collect();
     let inserted = exec(
         tx,
         "INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = $1)",
-        &[&id, &json, &message.is_control(), &(now_millis() as i64)],
+         SELECT $1, $2, $3, $4 WHERE EXISTS \
+         (SELECT 1 FROM instances WHERE id = $1 AND NOT status = ANY($5))",
+        &[
+            &id,
+            &json,
+            &message.is_control(),
+            &(now_millis() as i64),
+            &finished,
+        ],
     )
     .await?;
-    if inserted == 0 {
-        return Err(StoreError::NotFound(id.to_string()));
+    if inserted > 0 {
+        return Ok(());
     }
-    Ok(())
+    // Why not: rare, so a second statement is fine.
+    let row = tx
+        .query_opt("SELECT status FROM instances WHERE id = $1", &[&id])
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(id.to_string()));
+    };
+    let status: String = row.get(0);
+    let status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+    Err(StoreError::Finished {
+        id: id.to_string(),
+        status,
+    })
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {

@@ -824,13 +824,19 @@ fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
 
 /// Put a message into the inbox of an instance that exists.
 fn enqueue_existing(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
-    let exists = conn
-        .query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(()))
-        .optional()
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM instances WHERE id = ?1")
         .map_err(backend)?
-        .is_some();
-    if !exists {
-        return Err(StoreError::NotFound(id.to_string()));
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    let status = status.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+    if status.is_terminal() {
+        return Err(StoreError::Finished {
+            id: id.to_string(),
+            status,
+        });
     }
     push_message(conn, id, message)
 }

@@ -189,6 +189,7 @@ impl From<StoreError> for RuntimeError {
             StoreError::AlreadyExists(id) => RuntimeError::AlreadyExists(id),
             StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
             StoreError::NotFinished { id, status } => RuntimeError::NotFinished { id, status },
+            StoreError::Finished { id, status } => RuntimeError::Finished { id, status },
             e => RuntimeError::Store(e),
         }
     }
@@ -621,9 +622,9 @@ impl Runtime {
         self.send(id, Message::Resume { reason }).await
     }
 
-    /// Put a message into a live instance's inbox and wake the workers.
+    /// Put a message into a live instance's inbox and wake the workers
+    /// (the store checks that the instance is live in the same write).
     async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
-        self.live(id).await?;
         let store = self.inner.store.clone();
         match store.enqueue_nonblocking(id, &message) {
             Some(pending) => pending.await?,
