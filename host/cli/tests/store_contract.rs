@@ -141,6 +141,7 @@ contract!(
     the_trace_parent_is_kept,
     a_listing_by_status_is_one_snapshot,
     a_message_reaches_only_a_live_instance,
+    a_write_refused_beside_others_undoes_only_itself,
 );
 
 fn instance(id: &str) -> Instance {
@@ -218,6 +219,56 @@ fn concurrent_writes_fail_alone(t: &TestStore) {
             1,
             "{id}: ExecutionStarted"
         );
+    }
+}
+
+fn a_write_refused_beside_others_undoes_only_itself(t: &TestStore) {
+    // Unlike the duplicates above, every write names another instance, so
+    // they may share a group (PostgreSQL sends such a group all at once and
+    // runs it again in order when one write fails).
+    for k in 0..16 {
+        t.store
+            .create_instance(&instance(&format!("taken{k}")))
+            .unwrap();
+    }
+    // Submitted all before any is awaited, so that they queue up together.
+    let ids: Vec<String> = (0..64)
+        .map(|i| match i % 4 {
+            3 => format!("taken{}", i / 4),
+            _ => format!("fresh{i}"),
+        })
+        .collect();
+    let pending: Vec<_> = ids
+        .iter()
+        .map(|id| t.store.create_instance_nonblocking(&instance(id)))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results: Vec<_> = ids
+        .iter()
+        .zip(pending)
+        .map(|(id, pending)| {
+            let result = match pending {
+                Some(pending) => runtime.block_on(pending),
+                None => t.store.create_instance(&instance(id)),
+            };
+            (id.clone(), result)
+        })
+        .collect();
+    for (id, result) in &results {
+        if id.starts_with("taken") {
+            assert!(
+                matches!(result, Err(StoreError::AlreadyExists(d)) if d == id),
+                "{id}: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{id}: {result:?}");
+        }
+        // Written once, whether created now or before.
+        assert_eq!(t.store.history(id).unwrap().len(), 1, "{id}");
+        assert_eq!(t.store.load(id).unwrap().inbox.len(), 1, "{id}: its start");
     }
 }
 

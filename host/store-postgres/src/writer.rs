@@ -1,8 +1,10 @@
 //! Group commit: a few writer tasks per host, each folding every write
 //! waiting for it (new instances, messages, episodes, activity results)
-//! into one transaction, each write in a savepoint of its own so that a
-//! refused one undoes only itself. A write's caller hears back once the
-//! transaction is durable.
+//! into one transaction. The writes of a group on distinct instances are
+//! sent all at once (the driver pipelines them), and a group in which one
+//! fails is run again one write after another, each in a savepoint of its
+//! own, so that a refused write undoes only itself. A write's caller hears
+//! back once the transaction is durable.
 
 use deadpool_postgres::{Pool, Transaction};
 use duro_core::model::{Instance, Message};
@@ -165,6 +167,25 @@ async fn commit_group(
     writes: &[Write],
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
+    if writes.len() > 1 && on_distinct_instances(writes) {
+        // All at once: a write's round trips no longer wait for those of
+        // the writes before it. Writes on distinct instances commute, so
+        // the outcome is that of running them in order; if any fails (its
+        // other statements may have run), nothing of the group is kept and
+        // it runs again below, in order and in savepoints.
+        let tx = client.transaction().await.map_err(backend)?;
+        let results = futures_util::future::join_all(
+            writes
+                .iter()
+                .map(|write| Box::pin(apply(&tx, owner, write)) as ops::Op<'_, ()>),
+        )
+        .await;
+        if results.iter().all(Result::is_ok) {
+            tx.commit().await.map_err(backend)?;
+            return Ok(results);
+        }
+        tx.rollback().await.map_err(backend)?;
+    }
     let tx = client.transaction().await.map_err(backend)?;
     let applied: Vec<ops::Op<'_, ()>> = writes
         .iter()
@@ -185,6 +206,15 @@ async fn commit_group(
         ops::release(&client, owner, &refused).await?;
     }
     Ok(results)
+}
+
+/// Whether every write names an instance (an activity result's does not)
+/// and no two name the same one.
+fn on_distinct_instances(writes: &[Write]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(writes.len());
+    writes
+        .iter()
+        .all(|write| !write.key().is_empty() && seen.insert(write.key()))
 }
 
 async fn apply(tx: &Transaction<'_>, owner: &str, write: &Write) -> StoreResult<()> {
