@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::Inner;
+use super::{Inner, blocking};
 
 pub(super) async fn release_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     let idle = inner.config.idle_release;
@@ -27,7 +27,10 @@ pub(super) async fn release_loop(inner: Arc<Inner>, mut stopped: watch::Receiver
             _ = tokio::time::sleep(tick) => {}
             _ = stopped.changed() => return,
         }
-        let dropped = inner.replayer.release_idle(idle);
+        // Off the async threads: tearing a store down resets its memory,
+        // and closing a connection is a system call or two.
+        let held = inner.clone();
+        let dropped = blocking(move || held.replayer.release_idle(idle)).await;
         if dropped > 0 {
             tracing::debug!("dropped {dropped} warm instances idle for {idle:?}");
         }
@@ -38,7 +41,8 @@ pub(super) async fn release_loop(inner: Arc<Inner>, mut stopped: watch::Receiver
             // Once per quiet spell: under a trickle of reads the caches
             // refill and stay until the next one.
             released = true;
-            inner.store.release_memory();
+            let store = inner.store.clone();
+            blocking(move || store.release_memory()).await;
             inner.metrics.memory_releases.inc();
             tracing::debug!("no episode for {idle:?}: the store's caches were freed");
         }
