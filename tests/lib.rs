@@ -52,3 +52,82 @@ pub fn bench_arg(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// With `--postgres` on a benchmark's command line: the database URL in
+/// `DURO_BENCH_POSTGRES_URL` (or `DURO_TEST_POSTGRES_URL`) and an empty
+/// schema `bench_<name>_<pid>` for the run (dropped first).
+pub fn bench_postgres(name: &str) -> Option<(String, String)> {
+    if !std::env::args().any(|a| a == "--postgres") {
+        return None;
+    }
+    let url = std::env::var("DURO_BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("DURO_TEST_POSTGRES_URL"))
+        .expect("--postgres needs DURO_BENCH_POSTGRES_URL (or DURO_TEST_POSTGRES_URL)");
+    let schema = format!("bench_{name}_{}", std::process::id());
+    duro_store_postgres::PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+    Some((url, schema))
+}
+
+/// `url` with duro's `schema` parameter, for `--database`.
+pub fn database_url(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}schema={schema}")
+}
+
+/// The store a benchmark measures: a SQLite file in a directory of its
+/// own, or, with `--postgres` on the command line, a fresh schema of the
+/// database in `DURO_BENCH_POSTGRES_URL` (or `DURO_TEST_POSTGRES_URL`),
+/// dropped again by [`BenchStore::close`].
+pub struct BenchStore {
+    /// The store.
+    pub store: std::sync::Arc<dyn duro::store::Store>,
+    /// `sqlite` or `postgres`, for the results.
+    pub backend: &'static str,
+    /// The PostgreSQL URL and schema, or the SQLite file's directory.
+    place: Result<(String, String), tempfile::TempDir>,
+}
+
+impl BenchStore {
+    /// Open a fresh store named `name` (a schema `bench_<name>_<pid>` on
+    /// PostgreSQL).
+    pub async fn open(name: &str) -> BenchStore {
+        if let Some((url, schema)) = bench_postgres(name) {
+            let database: duro::database::Database = database_url(&url, &schema)
+                .parse()
+                .expect("a PostgreSQL URL");
+            let store = tokio::task::spawn_blocking(move || {
+                duro::database::open_database(&database, &Default::default())
+            })
+            .await
+            .expect("opening the store")
+            .expect("PostgreSQL store");
+            BenchStore {
+                store,
+                backend: "postgres",
+                place: Ok((url, schema)),
+            }
+        } else {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = duro::database::open(&dir.path().join("bench.db")).expect("SQLite store");
+            BenchStore {
+                store,
+                backend: "sqlite",
+                place: Err(dir),
+            }
+        }
+    }
+
+    /// Drop the PostgreSQL schema (or the SQLite file), once the runtime
+    /// on the store has shut down.
+    pub async fn close(self) {
+        drop(self.store);
+        if let Ok((url, schema)) = self.place {
+            tokio::task::spawn_blocking(move || {
+                duro_store_postgres::PgStore::drop_schema(&url, &schema)
+            })
+            .await
+            .expect("dropping the schema")
+            .expect("PostgreSQL reachable");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Lifecycle benchmark: start → (Running) → raise event → Completed, through
-//! the runtime's public API on a real SQLite file (WAL, synchronous=FULL).
+//! the runtime's public API on a real SQLite file (WAL, synchronous=FULL),
+//! or with `--postgres` on a fresh schema of the database in
+//! `DURO_BENCH_POSTGRES_URL`.
 //!
-//! `cargo bench -p duro-tests --bench lifecycle -- [--clients 64] [--lifecycles 2000] [--latency-samples 200]`
+//! `cargo bench -p duro-tests --bench lifecycle -- [--clients 64] [--lifecycles 2000] [--latency-samples 200] [--postgres]`
 //!
 //! Reports lifecycles per second at N concurrent clients, and the latency
 //! from raising the event to seeing the instance Completed with one client;
@@ -47,18 +49,15 @@ async fn main() {
     let clients = bench_arg("--clients", 64) as usize;
     let lifecycles = bench_arg("--lifecycles", 2000) as usize;
     let samples = bench_arg("--latency-samples", 200) as usize;
-    let dir = tempfile::tempdir().expect("temp dir");
+    let bench_store = duro_tests::BenchStore::open("lifecycle").await;
     let config = RuntimeConfig {
         compile_cache: Some(COMPILE_CACHE.into()),
         ..Default::default()
     };
     let rt = Arc::new(
-        Runtime::start(
-            config,
-            duro::database::open(&dir.path().join("bench.db")).unwrap(),
-        )
-        .await
-        .expect("runtime"),
+        Runtime::start(config, bench_store.store.clone())
+            .await
+            .expect("runtime"),
     );
     rt.register(guest_bytes(SCENARIO), &["Workflow"])
         .await
@@ -105,6 +104,7 @@ async fn main() {
     );
     let per_second = lifecycles as f64 / elapsed.as_secs_f64();
     let result = json!({
+        "backend": bench_store.backend,
         "in_process": {
             "clients": clients,
             "lifecycles_per_s": per_second,
@@ -115,4 +115,8 @@ async fn main() {
         }
     });
     println!("RESULT {result}");
+    if let Ok(rt) = Arc::try_unwrap(rt) {
+        rt.shutdown().await;
+    }
+    bench_store.close().await;
 }

@@ -5,9 +5,10 @@
 //! what a whole episode (raise an event → committed) costs on such an
 //! instance, with the warm-instance cache off (every episode replays) and
 //! on (a hot instance is fed only the new event); and how much of a cold
-//! replay is reading the history from the store. Real SQLite file.
+//! replay is reading the history from the store. Real SQLite file, or with
+//! `--postgres` a fresh schema of the database in `DURO_BENCH_POSTGRES_URL`.
 //!
-//! `cargo bench -p duro-tests --bench replay -- [--samples 15]`
+//! `cargo bench -p duro-tests --bench replay -- [--samples 15] [--postgres]`
 //!
 //! Prints a table and, last, one `RESULT {json}` line.
 
@@ -76,16 +77,17 @@ struct Row {
 }
 
 /// The rows for one runtime (cache on or off).
-async fn measure(warm_instances: usize, samples: usize) -> Vec<Row> {
-    let dir = tempfile::tempdir().expect("temp dir");
+async fn measure(warm_instances: usize, samples: usize) -> (Vec<Row>, &'static str) {
+    let bench_store = duro_tests::BenchStore::open(&format!("replay_{warm_instances}")).await;
     let config = RuntimeConfig {
         compile_cache: Some(COMPILE_CACHE.into()),
         step_budget: Duration::from_secs(60),
         warm_instances,
         ..Default::default()
     };
-    let store = duro::database::open(&dir.path().join("bench.db")).unwrap();
-    let rt = Runtime::start(config, store).await.expect("runtime");
+    let rt = Runtime::start(config, bench_store.store.clone())
+        .await
+        .expect("runtime");
     let (guests, scenario) = (guest_bytes(TEST_GUESTS), guest_bytes(SCENARIO));
     rt.register(guests.clone(), &["Timers"])
         .await
@@ -137,14 +139,16 @@ async fn measure(warm_instances: usize, samples: usize) -> Vec<Row> {
         });
     }
     rt.shutdown().await;
-    rows
+    let backend = bench_store.backend;
+    bench_store.close().await;
+    (rows, backend)
 }
 
 #[tokio::main]
 async fn main() {
     let samples = bench_arg("--samples", 15) as usize;
-    let cold = measure(0, samples).await;
-    let warm = measure(128, samples).await;
+    let (cold, backend) = measure(0, samples).await;
+    let (warm, _) = measure(128, samples).await;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{:>8}  {:>17}  {:>16}  {:>22}  {:>22}",
@@ -165,6 +169,7 @@ async fn main() {
         );
     }
     let result = json!({
+        "backend": backend,
         "replay_cold": cold
             .iter()
             .map(|r| json!({

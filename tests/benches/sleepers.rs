@@ -7,7 +7,11 @@
 //! per sleeping instance. Between 0 and 10,000 a burst of instances is
 //! started and terminated: 0 sleeping again, on a host that has run guests.
 //!
-//! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32] [--burst 1000] [--idle-release-ms 2000]`
+//! With `--postgres`, the server keeps its state in a fresh schema of the
+//! database in `DURO_BENCH_POSTGRES_URL`, and the bytes are its tables'
+//! (indexes included); the memory is the host's alone.
+//!
+//! `cargo bench -p duro-tests --bench sleepers -- [--max 100000] [--clients 32] [--burst 1000] [--idle-release-ms 2000] [--postgres]`
 //!
 //! Prints a table and, last, one `RESULT {json}` line.
 
@@ -93,7 +97,7 @@ struct Row {
     database: u64,
 }
 
-fn database_bytes(dir: &std::path::Path) -> u64 {
+fn sqlite_bytes(dir: &std::path::Path) -> u64 {
     ["duro.db", "duro.db-wal"]
         .iter()
         .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
@@ -108,9 +112,20 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
     let idle_ms = duro_tests::bench_arg("--idle-release-ms", 2000);
+    let postgres = duro_tests::bench_postgres("sleepers");
+    let database = match &postgres {
+        Some((url, schema)) => duro_tests::database_url(url, schema).into(),
+        None => dir.path().join("duro.db"),
+    };
+    let database_bytes = || match &postgres {
+        Some((url, schema)) => {
+            duro_store_postgres::PgStore::schema_bytes(url, schema).expect("PostgreSQL reachable")
+        }
+        None => sqlite_bytes(dir.path()),
+    };
     let server = Server::start_with(
         &manifest,
-        &dir.path().join("duro.db"),
+        &database,
         &[("DURO_IDLE_RELEASE_MS", &idle_ms.to_string())],
     );
     let burst = duro_tests::bench_arg("--burst", 1000) as usize;
@@ -152,7 +167,7 @@ async fn main() {
             sleeping: level,
             busy,
             idle: server.resident_bytes(),
-            database: database_bytes(dir.path()),
+            database: database_bytes(),
         });
     }
     println!(
@@ -188,6 +203,7 @@ async fn main() {
         );
     }
     let result = serde_json::json!({
+        "backend": if postgres.is_some() { "postgres" } else { "sqlite" },
         "idle_release_ms": idle_ms,
         "burst": burst,
         "sleepers": rows.iter().map(|row| serde_json::json!({
@@ -202,4 +218,8 @@ async fn main() {
         })).collect::<Vec<_>>(),
     });
     println!("RESULT {result}");
+    drop(server);
+    if let Some((url, schema)) = &postgres {
+        duro_store_postgres::PgStore::drop_schema(url, schema).expect("PostgreSQL reachable");
+    }
 }

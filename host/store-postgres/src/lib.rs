@@ -113,6 +113,37 @@ impl Drop for PgStore {
     }
 }
 
+/// Run `op` on a connection to `url` of its own, with a runtime of its own
+/// on a thread of its own: the caller may be on an async thread, where a
+/// runtime may be neither run nor dropped. (For tests and benchmarks.)
+fn on_own_connection<T: Send>(
+    url: &str,
+    op: impl AsyncFnOnce(&tokio_postgres::Client) -> StoreResult<T> + Send,
+) -> StoreResult<T> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| setup_error("the database URL", e))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let run = async {
+                let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
+                let driver = tokio::spawn(connection);
+                let result = op(&client).await;
+                drop(client);
+                let _ = driver.await;
+                result
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| setup_error("runtime", e))?
+                .block_on(run)
+        })
+        .join()
+        .expect("a statement on its own connection panicked")
+    })
+}
+
 fn backend(e: tokio_postgres::Error) -> StoreError {
     // Errors without a SQL state are the connection's: the database went
     // away or is restarting, and trying again may help.
@@ -238,32 +269,26 @@ impl PgStore {
         if !valid_schema(schema) {
             return Err(setup_error("schema", format!("{schema:?} is not valid")));
         }
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| setup_error("the database URL", e))?;
-        let drop = async {
-            let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
-            let driver = tokio::spawn(connection);
-            let result = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        on_own_connection(url, async |client| {
+            client.batch_execute(&sql).await.map_err(backend)
+        })
+    }
+
+    /// The bytes the tables of `schema` take on disk, their indexes and
+    /// TOAST included (for the benchmarks' bytes per instance).
+    pub fn schema_bytes(url: &str, schema: &str) -> StoreResult<u64> {
+        on_own_connection(url, async |client| {
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&schema],
+                )
                 .await
-                .map_err(backend);
-            drop(client);
-            let _ = driver.await;
-            result
-        };
-        // A runtime of its own, on a thread of its own: the caller may be on
-        // an async thread, where a runtime may be neither run nor dropped.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| setup_error("runtime", e))?
-                    .block_on(drop)
-            })
-            .join()
-            .expect("dropping the schema panicked")
+                .map_err(backend)?;
+            Ok(row.get::<_, i64>(0) as u64)
         })
     }
 
