@@ -83,11 +83,10 @@ pub struct RuntimeConfig {
     /// (OpenTelemetry export sets its own).
     pub trace_link: Arc<dyn crate::trace::TraceLink>,
     /// A warm instance unused for this long is dropped (its next episode
-    /// replays), and a host that ran no episode for this long gives back
-    /// its caches: the store's (SQLite page caches, idle connections) and
-    /// the heap's free pages. So instances sleeping for days cost memory
-    /// only while they are hot. Zero: never. Default 30 s, or
-    /// `DURO_IDLE_RELEASE_MS`.
+    /// replays), and a host that ran no episode for this long has its
+    /// store give back its caches (SQLite: its page caches and idle read
+    /// connections). So instances sleeping for days cost memory only while
+    /// they are hot. Zero: never. Default 30 s, or `DURO_IDLE_RELEASE_MS`.
     pub idle_release: Duration,
 }
 
