@@ -132,9 +132,8 @@ struct Warm {
     execution_id: String,
     store: Store<EpisodeState>,
     guest: Guest,
-    /// When it was last used, for eviction: in puts (least recently used
-    /// first) and in time (idle too long).
-    used: u64,
+    /// When it was last put back, for eviction: the least recently used
+    /// first, and any idle too long.
     last_used: Instant,
     /// Its episode has committed: the stored history is the one it saw.
     committed: bool,
@@ -158,7 +157,6 @@ struct WarmCache {
     /// Most bytes of guest linear memory the warm instances may hold.
     max_memory: usize,
     entries: HashMap<String, Warm>,
-    clock: u64,
     hits: u64,
     misses: u64,
 }
@@ -172,8 +170,6 @@ impl WarmCache {
         if self.capacity == 0 {
             return;
         }
-        self.clock += 1;
-        warm.used = self.clock;
         warm.last_used = Instant::now();
         self.entries.insert(instance, warm);
         let held = |entries: &HashMap<String, Warm>| -> usize {
@@ -188,7 +184,7 @@ impl WarmCache {
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, w)| w.used)
+                .min_by_key(|(_, w)| w.last_used)
                 .map(|(id, _)| id.clone())
                 .expect("over capacity, so not empty");
             self.entries.remove(&oldest);
@@ -265,18 +261,13 @@ impl Replayer {
     /// memory for nothing); returns how many were dropped. Their next
     /// episode replays.
     pub fn release_idle(&self, idle: Duration) -> usize {
-        let expired: Vec<Warm> = {
-            let mut warm = self.warm.lock().expect("warm cache poisoned");
-            let ids: Vec<String> = warm
-                .entries
-                .iter()
-                .filter(|(_, w)| w.last_used.elapsed() >= idle)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.iter()
-                .filter_map(|id| warm.entries.remove(id))
-                .collect()
-        };
+        let expired: Vec<(String, Warm)> = self
+            .warm
+            .lock()
+            .expect("warm cache poisoned")
+            .entries
+            .extract_if(|_, w| w.last_used.elapsed() >= idle)
+            .collect();
         // Dropped outside the lock: tearing a store down resets its memory.
         expired.len()
     }
@@ -378,7 +369,6 @@ impl Replayer {
                     execution_id: subject.execution_id.clone(),
                     store,
                     guest,
-                    used: 0,
                     last_used: Instant::now(),
                     committed: false,
                 },
