@@ -357,7 +357,8 @@ pub async fn set_component(
     tx.commit().await.map_err(backend)
 }
 
-/// Put a message into the inbox of an instance that exists.
+/// Put a message into the inbox of a live instance (see
+/// `ClientStore::enqueue`).
 pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> StoreResult<()> {
     // One statement: the message goes in only beside its live instance.
     let json = to_json("message", message)?;
@@ -384,19 +385,13 @@ pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> Store
         return Ok(());
     }
     // Why not: rare, so a second statement is fine.
-    let row = tx
-        .query_opt("SELECT status FROM instances WHERE id = $1", &[&id])
-        .await
-        .map_err(backend)?;
-    let Some(row) = row else {
-        return Err(StoreError::NotFound(id.to_string()));
-    };
-    let status: String = row.get(0);
-    let status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
-    Err(StoreError::Finished {
-        id: id.to_string(),
-        status,
-    })
+    match get_instance(tx, id).await? {
+        None => Err(StoreError::NotFound(id.to_string())),
+        Some(instance) => Err(StoreError::Finished {
+            id: id.to_string(),
+            status: instance.status,
+        }),
+    }
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {

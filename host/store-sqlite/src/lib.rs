@@ -822,8 +822,9 @@ fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
     }
 }
 
-/// Put a message into the inbox of an instance that exists.
-fn enqueue_existing(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
+/// Put a message into the inbox of a live instance (see
+/// `ClientStore::enqueue`); only its status is read, on every message.
+fn enqueue_live(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")
         .map_err(backend)?
@@ -1319,7 +1320,7 @@ impl ClientStore for SqliteStore {
 
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
         let (id, message) = (instance.to_string(), message.clone());
-        self.write(move |conn| enqueue_existing(conn, &id, &message))
+        self.write(move |conn| enqueue_live(conn, &id, &message))
     }
 
     fn enqueue_nonblocking(
@@ -1328,7 +1329,7 @@ impl ClientStore for SqliteStore {
         message: &Message,
     ) -> Option<duro_core::store::PendingWrite<()>> {
         let (id, message) = (instance.to_string(), message.clone());
-        Some(self.submit_async(move |conn| enqueue_existing(conn, &id, &message)))
+        Some(self.submit_async(move |conn| enqueue_live(conn, &id, &message)))
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
