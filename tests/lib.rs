@@ -81,10 +81,19 @@ pub fn database_url(url: &str, schema: &str) -> String {
 pub struct BenchStore {
     /// The store.
     pub store: std::sync::Arc<dyn duro::store::Store>,
-    /// `sqlite` or `postgres`, for the results.
-    pub backend: &'static str,
-    /// The PostgreSQL URL and schema, or the SQLite file's directory.
-    place: Result<(String, String), tempfile::TempDir>,
+    place: Place,
+}
+
+/// Where a [`BenchStore`] keeps its state.
+enum Place {
+    /// The SQLite file's directory, held to be removed when dropped.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+    },
 }
 
 impl BenchStore {
@@ -103,17 +112,23 @@ impl BenchStore {
             .expect("PostgreSQL store");
             BenchStore {
                 store,
-                backend: "postgres",
-                place: Ok((url, schema)),
+                place: Place::Postgres { url, schema },
             }
         } else {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = duro::database::open(&dir.path().join("bench.db")).expect("SQLite store");
             BenchStore {
                 store,
-                backend: "sqlite",
-                place: Err(dir),
+                place: Place::Sqlite { _dir: dir },
             }
+        }
+    }
+
+    /// `sqlite` or `postgres`, for the results.
+    pub fn backend(&self) -> &'static str {
+        match self.place {
+            Place::Sqlite { .. } => "sqlite",
+            Place::Postgres { .. } => "postgres",
         }
     }
 
@@ -121,7 +136,7 @@ impl BenchStore {
     /// on the store has shut down.
     pub async fn close(self) {
         drop(self.store);
-        if let Ok((url, schema)) = self.place {
+        if let Place::Postgres { url, schema } = self.place {
             tokio::task::spawn_blocking(move || {
                 duro_store_postgres::PgStore::drop_schema(&url, &schema)
             })

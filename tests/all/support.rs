@@ -102,6 +102,5 @@ pub fn json(text: &str) -> serde_json::Value {
 /// (see `PgStore::test_schema`: empty, or `None` and the test skipped).
 pub fn postgres_database(test: &str) -> Option<String> {
     let (url, schema) = duro_store_postgres::PgStore::test_schema(&format!("e2e_{test}"))?;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{separator}schema={schema}"))
+    Some(duro_tests::database_url(&url, &schema))
 }

@@ -104,7 +104,7 @@ async fn main() {
     );
     let per_second = lifecycles as f64 / elapsed.as_secs_f64();
     let result = json!({
-        "backend": bench_store.backend,
+        "backend": bench_store.backend(),
         "in_process": {
             "clients": clients,
             "lifecycles_per_s": per_second,

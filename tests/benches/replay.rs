@@ -139,7 +139,7 @@ async fn measure(warm_instances: usize, samples: usize) -> (Vec<Row>, &'static s
         });
     }
     rt.shutdown().await;
-    let backend = bench_store.backend;
+    let backend = bench_store.backend();
     bench_store.close().await;
     (rows, backend)
 }
