@@ -129,13 +129,14 @@ async fn main() {
         &[("DURO_IDLE_RELEASE_MS", &idle_ms.to_string())],
     );
     let burst = duro_tests::bench_arg("--burst", 1000) as usize;
+    const AFTER_BURST: &str = "0 after a burst";
     let mut levels = vec![
         ("0", 0),
-        ("0 after a burst", 0),
+        (AFTER_BURST, 0),
         ("10,000", 10_000),
         ("100,000", 100_000),
     ];
-    levels.retain(|&(label, n)| n <= max && (burst > 0 || label != "0 after a burst"));
+    levels.retain(|&(label, n)| n <= max && (burst > 0 || label != AFTER_BURST));
     let mut rows: Vec<Row> = Vec::new();
     let mut started = 0;
     for (label, level) in levels {
@@ -149,7 +150,7 @@ async fn main() {
                 level - started
             );
             started = level;
-        } else if !rows.is_empty() {
+        } else if label == AFTER_BURST {
             post_each(&server.host, 0, burst, clients, start_burst).await;
             settle(&server.host, &format!("burst-{}", burst - 1), "Running").await;
             post_each(&server.host, 0, burst, clients, terminate_burst).await;
