@@ -12,6 +12,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("TEST_GUESTS_HTTP", "test-guests-http"),
     ("TEST_ACTIVITIES", "test-activities"),
     ("TEST_LEGACY", "test-legacy"),
+    ("TEST_LEGACY_0_1_2", "test-legacy-0-1-2"),
     ("CHAINING_ORCHESTRATION", "chaining-orchestration"),
     ("CHAINING_ACTIVITIES", "chaining-activities"),
     ("CHAINING_HTTP", "chaining-http"),
@@ -53,6 +54,7 @@ fn main() {
         "tests/guests-http",
         "tests/guests-activities",
         "tests/guests-legacy",
+        "tests/guests-legacy-0.1.2",
         "host/wasm/wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

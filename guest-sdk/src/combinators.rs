@@ -149,13 +149,23 @@ pub fn when_all<F: Future>(
             }))
         })
         .collect();
+    // Swapped with the woken list on each poll, so neither allocates again.
+    let mut ready = Vec::new();
     std::future::poll_fn(move |cx: &mut Context<'_>| {
-        *woken.parent.lock().expect("single-threaded") = Some(cx.waker().clone());
-        let mut ready = std::mem::take(&mut *woken.branches.lock().expect("single-threaded"));
+        let mut parent = woken.parent.lock().expect("single-threaded");
+        match parent.as_mut() {
+            Some(known) => known.clone_from(cx.waker()),
+            None => *parent = Some(cx.waker().clone()),
+        }
+        drop(parent);
+        std::mem::swap(
+            &mut ready,
+            &mut *woken.branches.lock().expect("single-threaded"),
+        );
         // Left to right, as a full scan would: the same order on every replay.
         ready.sort_unstable();
         ready.dedup();
-        for index in ready {
+        for index in ready.drain(..) {
             if outputs[index].is_some() {
                 continue;
             }

@@ -403,6 +403,7 @@ impl OrchestrationContext {
     pub fn continue_as_new<T: Serialize>(&self, input: &T) {
         let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
         host::continue_as_new(&json);
+        runtime::note_recorded_call();
         runtime::set_continue_as_new(json);
     }
 }
@@ -552,6 +553,7 @@ pub struct Task<T> {
 
 impl<T> Task<T> {
     fn new(id: u32, decode: fn(TaskOutcome) -> T) -> Self {
+        runtime::note_recorded_call();
         Task {
             id,
             decode,
@@ -599,6 +601,7 @@ impl<T> Drop for Task<T> {
         // host has nothing left to cancel for it.
         if !self.done && runtime::take_outcome(self.id).is_none() {
             host::cancel_task(self.id);
+            runtime::note_recorded_call();
         }
     }
 }

@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::activity::run_activity;
-    pub use crate::runtime::{BoxedOrchestration, boxed, step};
+    pub use crate::runtime::{BoxedOrchestration, boxed, step, step_many};
     pub use serde_json;
 }
 
@@ -147,10 +147,23 @@ macro_rules! export_orchestrations {
             fn step(
                 delivery: ::core::option::Option<$crate::bindings::duro::workflow::types::Completion>,
             ) -> $crate::bindings::duro::workflow::types::StepResult {
-                $crate::__private::step(delivery, |name, ctx| match name {
-                    $($name => ::core::option::Option::Some($crate::__private::boxed($func(ctx))),)+
-                    _ => ::core::option::Option::None,
-                })
+                $crate::__private::step(delivery, __duro_pick)
+            }
+
+            fn step_many(
+                deliveries: ::std::vec::Vec<$crate::bindings::duro::workflow::types::Completion>,
+            ) -> $crate::bindings::duro::workflow::types::BatchResult {
+                $crate::__private::step_many(deliveries, __duro_pick)
+            }
+        }
+
+        fn __duro_pick(
+            name: &str,
+            ctx: $crate::OrchestrationContext,
+        ) -> ::core::option::Option<$crate::__private::BoxedOrchestration> {
+            match name {
+                $($name => ::core::option::Option::Some($crate::__private::boxed($func(ctx))),)+
+                _ => ::core::option::Option::None,
             }
         }
 

@@ -223,6 +223,89 @@ async fn replay_check_reports_the_first_divergence() {
     rt.shutdown().await;
 }
 
+/// Start a `Trio` and wait until its three timers have fired (in one
+/// episode); the history positions of the three `TimerFired`.
+async fn trio_fired(rt: &duro::runtime::Runtime, input: serde_json::Value) -> (String, Vec<usize>) {
+    let id = rt.start_new("Trio", None, &input).await.unwrap();
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let history = rt.history(&id).await.unwrap();
+        let fired: Vec<usize> = (0..history.len())
+            .filter(|&i| history[i].event.kind() == "TimerFired")
+            .collect();
+        if fired.len() == 3 && rt.is_idle(&id).await.unwrap() {
+            assert_eq!(
+                fired,
+                [fired[0], fired[0] + 1, fired[0] + 2],
+                "the timers fire in one run: {:?}",
+                kinds(&history)
+            );
+            return (id, fired);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            kinds(&history)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A run of recorded completions is replayed in one `step-many` call, and
+/// the orchestration ends up exactly where one completion per call would
+/// have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_completions_replays_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every episode replays, so the `Go` episode replays the run.
+    let rt = crate::support::cold_runtime(dir.path()).await;
+    let (id, _) = trio_fired(&rt, json!({})).await;
+    let batched = rt.metrics().batched_completions.get();
+    assert_eq!(
+        rt.replay_check(&id, guest_bytes(TEST_GUESTS))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        rt.metrics().batched_completions.get() - batched,
+        3,
+        "the check replayed the three timers in one batch"
+    );
+    rt.raise_event(&id, "Go", &json!("went")).await.unwrap();
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!("went"));
+    assert_eq!(rt.metrics().batched_completions.get() - batched, 6);
+    rt.shutdown().await;
+}
+
+/// An orchestration that departs from its history inside a batched run is
+/// caught at the very event where it departs, as if stepped one completion
+/// at a time: after the first timer, where the history has the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergence_inside_a_batch_is_reported_where_it_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = crate::support::cold_runtime(dir.path()).await;
+    let (id, fired) = trio_fired(&rt, json!({ "drift": true })).await;
+    let divergence = rt
+        .replay_check(&id, guest_bytes(TEST_GUESTS))
+        .await
+        .unwrap()
+        .expect_err("replayed, it schedules a fourth timer after the first fires");
+    assert_eq!(divergence.position, fired[1], "{divergence}");
+    assert_eq!(divergence.task, Some(3), "{divergence}");
+    assert_eq!(
+        divergence.expected, "no scheduling call (next: timer #1 fired)",
+        "{divergence}"
+    );
+    assert!(
+        divergence.actual.starts_with("called create-timer("),
+        "{divergence}"
+    );
+    rt.terminate(&id, None).await.unwrap();
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverging_replay_fails_only_its_own_instance() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub const SCENARIO_NAMES: &[&str] = &["Workflow", "WorkflowWithTimeout", "FirstOf"];
 pub const TEST_NAMES: &[&str] = &[
     "Fickle",
+    "Trio",
     "Sequence",
     "Panics",
     "Spin",

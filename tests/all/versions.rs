@@ -137,6 +137,52 @@ async fn a_component_built_against_0_1_1_still_runs() {
     rt.shutdown().await;
 }
 
+/// A component built against duro:workflow@0.1.2, which has no
+/// `step-many`, is replayed one completion per `step` (through its 0.1.2
+/// binding): its run of two timers replays, and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_against_0_1_2_replays_one_step_at_a_time() {
+    use duro::model::RuntimeStatus;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    // Every episode replays: the `Go` episode replays the two timers.
+    let rt = crate::support::cold_runtime(dir.path()).await;
+    rt.register(
+        duro_tests::guest_bytes(duro_tests::TEST_LEGACY_0_1_2),
+        &["Legacy012"],
+    )
+    .await
+    .unwrap();
+    let id = rt.start_new("Legacy012", None, &json!(null)).await.unwrap();
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while rt
+        .history(&id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.kind() == "TimerFired")
+        .count()
+        < 2
+        || !rt.is_idle(&id).await.unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timers never fired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    rt.raise_event(&id, "Go", &json!({ "from": "0.1.2" }))
+        .await
+        .unwrap();
+    let done = crate::support::wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(
+        crate::support::json(done.output.as_deref().unwrap()),
+        json!({ "from": "0.1.2" })
+    );
+    assert_eq!(rt.metrics().batched_completions.get(), 0);
+    rt.shutdown().await;
+}
+
 /// `duro deploy` on a running host: a dry run names exactly the instances
 /// whose history does not replay on the new code (and where), changes
 /// nothing; the deploy then serves the new version to new instances,

@@ -163,6 +163,11 @@ impl Engine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        // For profiling: `perf` then names the guests' compiled functions
+        // (wasmtime writes /tmp/perf-<pid>.map).
+        if std::env::var_os("DURO_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = cache_dir {
             // wasmtime wants an absolute cache path; users pass relative ones.
             let dir = std::path::absolute(dir)

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub episode_seconds: Histogram,
     /// Events replayed by episodes that were not warm.
     pub replayed_events: Histogram,
+    /// Recorded completions a replay handed over in batches (one
+    /// `step-many` call for a run of them) rather than one call each.
+    pub batched_completions: Counter,
     /// Episodes by whether their instance was warm (`hit`) or replayed.
     pub warm_instances: Family<Labels, Counter>,
     /// Episodes per commit.
@@ -80,6 +83,12 @@ impl Metrics {
             "replayed_events",
             "History events replayed by an episode whose instance was not warm",
             replayed_events.clone(),
+        );
+        let batched_completions = Counter::default();
+        registry.register(
+            "batched_completions",
+            "Recorded completions replayed in batches (one step-many call each run)",
+            batched_completions.clone(),
         );
         let warm_instances = Family::<Labels, Counter>::default();
         registry.register(
@@ -166,6 +175,7 @@ impl Metrics {
             episodes,
             episode_seconds,
             replayed_events,
+            batched_completions,
             warm_instances,
             commit_batch,
             commit_seconds,

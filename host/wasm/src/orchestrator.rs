@@ -1,6 +1,7 @@
-//! The `orchestration` world as the host binds it: the current WIT, and the
-//! shape of 0.1.0/0.1.1 (whose `task-outcome` had two cases), behind one
-//! `step` call, so that components built before 0.1.2 keep running.
+//! The `orchestration` world as the host binds it: the current WIT, the
+//! shape of 0.1.2 (no `step-many`) and that of 0.1.0/0.1.1 (whose
+//! `task-outcome` had two cases), behind one `step` call, so that
+//! components built against an older contract keep running.
 
 use wasmtime::AsContextMut;
 use wasmtime::component::types::{ComponentItem, Type};
@@ -15,6 +16,17 @@ pub mod bindings {
     });
 }
 
+/// The contract as 0.1.2 had it (`host/wasm/wit/legacy-0.1.2`): the same
+/// types and `step`, without `step-many`.
+mod v0_1_2 {
+    wasmtime::component::bindgen!({
+        world: "orchestration",
+        path: "wit/legacy-0.1.2",
+        imports: { default: trappable },
+        with: { "duro:workflow/types": super::bindings::duro::workflow::types },
+    });
+}
+
 /// The contract as 0.1.1 had it (`host/wasm/wit/legacy-0.1.1`): only its
 /// `orchestrator` export is used; its imports are a subset of the current
 /// ones, which wasmtime links semver-compatibly.
@@ -26,12 +38,14 @@ mod legacy {
     });
 }
 
-use bindings::duro::workflow::types::{Completion, StepResult, TaskOutcome};
+use bindings::duro::workflow::types::{BatchResult, Completion, StepResult, TaskOutcome};
 
 /// An orchestration component, ready to instantiate.
 pub enum Pre<T: 'static> {
     /// Built against the current WIT.
     Current(bindings::OrchestrationPre<T>),
+    /// Built against 0.1.2.
+    V0_1_2(v0_1_2::OrchestrationPre<T>),
     /// Built against 0.1.0 or 0.1.1.
     Legacy(legacy::OrchestrationPre<T>),
 }
@@ -40,6 +54,7 @@ impl<T: 'static> Clone for Pre<T> {
     fn clone(&self) -> Self {
         match self {
             Pre::Current(pre) => Pre::Current(pre.clone()),
+            Pre::V0_1_2(pre) => Pre::V0_1_2(pre.clone()),
             Pre::Legacy(pre) => Pre::Legacy(pre.clone()),
         }
     }
@@ -47,12 +62,15 @@ impl<T: 'static> Clone for Pre<T> {
 
 impl<T: Send + 'static> Pre<T> {
     /// Whichever contract the component exports. (Binding finds the export
-    /// by a semver-compatible name; the types of `step` are only compared
-    /// when it is called, so the contract is told by the number of cases of
-    /// `task-outcome` in its signature.)
+    /// by a semver-compatible name and a missing function fails it; the
+    /// types of `step` are only compared when it is called, so 0.1.1 is told
+    /// by the number of cases of `task-outcome` in its signature.)
     pub fn new(instance_pre: InstancePre<T>, engine: &wasmtime::Engine) -> wasmtime::Result<Self> {
-        if outcome_cases(instance_pre.component(), engine) == Some(2) {
+        let component = instance_pre.component();
+        if outcome_cases(component, engine) == Some(2) {
             legacy::OrchestrationPre::new(instance_pre).map(Pre::Legacy)
+        } else if orchestrator_export(component, engine, "step-many").is_none() {
+            v0_1_2::OrchestrationPre::new(instance_pre).map(Pre::V0_1_2)
         } else {
             bindings::OrchestrationPre::new(instance_pre).map(Pre::Current)
         }
@@ -62,23 +80,36 @@ impl<T: Send + 'static> Pre<T> {
     pub fn instantiate(&self, store: impl AsContextMut<Data = T>) -> wasmtime::Result<Guest> {
         Ok(match self {
             Pre::Current(pre) => Guest::Current(pre.instantiate(store)?),
+            Pre::V0_1_2(pre) => Guest::V0_1_2(pre.instantiate(store)?),
             Pre::Legacy(pre) => Guest::Legacy(pre.instantiate(store)?),
         })
     }
 }
 
-/// How many cases `task-outcome` has in the component's `orchestrator.step`
-/// (its `delivery: option<completion>` parameter), if it exports one.
-fn outcome_cases(component: &Component, engine: &wasmtime::Engine) -> Option<usize> {
+/// The type of the function `name` in the component's `orchestrator`
+/// export, if it has one.
+fn orchestrator_export(
+    component: &Component,
+    engine: &wasmtime::Engine,
+    name: &str,
+) -> Option<ComponentItem> {
     let ty = component.component_type();
     let (_, orchestrator) = ty
         .exports(engine)
-        .find(|(name, _)| name.starts_with("duro:workflow/orchestrator@"))?;
+        .find(|(export, _)| export.starts_with("duro:workflow/orchestrator@"))?;
     let ComponentItem::ComponentInstance(orchestrator) = orchestrator.ty else {
         return None;
     };
-    let step = orchestrator.get_export(engine, "step")?;
-    let ComponentItem::ComponentFunc(step) = step.ty else {
+    orchestrator
+        .get_export(engine, name)
+        .map(|export| export.ty)
+}
+
+/// How many cases `task-outcome` has in the component's `orchestrator.step`
+/// (its `delivery: option<completion>` parameter), if it exports one.
+fn outcome_cases(component: &Component, engine: &wasmtime::Engine) -> Option<usize> {
+    let step = orchestrator_export(component, engine, "step")?;
+    let ComponentItem::ComponentFunc(step) = step else {
         return None;
     };
     let (_, delivery) = step.params().next()?;
@@ -99,6 +130,8 @@ fn outcome_cases(component: &Component, engine: &wasmtime::Engine) -> Option<usi
 pub enum Guest {
     /// Built against the current WIT.
     Current(bindings::Orchestration),
+    /// Built against 0.1.2.
+    V0_1_2(v0_1_2::Orchestration),
     /// Built against 0.1.0 or 0.1.1.
     Legacy(legacy::Orchestration),
 }
@@ -112,6 +145,9 @@ impl Guest {
     ) -> wasmtime::Result<StepResult> {
         match self {
             Guest::Current(guest) => guest
+                .duro_workflow_orchestrator()
+                .call_step(store, delivery),
+            Guest::V0_1_2(guest) => guest
                 .duro_workflow_orchestrator()
                 .call_step(store, delivery),
             Guest::Legacy(guest) => {
@@ -148,5 +184,28 @@ impl Guest {
                 )
             }
         }
+    }
+
+    /// Call `orchestrator.step-many`, if the component has it (built
+    /// against 0.1.3 or later); `None` if it must be stepped one completion
+    /// at a time.
+    pub fn step_many<T: Send + 'static>(
+        &self,
+        store: impl AsContextMut<Data = T>,
+        deliveries: &[Completion],
+    ) -> Option<wasmtime::Result<BatchResult>> {
+        match self {
+            Guest::Current(guest) => Some(
+                guest
+                    .duro_workflow_orchestrator()
+                    .call_step_many(store, deliveries),
+            ),
+            Guest::V0_1_2(_) | Guest::Legacy(_) => None,
+        }
+    }
+
+    /// Whether the component has `orchestrator.step-many`.
+    pub fn steps_many(&self) -> bool {
+        matches!(self, Guest::Current(_))
     }
 }

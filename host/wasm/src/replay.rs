@@ -22,10 +22,14 @@ use crate::model::{Action, HistoryEvent, Instance, Millis, RetryPolicy};
 
 use crate::orchestrator::bindings::duro::workflow::orchestration_context as ctx;
 use crate::orchestrator::bindings::duro::workflow::types::{
-    Completion, LogLevel, RetryPolicy as WitRetryPolicy, StepResult, TaskOutcome,
+    BatchResult, Completion, LogLevel, RetryPolicy as WitRetryPolicy, StepResult, TaskOutcome,
 };
 use crate::orchestrator::bindings::{self, Orchestration};
 use crate::orchestrator::{Guest, Pre};
+
+/// Most recorded completions handed over in one `step-many`: bounds the
+/// list the guest lifts into its memory at once.
+const MAX_BATCH: usize = 512;
 
 /// The first point where an orchestration's behaviour departs from its
 /// recorded history.
@@ -464,12 +468,36 @@ impl Replayer {
     ) -> anyhow::Result<Episode> {
         let mut incoming: VecDeque<HistoryEvent> = incoming.into();
         let outcome = loop {
-            let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
-                Ok(Some(delivery)) => delivery,
-                Ok(None) => break Outcome::Pending,
-                Err(divergence) => break Outcome::Diverged(divergence),
+            let batch = match guest.steps_many() {
+                true => store.data_mut().replay.begin_batch(MAX_BATCH),
+                false => None,
             };
-            let stepped = guest.step(&mut *store, delivery.as_ref());
+            let stepped = match batch {
+                // Recorded completions in a row: one crossing into the guest.
+                Some(completions) => match guest.step_many(&mut *store, &completions) {
+                    Some(Ok(BatchResult { consumed, state })) => {
+                        let metrics = self.engine.metrics();
+                        metrics.batched_completions.inc_by(u64::from(consumed));
+                        match store.data_mut().replay.end_batch(consumed) {
+                            Ok(()) => Ok(state),
+                            Err(divergence) => break Outcome::Diverged(divergence),
+                        }
+                    }
+                    Some(Err(trap)) => {
+                        store.data_mut().replay.batch = None;
+                        Err(trap)
+                    }
+                    None => unreachable!("batches go to guests that step many"),
+                },
+                None => {
+                    let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
+                        Ok(Some(delivery)) => delivery,
+                        Ok(None) => break Outcome::Pending,
+                        Err(divergence) => break Outcome::Diverged(divergence),
+                    };
+                    guest.step(&mut *store, delivery.as_ref())
+                }
+            };
             let terminal = match stepped {
                 Err(trap) => match store.data_mut().replay.divergence.take() {
                     Some(divergence) => break Outcome::Diverged(divergence),
@@ -751,6 +779,58 @@ struct ReplayState {
     new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
     new_children: Vec<(u32, String, String, String)>,
     divergence: Option<Divergence>,
+    /// Set while the guest runs a `step-many`.
+    batch: Option<Batch>,
+}
+
+/// A `step-many` under way: where its completions were in the history, how
+/// to take back each event it consumed, and the recorded calls the guest
+/// made meanwhile, matched against the history once the guest says after
+/// which completion it made them.
+struct Batch {
+    positions: Vec<usize>,
+    consumed: Vec<(usize, Undo)>,
+    /// `next_task` when the batch began: the calls' task numbers follow it.
+    first_task: u32,
+    calls: Vec<Call>,
+}
+
+/// How to take back the consumption of one history event.
+enum Undo {
+    /// It changed nothing the replay keeps.
+    Nothing,
+    /// It set the episode clock, which read this before.
+    Clock(u64),
+    /// It satisfied the open wait at this index.
+    Wait(usize, (u32, String)),
+    /// It was buffered (no wait took it).
+    Buffered,
+    /// It completed this live task.
+    Live(u32, Live),
+}
+
+/// A recorded call made during a `step-many`.
+enum Call {
+    Schedule(Action),
+    Cancel(u32),
+}
+
+/// Whether `event` completes a task (or completes nothing, a buffered event
+/// or a cancelled task's result, or only suspends or resumes): what a
+/// `step-many` may hand over, as opposed to what the orchestration must
+/// answer itself or what moves the episode clock.
+fn completes_a_task(event: &HistoryEvent) -> bool {
+    matches!(
+        event,
+        HistoryEvent::EventRaised { .. }
+            | HistoryEvent::TimerFired { .. }
+            | HistoryEvent::TaskCompleted { .. }
+            | HistoryEvent::TaskFailed { .. }
+            | HistoryEvent::SubOrchestrationCompleted { .. }
+            | HistoryEvent::SubOrchestrationFailed { .. }
+            | HistoryEvent::ExecutionSuspended { .. }
+            | HistoryEvent::ExecutionResumed { .. }
+    )
 }
 
 impl ReplayState {
@@ -775,7 +855,139 @@ impl ReplayState {
             new_activities: Vec::new(),
             new_children: Vec::new(),
             divergence: None,
+            batch: None,
         }
+    }
+
+    /// Take up to `max` recorded completions for one `step-many` (see
+    /// [`ReplayState::next_batch`]) and begin it; the completions, if the
+    /// run had more than one.
+    fn begin_batch(&mut self, max: usize) -> Option<Vec<Completion>> {
+        let first_task = self.next_task;
+        let mut positions = Vec::new();
+        let mut completions = Vec::new();
+        let mut consumed = Vec::new();
+        while completions.len() < max
+            && self.started
+            && self.pending.is_empty()
+            && self.cursor < self.recorded_len
+            && (completes_a_task(&self.history[self.cursor])
+                // A new episode's clock, before its first completion,
+                // applies to them all.
+                || (completions.is_empty()
+                    && matches!(
+                        self.history[self.cursor],
+                        HistoryEvent::OrchestratorStarted { .. }
+                    )))
+        {
+            let position = self.cursor;
+            let event = self.history[position].clone();
+            let undo = self.undo_of(&event);
+            self.cursor += 1;
+            self.replaying = true;
+            consumed.push((position, undo));
+            match self.consume(position, event) {
+                Ok(Some(Some(completion))) => {
+                    positions.push(position);
+                    completions.push(completion);
+                }
+                Ok(_) => {}
+                Err(_) => unreachable!("a completion is never a divergence"),
+            }
+        }
+        if completions.len() < 2 {
+            // Not worth a batch: taken back, and delivered one at a time.
+            self.rewind(consumed);
+            return None;
+        }
+        self.batch = Some(Batch {
+            positions,
+            consumed,
+            first_task,
+            calls: Vec::new(),
+        });
+        Some(completions)
+    }
+
+    /// What consuming `event` will change, to take it back.
+    fn undo_of(&self, event: &HistoryEvent) -> Undo {
+        let live = |task: &u32, kind: Live| match self.live.get(task) {
+            Some(k) if *k == kind => Undo::Live(*task, kind),
+            _ => Undo::Nothing,
+        };
+        match event {
+            HistoryEvent::EventRaised { name, .. } => {
+                match self.open_waits.iter().position(|(_, n)| n == name) {
+                    Some(index) => Undo::Wait(index, self.open_waits[index].clone()),
+                    None => Undo::Buffered,
+                }
+            }
+            HistoryEvent::TimerFired { task, .. } => live(task, Live::Timer),
+            HistoryEvent::TaskCompleted { task, .. } | HistoryEvent::TaskFailed { task, .. } => {
+                live(task, Live::Activity)
+            }
+            HistoryEvent::SubOrchestrationCompleted { task, .. }
+            | HistoryEvent::SubOrchestrationFailed { task, .. } => live(task, Live::Child),
+            HistoryEvent::OrchestratorStarted { .. } => {
+                Undo::Clock(self.clock.load(Ordering::Relaxed))
+            }
+            _ => Undo::Nothing,
+        }
+    }
+
+    /// Take back the consumption of `consumed` (in the order consumed): the
+    /// cursor goes back to the first of them.
+    fn rewind(&mut self, consumed: Vec<(usize, Undo)>) {
+        for (position, undo) in consumed.into_iter().rev() {
+            match undo {
+                Undo::Nothing => {}
+                Undo::Clock(time) => self.clock.store(time, Ordering::Relaxed),
+                Undo::Wait(index, wait) => self.open_waits.insert(index, wait),
+                Undo::Buffered => {
+                    self.buffered.pop_back();
+                }
+                Undo::Live(task, kind) => {
+                    self.live.insert(task, kind);
+                }
+            }
+            self.cursor = position;
+        }
+    }
+
+    /// End the `step-many` begun last, whose guest took the first
+    /// `consumed` completions: the events after the last of them are taken
+    /// back (they are handed over again), and the calls the guest made are
+    /// matched against the history there, exactly as if it had been stepped
+    /// one completion at a time. (A deterministic orchestration takes all,
+    /// or stops at the one after which the history has its calls.)
+    fn end_batch(&mut self, consumed: u32) -> Result<(), Divergence> {
+        let batch = self.batch.take().expect("a batch was begun");
+        let last_taken = consumed
+            .checked_sub(1)
+            .and_then(|i| batch.positions.get(i as usize).copied());
+        let Some(last_taken) = last_taken else {
+            // Nothing taken, or more than was given: not the contract.
+            self.rewind(batch.consumed);
+            return Err(Divergence {
+                position: self.cursor,
+                task: None,
+                expected: format!("{} completions taken", batch.positions.len()),
+                actual: format!("reported taking {consumed}"),
+            });
+        };
+        let (_, after) = batch
+            .consumed
+            .into_iter()
+            .partition::<Vec<_>, _>(|(position, _)| *position <= last_taken);
+        self.rewind(after);
+        self.next_task = batch.first_task;
+        for call in batch.calls {
+            match call {
+                Call::Schedule(action) => self.schedule(action).map(drop)?,
+                Call::Cancel(task) => self.cancel(task)?,
+            }
+        }
+        Ok(())
     }
 
     /// Get a warm instance's state ready for its next episode: what it has
@@ -815,95 +1027,111 @@ impl ReplayState {
             let event = self.history[position].clone();
             self.cursor += 1;
             self.replaying = position < self.recorded_len;
-            match event {
-                HistoryEvent::ExecutionStarted { .. } => {}
-                HistoryEvent::OrchestratorStarted { timestamp } => {
-                    self.clock.store(timestamp, Ordering::Relaxed);
-                    if !self.started {
-                        self.started = true;
-                        return Ok(Some(None));
-                    }
-                }
-                HistoryEvent::TaskScheduled { task, action } => {
-                    return Err(Divergence {
-                        position,
-                        task: Some(task),
-                        expected: action.to_string(),
-                        actual: "made no such call".into(),
-                    });
-                }
-                HistoryEvent::TaskCancelled { task } => {
-                    return Err(Divergence {
-                        position,
-                        task: Some(task),
-                        expected: format!("cancel-task(#{task})"),
-                        actual: "kept the task".into(),
-                    });
-                }
-                HistoryEvent::EventRaised { name, payload } => {
-                    match self.open_waits.iter().position(|(_, n)| *n == name) {
-                        Some(index) => {
-                            let (task, _) = self.open_waits.remove(index);
-                            return Ok(Some(Some(Completion {
-                                task,
-                                outcome: TaskOutcome::EventRaised(payload),
-                            })));
-                        }
-                        None => self.buffered.push_back((position, name, payload)),
-                    }
-                }
-                HistoryEvent::TimerFired { task, .. } => {
-                    if let Some(completion) =
-                        self.complete(task, Live::Timer, TaskOutcome::TimerFired)
-                    {
-                        return Ok(Some(Some(completion)));
-                    }
-                }
-                HistoryEvent::TaskCompleted { task, output, .. } => {
-                    let outcome = TaskOutcome::ActivityCompleted(output);
-                    if let Some(completion) = self.complete(task, Live::Activity, outcome) {
-                        return Ok(Some(Some(completion)));
-                    }
-                }
-                HistoryEvent::TaskFailed { task, error, .. } => {
-                    let outcome = TaskOutcome::ActivityFailed(error);
-                    if let Some(completion) = self.complete(task, Live::Activity, outcome) {
-                        return Ok(Some(Some(completion)));
-                    }
-                }
-                HistoryEvent::SubOrchestrationCompleted { task, output } => {
-                    let outcome = TaskOutcome::SubOrchestrationCompleted(output);
-                    if let Some(completion) = self.complete(task, Live::Child, outcome) {
-                        return Ok(Some(Some(completion)));
-                    }
-                }
-                HistoryEvent::SubOrchestrationFailed { task, error } => {
-                    let outcome = TaskOutcome::SubOrchestrationFailed(error);
-                    if let Some(completion) = self.complete(task, Live::Child, outcome) {
-                        return Ok(Some(Some(completion)));
-                    }
-                }
-                HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {
-                }
-                terminal @ (HistoryEvent::ExecutionCompleted { .. }
-                | HistoryEvent::ExecutionTerminated { .. }
-                | HistoryEvent::ExecutionFailed { .. }
-                | HistoryEvent::ContinuedAsNew { .. }) => {
-                    return Err(Divergence {
-                        position,
-                        task: None,
-                        expected: describe_event(&terminal),
-                        actual: "was still running".into(),
-                    });
-                }
+            if let Some(delivery) = self.consume(position, event)? {
+                return Ok(Some(delivery));
             }
         }
+    }
+
+    /// Take in the history event at `position`: the delivery it makes, if
+    /// any (`Some(None)`: the first step).
+    fn consume(
+        &mut self,
+        position: usize,
+        event: HistoryEvent,
+    ) -> Result<Option<Option<Completion>>, Divergence> {
+        match event {
+            HistoryEvent::ExecutionStarted { .. } => {}
+            HistoryEvent::OrchestratorStarted { timestamp } => {
+                self.clock.store(timestamp, Ordering::Relaxed);
+                if !self.started {
+                    self.started = true;
+                    return Ok(Some(None));
+                }
+            }
+            HistoryEvent::TaskScheduled { task, action } => {
+                return Err(Divergence {
+                    position,
+                    task: Some(task),
+                    expected: action.to_string(),
+                    actual: "made no such call".into(),
+                });
+            }
+            HistoryEvent::TaskCancelled { task } => {
+                return Err(Divergence {
+                    position,
+                    task: Some(task),
+                    expected: format!("cancel-task(#{task})"),
+                    actual: "kept the task".into(),
+                });
+            }
+            HistoryEvent::EventRaised { name, payload } => {
+                match self.open_waits.iter().position(|(_, n)| *n == name) {
+                    Some(index) => {
+                        let (task, _) = self.open_waits.remove(index);
+                        return Ok(Some(Some(Completion {
+                            task,
+                            outcome: TaskOutcome::EventRaised(payload),
+                        })));
+                    }
+                    None => self.buffered.push_back((position, name, payload)),
+                }
+            }
+            HistoryEvent::TimerFired { task, .. } => {
+                if let Some(completion) = self.complete(task, Live::Timer, TaskOutcome::TimerFired)
+                {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::TaskCompleted { task, output, .. } => {
+                let outcome = TaskOutcome::ActivityCompleted(output);
+                if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::TaskFailed { task, error, .. } => {
+                let outcome = TaskOutcome::ActivityFailed(error);
+                if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::SubOrchestrationCompleted { task, output } => {
+                let outcome = TaskOutcome::SubOrchestrationCompleted(output);
+                if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::SubOrchestrationFailed { task, error } => {
+                let outcome = TaskOutcome::SubOrchestrationFailed(error);
+                if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {}
+            terminal @ (HistoryEvent::ExecutionCompleted { .. }
+            | HistoryEvent::ExecutionTerminated { .. }
+            | HistoryEvent::ExecutionFailed { .. }
+            | HistoryEvent::ContinuedAsNew { .. }) => {
+                return Err(Divergence {
+                    position,
+                    task: None,
+                    expected: describe_event(&terminal),
+                    actual: "was still running".into(),
+                });
+            }
+        }
+        Ok(None)
     }
 
     /// Match a scheduling call against the history, or record it if the
     /// history has been consumed. Returns the task id.
     fn schedule(&mut self, action: Action) -> Result<u32, Divergence> {
         let task = self.next_task;
+        if let Some(batch) = &mut self.batch {
+            batch.calls.push(Call::Schedule(action));
+            self.next_task += 1;
+            return Ok(task);
+        }
         let position = self.cursor;
         if position < self.history.len() {
             let recorded = &self.history[position];
@@ -997,6 +1225,10 @@ impl ReplayState {
     /// Cancel a task the orchestration dropped before it completed: recorded
     /// (or, while replaying, matched) like a scheduling call.
     fn cancel(&mut self, task: u32) -> Result<(), Divergence> {
+        if let Some(batch) = &mut self.batch {
+            batch.calls.push(Call::Cancel(task));
+            return Ok(());
+        }
         let waiting = self.open_waits.iter().position(|(t, _)| *t == task);
         let handed = self.pending.iter().position(|(t, _)| *t == task);
         let live = self.live.get(&task).copied();

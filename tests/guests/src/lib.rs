@@ -38,6 +38,23 @@ async fn fickle(ctx: OrchestrationContext) -> Result<String> {
     Ok("unreachable on replay".into())
 }
 
+/// Joins three timers due at once, which fire in one episode (a run of
+/// completions that a replay hands over in one batch), then completes with
+/// the payload of `Go`. With `{"drift": true}` it is buggy: replayed, it
+/// schedules a fourth timer (and drops it) after the first fires, a
+/// divergence in the middle of the run.
+async fn trio(ctx: OrchestrationContext) -> Result<Value> {
+    let drift = ctx.input::<Value>()?["drift"] == true;
+    let now = ctx.current_time();
+    let mut timers: Vec<_> = (0..3).map(|_| ctx.create_timer(now)).collect();
+    timers.remove(0).await;
+    if drift && ctx.is_replaying() {
+        drop(ctx.sleep(std::time::Duration::from_secs(3600)));
+    }
+    when_all(timers).await;
+    ctx.wait_for_external_event("Go").await
+}
+
 /// Waits for `A` then `B`: raising `B` first exercises buffering.
 async fn sequence(ctx: OrchestrationContext) -> Result<Vec<Value>> {
     let a: Value = ctx.wait_for_external_event("A").await?;
@@ -449,6 +466,7 @@ duro_sdk::export_orchestrations! {
     "Parent" => parent,
     "Verdict" => verdict,
     "Timers" => timers,
+    "Trio" => trio,
     "RetryingParent" => retrying_parent,
     "Monitor" => monitor,
     "HttpCaller" => http_caller,
