@@ -51,3 +51,48 @@ fn acknowledged_starts_and_events_survive_kill_9() {
         );
     }
 }
+
+/// An event for a warm instance is carried into the episode it starts and
+/// stored by that episode's commit (one fsync'd write, not two): its 202
+/// comes after that commit, so `kill -9` right after it loses nothing, and
+/// the event is in the history exactly once.
+#[test]
+fn an_event_carried_into_its_episode_survives_kill_9_after_its_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let database = dir.path().join("duro.db");
+    let host = Host::start_with(&manifest, &database, &[]);
+    let started = host.post(&format!("{API}/orchestrators/Workflow/carried"), "\"c\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    // Its first episode ran here, so the instance is warm on this host.
+    host.poll(&format!("{API}/instances/carried"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    let raised = host.post(
+        &format!("{API}/instances/carried/raiseEvent/Workflow"),
+        "\"c\"",
+    );
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    let metrics = host.get("/metrics").body;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "duro_carried_messages_total 1"),
+        "the event was carried into its episode: {metrics}"
+    );
+    host.kill();
+
+    let host = Host::start_with(&manifest, &database, &[]);
+    let done = host.get(&format!("{API}/instances/carried?showHistory=true"));
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    let raised_events = done.json()["historyEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventType"] == "EventRaised")
+        .count();
+    assert_eq!(raised_events, 1, "{}", done.body);
+    // Finished now: an event is refused, whichever path it takes.
+    let late = host.post(&format!("{API}/instances/carried/raiseEvent/Workflow"), "1");
+    assert_eq!(late.status, 410, "{}", late.body);
+}

@@ -494,7 +494,14 @@ async fn first_of_completes_with_the_first_named_event() {
     rt.raise_event(&id, "Reject", &json!({ "why": "late" }))
         .await
         .unwrap();
-    rt.raise_event(&id, "Approve", &json!(true)).await.unwrap();
+    // The instance is warm here, so `Reject` was carried into the episode
+    // it started and acknowledged once that episode, which completes the
+    // instance, committed: a later event finds it finished.
+    let late = rt.raise_event(&id, "Approve", &json!(true)).await;
+    assert!(
+        matches!(late, Err(RuntimeError::Finished { .. })),
+        "{late:?}"
+    );
     let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
     assert_eq!(
         json(done.output.as_deref().unwrap()),

@@ -23,6 +23,9 @@ pub struct Metrics {
     /// Recorded completions a replay handed over in batches (one
     /// `step-many` call for a run of them) rather than one call each.
     pub batched_completions: Counter,
+    /// Messages stored by the commit of the episode they were carried
+    /// into (one write instead of two), rather than into an inbox first.
+    pub carried_messages: Counter,
     /// Episodes by whether their instance was warm (`hit`) or replayed.
     pub warm_instances: Family<Labels, Counter>,
     /// Episodes per commit.
@@ -89,6 +92,12 @@ impl Metrics {
             "batched_completions",
             "Recorded completions replayed in batches (one step-many call each run)",
             batched_completions.clone(),
+        );
+        let carried_messages = Counter::default();
+        registry.register(
+            "carried_messages",
+            "Messages stored by the commit of the episode they were carried into",
+            carried_messages.clone(),
         );
         let warm_instances = Family::<Labels, Counter>::default();
         registry.register(
@@ -176,6 +185,7 @@ impl Metrics {
             episode_seconds,
             replayed_events,
             batched_completions,
+            carried_messages,
             warm_instances,
             commit_batch,
             commit_seconds,

@@ -220,7 +220,7 @@ struct Inner {
     /// The episode threads, once the work loop has started them: an
     /// instance given a message by this host goes to them directly when
     /// the store can lease it locally.
-    episode_pool: std::sync::OnceLock<Arc<pool::EpisodePool>>,
+    episode_pool: std::sync::OnceLock<Arc<pool::EpisodePool<worker::Job>>>,
     timers: Notify,
     /// The instances of each committed round, so waiters re-read promptly.
     committed: tokio::sync::broadcast::Sender<Arc<[String]>>,
@@ -271,12 +271,44 @@ impl Inner {
         if let Some(pool) = self.episode_pool.get()
             && self.store.lease_local(id)
         {
-            if pool.offer(id.to_string(), self.config.batch_size) {
+            if pool
+                .offer(worker::Job::inbox(id.to_string()), self.config.batch_size)
+                .is_ok()
+            {
                 return;
             }
             let _ = self.store.release(id);
         }
         self.work.notify_one();
+    }
+
+    /// Carry `message` straight into an episode of `id`, if `id` is warm
+    /// here and this host can lease it on the spot: what becomes of it
+    /// (stored by the episode's commit, or handed back); else the message.
+    fn carry(
+        &self,
+        id: &str,
+        message: Message,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Message>>, Message> {
+        let Some(pool) = self.episode_pool.get() else {
+            return Err(message);
+        };
+        // Cold, the episode would replay before the sender hears back.
+        if !self.replayer.holds(id) || !self.store.lease_local(id) {
+            return Err(message);
+        }
+        let (carried, outcome) = worker::Carried::new(message);
+        let job = worker::Job {
+            id: id.to_string(),
+            carried: Some(carried),
+        };
+        match pool.offer(job, self.config.batch_size) {
+            Ok(()) => Ok(outcome),
+            Err(job) => {
+                let _ = self.store.release(id);
+                Err(job.carried.expect("carried").hand_back())
+            }
+        }
     }
 
     /// Forget the failures of `id` once an episode of it committed.
@@ -622,8 +654,21 @@ impl Runtime {
     }
 
     /// Put a message into a live instance's inbox and wake the workers
-    /// (the store checks that the instance is live in the same write).
+    /// (the store checks that the instance is live in the same write); for
+    /// a warm instance this host can lease at once, run its episode with
+    /// the message first and let that episode's commit store it.
     async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
+        let message = match self.inner.carry(id, message) {
+            Ok(outcome) => match outcome.await {
+                Ok(Ok(())) => {
+                    self.inner.metrics.carried_messages.inc();
+                    return Ok(());
+                }
+                Ok(Err(message)) => message,
+                Err(_) => unreachable!("a carried message is handed back when dropped"),
+            },
+            Err(message) => message,
+        };
         let store = self.inner.store.clone();
         match store.enqueue_nonblocking(id, &message) {
             Some(pending) => pending.await?,
