@@ -27,6 +27,21 @@ use crate::orchestrator::bindings::duro::workflow::types::{
 use crate::orchestrator::bindings::{self, Orchestration};
 use crate::orchestrator::{Guest, Pre};
 
+thread_local! {
+    /// Instances of episodes this thread ran that are not kept warm, not
+    /// torn down yet (see [`drop_spent`]).
+    static SPENT: std::cell::RefCell<Vec<(Store<EpisodeState>, Guest)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tear down the instances of the episodes this thread ran with
+/// [`Replayer::run_episode`] that were not kept warm (each gives its pool
+/// slot back). Call it once what the episode produced has been handed on.
+pub fn drop_spent() {
+    let spent = SPENT.with(|spent| std::mem::take(&mut *spent.borrow_mut()));
+    drop(spent);
+}
+
 /// Most recorded completions handed over in one `step-many`: bounds the
 /// list the guest lifts into its memory at once.
 const MAX_BATCH: usize = 512;
@@ -377,6 +392,11 @@ impl Replayer {
                     committed: false,
                 },
             );
+        } else {
+            // Tearing the instance down resets the linear memory it
+            // touched: kept for `drop_spent`, after the episode's commit is
+            // on its way, instead of delaying it.
+            SPENT.with(|spent| spent.borrow_mut().push((store, guest)));
         }
         Ok(episode)
     }

@@ -105,6 +105,7 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
                 retry_later(&worker, id, format!("episode not run: {e:#}"))
             }
         }
+        crate::replay::drop_spent();
     });
     let pool = match started {
         Ok(pool) => {
