@@ -61,7 +61,10 @@ fn an_event_carried_into_its_episode_survives_kill_9_after_its_202() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");
     let database = dir.path().join("duro.db");
-    let host = Host::start_with(&manifest, &database, &[]);
+    // Warm instances on, whatever the suite runs with.
+    let mut command = std::process::Command::new(crate::host::duro_binary());
+    command.env("DURO_WARM_INSTANCES", "128");
+    let host = Host::spawn(command, &manifest, &database, &[]);
     let started = host.post(&format!("{API}/orchestrators/Workflow/carried"), "\"c\"");
     assert_eq!(started.status, 202, "{}", started.body);
     // Its first episode ran here, so the instance is warm on this host.
