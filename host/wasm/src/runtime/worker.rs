@@ -466,6 +466,9 @@ fn episode(
         follow_up: Vec::new(),
     };
     if instance.status.is_terminal() {
+        // A warm instance of a finished one is of no more use (and would
+        // draw messages to be carried here for nothing).
+        inner.replayer.forget_warm(id);
         // Late messages for a finished instance are dropped (a carried one
         // goes back to its sender, who is told the instance has finished).
         commit.consumed = (loaded.inbox.iter().map(|m| m.id))
@@ -478,6 +481,7 @@ fn episode(
     commit.consumed = plan.consumed;
     let mut control_events = plan.control_events;
     if let Some(reason) = plan.terminated {
+        inner.replayer.forget_warm(id);
         let mut new_events = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
         new_events.append(&mut control_events);
         new_events.push(HistoryEvent::ExecutionTerminated {
@@ -513,6 +517,9 @@ fn episode(
         }
         control_events.insert(0, HistoryEvent::OrchestratorStarted { timestamp: now });
         instance.status = status_after;
+        // The history grows without the guest: its warm instance no longer
+        // fits (the next episode replays).
+        inner.replayer.forget_warm(id);
         return Ok(finish(commit, instance, control_events, now));
     }
     let mut incoming = vec![HistoryEvent::OrchestratorStarted { timestamp: now }];
