@@ -879,9 +879,12 @@ impl ReplayState {
         }
     }
 
-    /// Take up to `max` recorded completions for one `step-many` (see
-    /// [`ReplayState::next_batch`]) and begin it; the completions, if the
-    /// run had more than one.
+    /// Take up to `max` recorded completions for one `step-many` and begin
+    /// it: from the cursor, an episode's `OrchestratorStarted` (its clock is
+    /// then one for the whole run) and every event that completes a task or
+    /// completes nothing, up to the first the orchestration must answer
+    /// itself, or the end of what was recorded. The completions, if the run
+    /// had more than one (else nothing is consumed).
     fn begin_batch(&mut self, max: usize) -> Option<Vec<Completion>> {
         let first_task = self.next_task;
         let mut positions = Vec::new();
