@@ -1,5 +1,6 @@
 //! Deterministic simulation of the runtime: random orchestration programs
-//! (waits, timers, races of the two, activities, continue-as-new) under random
+//! (waits, timers, joins of timers due at once, races of a wait and a
+//! timer, activities, continue-as-new) under random
 //! interleavings of raised events, clock moves, and crashes (the runtime
 //! dropped right after an action, with its episodes possibly under way, and
 //! started again on the same database). The clock is a `ManualClock`: timers
@@ -27,6 +28,7 @@ enum Op {
     Wait(String),
     Timer(u64),
     Race(String, u64),
+    Timers(u32, u64),
     Activity(i64),
     Continue,
 }
@@ -42,7 +44,8 @@ enum Action {
 #[derive(Debug, Clone, PartialEq)]
 enum Blocked {
     Event(String),
-    Timer(u64),
+    /// Due then; logs this when it fires.
+    Timer(u64, Value),
     Race(String, u64),
 }
 
@@ -97,7 +100,12 @@ impl Model {
                 },
                 Op::Timer(0) => self.log.push(json!("t")),
                 Op::Timer(ms) => {
-                    self.blocked = Some(Blocked::Timer(self.now + ms));
+                    self.blocked = Some(Blocked::Timer(self.now + ms, json!("t")));
+                    return;
+                }
+                Op::Timers(count, 0) => self.log.push(json!(["t", count])),
+                Op::Timers(count, ms) => {
+                    self.blocked = Some(Blocked::Timer(self.now + ms, json!(["t", count])));
                     return;
                 }
                 Op::Race(name, ms) => match self.take_buffered(&name) {
@@ -132,8 +140,8 @@ impl Model {
 
     fn advance(&mut self, by: u64) {
         self.now += by;
-        match self.blocked {
-            Some(Blocked::Timer(due)) if due <= self.now => self.unblock(json!("t")),
+        match self.blocked.clone() {
+            Some(Blocked::Timer(due, logged)) if due <= self.now => self.unblock(logged),
             Some(Blocked::Race(_, due)) if due <= self.now => self.unblock(json!("timeout")),
             _ => {}
         }
@@ -146,7 +154,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => name.clone().prop_map(Op::Wait),
         2 => ms.clone().prop_map(Op::Timer),
-        3 => (name, ms).prop_map(|(n, t)| Op::Race(n, t)),
+        3 => (name, ms.clone()).prop_map(|(n, t)| Op::Race(n, t)),
+        2 => (2u32..5, ms).prop_map(|(k, t)| Op::Timers(k, t)),
         2 => (0i64..100).prop_map(Op::Activity),
         2 => Just(Op::Continue),
     ]

@@ -388,6 +388,9 @@ enum Op {
     /// Race the event of this name with a timer; log the payload or
     /// `"timeout"`.
     Race(String, u64),
+    /// Join this many timers due at once, this many milliseconds ahead (they
+    /// fire in one episode: a run of completions); log `["t", count]`.
+    Timers(u32, u64),
     /// Call the `Add` activity on `[n]`; log its output.
     Activity(i64),
     /// Continue as new with the rest of the program and the log.
@@ -412,6 +415,11 @@ async fn program(ctx: OrchestrationContext) -> Result<Vec<Value>> {
             Op::Timer(ms) => {
                 ctx.sleep(std::time::Duration::from_millis(*ms)).await;
                 log.push(json!("t"));
+            }
+            Op::Timers(count, ms) => {
+                let after = std::time::Duration::from_millis(*ms);
+                when_all((0..*count).map(|_| ctx.sleep(after))).await;
+                log.push(json!(["t", count]));
             }
             Op::Race(name, ms) => {
                 let event = ctx.wait_for_external_event::<Value>(name);
