@@ -142,6 +142,7 @@ contract!(
     a_listing_by_status_is_one_snapshot,
     a_message_reaches_only_a_live_instance,
     a_write_refused_beside_others_undoes_only_itself,
+    in_flight_versions_count_what_has_not_finished,
 );
 
 fn instance(id: &str) -> Instance {
@@ -427,6 +428,46 @@ fn a_message_reaches_only_a_live_instance(t: &TestStore) {
     ));
     // The live one has its start and the event.
     assert_eq!(store.load("live").unwrap().inbox.len(), 2);
+}
+
+fn in_flight_versions_count_what_has_not_finished(t: &TestStore) {
+    let store = &t.store;
+    let on = |id: &str, name: &str, component: &str| Instance {
+        name: name.into(),
+        component: component.into(),
+        ..instance(id)
+    };
+    for digest in ["sha256:1", "sha256:2", "sha256:3"] {
+        store.put_component(digest, digest.as_bytes()).unwrap();
+    }
+    for (id, name, component) in [
+        ("a1", "A", "sha256:1"),
+        ("a2", "A", "sha256:1"),
+        ("a3", "A", "sha256:2"),
+        ("b1", "B", "sha256:1"),
+        ("done", "B", "sha256:1"),
+        ("suspended", "C", "sha256:3"),
+    ] {
+        store.create_instance(&on(id, name, component)).unwrap();
+    }
+    for (id, status) in [
+        ("a1", RuntimeStatus::Running),
+        ("done", RuntimeStatus::Completed),
+        ("suspended", RuntimeStatus::Suspended),
+    ] {
+        let loaded = store.load(id).unwrap();
+        assert!(store.commit_episodes(vec![episode(&loaded, status)])[0].is_ok());
+    }
+    let mut versions = store.in_flight_versions().unwrap();
+    versions.sort();
+    let expected = [
+        ("A", "sha256:1", 2),
+        ("A", "sha256:2", 1),
+        ("B", "sha256:1", 1),
+        ("C", "sha256:3", 1),
+    ]
+    .map(|(n, c, k)| (n.to_string(), c.to_string(), k));
+    assert_eq!(versions, expected);
 }
 
 fn the_trace_parent_is_kept(t: &TestStore) {

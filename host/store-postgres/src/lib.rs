@@ -684,6 +684,18 @@ impl ClientStore for PgStore {
         })
     }
 
+    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.block(async {
+            let client = self.client().await?;
+            let sql = duro_core::store::in_flight_versions_sql();
+            let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
+            let rows = client.query(&stmt, &[]).await.map_err(backend)?;
+            Ok(duro_core::store::count_versions(
+                rows.iter().map(|r| (r.get(0), r.get(1))),
+            ))
+        })
+    }
+
     fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
         self.block(async {
             let mut client = self.client().await?;

@@ -1386,6 +1386,20 @@ impl ClientStore for SqliteStore {
         })
     }
 
+    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&duro_core::store::in_flight_versions_sql())
+                .map_err(backend)?;
+            let pairs = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(duro_core::store::count_versions(pairs))
+        })
+    }
+
     fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
         let query = query.clone();
         self.write(move |conn| {

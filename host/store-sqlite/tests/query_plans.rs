@@ -211,6 +211,13 @@ fn every_query_is_answered_from_an_index() {
     let id = || vec![SqlValue::Text("order-42".into())];
     check(
         &store,
+        "versions in flight",
+        &duro_core::store::in_flight_versions_sql(),
+        &[],
+        Allow::Searches,
+    );
+    check(
+        &store,
         "claim ready work",
         sql::CLAIM_READY,
         &[SqlValue::Int(64)],

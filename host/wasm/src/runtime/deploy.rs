@@ -264,16 +264,17 @@ impl Runtime {
                 },
             );
         }
-        for instance in self.in_flight(None).await? {
+        let store = self.inner.store.clone();
+        for (name, component, count) in blocking(move || store.in_flight_versions()).await? {
             versions
-                .entry((instance.name.clone(), instance.component.clone()))
+                .entry((name.clone(), component.clone()))
                 .or_insert_with(|| OrchestrationVersion {
-                    name: instance.name,
-                    component: instance.component,
+                    name,
+                    component,
                     current: false,
                     in_flight: 0,
                 })
-                .in_flight += 1;
+                .in_flight += count as usize;
         }
         Ok(versions.into_values().collect())
     }
