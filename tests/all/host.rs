@@ -71,6 +71,11 @@ impl Host {
         Host { child, address }
     }
 
+    /// The process id of the host.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

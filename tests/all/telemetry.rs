@@ -1,6 +1,7 @@
 //! Traces: a request's W3C `traceparent` reaches the spans of the episodes
 //! and activities of the instance it started, and `--otlp-endpoint` exports
-//! them over OTLP/HTTP (to a collector this test runs on loopback).
+//! them over OTLP/HTTP (to a collector this test runs on loopback); and
+//! `DURO_PERFMAP=1` names the guests' compiled functions for `perf`.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -166,5 +167,38 @@ fn a_requests_trace_reaches_its_episodes_and_activities_over_otlp() {
     assert!(
         count(&spans, "http.request", &other_trace) >= 1,
         "{spans:?}"
+    );
+}
+
+/// With `DURO_PERFMAP=1` the host writes `/tmp/perf-<pid>.map`, which names
+/// the compiled functions of the guests it loaded (the SDK's step among
+/// them), so `perf report` can attribute guest time.
+#[test]
+fn a_perf_map_names_the_guests_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let mut command = Command::new(duro_binary());
+    command.env("DURO_PERFMAP", "1");
+    let host = Host::spawn(
+        command,
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--cache-dir", duro_tests::COMPILE_CACHE],
+    );
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", host.pid()));
+    let started = host.post(&format!("{API}/orchestrators/Workflow/mapped"), "\"m\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    host.poll(&format!("{API}/instances/mapped"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    host.kill();
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        text.lines()
+            .any(|line| line.contains("duro_sdk::runtime::step")),
+        "no guest function named in {}: {} lines",
+        map.display(),
+        text.lines().count()
     );
 }
