@@ -495,7 +495,7 @@ impl Replayer {
             let stepped = match batch {
                 // Recorded completions in a row: one crossing into the guest.
                 Some(completions) => match guest.step_many(&mut *store, &completions) {
-                    Some(Ok(BatchResult { consumed, state })) => {
+                    Ok(BatchResult { consumed, state }) => {
                         let metrics = self.engine.metrics();
                         metrics.batched_completions.inc_by(u64::from(consumed));
                         match store.data_mut().replay.end_batch(consumed) {
@@ -503,11 +503,10 @@ impl Replayer {
                             Err(divergence) => break Outcome::Diverged(divergence),
                         }
                     }
-                    Some(Err(trap)) => {
+                    Err(trap) => {
                         store.data_mut().replay.batch = None;
                         Err(trap)
                     }
-                    None => unreachable!("batches go to guests that step many"),
                 },
                 None => {
                     let delivery = match store.data_mut().replay.next_delivery(&mut incoming) {
@@ -801,24 +800,26 @@ struct ReplayState {
     divergence: Option<Divergence>,
     /// Set while the guest runs a `step-many`.
     batch: Option<Batch>,
+    /// While a batch's run is consumed: what consuming it changed, with the
+    /// position of the event that did.
+    changes: Option<Vec<(usize, Undo)>>,
 }
 
-/// A `step-many` under way: where its completions were in the history, how
-/// to take back each event it consumed, and the recorded calls the guest
-/// made meanwhile, matched against the history once the guest says after
-/// which completion it made them.
+/// A `step-many` under way: where its run began and its completions were in
+/// the history, what consuming the run changed (to take back), and the
+/// recorded calls the guest made meanwhile, matched against the history
+/// once the guest says after which completion it made them.
 struct Batch {
+    start: usize,
     positions: Vec<usize>,
-    consumed: Vec<(usize, Undo)>,
+    changes: Vec<(usize, Undo)>,
     /// `next_task` when the batch began: the calls' task numbers follow it.
     first_task: u32,
     calls: Vec<Call>,
 }
 
-/// How to take back the consumption of one history event.
+/// A change consuming a history event made, and how to take it back.
 enum Undo {
-    /// It changed nothing the replay keeps.
-    Nothing,
     /// It set the episode clock, which read this before.
     Clock(u64),
     /// It satisfied the open wait at this index.
@@ -876,6 +877,7 @@ impl ReplayState {
             new_children: Vec::new(),
             divergence: None,
             batch: None,
+            changes: None,
         }
     }
 
@@ -886,10 +888,10 @@ impl ReplayState {
     /// itself, or the end of what was recorded. The completions, if the run
     /// had more than one (else nothing is consumed).
     fn begin_batch(&mut self, max: usize) -> Option<Vec<Completion>> {
-        let first_task = self.next_task;
+        let start = self.cursor;
         let mut positions = Vec::new();
         let mut completions = Vec::new();
-        let mut consumed = Vec::new();
+        self.changes = Some(Vec::new());
         while completions.len() < max
             && self.started
             && self.pending.is_empty()
@@ -905,10 +907,8 @@ impl ReplayState {
         {
             let position = self.cursor;
             let event = self.history[position].clone();
-            let undo = self.undo_of(&event);
             self.cursor += 1;
             self.replaying = true;
-            consumed.push((position, undo));
             match self.consume(position, event) {
                 Ok(Some(Some(completion))) => {
                     positions.push(position);
@@ -918,52 +918,35 @@ impl ReplayState {
                 Err(_) => unreachable!("a completion is never a divergence"),
             }
         }
+        let changes = self.changes.take().expect("set above");
         if completions.len() < 2 {
             // Not worth a batch: taken back, and delivered one at a time.
-            self.rewind(consumed);
+            self.rewind(start, changes);
             return None;
         }
         self.batch = Some(Batch {
+            start,
             positions,
-            consumed,
-            first_task,
+            changes,
+            first_task: self.next_task,
             calls: Vec::new(),
         });
         Some(completions)
     }
 
-    /// What consuming `event` will change, to take it back.
-    fn undo_of(&self, event: &HistoryEvent) -> Undo {
-        let live = |task: &u32, kind: Live| match self.live.get(task) {
-            Some(k) if *k == kind => Undo::Live(*task, kind),
-            _ => Undo::Nothing,
-        };
-        match event {
-            HistoryEvent::EventRaised { name, .. } => {
-                match self.open_waits.iter().position(|(_, n)| n == name) {
-                    Some(index) => Undo::Wait(index, self.open_waits[index].clone()),
-                    None => Undo::Buffered,
-                }
-            }
-            HistoryEvent::TimerFired { task, .. } => live(task, Live::Timer),
-            HistoryEvent::TaskCompleted { task, .. } | HistoryEvent::TaskFailed { task, .. } => {
-                live(task, Live::Activity)
-            }
-            HistoryEvent::SubOrchestrationCompleted { task, .. }
-            | HistoryEvent::SubOrchestrationFailed { task, .. } => live(task, Live::Child),
-            HistoryEvent::OrchestratorStarted { .. } => {
-                Undo::Clock(self.clock.load(Ordering::Relaxed))
-            }
-            _ => Undo::Nothing,
+    /// Note a change that consuming the event at `position` made, while a
+    /// batch's run is consumed (to take it back).
+    fn note(&mut self, position: usize, undo: Undo) {
+        if let Some(changes) = &mut self.changes {
+            changes.push((position, undo));
         }
     }
 
-    /// Take back the consumption of `consumed` (in the order consumed): the
-    /// cursor goes back to the first of them.
-    fn rewind(&mut self, consumed: Vec<(usize, Undo)>) {
-        for (position, undo) in consumed.into_iter().rev() {
+    /// Take back `changes` (in the order made), and move the cursor back to
+    /// `to`.
+    fn rewind(&mut self, to: usize, changes: Vec<(usize, Undo)>) {
+        for (_, undo) in changes.into_iter().rev() {
             match undo {
-                Undo::Nothing => {}
                 Undo::Clock(time) => self.clock.store(time, Ordering::Relaxed),
                 Undo::Wait(index, wait) => self.open_waits.insert(index, wait),
                 Undo::Buffered => {
@@ -973,8 +956,8 @@ impl ReplayState {
                     self.live.insert(task, kind);
                 }
             }
-            self.cursor = position;
         }
+        self.cursor = to;
     }
 
     /// End the `step-many` begun last, whose guest took the first
@@ -984,13 +967,13 @@ impl ReplayState {
     /// one completion at a time. (A deterministic orchestration takes all,
     /// or stops at the one after which the history has its calls.)
     fn end_batch(&mut self, consumed: u32) -> Result<(), Divergence> {
-        let batch = self.batch.take().expect("a batch was begun");
+        let mut batch = self.batch.take().expect("a batch was begun");
         let last_taken = consumed
             .checked_sub(1)
             .and_then(|i| batch.positions.get(i as usize).copied());
         let Some(last_taken) = last_taken else {
             // Nothing taken, or more than was given: not the contract.
-            self.rewind(batch.consumed);
+            self.rewind(batch.start, batch.changes);
             return Err(Divergence {
                 position: self.cursor,
                 task: None,
@@ -998,11 +981,11 @@ impl ReplayState {
                 actual: format!("reported taking {consumed}"),
             });
         };
-        let (_, after) = batch
-            .consumed
-            .into_iter()
-            .partition::<Vec<_>, _>(|(position, _)| *position <= last_taken);
-        self.rewind(after);
+        let kept = batch
+            .changes
+            .partition_point(|(position, _)| *position <= last_taken);
+        let after = batch.changes.split_off(kept);
+        self.rewind(last_taken + 1, after);
         self.next_task = batch.first_task;
         for call in batch.calls {
             match call {
@@ -1066,7 +1049,8 @@ impl ReplayState {
         match event {
             HistoryEvent::ExecutionStarted { .. } => {}
             HistoryEvent::OrchestratorStarted { timestamp } => {
-                self.clock.store(timestamp, Ordering::Relaxed);
+                let before = self.clock.swap(timestamp, Ordering::Relaxed);
+                self.note(position, Undo::Clock(before));
                 if !self.started {
                     self.started = true;
                     return Ok(Some(None));
@@ -1091,42 +1075,48 @@ impl ReplayState {
             HistoryEvent::EventRaised { name, payload } => {
                 match self.open_waits.iter().position(|(_, n)| *n == name) {
                     Some(index) => {
-                        let (task, _) = self.open_waits.remove(index);
+                        let wait = self.open_waits.remove(index);
+                        let task = wait.0;
+                        self.note(position, Undo::Wait(index, wait));
                         return Ok(Some(Some(Completion {
                             task,
                             outcome: TaskOutcome::EventRaised(payload),
                         })));
                     }
-                    None => self.buffered.push_back((position, name, payload)),
+                    None => {
+                        self.buffered.push_back((position, name, payload));
+                        self.note(position, Undo::Buffered);
+                    }
                 }
             }
             HistoryEvent::TimerFired { task, .. } => {
-                if let Some(completion) = self.complete(task, Live::Timer, TaskOutcome::TimerFired)
+                if let Some(completion) =
+                    self.complete(position, task, Live::Timer, TaskOutcome::TimerFired)
                 {
                     return Ok(Some(Some(completion)));
                 }
             }
             HistoryEvent::TaskCompleted { task, output, .. } => {
                 let outcome = TaskOutcome::ActivityCompleted(output);
-                if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                if let Some(completion) = self.complete(position, task, Live::Activity, outcome) {
                     return Ok(Some(Some(completion)));
                 }
             }
             HistoryEvent::TaskFailed { task, error, .. } => {
                 let outcome = TaskOutcome::ActivityFailed(error);
-                if let Some(completion) = self.complete(task, Live::Activity, outcome) {
+                if let Some(completion) = self.complete(position, task, Live::Activity, outcome) {
                     return Ok(Some(Some(completion)));
                 }
             }
             HistoryEvent::SubOrchestrationCompleted { task, output } => {
                 let outcome = TaskOutcome::SubOrchestrationCompleted(output);
-                if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                if let Some(completion) = self.complete(position, task, Live::Child, outcome) {
                     return Ok(Some(Some(completion)));
                 }
             }
             HistoryEvent::SubOrchestrationFailed { task, error } => {
                 let outcome = TaskOutcome::SubOrchestrationFailed(error);
-                if let Some(completion) = self.complete(task, Live::Child, outcome) {
+                if let Some(completion) = self.complete(position, task, Live::Child, outcome) {
                     return Ok(Some(Some(completion)));
                 }
             }
@@ -1237,11 +1227,18 @@ impl ReplayState {
     /// The completion of `task` if it is a live task of `kind`: a cancelled
     /// task, or a number that is no such task of this execution, completes
     /// nothing.
-    fn complete(&mut self, task: u32, kind: Live, outcome: TaskOutcome) -> Option<Completion> {
+    fn complete(
+        &mut self,
+        position: usize,
+        task: u32,
+        kind: Live,
+        outcome: TaskOutcome,
+    ) -> Option<Completion> {
         if self.live.get(&task) != Some(&kind) {
             return None;
         }
         self.live.remove(&task);
+        self.note(position, Undo::Live(task, kind));
         Some(Completion { task, outcome })
     }
 
