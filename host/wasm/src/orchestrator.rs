@@ -186,25 +186,25 @@ impl Guest {
         }
     }
 
-    /// Call `orchestrator.step-many`, if the component has it (built
-    /// against 0.1.3 or later); `None` if it must be stepped one completion
-    /// at a time.
+    /// Call `orchestrator.step-many`; only for a component that has it
+    /// (see [`Guest::steps_many`]).
     pub fn step_many<T: Send + 'static>(
         &self,
         store: impl AsContextMut<Data = T>,
         deliveries: &[Completion],
-    ) -> Option<wasmtime::Result<BatchResult>> {
+    ) -> wasmtime::Result<BatchResult> {
         match self {
-            Guest::Current(guest) => Some(
-                guest
-                    .duro_workflow_orchestrator()
-                    .call_step_many(store, deliveries),
-            ),
-            Guest::V0_1_2(_) | Guest::Legacy(_) => None,
+            Guest::Current(guest) => guest
+                .duro_workflow_orchestrator()
+                .call_step_many(store, deliveries),
+            Guest::V0_1_2(_) | Guest::Legacy(_) => Err(wasmtime::Error::msg(
+                "the component was built before step-many",
+            )),
         }
     }
 
-    /// Whether the component has `orchestrator.step-many`.
+    /// Whether the component has `orchestrator.step-many` (built against
+    /// 0.1.3 or later); else it is stepped one completion at a time.
     pub fn steps_many(&self) -> bool {
         matches!(self, Guest::Current(_))
     }
