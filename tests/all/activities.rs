@@ -250,13 +250,12 @@ fn an_activity_in_flight_at_kill_9_runs_again_and_is_recorded_once() {
     });
     let body = done.json();
     assert_eq!(body["output"], json!({ "ok": 1500 }), "{}", done.body);
-    let completed = body["historyEvents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["eventType"] == "TaskCompleted")
-        .count();
-    assert_eq!(completed, 1, "{}", done.body);
+    assert_eq!(
+        crate::host::history_count(&body, "TaskCompleted"),
+        1,
+        "{}",
+        done.body
+    );
 }
 
 /// A local server answering each request with how many it has had.

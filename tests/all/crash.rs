@@ -62,9 +62,7 @@ fn an_event_carried_into_its_episode_survives_kill_9_after_its_202() {
     let manifest = crate::host::scenario_manifest(dir.path(), "");
     let database = dir.path().join("duro.db");
     // Warm instances on, whatever the suite runs with.
-    let mut command = std::process::Command::new(crate::host::duro_binary());
-    command.env("DURO_WARM_INSTANCES", "128");
-    let host = Host::spawn(command, &manifest, &database, &[]);
+    let host = Host::start_with_env(&manifest, &database, &[("DURO_WARM_INSTANCES", "128")], &[]);
     let started = host.post(&format!("{API}/orchestrators/Workflow/carried"), "\"c\"");
     assert_eq!(started.status, 202, "{}", started.body);
     // Its first episode ran here, so the instance is warm on this host.
@@ -88,13 +86,12 @@ fn an_event_carried_into_its_episode_survives_kill_9_after_its_202() {
     let host = Host::start_with(&manifest, &database, &[]);
     let done = host.get(&format!("{API}/instances/carried?showHistory=true"));
     assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
-    let raised_events = done.json()["historyEvents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["eventType"] == "EventRaised")
-        .count();
-    assert_eq!(raised_events, 1, "{}", done.body);
+    assert_eq!(
+        crate::host::history_count(&done.json(), "EventRaised"),
+        1,
+        "{}",
+        done.body
+    );
     // Finished now: an event is refused, whichever path it takes.
     let late = host.post(&format!("{API}/instances/carried/raiseEvent/Workflow"), "1");
     assert_eq!(late.status, 410, "{}", late.body);

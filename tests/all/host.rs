@@ -32,9 +32,22 @@ impl Host {
 
     /// Start `duro serve` with this manifest and database.
     pub fn start_with(manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+        Host::start_with_env(manifest, database, &[], extra)
+    }
+
+    /// [`Host::start_with`], with these environment variables set for the
+    /// host.
+    pub fn start_with_env(
+        manifest: &Path,
+        database: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Host {
         let mut args = vec!["--cache-dir", COMPILE_CACHE, "--trigger-budget-ms", "1000"];
         args.extend_from_slice(extra);
-        Host::spawn(Command::new(duro_binary()), manifest, database, &args)
+        let mut command = Command::new(duro_binary());
+        command.envs(env.iter().copied());
+        Host::spawn(command, manifest, database, &args)
     }
 
     /// Start `duro serve` from `dir` as a user would: relative paths, the
@@ -271,4 +284,15 @@ pub fn ok_response(body: &str) -> String {
         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// How many events of `kind` (`eventType`) the `historyEvents` of an
+/// instance's status (`showHistory=true`) hold.
+pub fn history_count(status: &Value, kind: &str) -> usize {
+    status["historyEvents"]
+        .as_array()
+        .expect("a status with its history")
+        .iter()
+        .filter(|e| e["eventType"] == kind)
+        .count()
 }

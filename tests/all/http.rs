@@ -780,13 +780,11 @@ fn metrics_count_episodes_commits_and_function_calls() {
 fn an_idle_host_drops_its_warm_instances_and_they_replay_on_their_next_event() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");
-    let mut command = std::process::Command::new(crate::host::duro_binary());
-    command.env("DURO_IDLE_RELEASE_MS", "300");
-    let host = Host::spawn(
-        command,
+    let host = Host::start_with_env(
         &manifest,
         &dir.path().join("duro.db"),
-        &["--cache-dir", duro_tests::COMPILE_CACHE],
+        &[("DURO_IDLE_RELEASE_MS", "300")],
+        &[],
     );
     assert_eq!(host.get("/api/start/dozing").status, 200);
     host.poll("/api/check/dozing", |r| {

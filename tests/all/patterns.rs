@@ -59,13 +59,11 @@ fn function_chaining_runs_three_activities_in_sequence() {
     let history = host
         .get(&format!("{API}/instances/{id}?showHistory=true"))
         .json();
-    let completed: Vec<_> = history["historyEvents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["eventType"] == "TaskCompleted")
-        .collect();
-    assert_eq!(completed.len(), 3, "{history}");
+    assert_eq!(
+        crate::host::history_count(&history, "TaskCompleted"),
+        3,
+        "{history}"
+    );
     let (_, done) = follow(&host, "/api/chaining", r#"["Oslo"]"#);
     assert_eq!(done.json()["output"], json!(["Hello Oslo!"]));
 }

@@ -52,13 +52,12 @@ fn hosts_share_one_database_and_finish_the_work_of_one_killed() {
         assert_eq!(body["runtimeStatus"], "Completed", "{id}: {}", done.body);
         assert_eq!(body["output"], json!(210), "{id}");
         // Each of the twenty results recorded once, whichever host ran it.
-        let completed = body["historyEvents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["eventType"] == "TaskCompleted")
-            .count();
-        assert_eq!(completed, 20, "{id}: {}", done.body);
+        assert_eq!(
+            crate::host::history_count(&body, "TaskCompleted"),
+            20,
+            "{id}: {}",
+            done.body
+        );
     }
     // A new host joins and serves what is there.
     let late = serve();

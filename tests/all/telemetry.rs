@@ -5,14 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
-use crate::host::{Host, duro_binary};
+use crate::host::Host;
 
 const API: &str = "/runtime/webhooks/durabletask";
 
@@ -84,18 +83,11 @@ fn a_requests_trace_reaches_its_episodes_and_activities_over_otlp() {
     let (endpoint, bodies) = collector();
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::activities::activity_manifest(dir.path());
-    let mut command = Command::new(duro_binary());
-    command.env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let host = Host::spawn(
-        command,
+    let host = Host::start_with_env(
         &manifest,
         &dir.path().join("duro.db"),
-        &[
-            "--cache-dir",
-            duro_tests::COMPILE_CACHE,
-            "--otlp-endpoint",
-            &endpoint,
-        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        &["--otlp-endpoint", &endpoint],
     );
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -177,13 +169,11 @@ fn a_requests_trace_reaches_its_episodes_and_activities_over_otlp() {
 fn a_perf_map_names_the_guests_functions() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");
-    let mut command = Command::new(duro_binary());
-    command.env("DURO_PERFMAP", "1");
-    let host = Host::spawn(
-        command,
+    let host = Host::start_with_env(
         &manifest,
         &dir.path().join("duro.db"),
-        &["--cache-dir", duro_tests::COMPILE_CACHE],
+        &[("DURO_PERFMAP", "1")],
+        &[],
     );
     let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", host.pid()));
     let started = host.post(&format!("{API}/orchestrators/Workflow/mapped"), "\"m\"");
