@@ -373,9 +373,11 @@ impl OrchestrationContext {
     /// # }
     /// ```
     pub fn create_timer(&self, at: SystemTime) -> Task<()> {
+        // A time past what milliseconds since 1970 can say is asked for as
+        // the largest one: the host keeps it as 9999-12-31, never earlier.
         let millis = at
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         Task::new(host::create_timer(millis), decode_timer)
     }
@@ -388,7 +390,11 @@ impl OrchestrationContext {
     /// # }
     /// ```
     pub fn sleep(&self, after: Duration) -> Task<()> {
-        self.create_timer(self.current_time() + after)
+        match self.current_time().checked_add(after) {
+            Some(at) => self.create_timer(at),
+            // Too far to add (e.g. `Duration::MAX`): the latest timer.
+            None => Task::new(host::create_timer(u64::MAX), decode_timer),
+        }
     }
 
     /// End this execution once the orchestration returns, and start a fresh

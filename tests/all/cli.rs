@@ -129,32 +129,59 @@ fn serve_works_with_relative_paths_and_the_default_cache() {
     let host = Host::start_in(dir.path(), &manifest, "data/duro.db");
     assert_eq!(host.get("/api/start/rel").status, 200);
     assert!(dir.path().join("data/duro.db").exists());
-    assert!(dir.path().join("data/.duro-cache").is_dir());
+    // The user's own cache directory, made private to them.
+    use std::os::unix::fs::PermissionsExt as _;
+    let cache = dir.path().join("home-cache/duro");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", cache.display());
 }
 
 #[test]
-fn cli_sends_the_key_a_host_asks_for() {
+fn cli_sends_the_admin_key_a_host_asks_for() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");
     let host = Host::start_with(
         &manifest,
         &dir.path().join("duro.db"),
-        &["--function-key", "k3y"],
+        &["--admin-key", "adm1n", "--function-key", "k3y"],
     );
     let (ok, _, err) = duro(&host, &["start", "Workflow", "--input", "\"x\""]);
     assert!(!ok);
     assert!(
-        err.contains("401") && err.contains("needs the key"),
+        err.contains("401") && err.contains("needs the admin key"),
         "{err}"
     );
+    // The function key is not the admin key.
+    let (ok, _, err) = duro(&host, &["--admin-key", "k3y", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
     let (ok, out, err) = duro(
         &host,
         &[
-            "--key", "k3y", "start", "Workflow", "--input", "\"x\"", "--id", "keyed",
+            "--admin-key",
+            "adm1n",
+            "start",
+            "Workflow",
+            "--input",
+            "\"x\"",
+            "--id",
+            "keyed",
         ],
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "started keyed");
+    // From the environment, as `duro serve` reads it.
+    let output = Command::new(duro_binary())
+        .arg("--host")
+        .arg(format!("http://{}", host.address))
+        .args(["status", "keyed"])
+        .env("DURO_ADMIN_KEY", "adm1n")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The author's loop on a fresh app: `duro new`, `duro build`, `duro serve`,

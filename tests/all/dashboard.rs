@@ -140,9 +140,10 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     let host = Host::start_with(
         &manifest,
         &dir.path().join("duro.db"),
-        &["--function-key", KEY],
+        &["--admin-key", KEY],
     );
-    let key = [("x-functions-key", KEY)];
+    let bearer = format!("Bearer {KEY}");
+    let key = [("authorization", bearer.as_str())];
     for (name, id, input) in [
         ("Workflow", "order-1", json!("order-1")),
         ("Workflow", "order-2", json!("order-2")),

@@ -7,6 +7,9 @@ use std::process::Command;
 
 use crate::host::Host;
 
+/// The admin key the host is started with and the client sends.
+const KEY: &str = "df-admin-key";
+
 /// The client version the test installs (the newest when this was written).
 const CLIENT: &str = "azure-functions-durable==1.7.0";
 
@@ -44,11 +47,18 @@ fn venv() -> PathBuf {
 fn the_durable_functions_python_client_drives_duro() {
     let python = venv();
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path());
+    // Behind an admin key, as a host reachable by others would be.
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--admin-key", KEY],
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dfclient/drive.py");
     let output = Command::new(python)
         .arg(script)
         .arg(format!("http://{}", host.address))
+        .arg(KEY)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -51,10 +51,12 @@ impl Host {
     }
 
     /// Start `duro serve` from `dir` as a user would: relative paths, the
-    /// default cache location.
+    /// default cache location (in `dir/home-cache`, as `XDG_CACHE_HOME`).
     pub fn start_in(dir: &Path, manifest: &Path, database: &str) -> Host {
         let mut command = Command::new(duro_binary());
-        command.current_dir(dir);
+        command
+            .current_dir(dir)
+            .env("XDG_CACHE_HOME", dir.join("home-cache"));
         Host::spawn(command, manifest, Path::new(database), &[])
     }
 
@@ -167,6 +169,15 @@ pub fn try_request(
     );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // As the CLI and Durable Functions' clients do: a body is JSON unless
+    // said otherwise (the management API refuses other writes).
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        request.push_str("content-type: application/json\r\n");
     }
     request.push_str("\r\n");
     request.push_str(body);

@@ -13,6 +13,7 @@ mod orchestration;
 mod patterns;
 mod queries;
 mod scaleout;
+mod security;
 mod semantics;
 mod simulation;
 mod support;

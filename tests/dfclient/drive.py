@@ -6,18 +6,36 @@ API when its binding's rpcBaseUrl points at duro's
 status, raise, list by filters, terminate, suspend, resume, restart and
 purge, against a running `duro serve` of the scenario app.
 
-Usage: python drive.py http://127.0.0.1:PORT
+Usage: python drive.py http://127.0.0.1:PORT [ADMIN_KEY]
+
+With an admin key, every request the client's HTTP sessions make carries it
+as `Authorization: Bearer`, as a deployment would configure the client's
+session (the client has no setting of its own for a key on rpcBaseUrl).
 Prints one line per check and "N passed, N failed" at the end; exits 1 if
 any check failed.
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 
+import aiohttp
 from azure.durable_functions import DurableOrchestrationClient, OrchestrationRuntimeStatus
+
+
+def send_admin_key(key):
+    """Every aiohttp session the client opens sends `key` as a bearer token."""
+    opened = aiohttp.ClientSession.__init__
+
+    def with_key(self, *args, **kwargs):
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("Authorization", f"Bearer {key}")
+        opened(self, *args, headers=headers, **kwargs)
+
+    aiohttp.ClientSession.__init__ = with_key
 
 PASSED = []
 FAILED = []
@@ -177,4 +195,6 @@ async def main(base):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        send_admin_key(sys.argv[2])
     sys.exit(asyncio.run(main(sys.argv[1].rstrip("/"))))

@@ -13,7 +13,11 @@ use crate::client::{ClientError, DurableClient};
 
 /// Header through which the host names the function a request is for.
 const FUNCTION_HEADER: &str = "duro-function";
-/// Prefix of the headers carrying route parameters.
+/// Header through which the host passes every route parameter, names as
+/// the route spells them, form-encoded.
+const PARAMS_HEADER: &str = "duro-params";
+/// Prefix of the headers through which older hosts pass route parameters
+/// (names lower-cased).
 const PARAM_PREFIX: &str = "duro-param-";
 
 /// An incoming HTTP request, read whole.
@@ -70,6 +74,33 @@ impl Request {
     /// ```
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
+    }
+
+    /// Every route parameter (percent-decoded), names as the route spells
+    /// them, in no particular order.
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// for (name, value) in req.params() {
+    ///     println!("{name} = {value}");
+    /// }
+    /// # }
+    /// ```
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Every header, in the order received (names as the host passes them,
+    /// lower case).
+    ///
+    /// ```no_run
+    /// # fn f(req: &duro_http::Request) {
+    /// let cookies = req.headers().filter(|(name, _)| *name == "cookie").count();
+    /// # let _ = cookies;
+    /// # }
+    /// ```
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The first query parameter with this name, percent-decoded.
@@ -260,12 +291,25 @@ fn read_request(request: IncomingRequest) -> Request {
         .collect();
     let mut headers = Vec::new();
     let mut params = HashMap::new();
+    let mut legacy_params = HashMap::new();
+    let mut encoded_params = None;
     for (name, value) in request.headers().entries() {
         let value = String::from_utf8_lossy(&value).into_owned();
-        if let Some(param) = name.strip_prefix(PARAM_PREFIX) {
-            params.insert(param.to_string(), value.clone());
+        if name == PARAMS_HEADER {
+            encoded_params = Some(value.clone());
+        } else if let Some(param) = name.strip_prefix(PARAM_PREFIX) {
+            legacy_params.insert(param.to_string(), value.clone());
         }
         headers.push((name, value));
+    }
+    match encoded_params {
+        Some(encoded) => {
+            for pair in encoded.split('&').filter(|pair| !pair.is_empty()) {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                params.insert(percent_decode(name), percent_decode(value));
+            }
+        }
+        None => params = legacy_params,
     }
     let mut body = Vec::new();
     if let Ok(incoming) = request.consume()

@@ -78,11 +78,35 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Store(store) if store.is_retriable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status.is_server_error() {
+            // A store's or the engine's own words (SQL, driver, paths) are
+            // for the operator: logged under an id the answer names.
+            let incident = incident_id();
+            tracing::warn!(%incident, "{status}: {e:#}");
+            let what = if status == StatusCode::SERVICE_UNAVAILABLE {
+                "the database is unavailable; try again"
+            } else {
+                "the host failed"
+            };
+            return ApiError {
+                status,
+                message: format!("{what} (the host's log has the cause under incident {incident})"),
+            };
+        }
         ApiError {
             status,
             message: e.to_string(),
         }
     }
+}
+
+/// A short id under which a failure's detail is logged, so that an answer
+/// can point at it without saying it.
+pub fn incident_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{n}", now_millis())
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -196,17 +220,18 @@ fn parse_stored(text: &Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn host_of(headers: &HeaderMap) -> String {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string()
+/// The base of the links in answers: set by the management plane's gate
+/// (the configured public URL or the listener's address, never a name a
+/// client chose); `http://localhost` where no gate ran (in-process tests).
+fn public_base(extensions: &axum::http::Extensions) -> &str {
+    extensions
+        .get::<crate::plane::PublicBase>()
+        .map_or("http://localhost", |base| base.0.as_str())
 }
 
-fn status_links(headers: &HeaderMap, id: &str) -> Value {
+fn status_links(base: &str, id: &str) -> Value {
     let segment = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
-    let base = format!("http://{}{BASE}/instances/{segment}", host_of(headers));
+    let base = format!("{base}{BASE}/instances/{segment}");
     json!({
         "id": id,
         "statusQueryGetUri": base,
@@ -277,10 +302,10 @@ async fn start(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
     StartTrace(trace): StartTrace,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    start_instance(rt, name, None, headers, body, trace).await
+    start_instance(rt, name, None, &extensions, body, trace).await
 }
 
 #[utoipa::path(
@@ -303,29 +328,29 @@ async fn start_with_id(
     State(rt): State<Arc<Runtime>>,
     Path((name, id)): Path<(String, String)>,
     StartTrace(trace): StartTrace,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    start_instance(rt, name, Some(id), headers, body, trace).await
+    start_instance(rt, name, Some(id), &extensions, body, trace).await
 }
 
 async fn start_instance(
     rt: Arc<Runtime>,
     name: String,
     id: Option<String>,
-    headers: HeaderMap,
+    extensions: &axum::http::Extensions,
     body: axum::body::Bytes,
     trace: Option<crate::trace::TraceContext>,
 ) -> ApiResult {
     let input = body_json(&body, "the request body (the orchestration input)")?;
     let id = rt.start_new_traced(&name, id, &input, trace).await?;
-    Ok(check_status_response(&headers, &id))
+    Ok(check_status_response(public_base(extensions), &id))
 }
 
 /// 202 with the instance's management links and `Location`, as Durable
 /// Functions' `CreateCheckStatusResponse`.
-fn check_status_response(headers: &HeaderMap, id: &str) -> Response {
-    let links = status_links(headers, id);
+fn check_status_response(base: &str, id: &str) -> Response {
+    let links = status_links(base, id);
     let location = links["statusQueryGetUri"]
         .as_str()
         .unwrap_or_default()
@@ -618,7 +643,7 @@ async fn control(
     State(rt): State<Arc<Runtime>>,
     Path((id, verb)): Path<(String, String)>,
     Query(p): Query<ControlParams>,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> ApiResult {
     checked_id(&id)?;
     match verb.as_str() {
@@ -630,7 +655,7 @@ async fn control(
                 true,
             )?;
             let started = rt.restart(&id, new_id).await?;
-            return Ok(check_status_response(&headers, &started));
+            return Ok(check_status_response(public_base(&extensions), &started));
         }
         "terminate" => rt.terminate(&id, p.reason).await?,
         "suspend" => rt.suspend(&id, p.reason).await?,
@@ -712,13 +737,23 @@ async fn purge_many(
     }
     let mut query = list_query(&params, &headers)?;
     query.created_to = query.created_to.or(Some(now_millis()));
+    let finished = [
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+    ];
     if query.statuses.is_empty() {
-        // Only finished instances unless statuses are named.
-        query.statuses = vec![
-            RuntimeStatus::Completed,
-            RuntimeStatus::Failed,
-            RuntimeStatus::Terminated,
-        ];
+        query.statuses = finished.to_vec();
+    }
+    // Purging a live instance would orphan its activities and leave a
+    // parent waiting forever for a child that no longer exists; as the
+    // single purge (412), only finished instances may go.
+    if let Some(live) = query.statuses.iter().find(|s| !finished.contains(s)) {
+        return Err(ApiError::bad_request(format!(
+            "runtimeStatus {}: only finished instances (Completed, Failed, Terminated) \
+             may be purged; terminate live ones first",
+            live.as_str()
+        )));
     }
     let deleted = rt.purge_matching(query).await?;
     if deleted == 0 {

@@ -32,9 +32,17 @@ pub struct Cli {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// The key client commands send, when the host has one (the same
-    /// variable `duro serve` reads its key from).
-    #[arg(long, global = true, env = "DURO_FUNCTION_KEY", hide_env_values = true)]
+    /// The admin key: what `duro serve` requires on the management API,
+    /// deploy, the dashboard and /metrics (without one they answer on a
+    /// loopback listener only), and what client commands send
+    /// (`Authorization: Bearer KEY`).
+    #[arg(
+        long = "admin-key",
+        alias = "key",
+        global = true,
+        env = "DURO_ADMIN_KEY",
+        hide_env_values = true
+    )]
     key: Option<String>,
 }
 
@@ -100,9 +108,36 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         app: AppFiles,
-        /// Key required by routes with auth = "function".
-        #[arg(long, env = "DURO_FUNCTION_KEY")]
+        /// Key required by routes with auth = "function" (app routes only;
+        /// it never opens the management API).
+        #[arg(long, env = "DURO_FUNCTION_KEY", hide_env_values = true)]
         function_key: Option<String>,
+        /// The URL clients reach this host at (e.g. behind a proxy): the
+        /// base of the links the management API answers with, and a name
+        /// the management API answers to besides localhost.
+        #[arg(long, env = "DURO_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// An origin (scheme://host[:port]) whose pages may change state
+        /// through the management API, besides the host's own; repeatable.
+        #[arg(
+            long = "allowed-origin",
+            env = "DURO_ALLOWED_ORIGINS",
+            value_delimiter = ','
+        )]
+        allowed_origins: Vec<String>,
+        /// Connections served at once; past it one is answered 503.
+        #[arg(long, env = "DURO_MAX_CONNECTIONS", default_value_t = 4096)]
+        max_connections: usize,
+        /// How long a client may take to send a request's head, and how
+        /// long a connection may sit idle between requests.
+        #[arg(long, env = "DURO_HEADER_TIMEOUT_MS", default_value_t = 10000)]
+        header_timeout_ms: u64,
+        /// How long a request body may go without a byte arriving.
+        #[arg(long, env = "DURO_BODY_TIMEOUT_MS", default_value_t = 10000)]
+        body_timeout_ms: u64,
+        /// How long an answer may wait for a client that stopped reading it.
+        #[arg(long, env = "DURO_WRITE_TIMEOUT_MS", default_value_t = 30000)]
+        write_timeout_ms: u64,
         /// Where compiled components are cached (default: beside the database).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -323,6 +358,12 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             listen,
             app,
             function_key,
+            public_url,
+            allowed_origins,
+            max_connections,
+            header_timeout_ms,
+            body_timeout_ms,
+            write_timeout_ms,
             cache_dir,
             step_budget_ms,
             trigger_budget_ms,
@@ -335,6 +376,15 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                 manifest: app.manifest(),
                 database: app.database,
                 function_key,
+                admin_key: cli.key.clone(),
+                public_url,
+                allowed_origins,
+                http_limits: crate::listen::HttpLimits {
+                    max_connections,
+                    header_timeout: Duration::from_millis(header_timeout_ms),
+                    body_timeout: Duration::from_millis(body_timeout_ms),
+                    write_timeout: Duration::from_millis(write_timeout_ms),
+                },
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),
                 trigger_budget: Duration::from_millis(trigger_budget_ms),
@@ -752,7 +802,7 @@ fn encode(text: &str) -> String {
 
 struct Client {
     host: String,
-    /// Sent as `x-functions-key` when set.
+    /// The admin key, sent as `Authorization: Bearer` when set.
     key: Option<String>,
 }
 
@@ -785,7 +835,7 @@ impl Client {
             request = request.header(CONTINUATION_HEADER, token);
         }
         if let Some(key) = &self.key {
-            request = request.header("x-functions-key", key);
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = sender.send_request(request).await?;

@@ -1,6 +1,6 @@
 //! The web dashboard: a page and its script and style, embedded in the
-//! binary and served at `/dashboard` (behind the key like the management
-//! API, whose routes it calls).
+//! binary and served at `/dashboard` (behind the admin key like the
+//! management API, whose routes it calls).
 
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -10,8 +10,8 @@ const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/style.css");
 
-/// The dashboard's page, which the key guards when the host has one (open
-/// it as `/dashboard/?code=KEY`; its script sends the key to the API).
+/// The dashboard's page, which the admin key guards when the host has one
+/// (open it as `/dashboard/?code=KEY`; its script sends the key to the API).
 pub fn page() -> axum::Router {
     axum::Router::new()
         .route(

@@ -40,6 +40,14 @@ impl std::str::FromStr for Database {
     ///     })
     /// );
     /// ```
+    ///
+    /// Shown in logs and messages without its password:
+    ///
+    /// ```
+    /// use duro::database::Database;
+    /// let db: Database = "postgres://u:p@ss@db/x?password=q&sslmode=disable".parse().unwrap();
+    /// assert_eq!(db.to_string(), "postgres://u:***@db/x?password=***&sslmode=disable");
+    /// ```
     fn from_str(value: &str) -> Result<Self, String> {
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
             let (base, query) = value.split_once('?').unwrap_or((value, ""));
@@ -81,7 +89,17 @@ impl std::fmt::Display for Database {
         match self {
             Database::Sqlite(path) => write!(f, "{}", path.display()),
             Database::Postgres { url, schema } => {
-                let shown = match (url.find("://"), url.find('@')) {
+                let authority_end = url
+                    .find("://")
+                    .map(|scheme| {
+                        scheme
+                            + 3
+                            + url[scheme + 3..]
+                                .find(['/', '?'])
+                                .unwrap_or(url.len() - scheme - 3)
+                    })
+                    .unwrap_or(url.len());
+                let shown = match (url.find("://"), url[..authority_end].rfind('@')) {
                     (Some(scheme), Some(at)) if at > scheme => {
                         let credentials = &url[scheme + 3..at];
                         match credentials.split_once(':') {
@@ -93,6 +111,7 @@ impl std::fmt::Display for Database {
                     }
                     _ => url.clone(),
                 };
+                let shown = mask_query_password(&shown);
                 match schema {
                     Some(schema) => write!(f, "{shown} (schema {schema})"),
                     None => write!(f, "{shown}"),
@@ -100,6 +119,21 @@ impl std::fmt::Display for Database {
             }
         }
     }
+}
+
+/// `url` with the value of a `password=` query parameter hidden.
+fn mask_query_password(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 impl Database {
@@ -130,6 +164,60 @@ impl Default for OpenOptions {
             lease_ttl: Duration::from_secs(10),
         }
     }
+}
+
+/// A hold on a SQLite database for one serving host, released when the
+/// process ends (however it ends: the lock is the OS's).
+#[derive(Debug)]
+pub struct HostLock {
+    _file: std::fs::File,
+}
+
+/// Take the SQLite database at `path` for this host alone: an exclusive
+/// lock on `<path>.lock`, which names the holder's process id. Two hosts on
+/// one file would step the same instances and run activities twice (their
+/// leases live in memory); the second is refused, naming the first.
+pub fn lock_sqlite(path: &Path) -> anyhow::Result<HostLock> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the folder {}", parent.display()))?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("process {holder}")
+            };
+            anyhow::bail!(
+                "the database {} is served by {holder} (it holds {}): a SQLite database \
+                 belongs to one host; stop that one, or share work between hosts through \
+                 PostgreSQL",
+                path.display(),
+                lock_path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(HostLock { _file: file })
 }
 
 /// Open (creating and migrating as needed) the SQLite store at `path`.

@@ -209,6 +209,40 @@ fn check_route(route: &str) -> Result<String, String> {
     Ok(shape)
 }
 
+/// Check that the routes can be served side by side, with the router the
+/// server uses (matchit, as axum does): two routes of one shape whose
+/// parameters are named differently, or a parameter where another route
+/// has a different one, cannot. What validates here always serves.
+fn check_routes_together(path: &Path, http: &[ResolvedHttp]) -> anyhow::Result<()> {
+    let mut router = matchit::Router::new();
+    let mut owners: HashMap<&str, &str> = HashMap::new();
+    for function in http {
+        if owners.contains_key(function.route.as_str()) {
+            // Same route, other methods: served by one entry.
+            continue;
+        }
+        if let Err(e) = router.insert(function.route.as_str(), ()) {
+            let other = match &e {
+                matchit::InsertError::Conflict { with } => owners
+                    .get(with.as_str())
+                    .map(|name| format!(" (`{name}`'s `{with}`)"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            bail!(
+                "manifest {}: http function `{}`: route `{}` cannot be served beside the \
+                 routes before it{other}: {e}; routes that share a shape must name their \
+                 parameters alike",
+                path.display(),
+                function.name,
+                function.route
+            );
+        }
+        owners.insert(&function.route, &function.name);
+    }
+    Ok(())
+}
+
 /// Read, parse and resolve the manifest at `path`, reading its components
 /// from paths relative to its folder.
 pub fn load(path: &Path) -> anyhow::Result<ResolvedApp> {
@@ -315,6 +349,7 @@ pub fn resolve(
             component: read(&entry.component, &what)?,
         });
     }
+    check_routes_together(path, &http)?;
     let mut activities: Vec<ResolvedActivity> = Vec::new();
     for entry in &manifest.activity {
         let what = format!("activity `{}`", entry.name);

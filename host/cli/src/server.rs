@@ -29,9 +29,20 @@ pub struct ServeConfig {
     pub database: crate::database::Database,
     /// The app manifest.
     pub manifest: PathBuf,
-    /// Key for `auth = "function"` routes.
+    /// Key for `auth = "function"` routes (the app plane only).
     pub function_key: Option<String>,
-    /// Compiled-code cache (default: `.duro-cache` beside the database).
+    /// Key for the management plane; without one it is served on loopback
+    /// listeners only.
+    pub admin_key: Option<String>,
+    /// The base URL clients reach this host at, for the links the
+    /// management API hands out and as one of the host's own names.
+    pub public_url: Option<String>,
+    /// Origins besides the host's own whose pages may change state through
+    /// the management API.
+    pub allowed_origins: Vec<String>,
+    /// Connection limits and deadlines of the HTTP server.
+    pub http_limits: crate::listen::HttpLimits,
+    /// Compiled-code cache (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Longest an orchestration step may run.
     pub step_budget: Duration,
@@ -125,7 +136,9 @@ async fn register_activities(runtime: &Runtime, app: &ResolvedApp) -> anyhow::Re
 
 /// The routes of an app's HTTP functions, their components prepared.
 fn functions_router(state: &Arc<AppState>, app: &ResolvedApp) -> anyhow::Result<axum::Router> {
-    let mut router = axum::Router::new();
+    // A segment such as `:id` is a literal in a manifest route (parameters
+    // are `{id}`), not the axum 0.7 syntax the default checks refuse.
+    let mut router = axum::Router::new().without_v07_checks();
     for function in &app.http {
         let bytes = &app.files[&function.component];
         let digest = engine::digest(bytes);
@@ -156,36 +169,47 @@ fn functions_router(state: &Arc<AppState>, app: &ResolvedApp) -> anyhow::Result<
         }
         let filter = filter.expect("manifest guarantees a method");
         let path = route.function.route.clone();
+        let name = route.function.name.clone();
         let state = state.clone();
-        router = router.route(
-            &path,
-            on(
-                filter,
-                move |params: Result<Path<Vec<(String, String)>>, PathRejection>,
-                      request: Request| {
-                    let (route, state) = (route.clone(), state.clone());
-                    async move {
-                        match params {
-                            Ok(Path(params)) => {
-                                let response = call_trigger(&state, &route, params, request).await;
-                                state
-                                    .metrics
-                                    .http_requests
-                                    .get_or_create(&vec![
-                                        ("function", route.function.name.clone()),
-                                        ("status", response.status().as_u16().to_string()),
-                                    ])
-                                    .inc();
-                                response
-                            }
-                            Err(rejection) => {
-                                ApiError::bad_request(rejection.body_text()).into_response()
-                            }
+        let handler: axum::routing::MethodRouter = on(
+            filter,
+            move |params: Result<Path<Vec<(String, String)>>, PathRejection>, request: Request| {
+                let (route, state) = (route.clone(), state.clone());
+                async move {
+                    match params {
+                        Ok(Path(params)) => {
+                            let response = call_trigger(&state, &route, params, request).await;
+                            state
+                                .metrics
+                                .http_requests
+                                .get_or_create(&vec![
+                                    ("function", route.function.name.clone()),
+                                    ("status", response.status().as_u16().to_string()),
+                                ])
+                                .inc();
+                            response
+                        }
+                        Err(rejection) => {
+                            ApiError::bad_request(rejection.body_text()).into_response()
                         }
                     }
-                },
-            ),
+                }
+            },
         );
+        // The manifest's checks make this infallible; should the router
+        // still refuse a route, that is an error for this app, never a
+        // panic of the host (or of a deploy's connection).
+        router = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            router.route(&path, handler)
+        }))
+        .map_err(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("refused");
+            anyhow::anyhow!("http function `{name}`: route `{path}` cannot be served: {why}")
+        })?;
     }
     Ok(router
         .fallback(|| async {
@@ -205,6 +229,8 @@ fn functions_router(state: &Arc<AppState>, app: &ResolvedApp) -> anyhow::Result<
 struct AppState {
     triggers: Triggers,
     function_key: Option<String>,
+    /// Stripped from what guests see, like the function key.
+    admin_key: Option<String>,
     /// Slots for HTTP function calls under way.
     calls: Arc<tokio::sync::Semaphore>,
     /// Longest an HTTP function call may take, by the wall clock.
@@ -232,6 +258,25 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.manifest.display()
         );
     }
+    // Checked now, before anything binds; made again once the port is known.
+    crate::plane::Gate::new(
+        config.admin_key.clone(),
+        config.listen,
+        config.public_url.as_deref(),
+        &config.allowed_origins,
+    )?;
+    if config.admin_key.is_some() && config.admin_key == config.function_key {
+        anyhow::bail!(
+            "the admin key and the function key are the same: whoever may call a function \
+             could deploy code; give them different values"
+        );
+    }
+    // One host per SQLite file: taken before the store is opened, held
+    // until the process ends.
+    let _sqlite_lock = match &config.database {
+        crate::database::Database::Sqlite(path) => Some(crate::database::lock_sqlite(path)?),
+        crate::database::Database::Postgres { .. } => None,
+    };
     let store = {
         let database = config.database.clone();
         let options = crate::database::OpenOptions {
@@ -247,7 +292,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config
                 .cache_dir
                 .clone()
-                .unwrap_or_else(|| data_dir.join(".duro-cache")),
+                .unwrap_or_else(|| default_cache_dir(&data_dir)),
         ),
         // Hosts sharing PostgreSQL hear of each other's work through
         // LISTEN/NOTIFY; polling is only the fallback.
@@ -278,6 +323,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         triggers,
         function_key: config.function_key.clone(),
+        admin_key: config.admin_key.clone(),
         calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
         trigger_budget: config.trigger_budget,
         metrics: runtime.metrics().clone(),
@@ -288,37 +334,34 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         state,
         functions: functions.clone(),
     });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // The gate again, now that the listener's port is known: the links it
+    // hands out name the bound address.
+    let gate = Arc::new(crate::plane::Gate::new(
+        config.admin_key.clone(),
+        address,
+        config.public_url.as_deref(),
+        &config.allowed_origins,
+    )?);
     // Only the host's own routes: a guest's error responses are its own.
-    let mut api = api::router(runtime.clone())
+    let api = api::router(runtime.clone())
         .merge(crate::deploy::router(served))
         .merge(crate::dashboard::page());
-    if let Some(key) = &config.function_key {
-        // Like Durable Functions' webhooks behind the system key: whoever
-        // may not call a function may not drive its instances either.
-        let key: Arc<str> = key.as_str().into();
-        api = api.layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| {
-                let key = key.clone();
-                async move {
-                    if carries_key(&request, &key) {
-                        next.run(request).await
-                    } else {
-                        ApiError {
-                            status: StatusCode::UNAUTHORIZED,
-                            message: "the management API needs the key \
-                                  (x-functions-key header or code query parameter)"
-                                .into(),
-                        }
-                        .into_response()
-                    }
-                }
-            },
-        ));
-    }
+    let api = api.layer(axum::middleware::from_fn({
+        let gate = gate.clone();
+        move |request: Request, next: Next| crate::plane::guard(gate.clone(), true, request, next)
+    }));
+    let assets = crate::dashboard::assets().layer(axum::middleware::from_fn({
+        let gate = gate.clone();
+        move |request: Request, next: Next| crate::plane::guard(gate.clone(), false, request, next)
+    }));
     // Everything else goes to the app's HTTP functions, as deployed now.
     let link = config.trace_link.clone();
     let router = api
-        .merge(crate::dashboard::assets())
+        .merge(assets)
         .layer(axum::middleware::map_response(json_errors))
         .fallback(move |request: Request| {
             let functions = functions.read().expect("functions poisoned").clone();
@@ -339,10 +382,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         router
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
     // Tests and scripts read this first line to find the port.
     println!("duro listening on http://{address}");
     tracing::info!(
@@ -353,15 +392,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         app.activities.len(),
         app.http.len()
     );
-    // Small JSON answers: send them now rather than wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let mut limits = config.http_limits.clone();
+    limits.max_connections = crate::listen::fit_connection_cap(limits.max_connections);
+    crate::listen::serve(listener, router, limits, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where compiled code is cached unless told: the user's own cache
+/// directory (`$XDG_CACHE_HOME/duro`, else `~/.cache/duro`), which no other
+/// user can write, even when the database sits in a shared directory;
+/// `.duro-cache` beside the database only where neither is known.
+pub fn default_cache_dir(data_dir: &std::path::Path) -> PathBuf {
+    let home_cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| std::path::Path::new(dir).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
+    match home_cache {
+        Some(dir) => dir.join("duro"),
+        None => data_dir.join(".duro-cache"),
+    }
 }
 
 /// Errors that axum produces itself (body too large, undecodable path...)
@@ -410,12 +460,11 @@ async fn call_trigger(
     state: &AppState,
     route: &Route,
     params: Vec<(String, String)>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
-    let authorized = state
-        .function_key
-        .as_deref()
-        .is_some_and(|key| carries_key(&request, key));
+    let authorized = state.function_key.as_deref().is_some_and(|key| {
+        crate::plane::carries_function_key(request.headers(), request.uri(), key)
+    });
     if route.function.auth == AuthLevel::Function && !authorized {
         return ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -426,7 +475,19 @@ async fn call_trigger(
         }
         .into_response();
     }
+    let keys: Vec<&str> = [&state.function_key, &state.admin_key]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    crate::plane::strip_for_guest(&mut request, &keys, HOST_HEADER_PREFIXES);
     let name = &route.function.name;
+    // The body is read whole before a guest slot is taken, within the
+    // call's budget: a slow client holds neither a slot nor a guest.
+    let request = match read_body(request, state.trigger_budget).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
     let Ok(_slot) = state.calls.clone().try_acquire_owned() else {
         return ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -435,12 +496,6 @@ async fn call_trigger(
             ),
         }
         .into_response();
-    };
-    // The body is read whole before the guest is instantiated, within the
-    // call's budget: a slow client holds no guest slot.
-    let request = match read_body(request, state.trigger_budget).await {
-        Ok(request) => request,
-        Err(refusal) => return refusal.into_response(),
     };
     let trace = crate::telemetry::request_trace(request.extensions(), request.headers());
     let call = state
@@ -460,15 +515,28 @@ async fn call_trigger(
     match answer {
         Ok(response) => response.map(axum::body::Body::new).into_response(),
         Err(e) => {
-            tracing::warn!(function = %route.function.name, "trigger failed: {e:#}");
+            // The guest's trap text is for the operator, not for whoever
+            // called the route: it is logged under an id the answer names.
+            let incident = crate::api::incident_id();
+            tracing::warn!(function = %name, %incident, "trigger failed: {e:#}");
             ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("function `{}` failed: {e:#}", route.function.name),
+                message: format!(
+                    "function `{name}` failed; the host's log has the cause under incident {incident}"
+                ),
             }
             .into_response()
         }
     }
 }
+
+/// Headers through which the host speaks to guests (the function's name,
+/// route parameters): whatever a client sent under these names is dropped.
+const HOST_HEADER_PREFIXES: &[&str] = &[
+    crate::trigger::FUNCTION_HEADER,
+    crate::trigger::PARAM_PREFIX,
+    crate::trigger::PARAMS_HEADER,
+];
 
 /// The request with its whole body read, within `deadline` and
 /// [`MAX_TRIGGER_BODY`]; else the 4xx that says which limit it broke.
@@ -500,55 +568,5 @@ async fn read_body(request: Request, deadline: Duration) -> Result<Request, ApiE
             parts,
             axum::body::Body::from(body.to_bytes()),
         )),
-    }
-}
-
-/// True if the request carries `key` in the `x-functions-key` header or the
-/// (percent-decoded) `code` query parameter.
-fn carries_key(request: &Request, key: &str) -> bool {
-    let header = request
-        .headers()
-        .get("x-functions-key")
-        .is_some_and(|v| same_key(v.as_bytes(), key.as_bytes()));
-    header
-        || form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-            .any(|(name, value)| name == "code" && same_key(value.as_bytes(), key.as_bytes()))
-}
-
-/// Compare two keys in time that depends only on their lengths, so that a
-/// client cannot find the key byte by byte from how fast it is refused.
-fn same_key(given: &[u8], key: &[u8]) -> bool {
-    given.len() == key.len()
-        && given
-            .iter()
-            .zip(key)
-            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
-            == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(uri: &str, header: Option<&str>) -> Request {
-        let mut builder = axum::http::Request::builder().uri(uri);
-        if let Some(value) = header {
-            builder = builder.header("x-functions-key", value);
-        }
-        builder.body(axum::body::Body::empty()).unwrap()
-    }
-
-    #[test]
-    fn the_key_is_taken_from_the_header_or_the_decoded_code_parameter() {
-        let key = "k+y/=&1";
-        assert!(carries_key(&request("/x", Some(key)), key));
-        assert!(carries_key(
-            &request("/x?a=1&code=k%2By%2F%3D%261", None),
-            key
-        ));
-        assert!(!carries_key(&request("/x?code=k+y/=", None), key));
-        assert!(!carries_key(&request("/x", Some("k+y/=&2")), key));
-        assert!(!carries_key(&request("/x", None), key));
-        assert!(!carries_key(&request("/x?code=", Some("")), key));
     }
 }

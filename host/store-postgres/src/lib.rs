@@ -203,7 +203,8 @@ impl PgStore {
     pub fn open(url: &str, options: PgOptions) -> StoreResult<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| setup_error(&format!("the database URL {url:?}"), e))?;
+            // The URL is not repeated: it may hold a password.
+            .map_err(|e| setup_error("the database URL (postgres://user:password@host/db)", e))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }

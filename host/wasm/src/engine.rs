@@ -138,6 +138,42 @@ pub struct Engine {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Make sure the compiled-code cache at `dir` is ours alone: a cache hit
+/// maps its bytes as native code, so whoever can write there runs code in
+/// this process. Created `0700` if missing; refused (as ssh refuses a
+/// `~/.ssh` others can write) if another user owns it or its group or
+/// others may write to it.
+pub fn secure_cache_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the compiled-code cache {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the compiled-code cache {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "the compiled-code cache {} belongs to user {} and this host runs as user {me}: \
+             another user could swap the native code it loads; use a directory of your own \
+             (--cache-dir or DURO_CACHE_DIR)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "the compiled-code cache {} may be written by its group or by others (mode {:o}): \
+             they could swap the native code it loads; `chmod go-w` it or use another \
+             directory (--cache-dir or DURO_CACHE_DIR)",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 impl Engine {
     /// An engine whose compiled code is cached under `cache_dir` (if given),
     /// with a thread that advances its epoch every [`EPOCH_TICK`], and room
@@ -173,6 +209,7 @@ impl Engine {
             let dir = std::path::absolute(dir)
                 .with_context(|| format!("compiled-code cache path {}", dir.display()))?;
             let dir = dir.as_path();
+            secure_cache_dir(dir)?;
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
             config.cache(Some(

@@ -42,6 +42,11 @@ pub fn drop_spent() {
     drop(spent);
 }
 
+/// The latest due time a durable timer may have: 9999-12-31T23:59:59.999Z.
+/// A timer asked for later is due then (stores keep due times as signed
+/// milliseconds, and the API prints them as RFC 3339).
+pub const LATEST_TIMER_MS: u64 = 253_402_300_799_999;
+
 /// Most recorded completions handed over in one `step-many`: bounds the
 /// list the guest lifts into its memory at once.
 const MAX_BATCH: usize = 512;
@@ -1424,6 +1429,9 @@ impl ctx::Host for EpisodeState {
     }
 
     fn create_timer(&mut self, fire_at: u64) -> wasmtime::Result<u32> {
+        // Stores keep due times as signed milliseconds: a later one would
+        // wrap negative and fire at once. It waits until 9999 instead.
+        let fire_at = fire_at.min(LATEST_TIMER_MS);
         let replay = &mut self.replay;
         replay
             .schedule(Action::CreateTimer { fire_at })

@@ -38,7 +38,12 @@ use bindings::duro::workflow::client as wit;
 
 /// Header naming the function a request is for.
 pub const FUNCTION_HEADER: &str = "duro-function";
-/// Prefix of the headers that carry route parameters.
+/// Header carrying every route parameter, names as the route spells them,
+/// as an `application/x-www-form-urlencoded` list (any value fits).
+pub const PARAMS_HEADER: &str = "duro-params";
+/// Prefix of the headers that carry route parameters one by one, for
+/// guests built with SDKs older than [`PARAMS_HEADER`] (names lower-cased,
+/// values that are not valid header values left out).
 pub const PARAM_PREFIX: &str = "duro-param-";
 
 /// Serves HTTP functions from trigger components.
@@ -111,12 +116,17 @@ impl Triggers {
             .context("trigger component not prepared")?;
         let headers = request.headers_mut();
         headers.insert(FUNCTION_HEADER, function.parse()?);
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
         for (name, value) in params {
-            headers.insert(
-                hyper::header::HeaderName::from_bytes(format!("{PARAM_PREFIX}{name}").as_bytes())?,
-                hyper::header::HeaderValue::from_str(value)?,
-            );
+            let legacy =
+                hyper::header::HeaderName::from_bytes(format!("{PARAM_PREFIX}{name}").as_bytes());
+            if let (Ok(legacy), Ok(value)) = (legacy, hyper::header::HeaderValue::from_str(value)) {
+                headers.insert(legacy, value);
+            }
         }
+        headers.insert(PARAMS_HEADER, encoded.parse()?);
         let state = TriggerState {
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),

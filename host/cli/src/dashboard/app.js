@@ -1,7 +1,8 @@
 // duro dashboard: the instance list and an instance page over the
 // management API. Every value from the API is put in the page as text,
-// never as markup. The key, when the host has one, comes as ?code= in the
-// dashboard's own URL and is sent as the x-functions-key header.
+// never as markup. The admin key, when the host has one, comes as ?code= in
+// the dashboard's own URL and is sent as the x-functions-key header (the
+// page's Referrer-Policy keeps that URL from other sites).
 "use strict";
 
 const API = "/runtime/webhooks/durabletask";

@@ -766,9 +766,23 @@ impl Runtime {
         Ok(blocking(move || store.purge(&id)).await?)
     }
 
-    /// Delete every instance matching `query` (its `limit` is ignored), in
-    /// batches of [`PURGE_BATCH`] so other writes interleave; returns how many.
+    /// Delete every finished instance matching `query` (its `limit` is
+    /// ignored; live statuses in it are dropped, and a query naming no
+    /// status means every finished one), in batches of [`PURGE_BATCH`] so
+    /// other writes interleave; returns how many.
     pub async fn purge_matching(&self, mut query: InstanceQuery) -> RuntimeResult<usize> {
+        // A live instance is never purged: its activities would be
+        // orphaned and its parent would wait forever.
+        if query.statuses.is_empty() {
+            query.statuses = RuntimeStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect();
+        }
+        query.statuses.retain(|s| s.is_terminal());
+        if query.statuses.is_empty() {
+            return Ok(0);
+        }
         query.limit = PURGE_BATCH;
         query.after = None;
         let mut deleted = 0;

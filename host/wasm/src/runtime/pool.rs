@@ -46,7 +46,17 @@ impl<J: Send + 'static> EpisodePool<J> {
                 .name(format!("duro-episode-{n}"))
                 .spawn(move || {
                     while let Some(job) = pool.take() {
-                        episode(job);
+                        // `episode` handles its own panics (giving the
+                        // lease back); this one keeps the thread and the
+                        // count right should anything else unwind.
+                        let ran =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| episode(job)));
+                        if let Err(panic) = ran {
+                            tracing::error!(
+                                "an episode thread caught a panic: {}",
+                                super::worker::panic_message(&*panic)
+                            );
+                        }
                         pool.state.lock().expect("episode pool poisoned").running -= 1;
                         pool.room.notify_one();
                     }

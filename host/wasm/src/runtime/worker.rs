@@ -93,7 +93,29 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
     let worker = inner.clone();
     let started = EpisodePool::start(inner.config.episode_threads, move |job: Job| {
         let Job { id, carried } = job;
-        match run_episode(&worker, &id, carried.as_ref().map(Carried::message)) {
+        // A panic in the host's own code (a bug, not the guest's trap) is
+        // caught here, as tokio's task harness catches a task's: the
+        // instance's lease is given back after a backoff and the episode
+        // retried as host trouble, instead of the thread dying with the
+        // lease held and the instance stalled until a restart.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_episode(&worker, &id, carried.as_ref().map(Carried::message))
+        }));
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(panic) => {
+                worker
+                    .metrics
+                    .episodes
+                    .get_or_create(&vec![("outcome", "host_panic".to_string())])
+                    .inc();
+                Err(anyhow::anyhow!(
+                    "the host panicked: {}",
+                    panic_message(&*panic)
+                ))
+            }
+        };
+        match ran {
             Ok((commit, span, took_carried)) => {
                 // Left in the inbox (a suspended instance), it goes back to
                 // be stored by its sender (dropping it does).
@@ -273,6 +295,35 @@ async fn commit_loop(
     }
 }
 
+/// What a caught panic said.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
+}
+
+/// Fault injection for tests (`DURO_FAULT_EPISODE_PANICS=ID:N`): the first
+/// N episodes of instance ID panic in the host, as a bug would.
+fn injected_panic(id: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU32;
+    static FAULT: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    static PANICKED: AtomicU32 = AtomicU32::new(0);
+    let fault = FAULT.get_or_init(|| {
+        let value = std::env::var("DURO_FAULT_EPISODE_PANICS").ok()?;
+        let (instance, times) = value.rsplit_once(':')?;
+        Some((instance.to_string(), times.parse().ok()?))
+    });
+    if let Some((instance, times)) = fault
+        && instance == id
+        && PANICKED.fetch_add(1, Ordering::Relaxed) < *times
+    {
+        panic!("injected fault: an episode of `{id}` panics (DURO_FAULT_EPISODE_PANICS)");
+    }
+}
+
 /// Keep an instance's lease for a growing delay after the host failed to run
 /// or commit its episode (a store hiccup, a starved thread), then give it
 /// back: trouble that persists is retried with backoff, not in a hot loop,
@@ -405,6 +456,7 @@ fn run_episode(
     carried: Option<&Message>,
 ) -> anyhow::Result<(EpisodeCommit, tracing::Span, bool)> {
     inner.episodes_begun.fetch_add(1, Ordering::Relaxed);
+    injected_panic(id);
     let mut span = tracing::Span::none();
     let mut commit = episode(inner, id, carried, &mut span)?;
     let took_carried = match commit.consumed.iter().position(|&m| m == CARRIED) {

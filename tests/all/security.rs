@@ -1,0 +1,721 @@
+//! The host as an attacker meets it: a real `duro serve`, driven black-box
+//! over raw sockets. Each test is one class of attack from `SECURITY.md`:
+//! a web page in the user's browser, a holder of a function key, a hostile
+//! client, a guest asking for strange times, a local user, a second host.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::host::{Host, duro_binary, history_count, try_request};
+use crate::support::PATIENCE;
+
+const API: &str = "/runtime/webhooks/durabletask";
+
+/// A manifest of the scenario plus the test guests' `Echo` on `route`.
+fn echo_manifest(dir: &Path, route: &str, auth: &str) -> std::path::PathBuf {
+    let guests = duro_tests::TEST_GUESTS_HTTP;
+    crate::host::scenario_manifest(
+        dir,
+        &format!(
+            "[[http]]\nname = \"Echo\"\nroute = {route:?}\nmethods = [\"GET\", \"POST\"]\n\
+             auth = {auth:?}\ncomponent = {guests:?}\n\
+             [[http]]\nname = \"Panic\"\nroute = \"/panic\"\ncomponent = {guests:?}\n"
+        ),
+    )
+}
+
+fn instance_count(host: &Host, key: &[(&str, &str)]) -> usize {
+    let listed = host.request("GET", &format!("{API}/instances"), None, key);
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    listed.json().as_array().unwrap().len()
+}
+
+#[test]
+fn a_web_page_cannot_drive_or_read_the_management_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let start = format!("{API}/orchestrators/Workflow");
+
+    // A cross-site form or `text/plain` fetch: no CORS preflight, so a
+    // browser sends it; refused whatever it carries.
+    let page = host.request(
+        "POST",
+        &start,
+        Some("\"evil\""),
+        &[
+            ("content-type", "text/plain"),
+            ("origin", "https://evil.example"),
+        ],
+    );
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.error().contains("Origin"), "{}", page.body);
+    let plain = host.request(
+        "POST",
+        &start,
+        Some("\"evil\""),
+        &[("content-type", "text/plain")],
+    );
+    assert_eq!(plain.status, 415, "{}", plain.body);
+    let form = host.request(
+        "POST",
+        &format!("{API}/deploy"),
+        Some("manifest=x"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(form.status, 415, "{}", form.body);
+    let fetch_metadata = host.request("POST", &start, None, &[("sec-fetch-site", "cross-site")]);
+    assert_eq!(fetch_metadata.status, 403, "{}", fetch_metadata.body);
+
+    // DNS rebinding: the page's own name pointed at 127.0.0.1. Reads and
+    // writes are refused by name.
+    let rebound = raw(
+        &host.address,
+        &format!(
+            "GET {API}/instances HTTP/1.1\r\nhost: attacker.example\r\nconnection: close\r\n\r\n"
+        ),
+    );
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(
+        rebound.contains("not one of this host's names"),
+        "{rebound}"
+    );
+    for path in ["/metrics", "/dashboard/", &format!("{API}/openapi.json")] {
+        let rebound = raw(
+            &host.address,
+            &format!("GET {path} HTTP/1.1\r\nhost: attacker.example\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(rebound.starts_with("HTTP/1.1 403"), "{path}: {rebound}");
+    }
+    assert_eq!(instance_count(&host, &[]), 0, "nothing was started");
+
+    // The host's own page, on its own name, works; JSON from it too.
+    let own = host.request(
+        "POST",
+        &start,
+        Some("\"own\""),
+        &[("origin", &format!("http://{}", host.address))],
+    );
+    assert_eq!(own.status, 202, "{}", own.body);
+    // Its links name the listener, not whatever Host the client sent.
+    let by_name = raw(
+        &host.address,
+        &format!(
+            "POST {start} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    );
+    assert!(by_name.starts_with("HTTP/1.1 202"), "{by_name}");
+    assert!(
+        by_name.contains(&format!(
+            "location: http://{}{API}/instances/",
+            host.address
+        )),
+        "{by_name}"
+    );
+
+    // The dashboard cannot be framed, sniffed or scripted from elsewhere.
+    let dashboard = host.get("/dashboard/");
+    assert_eq!(dashboard.status, 200);
+    let csp = dashboard
+        .header("content-security-policy")
+        .unwrap_or_default();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(dashboard.header("x-frame-options"), Some("DENY"));
+    assert_eq!(dashboard.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(dashboard.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(
+        host.get("/dashboard/app.js").header("x-frame-options"),
+        Some("DENY")
+    );
+}
+
+#[test]
+fn a_function_key_opens_its_routes_and_nothing_else_and_no_key_reaches_a_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = echo_manifest(dir.path(), "/echo/{thing}", "function");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--function-key", "fn-key", "--admin-key", "admin-key"],
+    );
+    let function_key = [("x-functions-key", "fn-key")];
+    let admin = [("authorization", "Bearer admin-key")];
+
+    // Whoever may call a function may not deploy, start, read or scrape.
+    let upload = json!({ "manifest": "", "components": {} }).to_string();
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("{API}/deploy?dryRun=true"),
+            Some(upload.as_str()),
+        ),
+        (
+            "POST",
+            format!("{API}/orchestrators/Workflow"),
+            Some("\"x\""),
+        ),
+        ("GET", format!("{API}/instances"), None),
+        ("GET", "/metrics".to_string(), None),
+        ("GET", format!("{API}/openapi.json"), None),
+        ("GET", "/dashboard/".to_string(), None),
+    ] {
+        let by_header = host.request(method, &path, body, &function_key);
+        assert_eq!(by_header.status, 401, "{method} {path}: {}", by_header.body);
+        assert!(
+            by_header.error().contains("admin key"),
+            "{}",
+            by_header.body
+        );
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let by_code = host.request(method, &format!("{path}{sep}code=fn-key"), body, &[]);
+        assert_eq!(
+            by_code.status, 401,
+            "{method} {path}?code: {}",
+            by_code.body
+        );
+        let admitted = host.request(method, &path, body, &admin);
+        assert_ne!(admitted.status, 401, "{method} {path}: {}", admitted.body);
+    }
+    // ... and the admin key travels in Durable Functions' places too.
+    assert_eq!(
+        host.get(&format!("{API}/instances?code=admin-key")).status,
+        200
+    );
+
+    // The function's route takes the function key, not nothing.
+    assert_eq!(host.get("/echo/x").status, 401);
+    // Neither key, in any of the places it may travel, reaches the guest;
+    // another `code` (an OAuth callback's) and other tokens do.
+    for headers in [
+        vec![
+            ("x-functions-key", "fn-key"),
+            ("authorization", "Bearer admin-key"),
+        ],
+        vec![
+            ("x-functions-key", "fn-key"),
+            ("x-duro-admin-key", "admin-key"),
+        ],
+    ] {
+        let echo = host.request("GET", "/echo/x?q=1", None, &headers);
+        assert_eq!(echo.status, 200, "{}", echo.body);
+        assert!(
+            !echo.body.contains("fn-key") && !echo.body.contains("admin-key"),
+            "{}",
+            echo.body
+        );
+    }
+    let echo = host.get("/echo/x?code=fn-key&q=2");
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    assert!(!echo.body.contains("fn-key"), "{}", echo.body);
+    assert_eq!(echo.json()["query"], "2");
+    let mut with_theirs = function_key.to_vec();
+    with_theirs.push(("authorization", "Bearer someone-elses"));
+    let echo = host.request("GET", "/echo/x?code=oauth-code", None, &with_theirs);
+    assert_eq!(echo.json()["code"], "oauth-code", "{}", echo.body);
+    assert!(echo.body.contains("someone-elses"), "{}", echo.body);
+
+    // The two keys may not be one.
+    let refused = Command::new(duro_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(&manifest)
+        .arg("--database")
+        .arg(dir.path().join("other.db"))
+        .args(["--function-key", "same", "--admin-key", "same"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "it listened");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("are the same"));
+}
+
+#[test]
+fn without_an_admin_key_the_host_listens_on_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    // Refused before anything binds, so no test ever listens beyond
+    // loopback.
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
+        let refused = Command::new(duro_binary())
+            .args(["serve", "--listen", listen, "--manifest"])
+            .arg(&manifest)
+            .arg("--database")
+            .arg(dir.path().join("duro.db"))
+            .env_remove("DURO_ADMIN_KEY")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{listen} was served");
+        assert!(refused.stdout.is_empty(), "{listen}: it listened");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("--admin-key") && stderr.contains("DURO_ADMIN_KEY"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_compiled_code_cache_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let cache = dir.path().join("shared-cache");
+    std::fs::create_dir(&cache).unwrap();
+    for mode in [0o777, 0o775, 0o1777] {
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(mode)).unwrap();
+        let refused = Command::new(duro_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest)
+            .arg("--database")
+            .arg(dir.path().join("duro.db"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "mode {mode:o} was used");
+        assert!(refused.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("may be written by its group or by others"),
+            "{stderr}"
+        );
+    }
+    // Owned by another user (when the tests run as root, which may chown).
+    let root = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    };
+    if root {
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
+        let refused = Command::new(duro_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(&manifest)
+            .arg("--database")
+            .arg(dir.path().join("duro.db"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("belongs to user 65534"), "{stderr}");
+    }
+    // A fresh one is made private.
+    let fresh = dir.path().join("fresh/cache");
+    let host = Host::spawn(
+        Command::new(duro_binary()),
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--cache-dir", fresh.to_str().unwrap()],
+    );
+    assert_eq!(host.get("/api/start/cached").status, 200);
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// Send `request` on a fresh connection and read the answer to the end.
+fn raw(address: &str, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn slow_and_stalled_clients_do_not_starve_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = echo_manifest(dir.path(), "/echo/{thing}", "anonymous");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--header-timeout-ms", "2000", "--body-timeout-ms", "2000"],
+    );
+    // 1,000 clients that send half a request head and stall, and 900 that
+    // send a head promising a body that never comes (more than the 800
+    // calls an app route runs at once).
+    let mut stalled = Vec::new();
+    for n in 0..1000 {
+        let mut stream = TcpStream::connect(&host.address).unwrap();
+        stream
+            .write_all(format!("GET /api/check/{n} HTTP/1.1\r\nhost: ").as_bytes())
+            .unwrap();
+        stalled.push(stream);
+    }
+    for _ in 0..900 {
+        let mut stream = TcpStream::connect(&host.address).unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /echo/up HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+                    host.address
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        stalled.push(stream);
+    }
+    // Everyone else is served meanwhile: app routes and the API.
+    let started = host.get("/api/start/meanwhile");
+    assert_eq!(started.status, 200, "{}", started.body);
+    let echo = host.post("/echo/meanwhile", "{\"n\": 1}");
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    assert_eq!(host.get(&format!("{API}/instances")).status, 200);
+
+    // The stalled ones are cut off: the heads with the connection closed,
+    // the uploads with an answer that says why.
+    let deadline = Instant::now() + PATIENCE;
+    let (mut heads, mut uploads) = (0, 0);
+    for (n, stream) in stalled.iter_mut().enumerate() {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        assert!(read.is_ok(), "connection {n} was still open: {read:?}");
+        let answer = String::from_utf8_lossy(&answer);
+        if n < 1000 {
+            heads += 1;
+            // hyper answers a head that timed out with 408, or just closes.
+            assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+                "{answer}"
+            );
+        } else {
+            uploads += 1;
+            assert!(
+                answer.starts_with("HTTP/1.1 408") || answer.starts_with("HTTP/1.1 400"),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!((heads, uploads), (1000, 900));
+
+    // A keep-alive connection left idle is closed too.
+    let mut idle = TcpStream::connect(&host.address).unwrap();
+    idle.write_all(
+        format!(
+            "GET /api/check/x HTTP/1.1\r\nhost: {}\r\n\r\n",
+            host.address
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    idle.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut all = Vec::new();
+    assert!(
+        idle.read_to_end(&mut all).is_ok(),
+        "the idle connection stayed open"
+    );
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn past_the_connection_cap_a_client_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--max-connections", "20"],
+    );
+    let held: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&host.address).unwrap())
+        .collect();
+    // Past the cap: a 503 that says why, and the connection closed.
+    let mut refused = None;
+    for _ in 0..50 {
+        match try_request(&host.address, "GET", "/api/check/x", None, &[]) {
+            Ok(reply) if reply.status == 503 => {
+                refused = Some(reply);
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let refused = refused.expect("a request past the cap was answered 503");
+    assert!(
+        refused.error().contains("20 connections"),
+        "{}",
+        refused.body
+    );
+    drop(held);
+    let served = host.poll("/api/check/x", |r| r.status != 503);
+    assert_eq!(served.status, 404, "{}", served.body);
+}
+
+#[test]
+fn a_timer_too_far_to_count_waits_and_never_fires_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    for (id, ms) in [
+        ("u64-max", json!(u64::MAX)),
+        ("i64-max", json!(i64::MAX)),
+        ("far", json!(1u64 << 62)),
+    ] {
+        let started = host.post(
+            &format!("{API}/orchestrators/WorkflowWithTimeout/{id}"),
+            &json!({ "name": id, "timeout_ms": ms }).to_string(),
+        );
+        assert_eq!(started.status, 202, "{}", started.body);
+        let pending = host.poll(&format!("{API}/instances/{id}/pending"), |r| {
+            r.status == 200 && r.body.contains("9999-12-31")
+        });
+        assert!(
+            pending.body.contains("9999-12-31T23:59:59.999Z"),
+            "{id}: {}",
+            pending.body
+        );
+    }
+    // Given every chance to fire, none has.
+    std::thread::sleep(Duration::from_millis(500));
+    for id in ["u64-max", "i64-max", "far"] {
+        let status = host.get(&format!("{API}/instances/{id}?showHistory=true"));
+        assert_eq!(
+            status.json()["runtimeStatus"],
+            "Running",
+            "{id}: {}",
+            status.body
+        );
+        assert_eq!(
+            history_count(&status.json(), "TimerFired"),
+            0,
+            "{}",
+            status.body
+        );
+        // The event still ends it.
+        let raised = host.post(
+            &format!("{API}/instances/{id}/raiseEvent/Workflow"),
+            "\"go\"",
+        );
+        assert_eq!(raised.status, 202);
+    }
+    for id in ["u64-max", "i64-max", "far"] {
+        let done = host.poll(&format!("{API}/instances/{id}"), |r| r.status == 200);
+        assert_eq!(done.json()["output"]["outcome"], "event", "{}", done.body);
+    }
+}
+
+#[test]
+fn routes_that_validate_serve_and_routes_that_cannot_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A literal `:id` segment, and a camel-case parameter.
+    let guests = duro_tests::TEST_GUESTS_HTTP;
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[http]]\nname = \"Echo\"\nroute = \"/users/{{userId}}/:id\"\ncomponent = {guests:?}\n"
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let echo = host.request(
+        "GET",
+        "/users/Ada%0ALovelace/:id",
+        None,
+        &[
+            ("duro-param-userid", "forged"),
+            ("duro-params", "userId=forged&admin=true"),
+            ("duro-function", "Other"),
+        ],
+    );
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    let seen = echo.json();
+    // Its own name, case kept; a value no header could carry; nothing forged.
+    assert_eq!(
+        seen["params"],
+        json!({ "userId": "Ada\nLovelace" }),
+        "{seen}"
+    );
+    assert!(
+        !echo.body.contains("forged") && !echo.body.contains("Other"),
+        "{seen}"
+    );
+
+    // Routes the router cannot serve side by side are a deploy error, not
+    // a dropped connection (and a start-up error: tests/ui).
+    let bad = "[[http]]\nname = \"A\"\nroute = \"/api/{x}\"\ncomponent = \"h.wasm\"\n\
+               [[http]]\nname = \"B\"\nroute = \"/api/{y}\"\nmethods = [\"PUT\"]\ncomponent = \"h.wasm\"\n";
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.encode(std::fs::read(guests).unwrap());
+    let upload = json!({ "manifest": bad, "components": { "h.wasm": bytes } }).to_string();
+    let refused = host.post(&format!("{API}/deploy?dryRun=true"), &upload);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains("`B`") && refused.error().contains("/api/{y}"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(host.get("/api/start/still-up").status, 200);
+}
+
+#[test]
+fn live_instances_cannot_be_purged_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    for id in ["live-1", "live-2"] {
+        let started = host.post(&format!("{API}/orchestrators/Workflow/{id}"), "\"x\"");
+        assert_eq!(started.status, 202);
+    }
+    host.poll(&format!("{API}/instances/live-2"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    let from = "2000-01-01T00:00:00Z";
+    for statuses in [
+        "Running",
+        "Pending,Running",
+        "Completed,Suspended",
+        "Running,Terminated",
+    ] {
+        let refused = host.request(
+            "DELETE",
+            &format!("{API}/instances?createdTimeFrom={from}&runtimeStatus={statuses}"),
+            None,
+            &[],
+        );
+        assert_eq!(refused.status, 400, "{statuses}: {}", refused.body);
+        assert!(
+            refused.error().contains("only finished instances"),
+            "{}",
+            refused.body
+        );
+    }
+    for id in ["live-1", "live-2"] {
+        let status = host.get(&format!("{API}/instances/{id}"));
+        assert_eq!(status.json()["runtimeStatus"], "Running", "{}", status.body);
+    }
+    // The default purges the finished ones only.
+    let raised = host.post(
+        &format!("{API}/instances/live-1/raiseEvent/Workflow"),
+        "\"x\"",
+    );
+    assert_eq!(raised.status, 202);
+    host.poll(&format!("{API}/instances/live-1"), |r| r.status == 200);
+    let purged = host.request(
+        "DELETE",
+        &format!("{API}/instances?createdTimeFrom={from}"),
+        None,
+        &[],
+    );
+    assert_eq!(purged.json()["instancesDeleted"], 1, "{}", purged.body);
+    assert_eq!(host.get(&format!("{API}/instances/live-2")).status, 202);
+}
+
+#[test]
+fn an_episode_that_panics_in_the_host_is_retried_not_stranded() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with_env(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &[("DURO_FAULT_EPISODE_PANICS", "unlucky:2")],
+        &[],
+    );
+    let started = host.post(&format!("{API}/orchestrators/Workflow/unlucky"), "\"u\"");
+    assert_eq!(started.status, 202);
+    // The first two episodes panic; the third (after the backoff) runs.
+    let running = host.poll(&format!("{API}/instances/unlucky"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    assert_eq!(
+        running.json()["runtimeStatus"],
+        "Running",
+        "{}",
+        running.body
+    );
+    let raised = host.post(
+        &format!("{API}/instances/unlucky/raiseEvent/Workflow"),
+        "\"go\"",
+    );
+    assert_eq!(raised.status, 202);
+    let done = host.poll(&format!("{API}/instances/unlucky"), |r| r.status == 200);
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    // Others were never held up, and the panics are counted.
+    assert_eq!(host.get("/api/start/lucky").status, 200);
+    let metrics = host.get("/metrics").body;
+    assert!(
+        metrics.contains("duro_episodes_total{outcome=\"host_panic\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_second_host_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let first = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let second = Command::new(duro_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(&manifest)
+        .arg("--database")
+        .arg(dir.path().join("duro.db"))
+        .args(["--cache-dir", duro_tests::COMPILE_CACHE])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(second.stdout.is_empty(), "the second host listened");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("process {}", first.pid())),
+        "{stderr}"
+    );
+    // Once the first is gone (even by kill -9), the file is free.
+    first.kill();
+    let again = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    assert_eq!(again.get("/api/start/again").status, 200);
+}
+
+#[test]
+fn failures_are_reported_without_their_insides() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = echo_manifest(dir.path(), "/echo/{thing}", "anonymous");
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let panicked = host.get("/panic");
+    assert_eq!(panicked.status, 500);
+    let message = panicked.error();
+    assert!(
+        message.contains("function `Panic` failed") && message.contains("incident"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("deliberate panic") && !message.contains("wasm"),
+        "{message}"
+    );
+
+    // A PostgreSQL URL's password never appears in what duro prints.
+    let output = Command::new(duro_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(&manifest)
+        .args([
+            "--database",
+            "postgres://duro:hunter2@127.0.0.1:1/duro?password=hunter3&connect_timeout=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("hunter3"),
+        "{stderr}"
+    );
+    let malformed = Command::new(duro_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(&manifest)
+        .args([
+            "--database",
+            "postgres://duro:hunter2@127.0.0.1:notaport/duro",
+        ])
+        .output()
+        .unwrap();
+    assert!(!malformed.status.success());
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
