@@ -423,8 +423,14 @@ fn function_routes_need_the_key() {
     );
     assert_eq!(with_header.status, 404, "authorized, and no such instance");
 
-    // `anonymous` app routes stay open.
-    assert_eq!(host.get("/api/check/k").status, 200);
+    // `anonymous` app routes stay open (no such instance: the guest's 404).
+    let open = host.get("/api/check/k");
+    assert_eq!(open.status, 404, "{}", open.body);
+    assert!(
+        open.error().contains("no Workflow instance"),
+        "{}",
+        open.body
+    );
 }
 
 #[test]

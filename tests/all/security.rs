@@ -719,3 +719,143 @@ fn failures_are_reported_without_their_insides() {
     let stderr = String::from_utf8_lossy(&malformed.stderr);
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn a_sub_orchestration_always_gets_an_id_the_api_can_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Parent\"\ncomponent = {:?}\n",
+            duro_tests::TEST_GUESTS
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    // A child id the guest chose that no URL could name: the parent fails,
+    // saying why, and no such child exists.
+    for bad in ["a/b", &"c".repeat(257), "tab\there"] {
+        let parent = format!("p-{}", bad.len());
+        let call = json!({ "name": "Workflow", "id": bad, "input": "x" });
+        let started = host.post(
+            &format!("{API}/orchestrators/Parent/{parent}"),
+            &call.to_string(),
+        );
+        assert_eq!(started.status, 202, "{}", started.body);
+        let failed = host.poll(&format!("{API}/instances/{parent}"), |r| r.status == 200);
+        assert_eq!(failed.json()["runtimeStatus"], "Failed", "{}", failed.body);
+        assert!(failed.body.contains("is not valid"), "{}", failed.body);
+    }
+    assert_eq!(instance_count(&host, &[]), 3, "no child was created");
+    // A parent whose id leaves no room for `:<task>` still names its child.
+    let long = "p".repeat(256);
+    let call = json!({ "name": "Workflow", "input": "x" });
+    let started = host.post(
+        &format!("{API}/orchestrators/Parent/{long}"),
+        &call.to_string(),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    let child = host.poll(
+        &format!("{API}/instances?runtimeStatus=Running&name=Workflow"),
+        |r| r.json().as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let child_id = child.json()[0]["instanceId"].as_str().unwrap().to_string();
+    assert!(
+        child_id.len() <= 256 && child_id.ends_with(":0"),
+        "{child_id}"
+    );
+    let raised = host.post(
+        &format!("{API}/instances/{child_id}/raiseEvent/Workflow"),
+        "\"go\"",
+    );
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    let done = host.poll(&format!("{API}/instances/{long}"), |r| r.status == 200);
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+}
+
+#[test]
+fn sizes_and_history_lengths_have_limits_that_name_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Timers\"\ncomponent = {:?}\n",
+            duro_tests::TEST_GUESTS
+        ),
+    );
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &[
+            "--max-payload-bytes",
+            "1000",
+            "--max-history-events",
+            "20",
+            "--max-request-bytes",
+            "4000",
+        ],
+    );
+    let big = json!("x".repeat(1200)).to_string();
+    // What a caller sends: an input, an event, a body past the request
+    // limit, and the same through an HTTP function's durable client.
+    let start = host.post(&format!("{API}/orchestrators/Workflow/big"), &big);
+    assert_eq!(start.status, 413, "{}", start.body);
+    assert!(
+        start.error().contains("limit of 1000 bytes"),
+        "{}",
+        start.body
+    );
+    let huge = json!("x".repeat(5000)).to_string();
+    let body = host.post(&format!("{API}/orchestrators/Workflow/huge"), &huge);
+    assert_eq!(body.status, 413, "{}", body.body);
+    assert!(body.error().contains("4000 bytes"), "{}", body.body);
+    let app = host.get(&format!("/api/start/{}", "y".repeat(1200)));
+    assert_ne!(app.status, 200, "{}", app.body);
+    assert_eq!(instance_count(&host, &[]), 0);
+
+    let ok = host.post(&format!("{API}/orchestrators/Workflow/small"), "\"s\"");
+    assert_eq!(ok.status, 202);
+    let event = host.post(&format!("{API}/instances/small/raiseEvent/Workflow"), &big);
+    assert_eq!(event.status, 413, "{}", event.body);
+    assert!(
+        event.error().contains("payload of event `Workflow`"),
+        "{}",
+        event.body
+    );
+
+    // What a guest makes: an output past the limit fails its instance and
+    // is not stored.
+    let near = json!("z".repeat(990)).to_string();
+    let started = host.post(&format!("{API}/orchestrators/Workflow/near"), &near);
+    assert_eq!(started.status, 202, "{}", started.body);
+    let raised = host.post(
+        &format!("{API}/instances/near/raiseEvent/Workflow"),
+        "\"go\"",
+    );
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    let failed = host.poll(&format!("{API}/instances/near"), |r| r.status == 200);
+    assert_eq!(failed.json()["runtimeStatus"], "Failed", "{}", failed.body);
+    assert!(
+        failed.body.contains("output is") && failed.body.contains("limit of 1000"),
+        "{}",
+        failed.body
+    );
+
+    // A history that grows past its limit asks for continue-as-new.
+    let started = host.post(&format!("{API}/orchestrators/Timers/long"), "5");
+    assert_eq!(started.status, 202, "{}", started.body);
+    for _ in 0..10 {
+        let raised = host.post(&format!("{API}/instances/long/raiseEvent/Go"), "\"more\"");
+        if raised.status == 410 {
+            break;
+        }
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed = host.poll(&format!("{API}/instances/long"), |r| r.status == 200);
+    assert_eq!(failed.json()["runtimeStatus"], "Failed", "{}", failed.body);
+    assert!(failed.body.contains("continue-as-new"), "{}", failed.body);
+    let history = host.get(&format!("{API}/instances/long?showHistory=true"));
+    let events = history.json()["historyEvents"].as_array().unwrap().len();
+    // The limit's 20, then the failure (an episode start and its end).
+    assert!(events <= 22, "{events} events stored");
+}

@@ -70,6 +70,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::AlreadyExists(_) | RuntimeError::Busy(_) => StatusCode::CONFLICT,
             RuntimeError::Finished { .. } => StatusCode::GONE,
             RuntimeError::NotFinished { .. } => StatusCode::PRECONDITION_FAILED,
+            RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -138,6 +138,18 @@ enum Command {
         /// How long an answer may wait for a client that stopped reading it.
         #[arg(long, env = "DURO_WRITE_TIMEOUT_MS", default_value_t = 30000)]
         write_timeout_ms: u64,
+        /// Largest request body an HTTP function or the management API
+        /// takes (413 past it).
+        #[arg(long, env = "DURO_MAX_REQUEST_BYTES", default_value_t = 2 << 20)]
+        max_request_bytes: usize,
+        /// Largest JSON value stored for an instance: input, event payload,
+        /// output, custom status, activity input and result, reason.
+        #[arg(long, env = "DURO_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+        max_payload_bytes: usize,
+        /// Most history events one execution may have; an orchestration
+        /// that would pass it fails, asking for continue-as-new.
+        #[arg(long, env = "DURO_MAX_HISTORY_EVENTS", default_value_t = 50_000)]
+        max_history_events: u64,
         /// Where compiled components are cached (default: beside the database).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -364,6 +376,9 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             header_timeout_ms,
             body_timeout_ms,
             write_timeout_ms,
+            max_request_bytes,
+            max_payload_bytes,
+            max_history_events,
             cache_dir,
             step_budget_ms,
             trigger_budget_ms,
@@ -384,6 +399,11 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                     header_timeout: Duration::from_millis(header_timeout_ms),
                     body_timeout: Duration::from_millis(body_timeout_ms),
                     write_timeout: Duration::from_millis(write_timeout_ms),
+                    max_request_bytes,
+                },
+                limits: crate::runtime::Limits {
+                    max_payload_bytes,
+                    max_history_events,
                 },
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -77,7 +77,8 @@ impl AppUpload {
 
 struct DeployState {
     served: Arc<Served>,
-    /// One deploy at a time: each checks against what the last installed.
+    /// One deploy at a time: each checks against what the last installed,
+    /// and only one upload is held in memory.
     running: tokio::sync::Mutex<()>,
 }
 
@@ -88,10 +89,7 @@ pub(crate) fn router(served: Arc<Served>) -> Router {
         running: tokio::sync::Mutex::new(()),
     });
     Router::new()
-        .route(
-            &format!("{BASE}/deploy"),
-            post(deploy).layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
-        )
+        .route(&format!("{BASE}/deploy"), post(deploy))
         .route(&format!("{BASE}/versions"), get(versions))
         .with_state(state)
 }
@@ -127,9 +125,18 @@ struct DeployParams {
 async fn deploy(
     State(state): State<Arc<DeployState>>,
     params: Result<Query<DeployParams>, axum::extract::rejection::QueryRejection>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // One deploy is read, parsed and checked at a time: a second one is
+    // refused before its upload (up to 256 MiB) is read into memory.
+    let Ok(_one_at_a_time) = state.running.try_lock() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::CONFLICT,
+            message: "another deploy is under way; deploy again when it has finished".into(),
+        });
+    };
+    let body = read_upload(body).await?;
     let upload: AppUpload = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not an app upload ({{\"manifest\": text, \"components\": {{path: base64}}}}): {e}"
@@ -138,7 +145,7 @@ async fn deploy(
     let app = upload
         .resolve()
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let _one_at_a_time = state.running.lock().await;
+    drop(body);
     let served = &state.served;
     let functions = served
         .prepare(&app)
@@ -183,6 +190,24 @@ async fn deploy(
         );
     }
     Ok(Json(report_json(&report, mode.dry_run)).into_response())
+}
+
+/// The whole upload, at most [`MAX_DEPLOY_BODY`] bytes.
+async fn read_upload(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, MAX_DEPLOY_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("a deploy uploads at most {MAX_DEPLOY_BODY} bytes"),
+        }),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the upload could not be read: {e}"
+        ))),
+    }
 }
 
 /// The report as the API answers it.

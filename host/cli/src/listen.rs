@@ -31,6 +31,9 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// How long a response may wait for a client that stopped reading.
     pub write_timeout: Duration,
+    /// Largest request body an app route or the management API takes
+    /// (a deploy has its own).
+    pub max_request_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -40,6 +43,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            max_request_bytes: 2 << 20,
         }
     }
 }
@@ -254,7 +258,9 @@ async fn connection(
 struct TimedBody {
     inner: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body is first read: a handler that reads it late (after
+    /// waiting for something else) does not find it expired.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TimedBody {
@@ -262,7 +268,7 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: None,
         }
     }
 }
@@ -283,12 +289,15 @@ impl hyper::body::Body for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.timeout;
-                this.deadline.as_mut().reset(next);
+                this.deadline = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.deadline.as_mut().poll(cx));
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(deadline.as_mut().poll(cx));
                 Poll::Ready(Some(Err(BodyStalled(this.timeout).into())))
             }
         }

@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub allowed_origins: Vec<String>,
     /// Connection limits and deadlines of the HTTP server.
     pub http_limits: crate::listen::HttpLimits,
+    /// Sizes and counts callers and guests may not exceed.
+    pub limits: crate::runtime::Limits,
     /// Compiled-code cache (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Longest an orchestration step may run.
@@ -235,12 +237,11 @@ struct AppState {
     calls: Arc<tokio::sync::Semaphore>,
     /// Longest an HTTP function call may take, by the wall clock.
     trigger_budget: Duration,
+    /// Largest request body a function takes.
+    max_body: usize,
     /// Where calls are counted.
     metrics: Arc<duro_wasm::metrics::Metrics>,
 }
-
-/// Largest request body an HTTP function takes (as the management API).
-const MAX_TRIGGER_BODY: usize = 2 << 20;
 
 /// HTTP function calls under way at once; more get 503. The engine's pool
 /// holds 1000 guest instances, and what these leave is for orchestrations.
@@ -301,6 +302,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             crate::database::Database::Sqlite(_) => RuntimeConfig::default().poll_interval,
         },
         trace_link: config.trace_link.clone(),
+        limits: config.limits,
         ..Default::default()
     };
     let runtime = Arc::new(Runtime::start(runtime_config, store).await?);
@@ -326,6 +328,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         admin_key: config.admin_key.clone(),
         calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
         trigger_budget: config.trigger_budget,
+        max_body: config.http_limits.max_request_bytes,
         metrics: runtime.metrics().clone(),
     });
     let functions = Arc::new(RwLock::new(functions_router(&state, &app)?));
@@ -350,6 +353,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let api = api::router(runtime.clone())
         .merge(crate::deploy::router(served))
         .merge(crate::dashboard::page());
+    let max_body = config.http_limits.max_request_bytes;
+    let api = api
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(move |response: Response| {
+            too_large_names_the_limit(response, max_body)
+        }));
     let api = api.layer(axum::middleware::from_fn({
         let gate = gate.clone();
         move |request: Request, next: Next| crate::plane::guard(gate.clone(), true, request, next)
@@ -414,17 +423,35 @@ pub fn default_cache_dir(data_dir: &std::path::Path) -> PathBuf {
     }
 }
 
+/// axum's own 413 (a body past `DefaultBodyLimit`) says nothing of the
+/// limit: say it, as JSON.
+async fn too_large_names_the_limit(response: Response, limit: usize) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json(&response) {
+        return response;
+    }
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!(
+            "the request body is larger than {limit} bytes (the host's --max-request-bytes)"
+        ),
+    }
+    .into_response()
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 /// Errors that axum produces itself (body too large, undecodable path...)
 /// come as plain text; rewrite them into the API's `{"error": ...}` shape so
 /// every 4xx/5xx the management API makes is JSON.
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
         return response;
     }
     let bytes = axum::body::to_bytes(response.into_body(), 64 << 10)
@@ -484,7 +511,7 @@ async fn call_trigger(
     let name = &route.function.name;
     // The body is read whole before a guest slot is taken, within the
     // call's budget: a slow client holds neither a slot nor a guest.
-    let request = match read_body(request, state.trigger_budget).await {
+    let request = match read_body(request, state.trigger_budget, state.max_body).await {
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
@@ -538,23 +565,29 @@ const HOST_HEADER_PREFIXES: &[&str] = &[
     crate::trigger::PARAMS_HEADER,
 ];
 
-/// The request with its whole body read, within `deadline` and
-/// [`MAX_TRIGGER_BODY`]; else the 4xx that says which limit it broke.
-async fn read_body(request: Request, deadline: Duration) -> Result<Request, ApiError> {
+/// The request with its whole body read, within `deadline` and `limit`
+/// bytes; else the 4xx that says which limit it broke.
+async fn read_body(
+    request: Request,
+    deadline: Duration,
+    limit: usize,
+) -> Result<Request, ApiError> {
     use http_body_util::BodyExt as _;
     let too_large = || ApiError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        message: format!("the request body is larger than {MAX_TRIGGER_BODY} bytes"),
+        message: format!(
+            "the request body is larger than {limit} bytes (the host's --max-request-bytes)"
+        ),
     };
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_TRIGGER_BODY as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let (parts, body) = request.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_TRIGGER_BODY).collect();
+    let limited = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(deadline, limited).await {
         Err(_) => Err(ApiError {
             status: StatusCode::REQUEST_TIMEOUT,

@@ -1479,9 +1479,24 @@ impl ctx::Host for EpisodeState {
             )));
         }
         let replay = &mut self.replay;
-        // Deterministic: the same on every replay.
-        let instance_id = instance_id
-            .unwrap_or_else(|| format!("{}:{}", replay.subject.instance_id, replay.next_task));
+        // Deterministic: the same on every replay. A parent whose id leaves
+        // no room for `:<task>` names its children by its id's digest.
+        let instance_id = instance_id.unwrap_or_else(|| {
+            let parent = &replay.subject.instance_id;
+            let derived = format!("{parent}:{}", replay.next_task);
+            if derived.len() <= crate::runtime::MAX_INSTANCE_ID_LEN {
+                derived
+            } else {
+                let digest = hex::encode(Sha256::digest(parent.as_bytes()));
+                format!("{}:{}", &digest[..32], replay.next_task)
+            }
+        });
+        // An id the API could not name would make a child no one can reach.
+        if let Some(problem) = crate::runtime::instance_id_problem(&instance_id) {
+            return Err(wasmtime::Error::msg(format!(
+                "call-sub-orchestration({name:?}): instance id {instance_id:?} is not valid: {problem}"
+            )));
+        }
         replay
             .schedule(Action::CallSubOrchestration {
                 name,

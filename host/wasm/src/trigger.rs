@@ -260,6 +260,7 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
         RuntimeError::Finished { .. } => wit::ClientError::Finished(message),
         RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
+        RuntimeError::TooLarge(_) => wit::ClientError::InvalidArgument(message),
         _ => wit::ClientError::Internal(message),
     }
 }

@@ -174,22 +174,33 @@ async fn finish(
     started: crate::model::Millis,
     result: Result<String, String>,
 ) {
+    let limits = &inner.config.limits;
+    // A result too large to store is the attempt's error; an error is cut
+    // to a payload's size.
+    let result = match result {
+        Ok(output) => limits
+            .check_payload(
+                &format!("the result of activity `{}`", work.call.name),
+                &output,
+            )
+            .map(|()| output),
+        Err(error) => Err(limits.truncate(error)),
+    };
     let first_at = work.first_at.unwrap_or(started);
     let now = inner.config.clock.now();
-    let retry = match &result {
-        Ok(_) => None,
-        Err(_) => work
-            .call
-            .retry
-            .as_ref()
-            .and_then(|policy| policy.delay_before(work.attempt + 1, now - first_at)),
-    };
+    let retry =
+        match &result {
+            Ok(_) => None,
+            Err(_) => work.call.retry.as_ref().and_then(|policy| {
+                policy.delay_before(work.attempt + 1, now.saturating_sub(first_at))
+            }),
+        };
     let finish = match (result, retry) {
         (Err(error), Some(delay)) => {
             tracing::info!(activity = %work.call.name, attempt = work.attempt, "failed, retrying in {delay} ms: {error}");
             ActivityFinish::Retry {
                 attempt: work.attempt + 1,
-                run_at: now + delay,
+                run_at: now.saturating_add(delay),
                 first_at,
             }
         }

@@ -25,12 +25,14 @@ use crate::replay::{Divergence, Replayer, Subject};
 mod activities;
 mod deploy;
 mod idle;
+mod limits;
 mod pool;
 mod worker;
 use crate::store::{Store, StoreError, Version, WorkKind};
 pub use deploy::{
     DeployMode, DeployReport, InstanceCheck, OrchestrationChange, OrchestrationVersion,
 };
+pub use limits::Limits;
 
 /// How long an instance whose episode the host failed to run or commit
 /// waits before its first retry; each further failure doubles it, up to
@@ -88,6 +90,8 @@ pub struct RuntimeConfig {
     /// connections). So instances sleeping for days cost memory only while
     /// they are hot. Zero: never. Default 30 s, or `DURO_IDLE_RELEASE_MS`.
     pub idle_release: Duration,
+    /// Sizes and counts callers and guests may not exceed.
+    pub limits: Limits,
 }
 
 impl Default for RuntimeConfig {
@@ -118,6 +122,7 @@ impl Default for RuntimeConfig {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(30_000),
             ),
+            limits: Limits::default(),
         }
     }
 }
@@ -163,6 +168,9 @@ pub enum RuntimeError {
     /// The component cannot be used.
     #[error("{0}")]
     Component(String),
+    /// A value is larger than a limit allows ([`Limits`]).
+    #[error("{0}")]
+    TooLarge(String),
     /// The operation needs a finished instance (purge).
     #[error("instance `{id}` is {status}; only a finished instance can be purged")]
     NotFinished {
@@ -346,7 +354,19 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 
 /// Check an instance id against the rules of the HTTP API.
 pub fn validate_instance_id(id: &str) -> RuntimeResult<()> {
-    let reason = if id.is_empty() {
+    match instance_id_problem(id) {
+        Some(reason) => Err(RuntimeError::InvalidInstanceId {
+            id: id.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with an instance id, if anything (the rules of
+/// [`validate_instance_id`], for code that reports them its own way).
+pub fn instance_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
         Some("it is empty")
     } else if id.len() > MAX_INSTANCE_ID_LEN {
         Some("it is longer than 256 characters")
@@ -356,13 +376,6 @@ pub fn validate_instance_id(id: &str) -> RuntimeResult<()> {
         Some("it contains a control character")
     } else {
         None
-    };
-    match reason {
-        Some(reason) => Err(RuntimeError::InvalidInstanceId {
-            id: id.to_string(),
-            reason,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -572,15 +585,13 @@ impl Runtime {
             }
             None => fresh_id(),
         };
+        let input = canonical_json(input);
+        (self.inner.config.limits)
+            .check_payload("the input", &input)
+            .map_err(RuntimeError::TooLarge)?;
         let now = self.inner.config.clock.now();
-        let mut instance = Instance::pending(
-            id.clone(),
-            name.to_string(),
-            canonical_json(input),
-            component,
-            now,
-            None,
-        );
+        let mut instance =
+            Instance::pending(id.clone(), name.to_string(), input, component, now, None);
         let trace = trace.unwrap_or_else(crate::trace::TraceContext::root);
         instance.trace_parent = Some(trace.to_string());
         let store = self.inner.store.clone();
@@ -631,26 +642,45 @@ impl Runtime {
         name: &str,
         payload: &serde_json::Value,
     ) -> RuntimeResult<()> {
+        let payload = payload.to_string();
+        let limits = &self.inner.config.limits;
+        limits
+            .check_payload(&format!("the payload of event `{name}`"), &payload)
+            .and_then(|()| limits.check_payload("the event name", name))
+            .map_err(RuntimeError::TooLarge)?;
         let message = Message::EventRaised {
             name: name.to_string(),
-            payload: payload.to_string(),
+            payload,
         };
         self.send(id, message).await
     }
 
     /// Terminate an instance; durable once this returns.
     pub async fn terminate(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.check_reason(&reason)?;
         self.send(id, Message::Terminate { reason }).await
     }
 
     /// Suspend an instance: events wait in its inbox until it is resumed.
     pub async fn suspend(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.check_reason(&reason)?;
         self.send(id, Message::Suspend { reason }).await
     }
 
     /// Resume a suspended instance.
     pub async fn resume(&self, id: &str, reason: Option<String>) -> RuntimeResult<()> {
+        self.check_reason(&reason)?;
         self.send(id, Message::Resume { reason }).await
+    }
+
+    /// A reason is stored in the history: it is a payload like any other.
+    fn check_reason(&self, reason: &Option<String>) -> RuntimeResult<()> {
+        match reason {
+            Some(reason) => (self.inner.config.limits)
+                .check_payload("the reason", reason)
+                .map_err(RuntimeError::TooLarge),
+            None => Ok(()),
+        }
     }
 
     /// Put a message into a live instance's inbox and wake the workers

@@ -638,6 +638,18 @@ fn episode(
         .episodes
         .get_or_create(&vec![("outcome", outcome.to_string())])
         .inc();
+    if let Some(broken) = inner
+        .config
+        .limits
+        .broken_by(&episode, instance.history_len)
+    {
+        // Nothing the episode made is stored: only the failure, as for a
+        // divergence. The warm instance saw what is not stored.
+        inner.replayer.forget_warm(id);
+        tracing::warn!(instance = %instance.id, "orchestration failed: {broken}");
+        let new_events = fail(&mut instance, broken, now);
+        return Ok(finish(commit, instance, new_events, now));
+    }
     if let Some(custom_status) = episode.custom_status {
         instance.custom_status = custom_status;
     }
