@@ -45,6 +45,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// Instances deleted per write by a bulk purge.
 pub const PURGE_BATCH: usize = 100;
 
+/// Waiters ([`Runtime::wait_until`], `waitForCompletion`) at once; more are
+/// answered at once with the status as it is.
+pub const MAX_WAITERS: usize = 10_000;
+
+/// The longest a waiter goes without re-reading its instance when no
+/// commit of this host woke it.
+const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
+
 /// Longest instance id accepted.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
 
@@ -240,6 +248,8 @@ struct Inner {
     handle: tokio::runtime::Handle,
     /// Episodes begun so far: the idle release waits for it to stand still.
     episodes_begun: std::sync::atomic::AtomicU64,
+    /// Slots for waiters ([`MAX_WAITERS`]).
+    waiters: tokio::sync::Semaphore,
 }
 
 impl Inner {
@@ -417,6 +427,7 @@ impl Runtime {
             retries: Mutex::default(),
             handle: tokio::runtime::Handle::current(),
             episodes_begun: Default::default(),
+            waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
         });
         // Weak: the store holds the callback, and the runtime the store.
         let woken = Arc::downgrade(&inner);
@@ -933,14 +944,22 @@ impl Runtime {
                     _ => return,
                 }
             };
+        // Past the cap a waiter is answered at once with the status as it
+        // is: each one holds a task and a subscription.
+        let Ok(_waiting) = self.inner.waiters.try_acquire() else {
+            return self.existing(id).await;
+        };
+        // The fallback re-read covers writes this host does not commit (other
+        // hosts on PostgreSQL); it backs off, as the commit wakes a waiter.
+        let mut fallback = Duration::from_millis(50);
         loop {
             let instance = self.existing(id).await?;
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
             }
-            // The fallback timeout covers writes by other processes.
-            let _ = tokio::time::timeout(Duration::from_millis(50), until_changed(&mut committed))
-                .await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(fallback.min(left), until_changed(&mut committed)).await;
+            fallback = (fallback * 2).min(MAX_WAIT_FALLBACK);
         }
     }
 
