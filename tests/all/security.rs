@@ -859,3 +859,53 @@ fn sizes_and_history_lengths_have_limits_that_name_themselves() {
     // The limit's 20, then the failure (an episode start and its end).
     assert!(events <= 22, "{events} events stored");
 }
+
+#[test]
+fn an_instance_takes_at_most_its_cap_of_waiting_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--max-inbox-messages", "5"],
+    );
+    let started = host.post(&format!("{API}/orchestrators/Workflow/flooded"), "\"f\"");
+    assert_eq!(started.status, 202);
+    host.poll(&format!("{API}/instances/flooded"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    // Suspended, it takes nothing: events wait in its inbox until the cap.
+    let suspended = host.post(&format!("{API}/instances/flooded/suspend"), "");
+    assert_eq!(suspended.status, 202);
+    host.poll(&format!("{API}/instances/flooded"), |r| {
+        r.json()["runtimeStatus"] == "Suspended"
+    });
+    let mut refused = None;
+    for n in 0..20 {
+        let raised = host.post(
+            &format!("{API}/instances/flooded/raiseEvent/Other"),
+            &n.to_string(),
+        );
+        if raised.status == 429 {
+            refused = Some(raised);
+            break;
+        }
+        assert_eq!(raised.status, 202, "{}", raised.body);
+    }
+    let refused = refused.expect("the cap was reached");
+    assert!(
+        refused.error().contains("5 messages waiting"),
+        "{}",
+        refused.body
+    );
+    // A full inbox never keeps an instance from being resumed or stopped;
+    // once it takes its messages, it takes more.
+    let resumed = host.post(&format!("{API}/instances/flooded/resume"), "");
+    assert_eq!(resumed.status, 202, "{}", resumed.body);
+    let accepted = host.poll(&format!("{API}/instances/flooded/pending"), |r| {
+        r.json()["inbox"]
+            .as_array()
+            .is_some_and(|inbox| inbox.len() < 5)
+    });
+    assert_eq!(accepted.status, 200);
+}

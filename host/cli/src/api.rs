@@ -71,6 +71,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Finished { .. } => StatusCode::GONE,
             RuntimeError::NotFinished { .. } => StatusCode::PRECONDITION_FAILED,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RuntimeError::InboxFull(_) => StatusCode::TOO_MANY_REQUESTS,
             RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
                 StatusCode::BAD_REQUEST
             }

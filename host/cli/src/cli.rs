@@ -150,6 +150,10 @@ enum Command {
         /// that would pass it fails, asking for continue-as-new.
         #[arg(long, env = "DURO_MAX_HISTORY_EVENTS", default_value_t = 50_000)]
         max_history_events: u64,
+        /// Most messages (events, terminate, suspend, resume) one instance
+        /// may have waiting; past it a sender gets 429.
+        #[arg(long, env = "DURO_MAX_INBOX_MESSAGES", default_value_t = duro_core::store::DEFAULT_MAX_INBOX)]
+        max_inbox_messages: usize,
         /// Where compiled components are cached (default: beside the database).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -379,6 +383,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             max_request_bytes,
             max_payload_bytes,
             max_history_events,
+            max_inbox_messages,
             cache_dir,
             step_budget_ms,
             trigger_budget_ms,
@@ -405,6 +410,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                     max_payload_bytes,
                     max_history_events,
                 },
+                max_inbox: max_inbox_messages,
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),
                 trigger_budget: Duration::from_millis(trigger_budget_ms),

@@ -156,12 +156,15 @@ impl Database {
 pub struct OpenOptions {
     /// PostgreSQL: how long a host's leases outlive its last renewal.
     pub lease_ttl: Duration,
+    /// Most messages one instance may have waiting.
+    pub max_inbox: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             lease_ttl: Duration::from_secs(10),
+            max_inbox: duro_core::store::DEFAULT_MAX_INBOX,
         }
     }
 }
@@ -234,7 +237,7 @@ pub fn open(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
 pub fn open_database(database: &Database, options: &OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
     match database {
         Database::Sqlite(path) => {
-            let store = duro_store_sqlite::SqliteStore::open(path)
+            let store = duro_store_sqlite::SqliteStore::open_with(path, options.max_inbox)
                 .with_context(|| format!("cannot open the database {}", path.display()))?;
             Ok(Arc::new(store))
         }
@@ -242,6 +245,7 @@ pub fn open_database(database: &Database, options: &OpenOptions) -> anyhow::Resu
             let options = duro_store_postgres::PgOptions {
                 schema: schema.clone(),
                 lease_ttl: options.lease_ttl,
+                max_inbox: options.max_inbox,
                 ..Default::default()
             };
             let store = duro_store_postgres::PgStore::open(url, options)

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub http_limits: crate::listen::HttpLimits,
     /// Sizes and counts callers and guests may not exceed.
     pub limits: crate::runtime::Limits,
+    /// Most messages one instance may have waiting (429 past it).
+    pub max_inbox: usize,
     /// Compiled-code cache (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Longest an orchestration step may run.
@@ -282,6 +284,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let database = config.database.clone();
         let options = crate::database::OpenOptions {
             lease_ttl: config.lease_ttl,
+            max_inbox: config.max_inbox,
         };
         tokio::task::spawn_blocking(move || crate::database::open_database(&database, &options))
             .await??

@@ -90,10 +90,20 @@ impl Drop for TestStore {
 }
 
 fn open_backend(backend: &Backend, renew_leases: bool) -> Arc<dyn Store> {
+    open_capped(backend, renew_leases, duro::store::DEFAULT_MAX_INBOX)
+}
+
+/// [`open_backend`] with at most `max_inbox` messages waiting per instance.
+fn open_capped(backend: &Backend, renew_leases: bool, max_inbox: usize) -> Arc<dyn Store> {
     match backend {
-        Backend::Sqlite(path) => {
-            open_database(&Database::Sqlite(path.clone()), &OpenOptions::default()).unwrap()
-        }
+        Backend::Sqlite(path) => open_database(
+            &Database::Sqlite(path.clone()),
+            &OpenOptions {
+                max_inbox,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
         Backend::Postgres { url, schema } => Arc::new(
             PgStore::open(
                 url,
@@ -101,6 +111,7 @@ fn open_backend(backend: &Backend, renew_leases: bool) -> Arc<dyn Store> {
                     schema: Some(schema.clone()),
                     lease_ttl: Duration::from_millis(400),
                     renew_leases,
+                    max_inbox,
                     ..Default::default()
                 },
             )
@@ -141,6 +152,7 @@ contract!(
     the_trace_parent_is_kept,
     a_listing_by_status_is_one_snapshot,
     a_message_reaches_only_a_live_instance,
+    an_inbox_holds_at_most_its_cap,
     a_write_refused_beside_others_undoes_only_itself,
     in_flight_versions_count_what_has_not_finished,
 );
@@ -406,6 +418,39 @@ fn a_listing_by_status_is_one_snapshot(t: &TestStore) {
         }
     }
     mover.join().unwrap();
+}
+
+fn an_inbox_holds_at_most_its_cap(t: &TestStore) {
+    let store = open_capped(&t.backend, true, 3);
+    store.create_instance(&instance("busy")).unwrap();
+    // Its start, then two events: three waiting.
+    store.enqueue("busy", &event("1")).unwrap();
+    store.enqueue("busy", &event("2")).unwrap();
+    match store.enqueue("busy", &event("3")) {
+        Err(StoreError::InboxFull { id, limit }) => assert_eq!((id.as_str(), limit), ("busy", 3)),
+        other => panic!("a fourth message: {other:?}"),
+    }
+    assert!(
+        !store
+            .enqueue("busy", &event("4"))
+            .unwrap_err()
+            .is_retriable()
+    );
+    assert_eq!(store.load("busy").unwrap().inbox.len(), 3);
+    // A full inbox never keeps an instance from being stopped.
+    let stop = Message::Terminate {
+        reason: Some("flooded".into()),
+    };
+    store.enqueue("busy", &stop).unwrap();
+    assert_eq!(store.load("busy").unwrap().inbox.len(), 4);
+    // Another instance has an inbox of its own; unknown and finished ones
+    // are told apart from full ones.
+    store.create_instance(&instance("calm")).unwrap();
+    store.enqueue("calm", &event("1")).unwrap();
+    assert!(matches!(
+        store.enqueue("nobody", &event("1")),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 fn a_message_reaches_only_a_live_instance(t: &TestStore) {

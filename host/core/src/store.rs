@@ -39,6 +39,18 @@ pub enum StoreError {
         /// Its status.
         status: RuntimeStatus,
     },
+    /// The instance has this many messages waiting already (the store's
+    /// cap, which events count against and control messages pass): it takes
+    /// more once its episodes have taken some.
+    #[error(
+        "instance `{id}` has {limit} messages waiting, the most it may have; try again once it has taken some"
+    )]
+    InboxFull {
+        /// The instance.
+        id: String,
+        /// The cap.
+        limit: usize,
+    },
     /// The instance changed under the writer (optimistic concurrency):
     /// another episode, a restart or an upgrade committed first.
     #[error("instance `{instance}` changed under the write: {change}")]
@@ -57,6 +69,11 @@ pub enum StoreError {
         retriable: bool,
     },
 }
+
+/// Messages one instance may have waiting by default (stores' cap on
+/// `enqueue`): a client raising events faster than the instance takes them
+/// is refused past it, instead of growing its inbox without bound.
+pub const DEFAULT_MAX_INBOX: usize = 10_000;
 
 impl StoreError {
     /// True when the same call may succeed if tried again.

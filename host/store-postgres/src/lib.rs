@@ -65,6 +65,9 @@ pub struct PgOptions {
     /// Renew this host's leases while it lives (on, but for tests that
     /// play a host that hangs and loses its leases).
     pub renew_leases: bool,
+    /// Most messages one instance may have waiting (`enqueue` refuses more
+    /// with `InboxFull`).
+    pub max_inbox: usize,
 }
 
 impl Default for PgOptions {
@@ -74,6 +77,7 @@ impl Default for PgOptions {
             lease_ttl: Duration::from_secs(10),
             max_connections: 32,
             renew_leases: true,
+            max_inbox: duro_core::store::DEFAULT_MAX_INBOX,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct PgStore {
     /// This host's name in `lease_owner`.
     owner: String,
     lease_ttl: Duration,
+    /// Most messages one instance may have waiting.
+    max_inbox: usize,
     /// Whom to wake when another host makes work.
     wake: Arc<Mutex<Option<WakeFn>>>,
     /// Group commit of the writes.
@@ -251,6 +257,7 @@ impl PgStore {
             config,
             owner,
             lease_ttl: options.lease_ttl,
+            max_inbox: options.max_inbox,
             wake: Arc::default(),
         };
         store.block(store.migrate(options.schema.as_deref()))?;
@@ -637,7 +644,7 @@ impl ClientStore for PgStore {
     }
 
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
-        let write = writer::Write::Enqueue(instance.to_string(), message.clone());
+        let write = writer::Write::Enqueue(instance.to_string(), message.clone(), self.max_inbox);
         self.block(self.writer.submit(write))
     }
 
@@ -646,7 +653,7 @@ impl ClientStore for PgStore {
         instance: &str,
         message: &Message,
     ) -> Option<duro_core::store::PendingWrite<()>> {
-        let write = writer::Write::Enqueue(instance.to_string(), message.clone());
+        let write = writer::Write::Enqueue(instance.to_string(), message.clone(), self.max_inbox);
         Some(Box::pin(self.writer.submit(write)))
     }
 

@@ -359,8 +359,15 @@ pub async fn set_component(
 
 /// Put a message into the inbox of a live instance (see
 /// `ClientStore::enqueue`).
-pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> StoreResult<()> {
-    // One statement: the message goes in only beside its live instance.
+pub async fn enqueue(
+    tx: &Transaction<'_>,
+    id: &str,
+    message: &Message,
+    max_inbox: usize,
+) -> StoreResult<()> {
+    // One statement: the message goes in only beside its live instance,
+    // and an event only while fewer than `max_inbox` messages wait for it
+    // (control messages always: a flood must not make it unstoppable).
     let json = to_json("message", message)?;
     let finished: Vec<&str> = RuntimeStatus::ALL
         .into_iter()
@@ -371,13 +378,15 @@ pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> Store
         tx,
         "INSERT INTO inbox (instance_id, message, control, created_at) \
          SELECT $1, $2, $3, $4 WHERE EXISTS \
-         (SELECT 1 FROM instances WHERE id = $1 AND NOT status = ANY($5))",
+         (SELECT 1 FROM instances WHERE id = $1 AND NOT status = ANY($5)) \
+         AND ($3 OR (SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6)",
         &[
             &id,
             &json,
             &message.is_control(),
             &(now_millis() as i64),
             &finished,
+            &(max_inbox as i64),
         ],
     )
     .await?;
@@ -387,9 +396,13 @@ pub async fn enqueue(tx: &Transaction<'_>, id: &str, message: &Message) -> Store
     // Why not: rare, so a second statement is fine.
     match get_instance(tx, id).await? {
         None => Err(StoreError::NotFound(id.to_string())),
-        Some(instance) => Err(StoreError::Finished {
+        Some(instance) if instance.status.is_terminal() => Err(StoreError::Finished {
             id: id.to_string(),
             status: instance.status,
+        }),
+        Some(_) => Err(StoreError::InboxFull {
+            id: id.to_string(),
+            limit: max_inbox,
         }),
     }
 }

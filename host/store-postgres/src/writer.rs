@@ -30,7 +30,7 @@ pub enum Write {
     /// Create an instance (`ClientStore::create_instance`).
     Create(Instance),
     /// Put a message into an existing instance's inbox.
-    Enqueue(String, Message),
+    Enqueue(String, Message, usize),
     /// Commit an episode (its lease given back with it; a refused one's
     /// lease is given back after the transaction).
     Episode(Box<EpisodeCommit>),
@@ -69,7 +69,7 @@ impl Write {
     fn key(&self) -> &str {
         match self {
             Write::Create(instance) => &instance.id,
-            Write::Enqueue(id, _) => id,
+            Write::Enqueue(id, ..) => id,
             Write::Episode(episode) => &episode.instance.id,
             Write::FinishActivity(..) => "",
         }
@@ -220,7 +220,7 @@ fn on_distinct_instances(writes: &[Write]) -> bool {
 async fn apply(tx: &Transaction<'_>, owner: &str, write: &Write) -> StoreResult<()> {
     match write {
         Write::Create(instance) => ops::insert_instance(tx, instance).await,
-        Write::Enqueue(id, message) => ops::enqueue(tx, id, message).await,
+        Write::Enqueue(id, message, max_inbox) => ops::enqueue(tx, id, message, *max_inbox).await,
         Write::Episode(episode) => ops::apply_episode(tx, owner, episode).await,
         Write::FinishActivity(id, finish) => {
             ops::finish_activity(tx, owner, *id, finish.clone()).await

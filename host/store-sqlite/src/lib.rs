@@ -117,6 +117,9 @@ pub mod sql {
         "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq";
     /// An instance's inbox.
     pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id";
+    /// How many messages an instance has waiting, counted up to ?2 only.
+    pub const COUNT_WAITING: &str =
+        "SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = ?1 LIMIT ?2)";
     /// Timers due now, taken out of the table.
     pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE fire_at <= ?1 \
          RETURNING instance_id, task, fire_at, execution_id";
@@ -163,6 +166,8 @@ pub struct SqliteStore {
     leased: Arc<Mutex<HashSet<String>>>,
     /// Activity rows some activity worker of this process is running.
     leased_activities: Mutex<HashSet<i64>>,
+    /// Most messages one instance may have waiting ([`SqliteStore::open_with`]).
+    max_inbox: usize,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -231,6 +236,12 @@ impl SqliteStore {
     /// Open (creating if needed) the database at `path`, migrate it and start the
     /// writer thread.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        Self::open_with(path, duro_core::store::DEFAULT_MAX_INBOX)
+    }
+
+    /// [`SqliteStore::open`], with at most `max_inbox` messages waiting
+    /// for any one instance (`enqueue` refuses more with `InboxFull`).
+    pub fn open_with(path: impl AsRef<Path>, max_inbox: usize) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
@@ -256,6 +267,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             leased: Arc::default(),
             leased_activities: Mutex::default(),
+            max_inbox,
         })
     }
 
@@ -824,7 +836,12 @@ fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
 
 /// Put a message into the inbox of a live instance (see
 /// `ClientStore::enqueue`); only its status is read, on every message.
-fn enqueue_live(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
+fn enqueue_live(
+    conn: &Connection,
+    id: &str,
+    message: &Message,
+    max_inbox: usize,
+) -> StoreResult<()> {
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")
         .map_err(backend)?
@@ -837,6 +854,22 @@ fn enqueue_live(conn: &Connection, id: &str, message: &Message) -> StoreResult<(
         return Err(StoreError::Finished {
             id: id.to_string(),
             status,
+        });
+    }
+    // Control messages (terminate, suspend, resume) always go in: a flood
+    // of events must not make an instance impossible to stop.
+    let waiting: i64 = if message.is_control() {
+        0
+    } else {
+        conn.prepare_cached(sql::COUNT_WAITING)
+            .map_err(backend)?
+            .query_row(params![id, max_inbox as i64], |r| r.get(0))
+            .map_err(backend)?
+    };
+    if waiting as usize >= max_inbox {
+        return Err(StoreError::InboxFull {
+            id: id.to_string(),
+            limit: max_inbox,
         });
     }
     push_message(conn, id, message)
@@ -1319,8 +1352,8 @@ impl ClientStore for SqliteStore {
     }
 
     fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
-        let (id, message) = (instance.to_string(), message.clone());
-        self.write(move |conn| enqueue_live(conn, &id, &message))
+        let (id, message, max) = (instance.to_string(), message.clone(), self.max_inbox);
+        self.write(move |conn| enqueue_live(conn, &id, &message, max))
     }
 
     fn enqueue_nonblocking(
@@ -1328,8 +1361,8 @@ impl ClientStore for SqliteStore {
         instance: &str,
         message: &Message,
     ) -> Option<duro_core::store::PendingWrite<()>> {
-        let (id, message) = (instance.to_string(), message.clone());
-        Some(self.submit_async(move |conn| enqueue_live(conn, &id, &message)))
+        let (id, message, max) = (instance.to_string(), message.clone(), self.max_inbox);
+        Some(self.submit_async(move |conn| enqueue_live(conn, &id, &message, max)))
     }
 
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {

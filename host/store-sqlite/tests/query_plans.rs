@@ -27,6 +27,11 @@ fn check(store: &SqliteStore, what: &str, sql: &str, args: &[SqlValue], allow: A
         .unwrap_or_else(|e| panic!("{what}: {e}\n{sql}"));
     let text = plan.join("\n");
     for line in &plan {
+        // Reading back a subquery's own rows (bounded by its LIMIT) is not a
+        // scan of a table.
+        if line.starts_with("SCAN (subquery") {
+            continue;
+        }
         let scans_table = line.starts_with("SCAN ")
             && !line.contains("USING INDEX")
             && !line.contains("USING COVERING INDEX")
@@ -242,6 +247,13 @@ fn every_query_is_answered_from_an_index() {
         "load an inbox",
         sql::LOAD_INBOX,
         &id(),
+        Allow::Searches,
+    );
+    check(
+        &store,
+        "count what an instance has waiting",
+        sql::COUNT_WAITING,
+        &[SqlValue::Text("i".into()), SqlValue::Int(10_000)],
         Allow::Searches,
     );
     check(

@@ -261,6 +261,8 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
         RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
         RuntimeError::TooLarge(_) => wit::ClientError::InvalidArgument(message),
+        // Trying again later may help: the instance takes its messages.
+        RuntimeError::InboxFull(_) => wit::ClientError::Internal(message),
         _ => wit::ClientError::Internal(message),
     }
 }

@@ -176,6 +176,9 @@ pub enum RuntimeError {
     /// The component cannot be used.
     #[error("{0}")]
     Component(String),
+    /// The instance has as many messages waiting as the store allows.
+    #[error("{0}")]
+    InboxFull(String),
     /// A value is larger than a limit allows ([`Limits`]).
     #[error("{0}")]
     TooLarge(String),
@@ -205,6 +208,7 @@ impl From<StoreError> for RuntimeError {
             StoreError::Conflict { instance, .. } => RuntimeError::Busy(instance),
             StoreError::NotFinished { id, status } => RuntimeError::NotFinished { id, status },
             StoreError::Finished { id, status } => RuntimeError::Finished { id, status },
+            e @ StoreError::InboxFull { .. } => RuntimeError::InboxFull(e.to_string()),
             e => RuntimeError::Store(e),
         }
     }
