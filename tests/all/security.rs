@@ -909,3 +909,46 @@ fn an_instance_takes_at_most_its_cap_of_waiting_messages() {
     });
     assert_eq!(accepted.status, 200);
 }
+
+/// The `duro_compiled_components` gauge of a host.
+fn compiled_components(host: &Host) -> u64 {
+    let metrics = host.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("duro_compiled_components "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no compiled-components gauge in {metrics}"))
+}
+
+#[test]
+fn components_no_app_or_instance_uses_are_dropped() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let baseline = compiled_components(&host);
+    assert!(baseline >= 2, "{baseline}");
+    let encode =
+        |path: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
+    let manifest = "[[orchestration]]\nname = \"Workflow\"\ncomponent = \"o.wasm\"\n\
+                    [[http]]\nname = \"Echo\"\nroute = \"/echo\"\ncomponent = \"h.wasm\"\n";
+    let upload = json!({
+        "manifest": manifest,
+        "components": {
+            "o.wasm": encode(duro_tests::SCENARIO),
+            "h.wasm": encode(duro_tests::TEST_GUESTS_HTTP),
+        },
+    })
+    .to_string();
+    // Dry runs compile what they check, and keep none of it.
+    for _ in 0..3 {
+        let dry = host.post(&format!("{API}/deploy?dryRun=true"), &upload);
+        assert_eq!(dry.status, 200, "{}", dry.body);
+        assert_eq!(compiled_components(&host), baseline);
+    }
+    // A deploy keeps what it serves, and drops the HTTP component it
+    // replaced (no instance runs on an HTTP function).
+    let deployed = host.post(&format!("{API}/deploy"), &upload);
+    assert_eq!(deployed.status, 200, "{}", deployed.body);
+    assert_eq!(host.get("/echo").status, 200);
+    assert_eq!(compiled_components(&host), baseline);
+}

@@ -136,6 +136,19 @@ async fn deploy(
             message: "another deploy is under way; deploy again when it has finished".into(),
         });
     };
+    let outcome = deploy_locked(&state, params, body).await;
+    // What this deploy compiled and no longer serves (a dry run's, a
+    // refused app's, the versions it replaced) is dropped.
+    state.served.prune().await;
+    outcome
+}
+
+/// A deploy, under the deploy lock.
+async fn deploy_locked(
+    state: &DeployState,
+    params: DeployParams,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
     let body = read_upload(body).await?;
     let upload: AppUpload = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(

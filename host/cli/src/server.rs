@@ -71,6 +71,8 @@ pub(crate) struct Served {
     state: Arc<AppState>,
     /// The routes of the app's HTTP functions, swapped whole by a deploy.
     functions: Arc<RwLock<axum::Router>>,
+    /// The digests of the HTTP functions' components served now.
+    http_digests: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Served {
@@ -98,8 +100,26 @@ impl Served {
     ) -> anyhow::Result<()> {
         register_activities(&self.runtime, app).await?;
         *self.functions.write().expect("functions poisoned") = functions;
+        *self.http_digests.lock().expect("digests poisoned") = http_digests(app);
         Ok(())
     }
+
+    /// Forget the components that nothing served or in flight uses any
+    /// more (after a deploy, or a dry run that compiled what it checked).
+    pub(crate) async fn prune(&self) {
+        let keep = self.http_digests.lock().expect("digests poisoned").clone();
+        self.state.triggers.retain(&keep);
+        if let Err(e) = self.runtime.prune_components(&keep).await {
+            tracing::warn!("unused components were not dropped: {e}");
+        }
+    }
+}
+
+/// The digests of an app's HTTP functions' components.
+fn http_digests(app: &ResolvedApp) -> std::collections::HashSet<String> {
+    (app.http.iter())
+        .map(|function| engine::digest(&app.files[&function.component]))
+        .collect()
 }
 
 /// An app's orchestration components (path, bytes), each with the
@@ -339,6 +359,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         state,
         functions: functions.clone(),
+        http_digests: std::sync::Mutex::new(http_digests(&app)),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -36,6 +36,11 @@ pub struct ActivityHost {
 }
 
 impl ActivityHost {
+    /// Forget the prepared components whose digest `keep` does not hold.
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+    }
+
     /// A host for activity components on `engine`.
     pub fn new(engine: Engine) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());

@@ -270,6 +270,21 @@ impl Engine {
         Ok(component)
     }
 
+    /// Forget every compiled component whose digest `keep` does not hold
+    /// (one needed again is compiled again, or loaded from the disk cache).
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        (self.components.lock().expect("component cache poisoned"))
+            .retain(|digest, _| keep.contains(digest));
+    }
+
+    /// How many compiled components are held.
+    pub fn component_count(&self) -> usize {
+        self.components
+            .lock()
+            .expect("component cache poisoned")
+            .len()
+    }
+
     /// The component with this digest if it is already compiled.
     pub fn cached(&self, digest: &str) -> Option<Component> {
         self.components

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub warm_instances_held: Gauge,
     /// Times the host gave back its caches after a quiet spell.
     pub memory_releases: Counter,
+    /// Compiled components held in memory.
+    pub compiled_components: Gauge,
 }
 
 impl Default for Metrics {
@@ -171,7 +173,14 @@ impl Metrics {
             "Times the host gave back its caches after a quiet spell",
             memory_releases.clone(),
         );
+        let compiled_components = Gauge::default();
+        registry.register(
+            "compiled_components",
+            "Compiled components held in memory (those no app or in-flight instance uses are dropped after a deploy)",
+            compiled_components.clone(),
+        );
         Metrics {
+            compiled_components,
             warm_instances_held,
             memory_releases,
             guest_traps,

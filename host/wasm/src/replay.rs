@@ -217,6 +217,12 @@ impl WarmCache {
 }
 
 impl Replayer {
+    /// Forget the prepared components whose digest `keep` does not hold
+    /// (warm instances of them stay until they are used or evicted).
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+    }
+
     /// A replayer whose guests may run `step_budget` per episode (replay
     /// and new steps together) before they are stopped, keeping up to
     /// `warm_instances` instances, holding at most `warm_memory` bytes of

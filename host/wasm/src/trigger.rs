@@ -74,6 +74,11 @@ impl Triggers {
         })
     }
 
+    /// Forget the prepared components whose digest `keep` does not hold.
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+    }
+
     /// The engine the triggers' components are compiled by.
     pub fn engine(&self) -> &Engine {
         &self.engine

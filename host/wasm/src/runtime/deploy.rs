@@ -2,7 +2,7 @@
 //! over, every in-flight instance's history is replayed against it; the
 //! compatible ones may move, the others finish on the version they started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use wasmtime::component::Component;
 
@@ -241,6 +241,38 @@ impl Runtime {
                 return Ok(all);
             }
         }
+    }
+
+    /// Drop the compiled and prepared components that no registered
+    /// orchestration or activity, no in-flight instance and nothing in
+    /// `also_keep` (the served HTTP functions) uses: after deploys, and
+    /// after dry runs, which compile what they check. An instance of a
+    /// dropped version that turns up later is compiled again from the
+    /// store.
+    pub async fn prune_components(&self, also_keep: &HashSet<String>) -> RuntimeResult<()> {
+        let mut keep = also_keep.clone();
+        keep.extend(
+            (self.inner.registry.read().expect("registry poisoned"))
+                .values()
+                .cloned(),
+        );
+        keep.extend(
+            (self
+                .inner
+                .activity_registry
+                .read()
+                .expect("activity registry poisoned"))
+            .values()
+            .map(|activity| activity.digest.clone()),
+        );
+        let store = self.inner.store.clone();
+        for (_, component, _) in blocking(move || store.in_flight_versions()).await? {
+            keep.insert(component);
+        }
+        self.inner.replayer.retain(&keep);
+        self.inner.activity_host.retain(&keep);
+        self.inner.engine.retain(&keep);
+        Ok(())
     }
 
     /// The versions of each orchestration: the deployed one and every other

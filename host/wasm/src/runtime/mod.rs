@@ -982,6 +982,10 @@ impl Runtime {
             .metrics
             .warm_instances_held
             .set(self.inner.replayer.warm_count() as i64);
+        self.inner
+            .metrics
+            .compiled_components
+            .set(self.inner.engine.component_count() as i64);
         Ok(())
     }
 
