@@ -581,6 +581,7 @@ async fn list(
         (status = 400, description = "Payload not JSON", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such instance", body = crate::openapi::ErrorBody),
         (status = 410, description = "The instance has finished", body = crate::openapi::ErrorBody),
+        (status = 429, description = "The instance has as many events waiting as it may (`--max-inbox-messages`)", body = crate::openapi::ErrorBody),
     ),
     tag = "instances",
 )]

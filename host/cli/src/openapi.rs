@@ -339,6 +339,7 @@ fn upgrade() {}
         crate::api::metrics,
         crate::api::openapi,
     ),
+    modifiers(&Gate),
     tags(
         (name = "instances", description = "Start, query and drive orchestration instances"),
         (name = "deploys", description = "Hot deploys checked by replay"),
@@ -346,6 +347,75 @@ fn upgrade() {}
     ),
 )]
 pub struct ManagementApi;
+
+/// What the management plane's gate (`plane.rs`) adds to every route: the
+/// admin key as a bearer token, and the answers of a refusal.
+struct Gate;
+
+impl utoipa::Modify for Gate {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "The admin key (`--admin-key`); also accepted as the x-duro-admin-key or \
+             x-functions-key header or the code query parameter. Without an admin key \
+             the host serves this API on loopback only."
+                .into(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("adminKey", SecurityScheme::Http(bearer));
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "adminKey",
+            Vec::<String>::new(),
+        )]);
+        let refusals = [
+            (
+                "401",
+                "No admin key, or a wrong one (a function key never opens this API)",
+            ),
+            (
+                "403",
+                "A Host that is not one of the host's names, or a cross-site Origin on a write",
+            ),
+            (
+                "413",
+                "A body, input, payload or reason past its limit (named in the message)",
+            ),
+            ("415", "A write whose body is not application/json"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (code, description) in refusals {
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert(RefOr::T(response));
+                }
+            }
+        }
+    }
+}
 
 /// The document as JSON.
 pub fn document() -> Value {
