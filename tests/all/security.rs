@@ -952,3 +952,46 @@ fn components_no_app_or_instance_uses_are_dropped() {
     assert_eq!(host.get("/echo").status, 200);
     assert_eq!(compiled_components(&host), baseline);
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answer_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = echo_manifest(dir.path(), "/echo/{thing}", "anonymous");
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--max-request-bytes", "33554432", "--write-timeout-ms", "1000"],
+    );
+    // An answer far larger than the sockets' buffers, which the client
+    // never reads until the host must have given up on it.
+    let body = json!("y".repeat(24 << 20)).to_string();
+    let mut stream = TcpStream::connect(&host.address).unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /echo/big HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\n\r\n",
+                host.address,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    // Others are served meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        assert_eq!(host.get("/api/check/none").status, 404);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        answer.len() < body.len(),
+        "the whole answer ({} bytes) was kept for a client that did not read",
+        answer.len()
+    );
+}
