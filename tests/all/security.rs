@@ -957,10 +957,22 @@ fn components_no_app_or_instance_uses_are_dropped() {
 fn a_client_that_stops_reading_its_answer_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = echo_manifest(dir.path(), "/echo/{thing}", "anonymous");
-    let host = Host::start_with(
+    // The guest's own budget is long: what cuts the client off must be the
+    // write deadline.
+    let host = Host::spawn(
+        Command::new(duro_binary()),
         &manifest,
         &dir.path().join("duro.db"),
-        &["--max-request-bytes", "33554432", "--write-timeout-ms", "1000"],
+        &[
+            "--cache-dir",
+            duro_tests::COMPILE_CACHE,
+            "--trigger-budget-ms",
+            "60000",
+            "--max-request-bytes",
+            "33554432",
+            "--write-timeout-ms",
+            "1000",
+        ],
     );
     // An answer far larger than the sockets' buffers, which the client
     // never reads until the host must have given up on it.
