@@ -1007,3 +1007,47 @@ fn a_client_that_stops_reading_its_answer_is_cut_off() {
         answer.len()
     );
 }
+
+#[test]
+fn a_listing_reads_inputs_only_when_it_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let input = json!({ "order": "x".repeat(1000) });
+    let started = host.post(
+        &format!("{API}/orchestrators/Workflow/listed"),
+        &input.to_string(),
+    );
+    assert_eq!(started.status, 202);
+    let plain = host.get(&format!("{API}/instances"));
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert!(plain.json()[0].get("input").is_none(), "{}", plain.body);
+    assert!(
+        plain.body.len() < 1000,
+        "the input was sent: {}",
+        plain.body.len()
+    );
+    let shown = host.get(&format!("{API}/instances?showInput=true"));
+    assert_eq!(shown.json()[0]["input"], input, "{}", shown.body);
+    // A filter on the input still finds it.
+    let filtered = host.get(&format!(
+        "{API}/instances?input={}",
+        percent_encode(&input.to_string())
+    ));
+    assert_eq!(
+        filtered.json().as_array().unwrap().len(),
+        1,
+        "{}",
+        filtered.body
+    );
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -553,8 +553,10 @@ async fn list(
     Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let query = list_query(&params, &headers)?;
+    let mut query = list_query(&params, &headers)?;
     let show_input = flag(&params.show_input, "showInput", false)?;
+    // What is not shown is not read (an input may be 1 MiB).
+    query.skip_input = !show_input;
     let (instances, continuation) = rt.list_page(query).await?;
     let body: Vec<Value> = instances
         .iter()

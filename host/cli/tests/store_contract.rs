@@ -153,6 +153,7 @@ contract!(
     a_listing_by_status_is_one_snapshot,
     a_message_reaches_only_a_live_instance,
     an_inbox_holds_at_most_its_cap,
+    a_listing_without_inputs_reads_none,
     a_write_refused_beside_others_undoes_only_itself,
     in_flight_versions_count_what_has_not_finished,
 );
@@ -418,6 +419,28 @@ fn a_listing_by_status_is_one_snapshot(t: &TestStore) {
         }
     }
     mover.join().unwrap();
+}
+
+fn a_listing_without_inputs_reads_none(t: &TestStore) {
+    let store = &t.store;
+    let mut big = instance("big-input");
+    big.input = format!("\"{}\"", "i".repeat(10_000));
+    store.create_instance(&big).unwrap();
+    let query = InstanceQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let with = store.list(&query).unwrap();
+    assert_eq!(with[0].input, big.input);
+    let without = store
+        .list(&InstanceQuery {
+            skip_input: true,
+            ..query
+        })
+        .unwrap();
+    assert_eq!(without[0].id, "big-input");
+    assert_eq!(without[0].input, "null");
+    assert_eq!(without[0].name, with[0].name);
 }
 
 fn an_inbox_holds_at_most_its_cap(t: &TestStore) {

@@ -609,6 +609,9 @@ pub struct InstanceQuery {
     pub after: Option<(Millis, String)>,
     /// Newest first instead of oldest first.
     pub newest_first: bool,
+    /// Leave the inputs out of the instances found (their `input` reads
+    /// `null`): a listing that does not show inputs does not read them.
+    pub skip_input: bool,
 }
 
 /// The one text of a JSON value that inputs are stored and compared as:

@@ -408,7 +408,14 @@ pub async fn enqueue(
 }
 
 pub async fn list_instances(c: &Object, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-    list_rows(c, query, sql::INSTANCE_COLUMNS)
+    static WITHOUT_INPUT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| listing::without_input(sql::INSTANCE_COLUMNS));
+    let columns = if query.skip_input {
+        WITHOUT_INPUT.as_str()
+    } else {
+        sql::INSTANCE_COLUMNS
+    };
+    list_rows(c, query, columns)
         .await?
         .iter()
         .map(instance_from_row)

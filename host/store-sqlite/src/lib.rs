@@ -765,10 +765,16 @@ fn sql_value(value: &SqlValue) -> rusqlite::types::Value {
 }
 
 fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+    static WITHOUT_INPUT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| listing::without_input(INSTANCE_COLUMNS));
     list_rows(
         conn,
         query,
-        INSTANCE_COLUMNS,
+        if query.skip_input {
+            WITHOUT_INPUT.as_str()
+        } else {
+            INSTANCE_COLUMNS
+        },
         instance_from_row,
         |(i, _)| (i.created_at, i.id.as_str()),
     )?

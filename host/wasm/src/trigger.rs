@@ -386,6 +386,7 @@ impl wit::Host for TriggerState {
                 limit,
                 after,
                 newest_first: filter.newest_first,
+                skip_input: false,
             })
             .await
             .map_err(client_error)?;

@@ -113,6 +113,24 @@ fn renumbered(sql: &str, offset: usize) -> String {
     out
 }
 
+/// `columns` (a store's instance columns) with the input column read as
+/// the JSON `null` instead, for a listing that does not show inputs.
+///
+/// ```
+/// let columns = duro_core::store::listing::without_input("id, name, status, input, output");
+/// assert_eq!(columns, "id, name, status, 'null' AS input, output");
+/// ```
+pub fn without_input(columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|column| match column.trim() {
+            "input" => column.replacen("input", "'null' AS input", 1),
+            _ => column.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Which columns a listing is ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
