@@ -1012,12 +1012,16 @@ fn a_client_that_stops_reading_its_answer_is_cut_off() {
 fn a_listing_reads_inputs_only_when_it_shows_them() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path());
-    let input = json!({ "order": "x".repeat(1000) });
+    let input = json!({ "name": "x".repeat(1000), "timeout_ms": 600_000 });
     let started = host.post(
-        &format!("{API}/orchestrators/Workflow/listed"),
+        &format!("{API}/orchestrators/WorkflowWithTimeout/listed"),
         &input.to_string(),
     );
     assert_eq!(started.status, 202);
+    // Running: its output and status are small, its input is not.
+    host.poll(&format!("{API}/instances/listed"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
     let plain = host.get(&format!("{API}/instances"));
     assert_eq!(plain.status, 200, "{}", plain.body);
     assert!(plain.json()[0].get("input").is_none(), "{}", plain.body);
