@@ -339,6 +339,7 @@ fn slow_and_stalled_clients_do_not_starve_the_others() {
         &dir.path().join("duro.db"),
         &["--header-timeout-ms", "2000", "--body-timeout-ms", "2000"],
     );
+    raise_fd_limit(2_500);
     // 1,000 clients that send half a request head and stall, and 900 that
     // send a head promising a body that never comes (more than the 800
     // calls an app route runs at once).
@@ -1054,4 +1055,49 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[test]
+fn an_oversized_request_head_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let head = format!(
+        "GET /api/check/x HTTP/1.1\r\nhost: {}\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        host.address,
+        "a".repeat(70_000)
+    );
+    let mut stream = TcpStream::connect(&host.address).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = stream.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let many: String = (0..200).map(|n| format!("x-h{n}: v\r\n")).collect();
+    let answer = raw(
+        &host.address,
+        &format!(
+            "GET /api/check/x HTTP/1.1\r\nhost: {}\r\n{many}connection: close\r\n\r\n",
+            host.address
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(host.get("/api/check/x").status, 404);
+}
+
+/// Raise this process's file-descriptor limit to the hard limit, and skip
+/// nothing silently: fail if even that holds fewer than `needed`.
+fn raise_fd_limit(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let _ = setrlimit(Resource::Nofile, raised);
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    assert!(
+        now >= needed,
+        "this test needs {needed} file descriptors; the limit is {now}"
+    );
 }
