@@ -256,6 +256,17 @@ impl WasiHttpView for TriggerState {
 }
 
 fn client_error(e: RuntimeError) -> wit::ClientError {
+    if let RuntimeError::Store(store) = &e {
+        // The driver's or SQL's words are for the operator's log, not for
+        // a guest that may pass them on to whoever called it.
+        tracing::warn!("durable client: {store}");
+        let what = if store.is_retriable() {
+            "the store is unavailable; try again"
+        } else {
+            "the store failed (the host's log has the cause)"
+        };
+        return wit::ClientError::Internal(what.into());
+    }
     let message = e.to_string();
     match e {
         RuntimeError::NotFound(_) => wit::ClientError::NotFound(message),
