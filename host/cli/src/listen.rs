@@ -52,6 +52,8 @@ impl Default for HttpLimits {
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Most headers a request may carry.
 const MAX_HEADERS: usize = 128;
+/// Connections past the cap being told so at once; more are closed.
+const MAX_REFUSALS: usize = 256;
 /// File descriptors kept for the store, the compiled-code cache and
 /// outbound calls, out of the process's limit, when sizing the cap.
 const RESERVED_FDS: u64 = 256;
@@ -74,7 +76,7 @@ pub fn fit_connection_cap(wanted: usize) -> usize {
     let Some(soft) = limit.current else {
         return wanted;
     };
-    let fits = soft.saturating_sub(RESERVED_FDS) as usize;
+    let fits = soft.saturating_sub(RESERVED_FDS + MAX_REFUSALS as u64) as usize;
     if fits < wanted {
         tracing::warn!(
             "the file-descriptor limit ({soft}) fits {fits} connections, not {wanted}: \
@@ -97,6 +99,9 @@ pub async fn serve(
 ) {
     let limits = Arc::new(limits);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Refusals hold a descriptor for up to a second each: bounded too, past
+    // which a connection is closed without a word.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -117,7 +122,13 @@ pub async fn serve(
         // Small JSON answers: send them now rather than wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(tcp, limits.max_connections));
+            if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                let cap = limits.max_connections;
+                tokio::spawn(async move {
+                    refuse(tcp, cap).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let (router, limits, stopped) = (router.clone(), limits.clone(), stopped.clone());

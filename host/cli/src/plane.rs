@@ -97,16 +97,6 @@ impl Gate {
         })
     }
 
-    /// True if the host has an admin key.
-    pub fn has_admin_key(&self) -> bool {
-        self.admin_key.is_some()
-    }
-
-    /// The admin key, for stripping from what guests see.
-    pub fn admin_key(&self) -> Option<&str> {
-        self.admin_key.as_deref()
-    }
-
     /// Admit a request to the management plane, or say why not. `needs_key`
     /// is false for the dashboard's script and style, which are code, not
     /// data.
