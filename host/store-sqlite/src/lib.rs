@@ -346,6 +346,12 @@ impl SqliteStore {
             None => open_connection(&self.path)?,
         };
         let result = op(&conn);
+        // A connection left inside a transaction (a COMMIT that failed)
+        // would answer every later read from its old snapshot: end it, or
+        // drop the connection.
+        if !conn.is_autocommit() && run(&conn, "ROLLBACK").is_err() {
+            return result;
+        }
         self.readers
             .lock()
             .expect("reader pool poisoned")
