@@ -1,8 +1,8 @@
 // duro dashboard: the instance list and an instance page over the
 // management API. Every value from the API is put in the page as text,
 // never as markup. The admin key, when the host has one, comes as ?code= in
-// the dashboard's own URL and is sent as the x-functions-key header (the
-// page's Referrer-Policy keeps that URL from other sites).
+// the dashboard's own URL and is sent as a bearer token (the page's
+// Referrer-Policy keeps that URL from other sites).
 "use strict";
 
 const API = "/runtime/webhooks/durabletask";
@@ -36,7 +36,7 @@ function h(spec, attrs, ...children) {
 
 async function api(method, path, body, extraHeaders) {
   const headers = Object.assign({ "content-type": "application/json" }, extraHeaders);
-  if (KEY) headers["x-functions-key"] = KEY;
+  if (KEY) headers["authorization"] = "Bearer " + KEY;
   const response = await fetch(API + path, { method, headers, body });
   const text = await response.text();
   let json = null;
