@@ -154,7 +154,8 @@ enum Command {
         /// may have waiting; past it a sender gets 429.
         #[arg(long, env = "DURO_MAX_INBOX_MESSAGES", default_value_t = duro_core::store::DEFAULT_MAX_INBOX)]
         max_inbox_messages: usize,
-        /// Where compiled components are cached (default: beside the database).
+        /// Where compiled components are cached (default: `$XDG_CACHE_HOME/duro`
+        /// or `~/.cache/duro`; created 0700, refused if others may write it).
         #[arg(long, env = "DURO_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
         /// How long one orchestration episode (replay and new steps) may run

@@ -138,7 +138,8 @@ fn mask_query_password(url: &str) -> String {
 
 impl Database {
     /// Where files that belong beside the database go (the compiled-code
-    /// cache): the SQLite file's folder, or `.duro` for PostgreSQL.
+    /// cache when the user has no cache directory): the SQLite file's
+    /// folder, or `.duro` for PostgreSQL.
     pub fn data_dir(&self) -> PathBuf {
         match self {
             Database::Sqlite(path) => path
