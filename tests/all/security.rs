@@ -1101,3 +1101,45 @@ fn raise_fd_limit(needed: u64) {
         "this test needs {needed} file descriptors; the limit is {now}"
     );
 }
+
+#[test]
+fn a_long_history_is_streamed_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Timers\"\ncomponent = {:?}\n",
+            duro_tests::TEST_GUESTS
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    // 300 timers scheduled and fired: some 600 events, several pages.
+    let started = host.post(&format!("{API}/orchestrators/Timers/long"), "300");
+    assert_eq!(started.status, 202, "{}", started.body);
+    let status = host.poll(&format!("{API}/instances/long?showHistory=true"), |r| {
+        r.status == 202 && history_count(&r.json(), "TimerFired") == 300
+    });
+    let json = status.json();
+    assert_eq!(json["instanceId"], "long");
+    assert_eq!(json["runtimeStatus"], "Running");
+    let events = json["historyEvents"].as_array().unwrap();
+    assert!(events.len() > 600, "{}", events.len());
+    assert_eq!(events[0]["eventType"], "ExecutionStarted", "{}", events[0]);
+    assert_eq!(history_count(&json, "TimerFired"), 300);
+    // The answer is chunked, not built whole.
+    assert_eq!(status.header("transfer-encoding"), Some("chunked"));
+    let raised = host.post(&format!("{API}/instances/long/raiseEvent/Go"), "\"stop\"");
+    assert_eq!(raised.status, 202);
+    let done = host.poll(
+        &format!("{API}/instances/long?showHistory=true&showHistoryOutput=true"),
+        |r| r.status == 200,
+    );
+    let events = done.json()["historyEvents"].as_array().unwrap().clone();
+    assert_eq!(
+        events.last().unwrap()["eventType"],
+        "ExecutionCompleted",
+        "{}",
+        done.body.len()
+    );
+    assert_eq!(events.last().unwrap()["output"], 300);
+}

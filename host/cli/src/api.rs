@@ -265,27 +265,100 @@ pub fn status_json(instance: &Instance, show_input: bool) -> Value {
     body
 }
 
-fn history_json(history: &[HistoryEntry], show_output: bool) -> Value {
-    history
-        .iter()
-        .map(|entry| {
-            let mut event = serde_json::to_value(&entry.event).unwrap_or(Value::Null);
-            if let Some(map) = event.as_object_mut() {
-                for key in ["input", "payload", "output"] {
-                    if let Some(Value::String(text)) = map.get(key)
-                        && let Ok(parsed) = serde_json::from_str::<Value>(text)
-                    {
-                        map.insert(key.into(), parsed);
-                    }
-                }
-                if !show_output {
-                    map.remove("output");
-                }
-                map.insert("timestamp".into(), timestamp(entry.timestamp).into());
+/// One history event as the status answer shows it.
+fn history_event_json(entry: &HistoryEntry, show_output: bool) -> Value {
+    let mut event = serde_json::to_value(&entry.event).unwrap_or(Value::Null);
+    if let Some(map) = event.as_object_mut() {
+        for key in ["input", "payload", "output"] {
+            if let Some(Value::String(text)) = map.get(key)
+                && let Ok(parsed) = serde_json::from_str::<Value>(text)
+            {
+                map.insert(key.into(), parsed);
             }
-            event
+        }
+        if !show_output {
+            map.remove("output");
+        }
+        map.insert("timestamp".into(), timestamp(entry.timestamp).into());
+    }
+    event
+}
+
+/// Events read per page of a history that a status answer streams: a
+/// history (up to `--max-history-events` events, each up to a payload's
+/// size) is never held whole.
+const HISTORY_PAGE: usize = 128;
+
+/// The status answer `body` with its history streamed after it as
+/// `historyEvents`, read a page at a time. Fails the body (the client
+/// sees a cut-off answer) if the store fails midway.
+fn with_streamed_history(
+    rt: Arc<Runtime>,
+    id: String,
+    body: &Value,
+    show_output: bool,
+) -> axum::body::Body {
+    let mut head = body.to_string();
+    head.pop(); // the object's closing brace
+    head.push_str(if head.ends_with('{') { "" } else { "," });
+    head.push_str("\"historyEvents\":[");
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, ApiError>>(2);
+    tokio::spawn(async move {
+        if sender.send(Ok(head)).await.is_err() {
+            return;
+        }
+        let mut from = 0;
+        let mut first = true;
+        loop {
+            let page = match rt.history_page(&id, from, HISTORY_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = sender.send(Err(ApiError::from(e))).await;
+                    return;
+                }
+            };
+            let mut chunk = String::new();
+            for entry in &page {
+                if !first {
+                    chunk.push(',');
+                }
+                first = false;
+                chunk.push_str(&history_event_json(entry, show_output).to_string());
+            }
+            let last = page.len() < HISTORY_PAGE;
+            from = page.last().map_or(from, |entry| entry.seq + 1);
+            if last {
+                chunk.push_str("]}");
+            }
+            if sender.send(Ok(chunk)).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    axum::body::Body::new(ChunkBody(receiver))
+}
+
+/// A body made of the chunks a task sends; an error ends it as failed.
+struct ChunkBody(tokio::sync::mpsc::Receiver<Result<String, ApiError>>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|chunk| {
+            chunk.map(|chunk| match chunk {
+                Ok(text) => Ok(hyper::body::Frame::data(text.into())),
+                Err(e) => {
+                    tracing::warn!("a streamed history was cut off: {}", e.message);
+                    Err(std::io::Error::other(e.message))
+                }
+            })
         })
-        .collect()
+    }
 }
 
 #[utoipa::path(
@@ -444,16 +517,17 @@ async fn status(
             .await?
             .ok_or(RuntimeError::NotFound(id.clone()))?,
     };
-    let mut body = status_json(&instance, show_input);
-    if show_history {
-        body["historyEvents"] = history_json(&rt.history(&id).await?, show_output);
-    }
+    let body = status_json(&instance, show_input);
     let code = match instance.status {
         RuntimeStatus::Pending | RuntimeStatus::Running | RuntimeStatus::Suspended => {
             StatusCode::ACCEPTED
         }
         _ => StatusCode::OK,
     };
+    if show_history {
+        let streamed = with_streamed_history(rt, id, &body, show_output);
+        return Ok((code, [(header::CONTENT_TYPE, "application/json")], streamed).into_response());
+    }
     Ok((code, Json(body)).into_response())
 }
 

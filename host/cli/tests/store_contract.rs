@@ -154,6 +154,7 @@ contract!(
     a_message_reaches_only_a_live_instance,
     an_inbox_holds_at_most_its_cap,
     a_listing_without_inputs_reads_none,
+    a_history_reads_in_pages,
     a_write_refused_beside_others_undoes_only_itself,
     in_flight_versions_count_what_has_not_finished,
 );
@@ -419,6 +420,35 @@ fn a_listing_by_status_is_one_snapshot(t: &TestStore) {
         }
     }
     mover.join().unwrap();
+}
+
+fn a_history_reads_in_pages(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("paged")).unwrap();
+    // Ten episodes of one event each after the start.
+    for _ in 0..10 {
+        let loaded = store.load("paged").unwrap();
+        let commit = episode(&loaded, RuntimeStatus::Running);
+        assert!(store.commit_episodes(vec![commit])[0].is_ok());
+    }
+    let whole = store.history("paged").unwrap();
+    assert!(whole.len() >= 11, "{}", whole.len());
+    let mut paged = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = store.history_page("paged", from, 4).unwrap();
+        assert!(page.len() <= 4);
+        let done = page.len() < 4;
+        from = page.last().map_or(from, |e| e.seq + 1);
+        paged.extend(page);
+        if done {
+            break;
+        }
+    }
+    let seqs = |h: &[duro::model::HistoryEntry]| h.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&paged), seqs(&whole));
+    assert!(store.history_page("paged", 1_000, 4).unwrap().is_empty());
+    assert!(store.history_page("nobody", 0, 4).unwrap().is_empty());
 }
 
 fn a_listing_without_inputs_reads_none(t: &TestStore) {

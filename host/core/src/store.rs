@@ -337,6 +337,10 @@ pub trait ClientStore: Send + Sync + 'static {
     fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     /// One instance's history.
     fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>>;
+    /// At most `limit` events of an instance's history from position
+    /// `from` on, in order: a page of [`history`](Self::history), so that a
+    /// long history is read without holding all of it.
+    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>>;
     /// At most `query.limit` instances matching the query, in the order of
     /// `store::listing` (creation time then id; id alone with an id prefix;
     /// reversed when `newest_first`), each page from an index.

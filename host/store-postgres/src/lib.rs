@@ -678,6 +678,13 @@ impl ClientStore for PgStore {
         })
     }
 
+    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
+        self.block(async {
+            let client = self.client().await?;
+            ops::get_history_page(&client, id, from, limit).await
+        })
+    }
+
     fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
         self.block(async {
             let client = self.client().await?;

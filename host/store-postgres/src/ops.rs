@@ -59,6 +59,9 @@ pub mod sql {
     /// An instance's history.
     pub const LOAD_HISTORY: &str =
         "SELECT seq, timestamp, event FROM history WHERE instance_id = $1 ORDER BY seq";
+    /// A page of an instance's history: from seq $2, at most $3 events.
+    pub const LOAD_HISTORY_PAGE: &str = "SELECT seq, timestamp, event FROM history \
+         WHERE instance_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
     /// An instance's inbox.
     pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id";
     /// An instance's version and lease holder, its row locked.
@@ -174,6 +177,21 @@ pub async fn get_instance(c: &impl GenericClient, id: &str) -> StoreResult<Optio
 
 pub async fn get_history(c: &impl GenericClient, id: &str) -> StoreResult<Vec<HistoryEntry>> {
     let found = rows(c, sql::LOAD_HISTORY, &[&id]).await?;
+    found.iter().map(history_entry).collect()
+}
+
+pub async fn get_history_page(
+    c: &impl GenericClient,
+    id: &str,
+    from: u64,
+    limit: usize,
+) -> StoreResult<Vec<HistoryEntry>> {
+    let found = rows(
+        c,
+        sql::LOAD_HISTORY_PAGE,
+        &[&id, &(from as i64), &(limit as i64)],
+    )
+    .await?;
     found.iter().map(history_entry).collect()
 }
 

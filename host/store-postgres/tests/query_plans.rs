@@ -39,6 +39,12 @@ fn every_statement_is_served_by_an_index() {
     check(&store, "get instance", sql::GET_INSTANCE, &[&id]);
     check(&store, "lock version", sql::LOCK_VERSION, &[&id]);
     check(&store, "load history", sql::LOAD_HISTORY, &[&id]);
+    check(
+        &store,
+        "load a page of a history",
+        sql::LOAD_HISTORY_PAGE,
+        &[&id, &500i64, &128i64],
+    );
     check(&store, "load inbox", sql::LOAD_INBOX, &[&id]);
     check(
         &store,

@@ -115,6 +115,9 @@ pub mod sql {
     /// An instance's history.
     pub const LOAD_HISTORY: &str =
         "SELECT seq, timestamp, event FROM history WHERE instance_id = ?1 ORDER BY seq";
+    /// A page of an instance's history: from seq ?2, at most ?3 events.
+    pub const LOAD_HISTORY_PAGE: &str = "SELECT seq, timestamp, event FROM history \
+         WHERE instance_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
     /// An instance's inbox.
     pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = ?1 ORDER BY id";
     /// How many messages an instance has waiting, counted up to ?2 only.
@@ -654,7 +657,26 @@ fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
 
 fn get_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEntry>> {
     let mut stmt = conn.prepare_cached(sql::LOAD_HISTORY).map_err(backend)?;
-    let mut rows = stmt.query([id]).map_err(backend)?;
+    history_rows(stmt.query([id]).map_err(backend)?)
+}
+
+fn get_history_page(
+    conn: &Connection,
+    id: &str,
+    from: u64,
+    limit: usize,
+) -> StoreResult<Vec<HistoryEntry>> {
+    let mut stmt = conn
+        .prepare_cached(sql::LOAD_HISTORY_PAGE)
+        .map_err(backend)?;
+    history_rows(
+        stmt.query(params![id, from as i64, limit as i64])
+            .map_err(backend)?,
+    )
+}
+
+/// History rows (seq, timestamp, event) as entries.
+fn history_rows(mut rows: rusqlite::Rows<'_>) -> StoreResult<Vec<HistoryEntry>> {
     let mut history = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
         // Decoded from the row's own text, not a copy of it.
@@ -1413,6 +1435,10 @@ impl ClientStore for SqliteStore {
 
     fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
         self.read(|conn| get_history(conn, id))
+    }
+
+    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
+        self.read(|conn| get_history_page(conn, id, from, limit))
     }
 
     fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {

@@ -244,6 +244,17 @@ fn every_query_is_answered_from_an_index() {
     );
     check(
         &store,
+        "load a page of a history",
+        sql::LOAD_HISTORY_PAGE,
+        &[
+            SqlValue::Text("order-42".into()),
+            SqlValue::Int(500),
+            SqlValue::Int(128),
+        ],
+        Allow::Searches,
+    );
+    check(
+        &store,
         "load an inbox",
         sql::LOAD_INBOX,
         &id(),

@@ -741,6 +741,19 @@ impl Runtime {
         Ok(blocking(move || store.history(&id)).await?)
     }
 
+    /// At most `limit` events of an instance's history from position
+    /// `from` on.
+    pub async fn history_page(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> RuntimeResult<Vec<HistoryEntry>> {
+        let store = self.inner.store.clone();
+        let id = id.to_string();
+        Ok(blocking(move || store.history_page(&id, from, limit)).await?)
+    }
+
     /// What an instance waits on: the scheduled tasks of its current
     /// execution that have not completed (timers, activities,
     /// sub-orchestrations; event waits are matched by name and not listed)
