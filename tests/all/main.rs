@@ -8,6 +8,7 @@ mod dashboard;
 mod dfclient;
 mod host;
 mod http;
+mod https;
 mod openapi;
 mod orchestration;
 mod patterns;

@@ -154,6 +154,10 @@ enum Command {
         /// may have waiting; past it a sender gets 429.
         #[arg(long, env = "DURO_MAX_INBOX_MESSAGES", default_value_t = duro_core::store::DEFAULT_MAX_INBOX)]
         max_inbox_messages: usize,
+        /// A PEM file of certificates to trust for outbound HTTPS besides
+        /// the Mozilla roots (a private CA).
+        #[arg(long, env = "DURO_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// Where compiled components are cached (default: `$XDG_CACHE_HOME/duro`
         /// or `~/.cache/duro`; created 0700, refused if others may write it).
         #[arg(long, env = "DURO_CACHE_DIR")]
@@ -385,6 +389,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             max_payload_bytes,
             max_history_events,
             max_inbox_messages,
+            ca_file,
             cache_dir,
             step_budget_ms,
             trigger_budget_ms,
@@ -412,6 +417,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                     max_history_events,
                 },
                 max_inbox: max_inbox_messages,
+                ca_file,
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),
                 trigger_budget: Duration::from_millis(trigger_budget_ms),

@@ -6,7 +6,7 @@
 
 pub use duro_core::model;
 pub use duro_wasm::{
-    activity, durable_http, engine, orchestrator, replay, runtime, trace, trigger,
+    activity, durable_http, engine, orchestrator, replay, runtime, tls, trace, trigger,
 };
 
 /// The store contract, and its backends.

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub limits: crate::runtime::Limits,
     /// Most messages one instance may have waiting (429 past it).
     pub max_inbox: usize,
+    /// Certificates to trust for outbound HTTPS besides the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
     /// Compiled-code cache (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Longest an orchestration step may run.
@@ -326,6 +328,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
         trace_link: config.trace_link.clone(),
         limits: config.limits,
+        tls: crate::tls::TlsClient::new(config.ca_file.as_deref())?,
         ..Default::default()
     };
     let runtime = Arc::new(Runtime::start(runtime_config, store).await?);

@@ -31,6 +31,8 @@ pub use bindings::exports::duro::workflow::activities::ActivityInfo;
 /// Runs activities from prepared components.
 pub struct ActivityHost {
     engine: Engine,
+    /// The TLS client of activities' HTTPS requests.
+    tls: crate::tls::TlsClient,
     linker: Linker<ActivityState>,
     pres: Mutex<HashMap<String, ActivityPre<ActivityState>>>,
 }
@@ -41,8 +43,9 @@ impl ActivityHost {
         (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
     }
 
-    /// A host for activity components on `engine`.
-    pub fn new(engine: Engine) -> anyhow::Result<Self> {
+    /// A host for activity components on `engine`, whose HTTPS requests
+    /// go through `tls`.
+    pub fn new(engine: Engine, tls: crate::tls::TlsClient) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -50,6 +53,7 @@ impl ActivityHost {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(ActivityHost {
             engine,
+            tls,
             linker,
             pres: Mutex::default(),
         })
@@ -107,6 +111,8 @@ impl ActivityHost {
             http: WasiHttpCtx::new(),
             hooks: OutboundHttp {
                 allowed: options.allowed_hosts.clone(),
+                tls: self.tls.clone(),
+                budget,
             },
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
@@ -185,66 +191,118 @@ impl WasiHttpView for ActivityState {
     }
 }
 
-/// One entry of an activity's `allowed_hosts`: `http://host:port`, where
-/// the host or the port may be `*`.
+/// One entry of an activity's `allowed_hosts`: `http://host[:port]` or
+/// `https://host[:port]` (port 80 or 443 when left out), where the host may
+/// be `*` (any) or `*.example.com` (any name under it), and the port `*`.
+/// A scheme allows itself only: `https://` does not allow `http://`.
 ///
 /// ```
 /// use duro_wasm::activity::AllowedHost;
 /// let local: AllowedHost = "http://127.0.0.1:*".parse().unwrap();
 /// assert!(local.allows("http", "127.0.0.1", 8080));
 /// assert!(!local.allows("http", "localhost", 8080));
-/// assert!("https://example.com".parse::<AllowedHost>().is_err());
+/// let api: AllowedHost = "https://*.example.com".parse().unwrap();
+/// assert!(api.allows("https", "pay.example.com", 443));
+/// assert!(!api.allows("https", "example.com", 443));
+/// assert!(!api.allows("http", "pay.example.com", 443));
+/// assert!(!api.allows("https", "pay.example.com", 8443));
+/// assert!("ftp://example.com".parse::<AllowedHost>().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHost {
-    host: Option<String>,
+    https: bool,
+    host: HostPattern,
     port: Option<u16>,
+}
+
+/// Which host names an [`AllowedHost`] covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// `*`: any.
+    Any,
+    /// One name, lower case.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com`.
+    Under(String),
 }
 
 impl std::str::FromStr for AllowedHost {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let rest = text.strip_prefix("http://").ok_or_else(|| {
-            format!("`{text}`: only http:// hosts can be allowed (no TLS client yet)")
-        })?;
+        let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "`{text}`: expected http://host[:port] or https://host[:port]"
+            ));
+        };
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (rest, None),
         };
         if host.is_empty() || host.contains('/') {
-            return Err(format!("`{text}`: expected http://host[:port], * for any"));
+            return Err(format!(
+                "`{text}`: expected scheme://host[:port], * for any host or port"
+            ));
         }
         let port = match port {
-            None => Some(80),
+            None => Some(if https { 443 } else { 80 }),
             Some("*") => None,
             Some(port) => Some(
                 port.parse()
                     .map_err(|_| format!("`{text}`: `{port}` is not a port"))?,
             ),
         };
-        Ok(AllowedHost {
-            host: (host != "*").then(|| host.to_ascii_lowercase()),
-            port,
-        })
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            if domain.is_empty() || domain.contains('*') {
+                return Err(format!("`{text}`: expected *.domain"));
+            }
+            HostPattern::Under(format!(".{domain}"))
+        } else if host.contains('*') {
+            return Err(format!(
+                "`{text}`: a wildcard is `*` or `*.domain`, not part of a name"
+            ));
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(AllowedHost { https, host, port })
     }
 }
 
 impl AllowedHost {
     /// Whether a request to `scheme://host:port` fits this entry.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        scheme == "http"
-            && self
-                .host
-                .as_deref()
-                .is_none_or(|h| h.eq_ignore_ascii_case(host))
-            && self.port.is_none_or(|p| p == port)
+        let scheme_fits = if self.https {
+            scheme.eq_ignore_ascii_case("https")
+        } else {
+            scheme.eq_ignore_ascii_case("http")
+        };
+        let host = host.to_ascii_lowercase();
+        let host_fits = match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => *name == host,
+            HostPattern::Under(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        };
+        scheme_fits && host_fits && self.port.is_none_or(|p| p == port)
     }
 }
 
 /// Why an outbound request got no response.
 #[derive(Debug)]
 pub(crate) enum Refusal {
+    /// The TLS handshake failed: the cause (unknown issuer, wrong name,
+    /// expired...).
+    Tls(String),
+    /// No answer within a deadline.
+    TimedOut(String),
     /// No allowed host admits `scheme://host:port`.
     Denied(String),
     /// The URI cannot be sent.
@@ -259,65 +317,182 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Denied(target) => write!(f, "{target} is not among the allowed hosts"),
-            Refusal::BadUri(why) | Refusal::Unreachable(why) | Refusal::Failed(why) => {
-                f.write_str(why)
-            }
+            Refusal::BadUri(why)
+            | Refusal::Unreachable(why)
+            | Refusal::Failed(why)
+            | Refusal::Tls(why)
+            | Refusal::TimedOut(why) => f.write_str(why),
         }
     }
 }
 
-/// Send `request` (its URI absolute) over a fresh plain HTTP/1.1
-/// connection, if one of `allowed` admits its host: the one outbound path
-/// of activities and of `ctx.call_http`.
+/// How long an outbound request may wait, at most (a guest may ask for
+/// less through `wasi:http`'s request options).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// To connect, TLS handshake included.
+    pub connect: Duration,
+    /// From the request sent to the response's head.
+    pub first_byte: Duration,
+}
+
+/// Longest connect (and TLS handshake) an outbound request may take.
+pub(crate) const MAX_CONNECT: Duration = Duration::from_secs(10);
+
+/// Send `request` (its URI absolute) over a fresh connection, if one of
+/// `allowed` admits its scheme, host and port: plain HTTP/1.1 for `http`,
+/// TLS (`tls`) for `https`, HTTP/2 when the server chooses it. Redirects
+/// are not followed. The one outbound path of activities and of
+/// `ctx.call_http`.
 pub(crate) async fn send_to_allowed<B>(
     request: http::Request<B>,
     allowed: &[AllowedHost],
+    tls: &crate::tls::TlsClient,
+    deadlines: Deadlines,
 ) -> Result<http::Response<hyper::body::Incoming>, Refusal>
 where
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let uri = request.uri().clone();
-    let scheme = uri.scheme_str().unwrap_or("http");
+    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let https = match scheme.as_str() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(Refusal::BadUri(format!(
+                "{uri}: scheme {other} is not http or https"
+            )));
+        }
+    };
     let host = uri.host().unwrap_or_default().to_string();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    if !allowed.iter().any(|a| a.allows(scheme, &host, port)) {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    if !allowed.iter().any(|a| a.allows(&scheme, &host, port)) {
         return Err(Refusal::Denied(format!("{scheme}://{host}:{port}")));
     }
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let connecting = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| Refusal::Unreachable(format!("cannot connect to {host}:{port}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        if https {
+            let (stream, h2) = tls.connect(&host, tcp).await.map_err(Refusal::Tls)?;
+            Ok(Connection::Tls(Box::new(stream), h2))
+        } else {
+            Ok(Connection::Plain(tcp))
+        }
+    };
+    let connection = tokio::time::timeout(deadlines.connect, connecting)
         .await
-        .map_err(|e| Refusal::Unreachable(format!("cannot connect to {host}:{port}: {e}")))?;
+        .map_err(|_| {
+            Refusal::TimedOut(format!(
+                "connecting to {host}:{port} took longer than {:?}",
+                deadlines.connect
+            ))
+        })??;
+    let (mut parts, body) = request.into_parts();
+    let h2 = matches!(connection, Connection::Tls(_, true));
+    if h2 {
+        // HTTP/2 names the authority in the request itself.
+        parts.headers.remove(http::header::HOST);
+    } else {
+        // Origin form on the request line, as HTTP/1.1 servers expect, and
+        // the authority in `Host` if the request has none.
+        if !parts.headers.contains_key(http::header::HOST)
+            && let Some(authority) = uri.authority()
+            && let Ok(value) = authority.as_str().parse()
+        {
+            parts.headers.insert(http::header::HOST, value);
+        }
+        parts.uri = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| Refusal::BadUri(format!("{uri}: {e}")))?;
+    }
+    let request = http::Request::from_parts(parts, body);
+    let sending = async {
+        match connection {
+            Connection::Plain(tcp) => over_http1(tcp, request).await,
+            Connection::Tls(stream, false) => over_http1(*stream, request).await,
+            Connection::Tls(stream, true) => over_http2(*stream, request).await,
+        }
+    };
+    tokio::time::timeout(deadlines.first_byte, sending)
+        .await
+        .map_err(|_| {
+            Refusal::TimedOut(format!(
+                "{host}:{port} sent no answer within {:?}",
+                deadlines.first_byte
+            ))
+        })?
+}
+
+/// A connection to an allowed host.
+enum Connection {
+    Plain(tokio::net::TcpStream),
+    /// TLS, and whether the server chose HTTP/2.
+    Tls(
+        Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        bool,
+    ),
+}
+
+async fn over_http1<I, B>(
+    io: I,
+    request: http::Request<B>,
+) -> Result<http::Response<hyper::body::Incoming>, Refusal>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| Refusal::Failed(e.to_string()))?;
     tokio::spawn(connection);
-    // Origin form on the request line, as HTTP/1.1 servers expect, and the
-    // authority in `Host` if the request has none.
-    let (mut parts, body) = request.into_parts();
-    if !parts.headers.contains_key(http::header::HOST)
-        && let Some(authority) = uri.authority()
-        && let Ok(value) = authority.as_str().parse()
-    {
-        parts.headers.insert(http::header::HOST, value);
-    }
-    parts.uri = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .map_err(|e| Refusal::BadUri(format!("{uri}: {e}")))?;
     sender
-        .send_request(http::Request::from_parts(parts, body))
+        .send_request(request)
         .await
         .map_err(|e| Refusal::Failed(e.to_string()))
 }
 
-/// Outbound HTTP of an activity: to its allowed hosts, over plain HTTP/1.1.
+async fn over_http2<I, B>(
+    io: I,
+    request: http::Request<B>,
+) -> Result<http::Response<hyper::body::Incoming>, Refusal>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .map_err(|e| Refusal::Failed(e.to_string()))?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| Refusal::Failed(e.to_string()))
+}
+
+/// Outbound HTTP of an activity: to its allowed hosts, HTTP or HTTPS.
 struct OutboundHttp {
     allowed: Vec<AllowedHost>,
+    tls: crate::tls::TlsClient,
+    /// The attempt's budget: no wait of a request is longer.
+    budget: Duration,
 }
 
 type SendResult = Result<
@@ -332,24 +507,41 @@ impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         use wasmtime_wasi_http::Error;
         let allowed = self.allowed.clone();
+        let tls = self.tls.clone();
+        // The guest may ask for shorter waits, never longer ones.
+        let asked = options.unwrap_or_default();
+        let deadlines = Deadlines {
+            connect: asked
+                .connect_timeout
+                .unwrap_or(MAX_CONNECT)
+                .min(MAX_CONNECT)
+                .min(self.budget),
+            first_byte: asked
+                .first_byte_timeout
+                .unwrap_or(self.budget)
+                .min(self.budget),
+        };
         Box::new(async move {
-            let response =
-                send_to_allowed(request, &allowed)
-                    .await
-                    .map_err(|refusal| match refusal {
-                        Refusal::Denied(target) => {
-                            tracing::warn!("activity request to {target} denied");
-                            Error::HttpRequestDenied
-                        }
-                        Refusal::BadUri(_) => Error::HttpRequestUriInvalid,
-                        Refusal::Unreachable(_) => Error::ConnectionRefused,
-                        Refusal::Failed(_) => Error::ConnectionTerminated,
-                    })?;
+            let response = send_to_allowed(request, &allowed, &tls, deadlines)
+                .await
+                .map_err(|refusal| match refusal {
+                    Refusal::Denied(target) => {
+                        tracing::warn!("activity request to {target} denied");
+                        Error::HttpRequestDenied
+                    }
+                    Refusal::BadUri(_) => Error::HttpRequestUriInvalid,
+                    Refusal::Unreachable(_) => Error::ConnectionRefused,
+                    Refusal::Failed(_) => Error::ConnectionTerminated,
+                    Refusal::TimedOut(_) => Error::ConnectionTimeout,
+                    // The cause (unknown issuer, wrong name, expired...) is
+                    // what the activity needs to see.
+                    Refusal::Tls(cause) => Error::InternalError(Some(cause)),
+                })?;
             let response = response.map(|body| {
                 http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
                     body,

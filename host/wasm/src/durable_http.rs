@@ -45,6 +45,7 @@ struct Response {
 pub async fn call(
     input: &str,
     allowed: &[AllowedHost],
+    tls: &crate::tls::TlsClient,
     budget: Duration,
 ) -> Result<String, String> {
     let request: Request =
@@ -55,7 +56,7 @@ pub async fn call(
             &request.url,
             &request.headers,
             request.body.clone(),
-            allowed,
+            (allowed, tls, budget),
         )
         .await?;
         while request.poll_async && response.status == 202 {
@@ -67,7 +68,7 @@ pub async fn call(
                 .map_or(Duration::from_secs(1), Duration::from_secs);
             tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
             let url = absolute(&request.url, location);
-            response = send("GET", &url, &request.headers, None, allowed).await?;
+            response = send("GET", &url, &request.headers, None, (allowed, tls, budget)).await?;
         }
         serde_json::to_string(&response).map_err(|e| e.to_string())
     };
@@ -101,7 +102,7 @@ async fn send(
     url: &str,
     headers: &[(String, String)],
     body: Option<String>,
-    allowed: &[AllowedHost],
+    (allowed, tls, budget): (&[AllowedHost], &crate::tls::TlsClient, Duration),
 ) -> Result<Response, String> {
     let mut request = http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
@@ -112,7 +113,11 @@ async fn send(
             body.unwrap_or_default(),
         )))
         .map_err(|e| format!("call_http: bad request to {url}: {e}"))?;
-    let response = send_to_allowed(request, allowed)
+    let deadlines = crate::activity::Deadlines {
+        connect: crate::activity::MAX_CONNECT.min(budget),
+        first_byte: budget,
+    };
+    let response = send_to_allowed(request, allowed, tls, deadlines)
         .await
         .map_err(|refusal| match refusal {
             Refusal::Denied(target) => {

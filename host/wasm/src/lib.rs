@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod replay;
 pub mod runtime;
+pub mod tls;
 pub mod trace;
 pub mod trigger;

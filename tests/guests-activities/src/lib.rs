@@ -38,20 +38,24 @@ fn sleep(millis: u64) -> Result<u64> {
     Ok(millis)
 }
 
-/// GETs `http://{authority}{path}` through `wasi:http/outgoing-handler`:
+/// GETs `http(s)://{authority}{path}` through `wasi:http/outgoing-handler`:
 /// `{"status", "body"}`, or the host's refusal as the error.
 fn fetch(url: String) -> Result<Value> {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{Fields, OutgoingRequest, Scheme};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::msg("only http:// URLs"))?;
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        return Err(Error::msg("only http:// and https:// URLs"));
+    };
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
     let pending = outgoing_handler::handle(request, None)

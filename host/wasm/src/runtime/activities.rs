@@ -164,7 +164,13 @@ async fn durable_http(inner: &Arc<Inner>, work: &ActivityWork) -> Result<String,
         .get(&orchestration)
         .cloned()
         .unwrap_or_default();
-    crate::durable_http::call(&work.call.input, &allowed, inner.config.activity_budget).await
+    crate::durable_http::call(
+        &work.call.input,
+        &allowed,
+        &inner.config.tls,
+        inner.config.activity_budget,
+    )
+    .await
 }
 
 /// Record how an attempt ended: a retry later, or the result.

@@ -100,6 +100,9 @@ pub struct RuntimeConfig {
     pub idle_release: Duration,
     /// Sizes and counts callers and guests may not exceed.
     pub limits: Limits,
+    /// The TLS client of outbound HTTPS (activities, `ctx.call_http`):
+    /// the Mozilla roots, plus `--ca-file`'s.
+    pub tls: crate::tls::TlsClient,
 }
 
 impl Default for RuntimeConfig {
@@ -131,6 +134,7 @@ impl Default for RuntimeConfig {
                     .unwrap_or(30_000),
             ),
             limits: Limits::default(),
+            tls: crate::tls::TlsClient::default(),
         }
     }
 }
@@ -410,7 +414,7 @@ impl Runtime {
                 .min(config.guest_instances as usize / 8),
             config.warm_memory,
         )?;
-        let activity_host = crate::activity::ActivityHost::new(engine.clone())?;
+        let activity_host = crate::activity::ActivityHost::new(engine.clone(), config.tls.clone())?;
         let inner = Arc::new(Inner {
             store,
             engine,
