@@ -30,6 +30,29 @@ thread_local! {
     static CURRENT: RefCell<Option<ActivityInfo>> = const { RefCell::new(None) };
 }
 
+/// The value of the variable `name` (the manifest's `[variables]`), inside
+/// an activity whose manifest entry lists it in `variables`; `None` for a
+/// variable it may not read or that has no value. Secrets are read the same
+/// way; the host keeps them out of its logs and redacts them from what the
+/// activity returns.
+///
+/// Orchestrations cannot read variables: a value that changes between
+/// episodes would break replay. Read it in an activity and pass on what the
+/// orchestration needs.
+///
+/// ```no_run
+/// fn charge(amount: u64) -> duro_sdk::Result<String> {
+///     let key = duro_sdk::variable("stripe_key")
+///         .ok_or_else(|| duro_sdk::Error::msg("no stripe_key for this activity"))?;
+///     Ok(format!("would charge {amount} with a key of {} characters", key.len()))
+/// }
+/// ```
+pub fn variable(name: &str) -> Option<String> {
+    crate::activity_bindings::wasi::config::store::get(name)
+        .ok()
+        .flatten()
+}
+
 /// The call being run, inside an activity function (none elsewhere).
 ///
 /// ```no_run

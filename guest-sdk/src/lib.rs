@@ -37,7 +37,7 @@ mod durable_http;
 mod error;
 mod runtime;
 
-pub use activity::{ActivityInfo, activity_info};
+pub use activity::{ActivityInfo, activity_info, variable};
 pub use combinators::{Either, join, select, when_all, when_any};
 pub use context::{OrchestrationContext, RetryPolicy, Task};
 pub use durable_http::{HttpRequest, HttpResponse};
@@ -72,6 +72,7 @@ pub mod activity_bindings {
         pub_export_macro: true,
         export_macro_name: "export_activity_world",
         default_bindings_module: "duro_sdk::activity_bindings",
+        with: { "wasi:config/store@0.2.0-rc.1": generate },
     });
 }
 

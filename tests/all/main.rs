@@ -20,4 +20,5 @@ mod simulation;
 mod support;
 mod telemetry;
 mod torture;
+mod variables;
 mod versions;

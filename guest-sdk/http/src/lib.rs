@@ -35,6 +35,20 @@ pub use client::{
 };
 pub use handler::{Request, Response};
 
+/// The value of the variable `name` (the manifest's `[variables]`), inside
+/// an HTTP function whose manifest entry lists it in `variables`; `None`
+/// for a variable it may not read or that has no value.
+///
+/// ```no_run
+/// # fn f(_req: &duro_http::Request, _client: &duro_http::DurableClient) -> duro_http::Response {
+/// let base = duro_http::variable("public_base").unwrap_or_else(|| "http://localhost".into());
+/// duro_http::Response::text(200, &base)
+/// # }
+/// ```
+pub fn variable(name: &str) -> Option<String> {
+    bindings::wasi::config::store::get(name).ok().flatten()
+}
+
 /// Items used by the macros of this crate; not part of the public API.
 #[doc(hidden)]
 pub mod __private {

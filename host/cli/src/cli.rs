@@ -154,6 +154,13 @@ enum Command {
         /// may have waiting; past it a sender gets 429.
         #[arg(long, env = "DURO_MAX_INBOX_MESSAGES", default_value_t = duro_core::store::DEFAULT_MAX_INBOX)]
         max_inbox_messages: usize,
+        /// A file of variable values: TOML (`name = "value"`, for a `.toml`
+        /// file) or dotenv (`NAME=VALUE`). Overrides DURO_VAR_<NAME>.
+        #[arg(long = "variables", env = "DURO_VARIABLES_FILE", value_name = "FILE")]
+        variables_file: Option<PathBuf>,
+        /// A variable's value, NAME=VALUE; repeatable. Overrides the file.
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        var: Vec<String>,
         /// A PEM file of certificates to trust for outbound HTTPS besides
         /// the Mozilla roots (a private CA).
         #[arg(long, env = "DURO_CA_FILE")]
@@ -389,6 +396,8 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             max_payload_bytes,
             max_history_events,
             max_inbox_messages,
+            variables_file,
+            var,
             ca_file,
             cache_dir,
             step_budget_ms,
@@ -417,6 +426,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                     max_history_events,
                 },
                 max_inbox: max_inbox_messages,
+                variables: crate::variables::supplied(variables_file.as_deref(), &var)?,
                 ca_file,
                 cache_dir,
                 step_budget: Duration::from_millis(step_budget_ms),

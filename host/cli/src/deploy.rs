@@ -155,8 +155,11 @@ async fn deploy_locked(
             "the body is not an app upload ({{\"manifest\": text, \"components\": {{path: base64}}}}): {e}"
         ))
     })?;
-    let app = upload
+    let mut app = upload
         .resolve()
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    // The upload names variables; their values are this host's.
+    app.bind_variables(&state.served.variables)
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     drop(body);
     let served = &state.served;

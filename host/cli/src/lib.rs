@@ -28,3 +28,4 @@ pub mod plane;
 pub mod scaffold;
 pub mod server;
 pub mod telemetry;
+pub mod variables;

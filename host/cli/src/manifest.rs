@@ -21,6 +21,23 @@ pub struct Manifest {
     /// Activities, each in a component.
     #[serde(default)]
     pub activity: Vec<ActivityEntry>,
+    /// Variables the host supplies values for, by name.
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, VariableDecl>,
+}
+
+/// One entry of `[variables]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableDecl {
+    /// Its value when the host supplies none.
+    pub default: Option<String>,
+    /// The host must supply a value (or `duro serve` refuses to start).
+    #[serde(default)]
+    pub required: bool,
+    /// Its value is a secret: never logged, redacted from activity results.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// `[[activity]]`.
@@ -40,6 +57,9 @@ pub struct ActivityEntry {
     /// or port (default: nowhere).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// The variables it may read.
+    #[serde(default)]
+    pub variables: Vec<String>,
 }
 
 /// An activity ready to register.
@@ -94,6 +114,9 @@ pub struct HttpEntry {
     pub auth: AuthLevel,
     /// Component file, relative to the manifest.
     pub component: PathBuf,
+    /// The variables it may read.
+    #[serde(default)]
+    pub variables: Vec<String>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -117,6 +140,10 @@ pub struct ResolvedApp {
     pub activities: Vec<ResolvedActivity>,
     /// Component path → bytes.
     pub files: HashMap<PathBuf, Vec<u8>>,
+    /// `[variables]`, as declared.
+    pub variables: std::collections::BTreeMap<String, VariableDecl>,
+    /// Activity name → the variables it may read.
+    pub activity_variables: Vec<(String, Vec<String>)>,
 }
 
 impl ResolvedApp {
@@ -154,6 +181,23 @@ pub struct ResolvedHttp {
     pub auth: AuthLevel,
     /// Component path.
     pub component: PathBuf,
+    /// The variables it may read.
+    pub variable_names: Vec<String>,
+    /// Their values, once bound ([`ResolvedApp::bind_variables`]).
+    pub variables: BoundVariables,
+}
+
+/// Variables with their values; shown (`Debug`) by name only, as values
+/// may be secrets.
+#[derive(Clone, Default)]
+pub struct BoundVariables(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for BoundVariables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
@@ -341,16 +385,20 @@ pub fn resolve(
             shapes.push((shape.clone(), upper.clone(), entry.name.clone()));
             methods.push(upper);
         }
+        check_variable_names(path, &what, &entry.variables, &manifest.variables)?;
         http.push(ResolvedHttp {
             name: entry.name.clone(),
             route: entry.route.clone(),
             methods,
             auth: entry.auth,
             component: read(&entry.component, &what)?,
+            variable_names: entry.variables.clone(),
+            variables: BoundVariables::default(),
         });
     }
     check_routes_together(path, &http)?;
     let mut activities: Vec<ResolvedActivity> = Vec::new();
+    let mut activity_variables = Vec::new();
     for entry in &manifest.activity {
         let what = format!("activity `{}`", entry.name);
         if entry.name.trim().is_empty() {
@@ -376,6 +424,8 @@ pub fn resolve(
             );
         }
         let allowed_hosts = allowed_hosts(path, &what, &entry.allowed_hosts)?;
+        check_variable_names(path, &what, &entry.variables, &manifest.variables)?;
+        activity_variables.push((entry.name.clone(), entry.variables.clone()));
         activities.push(ResolvedActivity {
             name: entry.name.clone(),
             component: read(&entry.component, &what)?,
@@ -383,8 +433,25 @@ pub fn resolve(
                 timeout: entry.timeout_ms.map(std::time::Duration::from_millis),
                 max_memory: entry.max_memory_mb.map(|mb| (mb as usize) << 20),
                 allowed_hosts,
+                variables: Vec::new(),
+                secrets: Vec::new(),
             },
         });
+    }
+    for (name, declared) in &manifest.variables {
+        if !valid_variable_name(name) {
+            bail!(
+                "manifest {}: variable `{name}`: a variable name is lower-case letters, digits \
+                 and `_`, starting with a letter",
+                path.display()
+            );
+        }
+        if declared.required && declared.default.is_some() {
+            bail!(
+                "manifest {}: variable `{name}` is required and has a default: one or the other",
+                path.display()
+            );
+        }
     }
     Ok(ResolvedApp {
         orchestrations,
@@ -392,5 +459,92 @@ pub fn resolve(
         http,
         activities,
         files,
+        variables: manifest.variables,
+        activity_variables,
     })
+}
+
+fn valid_variable_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// An entry's `variables` must be declared in `[variables]`.
+fn check_variable_names(
+    path: &Path,
+    what: &str,
+    names: &[String],
+    declared: &std::collections::BTreeMap<String, VariableDecl>,
+) -> anyhow::Result<()> {
+    for name in names {
+        if !declared.contains_key(name) {
+            bail!(
+                "manifest {}: {what}: variable `{name}` is not declared in [variables]",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl ResolvedApp {
+    /// Give every activity and HTTP function the values of the variables
+    /// it may read, from `supplied` (the host's: environment, file, flags)
+    /// or the declared defaults; a required variable without a value is an
+    /// error naming it and how to set it.
+    pub fn bind_variables(
+        &mut self,
+        supplied: &std::collections::HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let mut values = std::collections::HashMap::new();
+        for (name, declared) in &self.variables {
+            match supplied.get(name).or(declared.default.as_ref()) {
+                Some(value) => {
+                    values.insert(name.clone(), (value.clone(), declared.secret));
+                }
+                None if declared.required => bail!(
+                    "variable `{name}` is required and has no value: set DURO_VAR_{}, put it \
+                     in a --variables file, or pass --var {name}=VALUE",
+                    name.to_ascii_uppercase()
+                ),
+                None => {}
+            }
+        }
+        let pick = |names: &[String]| -> Vec<(String, String, bool)> {
+            names
+                .iter()
+                .filter_map(|name| {
+                    values
+                        .get(name)
+                        .map(|(value, secret)| (name.clone(), value.clone(), *secret))
+                })
+                .collect()
+        };
+        for activity in &mut self.activities {
+            let names = self
+                .activity_variables
+                .iter()
+                .find(|(n, _)| *n == activity.name)
+                .map(|(_, names)| names.clone())
+                .unwrap_or_default();
+            let picked = pick(&names);
+            activity.options.secrets = (picked.iter())
+                .filter(|(_, _, secret)| *secret)
+                .map(|(_, value, _)| value.clone())
+                .collect();
+            activity.options.variables = (picked.into_iter())
+                .map(|(name, value, _)| (name, value))
+                .collect();
+        }
+        for function in &mut self.http {
+            function.variables = BoundVariables(
+                (pick(&function.variable_names).into_iter())
+                    .map(|(name, value, _)| (name, value))
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
 }

@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub max_inbox: usize,
     /// Certificates to trust for outbound HTTPS besides the Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// Variable values the host supplies (environment, file, flags).
+    pub variables: std::collections::HashMap<String, String>,
     /// Compiled-code cache (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Longest an orchestration step may run.
@@ -75,6 +77,8 @@ pub(crate) struct Served {
     functions: Arc<RwLock<axum::Router>>,
     /// The digests of the HTTP functions' components served now.
     http_digests: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The variable values this host supplies, for the apps deployed to it.
+    pub(crate) variables: std::collections::HashMap<String, String>,
 }
 
 impl Served {
@@ -275,7 +279,9 @@ const MAX_CONCURRENT_CALLS: usize = 800;
 /// stdout names the bound address.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Everything that can be wrong with the input is found before binding.
-    let app = manifest::load(&config.manifest)?;
+    let mut app = manifest::load(&config.manifest)?;
+    app.bind_variables(&config.variables)
+        .with_context(|| format!("manifest {}", config.manifest.display()))?;
     if app.needs_function_key() && config.function_key.is_none() {
         anyhow::bail!(
             "manifest {}: a route has auth = \"function\" but no function key is set \
@@ -363,6 +369,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         state,
         functions: functions.clone(),
         http_digests: std::sync::Mutex::new(http_digests(&app)),
+        variables: config.variables.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -552,9 +559,14 @@ async fn call_trigger(
         .into_response();
     };
     let trace = crate::telemetry::request_trace(request.extensions(), request.headers());
-    let call = state
-        .triggers
-        .handle(&route.digest, name, &params, request, trace);
+    let call = state.triggers.handle(
+        &route.digest,
+        name,
+        &params,
+        &route.function.variables.0,
+        request,
+        trace,
+    );
     // The epoch deadline stops a guest computing in wasm at the budget; the
     // wall clock, a little later, ends a call that waits outside wasm.
     let wall_clock = state.trigger_budget + state.trigger_budget / 2;

@@ -51,6 +51,10 @@ impl ActivityHost {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut ActivityState| {
+            wasmtime_wasi_config::WasiConfig::from(&s.config)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(ActivityHost {
             engine,
             tls,
@@ -114,6 +118,7 @@ impl ActivityHost {
                 tls: self.tls.clone(),
                 budget,
             },
+            config: options.variables.iter().cloned().collect(),
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -139,7 +144,7 @@ impl ActivityHost {
             .duro_workflow_activities()
             .call_run(&mut store, name, &input, info);
         let wall_clock = budget + budget / 2;
-        Ok(match tokio::time::timeout(wall_clock, call).await {
+        let outcome = match tokio::time::timeout(wall_clock, call).await {
             Err(_) => Err(format!("the activity did not finish within {wall_clock:?}")),
             Ok(Err(trap)) => Err({
                 self.engine.count_trap(&trap, "activity");
@@ -155,13 +160,30 @@ impl ActivityHost {
                 Ok(_) => Ok(output),
                 Err(e) => Err(format!("the activity's output {output:?} is not JSON: {e}")),
             },
+        };
+        // Whatever the attempt returns is recorded in a history: a secret
+        // it carries (an echoed header, an error quoting a request) is not.
+        Ok(match outcome {
+            Ok(output) => Ok(redact(output, &options.secrets)),
+            Err(error) => Err(redact(error, &options.secrets)),
         })
     }
 }
 
+/// `text` with every occurrence of each secret replaced by `***` (secrets
+/// shorter than 4 characters are left: they would redact ordinary text).
+pub fn redact(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
+}
+
 /// How the attempts of one activity run: the manifest's `[[activity]]`
 /// limits and allowlist.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ActivityOptions {
     /// One attempt's budget, if not the runtime's default.
     pub timeout: Option<Duration>,
@@ -170,6 +192,30 @@ pub struct ActivityOptions {
     pub max_memory: Option<usize>,
     /// Where it may send HTTP requests (nowhere by default).
     pub allowed_hosts: Vec<AllowedHost>,
+    /// The variables it may read (`wasi:config/store`), with their values.
+    pub variables: Vec<(String, String)>,
+    /// The values of the secret ones among them: redacted from what an
+    /// attempt returns, and never logged.
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for ActivityOptions {
+    /// Variable names only: their values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivityOptions")
+            .field("timeout", &self.timeout)
+            .field("max_memory", &self.max_memory)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field(
+                "variables",
+                &self
+                    .variables
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The store data of one activity attempt.
@@ -179,6 +225,8 @@ pub struct ActivityState {
     limits: StoreLimits,
     http: WasiHttpCtx,
     hooks: OutboundHttp,
+    /// The variables this activity may read.
+    config: wasmtime_wasi_config::WasiConfigVariables,
 }
 
 impl WasiHttpView for ActivityState {

@@ -65,6 +65,10 @@ impl Triggers {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         wit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut TriggerState| {
+            wasmtime_wasi_config::WasiConfig::from(&s.config)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(Triggers {
             engine,
             linker,
@@ -109,6 +113,7 @@ impl Triggers {
         digest: &str,
         function: &str,
         params: &[(String, String)],
+        variables: &[(String, String)],
         mut request: hyper::Request<axum::body::Body>,
         trace: Option<crate::trace::TraceContext>,
     ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
@@ -140,6 +145,7 @@ impl Triggers {
             limits: guest_limits(),
             runtime: self.runtime.clone(),
             trace,
+            config: variables.iter().cloned().collect(),
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -234,6 +240,8 @@ pub struct TriggerState {
     runtime: Arc<Runtime>,
     /// The request's trace: instances the call starts join it.
     trace: Option<crate::trace::TraceContext>,
+    /// The variables this function may read.
+    config: wasmtime_wasi_config::WasiConfigVariables,
 }
 
 impl WasiView for TriggerState {

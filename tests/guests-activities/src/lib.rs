@@ -38,6 +38,12 @@ fn sleep(millis: u64) -> Result<u64> {
     Ok(millis)
 }
 
+/// The value of the variable named by the input (`null` if it may not
+/// read it), as the activity sees it.
+fn variable(name: String) -> Result<Value> {
+    Ok(json!({ "name": name, "value": duro_sdk::variable(&name) }))
+}
+
 /// GETs `http(s)://{authority}{path}` through `wasi:http/outgoing-handler`:
 /// `{"status", "body"}`, or the host's refusal as the error.
 fn fetch(url: String) -> Result<Value> {
@@ -96,4 +102,5 @@ duro_sdk::export_activities! {
     "Attempt" => attempt,
     "Sleep" => sleep,
     "Fetch" => fetch,
+    "Variable" => variable,
 }

@@ -41,9 +41,19 @@ fn sleep(_req: &Request, _client: &DurableClient) -> Response {
     Response::json(200, &json!("woke"))
 }
 
+/// The value of the variable `?name=` as the function sees it.
+fn variable(req: &Request, _client: &DurableClient) -> Response {
+    let name = req.query("name").unwrap_or_default();
+    Response::json(
+        200,
+        &json!({ "name": name, "value": duro_http::variable(name) }),
+    )
+}
+
 duro_http::export_http_functions! {
     "Echo" => echo,
     "Panic" => panic,
     "Spin" => spin,
     "Sleep" => sleep,
+    "Variable" => variable,
 }
