@@ -40,6 +40,9 @@ const GUESTS: &[(&str, &str)] = &[
         "human-interaction-activities",
     ),
     ("HUMAN_INTERACTION_HTTP", "human-interaction-http"),
+    ("ORDER_ORCHESTRATION", "order-orchestration"),
+    ("ORDER_ACTIVITIES", "order-activities"),
+    ("ORDER_HTTP", "order-http"),
 ];
 
 fn main() {

@@ -6,7 +6,6 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
@@ -15,19 +14,19 @@ use crate::host::Host;
 const API: &str = "/runtime/webhooks/durabletask";
 
 /// A certificate chain and its key, for a server to present.
-type Served = (
+pub(crate) type Served = (
     Vec<rustls::pki_types::CertificateDer<'static>>,
     rustls::pki_types::PrivateKeyDer<'static>,
 );
 
 /// A test CA and what it signs.
-struct Ca {
+pub(crate) struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -43,7 +42,7 @@ impl Ca {
 
     /// A server certificate for `names`, valid now unless `expired`, and
     /// its key.
-    fn sign(&self, names: &[&str], expired: bool) -> Served {
+    pub(crate) fn sign(&self, names: &[&str], expired: bool) -> Served {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).unwrap();
         if expired {
@@ -57,7 +56,7 @@ impl Ca {
     }
 
     /// The CA's certificate in a PEM file under `dir`.
-    fn write(&self, dir: &Path) -> std::path::PathBuf {
+    pub(crate) fn write(&self, dir: &Path) -> std::path::PathBuf {
         let path = dir.join("ca.pem");
         std::fs::File::create(&path)
             .unwrap()
@@ -71,7 +70,28 @@ impl Ca {
 /// request with `body` (over HTTP/2 when `h2`, else HTTP/1.1); returns
 /// its port and how many requests it answered. It runs until the test
 /// process ends.
-fn https_server(certified: Served, body: &'static str, h2: bool) -> (u16, Arc<AtomicUsize>) {
+fn https_server(certified: Served, body: &'static str, h2: bool) -> (u16, Requests) {
+    https_service(certified, h2, move |_| (200, body.to_string()))
+}
+
+/// What an HTTPS test server received, as it comes.
+pub(crate) type Requests = Arc<std::sync::Mutex<Vec<Received>>>;
+
+/// A request an HTTPS test server received: its headers (lower-case
+/// names) and body.
+pub(crate) type Received = (Vec<(String, String)>, String);
+
+/// An HTTPS server on loopback presenting `certified` whose answer to the
+/// n-th request (from 1) is `answer(n)`: (status, body). Returns its port
+/// and the requests it received. It runs until the test process ends.
+pub(crate) fn https_service(
+    certified: Served,
+    h2: bool,
+    answer: impl Fn(usize) -> (u16, String) + Send + Sync + 'static,
+) -> (u16, Requests) {
+    let answer = Arc::new(answer);
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let record = received.clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -88,8 +108,6 @@ fn https_server(certified: Served, body: &'static str, h2: bool) -> (u16, Arc<At
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let answered = Arc::new(AtomicUsize::new(0));
-    let count = answered.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -101,20 +119,40 @@ fn https_server(certified: Served, body: &'static str, h2: bool) -> (u16, Arc<At
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, count) = (acceptor.clone(), count.clone());
+                let (acceptor, record, answer) = (acceptor.clone(), record.clone(), answer.clone());
                 tokio::spawn(async move {
                     // A client that refuses the certificate ends here.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |_request| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(hyper::body::Bytes::from(body)),
-                            ))
-                        }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (record, answer) = (record.clone(), answer.clone());
+                            async move {
+                                let headers = (request.headers().iter())
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect();
+                                let body = http_body_util::BodyExt::collect(request.into_body())
+                                    .await
+                                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                                    .unwrap_or_default();
+                                let n = {
+                                    let mut record = record.lock().unwrap();
+                                    record.push((headers, body));
+                                    record.len()
+                                };
+                                let (status, body) = answer(n);
+                                let mut response = hyper::Response::new(http_body_util::Full::new(
+                                    hyper::body::Bytes::from(body),
+                                ));
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(tls);
                     let _ = if h2 {
                         hyper::server::conn::http2::Builder::new(
@@ -131,7 +169,7 @@ fn https_server(certified: Served, body: &'static str, h2: bool) -> (u16, Arc<At
             }
         });
     });
-    (port, answered)
+    (port, received)
 }
 
 /// A host whose `Fetch` activity and `HttpCaller` orchestration may reach
@@ -199,7 +237,7 @@ fn an_activity_reaches_https_hosts_its_ca_vouches_for() {
     assert_eq!(ok, json!({ "status": 200, "body": "secure" }));
     let by_ip = fetch(&host, "by-ip", &format!("https://127.0.0.1:{good}/pay")).unwrap();
     assert_eq!(by_ip["body"], "secure");
-    assert_eq!(good_count.load(Ordering::SeqCst), 2);
+    assert_eq!(good_count.lock().unwrap().len(), 2);
     let over_h2 = fetch(&host, "h2", &format!("https://localhost:{h2}/")).unwrap();
     assert_eq!(over_h2["body"], "over h2");
 
@@ -221,7 +259,7 @@ fn an_activity_reaches_https_hosts_its_ca_vouches_for() {
         );
     }
     for count in [wrong_count, expired_count, unknown_count] {
-        assert_eq!(count.load(Ordering::SeqCst), 0);
+        assert_eq!(count.lock().unwrap().len(), 0);
     }
     // Plain HTTP to a host allowed for HTTPS only is refused.
     let plain = fetch(&host, "plain", &format!("http://localhost:{good}/")).unwrap_err();
@@ -262,7 +300,7 @@ fn without_its_ca_file_a_host_trusts_only_the_public_roots() {
     let host = host_allowing(dir.path(), &["https://localhost:*".into()], None);
     let error = fetch(&host, "untrusted", &format!("https://localhost:{port}/")).unwrap_err();
     assert!(error.contains("UnknownIssuer"), "{error}");
-    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(count.lock().unwrap().len(), 0);
 
     // A CA file that holds no certificate is refused before listening.
     let empty = dir.path().join("empty.pem");

@@ -11,6 +11,7 @@ mod http;
 mod https;
 mod openapi;
 mod orchestration;
+mod order;
 mod patterns;
 mod queries;
 mod scaleout;

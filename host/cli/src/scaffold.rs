@@ -139,13 +139,19 @@ const CARGO_CONFIG: &str = r#"# duro instantiates a fresh guest per call and res
 rustflags = ["-C", "link-arg=-zstack-size=131072"]
 "#;
 
-const MANIFEST: &str = r#"[[orchestration]]
+const MANIFEST: &str = r#"# Values the host supplies: DURO_VAR_GREETING, a --variables file, or
+# --var greeting=...; `secret = true` keeps one out of logs and histories.
+[variables]
+greeting = { default = "hello" }
+
+[[orchestration]]
 name = "Hello"
 component = "components/{stem}_orchestrations.wasm"
 
 [[activity]]
 name = "Greet"
 component = "components/{stem}_activities.wasm"
+variables = ["greeting"]
 
 [[http]]
 name = "Hello"
@@ -195,8 +201,11 @@ duro-sdk = { path = "{sdk}" }
 const ACTIVITIES_RS: &str = r#"//! Activities: the work. They run at least once per call: keep them
 //! idempotent.
 
+/// Greets with the `greeting` variable (duro.toml's `[variables]`).
 fn greet(name: String) -> duro_sdk::Result<String> {
-    Ok(format!("hello {name}"))
+    let greeting = duro_sdk::variable("greeting")
+        .ok_or_else(|| duro_sdk::Error::msg("the greeting variable is not set"))?;
+    Ok(format!("{greeting} {name}"))
 }
 
 duro_sdk::export_activities! {
