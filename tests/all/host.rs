@@ -60,7 +60,35 @@ impl Host {
         Host::spawn(command, manifest, Path::new(database), &[])
     }
 
-    pub fn spawn(mut command: Command, manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+    pub fn spawn(command: Command, manifest: &Path, database: &Path, extra: &[&str]) -> Host {
+        Host::spawn_logging(command, manifest, database, extra, "warn", Stdio::inherit())
+    }
+
+    /// [`Host::start_with_env`], its log at `level` written to `log`.
+    pub fn start_logging(
+        manifest: &Path,
+        database: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        level: &str,
+        log: &Path,
+    ) -> Host {
+        let mut args = vec!["--cache-dir", COMPILE_CACHE, "--trigger-budget-ms", "1000"];
+        args.extend_from_slice(extra);
+        let mut command = Command::new(duro_binary());
+        command.envs(env.iter().copied());
+        let file = std::fs::File::create(log).expect("the log file");
+        Host::spawn_logging(command, manifest, database, &args, level, Stdio::from(file))
+    }
+
+    fn spawn_logging(
+        mut command: Command,
+        manifest: &Path,
+        database: &Path,
+        extra: &[&str],
+        level: &str,
+        stderr: Stdio,
+    ) -> Host {
         let mut child = command
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -69,9 +97,9 @@ impl Host {
             .arg("--database")
             .arg(database)
             .args(extra)
-            .env("DURO_LOG", "warn")
+            .env("DURO_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("duro starts");
         let mut line = String::new();

@@ -53,7 +53,9 @@ fn activities_and_functions_read_their_variables_and_no_secret_leaks() {
     let manifest = manifest(dir.path());
     let file = dir.path().join("app.env");
     std::fs::write(&file, format!("STRIPE_KEY=\"{SECRET}\"\nregion=eu\n")).unwrap();
-    let host = Host::start_with_env(
+    // Everything the host logs, spans included, goes to a file to grep.
+    let log = dir.path().join("host.log");
+    let host = Host::start_logging(
         &manifest,
         &dir.path().join("duro.db"),
         &[("DURO_VAR_REGION", "us")],
@@ -63,6 +65,8 @@ fn activities_and_functions_read_their_variables_and_no_secret_leaks() {
             "--var",
             "greeting=bonjour",
         ],
+        "debug",
+        &log,
     );
 
     // The file overrides the environment, a flag the file and the default.
@@ -99,6 +103,13 @@ fn activities_and_functions_read_their_variables_and_no_secret_leaks() {
         let answer = host.get(&path);
         assert!(!answer.body.contains(SECRET), "{path} shows the secret");
     }
+    drop(host);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("episode"),
+        "the debug log is empty: {logged}"
+    );
+    assert!(!logged.contains(SECRET), "the host's log shows the secret");
 }
 
 #[test]
