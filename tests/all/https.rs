@@ -337,3 +337,42 @@ fn host_patterns_cover_subdomains_and_default_ports() {
     let denied = fetch(&host, "port", &format!("https://localhost:{port}/")).unwrap_err();
     assert!(denied.contains("HttpRequestDenied"), "{denied}");
 }
+
+#[test]
+fn an_answer_that_stops_coming_is_cut_off_between_bytes() {
+    // A server that sends its head and a tenth of its body, then nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut buffer);
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+                std::thread::sleep(std::time::Duration::from_secs(20));
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (guests, activities) = (duro_tests::TEST_GUESTS, duro_tests::TEST_ACTIVITIES);
+    // The attempt's budget (4 s) caps the wait between bytes.
+    let manifest = duro_tests::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"FetchThenWait\"\ncomponent = {guests:?}\n\
+             [[activity]]\nname = \"Fetch\"\ncomponent = {activities:?}\n\
+             allowed_hosts = [\"http://{address}\"]\ntimeout_ms = 4000\n"
+        ),
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    let started = std::time::Instant::now();
+    let error = fetch(&host, "stalled", &format!("http://{address}/slow")).unwrap_err();
+    assert!(error.contains("reading the body"), "{error}");
+    assert!(
+        !error.contains("did not finish") && !error.contains("was stopped"),
+        "{error}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}

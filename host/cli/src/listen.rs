@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -216,7 +216,8 @@ async fn connection(
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(activity.clone());
-            let request = request.map(|body| Body::new(TimedBody::new(body, body_timeout)));
+            let request = request
+                .map(|body| Body::new(duro_wasm::stall::StallDeadline::new(body, body_timeout)));
             let router = router.clone();
             async move {
                 let response = tower::ServiceExt::oneshot(router, request).await;
@@ -261,65 +262,6 @@ async fn connection(
                 closing = true;
             }
         }
-    }
-}
-
-/// A request body that fails if no frame arrives within its deadline: a
-/// client that stops sending its upload frees what it holds.
-struct TimedBody {
-    inner: Incoming,
-    timeout: Duration,
-    /// Set when the body is first read: a handler that reads it late (after
-    /// waiting for something else) does not find it expired.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl TimedBody {
-    fn new(inner: Incoming, timeout: Duration) -> Self {
-        TimedBody {
-            inner,
-            timeout,
-            deadline: None,
-        }
-    }
-}
-
-/// The error a stalled request body ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body stalled: no byte arrived for {0:?}")]
-pub struct BodyStalled(pub Duration);
-
-impl hyper::body::Body for TimedBody {
-    type Data = hyper::body::Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(deadline.as_mut().poll(cx));
-                Poll::Ready(Some(Err(BodyStalled(this.timeout).into())))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

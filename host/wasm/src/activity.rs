@@ -384,6 +384,9 @@ pub(crate) struct Deadlines {
     pub first_byte: Duration,
 }
 
+/// Longest wait between two parts of an outbound answer's body.
+pub(crate) const MAX_BETWEEN_BYTES: Duration = Duration::from_secs(30);
+
 /// Longest connect (and TLS handshake) an outbound request may take.
 pub(crate) const MAX_CONNECT: Duration = Duration::from_secs(10);
 
@@ -574,6 +577,11 @@ impl WasiHttpHooks for OutboundHttp {
                 .unwrap_or(self.budget)
                 .min(self.budget),
         };
+        let between_bytes = asked
+            .between_bytes_timeout
+            .unwrap_or(MAX_BETWEEN_BYTES)
+            .min(MAX_BETWEEN_BYTES)
+            .min(self.budget);
         Box::new(async move {
             let response = send_to_allowed(request, &allowed, &tls, deadlines)
                 .await
@@ -590,11 +598,16 @@ impl WasiHttpHooks for OutboundHttp {
                     // what the activity needs to see.
                     Refusal::Tls(cause) => Error::InternalError(Some(cause)),
                 })?;
+            // A server that stops sending its answer is cut off.
             let response = response.map(|body| {
-                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                    body,
-                    |_| Error::ConnectionTerminated,
-                ))
+                let body = crate::stall::StallDeadline::new(body, between_bytes);
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, |e| {
+                    if e.is::<crate::stall::BodyStalled>() {
+                        Error::ConnectionReadTimeout
+                    } else {
+                        Error::ConnectionTerminated
+                    }
+                }))
             });
             Ok((
                 response,

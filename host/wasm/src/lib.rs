@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod replay;
 pub mod runtime;
+pub mod stall;
 pub mod tls;
 pub mod trace;
 pub mod trigger;
