@@ -831,8 +831,13 @@ fn short(digest: &Value) -> String {
     }
 }
 
-/// Percent-encode a path segment or query value.
-fn encode(text: &str) -> String {
+/// Percent-encode a path segment or query value (every byte but the
+/// unreserved ones).
+///
+/// ```
+/// assert_eq!(duro::cli::encode("a b/\"c\""), "a%20b%2F%22c%22");
+/// ```
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -69,8 +69,10 @@ pub struct ResolvedActivity {
     pub name: String,
     /// Component path.
     pub component: PathBuf,
-    /// Its limits and allowlist.
+    /// Its limits and allowlist (and, once bound, its variables).
     pub options: crate::activity::ActivityOptions,
+    /// The variables it may read.
+    pub variable_names: Vec<String>,
 }
 
 /// `[[orchestration]]`.
@@ -142,8 +144,6 @@ pub struct ResolvedApp {
     pub files: HashMap<PathBuf, Vec<u8>>,
     /// `[variables]`, as declared.
     pub variables: std::collections::BTreeMap<String, VariableDecl>,
-    /// Activity name → the variables it may read.
-    pub activity_variables: Vec<(String, Vec<String>)>,
 }
 
 impl ResolvedApp {
@@ -398,7 +398,6 @@ pub fn resolve(
     }
     check_routes_together(path, &http)?;
     let mut activities: Vec<ResolvedActivity> = Vec::new();
-    let mut activity_variables = Vec::new();
     for entry in &manifest.activity {
         let what = format!("activity `{}`", entry.name);
         if entry.name.trim().is_empty() {
@@ -425,7 +424,6 @@ pub fn resolve(
         }
         let allowed_hosts = allowed_hosts(path, &what, &entry.allowed_hosts)?;
         check_variable_names(path, &what, &entry.variables, &manifest.variables)?;
-        activity_variables.push((entry.name.clone(), entry.variables.clone()));
         activities.push(ResolvedActivity {
             name: entry.name.clone(),
             component: read(&entry.component, &what)?,
@@ -436,6 +434,7 @@ pub fn resolve(
                 variables: Vec::new(),
                 secrets: Vec::new(),
             },
+            variable_names: entry.variables.clone(),
         });
     }
     for (name, declared) in &manifest.variables {
@@ -460,7 +459,6 @@ pub fn resolve(
         activities,
         files,
         variables: manifest.variables,
-        activity_variables,
     })
 }
 
@@ -523,13 +521,7 @@ impl ResolvedApp {
                 .collect()
         };
         for activity in &mut self.activities {
-            let names = self
-                .activity_variables
-                .iter()
-                .find(|(n, _)| *n == activity.name)
-                .map(|(_, names)| names.clone())
-                .unwrap_or_default();
-            let picked = pick(&names);
+            let picked = pick(&activity.variable_names);
             activity.options.secrets = (picked.iter())
                 .filter(|(_, _, secret)| *secret)
                 .map(|(_, value, _)| value.clone())

@@ -97,6 +97,15 @@ impl Gate {
         })
     }
 
+    /// The gate of the listener actually bound at `address` (the port
+    /// known): links name it.
+    pub fn bound_to(self, address: SocketAddr) -> Gate {
+        Gate {
+            listen: address,
+            ..self
+        }
+    }
+
     /// Admit a request to the management plane, or say why not. `needs_key`
     /// is false for the dashboard's script and style, which are code, not
     /// data.

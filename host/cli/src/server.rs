@@ -289,8 +289,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.manifest.display()
         );
     }
-    // Checked now, before anything binds; made again once the port is known.
-    crate::plane::Gate::new(
+    // Checked now, before anything binds; bound to the port once known.
+    let gate = crate::plane::Gate::new(
         config.admin_key.clone(),
         config.listen,
         config.public_url.as_deref(),
@@ -375,14 +375,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    // The gate again, now that the listener's port is known: the links it
-    // hands out name the bound address.
-    let gate = Arc::new(crate::plane::Gate::new(
-        config.admin_key.clone(),
-        address,
-        config.public_url.as_deref(),
-        &config.allowed_origins,
-    )?);
+    // The links the gate hands out name the bound address.
+    let gate = Arc::new(gate.bound_to(address));
     // Only the host's own routes: a guest's error responses are its own.
     let api = api::router(runtime.clone())
         .merge(crate::deploy::router(served))

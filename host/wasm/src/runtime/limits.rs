@@ -60,40 +60,33 @@ impl Limits {
     /// not be committed as it is, if a limit says so: the instance then
     /// fails with this message and nothing the episode produced is stored.
     pub fn broken_by(&self, episode: &Episode, history_len: u64) -> Option<String> {
-        let payloads = match &episode.outcome {
-            Outcome::Completed(output) => vec![("the orchestration's output", output.as_str())],
-            Outcome::ContinuedAsNew(input) => vec![("the continue-as-new input", input.as_str())],
-            _ => Vec::new(),
+        // Every payload the episode would store, as (what, whose, text);
+        // the message is written only for one that is too large.
+        let outcome = match &episode.outcome {
+            Outcome::Completed(output) => Some(("the orchestration's output", None, output)),
+            Outcome::ContinuedAsNew(input) => Some(("the continue-as-new input", None, input)),
+            _ => None,
         };
         let custom = match &episode.custom_status {
-            Some(Some(status)) => vec![("the custom status", status.as_str())],
-            _ => Vec::new(),
+            Some(Some(status)) => Some(("the custom status", None, status)),
+            _ => None,
         };
-        let activities = episode
-            .new_activities
-            .iter()
-            .map(|(_, name, input, _)| (name.as_str(), input.as_str()))
-            .collect::<Vec<_>>();
-        let children = episode
-            .new_children
-            .iter()
-            .map(|(_, name, _, input)| (name.as_str(), input.as_str()))
-            .collect::<Vec<_>>();
-        for (what, payload) in payloads.into_iter().chain(custom) {
-            if let Err(e) = self.check_payload(what, payload) {
-                return Some(e);
-            }
-        }
-        for (name, input) in activities {
-            if let Err(e) = self.check_payload(&format!("the input of activity `{name}`"), input) {
-                return Some(e);
-            }
-        }
-        for (name, input) in children {
-            let what = format!("the input of sub-orchestration `{name}`");
-            if let Err(e) = self.check_payload(&what, input) {
-                return Some(e);
-            }
+        let activities = (episode.new_activities.iter())
+            .map(|(_, name, input, _)| ("the input of activity", Some(name), input));
+        let children = (episode.new_children.iter())
+            .map(|(_, name, _, input)| ("the input of sub-orchestration", Some(name), input));
+        let oversized = (outcome
+            .into_iter()
+            .chain(custom)
+            .chain(activities)
+            .chain(children))
+        .find(|(_, _, payload)| payload.len() > self.max_payload_bytes);
+        if let Some((what, whose, payload)) = oversized {
+            let what = match whose {
+                Some(name) => format!("{what} `{name}`"),
+                None => what.to_string(),
+            };
+            return self.check_payload(&what, payload).err();
         }
         let continued = matches!(episode.outcome, Outcome::ContinuedAsNew(_));
         let events = history_len.saturating_add(episode.appended.len() as u64);
