@@ -179,6 +179,29 @@ impl Host {
     }
 }
 
+/// Run `duro serve --listen listen` with this manifest, database and
+/// `extra` arguments, and expect it to refuse before it listens (a failure,
+/// nothing on stdout); its stderr. The test's own `DURO_*` variables are
+/// not passed on, so only what the call names configures the host.
+pub fn refused_serve(listen: &str, manifest: &Path, database: &Path, extra: &[&str]) -> String {
+    let mut command = Command::new(duro_binary());
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("DURO_")) {
+        command.env_remove(name);
+    }
+    let output = command
+        .args(["serve", "--listen", listen, "--manifest"])
+        .arg(manifest)
+        .arg("--database")
+        .arg(database)
+        .args(extra)
+        .output()
+        .expect("duro runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "it was served: {stderr}");
+    assert!(output.stdout.is_empty(), "it listened: {stderr}");
+    stderr
+}
+
 /// One HTTP/1.1 request to `address` on a fresh connection; an error if the
 /// connection fails or the response is cut off.
 pub fn try_request(

@@ -306,18 +306,12 @@ fn without_its_ca_file_a_host_trusts_only_the_public_roots() {
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate").unwrap();
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
-    let refused = std::process::Command::new(crate::host::duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--database")
-        .arg(dir.path().join("other.db"))
-        .arg("--ca-file")
-        .arg(&empty)
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(refused.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = crate::host::refused_serve(
+        "127.0.0.1:0",
+        &manifest,
+        &dir.path().join("other.db"),
+        &["--ca-file", empty.to_str().unwrap()],
+    );
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::host::{Host, duro_binary, history_count, try_request};
+use crate::host::{Host, duro_binary, history_count, refused_serve, try_request};
 use crate::support::PATIENCE;
 
 const API: &str = "/runtime/webhooks/durabletask";
@@ -222,17 +222,13 @@ fn a_function_key_opens_its_routes_and_nothing_else_and_no_key_reaches_a_guest()
     assert!(echo.body.contains("someone-elses"), "{}", echo.body);
 
     // The two keys may not be one.
-    let refused = Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--database")
-        .arg(dir.path().join("other.db"))
-        .args(["--function-key", "same", "--admin-key", "same"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(refused.stdout.is_empty(), "it listened");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("are the same"));
+    let refused = refused_serve(
+        "127.0.0.1:0",
+        &manifest,
+        &dir.path().join("other.db"),
+        &["--function-key", "same", "--admin-key", "same"],
+    );
+    assert!(refused.contains("are the same"), "{refused}");
 }
 
 #[test]
@@ -242,17 +238,7 @@ fn without_an_admin_key_the_host_listens_on_loopback_only() {
     // Refused before anything binds, so no test ever listens beyond
     // loopback.
     for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
-        let refused = Command::new(duro_binary())
-            .args(["serve", "--listen", listen, "--manifest"])
-            .arg(&manifest)
-            .arg("--database")
-            .arg(dir.path().join("duro.db"))
-            .env_remove("DURO_ADMIN_KEY")
-            .output()
-            .unwrap();
-        assert!(!refused.status.success(), "{listen} was served");
-        assert!(refused.stdout.is_empty(), "{listen}: it listened");
-        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let stderr = refused_serve(listen, &manifest, &dir.path().join("duro.db"), &[]);
         assert!(
             stderr.contains("--admin-key") && stderr.contains("DURO_ADMIN_KEY"),
             "{stderr}"
@@ -269,21 +255,15 @@ fn a_compiled_code_cache_others_can_write_is_refused() {
     std::fs::create_dir(&cache).unwrap();
     for mode in [0o777, 0o775, 0o1777] {
         std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(mode)).unwrap();
-        let refused = Command::new(duro_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-            .arg(&manifest)
-            .arg("--database")
-            .arg(dir.path().join("duro.db"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(!refused.status.success(), "mode {mode:o} was used");
-        assert!(refused.stdout.is_empty());
-        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let stderr = refused_serve(
+            "127.0.0.1:0",
+            &manifest,
+            &dir.path().join("duro.db"),
+            &["--cache-dir", cache.to_str().unwrap()],
+        );
         assert!(
             stderr.contains("may be written by its group or by others"),
-            "{stderr}"
+            "mode {mode:o}: {stderr}"
         );
     }
     // Owned by another user (when the tests run as root, which may chown).
@@ -294,17 +274,12 @@ fn a_compiled_code_cache_others_can_write_is_refused() {
     if root {
         std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
-        let refused = Command::new(duro_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-            .arg(&manifest)
-            .arg("--database")
-            .arg(dir.path().join("duro.db"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(!refused.status.success());
-        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let stderr = refused_serve(
+            "127.0.0.1:0",
+            &manifest,
+            &dir.path().join("duro.db"),
+            &["--cache-dir", cache.to_str().unwrap()],
+        );
         assert!(stderr.contains("belongs to user 65534"), "{stderr}");
     }
     // A fresh one is made private.
@@ -653,17 +628,12 @@ fn a_second_host_on_one_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");
     let first = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
-    let second = Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--database")
-        .arg(dir.path().join("duro.db"))
-        .args(["--cache-dir", duro_tests::COMPILE_CACHE])
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    assert!(second.stdout.is_empty(), "the second host listened");
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let stderr = refused_serve(
+        "127.0.0.1:0",
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--cache-dir", duro_tests::COMPILE_CACHE],
+    );
     assert!(
         stderr.contains(&format!("process {}", first.pid())),
         "{stderr}"
@@ -692,33 +662,16 @@ fn failures_are_reported_without_their_insides() {
     );
 
     // A PostgreSQL URL's password never appears in what duro prints.
-    let output = Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .args([
-            "--database",
-            "postgres://duro:hunter2@127.0.0.1:1/duro?password=hunter3&connect_timeout=1",
-        ])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("hunter2") && !stderr.contains("hunter3"),
-        "{stderr}"
-    );
-    let malformed = Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .args([
-            "--database",
-            "postgres://duro:hunter2@127.0.0.1:notaport/duro",
-        ])
-        .output()
-        .unwrap();
-    assert!(!malformed.status.success());
-    let stderr = String::from_utf8_lossy(&malformed.stderr);
-    assert!(!stderr.contains("hunter2"), "{stderr}");
+    for database in [
+        "postgres://duro:hunter2@127.0.0.1:1/duro?password=hunter3&connect_timeout=1",
+        "postgres://duro:hunter2@127.0.0.1:notaport/duro",
+    ] {
+        let stderr = refused_serve("127.0.0.1:0", &manifest, Path::new(database), &[]);
+        assert!(
+            !stderr.contains("hunter2") && !stderr.contains("hunter3"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -1036,7 +989,7 @@ fn a_listing_reads_inputs_only_when_it_shows_them() {
     // A filter on the input still finds it.
     let filtered = host.get(&format!(
         "{API}/instances?input={}",
-        percent_encode(&input.to_string())
+        duro::cli::encode(&input.to_string())
     ));
     assert_eq!(
         filtered.json().as_array().unwrap().len(),
@@ -1044,17 +997,6 @@ fn a_listing_reads_inputs_only_when_it_shows_them() {
         "{}",
         filtered.body
     );
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]

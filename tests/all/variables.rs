@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::host::{Host, duro_binary};
+use crate::host::{Host, refused_serve};
 
 const API: &str = "/runtime/webhooks/durabletask";
 const SECRET: &str = "sk_live_0123456789abcdef";
@@ -113,17 +113,7 @@ fn activities_and_functions_read_their_variables_and_no_secret_leaks() {
 fn a_required_variable_without_a_value_stops_the_host_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest(dir.path());
-    let refused = std::process::Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(&manifest)
-        .arg("--database")
-        .arg(dir.path().join("duro.db"))
-        .env_remove("DURO_VAR_STRIPE_KEY")
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(refused.stdout.is_empty(), "it listened");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = refused_serve("127.0.0.1:0", &manifest, &dir.path().join("duro.db"), &[]);
     assert!(
         stderr.contains("variable `stripe_key` is required")
             && stderr.contains("DURO_VAR_STRIPE_KEY"),
