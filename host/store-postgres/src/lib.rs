@@ -39,6 +39,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_trace_context.sql"),
+    include_str!("migrations/0003_ready.sql"),
 ];
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).

@@ -39,20 +39,32 @@ pub mod sql {
         instance_columns!(),
         " FROM instances WHERE id = $1"
     );
-    /// Lease instances with messages to process whose lease is free or expired ($1 owner, $2 until, $3 now, $4 limit).
-    pub const CLAIM_READY: &str = "WITH candidates AS ( \
-             SELECT DISTINCT i.instance_id AS id FROM inbox i \
-             JOIN instances s ON s.id = i.instance_id \
-             WHERE (s.status <> 'Suspended' OR i.control) \
-               AND (s.lease_until IS NULL OR s.lease_until < $3) \
-             LIMIT $4 \
-         ), locked AS ( \
-             SELECT s.id FROM instances s JOIN candidates c ON c.id = s.id \
-             WHERE s.lease_until IS NULL OR s.lease_until < $3 \
-             FOR UPDATE OF s SKIP LOCKED \
-         ) \
-         UPDATE instances SET lease_owner = $1, lease_until = $2 \
-         FROM locked WHERE instances.id = locked.id RETURNING instances.id";
+    /// Lease up to $4 ready instances whose lease is free or expired at $3,
+    /// oldest first, from the ready index ($1 owner, $2 until).
+    pub const CLAIM_READY: &str = "UPDATE instances SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN ( \
+             SELECT id FROM instances WHERE ready_at IS NOT NULL \
+               AND (lease_until IS NULL OR lease_until < $3) \
+             ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         RETURNING id";
+    /// Put a message into an inbox and mark its instance ready if the
+    /// message can be taken now (a suspended instance takes only control
+    /// messages). The row lock this takes orders it after an episode of
+    /// the instance under way, whose own readiness check then cannot miss
+    /// the message. ($1 instance, $2 message, $3 control, $4 now.)
+    pub const PUSH_MESSAGE: &str = "WITH pushed AS ( \
+             INSERT INTO inbox (instance_id, message, control, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING instance_id) \
+         UPDATE instances SET ready_at = COALESCE(ready_at, $4) \
+         WHERE id = $1 AND ($3 OR status <> 'Suspended')";
+    /// An episode's new instance row; the commit gives the lease back, and
+    /// the instance stays ready, at the back of the queue, if messages it
+    /// can take remain (read after the consumed ones were deleted).
+    pub const UPDATE_AFTER_EPISODE: &str = "UPDATE instances SET status = $2, output = $3, \
+         custom_status = $4, updated_at = $5, history_len = $6, lease_owner = NULL, \
+         lease_until = NULL, ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox \
+             WHERE instance_id = $1 AND (control OR $2 <> 'Suspended')) THEN $5::BIGINT END \
+         WHERE id = $1";
     /// Give leases back ($1 ids, $2 owner).
     pub const RELEASE: &str = "UPDATE instances SET lease_owner = NULL, lease_until = NULL \
          WHERE id = ANY($1) AND lease_owner = $2";
@@ -67,10 +79,11 @@ pub mod sql {
     /// An instance's version and lease holder, its row locked.
     pub const LOCK_VERSION: &str = "SELECT execution_id, history_len, component, lease_owner FROM instances \
          WHERE id = $1 FOR UPDATE";
-    /// Due timers taken out of the table, skipping rows another host holds.
+    /// Every due timer taken out of the table, skipping rows another host
+    /// holds (as on SQLite, all of them in one transaction).
     pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE (instance_id, task) IN ( \
              SELECT instance_id, task FROM timers WHERE fire_at <= $1 \
-             ORDER BY fire_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+             FOR UPDATE SKIP LOCKED) \
          RETURNING instance_id, task, fire_at, execution_id";
     /// Whether an instance has messages, due timers or due activities.
     pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1) \
@@ -229,13 +242,13 @@ async fn append_events(
     Ok(())
 }
 
-/// Put a message into an inbox (the writer tells other hosts after the
-/// commit).
+/// Put a message into an inbox, marking the instance ready (the writer
+/// tells other hosts after the commit).
 async fn push_message(c: &impl GenericClient, id: &str, message: &Message) -> StoreResult<()> {
     let json = to_json("message", message)?;
     exec(
         c,
-        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)",
+        sql::PUSH_MESSAGE,
         &[&id, &json, &message.is_control(), &(now_millis() as i64)],
     )
     .await?;
@@ -270,8 +283,8 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
         c,
         "INSERT INTO instances (id, name, status, input, output, custom_status, component, \
          created_at, updated_at, history_len, input_hash, execution_id, parent_instance, \
-         parent_execution, parent_task, trace_parent) \
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12) \
+         parent_execution, parent_task, trace_parent, ready_at) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12, $6) \
          ON CONFLICT (id) DO NOTHING",
         &[
             &instance.id,
@@ -296,13 +309,22 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
         name: instance.name.clone(),
         input: instance.input.clone(),
     };
-    // Sent together (one round trip): a biased join polls, so sends, in order.
+    // Sent together (one round trip): a biased join polls, so sends, in
+    // order. The row is ready from its insert on: the start message goes
+    // in directly.
+    let start = to_json("message", &Message::Start)?;
+    let (control, created_at) = (Message::Start.is_control(), instance.created_at as i64);
+    let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
     let (appended, pushed) = tokio::join!(
         biased;
         append_events(c, &instance.id, 0, std::slice::from_ref(&started)),
-        push_message(c, &instance.id, &Message::Start),
+        exec(
+            c,
+            "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)",
+            start_row,
+        ),
     );
-    appended.and(pushed)
+    appended.and(pushed.map(drop))
 }
 
 pub async fn put_component(c: &Object, digest: &str, bytes: &[u8]) -> StoreResult<()> {
@@ -392,12 +414,18 @@ pub async fn enqueue(
         .filter(|s| s.is_terminal())
         .map(RuntimeStatus::as_str)
         .collect();
+    // The instance's row is locked and marked ready first (see
+    // `sql::PUSH_MESSAGE`), and the message goes in only if it qualified.
     let inserted = exec(
         tx,
-        "INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT $1, $2, $3, $4 WHERE EXISTS \
-         (SELECT 1 FROM instances WHERE id = $1 AND NOT status = ANY($5)) \
-         AND ($3 OR (SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6)",
+        "WITH target AS ( \
+             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
+                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
+             WHERE id = $1 AND NOT status = ANY($5) AND ($3 OR ( \
+                 SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6) \
+             RETURNING id) \
+         INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT id, $2, $3, $4 FROM target",
         &[
             &id,
             &json,
@@ -639,9 +667,10 @@ pub async fn apply_episode(
         )
         .await?;
     }
-    // The events, the row (the commit gives the lease back) and the
-    // consumed messages touch different rows: sent together, one round
-    // trip (a biased join polls, so sends, in order).
+    // The events, the consumed messages and the row (the commit gives the
+    // lease back) touch different rows: sent together, one round trip (a
+    // biased join polls, so sends, in order; the row's readiness is read
+    // after the consumed messages went).
     let (status, updated_at, history_len) = (
         instance.status.as_str(),
         instance.updated_at as i64,
@@ -655,21 +684,16 @@ pub async fn apply_episode(
         &updated_at,
         &history_len,
     ];
-    let (appended, updated, consumed) = tokio::join!(
+    let (appended, consumed, updated) = tokio::join!(
         biased;
         append_events(tx, id, first_seq, &episode.new_events),
-        exec(
-            tx,
-            "UPDATE instances SET status = $2, output = $3, custom_status = $4, updated_at = $5, \
-             history_len = $6, lease_owner = NULL, lease_until = NULL WHERE id = $1",
-            new_row,
-        ),
         async {
             if episode.consumed.is_empty() {
                 return Ok(0);
             }
             exec(tx, sql::DELETE_CONSUMED, &[&id, &episode.consumed]).await
         },
+        exec(tx, sql::UPDATE_AFTER_EPISODE, new_row),
     );
     appended?;
     updated?;
@@ -832,7 +856,10 @@ async fn notify_parent(tx: &Transaction<'_>, child: &Instance) -> StoreResult<()
 /// host is moving: each timer fires once.
 pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> {
     let tx = c.transaction().await.map_err(backend)?;
-    let due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64)]).await?;
+    let mut due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64)]).await?;
+    // Instance rows are locked in id order, as other writers' are likeliest
+    // to be, so that fewer lock waits can close a cycle.
+    due.sort_by(|a, b| a.get::<_, &str>(0).cmp(b.get::<_, &str>(0)));
     for timer in &due {
         let instance: String = timer.get(0);
         let message = Message::TimerFired {

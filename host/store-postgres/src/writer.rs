@@ -133,7 +133,7 @@ async fn run(
             }
         }
         let (writes, replies): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
-        match commit_group(&pool, &owner, &writes).await {
+        match commit_with_retries(&pool, &owner, &writes).await {
             Ok(results) => {
                 for (write, result) in writes.iter().zip(&results) {
                     if result.is_ok() {
@@ -155,6 +155,30 @@ async fn run(
                     }));
                 }
             }
+        }
+    }
+}
+
+/// Transactions a group is tried in before its writes hear of a failure
+/// that trying again may mend: a message marks its instance ready under
+/// the instance's row lock, so two groups can, rarely, deadlock (one's
+/// episode notifying a parent whose episode the other commits while a
+/// message goes to the first's instance); PostgreSQL then aborts one.
+const GROUP_ATTEMPTS: usize = 3;
+
+async fn commit_with_retries(
+    pool: &Pool,
+    owner: &str,
+    writes: &[Write],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut attempt = 1;
+    loop {
+        match commit_group(pool, owner, writes).await {
+            Err(e) if e.is_retriable() && attempt < GROUP_ATTEMPTS => {
+                tracing::debug!("group commit failed, trying again: {e}");
+                attempt += 1;
+            }
+            done => return done,
         }
     }
 }
