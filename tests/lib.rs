@@ -56,7 +56,7 @@ pub fn bench_arg(name: &str, default: u64) -> u64 {
 /// With `--postgres` on a benchmark's command line: the database URL in
 /// `DURO_BENCH_POSTGRES_URL` (or `DURO_TEST_POSTGRES_URL`) and an empty
 /// schema `bench_<name>_<pid>` for the run (dropped first).
-pub fn bench_postgres(name: &str) -> Option<(String, String)> {
+pub async fn bench_postgres(name: &str) -> Option<(String, String)> {
     if !std::env::args().any(|a| a == "--postgres") {
         return None;
     }
@@ -64,8 +64,28 @@ pub fn bench_postgres(name: &str) -> Option<(String, String)> {
         .or_else(|_| std::env::var("DURO_TEST_POSTGRES_URL"))
         .expect("--postgres needs DURO_BENCH_POSTGRES_URL (or DURO_TEST_POSTGRES_URL)");
     let schema = format!("bench_{name}_{}", std::process::id());
-    duro_store_postgres::PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+    duro_store_postgres::PgStore::drop_schema(&url, &schema)
+        .await
+        .expect("PostgreSQL reachable");
     Some((url, schema))
+}
+
+/// Run `work` to its end on a runtime of its own, on a thread of its own
+/// (so that a test inside a runtime may call it too): for test set-up
+/// written without `async`.
+pub fn block_on<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(work)
+            })
+            .join()
+            .expect("the work panicked")
+    })
 }
 
 /// `url` with duro's `schema` parameter, for `--database`.
@@ -100,23 +120,22 @@ impl BenchStore {
     /// Open a fresh store named `name` (a schema `bench_<name>_<pid>` on
     /// PostgreSQL).
     pub async fn open(name: &str) -> BenchStore {
-        if let Some((url, schema)) = bench_postgres(name) {
+        if let Some((url, schema)) = bench_postgres(name).await {
             let database: duro::database::Database = database_url(&url, &schema)
                 .parse()
                 .expect("a PostgreSQL URL");
-            let store = tokio::task::spawn_blocking(move || {
-                duro::database::open_database(&database, &Default::default())
-            })
-            .await
-            .expect("opening the store")
-            .expect("PostgreSQL store");
+            let store = duro::database::open_database(&database, &Default::default())
+                .await
+                .expect("PostgreSQL store");
             BenchStore {
                 store,
                 place: Place::Postgres { url, schema },
             }
         } else {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = duro::database::open(&dir.path().join("bench.db")).expect("SQLite store");
+            let store = duro::database::open(&dir.path().join("bench.db"))
+                .await
+                .expect("SQLite store");
             BenchStore {
                 store,
                 place: Place::Sqlite { _dir: dir },
@@ -137,12 +156,9 @@ impl BenchStore {
     pub async fn close(self) {
         drop(self.store);
         if let Place::Postgres { url, schema } = self.place {
-            tokio::task::spawn_blocking(move || {
-                duro_store_postgres::PgStore::drop_schema(&url, &schema)
-            })
-            .await
-            .expect("dropping the schema")
-            .expect("PostgreSQL reachable");
+            duro_store_postgres::PgStore::drop_schema(&url, &schema)
+                .await
+                .expect("PostgreSQL reachable");
         }
     }
 }

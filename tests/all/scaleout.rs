@@ -213,7 +213,9 @@ async fn an_idle_host_wakes_on_another_hosts_writes() {
         return;
     };
     let database: Database = database.parse().unwrap();
-    let store = open_database(&database, &OpenOptions::default()).unwrap();
+    let store = open_database(&database, &OpenOptions::default())
+        .await
+        .unwrap();
     let config = RuntimeConfig {
         compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
         poll_interval: std::time::Duration::from_secs(600),
@@ -228,7 +230,9 @@ async fn an_idle_host_wakes_on_another_hosts_writes() {
     // (or ten minutes) wakes it.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // The other host has no runtime: it writes as its API would.
-    let other = open_database(&database, &OpenOptions::default()).unwrap();
+    let other = open_database(&database, &OpenOptions::default())
+        .await
+        .unwrap();
     let instance = Instance::pending(
         "woken".into(),
         "Workflow".into(),
@@ -237,13 +241,13 @@ async fn an_idle_host_wakes_on_another_hosts_writes() {
         now_millis(),
         None,
     );
-    other.create_instance(&instance).unwrap();
+    other.create_instance(&instance).await.unwrap();
     crate::support::wait_status(&rt, "woken", RuntimeStatus::Running).await;
     let event = Message::EventRaised {
         name: "Workflow".into(),
         payload: "true".into(),
     };
-    other.enqueue("woken", &event).unwrap();
+    other.enqueue("woken", &event, now_millis()).await.unwrap();
     let done = crate::support::wait_status(&rt, "woken", RuntimeStatus::Completed).await;
     assert_eq!(done.output.as_deref(), Some("\"Workflow for x stopped\""));
     rt.shutdown().await;

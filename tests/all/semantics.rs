@@ -173,7 +173,7 @@ async fn a_timer_of_an_earlier_execution_completes_nothing() {
         fire_at: now_millis(),
         execution: Some(first.execution_id.clone()),
     };
-    store.enqueue(&id, &stale).unwrap();
+    store.enqueue(&id, &stale, now_millis()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let still = rt.status(&id).await.unwrap().unwrap();
     assert_eq!(still.status, RuntimeStatus::Running, "{still:?}");
@@ -246,8 +246,8 @@ async fn a_suspension_before_the_first_episode_holds() {
     let digest = duro::engine::digest(&bytes);
     {
         let store = SqliteStore::open(&database).unwrap();
-        store.put_component(&digest, &bytes).unwrap();
         let now = now_millis();
+        store.put_component(&digest, &bytes, now).await.unwrap();
         store
             .create_instance(&Instance::pending(
                 "held".into(),
@@ -257,11 +257,13 @@ async fn a_suspension_before_the_first_episode_holds() {
                 now,
                 None,
             ))
+            .await
             .unwrap();
         store
-            .enqueue("held", &Message::Suspend { reason: None })
+            .enqueue("held", &Message::Suspend { reason: None }, now)
+            .await
             .unwrap();
-        store.release("held").unwrap();
+        store.release("held").await.unwrap();
     }
     let rt = runtime(dir.path()).await;
     wait_status(&rt, "held", RuntimeStatus::Suspended).await;
@@ -365,7 +367,9 @@ async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
     };
     let rt = duro::runtime::Runtime::start(
         config,
-        duro::database::open(&dir.path().join("duro.db")).unwrap(),
+        duro::database::open(&dir.path().join("duro.db"))
+            .await
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -409,7 +413,9 @@ async fn a_warm_instance_skips_replay_and_records_the_same_history() {
             warm_instances,
             ..Default::default()
         };
-        let store = duro::database::open(&dir.path().join("duro.db")).unwrap();
+        let store = duro::database::open(&dir.path().join("duro.db"))
+            .await
+            .unwrap();
         let rt = duro::runtime::Runtime::start(config, store).await.unwrap();
         rt.register(guest_bytes(TEST_GUESTS), &["Program"])
             .await

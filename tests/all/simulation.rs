@@ -177,9 +177,8 @@ async fn start(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Runtime {
         clock: clock.clone(),
         ..Default::default()
     };
-    let runtime = Runtime::start(config, duro::database::open(&dir.join("duro.db")).unwrap())
-        .await
-        .expect("runtime starts");
+    let store = duro::database::open(&dir.join("duro.db")).await.unwrap();
+    let runtime = Runtime::start(config, store).await.expect("runtime starts");
     runtime
         .register(guest_bytes(TEST_GUESTS), &["Program"])
         .await

@@ -64,9 +64,8 @@ async fn runtime_with(dir: &Path, warm_instances: usize) -> Runtime {
         warm_instances,
         ..Default::default()
     };
-    let runtime = Runtime::start(config, duro::database::open(&dir.join("duro.db")).unwrap())
-        .await
-        .expect("runtime starts");
+    let store = duro::database::open(&dir.join("duro.db")).await.unwrap();
+    let runtime = Runtime::start(config, store).await.expect("runtime starts");
     runtime
         .register(guest_bytes(SCENARIO), SCENARIO_NAMES)
         .await
@@ -102,6 +101,8 @@ pub fn json(text: &str) -> serde_json::Value {
 /// A `postgres://` URL for `duro serve --database` with a schema of its own
 /// (see `PgStore::test_schema`: empty, or `None` and the test skipped).
 pub fn postgres_database(test: &str) -> Option<String> {
-    let (url, schema) = duro_store_postgres::PgStore::test_schema(&format!("e2e_{test}"))?;
+    let (url, schema) = duro_tests::block_on(duro_store_postgres::PgStore::test_schema(&format!(
+        "e2e_{test}"
+    )))?;
     Some(duro_tests::database_url(&url, &schema))
 }

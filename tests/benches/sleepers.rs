@@ -112,14 +112,15 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
     let idle_ms = duro_tests::bench_arg("--idle-release-ms", 2000);
-    let postgres = duro_tests::bench_postgres("sleepers");
+    let postgres = duro_tests::bench_postgres("sleepers").await;
     let database = match &postgres {
         Some((url, schema)) => duro_tests::database_url(url, schema).into(),
         None => dir.path().join("duro.db"),
     };
     let database_bytes = || match &postgres {
         Some((url, schema)) => {
-            duro_store_postgres::PgStore::schema_bytes(url, schema).expect("PostgreSQL reachable")
+            duro_tests::block_on(duro_store_postgres::PgStore::schema_bytes(url, schema))
+                .expect("PostgreSQL reachable")
         }
         None => sqlite_bytes(dir.path()),
     };
@@ -221,6 +222,8 @@ async fn main() {
     println!("RESULT {result}");
     drop(server);
     if let Some((url, schema)) = &postgres {
-        duro_store_postgres::PgStore::drop_schema(url, schema).expect("PostgreSQL reachable");
+        duro_store_postgres::PgStore::drop_schema(url, schema)
+            .await
+            .expect("PostgreSQL reachable");
     }
 }

@@ -645,10 +645,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                 spread_ms: spread_secs * 1000,
             };
             let started = std::time::Instant::now();
-            let written = tokio::task::spawn_blocking(move || {
-                crate::fill::fill(app.sqlite_file()?, &app.manifest(), &spec)
-            })
-            .await??;
+            let written = crate::fill::fill(app.sqlite_file()?, &app.manifest(), &spec).await?;
             print(
                 cli.json,
                 &serde_json::json!({ "instancesWritten": written }),

@@ -225,21 +225,30 @@ pub fn lock_sqlite(path: &Path) -> anyhow::Result<HostLock> {
 }
 
 /// Open (creating and migrating as needed) the SQLite store at `path`.
-pub fn open(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
     open_database(
         &Database::Sqlite(path.to_path_buf()),
         &OpenOptions::default(),
     )
+    .await
 }
 
 /// Open (connecting, creating and migrating as needed) the store `database`
 /// names; a PostgreSQL server that cannot be reached is an error that says
-/// so.
-pub fn open_database(database: &Database, options: &OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
+/// so. A PostgreSQL store runs its tasks on the current tokio runtime.
+pub async fn open_database(
+    database: &Database,
+    options: &OpenOptions,
+) -> anyhow::Result<Arc<dyn Store>> {
     match database {
         Database::Sqlite(path) => {
-            let store = duro_store_sqlite::SqliteStore::open_with(path, options.max_inbox)
-                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            // Opening a file and migrating it block: off the async threads.
+            let (path, max_inbox) = (path.clone(), options.max_inbox);
+            let store = tokio::task::spawn_blocking(move || {
+                duro_store_sqlite::SqliteStore::open_with(&path, max_inbox)
+                    .with_context(|| format!("cannot open the database {}", path.display()))
+            })
+            .await??;
             Ok(Arc::new(store))
         }
         Database::Postgres { url, schema } => {
@@ -250,6 +259,7 @@ pub fn open_database(database: &Database, options: &OpenOptions) -> anyhow::Resu
                 ..Default::default()
             };
             let store = duro_store_postgres::PgStore::open(url, options)
+                .await
                 .with_context(|| format!("cannot open the database {database}"))?;
             Ok(Arc::new(store))
         }

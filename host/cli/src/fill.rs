@@ -36,7 +36,7 @@ pub struct FillSpec {
 
 /// Write `spec.count` finished instances into the database at `database`
 /// (created if missing; a running host may share it). Returns how many.
-pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::Result<usize> {
+pub async fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::Result<usize> {
     anyhow::ensure!(
         spec.status.is_terminal(),
         "--status {}: fixtures are finished instances (Completed, Failed or Terminated)",
@@ -57,8 +57,8 @@ pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::R
         })?;
     let digest = engine::digest(component);
     let store = SqliteStore::open(database)?;
-    store.put_component(&digest, component)?;
     let now = now_millis();
+    store.put_component(&digest, component, now).await?;
     let start = now.saturating_sub(spec.spread_ms);
     let step = spec.spread_ms as f64 / spec.count.max(1) as f64;
     let mut written = 0;
@@ -85,7 +85,7 @@ pub fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> anyhow::R
                 }
             })
             .collect();
-        written += store.insert_finished(instances)?;
+        written += store.insert_finished(instances).await?;
     }
     Ok(written)
 }

@@ -314,8 +314,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             lease_ttl: config.lease_ttl,
             max_inbox: config.max_inbox,
         };
-        tokio::task::spawn_blocking(move || crate::database::open_database(&database, &options))
-            .await??
+        crate::database::open_database(&database, &options).await?
     };
     let data_dir = config.database.data_dir();
     let runtime_config = RuntimeConfig {

@@ -16,13 +16,102 @@ use duro::database::{Database, OpenOptions, open_database};
 use duro::model::{
     ActivityCall, HistoryEvent, Instance, InstanceQuery, Message, RuntimeStatus, Timer, now_millis,
 };
-use duro::store::{EpisodeCommit, LoadedInstance, Store, StoreError, Version};
+use duro::model::{HistoryEntry, Millis};
+use duro::store::{
+    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, Store, StoreCounts, StoreError,
+    StoreResult, Version,
+};
 use duro_store_postgres::{PgOptions, PgStore};
+
+/// A store driven from plain threads, as the contract's tests are: each
+/// call is run to its end on the test's runtime (which also runs a
+/// PostgreSQL store's background tasks). Writes that take a time are
+/// stamped with the wall clock; `at` gives them another.
+#[derive(Clone)]
+struct Blocking {
+    store: Arc<dyn Store>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Blocking {
+    fn on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+        self.on(self.store.put_component(digest, bytes, now_millis()))
+    }
+    fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
+        self.on(self.store.create_instance(instance))
+    }
+    fn enqueue(&self, id: &str, message: &Message) -> StoreResult<()> {
+        self.enqueue_at(id, message, now_millis())
+    }
+    fn enqueue_at(&self, id: &str, message: &Message, at: Millis) -> StoreResult<()> {
+        self.on(self.store.enqueue(id, message, at))
+    }
+    fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>> {
+        self.on(self.store.claim_ready(max, now_millis(), lease_until))
+    }
+    fn release(&self, id: &str) -> StoreResult<()> {
+        self.on(self.store.release(id))
+    }
+    fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
+        self.on(self.store.load(id))
+    }
+    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+        self.on(self.store.commit_episodes(episodes))
+    }
+    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
+        self.on(self.store.fire_due_timers(now))
+    }
+    fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
+        self.on(self.store.next_timer_due())
+    }
+    fn has_pending_work(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        self.on(self.store.has_pending_work(id, now))
+    }
+    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.on(self.store.component(digest))
+    }
+    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
+        self.on(self.store.claim_activities(max, now, now + 60_000))
+    }
+    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
+        self.on(self.store.finish_activity(id, finish, now_millis()))
+    }
+    fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
+        self.on(self.store.next_activity_due())
+    }
+    fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
+        self.on(self.store.counts(now))
+    }
+    fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.on(self.store.instance(id))
+    }
+    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+        self.on(self.store.history(id))
+    }
+    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
+        self.on(self.store.history_page(id, from, limit))
+    }
+    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        self.on(self.store.list(query))
+    }
+    fn purge(&self, id: &str) -> StoreResult<bool> {
+        self.on(self.store.purge(id))
+    }
+    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
+        self.on(self.store.set_component(id, digest, expected, now_millis()))
+    }
+    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.on(self.store.in_flight_versions())
+    }
+}
 
 /// A store under test, and how to open another host's handle on the same
 /// data.
 struct TestStore {
-    store: Arc<dyn Store>,
+    store: Blocking,
     backend: Backend,
     _dir: tempfile::TempDir,
 }
@@ -38,17 +127,18 @@ impl TestStore {
     fn sqlite() -> TestStore {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("contract.db");
-        let store = open_database(&Database::Sqlite(path.clone()), &OpenOptions::default())
-            .expect("SQLite opens");
-        TestStore::ready(store, Backend::Sqlite(path), dir)
+        let backend = Backend::Sqlite(path);
+        let store = open_backend(&new_runtime(), &backend, true);
+        TestStore::ready(store, backend, dir)
     }
 
     /// A PostgreSQL store in a schema of its own, or `None` (skipped) when no
     /// server is configured.
     fn postgres(test: &str) -> Option<TestStore> {
-        let (url, schema) = PgStore::test_schema(test)?;
+        let runtime = new_runtime();
+        let (url, schema) = runtime.block_on(PgStore::test_schema(test))?;
         let backend = Backend::Postgres { url, schema };
-        let store = open_backend(&backend, true);
+        let store = open_backend(&runtime, &backend, true);
         Some(TestStore::ready(
             store,
             backend,
@@ -56,7 +146,7 @@ impl TestStore {
         ))
     }
 
-    fn ready(store: Arc<dyn Store>, backend: Backend, dir: tempfile::TempDir) -> TestStore {
+    fn ready(store: Blocking, backend: Backend, dir: tempfile::TempDir) -> TestStore {
         store.put_component("sha256:test", b"bytes").unwrap();
         store.put_component("sha256:other", b"other").unwrap();
         TestStore {
@@ -68,55 +158,86 @@ impl TestStore {
 
     /// Another host's handle on the same data: a second connection pool on
     /// PostgreSQL; on SQLite, which one host owns, the same store.
-    fn another_host(&self) -> Arc<dyn Store> {
+    fn another_host(&self) -> Blocking {
         match &self.backend {
             Backend::Sqlite(_) => self.store.clone(),
-            Backend::Postgres { .. } => open_backend(&self.backend, true),
+            Backend::Postgres { .. } => open_backend(&self.store.runtime, &self.backend, true),
         }
     }
 
     /// The data opened afresh, as after a restart.
-    fn reopen(&self) -> Arc<dyn Store> {
-        open_backend(&self.backend, true)
+    fn reopen(&self) -> Blocking {
+        open_backend(&self.store.runtime, &self.backend, true)
     }
 }
 
 impl Drop for TestStore {
     fn drop(&mut self) {
         if let Backend::Postgres { url, schema } = &self.backend {
-            let _ = PgStore::drop_schema(url, schema);
+            let _ = self.store.on(PgStore::drop_schema(url, schema));
         }
     }
 }
 
-fn open_backend(backend: &Backend, renew_leases: bool) -> Arc<dyn Store> {
-    open_capped(backend, renew_leases, duro::store::DEFAULT_MAX_INBOX)
+/// The runtime a test's stores run on.
+fn new_runtime() -> Arc<tokio::runtime::Runtime> {
+    Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    )
+}
+
+fn open_backend(
+    runtime: &Arc<tokio::runtime::Runtime>,
+    backend: &Backend,
+    renew_leases: bool,
+) -> Blocking {
+    open_capped(
+        runtime,
+        backend,
+        renew_leases,
+        duro::store::DEFAULT_MAX_INBOX,
+    )
 }
 
 /// [`open_backend`] with at most `max_inbox` messages waiting per instance.
-fn open_capped(backend: &Backend, renew_leases: bool, max_inbox: usize) -> Arc<dyn Store> {
-    match backend {
-        Backend::Sqlite(path) => open_database(
-            &Database::Sqlite(path.clone()),
-            &OpenOptions {
-                max_inbox,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-        Backend::Postgres { url, schema } => Arc::new(
-            PgStore::open(
-                url,
-                PgOptions {
-                    schema: Some(schema.clone()),
-                    lease_ttl: Duration::from_millis(400),
-                    renew_leases,
+fn open_capped(
+    runtime: &Arc<tokio::runtime::Runtime>,
+    backend: &Backend,
+    renew_leases: bool,
+    max_inbox: usize,
+) -> Blocking {
+    let store: Arc<dyn Store> = match backend {
+        Backend::Sqlite(path) => runtime
+            .block_on(open_database(
+                &Database::Sqlite(path.clone()),
+                &OpenOptions {
                     max_inbox,
                     ..Default::default()
                 },
-            )
-            .expect("PostgreSQL store opens"),
+            ))
+            .unwrap(),
+        Backend::Postgres { url, schema } => Arc::new(
+            runtime
+                .block_on(PgStore::open(
+                    url,
+                    PgOptions {
+                        schema: Some(schema.clone()),
+                        lease_ttl: Duration::from_millis(400),
+                        renew_leases,
+                        max_inbox,
+                        ..Default::default()
+                    },
+                ))
+                .expect("PostgreSQL store opens"),
         ),
+    };
+    Blocking {
+        store,
+        runtime: runtime.clone(),
     }
 }
 
@@ -253,24 +374,20 @@ fn a_write_refused_beside_others_undoes_only_itself(t: &TestStore) {
             _ => format!("fresh{i}"),
         })
         .collect();
-    let pending: Vec<_> = ids
+    // All handed to the store before any is awaited: the writer groups them.
+    let creating: Vec<_> = ids
         .iter()
-        .map(|id| t.store.create_instance_nonblocking(&instance(id)))
+        .map(|id| {
+            let (store, instance) = (t.store.store.clone(), instance(id));
+            t.store
+                .runtime
+                .spawn(async move { store.create_instance(&instance).await })
+        })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let results: Vec<_> = ids
         .iter()
-        .zip(pending)
-        .map(|(id, pending)| {
-            let result = match pending {
-                Some(pending) => runtime.block_on(pending),
-                None => t.store.create_instance(&instance(id)),
-            };
-            (id.clone(), result)
-        })
+        .zip(creating)
+        .map(|(id, creating)| (id.clone(), t.store.on(creating).unwrap()))
         .collect();
     for (id, result) in &results {
         if id.starts_with("taken") {
@@ -474,7 +591,7 @@ fn a_listing_without_inputs_reads_none(t: &TestStore) {
 }
 
 fn an_inbox_holds_at_most_its_cap(t: &TestStore) {
-    let store = open_capped(&t.backend, true, 3);
+    let store = open_capped(&t.store.runtime, &t.backend, true, 3);
     store.create_instance(&instance("busy")).unwrap();
     // Its start, then two events: three waiting.
     store.enqueue("busy", &event("1")).unwrap();
@@ -624,7 +741,7 @@ fn a_claim_leases_until_release_or_commit(t: &TestStore) {
 
 /// Commit one episode of a fresh instance `id` that schedules `timers`
 /// timers, all due now, and `activities` activity calls.
-fn schedule(store: &Arc<dyn Store>, id: &str, timers: u32, activities: u32) {
+fn schedule(store: &Blocking, id: &str, timers: u32, activities: u32) {
     store.create_instance(&instance(id)).unwrap();
     let far = now_millis() + 60_000;
     assert_eq!(store.claim_ready(10, far).unwrap(), [id]);
@@ -798,7 +915,7 @@ fn an_expired_lease_moves_to_another_host_and_the_old_commit_is_refused() {
     let Some(t) = TestStore::postgres("expired_lease") else {
         return;
     };
-    let hung = open_backend(&t.backend, false);
+    let hung = open_backend(&t.store.runtime, &t.backend, false);
     hung.create_instance(&instance("a")).unwrap();
     let far = now_millis() + 60_000;
     assert_eq!(hung.claim_ready(10, far).unwrap(), ["a"]);

@@ -206,13 +206,25 @@ pub struct LoadedInstance {
 }
 
 /// What the orchestration runtime needs from a store.
+///
+/// Asynchronous, as the runtime is: a backend over a network driver awaits
+/// it on the caller's runtime, and one over a file decides for itself how
+/// to wait (SQLite hands writes to its writer thread and answers reads from
+/// its reader pool).
+#[async_trait::async_trait]
 pub trait RuntimeStore: Send + Sync + 'static {
     /// Lease up to `max` instances that have inbox messages and no live lease,
     /// until `lease_until` (a backend shared by several hosts must honour the
-    /// expiry; a single-host one may keep leases in memory); returns their ids.
-    fn claim_ready(&self, max: usize, lease_until: Millis) -> StoreResult<Vec<String>>;
+    /// expiry; a single-host one may keep leases in memory), as of `now`
+    /// (the caller's clock); returns their ids.
+    async fn claim_ready(
+        &self,
+        max: usize,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<String>>;
     /// Give a lease back without changing anything.
-    fn release(&self, instance: &str) -> StoreResult<()>;
+    async fn release(&self, instance: &str) -> StoreResult<()>;
     /// Lease `instance`, which a write of this host just gave a message,
     /// if this store can do so without a round trip (a single-host store
     /// keeping its leases in memory): true if it is now leased to the
@@ -221,48 +233,52 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn lease_local(&self, _instance: &str) -> bool {
         false
     }
+    /// Give back a lease [`lease_local`](Self::lease_local) took, at once.
+    fn release_local(&self, _instance: &str) {}
     /// Give back memory held only to go faster (page caches, idle
     /// connections), because the host has been idle: the runtime calls it
     /// after a quiet spell. Nothing stored changes; the next operations may
     /// be slower while the caches refill.
     fn release_memory(&self) {}
     /// Load an instance, its history and its inbox.
-    fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
+    async fn load(&self, instance: &str) -> StoreResult<LoadedInstance>;
     /// Load an instance and its inbox; the history may be left out (it is
     /// when the backend can skip it): for an episode of a warm instance,
     /// which has seen it.
-    fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        self.load(instance)
+    async fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        self.load(instance).await
     }
     /// Apply the episodes, each atomically and all in as few durable commits
     /// as the backend can (group commit); releases their leases. One result
-    /// per episode, in order.
-    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>>;
-    /// `commit_episodes` without blocking the calling thread (see
-    /// `ClientStore::create_instance_nonblocking`); the episodes back if
-    /// the backend has no such path.
-    fn commit_episodes_nonblocking(
-        &self,
-        episodes: Vec<EpisodeCommit>,
-    ) -> Result<PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
-        Err(episodes)
-    }
+    /// per episode, in order. Stored rows take their times from the
+    /// episodes (the caller's clock).
+    async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>>;
     /// Move every timer due at `now` into its instance's inbox; returns how many.
-    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize>;
+    async fn fire_due_timers(&self, now: Millis) -> StoreResult<usize>;
     /// When the earliest timer falls due.
-    fn next_timer_due(&self) -> StoreResult<Option<Millis>>;
+    async fn next_timer_due(&self) -> StoreResult<Option<Millis>>;
     /// True if the instance has a message in its inbox, or a timer or an
     /// activity due at `now`: work a runtime has yet to do for it.
-    fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool>;
+    async fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool>;
     /// The bytes of a stored component.
-    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;
-    /// Lease up to `max` activity rows due at `now`.
-    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>>;
+    async fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Lease up to `max` activity rows due at `now`, until `lease_until`.
+    async fn claim_activities(
+        &self,
+        max: usize,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ActivityWork>>;
     /// Record what became of a claimed activity attempt and give its lease
-    /// back, in one durable write.
-    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()>;
+    /// back, in one durable write; a result goes into the inbox stamped `now`.
+    async fn finish_activity(
+        &self,
+        id: i64,
+        finish: ActivityFinish,
+        now: Millis,
+    ) -> StoreResult<()>;
     /// When the earliest activity row is due.
-    fn next_activity_due(&self) -> StoreResult<Option<Millis>>;
+    async fn next_activity_due(&self) -> StoreResult<Option<Millis>>;
     /// Call `wake` whenever another host may have made work for this one
     /// (a shared backend hears of other hosts' writes); a backend that one
     /// host owns never calls it, its runtime knows of every write.
@@ -300,63 +316,64 @@ pub struct StoreCounts {
     pub activities: u64,
 }
 
-/// What clients (the management API, triggers) need from a store.
+/// What clients (the management API, triggers) need from a store. Every
+/// write takes its time from the caller (`now`, the runtime's clock), so
+/// that a history, its inbox rows and its leases agree with its episodes.
+#[async_trait::async_trait]
 pub trait ClientStore: Send + Sync + 'static {
     /// Count instances by status, inbox messages, timers (all and due at
     /// `now`) and activity calls. Index scans, no table read: about 50 ms
     /// per million instances on SQLite.
-    fn counts(&self, now: Millis) -> StoreResult<StoreCounts>;
+    async fn counts(&self, now: Millis) -> StoreResult<StoreCounts>;
     /// Store a component's bytes under their digest (idempotent).
-    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()>;
+    async fn put_component(&self, digest: &str, bytes: &[u8], now: Millis) -> StoreResult<()>;
     /// Create an instance with its `ExecutionStarted` event and a start
-    /// message, replacing a finished instance with the same id.
-    fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
+    /// message (stamped with its `created_at`), replacing a finished
+    /// instance with the same id.
+    async fn create_instance(&self, instance: &Instance) -> StoreResult<()>;
     /// Move an instance to another stored component, if it is still at
     /// `expected` (what the caller checked it against).
-    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()>;
-    /// Put a message into the inbox of a live instance: `NotFound` if there
-    /// is no such instance, `Finished` if it has finished (checked in the
-    /// same write, so a message never lands beside an instance that ended
-    /// meanwhile).
-    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()>;
-    /// `create_instance` without blocking the calling thread, for a
-    /// backend whose writes go to a writer of its own anyway: the returned
-    /// future resolves when the write is durable. `None`: the backend has
-    /// no such path, call `create_instance` (on a thread that may block).
-    fn create_instance_nonblocking(&self, instance: &Instance) -> Option<PendingWrite<()>> {
-        let _ = instance;
-        None
-    }
-    /// `enqueue` without blocking the calling thread (see
-    /// `create_instance_nonblocking`).
-    fn enqueue_nonblocking(&self, instance: &str, message: &Message) -> Option<PendingWrite<()>> {
-        let _ = (instance, message);
-        None
-    }
+    async fn set_component(
+        &self,
+        id: &str,
+        digest: &str,
+        expected: &Version,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Put a message into the inbox of a live instance, stamped `now`:
+    /// `NotFound` if there is no such instance, `Finished` if it has
+    /// finished (checked in the same write, so a message never lands
+    /// beside an instance that ended meanwhile).
+    async fn enqueue(&self, instance: &str, message: &Message, now: Millis) -> StoreResult<()>;
     /// One instance.
-    fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
+    async fn instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     /// One instance's history.
-    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>>;
+    async fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>>;
     /// At most `limit` events of an instance's history from position
     /// `from` on, in order: a page of [`history`](Self::history), so that a
     /// long history is read without holding all of it.
-    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>>;
+    async fn history_page(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<HistoryEntry>>;
     /// At most `query.limit` instances matching the query, in the order of
-    /// `store::listing` (creation time then id; id alone with an id prefix;
+    /// the listing (creation time then id; id alone with an id prefix;
     /// reversed when `newest_first`), each page from an index.
-    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
+    async fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
     /// Delete a finished instance and everything it owns; false if there
     /// was none, `NotFinished` if it has not finished.
-    fn purge(&self, id: &str) -> StoreResult<bool>;
+    async fn purge(&self, id: &str) -> StoreResult<bool>;
     /// Delete the first `query.limit` instances matching the query, and
     /// everything they own, in one write of a few statements; returns how
     /// many. Callers loop until it returns less than the limit, so other
     /// writes get their turn between batches.
-    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize>;
+    async fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize>;
     /// How many instances that have not finished run on each orchestration
     /// and component: (name, component digest, count), in no set order.
     /// Read from the status index and the two columns, not whole rows.
-    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>>;
+    async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>>;
 }
 
 /// `SELECT name, component FROM instances` restricted to the statuses of
@@ -384,10 +401,6 @@ pub fn count_versions(
     }
     counts.into_iter().map(|((n, c), k)| (n, c, k)).collect()
 }
-
-/// A write under way: resolves once it is durable (or has failed).
-pub type PendingWrite<T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
 
 /// A store for both consumers.
 pub trait Store: RuntimeStore + ClientStore {}

@@ -12,9 +12,9 @@
 //! fires once. Idle hosts hear of new work through `LISTEN/NOTIFY`. Writes
 //! are group-committed (`writer`).
 //!
-//! The store traits are synchronous (the runtime calls them from blocking
-//! threads); this store runs tokio-postgres on a small runtime of its own
-//! and blocks on it.
+//! The store runs on its caller's tokio runtime: `open` starts the writer
+//! lanes, the notifier and the lease renewal there, and dropping the store
+//! stops them.
 
 mod notifier;
 mod ops;
@@ -22,7 +22,6 @@ mod writer;
 
 pub use ops::sql;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
     StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
 };
+use tokio::task::AbortHandle;
 use tokio_postgres::NoTls;
 
 /// Numbered schema migrations, applied in order under an advisory lock (two
@@ -85,8 +85,6 @@ impl Default for PgOptions {
 
 /// The PostgreSQL store.
 pub struct PgStore {
-    /// Runs the driver; `None` once dropped.
-    runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     config: tokio_postgres::Config,
     /// This host's name in `lease_owner`.
@@ -100,6 +98,8 @@ pub struct PgStore {
     writer: writer::Writer,
     /// Tells other hosts of new work.
     notifier: Arc<notifier::Notifier>,
+    /// The store's background tasks, stopped with it.
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -112,43 +112,26 @@ impl std::fmt::Debug for PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        // Dropping a runtime blocks; the store may be dropped on an async
-        // thread (the server shutting down).
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+        for task in self.tasks.get_mut().expect("task list poisoned").drain(..) {
+            task.abort();
         }
     }
 }
 
-/// Run `op` on a connection to `url` of its own, with a runtime of its own
-/// on a thread of its own: the caller may be on an async thread, where a
-/// runtime may be neither run nor dropped. (For tests and benchmarks.)
-fn on_own_connection<T: Send>(
+/// Run `op` on a connection to `url` of its own (for tests and benchmarks).
+async fn on_own_connection<T>(
     url: &str,
-    op: impl AsyncFnOnce(&tokio_postgres::Client) -> StoreResult<T> + Send,
+    op: impl AsyncFnOnce(&tokio_postgres::Client) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| setup_error("the database URL", e))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let run = async {
-                let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
-                let driver = tokio::spawn(connection);
-                let result = op(&client).await;
-                drop(client);
-                let _ = driver.await;
-                result
-            };
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| setup_error("runtime", e))?
-                .block_on(run)
-        })
-        .join()
-        .expect("a statement on its own connection panicked")
-    })
+    let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
+    let driver = tokio::spawn(connection);
+    let result = op(&client).await;
+    drop(client);
+    let _ = driver.await;
+    result
 }
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
@@ -206,8 +189,9 @@ fn valid_schema(schema: &str) -> bool {
 
 impl PgStore {
     /// Connect to the database at `url` (`postgres://user:password@host/db`),
-    /// migrate its schema and start renewing leases.
-    pub fn open(url: &str, options: PgOptions) -> StoreResult<Self> {
+    /// migrate its schema and start renewing leases, on the current tokio
+    /// runtime.
+    pub async fn open(url: &str, options: PgOptions) -> StoreResult<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
             // The URL is not repeated: it may hold a password.
@@ -227,12 +211,6 @@ impl PgStore {
             session.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(session);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("duro-postgres")
-            .enable_all()
-            .build()
-            .map_err(|e| setup_error("cannot start the PostgreSQL driver", e))?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -245,13 +223,9 @@ impl PgStore {
             .build()
             .map_err(|e| setup_error("cannot build the connection pool", e))?;
         let owner = host_name();
-        let (writer, notifier) = {
-            let _entered = runtime.enter();
-            let notifier = notifier::Notifier::start(pool.clone());
-            (writer::Writer::start(&pool, &owner, &notifier), notifier)
-        };
+        let (notifier, notifying) = notifier::Notifier::start(pool.clone());
+        let writer = writer::Writer::start(&pool, &owner, &notifier);
         let store = PgStore {
-            runtime: Some(runtime),
             writer,
             notifier,
             pool,
@@ -260,8 +234,9 @@ impl PgStore {
             lease_ttl: options.lease_ttl,
             max_inbox: options.max_inbox,
             wake: Arc::default(),
+            tasks: Mutex::new(vec![notifying]),
         };
-        store.block(store.migrate(options.schema.as_deref()))?;
+        store.migrate(options.schema.as_deref()).await?;
         if options.renew_leases {
             store.spawn(renew_leases(
                 store.pool.clone(),
@@ -274,7 +249,7 @@ impl PgStore {
 
     /// Drop `schema` and everything in it (tests give each store a schema
     /// of its own and drop it after).
-    pub fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
+    pub async fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
         if !valid_schema(schema) {
             return Err(setup_error("schema", format!("{schema:?} is not valid")));
         }
@@ -282,11 +257,12 @@ impl PgStore {
         on_own_connection(url, async |client| {
             client.batch_execute(&sql).await.map_err(backend)
         })
+        .await
     }
 
     /// The bytes the tables of `schema` take on disk, their indexes and
     /// TOAST included (for the benchmarks' bytes per instance).
-    pub fn schema_bytes(url: &str, schema: &str) -> StoreResult<u64> {
+    pub async fn schema_bytes(url: &str, schema: &str) -> StoreResult<u64> {
         on_own_connection(url, async |client| {
             let row = client
                 .query_one(
@@ -299,18 +275,19 @@ impl PgStore {
                 .map_err(backend)?;
             Ok(row.get::<_, i64>(0) as u64)
         })
+        .await
     }
 
     /// The plan PostgreSQL chooses for `sql` with `params` when a
     /// sequential scan is priced out (`enable_seqscan = off`): a table scan
     /// left in the plan means no index can serve the statement. One line
     /// per plan node (for the query-plan test).
-    pub fn explain(
+    pub async fn explain(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<String>> {
-        self.block(async {
+        {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
             tx.batch_execute("SET LOCAL enable_seqscan = off")
@@ -322,7 +299,7 @@ impl PgStore {
                 .map_err(backend)?;
             tx.rollback().await.map_err(backend)?;
             Ok(plan.iter().map(|r| r.get::<_, String>(0)).collect())
-        })
+        }
     }
 
     /// For tests: the database URL in `DURO_TEST_POSTGRES_URL` and a schema
@@ -330,7 +307,7 @@ impl PgStore {
     /// starts empty; `None` when the variable is not set, after saying that
     /// `test` is skipped, unless `DURO_REQUIRE_POSTGRES` is set (as in CI),
     /// which makes a missing server a failure.
-    pub fn test_schema(test: &str) -> Option<(String, String)> {
+    pub async fn test_schema(test: &str) -> Option<(String, String)> {
         let Ok(url) = std::env::var("DURO_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var_os("DURO_REQUIRE_POSTGRES").is_none(),
@@ -340,36 +317,16 @@ impl PgStore {
             return None;
         };
         let schema = format!("t_{test}_{}", std::process::id()).to_lowercase();
-        PgStore::drop_schema(&url, &schema).expect("PostgreSQL reachable");
+        PgStore::drop_schema(&url, &schema)
+            .await
+            .expect("PostgreSQL reachable");
         Some((url, schema))
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("the store is open")
-    }
-
+    /// Run `task` on the current runtime until the store is dropped.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.runtime().spawn(task);
-    }
-
-    /// Run `op` on the driver's runtime and wait for it, from any thread:
-    /// a blocking thread, an episode thread, or (briefly) an async one.
-    fn block<T: Send>(&self, op: impl Future<Output = StoreResult<T>> + Send) -> StoreResult<T> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let runtime = self.runtime();
-        match Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| runtime.block_on(op))
-            }
-            // A current-thread runtime cannot give its thread away: wait on
-            // another one.
-            Ok(_) => std::thread::scope(|s| {
-                s.spawn(|| runtime.block_on(op))
-                    .join()
-                    .expect("a store operation panicked")
-            }),
-            Err(_) => runtime.block_on(op),
-        }
+        let task = tokio::spawn(task).abort_handle();
+        self.tasks.lock().expect("task list poisoned").push(task);
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -421,8 +378,9 @@ impl PgStore {
         tx.commit().await.map_err(backend)
     }
 
-    fn lease_deadline(&self) -> i64 {
-        (now_millis() + self.lease_ttl.as_millis() as Millis) as i64
+    /// When a lease taken at `now` ends unless renewed.
+    fn lease_deadline(&self, now: Millis) -> i64 {
+        (now + self.lease_ttl.as_millis() as Millis) as i64
     }
 }
 
@@ -493,41 +451,36 @@ async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
     }
 }
 
+#[async_trait::async_trait]
 impl RuntimeStore for PgStore {
-    /// The lease lasts the store's `lease_ttl` from now, renewed while this
-    /// host lives, whatever `lease_until` the runtime asks for.
-    fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::claim_ready(&client, &self.owner, self.lease_deadline(), max).await
-        })
-    }
-
-    fn release(&self, instance: &str) -> StoreResult<()> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::release(&client, &self.owner, &[instance.to_string()]).await
-        })
-    }
-
-    fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::load(&mut client, instance, true).await
-        })
-    }
-
-    fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::load(&mut client, instance, false).await
-        })
-    }
-
-    fn commit_episodes_nonblocking(
+    /// The lease lasts the store's `lease_ttl` from `now`, renewed while
+    /// this host lives, whatever `lease_until` the runtime asks for.
+    async fn claim_ready(
         &self,
-        episodes: Vec<EpisodeCommit>,
-    ) -> Result<duro_core::store::PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
+        max: usize,
+        now: Millis,
+        _lease_until: Millis,
+    ) -> StoreResult<Vec<String>> {
+        let client = self.client().await?;
+        ops::claim_ready(&client, &self.owner, now, self.lease_deadline(now), max).await
+    }
+
+    async fn release(&self, instance: &str) -> StoreResult<()> {
+        let client = self.client().await?;
+        ops::release(&client, &self.owner, &[instance.to_string()]).await
+    }
+
+    async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        let mut client = self.client().await?;
+        ops::load(&mut client, instance, true).await
+    }
+
+    async fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        let mut client = self.client().await?;
+        ops::load(&mut client, instance, false).await
+    }
+
+    async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
         // Each episode is a write of its own: the writers fold them, and
         // any other waiting writes, into as few transactions as they can.
         let pending: Vec<_> = episodes
@@ -537,74 +490,63 @@ impl RuntimeStore for PgStore {
                     .submit(writer::Write::Episode(Box::new(episode)))
             })
             .collect();
-        Ok(Box::pin(async move {
-            let mut results = Vec::with_capacity(pending.len());
-            for result in pending {
-                results.push(result.await);
-            }
-            Ok(results)
-        }))
+        let mut results = Vec::with_capacity(pending.len());
+        for result in pending {
+            results.push(result.await);
+        }
+        results
     }
 
-    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
-        let Ok(pending) = self.commit_episodes_nonblocking(episodes) else {
-            unreachable!("this store always commits without blocking");
-        };
-        self.block(pending)
-            .expect("waiting for submitted writes cannot fail")
-    }
-
-    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
-        let fired = self.block(async {
+    async fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
+        let fired = {
             let mut client = self.client().await?;
-            ops::fire_due_timers(&mut client, now).await
-        })?;
+            ops::fire_due_timers(&mut client, now).await?
+        };
         if fired > 0 {
             self.notifier.raise(WorkKind::Instances);
         }
         Ok(fired)
     }
 
-    fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::min_of(&client, ops::sql::NEXT_TIMER_DUE).await
-        })
+    async fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
+        let client = self.client().await?;
+        ops::min_of(&client, ops::sql::NEXT_TIMER_DUE).await
     }
 
-    fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::has_pending_work(&client, instance, now).await
-        })
+    async fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
+        let client = self.client().await?;
+        ops::has_pending_work(&client, instance, now).await
     }
 
-    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::component(&client, digest).await
-        })
+    async fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        let client = self.client().await?;
+        ops::component(&client, digest).await
     }
 
-    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::claim_activities(&client, &self.owner, self.lease_deadline(), max, now).await
-        })
+    async fn claim_activities(
+        &self,
+        max: usize,
+        now: Millis,
+        _lease_until: Millis,
+    ) -> StoreResult<Vec<ActivityWork>> {
+        let client = self.client().await?;
+        ops::claim_activities(&client, &self.owner, self.lease_deadline(now), max, now).await
     }
 
-    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
-        self.block(
-            self.writer
-                .submit(writer::Write::FinishActivity(id, finish)),
-        )
+    async fn finish_activity(
+        &self,
+        id: i64,
+        finish: ActivityFinish,
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.writer
+            .submit(writer::Write::FinishActivity(id, finish, now))
+            .await
     }
 
-    fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::min_of(&client, ops::sql::NEXT_ACTIVITY_DUE).await
-        })
+    async fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
+        let client = self.client().await?;
+        ops::min_of(&client, ops::sql::NEXT_ACTIVITY_DUE).await
     }
 
     fn on_foreign_work(&self, wake: WakeFn) {
@@ -616,106 +558,87 @@ impl RuntimeStore for PgStore {
     }
 }
 
+#[async_trait::async_trait]
 impl ClientStore for PgStore {
-    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::put_component(&client, digest, bytes).await
-        })
+    async fn put_component(&self, digest: &str, bytes: &[u8], now: Millis) -> StoreResult<()> {
+        let client = self.client().await?;
+        ops::put_component(&client, digest, bytes, now).await
     }
 
-    fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
-        self.block(self.writer.submit(writer::Write::Create(instance.clone())))
+    async fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
+        self.writer
+            .submit(writer::Write::Create(instance.clone()))
+            .await
     }
 
-    fn create_instance_nonblocking(
+    async fn set_component(
         &self,
-        instance: &Instance,
-    ) -> Option<duro_core::store::PendingWrite<()>> {
-        Some(Box::pin(
-            self.writer.submit(writer::Write::Create(instance.clone())),
+        id: &str,
+        digest: &str,
+        expected: &Version,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        ops::set_component(&mut client, id, digest, expected, now).await
+    }
+
+    async fn enqueue(&self, instance: &str, message: &Message, now: Millis) -> StoreResult<()> {
+        let write = writer::Write::Enqueue {
+            id: instance.to_string(),
+            message: message.clone(),
+            max_inbox: self.max_inbox,
+            at: now,
+        };
+        self.writer.submit(write).await
+    }
+
+    async fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
+        let client = self.client().await?;
+        ops::counts(&client, now).await
+    }
+
+    async fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        let client = self.client().await?;
+        ops::get_instance(&client, id).await
+    }
+
+    async fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+        let client = self.client().await?;
+        ops::get_history(&client, id).await
+    }
+
+    async fn history_page(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let client = self.client().await?;
+        ops::get_history_page(&client, id, from, limit).await
+    }
+
+    async fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        let client = self.client().await?;
+        ops::list_instances(&client, query).await
+    }
+
+    async fn purge(&self, id: &str) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        ops::purge(&mut client, id).await
+    }
+
+    async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        let client = self.client().await?;
+        let sql = duro_core::store::in_flight_versions_sql();
+        let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
+        let rows = client.query(&stmt, &[]).await.map_err(backend)?;
+        Ok(duro_core::store::count_versions(
+            rows.iter().map(|r| (r.get(0), r.get(1))),
         ))
     }
 
-    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::set_component(&mut client, id, digest, expected).await
-        })
-    }
-
-    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
-        let write = writer::Write::Enqueue(instance.to_string(), message.clone(), self.max_inbox);
-        self.block(self.writer.submit(write))
-    }
-
-    fn enqueue_nonblocking(
-        &self,
-        instance: &str,
-        message: &Message,
-    ) -> Option<duro_core::store::PendingWrite<()>> {
-        let write = writer::Write::Enqueue(instance.to_string(), message.clone(), self.max_inbox);
-        Some(Box::pin(self.writer.submit(write)))
-    }
-
-    fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::counts(&client, now).await
-        })
-    }
-
-    fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::get_instance(&client, id).await
-        })
-    }
-
-    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::get_history(&client, id).await
-        })
-    }
-
-    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::get_history_page(&client, id, from, limit).await
-        })
-    }
-
-    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-        self.block(async {
-            let client = self.client().await?;
-            ops::list_instances(&client, query).await
-        })
-    }
-
-    fn purge(&self, id: &str) -> StoreResult<bool> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::purge(&mut client, id).await
-        })
-    }
-
-    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
-        self.block(async {
-            let client = self.client().await?;
-            let sql = duro_core::store::in_flight_versions_sql();
-            let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
-            let rows = client.query(&stmt, &[]).await.map_err(backend)?;
-            Ok(duro_core::store::count_versions(
-                rows.iter().map(|r| (r.get(0), r.get(1))),
-            ))
-        })
-    }
-
-    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
-        self.block(async {
-            let mut client = self.client().await?;
-            ops::purge_batch(&mut client, query).await
-        })
+    async fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
+        let mut client = self.client().await?;
+        ops::purge_batch(&mut client, query).await
     }
 }

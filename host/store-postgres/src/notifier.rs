@@ -28,11 +28,12 @@ fn bit(kind: WorkKind) -> u8 {
 }
 
 impl Notifier {
-    /// Start sending on the current runtime.
-    pub fn start(pool: Pool) -> Arc<Notifier> {
+    /// Start sending on the current runtime: the notifier, and the task
+    /// that sends (to stop with the store).
+    pub fn start(pool: Pool) -> (Arc<Notifier>, tokio::task::AbortHandle) {
         let notifier = Arc::new(Notifier::default());
-        tokio::spawn(send(pool, notifier.clone()));
-        notifier
+        let sending = tokio::spawn(send(pool, notifier.clone())).abort_handle();
+        (notifier, sending)
     }
 
     /// Tell other hosts, soon, that there is work of this kind.

@@ -5,7 +5,7 @@
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    ParentCall, RuntimeStatus, input_hash, now_millis,
+    ParentCall, RuntimeStatus, input_hash,
 };
 use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::{
@@ -223,6 +223,7 @@ async fn append_events(
     id: &str,
     first_seq: u64,
     events: &[HistoryEvent],
+    at: Millis,
 ) -> StoreResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -236,7 +237,7 @@ async fn append_events(
         c,
         "INSERT INTO history (instance_id, seq, timestamp, event) \
          SELECT $1, $2 + n - 1, $3, event FROM UNNEST($4::text[]) WITH ORDINALITY AS e (event, n)",
-        &[&id, &(first_seq as i64), &(now_millis() as i64), &json],
+        &[&id, &(first_seq as i64), &(at as i64), &json],
     )
     .await?;
     Ok(())
@@ -244,12 +245,17 @@ async fn append_events(
 
 /// Put a message into an inbox, marking the instance ready (the writer
 /// tells other hosts after the commit).
-async fn push_message(c: &impl GenericClient, id: &str, message: &Message) -> StoreResult<()> {
+async fn push_message(
+    c: &impl GenericClient,
+    id: &str,
+    message: &Message,
+    at: Millis,
+) -> StoreResult<()> {
     let json = to_json("message", message)?;
     exec(
         c,
         sql::PUSH_MESSAGE,
-        &[&id, &json, &message.is_control(), &(now_millis() as i64)],
+        &[&id, &json, &message.is_control(), &(at as i64)],
     )
     .await?;
     Ok(())
@@ -317,7 +323,13 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
     let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
     let (appended, pushed) = tokio::join!(
         biased;
-        append_events(c, &instance.id, 0, std::slice::from_ref(&started)),
+        append_events(
+            c,
+            &instance.id,
+            0,
+            std::slice::from_ref(&started),
+            instance.created_at
+        ),
         exec(
             c,
             "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)",
@@ -327,12 +339,12 @@ pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> Sto
     appended.and(pushed.map(drop))
 }
 
-pub async fn put_component(c: &Object, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+pub async fn put_component(c: &Object, digest: &str, bytes: &[u8], now: Millis) -> StoreResult<()> {
     exec(
         c,
         "INSERT INTO components (digest, bytes, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (digest) DO NOTHING",
-        &[&digest, &bytes, &(now_millis() as i64)],
+        &[&digest, &bytes, &(now as i64)],
     )
     .await?;
     Ok(())
@@ -385,13 +397,14 @@ pub async fn set_component(
     id: &str,
     digest: &str,
     expected: &Version,
+    now: Millis,
 ) -> StoreResult<()> {
     let tx = c.transaction().await.map_err(backend)?;
     check_version(&tx, id, expected).await?;
     exec(
         &tx,
         "UPDATE instances SET component = $2, updated_at = $3 WHERE id = $1",
-        &[&id, &digest, &(now_millis() as i64)],
+        &[&id, &digest, &(now as i64)],
     )
     .await?;
     tx.commit().await.map_err(backend)
@@ -404,6 +417,7 @@ pub async fn enqueue(
     id: &str,
     message: &Message,
     max_inbox: usize,
+    at: Millis,
 ) -> StoreResult<()> {
     // One statement: the message goes in only beside its live instance,
     // and an event only while fewer than `max_inbox` messages wait for it
@@ -430,7 +444,7 @@ pub async fn enqueue(
             &id,
             &json,
             &message.is_control(),
-            &(now_millis() as i64),
+            &(at as i64),
             &finished,
             &(max_inbox as i64),
         ],
@@ -549,14 +563,14 @@ pub async fn purge_batch(c: &mut Object, query: &InstanceQuery) -> StoreResult<u
 pub async fn claim_ready(
     c: &Object,
     owner: &str,
+    now: Millis,
     lease_until: i64,
     max: usize,
 ) -> StoreResult<Vec<String>> {
-    let now = now_millis() as i64;
     let claimed = rows(
         c,
         sql::CLAIM_READY,
-        &[&owner, &lease_until, &now, &(max as i64)],
+        &[&owner, &lease_until, &(now as i64), &(max as i64)],
     )
     .await?;
     Ok(claimed.iter().map(|r| r.get(0)).collect())
@@ -686,7 +700,7 @@ pub async fn apply_episode(
     ];
     let (appended, consumed, updated) = tokio::join!(
         biased;
-        append_events(tx, id, first_seq, &episode.new_events),
+        append_events(tx, id, first_seq, &episode.new_events, instance.updated_at),
         async {
             if episode.consumed.is_empty() {
                 return Ok(0);
@@ -753,7 +767,7 @@ pub async fn apply_episode(
                 execution: parent.execution.clone(),
                 result: Err(format!("sub-orchestration not started: {e}")),
             };
-            push_message(tx, &parent.instance, &failed).await?;
+            push_message(tx, &parent.instance, &failed, instance.updated_at).await?;
         }
     }
     if instance.status.is_terminal() {
@@ -761,7 +775,7 @@ pub async fn apply_episode(
         drop_scheduled_work(tx, id).await?;
     }
     for message in &episode.follow_up {
-        push_message(tx, id, message).await?;
+        push_message(tx, id, message, instance.updated_at).await?;
     }
     Ok(())
 }
@@ -849,7 +863,7 @@ async fn notify_parent(tx: &Transaction<'_>, child: &Instance) -> StoreResult<()
         execution: parent.execution.clone(),
         result: duro_core::model::child_result(child),
     };
-    push_message(tx, &parent.instance, &message).await
+    push_message(tx, &parent.instance, &message, child.updated_at).await
 }
 
 /// Move due timers into their instances' inboxes, skipping rows another
@@ -867,7 +881,7 @@ pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> 
             fire_at: timer.get::<_, i64>(2) as Millis,
             execution: Some(timer.get(3)),
         };
-        push_message(&tx, &instance, &message).await?;
+        push_message(&tx, &instance, &message, now).await?;
     }
     tx.commit().await.map_err(backend)?;
     Ok(due.len())
@@ -915,13 +929,10 @@ pub async fn claim_activities(
     now: Millis,
 ) -> StoreResult<Vec<ActivityWork>> {
     let now = now as i64;
-    // The lease's expiry is compared with the wall clock, not `now` (the
-    // runtime's clock, which a test may hold still).
-    let wall = now_millis() as i64;
     let claimed = rows(
         c,
         sql::CLAIM_ACTIVITIES,
-        &[&owner, &lease_until, &now, &(max as i64), &wall],
+        &[&owner, &lease_until, &now, &(max as i64), &now],
     )
     .await?;
     claimed
@@ -956,6 +967,7 @@ pub async fn finish_activity(
     owner: &str,
     id: i64,
     finish: ActivityFinish,
+    at: Millis,
 ) -> StoreResult<()> {
     match finish {
         ActivityFinish::Retry {
@@ -986,7 +998,7 @@ pub async fn finish_activity(
             .await?;
             if let Some(done) = done {
                 let instance: String = done.get(0);
-                push_message(tx, &instance, &message).await?;
+                push_message(tx, &instance, &message, at).await?;
             }
         }
     }

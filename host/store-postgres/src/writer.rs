@@ -7,7 +7,7 @@
 //! back once the transaction is durable.
 
 use deadpool_postgres::{Pool, Transaction};
-use duro_core::model::{Instance, Message};
+use duro_core::model::{Instance, Message, Millis};
 use duro_core::store::{ActivityFinish, EpisodeCommit, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,20 +29,27 @@ const LANES: usize = 4;
 pub enum Write {
     /// Create an instance (`ClientStore::create_instance`).
     Create(Instance),
-    /// Put a message into an existing instance's inbox.
-    Enqueue(String, Message, usize),
+    /// Put a message into an existing instance's inbox, stamped `at`, if
+    /// fewer than `max_inbox` wait there.
+    Enqueue {
+        id: String,
+        message: Message,
+        max_inbox: usize,
+        at: Millis,
+    },
     /// Commit an episode (its lease given back with it; a refused one's
     /// lease is given back after the transaction).
     Episode(Box<EpisodeCommit>),
-    /// Record what became of an activity attempt.
-    FinishActivity(i64, ActivityFinish),
+    /// Record what became of an activity attempt (a result stamped at the
+    /// given time).
+    FinishActivity(i64, ActivityFinish, Millis),
 }
 
 impl Write {
     /// The kinds of work it makes for some host once committed.
     fn work_made(&self) -> Vec<WorkKind> {
         match self {
-            Write::Create(_) | Write::Enqueue(..) => vec![WorkKind::Instances],
+            Write::Create(_) | Write::Enqueue { .. } => vec![WorkKind::Instances],
             Write::Episode(episode) => {
                 let mut kinds = Vec::new();
                 // Messages to its own inbox, or to a parent's or children's.
@@ -60,8 +67,10 @@ impl Write {
                 }
                 kinds
             }
-            Write::FinishActivity(_, ActivityFinish::Retry { .. }) => vec![WorkKind::Activities],
-            Write::FinishActivity(_, ActivityFinish::Done(_)) => vec![WorkKind::Instances],
+            Write::FinishActivity(_, ActivityFinish::Retry { .. }, _) => {
+                vec![WorkKind::Activities]
+            }
+            Write::FinishActivity(_, ActivityFinish::Done(_), _) => vec![WorkKind::Instances],
         }
     }
 
@@ -69,7 +78,7 @@ impl Write {
     fn key(&self) -> &str {
         match self {
             Write::Create(instance) => &instance.id,
-            Write::Enqueue(id, ..) => id,
+            Write::Enqueue { id, .. } => id,
             Write::Episode(episode) => &episode.instance.id,
             Write::FinishActivity(..) => "",
         }
@@ -244,10 +253,15 @@ fn on_distinct_instances(writes: &[Write]) -> bool {
 async fn apply(tx: &Transaction<'_>, owner: &str, write: &Write) -> StoreResult<()> {
     match write {
         Write::Create(instance) => ops::insert_instance(tx, instance).await,
-        Write::Enqueue(id, message, max_inbox) => ops::enqueue(tx, id, message, *max_inbox).await,
+        Write::Enqueue {
+            id,
+            message,
+            max_inbox,
+            at,
+        } => ops::enqueue(tx, id, message, *max_inbox, *at).await,
         Write::Episode(episode) => ops::apply_episode(tx, owner, episode).await,
-        Write::FinishActivity(id, finish) => {
-            ops::finish_activity(tx, owner, *id, finish.clone()).await
+        Write::FinishActivity(id, finish, at) => {
+            ops::finish_activity(tx, owner, *id, finish.clone(), *at).await
         }
     }
 }

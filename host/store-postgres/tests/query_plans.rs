@@ -8,9 +8,10 @@ use duro_core::store::listing::{self, SqlValue};
 use duro_store_postgres::{PgOptions, PgStore, sql};
 use tokio_postgres::types::ToSql;
 
-fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) {
+async fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) {
     let plan = store
         .explain(sql, params)
+        .await
         .unwrap_or_else(|e| panic!("{what}: {e}\n{sql}"));
     let scans: Vec<&String> = plan
         .iter()
@@ -23,52 +24,55 @@ fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)])
     );
 }
 
-#[test]
-fn every_statement_is_served_by_an_index() {
-    let Some((url, schema)) = PgStore::test_schema("plans") else {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_is_served_by_an_index() {
+    let Some((url, schema)) = PgStore::test_schema("plans").await else {
         return;
     };
     let options = PgOptions {
         schema: Some(schema.clone()),
         ..Default::default()
     };
-    let store = PgStore::open(&url, options).unwrap();
+    let store = PgStore::open(&url, options).await.unwrap();
     let (id, owner, now, limit) = ("i", "host", 1_000_i64, 10_i64);
     let ids = vec!["a".to_string(), "b".to_string()];
     let consumed = vec![1_i64, 2];
-    check(&store, "get instance", sql::GET_INSTANCE, &[&id]);
-    check(&store, "lock version", sql::LOCK_VERSION, &[&id]);
-    check(&store, "load history", sql::LOAD_HISTORY, &[&id]);
+    check(&store, "get instance", sql::GET_INSTANCE, &[&id]).await;
+    check(&store, "lock version", sql::LOCK_VERSION, &[&id]).await;
+    check(&store, "load history", sql::LOAD_HISTORY, &[&id]).await;
     check(
         &store,
         "load a page of a history",
         sql::LOAD_HISTORY_PAGE,
         &[&id, &500i64, &128i64],
-    );
-    check(&store, "load inbox", sql::LOAD_INBOX, &[&id]);
+    )
+    .await;
+    check(&store, "load inbox", sql::LOAD_INBOX, &[&id]).await;
     check(
         &store,
         "claim ready",
         sql::CLAIM_READY,
         &[&owner, &now, &now, &limit],
-    );
-    check(&store, "release", sql::RELEASE, &[&ids, &owner]);
-    check(&store, "consume", sql::DELETE_CONSUMED, &[&id, &consumed]);
-    check(&store, "fire due timers", sql::FIRE_DUE_TIMERS, &[&now]);
-    check(&store, "next timer", sql::NEXT_TIMER_DUE, &[]);
-    check(&store, "pending work", sql::HAS_PENDING_WORK, &[&id, &now]);
+    )
+    .await;
+    check(&store, "release", sql::RELEASE, &[&ids, &owner]).await;
+    check(&store, "consume", sql::DELETE_CONSUMED, &[&id, &consumed]).await;
+    check(&store, "fire due timers", sql::FIRE_DUE_TIMERS, &[&now]).await;
+    check(&store, "next timer", sql::NEXT_TIMER_DUE, &[]).await;
+    check(&store, "pending work", sql::HAS_PENDING_WORK, &[&id, &now]).await;
     check(
         &store,
         "claim activities",
         sql::CLAIM_ACTIVITIES,
         &[&owner, &now, &now, &limit, &now],
-    );
-    check(&store, "next activity", sql::NEXT_ACTIVITY_DUE, &[]);
+    )
+    .await;
+    check(&store, "next activity", sql::NEXT_ACTIVITY_DUE, &[]).await;
     for statement in sql::RENEW_LEASES {
-        check(&store, "renew leases", statement, &[&owner, &now]);
+        check(&store, "renew leases", statement, &[&owner, &now]).await;
     }
     for statement in sql::PURGE_BATCH {
-        check(&store, "purge batch", statement, &[&ids]);
+        check(&store, "purge batch", statement, &[&ids]).await;
     }
     // Listings, with each filter and their combinations, and a continuation.
     let base = InstanceQuery {
@@ -148,9 +152,9 @@ fn every_statement_is_served_by_an_index() {
                 })
                 .collect();
             let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
-            check(&store, what, &statement.sql, &params);
+            check(&store, what, &statement.sql, &params).await;
         }
     }
     drop(store);
-    PgStore::drop_schema(&url, &schema).unwrap();
+    PgStore::drop_schema(&url, &schema).await.unwrap();
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    ParentCall, RuntimeStatus, canonical_json_text, input_hash, now_millis,
+    ParentCall, RuntimeStatus, canonical_json_text, input_hash,
 };
 use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::{
@@ -162,9 +162,8 @@ enum WriterTask {
 
 /// The SQLite store.
 pub struct SqliteStore {
-    path: PathBuf,
     writer: Mutex<mpsc::Sender<WriterTask>>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Arc<Readers>,
     /// Instances some worker of this process is stepping.
     leased: Arc<Mutex<HashSet<String>>>,
     /// Activity rows some activity worker of this process is running.
@@ -265,38 +264,28 @@ impl SqliteStore {
                 retriable: false,
             })?;
         Ok(SqliteStore {
-            path,
             writer: Mutex::new(tx),
-            readers: Mutex::new(Vec::new()),
+            readers: Arc::new(Readers {
+                path,
+                pool: Mutex::default(),
+            }),
             leased: Arc::default(),
             leased_activities: Mutex::default(),
             max_inbox,
         })
     }
 
-    /// Hand `op` to the writer for its next group transaction.
+    /// Hand `op` to the writer for its next group transaction: the reply
+    /// comes once that transaction is durable, and no thread waits for it.
     fn submit<R: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> PendingWrite<R> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel::<StoreResult<R>>(1);
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
         let sent = self.submit_with(op, move |result| {
             let _ = reply_tx.send(result);
         });
         PendingWrite(sent.then_some(reply_rx))
-    }
-
-    /// [`SqliteStore::submit`] for an async caller: the future resolves
-    /// when the transaction is durable, and no thread waits for it.
-    fn submit_async<R: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
-    ) -> duro_core::store::PendingWrite<R> {
-        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
-        self.submit_with(op, move |result| {
-            let _ = reply_tx.send(result);
-        });
-        Box::pin(async move { reply_rx.await.unwrap_or_else(|_| Err(writer_stopped())) })
     }
 
     /// Hand `op` to the writer; `reply` gets its result once the group's
@@ -333,17 +322,50 @@ impl SqliteStore {
             .is_ok()
     }
 
-    /// Run `op` inside the writer's next group transaction and wait until that
-    /// transaction is durable.
-    fn write<R: Send + 'static>(
+    /// Run `op` inside the writer's next group transaction; resolves once
+    /// that transaction is durable.
+    async fn write<R: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        self.submit(op).wait()
+        self.submit(op).await
     }
 
+    /// Run `op` on a pooled read connection, on the calling thread: for
+    /// reads answered from an index in microseconds (an instance, its
+    /// inbox, a claim), which a thread hop would only slow down.
     fn read<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
-        let pooled = self.readers.lock().expect("reader pool poisoned").pop();
+        self.readers.read(op)
+    }
+
+    /// Run `op` on a pooled read connection on a blocking thread: for
+    /// reads whose size the caller picks (histories, listings, counts,
+    /// component bytes), which must not hold up an async worker.
+    async fn read_aside<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let readers = self.readers.clone();
+        match tokio::task::spawn_blocking(move || readers.read(op)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Backend {
+                message: format!("the read was cancelled: {e}"),
+                retriable: true,
+            }),
+        }
+    }
+}
+
+/// The read connections of a store, opened as needed and kept for reuse.
+struct Readers {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn read<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+        let pooled = self.pool.lock().expect("reader pool poisoned").pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => open_connection(&self.path)?,
@@ -355,10 +377,7 @@ impl SqliteStore {
         if !conn.is_autocommit() && run(&conn, "ROLLBACK").is_err() {
             return result;
         }
-        self.readers
-            .lock()
-            .expect("reader pool poisoned")
-            .push(conn);
+        self.pool.lock().expect("reader pool poisoned").push(conn);
         result
     }
 }
@@ -417,7 +436,7 @@ impl SqliteStore {
     /// two-event history (started, then its end), in one transaction. Rows
     /// are written as `create_instance` and an episode would write them, so
     /// every query and purge treats them like any other instance.
-    pub fn insert_finished(&self, instances: Vec<Instance>) -> StoreResult<usize> {
+    pub async fn insert_finished(&self, instances: Vec<Instance>) -> StoreResult<usize> {
         self.write(move |conn| {
             let mut insert = conn
                 .prepare_cached(
@@ -460,22 +479,41 @@ impl SqliteStore {
                     name: instance.name.clone(),
                     input: instance.input.clone(),
                 };
-                append_events(conn, &instance.id, 0, &[started, last])?;
+                append_events(conn, &instance.id, 0, &[started, last], instance.created_at)?;
             }
             Ok(instances.len())
         })
+        .await
     }
 }
 
-/// A write handed to the writer thread (none if the writer had stopped).
-struct PendingWrite<R>(Option<mpsc::Receiver<StoreResult<R>>>);
+/// A write handed to the writer thread (none if the writer had stopped):
+/// resolves once its transaction is durable (or has failed).
+struct PendingWrite<R>(Option<tokio::sync::oneshot::Receiver<StoreResult<R>>>);
 
+impl<R> std::future::Future for PendingWrite<R> {
+    type Output = StoreResult<R>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<StoreResult<R>> {
+        let Some(reply) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Err(writer_stopped()));
+        };
+        std::pin::Pin::new(reply)
+            .poll(cx)
+            .map(|reply| reply.unwrap_or_else(|_| Err(writer_stopped())))
+    }
+}
+
+#[cfg(test)]
 impl<R> PendingWrite<R> {
-    /// Its result, once its transaction is durable (or has failed).
+    /// Its result, waited for on this thread (tests).
     fn wait(self) -> StoreResult<R> {
         self.0
             .ok_or_else(writer_stopped)?
-            .recv()
+            .blocking_recv()
             .map_err(|_| writer_stopped())?
     }
 }
@@ -696,8 +734,9 @@ fn append_events(
     id: &str,
     first_seq: u64,
     events: &[HistoryEvent],
+    at: Millis,
 ) -> StoreResult<()> {
-    let now = now_millis() as i64;
+    let now = at as i64;
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO history (instance_id, seq, timestamp, event) VALUES (?1, ?2, ?3, ?4)",
@@ -711,13 +750,13 @@ fn append_events(
     Ok(())
 }
 
-fn push_message(conn: &Connection, id: &str, message: &Message) -> StoreResult<()> {
+fn push_message(conn: &Connection, id: &str, message: &Message, at: Millis) -> StoreResult<()> {
     let json = serde_json::to_string(message).map_err(|e| corrupt("message", e))?;
     conn.prepare_cached(
         "INSERT INTO inbox (instance_id, message, control, created_at) VALUES (?1, ?2, ?3, ?4)",
     )
     .map_err(backend)?
-    .execute(params![id, json, message.is_control(), now_millis() as i64])
+    .execute(params![id, json, message.is_control(), at as i64])
     .map_err(backend)?;
     Ok(())
 }
@@ -856,8 +895,9 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
             name: instance.name.clone(),
             input: instance.input.clone(),
         }],
+        instance.created_at,
     )?;
-    push_message(conn, &instance.id, &Message::Start)
+    push_message(conn, &instance.id, &Message::Start, instance.created_at)
 }
 
 /// Give the leases of `ids` back (their episodes have committed or failed).
@@ -875,6 +915,7 @@ fn enqueue_live(
     id: &str,
     message: &Message,
     max_inbox: usize,
+    at: Millis,
 ) -> StoreResult<()> {
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")
@@ -906,7 +947,7 @@ fn enqueue_live(
             limit: max_inbox,
         });
     }
-    push_message(conn, id, message)
+    push_message(conn, id, message, at)
 }
 
 /// Delete the timers and activity calls of an execution that has ended
@@ -949,6 +990,7 @@ fn notify_parent(conn: &Connection, child: &Instance) -> StoreResult<()> {
             execution: parent.execution.clone(),
             result: duro_core::model::child_result(child),
         },
+        child.updated_at,
     )
 }
 
@@ -987,7 +1029,13 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
     } else {
         episode.expected.history_len
     };
-    append_events(conn, &instance.id, first_seq, &episode.new_events)?;
+    append_events(
+        conn,
+        &instance.id,
+        first_seq,
+        &episode.new_events,
+        instance.updated_at,
+    )?;
     // The input only changes with the history (continue-as-new): leaving it
     // out of the common UPDATE spares its index an update per episode.
     if episode.reset_history {
@@ -1083,6 +1131,7 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
                     execution: parent.execution.clone(),
                     result: Err(format!("sub-orchestration not started: {e}")),
                 },
+                instance.updated_at,
             )?;
         }
     }
@@ -1091,17 +1140,18 @@ fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> 
         drop_scheduled_work(conn, &instance.id)?;
     }
     for message in &episode.follow_up {
-        push_message(conn, &instance.id, message)?;
+        push_message(conn, &instance.id, message, instance.updated_at)?;
     }
     Ok(())
 }
 
+#[async_trait::async_trait]
 impl RuntimeStore for SqliteStore {
     /// Closes the pooled reader connections (each holds a page cache of
     /// its own; the next reads open new ones) and has the writer free its
     /// page cache between transactions.
     fn release_memory(&self) {
-        let readers = std::mem::take(&mut *self.readers.lock().expect("reader pool poisoned"));
+        let readers = std::mem::take(&mut *self.readers.pool.lock().expect("reader pool poisoned"));
         drop(readers);
         let _ = self
             .writer
@@ -1113,7 +1163,12 @@ impl RuntimeStore for SqliteStore {
     /// Leases live in memory: one host owns the file, and a crash ends all
     /// of them anyway, so making them durable would only cost an fsync per
     /// round.
-    fn claim_ready(&self, max: usize, _lease_until: Millis) -> StoreResult<Vec<String>> {
+    async fn claim_ready(
+        &self,
+        max: usize,
+        _now: Millis,
+        _lease_until: Millis,
+    ) -> StoreResult<Vec<String>> {
         // The lease set is held across the read: a lease given back after
         // its commit must not be taken again by a claim that read the rows
         // from before that commit.
@@ -1140,23 +1195,29 @@ impl RuntimeStore for SqliteStore {
             .insert(instance.to_string())
     }
 
-    fn release(&self, instance: &str) -> StoreResult<()> {
+    fn release_local(&self, instance: &str) {
         self.leased
             .lock()
             .expect("lease set poisoned")
             .remove(instance);
+    }
+
+    async fn release(&self, instance: &str) -> StoreResult<()> {
+        self.release_local(instance);
         Ok(())
     }
 
-    fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
+    /// On the calling thread: the runtime loads from its episode threads,
+    /// which wait for the answer anyway.
+    async fn load(&self, id: &str) -> StoreResult<LoadedInstance> {
         self.load_parts(id, true)
     }
 
-    fn load_head(&self, id: &str) -> StoreResult<LoadedInstance> {
+    async fn load_head(&self, id: &str) -> StoreResult<LoadedInstance> {
         self.load_parts(id, false)
     }
 
-    fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
+    async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
         // Each episode is its own job: the writer folds them (and any other
         // waiting writes) into one transaction, each in its own savepoint.
         let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
@@ -1164,32 +1225,15 @@ impl RuntimeStore for SqliteStore {
             .into_iter()
             .map(|episode| self.submit(move |conn| apply_episode(conn, &episode)))
             .collect();
-        let results: Vec<StoreResult<()>> = pending.into_iter().map(PendingWrite::wait).collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for result in pending {
+            results.push(result.await);
+        }
         release_all(&self.leased, &ids);
         results
     }
 
-    fn commit_episodes_nonblocking(
-        &self,
-        episodes: Vec<EpisodeCommit>,
-    ) -> Result<duro_core::store::PendingWrite<Vec<StoreResult<()>>>, Vec<EpisodeCommit>> {
-        let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
-        let pending: Vec<_> = episodes
-            .into_iter()
-            .map(|episode| self.submit_async(move |conn| apply_episode(conn, &episode)))
-            .collect();
-        let leased = self.leased.clone();
-        Ok(Box::pin(async move {
-            let mut results = Vec::with_capacity(pending.len());
-            for result in pending {
-                results.push(result.await);
-            }
-            release_all(&leased, &ids);
-            Ok(results)
-        }))
-    }
-
-    fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
+    async fn fire_due_timers(&self, now: Millis) -> StoreResult<usize> {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(sql::FIRE_DUE_TIMERS).map_err(backend)?;
             let due = stmt
@@ -1213,13 +1257,15 @@ impl RuntimeStore for SqliteStore {
                         fire_at: fire_at as Millis,
                         execution: Some(execution),
                     },
+                    now,
                 )?;
             }
             Ok(due.len())
         })
+        .await
     }
 
-    fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
+    async fn next_timer_due(&self) -> StoreResult<Option<Millis>> {
         self.read(|conn| {
             conn.query_row(sql::NEXT_TIMER_DUE, [], |r| r.get::<_, Option<i64>>(0))
                 .map(|t| t.map(|t| t as Millis))
@@ -1227,7 +1273,7 @@ impl RuntimeStore for SqliteStore {
         })
     }
 
-    fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
+    async fn has_pending_work(&self, instance: &str, now: Millis) -> StoreResult<bool> {
         self.read(|conn| {
             conn.prepare_cached(sql::HAS_PENDING_WORK)
                 .map_err(backend)?
@@ -1236,7 +1282,12 @@ impl RuntimeStore for SqliteStore {
         })
     }
 
-    fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
+    async fn claim_activities(
+        &self,
+        max: usize,
+        now: Millis,
+        _lease_until: Millis,
+    ) -> StoreResult<Vec<ActivityWork>> {
         // Held across the read (see `claim_ready`): otherwise an attempt that
         // finishes between the read and the filter (row deleted, lease given
         // back) is claimed, and run, a second time.
@@ -1287,8 +1338,14 @@ impl RuntimeStore for SqliteStore {
             .collect())
     }
 
-    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
-        let result = self.write(move |conn| {
+    async fn finish_activity(
+        &self,
+        id: i64,
+        finish: ActivityFinish,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let result = self
+            .write(move |conn| {
             match finish {
                 ActivityFinish::Retry {
                     attempt,
@@ -1312,12 +1369,13 @@ impl RuntimeStore for SqliteStore {
                     // Gone with its instance (purged, finished, continued
                     // as new): nobody waits for the result.
                     if let Some(instance) = instance {
-                        push_message(conn, &instance, &message)?;
+                        push_message(conn, &instance, &message, now)?;
                     }
                 }
             }
             Ok(())
-        });
+        })
+            .await;
         self.leased_activities
             .lock()
             .expect("lease set poisoned")
@@ -1325,7 +1383,7 @@ impl RuntimeStore for SqliteStore {
         result
     }
 
-    fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
+    async fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
         self.read(|conn| {
             conn.query_row(sql::NEXT_ACTIVITY_DUE, [], |r| r.get::<_, Option<i64>>(0))
                 .map(|t| t.map(|t| t as Millis))
@@ -1333,8 +1391,9 @@ impl RuntimeStore for SqliteStore {
         })
     }
 
-    fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.read(|conn| {
+    async fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        let digest = digest.to_string();
+        self.read_aside(move |conn| {
             conn.query_row(
                 "SELECT bytes FROM components WHERE digest = ?1",
                 [digest],
@@ -1343,68 +1402,63 @@ impl RuntimeStore for SqliteStore {
             .optional()
             .map_err(backend)
         })
+        .await
     }
 }
 
+#[async_trait::async_trait]
 impl ClientStore for SqliteStore {
-    fn put_component(&self, digest: &str, bytes: &[u8]) -> StoreResult<()> {
+    async fn put_component(&self, digest: &str, bytes: &[u8], now: Millis) -> StoreResult<()> {
         let (digest, bytes) = (digest.to_string(), bytes.to_vec());
         self.write(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO components (digest, bytes, created_at) VALUES (?1, ?2, ?3)",
-                params![digest, bytes, now_millis() as i64],
+                params![digest, bytes, now as i64],
             )
             .map_err(backend)?;
             Ok(())
         })
+        .await
     }
 
-    fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
+    async fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
         let instance = instance.clone();
         self.write(move |conn| insert_instance(conn, &instance))
+            .await
     }
 
-    fn create_instance_nonblocking(
+    async fn set_component(
         &self,
-        instance: &Instance,
-    ) -> Option<duro_core::store::PendingWrite<()>> {
-        let instance = instance.clone();
-        Some(self.submit_async(move |conn| insert_instance(conn, &instance)))
-    }
-
-    fn set_component(&self, id: &str, digest: &str, expected: &Version) -> StoreResult<()> {
+        id: &str,
+        digest: &str,
+        expected: &Version,
+        now: Millis,
+    ) -> StoreResult<()> {
         let (id, digest, expected) = (id.to_string(), digest.to_string(), expected.clone());
         self.write(move |conn| {
             check_version(conn, &id, &expected)?;
             conn.execute(
                 "UPDATE instances SET component = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, digest, now_millis() as i64],
+                params![id, digest, now as i64],
             )
             .map_err(backend)?;
             Ok(())
         })
+        .await
     }
 
-    fn enqueue(&self, instance: &str, message: &Message) -> StoreResult<()> {
+    async fn enqueue(&self, instance: &str, message: &Message, now: Millis) -> StoreResult<()> {
         let (id, message, max) = (instance.to_string(), message.clone(), self.max_inbox);
-        self.write(move |conn| enqueue_live(conn, &id, &message, max))
+        self.write(move |conn| enqueue_live(conn, &id, &message, max, now))
+            .await
     }
 
-    fn enqueue_nonblocking(
-        &self,
-        instance: &str,
-        message: &Message,
-    ) -> Option<duro_core::store::PendingWrite<()>> {
-        let (id, message, max) = (instance.to_string(), message.clone(), self.max_inbox);
-        Some(self.submit_async(move |conn| enqueue_live(conn, &id, &message, max)))
-    }
-
-    fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+    async fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         self.read(|conn| get_instance(conn, id))
     }
 
-    fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
-        self.read(|conn| {
+    async fn counts(&self, now: Millis) -> StoreResult<StoreCounts> {
+        self.read_aside(move |conn| {
             let mut counts = StoreCounts::default();
             let mut by_status = conn.prepare_cached(sql::COUNT_BY_STATUS).map_err(backend)?;
             let rows = by_status
@@ -1431,21 +1485,32 @@ impl ClientStore for SqliteStore {
             counts.activities = count(sql::COUNT_ACTIVITIES, None)?;
             Ok(counts)
         })
+        .await
     }
 
-    fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
-        self.read(|conn| get_history(conn, id))
+    async fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {
+        let id = id.to_string();
+        self.read_aside(move |conn| get_history(conn, &id)).await
     }
 
-    fn history_page(&self, id: &str, from: u64, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
-        self.read(|conn| get_history_page(conn, id, from, limit))
+    async fn history_page(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let id = id.to_string();
+        self.read_aside(move |conn| get_history_page(conn, &id, from, limit))
+            .await
     }
 
-    fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-        self.read(|conn| list_instances(conn, query))
+    async fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        let query = query.clone();
+        self.read_aside(move |conn| list_instances(conn, &query))
+            .await
     }
 
-    fn purge(&self, id: &str) -> StoreResult<bool> {
+    async fn purge(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
         self.write(move |conn| match get_instance(conn, &id)? {
             None => Ok(false),
@@ -1455,10 +1520,11 @@ impl ClientStore for SqliteStore {
             }),
             Some(_) => Ok(delete_instances(conn, &[id])? > 0),
         })
+        .await
     }
 
-    fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
-        self.read(|conn| {
+    async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.read_aside(|conn| {
             let mut stmt = conn
                 .prepare_cached(&duro_core::store::in_flight_versions_sql())
                 .map_err(backend)?;
@@ -1469,9 +1535,10 @@ impl ClientStore for SqliteStore {
                 .map_err(backend)?;
             Ok(duro_core::store::count_versions(pairs))
         })
+        .await
     }
 
-    fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
+    async fn purge_batch(&self, query: &InstanceQuery) -> StoreResult<usize> {
         let query = query.clone();
         self.write(move |conn| {
             let ids: Vec<String> = list_rows(
@@ -1486,6 +1553,7 @@ impl ClientStore for SqliteStore {
             .collect();
             delete_instances(conn, &ids)
         })
+        .await
     }
 }
 

@@ -17,8 +17,8 @@ fn instance(id: &str) -> Instance {
     )
 }
 
-#[test]
-fn a_version_1_database_is_migrated_and_its_inputs_found() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_its_inputs_found() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     {
@@ -36,7 +36,7 @@ fn a_version_1_database_is_migrated_and_its_inputs_found() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    let by_input = |json: &str| {
+    let by_input = async |json: &str| {
         let value: serde_json::Value = serde_json::from_str(json).unwrap();
         store
             .list(&duro_core::model::InstanceQuery {
@@ -45,19 +45,20 @@ fn a_version_1_database_is_migrated_and_its_inputs_found() {
                 limit: 10,
                 ..Default::default()
             })
+            .await
             .unwrap()
     };
-    let found = by_input(r#"{"a": 2, "b": 1}"#);
+    let found = by_input(r#"{"a": 2, "b": 1}"#).await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, "old-1");
     assert_eq!(found[0].input, r#"{"a":2,"b":1}"#);
     assert_eq!(found[0].status, RuntimeStatus::Completed);
-    assert!(by_input(r#"{"a": 1}"#).is_empty());
+    assert!(by_input(r#"{"a": 1}"#).await.is_empty());
     // Purging it takes it away; purging a live instance is refused.
-    assert!(store.purge("old-1").unwrap());
-    store.create_instance(&instance("live")).unwrap();
+    assert!(store.purge("old-1").await.unwrap());
+    store.create_instance(&instance("live")).await.unwrap();
     assert!(matches!(
-        store.purge("live"),
+        store.purge("live").await,
         Err(StoreError::NotFinished { .. })
     ));
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use super::{Inner, blocking};
+use super::Inner;
 use crate::model::Message;
 use crate::store::{ActivityFinish, ActivityWork};
 
@@ -25,8 +25,9 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
         }
         let free = slots.available_permits();
         if free > 0 {
-            let (store, now) = (inner.store.clone(), inner.config.clock.now());
-            match blocking(move || store.claim_activities(free, now)).await {
+            let now = inner.config.clock.now();
+            let lease_until = now + 60_000;
+            match inner.store.claim_activities(free, now, lease_until).await {
                 Ok(claimed) => {
                     for work in claimed {
                         let permit = slots.clone().acquire_owned().await.expect("open");
@@ -41,8 +42,7 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
                 Err(e) => tracing::error!("claiming activities failed: {e}"),
             }
         }
-        let store = inner.store.clone();
-        let next = blocking(move || store.next_activity_due()).await;
+        let next = inner.store.next_activity_due().await;
         let wait = inner.wait_for(next, "activities");
         tokio::select! {
             _ = inner.activities.notified() => {}
@@ -64,13 +64,13 @@ async fn attempt(inner: &Arc<Inner>, work: ActivityWork) {
         attempt = work.attempt,
         trace_id = tracing::field::Empty,
     );
-    crate::trace::join(&span, &*inner.config.trace_link, || {
-        // A primary-key read, as `Runtime::status` does inline.
-        match inner.store.instance(&work.call.instance) {
+    if !span.is_disabled() {
+        let trace = match inner.store.instance(&work.call.instance).await {
             Ok(Some(instance)) => crate::trace::instance_trace(&instance),
             _ => crate::trace::TraceContext::root(),
-        }
-    });
+        };
+        crate::trace::join(&span, &*inner.config.trace_link, || trace);
+    }
     run_attempt(inner, work).instrument(span).await
 }
 
@@ -115,13 +115,13 @@ async fn run_attempt(inner: &Arc<Inner>, work: ActivityWork) {
                     // due and is claimed again after a pause.
                     tracing::warn!(activity = %work.call.name, "{trouble}; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    let store = inner.store.clone();
+                    let now = inner.config.clock.now();
                     let finish = ActivityFinish::Retry {
                         attempt: work.attempt,
-                        run_at: inner.config.clock.now(),
+                        run_at: now,
                         first_at: work.first_at.unwrap_or(started),
                     };
-                    let _ = blocking(move || store.finish_activity(work.id, finish)).await;
+                    let _ = inner.store.finish_activity(work.id, finish, now).await;
                     return;
                 }
             }
@@ -146,9 +146,7 @@ async fn run_attempt(inner: &Arc<Inner>, work: ActivityWork) {
 /// The built-in `ctx.call_http` activity, with the calling orchestration's
 /// allowlist.
 async fn durable_http(inner: &Arc<Inner>, work: &ActivityWork) -> Result<String, String> {
-    let store = inner.store.clone();
-    let id = work.call.instance.clone();
-    let orchestration = match blocking(move || store.instance(&id)).await {
+    let orchestration = match inner.store.instance(&work.call.instance).await {
         Ok(Some(instance)) => instance.name,
         _ => {
             return Err(format!(
@@ -218,9 +216,7 @@ async fn finish(
         }),
     };
     let done = matches!(finish, ActivityFinish::Done(_));
-    let store = inner.store.clone();
-    let id = work.id;
-    match blocking(move || store.finish_activity(id, finish)).await {
+    match inner.store.finish_activity(work.id, finish, now).await {
         // The instance has a message: run its episode.
         Ok(()) if done => inner.has_work(&work.call.instance),
         Ok(()) => {}

@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 use crate::model::{Instance, InstanceQuery, RuntimeStatus};
 use crate::replay::Divergence;
 
-use super::{Runtime, RuntimeError, RuntimeResult, blocking};
+use super::{Runtime, RuntimeError, RuntimeResult};
 use crate::store::{StoreError, Version};
 
 /// What a deploy does beyond checking.
@@ -173,9 +173,11 @@ impl Runtime {
     /// Move an instance that replayed on `check.to`; if it took a step since
     /// it was checked, check it again (an `upgrade`).
     async fn move_checked(&self, check: &mut InstanceCheck, checked: Version) -> RuntimeResult<()> {
-        let store = self.inner.store.clone();
-        let (id, to) = (check.instance_id.clone(), check.to.clone());
-        match blocking(move || store.set_component(&id, &to, &checked)).await {
+        let now = self.inner.config.clock.now();
+        let moved = (self.inner.store)
+            .set_component(&check.instance_id, &check.to, &checked, now)
+            .await;
+        match moved {
             Ok(()) => {
                 check.moved = true;
                 return Ok(());
@@ -265,8 +267,7 @@ impl Runtime {
             .values()
             .map(|activity| activity.digest.clone()),
         );
-        let store = self.inner.store.clone();
-        for (_, component, _) in blocking(move || store.in_flight_versions()).await? {
+        for (_, component, _) in self.inner.store.in_flight_versions().await? {
             keep.insert(component);
         }
         self.inner.replayer.retain(&keep);
@@ -296,8 +297,7 @@ impl Runtime {
                 },
             );
         }
-        let store = self.inner.store.clone();
-        for (name, component, count) in blocking(move || store.in_flight_versions()).await? {
+        for (name, component, count) in self.inner.store.in_flight_versions().await? {
             versions
                 .entry((name.clone(), component.clone()))
                 .or_insert_with(|| OrchestrationVersion {

@@ -303,7 +303,7 @@ impl Inner {
             {
                 return;
             }
-            let _ = self.store.release(id);
+            self.store.release_local(id);
         }
         self.work.notify_one();
     }
@@ -331,7 +331,7 @@ impl Inner {
         match pool.offer(job, self.config.batch_size) {
             Ok(()) => Ok(outcome),
             Err(job) => {
-                let _ = self.store.release(id);
+                self.store.release_local(id);
                 Err(job.carried.expect("carried").hand_back())
             }
         }
@@ -474,9 +474,8 @@ impl Runtime {
         + 'static,
     ) -> RuntimeResult<String> {
         let (digest, bytes, _) = self.checked_component(bytes, prepare).await?;
-        let store = self.inner.store.clone();
-        let d = digest.clone();
-        blocking(move || store.put_component(&d, &bytes)).await?;
+        let now = self.inner.config.clock.now();
+        self.inner.store.put_component(&digest, &bytes, now).await?;
         Ok(digest)
     }
 
@@ -613,11 +612,7 @@ impl Runtime {
             Instance::pending(id.clone(), name.to_string(), input, component, now, None);
         let trace = trace.unwrap_or_else(crate::trace::TraceContext::root);
         instance.trace_parent = Some(trace.to_string());
-        let store = self.inner.store.clone();
-        match store.create_instance_nonblocking(&instance) {
-            Some(pending) => pending.await?,
-            None => blocking(move || store.create_instance(&instance)).await?,
-        }
+        self.inner.store.create_instance(&instance).await?;
         self.inner.has_work(&id);
         Ok(id)
     }
@@ -718,31 +713,20 @@ impl Runtime {
             },
             Err(message) => message,
         };
-        let store = self.inner.store.clone();
-        match store.enqueue_nonblocking(id, &message) {
-            Some(pending) => pending.await?,
-            None => {
-                let owned = id.to_string();
-                blocking(move || store.enqueue(&owned, &message)).await?
-            }
-        }
+        let now = self.inner.config.clock.now();
+        self.inner.store.enqueue(id, &message, now).await?;
         self.inner.has_work(id);
         Ok(())
     }
 
     /// An instance's current state.
     pub async fn status(&self, id: &str) -> RuntimeResult<Option<Instance>> {
-        // A primary-key read from a pooled connection takes microseconds
-        // (WAL readers never wait for the writer): cheaper inline than the
-        // hand-off to a blocking thread, which the lifecycle bench showed.
-        Ok(self.inner.store.instance(id)?)
+        Ok(self.inner.store.instance(id).await?)
     }
 
     /// An instance's history.
     pub async fn history(&self, id: &str) -> RuntimeResult<Vec<HistoryEntry>> {
-        let store = self.inner.store.clone();
-        let id = id.to_string();
-        Ok(blocking(move || store.history(&id)).await?)
+        Ok(self.inner.store.history(id).await?)
     }
 
     /// At most `limit` events of an instance's history from position
@@ -753,9 +737,7 @@ impl Runtime {
         from: u64,
         limit: usize,
     ) -> RuntimeResult<Vec<HistoryEntry>> {
-        let store = self.inner.store.clone();
-        let id = id.to_string();
-        Ok(blocking(move || store.history_page(&id, from, limit)).await?)
+        Ok(self.inner.store.history_page(id, from, limit).await?)
     }
 
     /// What an instance waits on: the scheduled tasks of its current
@@ -764,9 +746,7 @@ impl Runtime {
     /// and the messages in its inbox, oldest first.
     pub async fn pending(&self, id: &str) -> RuntimeResult<Pending> {
         use crate::model::{Action, HistoryEvent};
-        let store = self.inner.store.clone();
-        let id = id.to_string();
-        let loaded = blocking(move || store.load(&id)).await?;
+        let loaded = self.inner.store.load(id).await?;
         let mut open: Vec<(u32, Action)> = Vec::new();
         for entry in &loaded.history {
             match &entry.event {
@@ -792,12 +772,7 @@ impl Runtime {
 
     /// Instances matching a query.
     pub async fn list(&self, query: InstanceQuery) -> RuntimeResult<Vec<Instance>> {
-        // A lookup by input reads a few index entries: inline, like `status`.
-        if query.input.is_some() && query.limit <= 100 {
-            return Ok(self.inner.store.list(&query)?);
-        }
-        let store = self.inner.store.clone();
-        Ok(blocking(move || store.list(&query)).await?)
+        Ok(self.inner.store.list(&query).await?)
     }
 
     /// One page of instances and the continuation token of the next page.
@@ -823,9 +798,7 @@ impl Runtime {
     /// Delete a finished instance and its history; false if there was
     /// none, `NotFinished` if it has not finished.
     pub async fn purge(&self, id: &str) -> RuntimeResult<bool> {
-        let store = self.inner.store.clone();
-        let id = id.to_string();
-        Ok(blocking(move || store.purge(&id)).await?)
+        Ok(self.inner.store.purge(id).await?)
     }
 
     /// Delete every finished instance matching `query` (its `limit` is
@@ -849,9 +822,7 @@ impl Runtime {
         query.after = None;
         let mut deleted = 0;
         loop {
-            let store = self.inner.store.clone();
-            let batch = query.clone();
-            let n = blocking(move || store.purge_batch(&batch)).await?;
+            let n = self.inner.store.purge_batch(&query).await?;
             deleted += n;
             if n < PURGE_BATCH {
                 return Ok(deleted);
@@ -930,10 +901,7 @@ impl Runtime {
         if target == instance.component {
             return Ok(Ok(target));
         }
-        let store = self.inner.store.clone();
-        let digest = target.clone();
-        let bytes = blocking(move || store.component(&digest))
-            .await?
+        let bytes = (self.inner.store.component(&target).await?)
             .ok_or_else(|| RuntimeError::Component(format!("component {target} is not stored")))?;
         let checked = Version::of(&instance);
         if let Err(divergence) = self.check_replay(instance, bytes).await? {
@@ -941,9 +909,10 @@ impl Runtime {
         }
         // Checked against this version: if an episode has added to its
         // history since, the caller gets `Busy` and may simply try again.
-        let store = self.inner.store.clone();
-        let (id, digest) = (id.to_string(), target.clone());
-        blocking(move || store.set_component(&id, &digest, &checked)).await?;
+        let now = self.inner.config.clock.now();
+        (self.inner.store)
+            .set_component(id, &target, &checked, now)
+            .await?;
         Ok(Ok(target))
     }
 
@@ -991,9 +960,8 @@ impl Runtime {
 
     /// Read the store's counts into the metrics' gauges (before a scrape).
     pub async fn refresh_gauges(&self) -> RuntimeResult<()> {
-        let store = self.inner.store.clone();
         let now = self.inner.config.clock.now();
-        let counts = blocking(move || store.counts(now)).await?;
+        let counts = self.inner.store.counts(now).await?;
         self.inner.metrics.set_counts(&counts);
         self.inner
             .metrics
@@ -1016,9 +984,8 @@ impl Runtime {
     /// its inbox (so every episode for what it was sent has committed), no
     /// timer and no activity due by the runtime's clock.
     pub async fn is_idle(&self, id: &str) -> RuntimeResult<bool> {
-        let store = self.inner.store.clone();
-        let (id, now) = (id.to_string(), self.inner.config.clock.now());
-        Ok(!blocking(move || store.has_pending_work(&id, now)).await?)
+        let now = self.inner.config.clock.now();
+        Ok(!self.inner.store.has_pending_work(id, now).await?)
     }
 
     /// Tell the runtime that its clock moved (a [`ManualClock`](crate::model::ManualClock)

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::Inner;
 use super::pool::{EpisodePool, StopOnDrop};
-use super::{Inner, blocking};
 use crate::model::{
     ActivityCall, HistoryEvent, InboxEntry, Instance, Message, Millis, ParentCall, RuntimeStatus,
     Timer, fresh_id,
@@ -176,9 +176,8 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
 
 /// Lease up to `max` instances with messages.
 async fn claim(inner: &Arc<Inner>, max: usize) -> anyhow::Result<Vec<String>> {
-    let lease_until = inner.config.clock.now() + 60_000;
-    let store = inner.store.clone();
-    Ok(blocking(move || store.claim_ready(max, lease_until)).await?)
+    let now = inner.config.clock.now();
+    Ok(inner.store.claim_ready(max, now, now + 60_000).await?)
 }
 
 /// Most episodes committed by one write of the committer.
@@ -228,28 +227,12 @@ async fn commit_loop(
                 .collect();
             let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
-            let store = inner.store.clone();
             let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
             let committed = ids.clone();
-            // A backend with a writer of its own is awaited without a
-            // blocking thread in between.
             inner.metrics.commit_batch.observe(commits.len() as f64);
             let commit_started = std::time::Instant::now();
-            let outcomes = match store.commit_episodes_nonblocking(commits) {
-                Ok(pending) => pending.await.unwrap_or_else(|e| {
-                    let message = e.to_string();
-                    (0..ids.len())
-                        .map(|_| {
-                            Err(StoreError::Backend {
-                                message: message.clone(),
-                                retriable: true,
-                            })
-                        })
-                        .collect()
-                }),
-                Err(commits) => blocking(move || store.commit_episodes(commits)).await,
-            };
+            let outcomes = inner.store.commit_episodes(commits).await;
             inner
                 .metrics
                 .commit_seconds
@@ -276,8 +259,7 @@ async fn commit_loop(
                     // upgrade, a purge): run the episode again on what is
                     // there now.
                     Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
-                        let store = inner.store.clone();
-                        let _ = blocking(move || store.release(&id)).await;
+                        let _ = inner.store.release(&id).await;
                     }
                     Err(e) => retry_later(&inner, id, format!("episode not committed: {e}")),
                 }
@@ -336,8 +318,7 @@ fn retry_later(inner: &Arc<Inner>, id: String, why: String) {
     let handle = inner.handle.clone();
     handle.spawn(async move {
         tokio::time::sleep(delay).await;
-        let store = inner.store.clone();
-        let _ = blocking(move || store.release(&id)).await;
+        let _ = inner.store.release(&id).await;
         inner.work.notify_one();
     });
 }
@@ -478,10 +459,13 @@ fn episode(
     // A warm instance has seen the history: only the row and the inbox are
     // read (a store that cannot leave the history out reads it anyway). An
     // instance the cache does not hold is read whole, in one snapshot.
+    // Episode threads are the runtime's own, not async workers: they wait
+    // for the store here.
+    let store = &inner.store;
     let mut loaded = if inner.replayer.holds(id) {
-        inner.store.load_head(id)?
+        inner.handle.block_on(store.load_head(id))?
     } else {
-        inner.store.load(id)?
+        inner.handle.block_on(store.load(id))?
     };
     if let Some(message) = carried {
         loaded.inbox.push(InboxEntry {
@@ -502,7 +486,7 @@ fn episode(
     } else if loaded.history.len() as u64 == loaded.instance.history_len {
         Some(loaded.history)
     } else {
-        Some(inner.store.history(id)?)
+        Some(inner.handle.block_on(store.history(id))?)
     };
     let mut instance = loaded.instance;
     let mut commit = EpisodeCommit {
@@ -580,9 +564,8 @@ fn episode(
     let component = match inner.engine.cached(&instance.component) {
         Some(component) => component,
         None => {
-            let compiled = inner
-                .store
-                .component(&instance.component)?
+            let compiled = (inner.handle)
+                .block_on(store.component(&instance.component))?
                 .ok_or_else(|| anyhow::anyhow!("it is missing from the store"))
                 .and_then(|bytes| inner.engine.component(&instance.component, &bytes));
             match compiled {
@@ -602,7 +585,7 @@ fn episode(
     let load_history = || -> anyhow::Result<Vec<HistoryEvent>> {
         let history = match recorded {
             Some(history) => history,
-            None => inner.store.history(id)?,
+            None => inner.handle.block_on(store.history(id))?,
         };
         Ok(history.into_iter().map(|e| e.event).collect())
     };
@@ -794,9 +777,8 @@ fn json_string(text: String) -> String {
 
 pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     loop {
-        let store = inner.store.clone();
         let now = inner.config.clock.now();
-        let fired = blocking(move || store.fire_due_timers(now)).await;
+        let fired = inner.store.fire_due_timers(now).await;
         match fired {
             Ok(0) => {}
             Ok(fired) => {
@@ -805,8 +787,7 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
             }
             Err(e) => tracing::error!("firing timers failed: {e}"),
         }
-        let store = inner.store.clone();
-        let next = blocking(move || store.next_timer_due()).await;
+        let next = inner.store.next_timer_due().await;
         let wait = inner.wait_for(next, "timers");
         tokio::select! {
             _ = inner.timers.notified() => {}
