@@ -7,6 +7,7 @@
 //! Every write that a caller is told succeeded is durable.
 
 pub mod listing;
+pub mod plan;
 
 use crate::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,

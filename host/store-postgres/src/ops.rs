@@ -8,9 +8,9 @@ use duro_core::model::{
     ParentCall, RuntimeStatus, input_hash,
 };
 use duro_core::store::listing::{self, SqlValue};
+use duro_core::store::plan::{self, Write};
 use duro_core::store::{
-    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, StoreCounts, StoreError,
-    StoreResult, Version,
+    ActivityFinish, ActivityWork, LoadedInstance, StoreCounts, StoreError, StoreResult, Version,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -47,16 +47,27 @@ pub mod sql {
                AND (lease_until IS NULL OR lease_until < $3) \
              ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
          RETURNING id";
+    /// A new instance row, ready at once ($6 its creation time); nothing
+    /// if the id is taken.
+    pub const INSERT_INSTANCE: &str = "INSERT INTO instances (id, name, status, input, output, \
+         custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
+         parent_instance, parent_execution, parent_task, trace_parent, ready_at) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12, $6) \
+         ON CONFLICT (id) DO NOTHING";
+    /// A new instance's start message (the row is ready already).
+    pub const INSERT_START: &str =
+        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)";
     /// Put a message into an inbox and mark its instance ready if the
     /// message can be taken now (a suspended instance takes only control
     /// messages). The row lock this takes orders it after an episode of
     /// the instance under way, whose own readiness check then cannot miss
     /// the message. ($1 instance, $2 message, $3 control, $4 now.)
-    pub const PUSH_MESSAGE: &str = "WITH pushed AS ( \
-             INSERT INTO inbox (instance_id, message, control, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING instance_id) \
-         UPDATE instances SET ready_at = COALESCE(ready_at, $4) \
-         WHERE id = $1 AND ($3 OR status <> 'Suspended')";
+    pub const PUSH_MESSAGE: &str = "WITH target AS ( \
+             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
+                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
+             WHERE id = $1 RETURNING id) \
+         INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT id, $2, $3, $4 FROM target";
     /// An episode's new instance row; the commit gives the lease back, and
     /// the instance stays ready, at the back of the queue, if messages it
     /// can take remain (read after the consumed ones were deleted).
@@ -99,6 +110,30 @@ pub mod sql {
          WHERE a.id = due.id \
          RETURNING a.id, a.instance_id, a.execution_id, a.task, a.name, a.input, a.retry, \
              a.attempt, a.first_at";
+    /// An episode's timers ($1 instances, $2 tasks, $3 due times, $4
+    /// executions: arrays), one moved if its task has one already.
+    pub const PUT_TIMERS: &str = "INSERT INTO timers (instance_id, task, fire_at, execution_id) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[]) \
+         ON CONFLICT (instance_id, task) \
+         DO UPDATE SET fire_at = EXCLUDED.fire_at, execution_id = EXCLUDED.execution_id";
+    /// Timers an episode cancelled ($2 their tasks).
+    pub const CANCEL_TIMERS: &str = "DELETE FROM timers WHERE instance_id = $1 AND task = ANY($2)";
+    /// An episode's activity calls (arrays of their columns; $7 when due).
+    pub const SCHEDULE_ACTIVITIES: &str = "INSERT INTO activities \
+         (instance_id, execution_id, task, name, input, retry, run_at) \
+         SELECT i, e, t, n, p, r, $7 FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
+             $4::text[], $5::text[], $6::text[]) AS a (i, e, t, n, p, r)";
+    /// An activity's result: its row ($1) deleted and, if it was there,
+    /// the result ($2, control $3, at $4) put into its instance's inbox,
+    /// the instance marked ready (as `PUSH_MESSAGE` does).
+    pub const DELIVER_RESULT: &str = "WITH done AS ( \
+             DELETE FROM activities WHERE id = $1 RETURNING instance_id), \
+         target AS ( \
+             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
+                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
+             FROM done WHERE instances.id = done.instance_id RETURNING instances.id) \
+         INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT id, $2, $3, $4 FROM target";
     /// Inbox messages an episode consumed.
     pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
     /// When the next timer is due.
@@ -243,8 +278,9 @@ async fn append_events(
     Ok(())
 }
 
-/// Put a message into an inbox, marking the instance ready (the writer
-/// tells other hosts after the commit).
+/// Put a message into the inbox of an instance, if it exists, marking it
+/// ready (`plan::Write::Push`; the writer tells other hosts after the
+/// commit).
 async fn push_message(
     c: &impl GenericClient,
     id: &str,
@@ -275,67 +311,61 @@ async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult
     Ok(deleted as usize)
 }
 
-/// Create an instance with its `ExecutionStarted` event and a start message,
-/// replacing a finished one with the same id (as on SQLite).
-pub async fn insert_instance(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
+/// `plan::Write::Create`, step by step: a finished instance with the same
+/// id is deleted first, a live one refuses.
+async fn create_careful(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
     if let Some(existing) = get_instance(c, &instance.id).await? {
         if !existing.status.is_terminal() {
             return Err(StoreError::AlreadyExists(instance.id.clone()));
         }
         delete_instances(c, std::slice::from_ref(&instance.id)).await?;
     }
+    create_fast(c, instance).await
+}
+
+/// `plan::Write::Create` in one round trip, for an id no instance has: the
+/// row (ready at once), its first event and its start message are sent
+/// together. An id taken makes it fail (`AlreadyExists`), whether the
+/// instance there has finished or not: the writer then runs the write
+/// again step by step (`create_careful`).
+async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
     let parent = instance.parent.as_ref();
-    let inserted = exec(
-        c,
-        "INSERT INTO instances (id, name, status, input, output, custom_status, component, \
-         created_at, updated_at, history_len, input_hash, execution_id, parent_instance, \
-         parent_execution, parent_task, trace_parent, ready_at) \
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12, $6) \
-         ON CONFLICT (id) DO NOTHING",
-        &[
-            &instance.id,
-            &instance.name,
-            &RuntimeStatus::Pending.as_str(),
-            &instance.input,
-            &instance.component,
-            &(instance.created_at as i64),
-            &input_hash(&instance.input),
-            &instance.execution_id,
-            &parent.map(|p| p.instance.as_str()),
-            &parent.map(|p| p.execution.as_str()),
-            &parent.map(|p| p.task as i64),
-            &instance.trace_parent,
-        ],
-    )
-    .await?;
-    if inserted == 0 {
-        return Err(StoreError::AlreadyExists(instance.id.clone()));
-    }
-    let started = HistoryEvent::ExecutionStarted {
+    let started = [HistoryEvent::ExecutionStarted {
         name: instance.name.clone(),
         input: instance.input.clone(),
-    };
-    // Sent together (one round trip): a biased join polls, so sends, in
-    // order. The row is ready from its insert on: the start message goes
-    // in directly.
+    }];
     let start = to_json("message", &Message::Start)?;
     let (control, created_at) = (Message::Start.is_control(), instance.created_at as i64);
-    let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
-    let (appended, pushed) = tokio::join!(
-        biased;
-        append_events(
-            c,
-            &instance.id,
-            0,
-            std::slice::from_ref(&started),
-            instance.created_at
-        ),
-        exec(
-            c,
-            "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)",
-            start_row,
-        ),
+    let (parent_instance, parent_execution, parent_task) = (
+        parent.map(|p| p.instance.as_str()),
+        parent.map(|p| p.execution.as_str()),
+        parent.map(|p| p.task as i64),
     );
+    let hash = input_hash(&instance.input);
+    let row: Params<'_> = &[
+        &instance.id,
+        &instance.name,
+        &RuntimeStatus::Pending.as_str(),
+        &instance.input,
+        &instance.component,
+        &created_at,
+        &hash,
+        &instance.execution_id,
+        &parent_instance,
+        &parent_execution,
+        &parent_task,
+        &instance.trace_parent,
+    ];
+    let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
+    let (inserted, appended, pushed) = tokio::join!(
+        biased;
+        exec(c, sql::INSERT_INSTANCE, row),
+        append_events(c, &instance.id, 0, &started, instance.created_at),
+        exec(c, sql::INSERT_START, start_row),
+    );
+    if inserted? == 0 {
+        return Err(StoreError::AlreadyExists(instance.id.clone()));
+    }
     appended.and(pushed.map(drop))
 }
 
@@ -362,7 +392,7 @@ pub async fn component(c: &Object, digest: &str) -> StoreResult<Option<Vec<u8>>>
 
 /// The version of an instance, its row locked until the transaction ends,
 /// and who holds its lease.
-async fn lock_version(tx: &Transaction<'_>, id: &str) -> StoreResult<(Version, Option<String>)> {
+async fn lock_version(tx: &impl GenericClient, id: &str) -> StoreResult<(Version, Option<String>)> {
     let found = row(tx, sql::LOCK_VERSION, &[&id])
         .await?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
@@ -384,7 +414,7 @@ fn conflict(id: &str, change: String) -> StoreError {
 }
 
 /// Refuse a write computed from another version of the instance.
-async fn check_version(tx: &Transaction<'_>, id: &str, expected: &Version) -> StoreResult<()> {
+async fn check_version(tx: &impl GenericClient, id: &str, expected: &Version) -> StoreResult<()> {
     let (actual, _) = lock_version(tx, id).await?;
     match expected.change_to(&actual) {
         Some(change) => Err(conflict(id, change)),
@@ -413,7 +443,7 @@ pub async fn set_component(
 /// Put a message into the inbox of a live instance (see
 /// `ClientStore::enqueue`).
 pub async fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     id: &str,
     message: &Message,
     max_inbox: usize,
@@ -642,142 +672,188 @@ pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<L
     })
 }
 
-/// Apply one episode, if its host still holds the lease and the instance
-/// is at the version the episode was computed from.
-pub async fn apply_episode(
-    tx: &Transaction<'_>,
+/// Apply a commit's writes (`plan`) with every statement sent at once, in
+/// order, without waiting for answers in between: one round trip. For a
+/// transaction that is rolled back whole if any write fails; each write
+/// takes its one-round form (a create fails on any taken id). The first
+/// failure, in order, is the result.
+pub async fn apply_pipelined(
+    c: &impl GenericClient,
     owner: &str,
-    episode: &EpisodeCommit,
+    writes: &[Write<'_>],
 ) -> StoreResult<()> {
-    let instance = &episode.instance;
-    let id = instance.id.as_str();
-    let (actual, lease_owner) = lock_version(tx, id).await?;
-    if let Some(holder) = lease_owner.filter(|holder| holder != owner) {
-        return Err(conflict(
-            id,
-            format!("its lease passed to {holder} (this host's had expired)"),
-        ));
-    }
-    if let Some(change) = episode.expected.change_to(&actual) {
-        return Err(conflict(id, change));
-    }
-    let first_seq = if episode.reset_history {
-        exec(tx, "DELETE FROM history WHERE instance_id = $1", &[&id]).await?;
-        drop_scheduled_work(tx, id).await?;
-        0
-    } else {
-        episode.expected.history_len
-    };
-    if episode.reset_history {
-        exec(
-            tx,
-            "UPDATE instances SET input = $2, input_hash = $3, execution_id = $4 WHERE id = $1",
-            &[
-                &id,
-                &instance.input,
-                &input_hash(&instance.input),
-                &instance.execution_id,
-            ],
-        )
-        .await?;
-    }
-    // The events, the consumed messages and the row (the commit gives the
-    // lease back) touch different rows: sent together, one round trip (a
-    // biased join polls, so sends, in order; the row's readiness is read
-    // after the consumed messages went).
-    let (status, updated_at, history_len) = (
-        instance.status.as_str(),
-        instance.updated_at as i64,
-        instance.history_len as i64,
-    );
-    let new_row: Params<'_> = &[
-        &id,
-        &status,
-        &instance.output,
-        &instance.custom_status,
-        &updated_at,
-        &history_len,
-    ];
-    let (appended, consumed, updated) = tokio::join!(
-        biased;
-        append_events(tx, id, first_seq, &episode.new_events, instance.updated_at),
-        async {
-            if episode.consumed.is_empty() {
-                return Ok(0);
-            }
-            exec(tx, sql::DELETE_CONSUMED, &[&id, &episode.consumed]).await
-        },
-        exec(tx, sql::UPDATE_AFTER_EPISODE, new_row),
-    );
-    appended?;
-    updated?;
-    consumed?;
-    for timer in &episode.new_timers {
-        exec(
-            tx,
-            "INSERT INTO timers (instance_id, task, fire_at, execution_id) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id, task) \
-             DO UPDATE SET fire_at = EXCLUDED.fire_at, execution_id = EXCLUDED.execution_id",
-            &[
-                &timer.instance,
-                &(timer.task as i64),
-                &(timer.fire_at as i64),
-                &timer.execution,
-            ],
-        )
-        .await?;
-    }
-    for task in &episode.cancelled_timers {
-        exec(
-            tx,
-            "DELETE FROM timers WHERE instance_id = $1 AND task = $2",
-            &[&id, &(*task as i64)],
-        )
-        .await?;
-    }
-    for call in &episode.new_activities {
-        let retry = call
-            .retry
-            .as_ref()
-            .map(|r| to_json("retry policy", r))
-            .transpose()?;
-        exec(
-            tx,
-            "INSERT INTO activities (instance_id, execution_id, task, name, input, retry, run_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &call.instance,
-                &call.execution,
-                &(call.task as i64),
-                &call.name,
-                &call.input,
-                &retry,
-                &(instance.updated_at as i64),
-            ],
-        )
-        .await?;
-    }
-    for child in &episode.new_children {
-        // A child whose id a live instance holds fails the call, not the
-        // parent's episode.
-        let created = in_savepoint(tx, insert_instance(tx, child)).await?;
-        if let (Err(e), Some(parent)) = (created, &child.parent) {
-            let failed = Message::ChildDone {
-                task: parent.task,
-                execution: parent.execution.clone(),
-                result: Err(format!("sub-orchestration not started: {e}")),
-            };
-            push_message(tx, &parent.instance, &failed, instance.updated_at).await?;
-        }
-    }
-    if instance.status.is_terminal() {
-        notify_parent(tx, instance).await?;
-        drop_scheduled_work(tx, id).await?;
-    }
-    for message in &episode.follow_up {
-        push_message(tx, id, message, instance.updated_at).await?;
+    let sent = futures_util::future::join_all(
+        writes
+            .iter()
+            .map(|write| apply(c, owner, write, Form::OneRound)),
+    )
+    .await;
+    sent.into_iter().collect()
+}
+
+/// Apply a commit's writes one after another, each answered before the
+/// next is sent: after a pipelined attempt failed, so that the failure is
+/// found and, where the plan says so (a child whose id is taken), undone
+/// alone.
+pub async fn apply_in_order(
+    c: &impl GenericClient,
+    owner: &str,
+    writes: &[Write<'_>],
+) -> StoreResult<()> {
+    for write in writes {
+        apply(c, owner, write, Form::StepByStep).await?;
     }
     Ok(())
+}
+
+/// How a write is said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Its statements sent at once, none depending on another's answer.
+    OneRound,
+    /// Statements that depend on answers (a create replacing a finished
+    /// instance, a child in a savepoint).
+    StepByStep,
+}
+
+/// Say one write in PostgreSQL's dialect (see `plan::Write` for what each
+/// means).
+fn apply<'a>(
+    c: &'a impl GenericClient,
+    owner: &'a str,
+    write: &'a Write<'a>,
+    form: Form,
+) -> Op<'a, ()> {
+    Box::pin(async move {
+        match write {
+            // The row stays locked until the transaction ends; a lease
+            // held by another host refuses the write (this host's expired).
+            Write::Guard { id, expected } => {
+                let (actual, lease_owner) = lock_version(c, id).await?;
+                if let Some(holder) = lease_owner.filter(|holder| holder != owner) {
+                    return Err(conflict(
+                        id,
+                        format!("its lease passed to {holder} (this host's had expired)"),
+                    ));
+                }
+                if let Some(change) = expected.change_to(&actual) {
+                    return Err(conflict(id, change));
+                }
+            }
+            Write::ClearHistory { id } => {
+                exec(c, "DELETE FROM history WHERE instance_id = $1", &[id]).await?;
+            }
+            Write::DropScheduledWork { id } => {
+                let params: Params<'_> = &[id];
+                let (timers, activities) = tokio::join!(
+                    biased;
+                    exec(c, "DELETE FROM timers WHERE instance_id = $1", params),
+                    exec(c, "DELETE FROM activities WHERE instance_id = $1", params),
+                );
+                timers?;
+                activities?;
+            }
+            Write::NewExecution {
+                id,
+                input,
+                execution_id,
+            } => {
+                exec(
+                    c,
+                    "UPDATE instances SET input = $2, input_hash = $3, execution_id = $4 WHERE id = $1",
+                    &[id, input, &input_hash(input), execution_id],
+                )
+                .await?;
+            }
+            Write::AppendEvents {
+                id,
+                first_seq,
+                events,
+                at,
+            } => append_events(c, id, *first_seq, events, *at).await?,
+            Write::Consume { id, messages } => {
+                exec(c, sql::DELETE_CONSUMED, &[id, messages]).await?;
+            }
+            Write::UpdateInstance { instance } => {
+                exec(
+                    c,
+                    sql::UPDATE_AFTER_EPISODE,
+                    &[
+                        &instance.id,
+                        &instance.status.as_str(),
+                        &instance.output,
+                        &instance.custom_status,
+                        &(instance.updated_at as i64),
+                        &(instance.history_len as i64),
+                    ],
+                )
+                .await?;
+            }
+            Write::PutTimers { timers } => {
+                let ids: Vec<&str> = timers.iter().map(|t| t.instance.as_str()).collect();
+                let tasks: Vec<i64> = timers.iter().map(|t| t.task as i64).collect();
+                let due: Vec<i64> = timers.iter().map(|t| t.fire_at as i64).collect();
+                let executions: Vec<&str> = timers.iter().map(|t| t.execution.as_str()).collect();
+                exec(c, sql::PUT_TIMERS, &[&ids, &tasks, &due, &executions]).await?;
+            }
+            Write::CancelTimers { id, tasks } => {
+                let tasks: Vec<i64> = tasks.iter().map(|&t| t as i64).collect();
+                exec(c, sql::CANCEL_TIMERS, &[id, &tasks]).await?;
+            }
+            Write::ScheduleActivities { calls, at } => {
+                let retries = calls
+                    .iter()
+                    .map(|call| {
+                        call.retry
+                            .as_ref()
+                            .map(|r| to_json("retry policy", r))
+                            .transpose()
+                    })
+                    .collect::<StoreResult<Vec<Option<String>>>>()?;
+                let ids: Vec<&str> = calls.iter().map(|c| c.instance.as_str()).collect();
+                let executions: Vec<&str> = calls.iter().map(|c| c.execution.as_str()).collect();
+                let tasks: Vec<i64> = calls.iter().map(|c| c.task as i64).collect();
+                let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+                let inputs: Vec<&str> = calls.iter().map(|c| c.input.as_str()).collect();
+                exec(
+                    c,
+                    sql::SCHEDULE_ACTIVITIES,
+                    &[
+                        &ids,
+                        &executions,
+                        &tasks,
+                        &names,
+                        &inputs,
+                        &retries,
+                        &(*at as i64),
+                    ],
+                )
+                .await?;
+            }
+            Write::Create { instance } => match form {
+                Form::OneRound => create_fast(c, instance).await?,
+                Form::StepByStep => create_careful(c, instance).await?,
+            },
+            Write::CreateChild {
+                child,
+                if_taken,
+                at,
+            } => match form {
+                Form::OneRound => create_fast(c, child).await?,
+                Form::StepByStep => {
+                    let created = in_savepoint(c, create_careful(c, child)).await?;
+                    match (created, &child.parent) {
+                        (Err(StoreError::AlreadyExists(_)), Some(parent)) => {
+                            push_message(c, &parent.instance, if_taken, *at).await?;
+                        }
+                        (created, _) => created?,
+                    }
+                }
+            },
+            Write::Push { id, message, at } => push_message(c, id, message, *at).await?,
+        }
+        Ok(())
+    })
 }
 
 /// Run `op` in a savepoint of its own, so that its failure undoes only
@@ -785,7 +861,7 @@ pub async fn apply_episode(
 /// the transaction itself failed). Savepoints nest: a name reused inside
 /// one refers to the innermost.
 pub async fn in_savepoint<T>(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     op: impl Future<Output = StoreResult<T>>,
 ) -> StoreResult<StoreResult<T>> {
     tx.batch_execute("SAVEPOINT op").await.map_err(backend)?;
@@ -830,42 +906,6 @@ pub async fn each_in_savepoint<T>(
     Ok(results)
 }
 
-/// Delete the timers and activity calls of an execution that has ended.
-async fn drop_scheduled_work(tx: &Transaction<'_>, id: &str) -> StoreResult<()> {
-    let params: Params<'_> = &[&id];
-    let (timers, activities) = tokio::join!(
-        biased;
-        exec(tx, "DELETE FROM timers WHERE instance_id = $1", params),
-        exec(tx, "DELETE FROM activities WHERE instance_id = $1", params),
-    );
-    timers?;
-    activities?;
-    Ok(())
-}
-
-/// Tell the parent of a sub-orchestration that has just ended how it ended.
-async fn notify_parent(tx: &Transaction<'_>, child: &Instance) -> StoreResult<()> {
-    let Some(parent) = &child.parent else {
-        return Ok(());
-    };
-    if row(
-        tx,
-        "SELECT 1 FROM instances WHERE id = $1",
-        &[&parent.instance],
-    )
-    .await?
-    .is_none()
-    {
-        return Ok(());
-    }
-    let message = Message::ChildDone {
-        task: parent.task,
-        execution: parent.execution.clone(),
-        result: duro_core::model::child_result(child),
-    };
-    push_message(tx, &parent.instance, &message, child.updated_at).await
-}
-
 /// Move due timers into their instances' inboxes, skipping rows another
 /// host is moving: each timer fires once.
 pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> {
@@ -876,11 +916,11 @@ pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> 
     due.sort_by(|a, b| a.get::<_, &str>(0).cmp(b.get::<_, &str>(0)));
     for timer in &due {
         let instance: String = timer.get(0);
-        let message = Message::TimerFired {
-            task: timer.get::<_, i64>(1) as u32,
-            fire_at: timer.get::<_, i64>(2) as Millis,
-            execution: Some(timer.get(3)),
-        };
+        let message = plan::timer_fired(
+            timer.get::<_, i64>(1) as u32,
+            timer.get::<_, i64>(2) as Millis,
+            timer.get(3),
+        );
         push_message(&tx, &instance, &message, now).await?;
     }
     tx.commit().await.map_err(backend)?;
@@ -963,10 +1003,10 @@ pub async fn claim_activities(
 /// second host that ran the same row after this one's lease expired finds
 /// it gone.
 pub async fn finish_activity(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     owner: &str,
     id: i64,
-    finish: ActivityFinish,
+    finish: &ActivityFinish,
     at: Millis,
 ) -> StoreResult<()> {
     match finish {
@@ -981,25 +1021,24 @@ pub async fn finish_activity(
                  lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $5",
                 &[
                     &id,
-                    &(attempt as i64),
-                    &(run_at as i64),
-                    &(first_at as i64),
+                    &(*attempt as i64),
+                    &(*run_at as i64),
+                    &(*first_at as i64),
                     &owner,
                 ],
             )
             .await?;
         }
+        // One statement: the row goes and, if it was there, its result
+        // goes into its instance's inbox (as `sql::PUSH_MESSAGE` puts it).
         ActivityFinish::Done(message) => {
-            let done = row(
+            let json = to_json("message", message)?;
+            exec(
                 tx,
-                "DELETE FROM activities WHERE id = $1 RETURNING instance_id",
-                &[&id],
+                sql::DELIVER_RESULT,
+                &[&id, &json, &message.is_control(), &(at as i64)],
             )
             .await?;
-            if let Some(done) = done {
-                let instance: String = done.get(0);
-                push_message(tx, &instance, &message, at).await?;
-            }
         }
     }
     Ok(())

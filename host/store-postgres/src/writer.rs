@@ -1,13 +1,16 @@
 //! Group commit: a few writer tasks per host, each folding every write
 //! waiting for it (new instances, messages, episodes, activity results)
-//! into one transaction. The writes of a group on distinct instances are
-//! sent all at once (the driver pipelines them), and a group in which one
-//! fails is run again one write after another, each in a savepoint of its
-//! own, so that a refused write undoes only itself. A write's caller hears
-//! back once the transaction is durable.
+//! into one transaction. A group on distinct instances goes in one round
+//! trip: `BEGIN` and every statement of every write are sent at once (the
+//! driver pipelines them), and `COMMIT` once all answered well. A group in
+//! which one write fails is rolled back and run again one write after
+//! another, each in a savepoint of its own, so that a refused write undoes
+//! only itself. A write's caller hears back once the transaction is
+//! durable.
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{GenericClient, Pool};
 use duro_core::model::{Instance, Message, Millis};
+use duro_core::store::plan;
 use duro_core::store::{ActivityFinish, EpisodeCommit, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
 
@@ -200,29 +203,32 @@ async fn commit_group(
     writes: &[Write],
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    if writes.len() > 1 && on_distinct_instances(writes) {
-        // All at once: a write's round trips no longer wait for those of
-        // the writes before it. Writes on distinct instances commute, so
-        // the outcome is that of running them in order; if any fails (its
-        // other statements may have run), nothing of the group is kept and
-        // it runs again below, in order and in savepoints.
-        let tx = client.transaction().await.map_err(backend)?;
-        let results = futures_util::future::join_all(
-            writes
-                .iter()
-                .map(|write| Box::pin(apply(&tx, owner, write)) as ops::Op<'_, ()>),
-        )
-        .await;
-        if results.iter().all(Result::is_ok) {
-            tx.commit().await.map_err(backend)?;
-            return Ok(results);
+    if on_distinct_instances(writes) {
+        // Writes on distinct instances commute, so sending them all at
+        // once has the outcome of running them in order. If any fails (its
+        // other statements, and later writes', may have run) the group is
+        // rolled back and runs again below, in order and in savepoints.
+        let session: &deadpool_postgres::Object = &client;
+        let (begun, applied) = tokio::join!(
+            biased;
+            session.batch_execute("BEGIN"),
+            futures_util::future::join_all(
+                writes
+                    .iter()
+                    .map(|write| Box::pin(apply(session, owner, write, true)) as ops::Op<'_, ()>),
+            ),
+        );
+        if begun.is_ok() && applied.iter().all(Result::is_ok) {
+            session.batch_execute("COMMIT").await.map_err(backend)?;
+            return Ok(applied);
         }
-        tx.rollback().await.map_err(backend)?;
+        session.batch_execute("ROLLBACK").await.map_err(backend)?;
+        begun.map_err(backend)?;
     }
     let tx = client.transaction().await.map_err(backend)?;
     let applied: Vec<ops::Op<'_, ()>> = writes
         .iter()
-        .map(|write| Box::pin(apply(&tx, owner, write)) as ops::Op<'_, ()>)
+        .map(|write| Box::pin(apply(&tx, owner, write, false)) as ops::Op<'_, ()>)
         .collect();
     let results = ops::each_in_savepoint(&tx, applied).await?;
     tx.commit().await.map_err(backend)?;
@@ -250,18 +256,30 @@ fn on_distinct_instances(writes: &[Write]) -> bool {
         .all(|write| !write.key().is_empty() && seen.insert(write.key()))
 }
 
-async fn apply(tx: &Transaction<'_>, owner: &str, write: &Write) -> StoreResult<()> {
-    match write {
-        Write::Create(instance) => ops::insert_instance(tx, instance).await,
+/// Apply one write: a commit's as its plan says, in one round trip
+/// (`pipelined`) or step by step.
+async fn apply(
+    c: &impl GenericClient,
+    owner: &str,
+    write: &Write,
+    pipelined: bool,
+) -> StoreResult<()> {
+    let planned = match write {
+        Write::Create(instance) => plan::creation(instance),
+        Write::Episode(episode) => plan::episode(episode),
         Write::Enqueue {
             id,
             message,
             max_inbox,
             at,
-        } => ops::enqueue(tx, id, message, *max_inbox, *at).await,
-        Write::Episode(episode) => ops::apply_episode(tx, owner, episode).await,
+        } => return ops::enqueue(c, id, message, *max_inbox, *at).await,
         Write::FinishActivity(id, finish, at) => {
-            ops::finish_activity(tx, owner, *id, finish.clone(), *at).await
+            return ops::finish_activity(c, owner, *id, finish, *at).await;
         }
+    };
+    if pipelined {
+        ops::apply_pipelined(c, owner, &planned).await
+    } else {
+        ops::apply_in_order(c, owner, &planned).await
     }
 }

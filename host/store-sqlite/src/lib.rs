@@ -16,6 +16,7 @@ use duro_core::model::{
     ParentCall, RuntimeStatus, canonical_json_text, input_hash,
 };
 use duro_core::store::listing::{self, SqlValue};
+use duro_core::store::plan::{self, Write};
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
     StoreCounts, StoreError, StoreResult, Version,
@@ -137,14 +138,16 @@ pub mod sql {
          retry, attempt, first_at FROM activities WHERE run_at <= ?1 ORDER BY run_at, id LIMIT ?2";
     /// When the next activity row is due.
     pub const NEXT_ACTIVITY_DUE: &str = "SELECT MIN(run_at) FROM activities";
-    /// One statement per table for a batch of purged ids (a JSON array).
-    pub const PURGE_BATCH: [&str; 5] = [
-        "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
-        "DELETE FROM inbox WHERE instance_id IN (SELECT value FROM json_each(?1))",
-        "DELETE FROM timers WHERE instance_id IN (SELECT value FROM json_each(?1))",
-        "DELETE FROM activities WHERE instance_id IN (SELECT value FROM json_each(?1))",
-        "DELETE FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
-    ];
+    /// One statement per table an instance owns (`plan::OWNED_ROWS`, the
+    /// instance row last) for a batch of purged ids (a JSON array).
+    pub static PURGE_BATCH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        duro_core::store::plan::OWNED_ROWS
+            .iter()
+            .map(|(table, column)| {
+                format!("DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?1))")
+            })
+            .collect()
+    });
 }
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -750,10 +753,13 @@ fn append_events(
     Ok(())
 }
 
+/// Put a message into an instance's inbox, if the instance exists (see
+/// `plan::Write::Push`).
 fn push_message(conn: &Connection, id: &str, message: &Message, at: Millis) -> StoreResult<()> {
     let json = serde_json::to_string(message).map_err(|e| corrupt("message", e))?;
     conn.prepare_cached(
-        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = ?1)",
     )
     .map_err(backend)?
     .execute(params![id, json, message.is_control(), at as i64])
@@ -769,7 +775,7 @@ fn delete_instances(conn: &Connection, ids: &[String]) -> StoreResult<usize> {
     }
     let ids = serde_json::to_string(ids).map_err(|e| corrupt("instance ids", e))?;
     let mut deleted = 0;
-    for statement in sql::PURGE_BATCH {
+    for statement in sql::PURGE_BATCH.iter() {
         // The last statement deletes the instance rows themselves.
         deleted = conn
             .prepare_cached(statement)
@@ -853,6 +859,7 @@ fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<I
 /// Create an instance with its `ExecutionStarted` event and a start message.
 /// Like Durable Functions, an id whose instance has finished may be started
 /// again (the old execution is replaced); a live one may not.
+/// `plan::Write::Create`.
 fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
     if let Some(existing) = get_instance(conn, &instance.id)? {
         if !existing.status.is_terminal() {
@@ -950,50 +957,6 @@ fn enqueue_live(
     push_message(conn, id, message, at)
 }
 
-/// Delete the timers and activity calls of an execution that has ended
-/// (finished, or continued as new): nothing waits for them any more.
-fn drop_scheduled_work(conn: &Connection, id: &str) -> StoreResult<()> {
-    for statement in [
-        "DELETE FROM timers WHERE instance_id = ?1",
-        "DELETE FROM activities WHERE instance_id = ?1",
-    ] {
-        conn.prepare_cached(statement)
-            .map_err(backend)?
-            .execute([id])
-            .map_err(backend)?;
-    }
-    Ok(())
-}
-
-/// Tell the parent of a sub-orchestration that has just ended how it ended.
-fn notify_parent(conn: &Connection, child: &Instance) -> StoreResult<()> {
-    let Some(parent) = &child.parent else {
-        return Ok(());
-    };
-    let exists: bool = conn
-        .query_row(
-            "SELECT 1 FROM instances WHERE id = ?1",
-            [&parent.instance],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(backend)?
-        .is_some();
-    if !exists {
-        return Ok(());
-    }
-    push_message(
-        conn,
-        &parent.instance,
-        &Message::ChildDone {
-            task: parent.task,
-            execution: parent.execution.clone(),
-            result: duro_core::model::child_result(child),
-        },
-        child.updated_at,
-    )
-}
-
 /// Refuse a write computed from another version of the instance.
 fn check_version(conn: &Connection, id: &str, expected: &Version) -> StoreResult<()> {
     let actual = conn
@@ -1018,129 +981,139 @@ fn check_version(conn: &Connection, id: &str, expected: &Version) -> StoreResult
     }
 }
 
+/// Apply an episode: its writes (`plan::episode`), in order.
 fn apply_episode(conn: &Connection, episode: &EpisodeCommit) -> StoreResult<()> {
-    let instance = &episode.instance;
-    check_version(conn, &instance.id, &episode.expected)?;
-    let first_seq = if episode.reset_history {
-        conn.execute("DELETE FROM history WHERE instance_id = ?1", [&instance.id])
-            .map_err(backend)?;
-        drop_scheduled_work(conn, &instance.id)?;
-        0
-    } else {
-        episode.expected.history_len
+    plan::episode(episode)
+        .iter()
+        .try_for_each(|write| apply(conn, write))
+}
+
+/// Say one write of a commit in SQLite's dialect (see `plan::Write` for
+/// what each means).
+fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
+    let exec = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> StoreResult<usize> {
+        conn.prepare_cached(sql)
+            .map_err(backend)?
+            .execute(args)
+            .map_err(backend)
     };
-    append_events(
-        conn,
-        &instance.id,
-        first_seq,
-        &episode.new_events,
-        instance.updated_at,
-    )?;
-    // The input only changes with the history (continue-as-new): leaving it
-    // out of the common UPDATE spares its index an update per episode.
-    if episode.reset_history {
-        conn.prepare_cached(
-            "UPDATE instances SET input = ?2, input_hash = ?3, execution_id = ?4 WHERE id = ?1",
-        )
-        .map_err(backend)?
-        .execute(params![
-            instance.id,
-            instance.input,
-            input_hash(&instance.input),
-            instance.execution_id,
-        ])
-        .map_err(backend)?;
-    }
-    conn.prepare_cached(
-        "UPDATE instances SET status = ?2, output = ?3, custom_status = ?4, \
-         updated_at = ?5, history_len = ?6 WHERE id = ?1",
-    )
-    .map_err(backend)?
-    .execute(params![
-        instance.id,
-        instance.status.as_str(),
-        instance.output,
-        instance.custom_status,
-        instance.updated_at as i64,
-        instance.history_len as i64,
-    ])
-    .map_err(backend)?;
-    for id in &episode.consumed {
-        conn.prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND id = ?2")
-            .map_err(backend)?
-            .execute(params![instance.id, id])
-            .map_err(backend)?;
-    }
-    for timer in &episode.new_timers {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO timers (instance_id, task, fire_at, execution_id) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(backend)?
-        .execute(params![
-            timer.instance,
-            timer.task,
-            timer.fire_at as i64,
-            timer.execution
-        ])
-        .map_err(backend)?;
-    }
-    for task in &episode.cancelled_timers {
-        conn.prepare_cached("DELETE FROM timers WHERE instance_id = ?1 AND task = ?2")
-            .map_err(backend)?
-            .execute(params![instance.id, task])
-            .map_err(backend)?;
-    }
-    for call in &episode.new_activities {
-        let retry = call
-            .retry
-            .as_ref()
-            .map(|r| serde_json::to_string(r).map_err(|e| corrupt("retry policy", e)))
-            .transpose()?;
-        conn.prepare_cached(
-            "INSERT INTO activities (instance_id, execution_id, task, name, input, retry, run_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .map_err(backend)?
-        .execute(params![
-            call.instance,
-            call.execution,
-            call.task,
-            call.name,
-            call.input,
-            retry,
-            instance.updated_at as i64,
-        ])
-        .map_err(backend)?;
-    }
-    for child in &episode.new_children {
-        // Children are created in a savepoint of their own: an id taken by a
-        // live instance fails the call, not the parent's episode.
-        run(conn, "SAVEPOINT child")?;
-        let created = insert_instance(conn, child);
-        if created.is_err() {
-            run(conn, "ROLLBACK TO child")?;
+    match write {
+        // One writer holds the file: the transaction is the lock.
+        Write::Guard { id, expected } => check_version(conn, id, expected)?,
+        Write::ClearHistory { id } => {
+            exec("DELETE FROM history WHERE instance_id = ?1", &[id])?;
         }
-        run(conn, "RELEASE child")?;
-        if let (Err(e), Some(parent)) = (created, &child.parent) {
-            push_message(
-                conn,
-                &parent.instance,
-                &Message::ChildDone {
-                    task: parent.task,
-                    execution: parent.execution.clone(),
-                    result: Err(format!("sub-orchestration not started: {e}")),
-                },
-                instance.updated_at,
+        Write::DropScheduledWork { id } => {
+            exec("DELETE FROM timers WHERE instance_id = ?1", &[id])?;
+            exec("DELETE FROM activities WHERE instance_id = ?1", &[id])?;
+        }
+        // The input only changes with the execution (continue-as-new):
+        // leaving it out of the common UPDATE spares its index an update
+        // per episode.
+        Write::NewExecution {
+            id,
+            input,
+            execution_id,
+        } => {
+            exec(
+                "UPDATE instances SET input = ?2, input_hash = ?3, execution_id = ?4 WHERE id = ?1",
+                &[id, input, &input_hash(input), execution_id],
             )?;
         }
-    }
-    if instance.status.is_terminal() {
-        notify_parent(conn, instance)?;
-        drop_scheduled_work(conn, &instance.id)?;
-    }
-    for message in &episode.follow_up {
-        push_message(conn, &instance.id, message, instance.updated_at)?;
+        Write::AppendEvents {
+            id,
+            first_seq,
+            events,
+            at,
+        } => append_events(conn, id, *first_seq, events, *at)?,
+        Write::Consume { id, messages } => {
+            for message in *messages {
+                exec(
+                    "DELETE FROM inbox WHERE instance_id = ?1 AND id = ?2",
+                    &[id, message],
+                )?;
+            }
+        }
+        // Leases live in memory (`release_all` gives them back).
+        Write::UpdateInstance { instance } => {
+            exec(
+                "UPDATE instances SET status = ?2, output = ?3, custom_status = ?4, \
+                 updated_at = ?5, history_len = ?6 WHERE id = ?1",
+                &[
+                    &instance.id,
+                    &instance.status.as_str(),
+                    &instance.output,
+                    &instance.custom_status,
+                    &(instance.updated_at as i64),
+                    &(instance.history_len as i64),
+                ],
+            )?;
+        }
+        Write::PutTimers { timers } => {
+            for timer in *timers {
+                exec(
+                    "INSERT OR REPLACE INTO timers (instance_id, task, fire_at, execution_id) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    &[
+                        &timer.instance,
+                        &timer.task,
+                        &(timer.fire_at as i64),
+                        &timer.execution,
+                    ],
+                )?;
+            }
+        }
+        Write::CancelTimers { id, tasks } => {
+            for task in *tasks {
+                exec(
+                    "DELETE FROM timers WHERE instance_id = ?1 AND task = ?2",
+                    &[id, task],
+                )?;
+            }
+        }
+        Write::ScheduleActivities { calls, at } => {
+            for call in *calls {
+                let retry = call
+                    .retry
+                    .as_ref()
+                    .map(|r| serde_json::to_string(r).map_err(|e| corrupt("retry policy", e)))
+                    .transpose()?;
+                exec(
+                    "INSERT INTO activities (instance_id, execution_id, task, name, input, retry, run_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    &[
+                        &call.instance,
+                        &call.execution,
+                        &call.task,
+                        &call.name,
+                        &call.input,
+                        &retry,
+                        &(*at as i64),
+                    ],
+                )?;
+            }
+        }
+        Write::Create { instance } => insert_instance(conn, instance)?,
+        Write::CreateChild {
+            child,
+            if_taken,
+            at,
+        } => {
+            // In a savepoint of its own: a child refused undoes only itself.
+            run(conn, "SAVEPOINT child")?;
+            let created = insert_instance(conn, child);
+            if created.is_err() {
+                run(conn, "ROLLBACK TO child")?;
+            }
+            run(conn, "RELEASE child")?;
+            match (created, &child.parent) {
+                (Err(StoreError::AlreadyExists(_)), Some(parent)) => {
+                    push_message(conn, &parent.instance, if_taken, *at)?;
+                }
+                (created, _) => created?,
+            }
+        }
+        Write::Push { id, message, at } => push_message(conn, id, message, *at)?,
     }
     Ok(())
 }
@@ -1249,16 +1222,8 @@ impl RuntimeStore for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;
             for (instance, task, fire_at, execution) in due.iter().cloned() {
-                push_message(
-                    conn,
-                    &instance,
-                    &Message::TimerFired {
-                        task,
-                        fire_at: fire_at as Millis,
-                        execution: Some(execution),
-                    },
-                    now,
-                )?;
+                let fired = plan::timer_fired(task, fire_at as Millis, execution);
+                push_message(conn, &instance, &fired, now)?;
             }
             Ok(due.len())
         })
@@ -1423,8 +1388,12 @@ impl ClientStore for SqliteStore {
 
     async fn create_instance(&self, instance: &Instance) -> StoreResult<()> {
         let instance = instance.clone();
-        self.write(move |conn| insert_instance(conn, &instance))
-            .await
+        self.write(move |conn| {
+            plan::creation(&instance)
+                .iter()
+                .try_for_each(|write| apply(conn, write))
+        })
+        .await
     }
 
     async fn set_component(
@@ -1514,11 +1483,10 @@ impl ClientStore for SqliteStore {
         let id = id.to_string();
         self.write(move |conn| match get_instance(conn, &id)? {
             None => Ok(false),
-            Some(instance) if !instance.status.is_terminal() => Err(StoreError::NotFinished {
-                id,
-                status: instance.status,
-            }),
-            Some(_) => Ok(delete_instances(conn, &[id])? > 0),
+            Some(instance) => match plan::purge_refused(&id, instance.status) {
+                Some(refused) => Err(refused),
+                None => Ok(delete_instances(conn, &[id])? > 0),
+            },
         })
         .await
     }

@@ -303,7 +303,7 @@ fn every_query_is_answered_from_an_index() {
         Allow::Searches,
     );
     let ids = vec![SqlValue::Text(r#"["a","b"]"#.into())];
-    for statement in sql::PURGE_BATCH {
+    for statement in sql::PURGE_BATCH.iter() {
         check(&store, "purge a batch", statement, &ids, Allow::Searches);
     }
 }
