@@ -169,6 +169,44 @@ impl TestStore {
     fn reopen(&self) -> Blocking {
         open_backend(&self.store.runtime, &self.backend, true)
     }
+
+    /// Run `sql` on the data directly, below the store (to read what no
+    /// API shows, or to break a row as a bug or a hand would); the first
+    /// column of each row it returns, as an integer (NULL as `None`).
+    fn raw(&self, sql: &str) -> Vec<Option<i64>> {
+        match &self.backend {
+            Backend::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap();
+                stmt.query_map([], |r| r.get::<_, Option<i64>>(0))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap()
+            }
+            Backend::Postgres { url, schema } => self.store.on(async {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let driver = tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("SET search_path = {schema}"))
+                    .await
+                    .unwrap();
+                let rows = client.query(sql, &[]).await.unwrap();
+                drop(client);
+                let _ = driver.await;
+                rows.iter()
+                    .map(|r| {
+                        if r.is_empty() {
+                            None
+                        } else {
+                            r.get::<_, Option<i64>>(0)
+                        }
+                    })
+                    .collect()
+            }),
+        }
+    }
 }
 
 impl Drop for TestStore {
@@ -278,6 +316,10 @@ contract!(
     a_history_reads_in_pages,
     a_write_refused_beside_others_undoes_only_itself,
     in_flight_versions_count_what_has_not_finished,
+    a_half_stored_parent_is_a_corrupt_row,
+    more_than_a_thousand_due_timers_fire_at_once,
+    every_stored_time_is_the_callers,
+    a_message_for_a_purged_instance_is_dropped,
 );
 
 fn instance(id: &str) -> Instance {
@@ -948,4 +990,144 @@ fn an_expired_lease_moves_to_another_host_and_the_old_commit_is_refused() {
     assert_eq!(other.claim_ready(10, far).unwrap(), ["b"]);
     std::thread::sleep(Duration::from_millis(900));
     assert!(hung.claim_ready(10, far).unwrap().is_empty(), "renewed");
+}
+
+/// The same broken row reads the same on every backend: a parent with a
+/// NULL task is corrupt (PostgreSQL once read it as task 0).
+fn a_half_stored_parent_is_a_corrupt_row(t: &TestStore) {
+    let store = &t.store;
+    let mut child = instance("child");
+    child.parent = Some(duro::model::ParentCall {
+        instance: "parent".into(),
+        execution: "e".into(),
+        task: 3,
+    });
+    store.create_instance(&child).unwrap();
+    assert_eq!(
+        store.instance("child").unwrap().unwrap().parent,
+        child.parent
+    );
+    t.raw("UPDATE instances SET parent_task = NULL WHERE id = 'child'");
+    match store.instance("child") {
+        Err(StoreError::Backend { message, retriable }) => {
+            assert!(message.contains("parent of instance `child`"), "{message}");
+            assert!(!retriable);
+        }
+        other => panic!("a half-stored parent was read as {other:?}"),
+    }
+    // Negative times are refused alike.
+    t.raw("UPDATE instances SET parent_task = 3, created_at = -5 WHERE id = 'child'");
+    let error = store.instance("child").unwrap_err().to_string();
+    assert!(error.contains("created_at of instance `child`"), "{error}");
+}
+
+/// Every due timer fires in one call, however many (PostgreSQL once moved
+/// at most 1,000 per call).
+fn more_than_a_thousand_due_timers_fire_at_once(t: &TestStore) {
+    schedule(&t.store, "many", 1_500, 0);
+    let fired = t.store.fire_due_timers(now_millis() + 1).unwrap();
+    assert_eq!(fired, 1_500);
+    assert_eq!(t.store.next_timer_due().unwrap(), None);
+    let inbox = t.store.load("many").unwrap().inbox;
+    let timers = inbox
+        .iter()
+        .filter(|m| matches!(m.message, Message::TimerFired { .. }))
+        .count();
+    assert_eq!(timers, 1_500);
+}
+
+/// Histories, inbox rows and components are stamped with the time their
+/// caller gives (the runtime's clock), never the store's own: here a clock
+/// set years back.
+fn every_stored_time_is_the_callers(t: &TestStore) {
+    let store = &t.store;
+    let (created, sent, stepped, finished) = (1_000_000, 2_000_000, 3_000_000, 4_000_000);
+    let mut timed = instance("timed");
+    timed.created_at = created;
+    timed.updated_at = created;
+    store.create_instance(&timed).unwrap();
+    let event_time = |store: &Blocking| -> Vec<u64> {
+        store
+            .history("timed")
+            .unwrap()
+            .iter()
+            .map(|e| e.timestamp)
+            .collect()
+    };
+    assert_eq!(event_time(store), [created]);
+    assert_eq!(
+        t.raw("SELECT created_at FROM inbox WHERE instance_id = 'timed'"),
+        [Some(created as i64)],
+        "the start message"
+    );
+    store.enqueue_at("timed", &event("1"), sent).unwrap();
+    assert_eq!(
+        t.raw("SELECT created_at FROM inbox WHERE instance_id = 'timed' ORDER BY id"),
+        [Some(created as i64), Some(sent as i64)]
+    );
+    let loaded = store.load("timed").unwrap();
+    let mut step = episode(&loaded, RuntimeStatus::Running);
+    step.instance.updated_at = stepped;
+    step.new_activities = vec![ActivityCall {
+        instance: "timed".into(),
+        execution: loaded.instance.execution_id.clone(),
+        task: 0,
+        name: "A".into(),
+        input: "null".into(),
+        retry: None,
+    }];
+    assert!(store.commit_episodes(vec![step])[0].is_ok());
+    assert_eq!(event_time(store), [created, stepped]);
+    assert_eq!(
+        t.raw("SELECT run_at FROM activities WHERE instance_id = 'timed'"),
+        [Some(stepped as i64)],
+        "an activity is due when its episode ran"
+    );
+    let work = store.on(store.store.claim_activities(1, stepped, stepped + 1_000));
+    let work = work
+        .unwrap()
+        .pop()
+        .expect("the activity is due at the episode's time");
+    let done = Message::ActivityDone {
+        task: 0,
+        execution: loaded.instance.execution_id.clone(),
+        result: Ok("1".into()),
+        attempts: 1,
+    };
+    store
+        .on(store
+            .store
+            .finish_activity(work.id, ActivityFinish::Done(done), finished))
+        .unwrap();
+    assert_eq!(
+        t.raw("SELECT created_at FROM inbox WHERE instance_id = 'timed'"),
+        [Some(finished as i64)],
+        "the result"
+    );
+    store
+        .on(store.store.put_component("sha256:dated", b"x", sent))
+        .unwrap();
+    assert_eq!(
+        t.raw("SELECT created_at FROM components WHERE digest = 'sha256:dated'"),
+        [Some(sent as i64)]
+    );
+}
+
+/// A child's report to a parent that was purged meanwhile goes nowhere,
+/// on every backend (no inbox row without its instance).
+fn a_message_for_a_purged_instance_is_dropped(t: &TestStore) {
+    let store = &t.store;
+    let mut child = instance("orphan");
+    child.parent = Some(duro::model::ParentCall {
+        instance: "gone".into(),
+        execution: "e".into(),
+        task: 1,
+    });
+    store.create_instance(&child).unwrap();
+    let loaded = store.load("orphan").unwrap();
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok());
+    assert_eq!(
+        t.raw("SELECT count(*) FROM inbox WHERE instance_id = 'gone'"),
+        [Some(0)]
+    );
 }

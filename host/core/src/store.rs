@@ -6,7 +6,6 @@
 //! [`ClientStore`] is what clients need (create, enqueue, query, purge).
 //! Every write that a caller is told succeeded is durable.
 
-pub mod listing;
 pub mod plan;
 
 use crate::model::{
@@ -375,32 +374,6 @@ pub trait ClientStore: Send + Sync + 'static {
     /// and component: (name, component digest, count), in no set order.
     /// Read from the status index and the two columns, not whole rows.
     async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>>;
-}
-
-/// `SELECT name, component FROM instances` restricted to the statuses of
-/// instances that have not finished (an index search per status), for
-/// [`ClientStore::in_flight_versions`]: the same text on every backend.
-pub fn in_flight_versions_sql() -> String {
-    let live: Vec<String> = crate::model::RuntimeStatus::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
-    format!(
-        "SELECT name, component FROM instances WHERE status IN ({})",
-        live.join(", ")
-    )
-}
-
-/// Count `(name, component)` pairs into `(name, component, count)`.
-pub fn count_versions(
-    pairs: impl IntoIterator<Item = (String, String)>,
-) -> Vec<(String, String, u64)> {
-    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    for pair in pairs {
-        *counts.entry(pair).or_default() += 1;
-    }
-    counts.into_iter().map(|((n, c), k)| (n, c, k)).collect()
 }
 
 /// A store for both consumers.

@@ -629,10 +629,10 @@ impl ClientStore for PgStore {
 
     async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
         let client = self.client().await?;
-        let sql = duro_core::store::in_flight_versions_sql();
+        let sql = duro_store_sql::rows::in_flight_versions_sql();
         let stmt = client.prepare_cached(&sql).await.map_err(backend)?;
         let rows = client.query(&stmt, &[]).await.map_err(backend)?;
-        Ok(duro_core::store::count_versions(
+        Ok(duro_store_sql::rows::count_versions(
             rows.iter().map(|r| (r.get(0), r.get(1))),
         ))
     }

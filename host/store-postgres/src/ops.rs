@@ -5,13 +5,14 @@
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    ParentCall, RuntimeStatus, input_hash,
+    RuntimeStatus, input_hash,
 };
-use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::plan::{self, Write};
 use duro_core::store::{
     ActivityFinish, ActivityWork, LoadedInstance, StoreCounts, StoreError, StoreResult, Version,
 };
+use duro_store_sql::listing::{self, SqlValue};
+use duro_store_sql::rows::{self, InstanceRow, corrupt};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -23,20 +24,11 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// `listing` builds), named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
-    /// The columns `instance_from_row` reads.
-    macro_rules! instance_columns {
-        () => {
-            "id, name, status, input, output, custom_status, component, execution_id, \
-             created_at, updated_at, history_len, parent_instance, parent_execution, parent_task, \
-             trace_parent"
-        };
-    }
-    /// The columns `instance_from_row` reads.
-    pub const INSTANCE_COLUMNS: &str = instance_columns!();
+    pub use duro_store_sql::rows::INSTANCE_COLUMNS;
     /// One instance row.
     pub const GET_INSTANCE: &str = concat!(
         "SELECT ",
-        instance_columns!(),
+        duro_store_sql::instance_columns!(),
         " FROM instances WHERE id = $1"
     );
     /// Lease up to $4 ready instances whose lease is free or expired at $3,
@@ -180,40 +172,33 @@ async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResu
     c.query_opt(&stmt, params).await.map_err(backend)
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        message: format!("stored {what} cannot be read: {e}"),
-        retriable: false,
-    }
-}
-
 fn to_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| corrupt(what, e))
 }
 
+/// An instance row (columns of `sql::INSTANCE_COLUMNS`, in order) as an
+/// instance (`InstanceRow::decode`): a column of the wrong type or a NULL
+/// where a value belongs is an error, not a panic.
 fn instance_from_row(row: &Row) -> StoreResult<Instance> {
-    let status: String = row.get("status");
-    Ok(Instance {
-        id: row.get("id"),
-        name: row.get("name"),
-        status: RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        input: row.get("input"),
-        output: row.get("output"),
-        custom_status: row.get("custom_status"),
-        component: row.get("component"),
-        execution_id: row.get("execution_id"),
-        created_at: row.get::<_, i64>("created_at") as Millis,
-        updated_at: row.get::<_, i64>("updated_at") as Millis,
-        history_len: row.get::<_, i64>("history_len") as u64,
-        parent: row
-            .get::<_, Option<String>>("parent_instance")
-            .map(|instance| ParentCall {
-                instance,
-                execution: row.get("parent_execution"),
-                task: row.get::<_, Option<i64>>("parent_task").unwrap_or(0) as u32,
-            }),
-        trace_parent: row.get("trace_parent"),
-    })
+    let bad = |e: tokio_postgres::Error| corrupt("instance row", e);
+    InstanceRow {
+        id: row.try_get(0).map_err(bad)?,
+        name: row.try_get(1).map_err(bad)?,
+        status: row.try_get(2).map_err(bad)?,
+        input: row.try_get(3).map_err(bad)?,
+        output: row.try_get(4).map_err(bad)?,
+        custom_status: row.try_get(5).map_err(bad)?,
+        component: row.try_get(6).map_err(bad)?,
+        execution_id: row.try_get(7).map_err(bad)?,
+        created_at: row.try_get(8).map_err(bad)?,
+        updated_at: row.try_get(9).map_err(bad)?,
+        history_len: row.try_get(10).map_err(bad)?,
+        parent_instance: row.try_get(11).map_err(bad)?,
+        parent_execution: row.try_get(12).map_err(bad)?,
+        parent_task: row.try_get(13).map_err(bad)?,
+        trace_parent: row.try_get(14).map_err(bad)?,
+    }
+    .decode()
 }
 
 pub async fn get_instance(c: &impl GenericClient, id: &str) -> StoreResult<Option<Instance>> {
@@ -245,12 +230,12 @@ pub async fn get_history_page(
 
 /// A history row (seq, timestamp, event) as its entry.
 fn history_entry(r: &Row) -> StoreResult<HistoryEntry> {
-    let event: &str = r.get(2);
-    Ok(HistoryEntry {
-        seq: r.get::<_, i64>(0) as u64,
-        timestamp: r.get::<_, i64>(1) as Millis,
-        event: serde_json::from_str(event).map_err(|e| corrupt("history event", e))?,
-    })
+    let bad = |e: tokio_postgres::Error| corrupt("history row", e);
+    rows::history_entry(
+        r.try_get(0).map_err(bad)?,
+        r.try_get(1).map_err(bad)?,
+        r.try_get(2).map_err(bad)?,
+    )
 }
 
 async fn append_events(
@@ -661,7 +646,7 @@ pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<L
             let message: String = r.get(1);
             Ok(InboxEntry {
                 id: r.get(0),
-                message: serde_json::from_str(&message).map_err(|e| corrupt("inbox message", e))?,
+                message: rows::message(&message)?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;

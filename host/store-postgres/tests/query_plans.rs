@@ -4,8 +4,8 @@
 //! without `DURO_TEST_POSTGRES_URL`, unless `DURO_REQUIRE_POSTGRES` is set.
 
 use duro_core::model::{InstanceQuery, RuntimeStatus};
-use duro_core::store::listing::{self, SqlValue};
 use duro_store_postgres::{PgOptions, PgStore, sql};
+use duro_store_sql::listing::{self, SqlValue};
 use tokio_postgres::types::ToSql;
 
 async fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) {

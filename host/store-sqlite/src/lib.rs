@@ -13,14 +13,16 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
-    ParentCall, RuntimeStatus, canonical_json_text, input_hash,
+    RuntimeStatus, canonical_json_text, input_hash,
 };
-use duro_core::store::listing::{self, SqlValue};
 use duro_core::store::plan::{self, Write};
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
     StoreCounts, StoreError, StoreResult, Version,
 };
+use duro_store_sql::listing::{self, SqlValue};
+pub use duro_store_sql::rows::INSTANCE_COLUMNS;
+use duro_store_sql::rows::{self, InstanceRow, corrupt};
 
 /// PRAGMAs applied to every connection, in order.
 const PRAGMAS: &[(&str, &str)] = &[
@@ -80,14 +82,6 @@ fn backfill_input_hashes(conn: &Connection) -> StoreResult<()> {
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
 
-/// The columns `instance_from_row` reads, as a literal so that the
-/// statements in `sql` can be built from it with `concat!`.
-macro_rules! instance_columns {
-    () => {
-        "id, name, status, input, output, custom_status, component, execution_id, created_at, updated_at, history_len, parent_instance, parent_execution, parent_task, trace_parent"
-    };
-}
-
 /// The statements of the workers and clients, besides listings (which
 /// `listing` builds): named so that the query-plan test explains exactly
 /// the text the store runs.
@@ -110,7 +104,7 @@ pub mod sql {
     /// One instance row (columns of `INSTANCE_COLUMNS`).
     pub const GET_INSTANCE: &str = concat!(
         "SELECT ",
-        instance_columns!(),
+        duro_store_sql::instance_columns!(),
         " FROM instances WHERE id = ?1"
     );
     /// An instance's history.
@@ -183,13 +177,6 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend {
         message: e.to_string(),
         retriable,
-    }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        message: format!("stored {what} cannot be read: {e}"),
-        retriable: false,
     }
 }
 
@@ -407,8 +394,7 @@ impl SqliteStore {
                     let (id, message) = row.map_err(backend)?;
                     inbox.push(InboxEntry {
                         id,
-                        message: serde_json::from_str(&message)
-                            .map_err(|e| corrupt("inbox message", e))?,
+                        message: rows::message(&message)?,
                     });
                 }
                 Ok(LoadedInstance {
@@ -649,51 +635,36 @@ fn commit_group(conn: &Connection, group: Vec<Job>) {
     }
 }
 
-fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
-    let status: String = row.get("status")?;
-    Ok((
-        Instance {
-            id: row.get("id")?,
-            name: row.get("name")?,
-            status: RuntimeStatus::Pending,
-            input: row.get("input")?,
-            output: row.get("output")?,
-            custom_status: row.get("custom_status")?,
-            component: row.get("component")?,
-            execution_id: row.get("execution_id")?,
-            created_at: row.get::<_, i64>("created_at")? as Millis,
-            updated_at: row.get::<_, i64>("updated_at")? as Millis,
-            history_len: row.get::<_, i64>("history_len")? as u64,
-            parent: match row.get::<_, Option<String>>("parent_instance")? {
-                Some(instance) => Some(ParentCall {
-                    instance,
-                    execution: row.get("parent_execution")?,
-                    task: row.get("parent_task")?,
-                }),
-                None => None,
-            },
-            trace_parent: row.get("trace_parent")?,
-        },
-        status,
-    ))
+/// An instance row (its columns in the order of `INSTANCE_COLUMNS`), to
+/// be decoded (`InstanceRow::decode`).
+fn instance_row(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: row.get(2)?,
+        input: row.get(3)?,
+        output: row.get(4)?,
+        custom_status: row.get(5)?,
+        component: row.get(6)?,
+        execution_id: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+        history_len: row.get(10)?,
+        parent_instance: row.get(11)?,
+        parent_execution: row.get(12)?,
+        parent_task: row.get(13)?,
+        trace_parent: row.get(14)?,
+    })
 }
-
-fn finish_instance((mut instance, status): (Instance, String)) -> StoreResult<Instance> {
-    instance.status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
-    Ok(instance)
-}
-
-/// The columns `instance_from_row` reads.
-pub const INSTANCE_COLUMNS: &str = instance_columns!();
 
 fn get_instance(conn: &Connection, id: &str) -> StoreResult<Option<Instance>> {
     let row = conn
         .prepare_cached(sql::GET_INSTANCE)
         .map_err(backend)?
-        .query_row([id], instance_from_row)
+        .query_row([id], instance_row)
         .optional()
         .map_err(backend)?;
-    row.map(finish_instance).transpose()
+    row.map(InstanceRow::decode).transpose()
 }
 
 fn get_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEntry>> {
@@ -723,11 +694,11 @@ fn history_rows(mut rows: rusqlite::Rows<'_>) -> StoreResult<Vec<HistoryEntry>> 
         // Decoded from the row's own text, not a copy of it.
         let event = row.get_ref(2).map_err(backend)?;
         let event = event.as_str().map_err(|e| corrupt("history event", e))?;
-        history.push(HistoryEntry {
-            seq: row.get::<_, i64>(0).map_err(backend)? as u64,
-            timestamp: row.get::<_, i64>(1).map_err(backend)? as Millis,
-            event: serde_json::from_str(event).map_err(|e| corrupt("history event", e))?,
-        });
+        history.push(rows::history_entry(
+            row.get(0).map_err(backend)?,
+            row.get(1).map_err(backend)?,
+            event,
+        )?);
     }
     Ok(history)
 }
@@ -848,11 +819,11 @@ fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<I
         } else {
             INSTANCE_COLUMNS
         },
-        instance_from_row,
-        |(i, _)| (i.created_at, i.id.as_str()),
+        instance_row,
+        |i| (i.created_at.max(0) as Millis, i.id.as_str()),
     )?
     .into_iter()
-    .map(finish_instance)
+    .map(InstanceRow::decode)
     .collect()
 }
 
@@ -1494,14 +1465,14 @@ impl ClientStore for SqliteStore {
     async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
         self.read_aside(|conn| {
             let mut stmt = conn
-                .prepare_cached(&duro_core::store::in_flight_versions_sql())
+                .prepare_cached(&rows::in_flight_versions_sql())
                 .map_err(backend)?;
             let pairs = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            Ok(duro_core::store::count_versions(pairs))
+            Ok(rows::count_versions(pairs))
         })
         .await
     }

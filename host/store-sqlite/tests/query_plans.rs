@@ -4,7 +4,7 @@
 //! used as the schema or the queries change.
 
 use duro_core::model::{InstanceQuery, RuntimeStatus, canonical_json};
-use duro_core::store::listing::{self, SqlValue};
+use duro_store_sql::listing::{self, SqlValue};
 use duro_store_sqlite::{INSTANCE_COLUMNS, SqliteStore, sql};
 
 /// What a plan may do beyond index searches.
@@ -217,7 +217,7 @@ fn every_query_is_answered_from_an_index() {
     check(
         &store,
         "versions in flight",
-        &duro_core::store::in_flight_versions_sql(),
+        &duro_store_sql::rows::in_flight_versions_sql(),
         &[],
         Allow::Searches,
     );

@@ -21,7 +21,7 @@
 //! for a name + status query, leaving the name to filter), and if the named
 //! index cannot serve the statement SQLite refuses it instead of scanning.
 
-use crate::model::{InstanceQuery, Millis, input_hash};
+use duro_core::model::{InstanceQuery, Millis, input_hash};
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +47,7 @@ impl Statement {
     /// test checks it does).
     ///
     /// ```
-    /// use duro_core::store::listing::Statement;
+    /// use duro_store_sql::listing::Statement;
     /// let sqlite = Statement {
     ///     sql: "SELECT id FROM instances INDEXED BY instances_by_name WHERE name = ?1 LIMIT ?2".into(),
     ///     args: vec![],
@@ -117,7 +117,7 @@ fn renumbered(sql: &str, offset: usize) -> String {
 /// the JSON `null` instead, for a listing that does not show inputs.
 ///
 /// ```
-/// let columns = duro_core::store::listing::without_input("id, name, status, input, output");
+/// let columns = duro_store_sql::listing::without_input("id, name, status, input, output");
 /// assert_eq!(columns, "id, name, status, 'null' AS input, output");
 /// ```
 pub fn without_input(columns: &str) -> String {
@@ -355,7 +355,7 @@ pub fn merge<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::RuntimeStatus;
+    use duro_core::model::RuntimeStatus;
 
     #[test]
     fn a_union_numbers_each_statements_arguments_after_the_ones_before() {
