@@ -223,7 +223,7 @@ impl PgStore {
             .build()
             .map_err(|e| setup_error("cannot build the connection pool", e))?;
         let owner = host_name();
-        let (notifier, notifying) = notifier::Notifier::start(pool.clone());
+        let (notifier, notifying) = notifier::Notifier::start(pool.clone(), &owner);
         let writer = writer::Writer::start(&pool, &owner, &notifier);
         let store = PgStore {
             writer,
@@ -409,18 +409,22 @@ async fn renew_leases(pool: Pool, owner: String, ttl: Duration) {
 
 /// Listen for other hosts' notifications and wake the runtime, reconnecting
 /// (and waking everything, in case something was missed) when the
-/// connection drops.
-async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
+/// connection drops. This host's own (their payload is `owner`) wake
+/// nothing: its runtime knows of its writes.
+async fn listen(config: tokio_postgres::Config, owner: String, wake: WakeFn) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+                let owner = owner.clone();
                 let driver = tokio::spawn(async move {
                     while let Some(message) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
                         match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                if n.payload() != owner =>
+                            {
                                 let _ = heard_tx.send(n.channel().to_string());
                             }
                             Ok(_) => {}
@@ -552,7 +556,11 @@ impl RuntimeStore for PgStore {
     fn on_foreign_work(&self, wake: WakeFn) {
         let mut slot = self.wake.lock().expect("wake slot poisoned");
         if slot.is_none() {
-            self.spawn(listen(self.config.clone(), wake.clone()));
+            self.spawn(listen(
+                self.config.clone(),
+                self.owner.clone(),
+                wake.clone(),
+            ));
         }
         *slot = Some(wake);
     }

@@ -30,9 +30,11 @@ fn bit(kind: WorkKind) -> u8 {
 impl Notifier {
     /// Start sending on the current runtime: the notifier, and the task
     /// that sends (to stop with the store).
-    pub fn start(pool: Pool) -> (Arc<Notifier>, tokio::task::AbortHandle) {
+    /// Each notification carries `owner` (this host's name), so that the
+    /// host's own listener can pass over what it sent.
+    pub fn start(pool: Pool, owner: &str) -> (Arc<Notifier>, tokio::task::AbortHandle) {
         let notifier = Arc::new(Notifier::default());
-        let sending = tokio::spawn(send(pool, notifier.clone())).abort_handle();
+        let sending = tokio::spawn(send(pool, owner.to_string(), notifier.clone())).abort_handle();
         (notifier, sending)
     }
 
@@ -43,14 +45,14 @@ impl Notifier {
     }
 }
 
-async fn send(pool: Pool, notifier: Arc<Notifier>) {
+async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
     loop {
         notifier.wake.notified().await;
         let pending = notifier.pending.swap(0, Ordering::SeqCst);
         let statement: String = CHANNELS
             .iter()
             .filter(|(_, kind)| pending & bit(*kind) != 0)
-            .map(|(channel, _)| format!("NOTIFY {channel};"))
+            .map(|(channel, _)| format!("NOTIFY {channel}, '{owner}';"))
             .collect();
         if statement.is_empty() {
             continue;

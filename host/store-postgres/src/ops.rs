@@ -31,13 +31,19 @@ pub mod sql {
         duro_store_sql::instance_columns!(),
         " FROM instances WHERE id = $1"
     );
-    /// Lease up to $4 ready instances whose lease is free or expired at $3,
-    /// oldest first, from the ready index ($1 owner, $2 until).
-    pub const CLAIM_READY: &str = "UPDATE instances SET lease_owner = $1, lease_until = $2 \
-         WHERE id IN ( \
-             SELECT id FROM instances WHERE ready_at IS NOT NULL \
-               AND (lease_until IS NULL OR lease_until < $3) \
+    /// Lease up to $4 instances ($1 owner, $2 until): those whose lease
+    /// expired by $3 (their host died), then ready ones nobody leases,
+    /// oldest first; each from a partial index. The ready mark is cleared:
+    /// a commit or a release sets it again if messages wait.
+    pub const CLAIM_READY: &str = "WITH expired AS ( \
+             SELECT id FROM instances WHERE lease_owner IS NOT NULL AND lease_until < $3 \
+             LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         ready AS ( \
+             SELECT id FROM instances WHERE ready_at IS NOT NULL AND lease_owner IS NULL \
              ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         UPDATE instances SET lease_owner = $1, lease_until = $2, ready_at = NULL \
+         WHERE id IN (SELECT id FROM ( \
+             SELECT id FROM expired UNION ALL SELECT id FROM ready) claimed LIMIT $4) \
          RETURNING id";
     /// A new instance row, ready at once ($6 its creation time); nothing
     /// if the id is taken.
@@ -69,7 +75,11 @@ pub mod sql {
              WHERE instance_id = $1 AND (control OR $2 <> 'Suspended')) THEN $5::BIGINT END \
          WHERE id = $1";
     /// Give leases back ($1 ids, $2 owner).
-    pub const RELEASE: &str = "UPDATE instances SET lease_owner = NULL, lease_until = NULL \
+    /// The instances are ready again if messages they can take wait.
+    pub const RELEASE: &str = "UPDATE instances SET lease_owner = NULL, lease_until = NULL, \
+         ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.instance_id = instances.id \
+             AND (i.control OR instances.status <> 'Suspended')) \
+             THEN COALESCE(ready_at, 0) ELSE ready_at END \
          WHERE id = ANY($1) AND lease_owner = $2";
     /// An instance's history.
     pub const LOAD_HISTORY: &str =
