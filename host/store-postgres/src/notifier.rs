@@ -68,5 +68,13 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
             // Other hosts poll as a fallback; nothing is lost.
             tracing::debug!("cannot notify other hosts: {e}");
         }
+        // Under load every commit raises a signal: one notification per
+        // spell folds them, so that each other host wakes (and claims) at
+        // most that often because of this one, not once per commit.
+        tokio::time::sleep(SPELL).await;
     }
 }
+
+/// Least time between two notifications of a host: the most it delays
+/// waking an idle host, and what bounds the wake-ups it causes under load.
+const SPELL: std::time::Duration = std::time::Duration::from_millis(5);
