@@ -287,12 +287,24 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<String>> {
+        self.explain_with(sql, params, "SET LOCAL enable_seqscan = off")
+            .await
+    }
+
+    /// The plan PostgreSQL chooses for `sql` with `params` as it would run
+    /// now, on the table's statistics, after the session statements
+    /// `setup` (for the query-plan test: a plan that does not depend on
+    /// them).
+    pub async fn explain_with(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        setup: &str,
+    ) -> StoreResult<Vec<String>> {
         {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            tx.batch_execute("SET LOCAL enable_seqscan = off")
-                .await
-                .map_err(backend)?;
+            tx.batch_execute(setup).await.map_err(backend)?;
             let plan = tx
                 .query(&format!("EXPLAIN {sql}"), params)
                 .await

@@ -34,16 +34,19 @@ pub mod sql {
     /// Lease up to $4 instances ($1 owner, $2 until): those whose lease
     /// expired by $3 (their host died), then ready ones nobody leases,
     /// oldest first; each from a partial index. The ready mark is cleared:
-    /// a commit or a release sets it again if messages wait.
+    /// a commit or a release sets it again if messages wait. The rows are
+    /// updated by id from an array (`= ANY(ARRAY(…))`): an `IN (subquery)`
+    /// lets the planner hash-join a sequential scan of the whole table,
+    /// which it did under load.
     pub const CLAIM_READY: &str = "WITH expired AS ( \
              SELECT id FROM instances WHERE lease_owner IS NOT NULL AND lease_until < $3 \
-             LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED), \
          ready AS ( \
              SELECT id FROM instances WHERE ready_at IS NOT NULL AND lease_owner IS NULL \
              ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
          UPDATE instances SET lease_owner = $1, lease_until = $2, ready_at = NULL \
-         WHERE id IN (SELECT id FROM ( \
-             SELECT id FROM expired UNION ALL SELECT id FROM ready) claimed LIMIT $4) \
+         WHERE id = ANY(ARRAY( \
+             SELECT id FROM expired UNION ALL SELECT id FROM ready LIMIT $4)) \
          RETURNING id";
     /// A new instance row, ready at once ($6 its creation time); nothing
     /// if the id is taken.
@@ -94,24 +97,25 @@ pub mod sql {
          WHERE id = $1 FOR UPDATE";
     /// Every due timer taken out of the table, skipping rows another host
     /// holds (as on SQLite, all of them in one transaction).
-    pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE (instance_id, task) IN ( \
-             SELECT instance_id, task FROM timers WHERE fire_at <= $1 \
-             FOR UPDATE SKIP LOCKED) \
+    /// The rows go by their physical address (`ctid`, stable while they
+    /// are locked), never by a join the planner may turn into a scan.
+    /// At most $2 of them per statement, oldest first: an index range
+    /// scan whatever the planner guesses of how many are due.
+    pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE ctid = ANY(ARRAY( \
+             SELECT ctid FROM timers WHERE fire_at <= $1 \
+             ORDER BY fire_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
          RETURNING instance_id, task, fire_at, execution_id";
     /// Whether an instance has messages, due timers or due activities.
     pub const HAS_PENDING_WORK: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = $1) \
          OR EXISTS (SELECT 1 FROM timers WHERE instance_id = $1 AND fire_at <= $2) \
          OR EXISTS (SELECT 1 FROM activities WHERE instance_id = $1 AND run_at <= $2)";
     /// Lease due activity rows whose lease is free or expired.
-    pub const CLAIM_ACTIVITIES: &str = "UPDATE activities a SET lease_owner = $1, lease_until = $2 \
-         FROM ( \
+    pub const CLAIM_ACTIVITIES: &str = "UPDATE activities SET lease_owner = $1, lease_until = $2 \
+         WHERE id = ANY(ARRAY( \
              SELECT id FROM activities \
              WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $5) \
-             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED \
-         ) due \
-         WHERE a.id = due.id \
-         RETURNING a.id, a.instance_id, a.execution_id, a.task, a.name, a.input, a.retry, \
-             a.attempt, a.first_at";
+             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+         RETURNING id, instance_id, execution_id, task, name, input, retry, attempt, first_at";
     /// An episode's timers ($1 instances, $2 tasks, $3 due times, $4
     /// executions: arrays), one moved if its task has one already.
     pub const PUT_TIMERS: &str = "INSERT INTO timers (instance_id, task, fire_at, execution_id) \
@@ -152,19 +156,20 @@ pub mod sql {
     /// Rows locked by a write under way are skipped (that write is about
     /// to give the lease back), so renewal never deadlocks with one.
     pub const RENEW_LEASES: [&str; 2] = [
-        "UPDATE instances SET lease_until = $2 WHERE id IN ( \
-             SELECT id FROM instances WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED)",
-        "UPDATE activities SET lease_until = $2 WHERE id IN ( \
-             SELECT id FROM activities WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED)",
+        "UPDATE instances SET lease_until = $2 WHERE id = ANY(ARRAY( \
+             SELECT id FROM instances WHERE lease_owner IS NOT NULL AND lease_owner = $1 \
+             ORDER BY lease_until FOR UPDATE SKIP LOCKED))",
+        "UPDATE activities SET lease_until = $2 WHERE id = ANY(ARRAY( \
+             SELECT id FROM activities WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED))",
     ];
-    /// One statement per table for a batch of purged ids ($1, a text array).
-    pub const PURGE_BATCH: [&str; 5] = [
-        "DELETE FROM history WHERE instance_id = ANY($1)",
-        "DELETE FROM inbox WHERE instance_id = ANY($1)",
-        "DELETE FROM timers WHERE instance_id = ANY($1)",
-        "DELETE FROM activities WHERE instance_id = ANY($1)",
-        "DELETE FROM instances WHERE id = ANY($1)",
-    ];
+    /// One statement per table an instance owns (`plan::OWNED_ROWS`, the
+    /// instance row last) for a batch of purged ids ($1, a text array).
+    pub static PURGE_BATCH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        duro_core::store::plan::OWNED_ROWS
+            .iter()
+            .map(|(table, column)| format!("DELETE FROM {table} WHERE {column} = ANY($1)"))
+            .collect()
+    });
 }
 
 async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<u64> {
@@ -299,7 +304,7 @@ async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult
         return Ok(0);
     }
     let mut deleted = 0;
-    for statement in sql::PURGE_BATCH {
+    for statement in sql::PURGE_BATCH.iter() {
         // The last statement deletes the instance rows themselves.
         deleted = exec(c, statement, &[&ids]).await?;
     }
@@ -904,22 +909,41 @@ pub async fn each_in_savepoint<T>(
 /// Move due timers into their instances' inboxes, skipping rows another
 /// host is moving: each timer fires once.
 pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> {
+    /// Timers taken by one statement.
+    const BATCH: i64 = 1_000;
     let tx = c.transaction().await.map_err(backend)?;
-    let mut due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64)]).await?;
-    // Instance rows are locked in id order, as other writers' are likeliest
-    // to be, so that fewer lock waits can close a cycle.
-    due.sort_by(|a, b| a.get::<_, &str>(0).cmp(b.get::<_, &str>(0)));
-    for timer in &due {
-        let instance: String = timer.get(0);
-        let message = plan::timer_fired(
-            timer.get::<_, i64>(1) as u32,
-            timer.get::<_, i64>(2) as Millis,
-            timer.get(3),
-        );
-        push_message(&tx, &instance, &message, now).await?;
+    let mut fired = 0;
+    loop {
+        let mut due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64), &BATCH]).await?;
+        // Instance rows are locked in id order, as other writers' are
+        // likeliest to be, so that fewer lock waits can close a cycle.
+        due.sort_by(|a, b| a.get::<_, &str>(0).cmp(b.get::<_, &str>(0)));
+        let messages: Vec<(String, Message)> = due
+            .iter()
+            .map(|timer| {
+                let fired = plan::timer_fired(
+                    timer.get::<_, i64>(1) as u32,
+                    timer.get::<_, i64>(2) as Millis,
+                    timer.get(3),
+                );
+                (timer.get(0), fired)
+            })
+            .collect();
+        // Sent together, in order (one round trip).
+        let pushed = futures_util::future::join_all(
+            messages
+                .iter()
+                .map(|(instance, message)| push_message(&tx, instance, message, now)),
+        )
+        .await;
+        pushed.into_iter().collect::<StoreResult<Vec<()>>>()?;
+        fired += due.len();
+        if (due.len() as i64) < BATCH {
+            break;
+        }
     }
     tx.commit().await.map_err(backend)?;
-    Ok(due.len())
+    Ok(fired)
 }
 
 pub async fn min_of(c: &Object, sql: &str) -> StoreResult<Option<Millis>> {

@@ -57,7 +57,13 @@ async fn every_statement_is_served_by_an_index() {
     .await;
     check(&store, "release", sql::RELEASE, &[&ids, &owner]).await;
     check(&store, "consume", sql::DELETE_CONSUMED, &[&id, &consumed]).await;
-    check(&store, "fire due timers", sql::FIRE_DUE_TIMERS, &[&now]).await;
+    check(
+        &store,
+        "fire due timers",
+        sql::FIRE_DUE_TIMERS,
+        &[&now, &limit],
+    )
+    .await;
     check(&store, "next timer", sql::NEXT_TIMER_DUE, &[]).await;
     check(&store, "pending work", sql::HAS_PENDING_WORK, &[&id, &now]).await;
     check(
@@ -71,8 +77,51 @@ async fn every_statement_is_served_by_an_index() {
     for statement in sql::RENEW_LEASES {
         check(&store, "renew leases", statement, &[&owner, &now]).await;
     }
-    for statement in sql::PURGE_BATCH {
+    for statement in sql::PURGE_BATCH.iter() {
         check(&store, "purge batch", statement, &[&ids]).await;
+    }
+    // The queue statements stay index searches on a table with rows and
+    // statistics, whatever the planner estimates: with a generic plan
+    // (forced here) an `IN (subquery)` became a hash join over a sequential
+    // scan of every instance once the table had a few thousand rows.
+    // (Each explained in the transaction that wrote the rows, which is
+    // rolled back.)
+    let rows = concat!(
+        "INSERT INTO components VALUES ('c', '', 0); \
+                 INSERT INTO instances (id, name, status, input, component, created_at, updated_at, \
+                     history_len, input_hash, execution_id, ready_at, lease_owner, lease_until) \
+                 SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e', \
+                     CASE WHEN n % 10 = 0 THEN n END, CASE WHEN n % 100 = 0 THEN 'h' END, \
+                     n + 100000 \
+                 FROM generate_series(1, 1500) n; \
+                 INSERT INTO timers SELECT 'i' || n, 0, n, 'e' FROM generate_series(1, 1500) n; \
+                 ANALYZE instances; ANALYZE timers; ",
+        "SET LOCAL plan_cache_mode = force_generic_plan"
+    );
+    for (what, statement, params) in [
+        (
+            "claim ready",
+            sql::CLAIM_READY,
+            &[&owner as &(dyn ToSql + Sync), &now, &now, &limit] as &[&(dyn ToSql + Sync)],
+        ),
+        ("fire due timers", sql::FIRE_DUE_TIMERS, &[&now, &limit]),
+        (
+            "claim activities",
+            sql::CLAIM_ACTIVITIES,
+            &[&owner as &(dyn ToSql + Sync), &now, &now, &limit, &now],
+        ),
+        (
+            "renew leases",
+            sql::RENEW_LEASES[0],
+            &[&owner as &(dyn ToSql + Sync), &now],
+        ),
+    ] {
+        let plan = store.explain_with(statement, params, rows).await.unwrap();
+        assert!(
+            !plan.iter().any(|line| line.contains("Seq Scan")),
+            "{what} scans a table:\n{}",
+            plan.join("\n")
+        );
     }
     // Listings, with each filter and their combinations, and a continuation.
     let base = InstanceQuery {
