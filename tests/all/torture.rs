@@ -6,7 +6,7 @@
 //! with the right output, with one event (or one timer, or three activity
 //! results) and one completion in its history.
 //!
-//! CI runs the short form (10 kills). A long run:
+//! On SQLite and on PostgreSQL. CI runs the short form (10 kills). A long run:
 //! `DURO_TORTURE_KILLS=200 DURO_TORTURE_CLIENTS=32 ./scripts/test --test all torture -- --nocapture`
 
 use std::collections::BTreeMap;
@@ -82,6 +82,24 @@ fn send(
 
 #[test]
 fn acknowledged_work_survives_repeated_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    torture(&dir.path().join("duro.db"), &[]);
+}
+
+/// The same on PostgreSQL: a killed host's leases expire (after a second
+/// here) and the restarted host, a new lease owner, takes its work over.
+#[test]
+fn acknowledged_work_survives_repeated_kill_9_on_postgres() {
+    let Some(database) = crate::support::postgres_database("torture") else {
+        return;
+    };
+    torture(std::path::Path::new(&database), &["--lease-ttl-ms", "1000"]);
+}
+
+/// Run the clients against a host on `database` (a SQLite file or a
+/// `postgres://` URL), killing and restarting it, then check every
+/// acknowledged lifecycle.
+fn torture(database: &std::path::Path, extra: &[&str]) {
     let kills = setting("DURO_TORTURE_KILLS", 10);
     let clients = setting("DURO_TORTURE_CLIENTS", 8);
     let seed = setting(
@@ -102,8 +120,7 @@ fn acknowledged_work_survives_repeated_kill_9() {
             duro_tests::TEST_ACTIVITIES
         ),
     );
-    let database = dir.path().join("duro.db");
-    let host = Host::start_with(&manifest, &database, &[]);
+    let host = Host::start_with(&manifest, database, extra);
     let address = Arc::new(RwLock::new(host.address.clone()));
     let host = Arc::new(Mutex::new(Some(host)));
     let ledger: Arc<Mutex<BTreeMap<String, Acknowledged>>> = Arc::default();
@@ -186,7 +203,7 @@ fn acknowledged_work_survives_repeated_kill_9() {
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
         let running = host.lock().unwrap().take().unwrap();
         running.kill();
-        let restarted = Host::start_with(&manifest, &database, &[]);
+        let restarted = Host::start_with(&manifest, database, extra);
         *address.write().unwrap() = restarted.address.clone();
         *host.lock().unwrap() = Some(restarted);
     }
