@@ -237,6 +237,29 @@ async fn check(
     Ok(())
 }
 
+/// Every stored event is stamped by the simulated clock (which reaches the
+/// store), never by the machine's: between the case's start and now.
+async fn check_clock(
+    runtime: &Runtime,
+    id: &str,
+    clock: &ManualClock,
+    started: u64,
+) -> Result<(), TestCaseError> {
+    let history = runtime.history(id).await.expect("readable");
+    let now = clock.now();
+    for entry in &history {
+        prop_assert!(
+            (started..=now).contains(&entry.timestamp),
+            "event {} stamped {}, outside the simulated {}..={}",
+            entry.seq,
+            entry.timestamp,
+            started,
+            now
+        );
+    }
+    Ok(())
+}
+
 async fn run_case(ops: Vec<Op>, actions: Vec<(Action, bool)>) -> Result<usize, TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
@@ -250,7 +273,8 @@ async fn run_case(ops: Vec<Op>, actions: Vec<(Action, bool)>) -> Result<usize, T
         )
         .await
         .expect("starts");
-    let mut model = Model::new(ops, clock.now());
+    let started = clock.now();
+    let mut model = Model::new(ops, started);
     settle(&runtime, id).await?;
     check(&runtime, id, &model, "the start").await?;
     let mut crashes = 0;
@@ -284,6 +308,7 @@ async fn run_case(ops: Vec<Op>, actions: Vec<(Action, bool)>) -> Result<usize, T
         settle(&runtime, id).await?;
         check(&runtime, id, &model, &format!("action {n} {action:?}")).await?;
     }
+    check_clock(&runtime, id, &clock, started).await?;
     runtime.shutdown().await;
     Ok(crashes)
 }
