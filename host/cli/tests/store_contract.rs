@@ -320,6 +320,7 @@ contract!(
     more_than_a_thousand_due_timers_fire_at_once,
     every_stored_time_is_the_callers,
     a_message_for_a_purged_instance_is_dropped,
+    suspended_instances_take_only_control_messages,
 );
 
 fn instance(id: &str) -> Instance {
@@ -1130,4 +1131,60 @@ fn a_message_for_a_purged_instance_is_dropped(t: &TestStore) {
         t.raw("SELECT count(*) FROM inbox WHERE instance_id = 'gone'"),
         [Some(0)]
     );
+}
+
+/// A suspended instance is ready only for control messages; once resumed,
+/// the events that waited make it ready again (on PostgreSQL, its ready
+/// mark is kept by every message, commit and release).
+fn suspended_instances_take_only_control_messages(t: &TestStore) {
+    let store = &t.store;
+    let far = now_millis() + 60_000;
+    store.create_instance(&instance("s")).unwrap();
+    assert_eq!(store.claim_ready(10, far).unwrap(), ["s"]);
+    let loaded = store.load("s").unwrap();
+    assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Suspended)])[0].is_ok());
+    assert!(
+        store.claim_ready(10, far).unwrap().is_empty(),
+        "nothing waits"
+    );
+    store.enqueue("s", &event("1")).unwrap();
+    assert!(
+        store.claim_ready(10, far).unwrap().is_empty(),
+        "an event waits for the resume"
+    );
+    store
+        .enqueue("s", &Message::Resume { reason: None })
+        .unwrap();
+    assert_eq!(
+        store.claim_ready(10, far).unwrap(),
+        ["s"],
+        "a resume is taken"
+    );
+    // An episode that takes only the resume and leaves it suspended: the
+    // event still waits, and the instance is not ready.
+    let loaded = store.load("s").unwrap();
+    assert_eq!(loaded.inbox.len(), 2);
+    let resume = loaded.inbox[1].id;
+    let mut kept = episode(&loaded, RuntimeStatus::Suspended);
+    kept.consumed = vec![resume];
+    assert!(store.commit_episodes(vec![kept])[0].is_ok());
+    assert!(store.claim_ready(10, far).unwrap().is_empty());
+    // Resumed, with the event left: ready again.
+    store
+        .enqueue("s", &Message::Resume { reason: None })
+        .unwrap();
+    assert_eq!(store.claim_ready(10, far).unwrap(), ["s"]);
+    let loaded = store.load("s").unwrap();
+    let resume = loaded.inbox.last().unwrap().id;
+    let mut resumed = episode(&loaded, RuntimeStatus::Running);
+    resumed.consumed = vec![resume];
+    assert!(store.commit_episodes(vec![resumed])[0].is_ok());
+    assert_eq!(
+        store.claim_ready(10, far).unwrap(),
+        ["s"],
+        "the event that waited"
+    );
+    // A lease given back without a commit leaves it ready.
+    store.release("s").unwrap();
+    assert_eq!(store.claim_ready(10, far).unwrap(), ["s"]);
 }

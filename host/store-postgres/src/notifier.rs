@@ -70,11 +70,13 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
         }
         // Under load every commit raises a signal: one notification per
         // spell folds them, so that each other host wakes (and claims) at
-        // most that often because of this one, not once per commit.
+        // most that often because of this one, not once per commit. The
+        // first signal after a quiet spell goes at once.
         tokio::time::sleep(SPELL).await;
     }
 }
 
-/// Least time between two notifications of a host: the most it delays
-/// waking an idle host, and what bounds the wake-ups it causes under load.
-const SPELL: std::time::Duration = std::time::Duration::from_millis(5);
+/// Least time between two notifications of a host: what bounds the
+/// wake-ups it causes other hosts under load (each host steps the work its
+/// own writes make; a notification only lets an idle one help).
+const SPELL: std::time::Duration = std::time::Duration::from_millis(50);
