@@ -166,6 +166,9 @@ fn inputs_match_as_json_values_and_restart_keeps_them() {
     // restart with a new id: a second instance with the same input.
     let started = host.post(&format!("{API}/orchestrators/Workflow/r-1"), "\"rx\"");
     assert_eq!(started.status, 202, "{}", started.body);
+    // Newest first orders by creation time, then id: created in the same
+    // millisecond (which a fast host manages) the two would sort by id.
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let restarted = host.post(
         &format!("{API}/instances/r-1/restart?restartWithNewInstanceId=true"),
         "",

@@ -33,57 +33,67 @@ pub mod sql {
     );
     /// Lease up to $4 instances ($1 owner, $2 until): those whose lease
     /// expired by $3 (their host died), then ready ones nobody leases,
-    /// oldest first; each from a partial index. The ready mark is cleared:
-    /// a commit or a release sets it again if messages wait. The rows are
-    /// updated by id from an array (`= ANY(ARRAY(…))`): an `IN (subquery)`
-    /// lets the planner hash-join a sequential scan of the whole table,
-    /// which it did under load.
+    /// oldest first; each from a partial index of the queue. The ready mark
+    /// is cleared: a commit or a release sets it again if messages wait.
+    /// The rows are updated by id from an array (`= ANY(ARRAY(…))`): an
+    /// `IN (subquery)` lets the planner hash-join a sequential scan of the
+    /// whole table, which it did under load.
     pub const CLAIM_READY: &str = "WITH expired AS ( \
-             SELECT id FROM instances WHERE lease_owner IS NOT NULL AND lease_until < $3 \
+             SELECT instance_id FROM queue WHERE lease_owner IS NOT NULL AND lease_until < $3 \
              ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED), \
          ready AS ( \
-             SELECT id FROM instances WHERE ready_at IS NOT NULL AND lease_owner IS NULL \
+             SELECT instance_id FROM queue WHERE ready_at IS NOT NULL AND lease_owner IS NULL \
              ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         UPDATE instances SET lease_owner = $1, lease_until = $2, ready_at = NULL \
-         WHERE id = ANY(ARRAY( \
-             SELECT id FROM expired UNION ALL SELECT id FROM ready LIMIT $4)) \
-         RETURNING id";
-    /// A new instance row, ready at once ($6 its creation time); nothing
-    /// if the id is taken.
+         UPDATE queue SET lease_owner = $1, lease_until = $2, ready_at = NULL \
+         WHERE instance_id = ANY(ARRAY( \
+             SELECT instance_id FROM expired UNION ALL SELECT instance_id FROM ready LIMIT $4)) \
+         RETURNING instance_id";
+    /// A new instance row; nothing if the id is taken.
     pub const INSERT_INSTANCE: &str = "INSERT INTO instances (id, name, status, input, output, \
          custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
-         parent_instance, parent_execution, parent_task, trace_parent, ready_at) \
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12, $6) \
+         parent_instance, parent_execution, parent_task, trace_parent) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (id) DO NOTHING";
-    /// A new instance's start message (the row is ready already).
+    /// A new instance's queue row, ready at once ($2 its creation time).
+    pub const INSERT_QUEUED: &str = "INSERT INTO queue (instance_id, ready_at) VALUES ($1, $2)";
+    /// A new instance's start message (the instance is ready already).
     pub const INSERT_START: &str =
         "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)";
     /// Put a message into an inbox and mark its instance ready if the
     /// message can be taken now (a suspended instance takes only control
-    /// messages). The row lock this takes orders it after an episode of
-    /// the instance under way, whose own readiness check then cannot miss
-    /// the message. ($1 instance, $2 message, $3 control, $4 now.)
-    pub const PUSH_MESSAGE: &str = "WITH target AS ( \
-             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
-                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
-             WHERE id = $1 RETURNING id) \
+    /// messages). The instance row is share-locked first (so the status read
+    /// is the one an episode committing meanwhile leaves), then the queue
+    /// row, in the order an episode's guard locks them; the queue row's lock
+    /// orders this after that episode, whose own readiness check then
+    /// cannot miss the message. ($1 instance, $2 message, $3 control, $4
+    /// now.)
+    pub const PUSH_MESSAGE: &str = "WITH s AS ( \
+             SELECT id, status FROM instances WHERE id = $1 FOR SHARE), \
+         target AS ( \
+             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
+                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
+             FROM s WHERE q.instance_id = s.id RETURNING q.instance_id) \
          INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT id, $2, $3, $4 FROM target";
-    /// An episode's new instance row; the commit gives the lease back, and
-    /// the instance stays ready, at the back of the queue, if messages it
-    /// can take remain (read after the consumed ones were deleted).
+         SELECT instance_id, $2, $3, $4 FROM target";
+    /// An episode's new instance row (in place when the status stays: no
+    /// index covers the other columns).
     pub const UPDATE_AFTER_EPISODE: &str = "UPDATE instances SET status = $2, output = $3, \
-         custom_status = $4, updated_at = $5, history_len = $6, lease_owner = NULL, \
+         custom_status = $4, updated_at = $5, history_len = $6 WHERE id = $1";
+    /// After an episode ($1 instance, $2 its status, $3 its time): the
+    /// lease goes back, and the instance stays ready, at the back of the
+    /// queue, if messages it can take remain (read after the consumed ones
+    /// were deleted).
+    pub const REQUEUE_AFTER_EPISODE: &str = "UPDATE queue SET lease_owner = NULL, \
          lease_until = NULL, ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox \
-             WHERE instance_id = $1 AND (control OR $2 <> 'Suspended')) THEN $5::BIGINT END \
-         WHERE id = $1";
+             WHERE instance_id = $1 AND (control OR $2 <> 'Suspended')) THEN $3::BIGINT END \
+         WHERE instance_id = $1";
     /// Give leases back ($1 ids, $2 owner).
     /// The instances are ready again if messages they can take wait.
-    pub const RELEASE: &str = "UPDATE instances SET lease_owner = NULL, lease_until = NULL, \
-         ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.instance_id = instances.id \
-             AND (i.control OR instances.status <> 'Suspended')) \
-             THEN COALESCE(ready_at, 0) ELSE ready_at END \
-         WHERE id = ANY($1) AND lease_owner = $2";
+    pub const RELEASE: &str = "UPDATE queue q SET lease_owner = NULL, lease_until = NULL, \
+         ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox i JOIN instances s ON s.id = i.instance_id \
+             WHERE i.instance_id = q.instance_id AND (i.control OR s.status <> 'Suspended')) \
+             THEN COALESCE(q.ready_at, 0) ELSE q.ready_at END \
+         WHERE instance_id = ANY($1) AND lease_owner = $2";
     /// An instance's history.
     pub const LOAD_HISTORY: &str =
         "SELECT seq, timestamp, event FROM history WHERE instance_id = $1 ORDER BY seq";
@@ -92,9 +102,12 @@ pub mod sql {
          WHERE instance_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
     /// An instance's inbox.
     pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id";
-    /// An instance's version and lease holder, its row locked.
-    pub const LOCK_VERSION: &str = "SELECT execution_id, history_len, component, lease_owner FROM instances \
-         WHERE id = $1 FOR UPDATE";
+    /// An instance's version, its row locked.
+    pub const LOCK_VERSION: &str =
+        "SELECT execution_id, history_len, component FROM instances WHERE id = $1 FOR UPDATE";
+    /// Who holds an instance's lease, its queue row locked (after the
+    /// instance row: the order every writer locks them in).
+    pub const LOCK_LEASE: &str = "SELECT lease_owner FROM queue WHERE instance_id = $1 FOR UPDATE";
     /// Every due timer taken out of the table, skipping rows another host
     /// holds (as on SQLite, all of them in one transaction).
     /// The rows go by their physical address (`ctid`, stable while they
@@ -134,12 +147,14 @@ pub mod sql {
     /// the instance marked ready (as `PUSH_MESSAGE` does).
     pub const DELIVER_RESULT: &str = "WITH done AS ( \
              DELETE FROM activities WHERE id = $1 RETURNING instance_id), \
+         s AS ( \
+             SELECT id, status FROM instances WHERE id = (SELECT instance_id FROM done) FOR SHARE), \
          target AS ( \
-             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
-                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
-             FROM done WHERE instances.id = done.instance_id RETURNING instances.id) \
+             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
+                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
+             FROM s WHERE q.instance_id = s.id RETURNING q.instance_id) \
          INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT id, $2, $3, $4 FROM target";
+         SELECT instance_id, $2, $3, $4 FROM target";
     /// Inbox messages an episode consumed.
     pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
     /// When the next timer is due.
@@ -156,17 +171,23 @@ pub mod sql {
     /// Rows locked by a write under way are skipped (that write is about
     /// to give the lease back), so renewal never deadlocks with one.
     pub const RENEW_LEASES: [&str; 2] = [
-        "UPDATE instances SET lease_until = $2 WHERE id = ANY(ARRAY( \
-             SELECT id FROM instances WHERE lease_owner IS NOT NULL AND lease_owner = $1 \
+        "UPDATE queue SET lease_until = $2 WHERE instance_id = ANY(ARRAY( \
+             SELECT instance_id FROM queue WHERE lease_owner IS NOT NULL AND lease_owner = $1 \
              ORDER BY lease_until FOR UPDATE SKIP LOCKED))",
         "UPDATE activities SET lease_until = $2 WHERE id = ANY(ARRAY( \
              SELECT id FROM activities WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED))",
     ];
     /// One statement per table an instance owns (`plan::OWNED_ROWS`, the
     /// instance row last) for a batch of purged ids ($1, a text array).
+    /// On PostgreSQL an instance also owns its queue row, deleted just
+    /// before the instance row.
     pub static PURGE_BATCH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        duro_core::store::plan::OWNED_ROWS
+        let (instances, owned) = duro_core::store::plan::OWNED_ROWS
+            .split_last()
+            .expect("the instance row is owned");
+        owned
             .iter()
+            .chain([&("queue", "instance_id"), instances])
             .map(|(table, column)| format!("DELETE FROM {table} WHERE {column} = ANY($1)"))
             .collect()
     });
@@ -357,15 +378,18 @@ async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult
         &instance.trace_parent,
     ];
     let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
-    let (inserted, appended, pushed) = tokio::join!(
+    let queued_row: Params<'_> = &[&instance.id, &created_at];
+    let (inserted, queued, appended, pushed) = tokio::join!(
         biased;
         exec(c, sql::INSERT_INSTANCE, row),
+        exec(c, sql::INSERT_QUEUED, queued_row),
         append_events(c, &instance.id, 0, &started, instance.created_at),
         exec(c, sql::INSERT_START, start_row),
     );
     if inserted? == 0 {
         return Err(StoreError::AlreadyExists(instance.id.clone()));
     }
+    queued?;
     appended.and(pushed.map(drop))
 }
 
@@ -393,16 +417,21 @@ pub async fn component(c: &Object, digest: &str) -> StoreResult<Option<Vec<u8>>>
 /// The version of an instance, its row locked until the transaction ends,
 /// and who holds its lease.
 async fn lock_version(tx: &impl GenericClient, id: &str) -> StoreResult<(Version, Option<String>)> {
-    let found = row(tx, sql::LOCK_VERSION, &[&id])
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    // Sent together, the instance row first (see `sql::LOCK_LEASE`).
+    let params: Params<'_> = &[&id];
+    let (version, lease) = tokio::join!(
+        biased;
+        row(tx, sql::LOCK_VERSION, params),
+        row(tx, sql::LOCK_LEASE, params),
+    );
+    let found = version?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     Ok((
         Version {
             execution_id: found.get(0),
             history_len: found.get::<_, i64>(1) as u64,
             component: found.get(2),
         },
-        found.get(3),
+        lease?.and_then(|r| r.get(0)),
     ))
 }
 
@@ -458,18 +487,21 @@ pub async fn enqueue(
         .filter(|s| s.is_terminal())
         .map(RuntimeStatus::as_str)
         .collect();
-    // The instance's row is locked and marked ready first (see
-    // `sql::PUSH_MESSAGE`), and the message goes in only if it qualified.
+    // The instance is locked and marked ready first (as
+    // `sql::PUSH_MESSAGE` does), and the message goes in only if it
+    // qualified.
     let inserted = exec(
         tx,
-        "WITH target AS ( \
-             UPDATE instances SET ready_at = CASE WHEN $3 OR status <> 'Suspended' \
-                 THEN COALESCE(ready_at, $4) ELSE ready_at END \
-             WHERE id = $1 AND NOT status = ANY($5) AND ($3 OR ( \
+        "WITH s AS ( \
+             SELECT id, status FROM instances WHERE id = $1 AND NOT status = ANY($5) FOR SHARE), \
+         target AS ( \
+             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
+                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
+             FROM s WHERE q.instance_id = s.id AND ($3 OR ( \
                  SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6) \
-             RETURNING id) \
+             RETURNING q.instance_id) \
          INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT id, $2, $3, $4 FROM target",
+         SELECT instance_id, $2, $3, $4 FROM target",
         &[
             &id,
             &json,
@@ -775,19 +807,24 @@ fn apply<'a>(
                 exec(c, sql::DELETE_CONSUMED, &[id, messages]).await?;
             }
             Write::UpdateInstance { instance } => {
-                exec(
-                    c,
-                    sql::UPDATE_AFTER_EPISODE,
-                    &[
-                        &instance.id,
-                        &instance.status.as_str(),
-                        &instance.output,
-                        &instance.custom_status,
-                        &(instance.updated_at as i64),
-                        &(instance.history_len as i64),
-                    ],
-                )
-                .await?;
+                let (status, at) = (instance.status.as_str(), instance.updated_at as i64);
+                let history_len = instance.history_len as i64;
+                let row: Params<'_> = &[
+                    &instance.id,
+                    &status,
+                    &instance.output,
+                    &instance.custom_status,
+                    &at,
+                    &history_len,
+                ];
+                let queued: Params<'_> = &[&instance.id, &status, &at];
+                let (updated, requeued) = tokio::join!(
+                    biased;
+                    exec(c, sql::UPDATE_AFTER_EPISODE, row),
+                    exec(c, sql::REQUEUE_AFTER_EPISODE, queued),
+                );
+                updated?;
+                requeued?;
             }
             Write::PutTimers { timers } => {
                 let ids: Vec<&str> = timers.iter().map(|t| t.instance.as_str()).collect();

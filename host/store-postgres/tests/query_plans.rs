@@ -39,6 +39,14 @@ async fn every_statement_is_served_by_an_index() {
     let consumed = vec![1_i64, 2];
     check(&store, "get instance", sql::GET_INSTANCE, &[&id]).await;
     check(&store, "lock version", sql::LOCK_VERSION, &[&id]).await;
+    check(&store, "lock lease", sql::LOCK_LEASE, &[&id]).await;
+    check(
+        &store,
+        "requeue after an episode",
+        sql::REQUEUE_AFTER_EPISODE,
+        &[&id, &"Running", &now],
+    )
+    .await;
     check(&store, "load history", sql::LOAD_HISTORY, &[&id]).await;
     check(
         &store,
@@ -89,13 +97,15 @@ async fn every_statement_is_served_by_an_index() {
     let rows = concat!(
         "INSERT INTO components VALUES ('c', '', 0); \
                  INSERT INTO instances (id, name, status, input, component, created_at, updated_at, \
-                     history_len, input_hash, execution_id, ready_at, lease_owner, lease_until) \
-                 SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e', \
-                     CASE WHEN n % 10 = 0 THEN n END, CASE WHEN n % 100 = 0 THEN 'h' END, \
-                     n + 100000 \
+                     history_len, input_hash, execution_id) \
+                 SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e' \
+                 FROM generate_series(1, 1500) n; \
+                 INSERT INTO queue (instance_id, ready_at, lease_owner, lease_until) \
+                 SELECT 'i' || n, CASE WHEN n % 10 = 0 THEN n END, \
+                     CASE WHEN n % 100 = 0 THEN 'h' END, n + 100000 \
                  FROM generate_series(1, 1500) n; \
                  INSERT INTO timers SELECT 'i' || n, 0, n, 'e' FROM generate_series(1, 1500) n; \
-                 ANALYZE instances; ANALYZE timers; ",
+                 ANALYZE instances; ANALYZE queue; ANALYZE timers; ",
         "SET LOCAL plan_cache_mode = force_generic_plan"
     );
     for (what, statement, params) in [
