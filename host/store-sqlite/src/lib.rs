@@ -1444,7 +1444,13 @@ impl ClientStore for SqliteStore {
             .await
     }
 
+    /// A small lookup by input (a trigger finding its instance) reads a few
+    /// index entries: on the calling thread, as a point read. Other
+    /// listings go to a blocking thread.
     async fn list(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        if query.input.is_some() && query.limit <= 100 {
+            return self.read(|conn| list_instances(conn, query));
+        }
         let query = query.clone();
         self.read_aside(move |conn| list_instances(conn, &query))
             .await
