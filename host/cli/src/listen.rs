@@ -9,10 +9,11 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use duro_wasm::stall::{Stall, StallDeadline};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -216,8 +217,7 @@ async fn connection(
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(activity.clone());
-            let request = request
-                .map(|body| Body::new(duro_wasm::stall::StallDeadline::new(body, body_timeout)));
+            let request = request.map(|body| Body::new(StallDeadline::new(body, body_timeout)));
             let router = router.clone();
             async move {
                 let response = tower::ServiceExt::oneshot(router, request).await;
@@ -269,16 +269,14 @@ async fn connection(
 /// that does not read.
 struct WriteDeadline {
     inner: TcpStream,
-    timeout: Duration,
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl WriteDeadline {
     fn new(inner: TcpStream, timeout: Duration) -> Self {
         WriteDeadline {
             inner,
-            timeout,
-            waiting: None,
+            stall: Stall::new(timeout),
         }
     }
 
@@ -289,23 +287,14 @@ impl WriteDeadline {
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        match result {
-            Poll::Ready(result) => {
-                self.waiting = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .waiting
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(sleep.as_mut().poll(cx));
-                Poll::Ready(Err(io::Error::new(
+        self.stall.watch(cx, result).map(|watched| {
+            watched.unwrap_or_else(|timeout| {
+                Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the client read nothing of the answer for {timeout:?}"),
-                )))
-            }
-        }
+                ))
+            })
+        })
     }
 }
 

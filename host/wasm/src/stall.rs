@@ -1,8 +1,9 @@
-//! A body that fails once no frame has arrived for a while: used for the
-//! requests the host serves (a client that stops sending its upload) and
-//! for the answers activities and `ctx.call_http` read (a server that stops
-//! sending its answer). The wait starts when the body is first read, so a
-//! reader that comes late does not find it expired.
+//! Waits that may last only so long without progress ([`Stall`]), and a
+//! body built on one that fails once no frame has arrived for a while:
+//! used for the requests the host serves (a client that stops sending its
+//! upload) and for the answers activities and `ctx.call_http` read (a
+//! server that stops sending its answer). The wait starts when the body is
+//! first read, so a reader that comes late does not find it expired.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -16,11 +17,47 @@ use hyper::body::{Body, Frame};
 #[error("the body stalled: no byte arrived for {0:?}")]
 pub struct BodyStalled(pub Duration);
 
+/// An operation polled again and again that may wait at most `timeout`
+/// without progress: progress clears the deadline, waiting starts it.
+pub struct Stall {
+    timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    /// At most `timeout` without progress.
+    pub fn new(timeout: Duration) -> Self {
+        Stall {
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// What the operation's poll gave: ready, passed on (and the deadline
+    /// cleared); pending, still pending until the deadline has passed,
+    /// then `Err` with the timeout.
+    pub fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<T>) -> Poll<Result<T, Duration>> {
+        match polled {
+            Poll::Ready(value) => {
+                self.waiting = None;
+                Poll::Ready(Ok(value))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(waiting.as_mut().poll(cx));
+                Poll::Ready(Err(timeout))
+            }
+        }
+    }
+}
+
 /// `B`, failing with [`BodyStalled`] once `timeout` passes between frames.
 pub struct StallDeadline<B> {
     inner: B,
-    timeout: Duration,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl<B> StallDeadline<B> {
@@ -28,8 +65,7 @@ impl<B> StallDeadline<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
         StallDeadline {
             inner,
-            timeout,
-            deadline: None,
+            stall: Stall::new(timeout),
         }
     }
 }
@@ -47,20 +83,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(deadline.as_mut().poll(cx));
-                Poll::Ready(Some(Err(BodyStalled(timeout).into())))
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.stall.watch(cx, polled).map(|watched| match watched {
+            Ok(frame) => frame.map(|f| f.map_err(Into::into)),
+            Err(timeout) => Some(Err(BodyStalled(timeout).into())),
+        })
     }
 
     fn is_end_stream(&self) -> bool {
