@@ -59,22 +59,46 @@ pub mod sql {
     /// A new instance's start message (the instance is ready already).
     pub const INSERT_START: &str =
         "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)";
-    /// Put a message into an inbox and mark its instance ready if the
-    /// message can be taken now (a suspended instance takes only control
-    /// messages). The instance row is share-locked first (so the status read
-    /// is the one an episode committing meanwhile leaves), then the queue
-    /// row, in the order an episode's guard locks them; the queue row's lock
-    /// orders this after that episode, whose own readiness check then
-    /// cannot miss the message. ($1 instance, $2 message, $3 control, $4
-    /// now.)
-    pub const PUSH_MESSAGE: &str = "WITH s AS ( \
-             SELECT id, status FROM instances WHERE id = $1 FOR SHARE), \
-         target AS ( \
-             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
-                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
-             FROM s WHERE q.instance_id = s.id RETURNING q.instance_id) \
-         INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT instance_id, $2, $3, $4 FROM target";
+    /// The end of every statement that puts a message into an inbox, after
+    /// a CTE `s` that share-locks the instance row and reads its status:
+    /// mark the instance ready if it can take the message now (a suspended
+    /// instance takes only control messages), under its queue row's lock,
+    /// and insert the message. `$also` adds a condition the message needs.
+    /// The instance row is locked before the queue row, in the order an
+    /// episode's guard locks them, so the status read is the one an episode
+    /// committing meanwhile leaves, and that episode's own readiness check
+    /// cannot miss the message. ($2 message, $3 control, $4 now.)
+    macro_rules! mark_ready_and_push {
+        ($also:literal) => {
+            concat!(
+                "target AS ( \
+                     UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
+                         THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
+                     FROM s WHERE q.instance_id = s.id",
+                $also,
+                " RETURNING q.instance_id) \
+                 INSERT INTO inbox (instance_id, message, control, created_at) \
+                 SELECT instance_id, $2, $3, $4 FROM target"
+            )
+        };
+    }
+    /// Put a message into the inbox of an instance, if it exists
+    /// (`mark_ready_and_push`; $1 instance).
+    pub const PUSH_MESSAGE: &str = concat!(
+        "WITH s AS (SELECT id, status FROM instances WHERE id = $1 FOR SHARE), ",
+        mark_ready_and_push!("")
+    );
+    /// A message for a live instance (not of a status in $5) from a client,
+    /// while fewer than $6 wait (a control message always goes in:
+    /// `mark_ready_and_push`; $1 instance).
+    pub const ENQUEUE: &str = concat!(
+        "WITH s AS (SELECT id, status FROM instances \
+             WHERE id = $1 AND NOT status = ANY($5) FOR SHARE), ",
+        mark_ready_and_push!(
+            " AND ($3 OR (SELECT count(*) FROM \
+                 (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6)"
+        )
+    );
     /// An episode's new instance row (in place when the status stays: no
     /// index covers the other columns).
     pub const UPDATE_AFTER_EPISODE: &str = "UPDATE instances SET status = $2, output = $3, \
@@ -145,16 +169,12 @@ pub mod sql {
     /// An activity's result: its row ($1) deleted and, if it was there,
     /// the result ($2, control $3, at $4) put into its instance's inbox,
     /// the instance marked ready (as `PUSH_MESSAGE` does).
-    pub const DELIVER_RESULT: &str = "WITH done AS ( \
-             DELETE FROM activities WHERE id = $1 RETURNING instance_id), \
-         s AS ( \
-             SELECT id, status FROM instances WHERE id = (SELECT instance_id FROM done) FOR SHARE), \
-         target AS ( \
-             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
-                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
-             FROM s WHERE q.instance_id = s.id RETURNING q.instance_id) \
-         INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT instance_id, $2, $3, $4 FROM target";
+    pub const DELIVER_RESULT: &str = concat!(
+        "WITH done AS (DELETE FROM activities WHERE id = $1 RETURNING instance_id), \
+         s AS (SELECT id, status FROM instances \
+             WHERE id = (SELECT instance_id FROM done) FOR SHARE), ",
+        mark_ready_and_push!("")
+    );
     /// Inbox messages an episode consumed.
     pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
     /// When the next timer is due.
@@ -482,26 +502,10 @@ pub async fn enqueue(
     // and an event only while fewer than `max_inbox` messages wait for it
     // (control messages always: a flood must not make it unstoppable).
     let json = to_json("message", message)?;
-    let finished: Vec<&str> = RuntimeStatus::ALL
-        .into_iter()
-        .filter(|s| s.is_terminal())
-        .map(RuntimeStatus::as_str)
-        .collect();
-    // The instance is locked and marked ready first (as
-    // `sql::PUSH_MESSAGE` does), and the message goes in only if it
-    // qualified.
+    let finished = plan::finished_statuses();
     let inserted = exec(
         tx,
-        "WITH s AS ( \
-             SELECT id, status FROM instances WHERE id = $1 AND NOT status = ANY($5) FOR SHARE), \
-         target AS ( \
-             UPDATE queue q SET ready_at = CASE WHEN $3 OR s.status <> 'Suspended' \
-                 THEN COALESCE(q.ready_at, $4) ELSE q.ready_at END \
-             FROM s WHERE q.instance_id = s.id AND ($3 OR ( \
-                 SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6) \
-             RETURNING q.instance_id) \
-         INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT instance_id, $2, $3, $4 FROM target",
+        sql::ENQUEUE,
         &[
             &id,
             &json,

@@ -65,6 +65,14 @@ async fn every_statement_is_served_by_an_index() {
     .await;
     check(&store, "release", sql::RELEASE, &[&ids, &owner]).await;
     check(&store, "consume", sql::DELETE_CONSUMED, &[&id, &consumed]).await;
+    let finished = vec!["Completed".to_string()];
+    check(
+        &store,
+        "enqueue",
+        sql::ENQUEUE,
+        &[&id, &"{}", &false, &now, &finished, &limit],
+    )
+    .await;
     check(
         &store,
         "fire due timers",
