@@ -17,6 +17,18 @@ pub fn duro_binary() -> PathBuf {
 
 pub use duro_tests::scenario_manifest;
 
+/// The scenario's manifest in `dir` with one more orchestration,
+/// `orchestration`, from the test guests.
+pub fn test_guest_manifest(dir: &Path, orchestration: &str) -> PathBuf {
+    scenario_manifest(
+        dir,
+        &format!(
+            "[[orchestration]]\nname = {orchestration:?}\ncomponent = {:?}\n",
+            duro_tests::TEST_GUESTS
+        ),
+    )
+}
+
 /// A running `duro serve`; killed when dropped.
 pub struct Host {
     child: Child,

@@ -677,13 +677,7 @@ fn failures_are_reported_without_their_insides() {
 #[test]
 fn a_sub_orchestration_always_gets_an_id_the_api_can_name() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = crate::host::scenario_manifest(
-        dir.path(),
-        &format!(
-            "[[orchestration]]\nname = \"Parent\"\ncomponent = {:?}\n",
-            duro_tests::TEST_GUESTS
-        ),
-    );
+    let manifest = crate::host::test_guest_manifest(dir.path(), "Parent");
     let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
     // A child id the guest chose that no URL could name: the parent fails,
     // saying why, and no such child exists.
@@ -729,13 +723,7 @@ fn a_sub_orchestration_always_gets_an_id_the_api_can_name() {
 #[test]
 fn sizes_and_history_lengths_have_limits_that_name_themselves() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = crate::host::scenario_manifest(
-        dir.path(),
-        &format!(
-            "[[orchestration]]\nname = \"Timers\"\ncomponent = {:?}\n",
-            duro_tests::TEST_GUESTS
-        ),
-    );
+    let manifest = crate::host::test_guest_manifest(dir.path(), "Timers");
     let host = Host::start_with(
         &manifest,
         &dir.path().join("duro.db"),
@@ -1047,13 +1035,7 @@ fn raise_fd_limit(needed: u64) {
 #[test]
 fn a_long_history_is_streamed_page_by_page() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = crate::host::scenario_manifest(
-        dir.path(),
-        &format!(
-            "[[orchestration]]\nname = \"Timers\"\ncomponent = {:?}\n",
-            duro_tests::TEST_GUESTS
-        ),
-    );
+    let manifest = crate::host::test_guest_manifest(dir.path(), "Timers");
     let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
     // 300 timers scheduled and fired: some 600 events, several pages.
     let started = host.post(&format!("{API}/orchestrators/Timers/long"), "300");
