@@ -600,13 +600,10 @@ pub async fn purge(c: &mut Object, id: &str) -> StoreResult<bool> {
     let tx = c.transaction().await.map_err(backend)?;
     let purged = match get_instance(&tx, id).await? {
         None => false,
-        Some(instance) if !instance.status.is_terminal() => {
-            return Err(StoreError::NotFinished {
-                id: id.to_string(),
-                status: instance.status,
-            });
-        }
-        Some(_) => delete_instances(&tx, &[id.to_string()]).await? > 0,
+        Some(instance) => match plan::purge_refused(id, instance.status) {
+            Some(refused) => return Err(refused),
+            None => delete_instances(&tx, &[id.to_string()]).await? > 0,
+        },
     };
     tx.commit().await.map_err(backend)?;
     Ok(purged)
