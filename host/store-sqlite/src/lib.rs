@@ -86,6 +86,14 @@ const MAX_GROUP: usize = 512;
 /// `listing` builds): named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
+    /// A message into an instance's inbox (?1 instance, ?2 message, ?3
+    /// control, ?4 when).
+    pub const INSERT_MESSAGE: &str =
+        "INSERT INTO inbox (instance_id, message, control, created_at) VALUES (?1, ?2, ?3, ?4)";
+    /// [`INSERT_MESSAGE`], if the instance exists.
+    pub const INSERT_MESSAGE_IF_PRESENT: &str = "INSERT INTO inbox \
+         (instance_id, message, control, created_at) \
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = ?1)";
     /// Instances by status (the status index, no table read).
     pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM instances GROUP BY status";
     /// Messages in inboxes.
@@ -724,17 +732,30 @@ fn append_events(
     Ok(())
 }
 
-/// Put a message into an instance's inbox, if the instance exists (see
-/// `plan::Write::Push`).
+/// Put a message into the inbox of an instance the caller knows exists (it
+/// just read or wrote it, or a row only a live instance has).
 fn push_message(conn: &Connection, id: &str, message: &Message, at: Millis) -> StoreResult<()> {
+    insert_message(conn, sql::INSERT_MESSAGE, id, message, at)
+}
+
+/// `plan::Write::Push`: put a message into an instance's inbox if the
+/// instance exists (a parent may have been purged).
+fn push_if_present(conn: &Connection, id: &str, message: &Message, at: Millis) -> StoreResult<()> {
+    insert_message(conn, sql::INSERT_MESSAGE_IF_PRESENT, id, message, at)
+}
+
+fn insert_message(
+    conn: &Connection,
+    statement: &str,
+    id: &str,
+    message: &Message,
+    at: Millis,
+) -> StoreResult<()> {
     let json = serde_json::to_string(message).map_err(|e| corrupt("message", e))?;
-    conn.prepare_cached(
-        "INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = ?1)",
-    )
-    .map_err(backend)?
-    .execute(params![id, json, message.is_control(), at as i64])
-    .map_err(backend)?;
+    conn.prepare_cached(statement)
+        .map_err(backend)?
+        .execute(params![id, json, message.is_control(), at as i64])
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -1084,7 +1105,7 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
                 (created, _) => created?,
             }
         }
-        Write::Push { id, message, at } => push_message(conn, id, message, *at)?,
+        Write::Push { id, message, at } => push_if_present(conn, id, message, *at)?,
     }
     Ok(())
 }

@@ -302,6 +302,18 @@ fn every_query_is_answered_from_an_index() {
         &[],
         Allow::Searches,
     );
+    check(
+        &store,
+        "a message for an instance that may be gone",
+        sql::INSERT_MESSAGE_IF_PRESENT,
+        &[
+            SqlValue::Text("i".into()),
+            SqlValue::Text("{}".into()),
+            SqlValue::Int(0),
+            SqlValue::Int(1),
+        ],
+        Allow::Searches,
+    );
     let ids = vec![SqlValue::Text(r#"["a","b"]"#.into())];
     for statement in sql::PURGE_BATCH.iter() {
         check(&store, "purge a batch", statement, &ids, Allow::Searches);
