@@ -26,7 +26,7 @@ pub(super) async fn activity_loop(inner: Arc<Inner>, mut stopped: watch::Receive
         let free = slots.available_permits();
         if free > 0 {
             let now = inner.config.clock.now();
-            let lease_until = now + 60_000;
+            let lease_until = now + super::CLAIM_LEASE_MS;
             match inner.store.claim_activities(free, now, lease_until).await {
                 Ok(claimed) => {
                     for work in claimed {

@@ -49,6 +49,10 @@ pub const PURGE_BATCH: usize = 100;
 /// answered at once with the status as it is.
 pub const MAX_WAITERS: usize = 10_000;
 
+/// How long a claim asks the store to lease an instance or an activity row
+/// (a store shared by hosts uses its own time to live and renews it).
+const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
+
 /// The longest a waiter goes without re-reading its instance when no
 /// commit of this host woke it.
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);

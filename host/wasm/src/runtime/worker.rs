@@ -177,7 +177,8 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
 /// Lease up to `max` instances with messages.
 async fn claim(inner: &Arc<Inner>, max: usize) -> anyhow::Result<Vec<String>> {
     let now = inner.config.clock.now();
-    Ok(inner.store.claim_ready(max, now, now + 60_000).await?)
+    let lease_until = now + super::CLAIM_LEASE_MS;
+    Ok(inner.store.claim_ready(max, now, lease_until).await?)
 }
 
 /// Most episodes committed by one write of the committer.
