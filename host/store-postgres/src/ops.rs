@@ -129,17 +129,32 @@ pub mod sql {
     /// An instance's version, its row locked.
     pub const LOCK_VERSION: &str =
         "SELECT execution_id, history_len, component FROM instances WHERE id = $1 FOR UPDATE";
+    /// Lock the rows of the instances a group of writes touches, in id
+    /// order, before any of its writes runs: instances named ($1) and
+    /// those of activity rows ($2) whose results it records. Every group
+    /// locks in the same order, so no two wait for each other (a write
+    /// locks its instance's queue, timer and activity rows only after
+    /// its instance's row; claims and renewals skip locked rows).
+    pub const LOCK_INSTANCES: &str = "SELECT 1 FROM instances WHERE id = ANY(ARRAY( \
+             SELECT unnest($1::text[]) UNION SELECT instance_id FROM activities WHERE id = ANY($2))) \
+         ORDER BY id FOR UPDATE";
     /// Who holds an instance's lease, its queue row locked (after the
     /// instance row: the order every writer locks them in).
     pub const LOCK_LEASE: &str = "SELECT lease_owner FROM queue WHERE instance_id = $1 FOR UPDATE";
-    /// Every due timer taken out of the table, skipping rows another host
-    /// holds (as on SQLite, all of them in one transaction).
+    /// The instances of the oldest due timers (at most $2, due by $1),
+    /// read without locks: their rows are locked first (`LOCK_INSTANCES`),
+    /// then their timers taken.
+    pub const DUE_TIMER_INSTANCES: &str =
+        "SELECT instance_id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2";
+    /// The due timers of instances whose rows the caller holds ($3), taken
+    /// out of the table, skipping rows another host is moving (as on
+    /// SQLite, all of them in one transaction).
     /// The rows go by their physical address (`ctid`, stable while they
     /// are locked), never by a join the planner may turn into a scan.
     /// At most $2 of them per statement, oldest first: an index range
     /// scan whatever the planner guesses of how many are due.
     pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE ctid = ANY(ARRAY( \
-             SELECT ctid FROM timers WHERE fire_at <= $1 \
+             SELECT ctid FROM timers WHERE fire_at <= $1 AND instance_id = ANY($3) \
              ORDER BY fire_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
          RETURNING instance_id, task, fire_at, execution_id";
     /// Whether an instance has messages, due timers or due activities.
@@ -640,8 +655,18 @@ pub async fn claim_ready(
 }
 
 /// Give leases back (only those this host still holds).
-pub async fn release(c: &Object, owner: &str, ids: &[String]) -> StoreResult<()> {
+pub async fn release(c: &impl GenericClient, owner: &str, ids: &[String]) -> StoreResult<()> {
     exec(c, sql::RELEASE, &[&ids, &owner]).await?;
+    Ok(())
+}
+
+/// Lock the instance rows a group of writes touches (`LOCK_INSTANCES`).
+pub async fn lock_instances(
+    c: &impl GenericClient,
+    instances: &[&str],
+    activities: &[i64],
+) -> StoreResult<()> {
+    exec(c, sql::LOCK_INSTANCES, &[&instances, &activities]).await?;
     Ok(())
 }
 
@@ -952,11 +977,21 @@ pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> 
     let tx = c.transaction().await.map_err(backend)?;
     let mut fired = 0;
     loop {
-        let mut due = rows(&tx, sql::FIRE_DUE_TIMERS, &[&(now as i64), &BATCH]).await?;
-        // Instance rows are locked in id order, as other writers' are
-        // likeliest to be, so that fewer lock waits can close a cycle.
-        due.sort_by(|a, b| a.get::<_, &str>(0).cmp(b.get::<_, &str>(0)));
-        let messages: Vec<(String, Message)> = due
+        // Instance rows before timer rows, in the order every group of
+        // writes locks them: an episode moving or cancelling a timer that
+        // is firing waits, or makes this wait, but the two never deadlock.
+        let due = rows(&tx, sql::DUE_TIMER_INSTANCES, &[&(now as i64), &BATCH]).await?;
+        let mut instances: Vec<&str> = due.iter().map(|row| row.get(0)).collect();
+        instances.sort_unstable();
+        instances.dedup();
+        lock_instances(&tx, &instances, &[]).await?;
+        let taken = rows(
+            &tx,
+            sql::FIRE_DUE_TIMERS,
+            &[&(now as i64), &BATCH, &instances],
+        )
+        .await?;
+        let messages: Vec<(String, Message)> = taken
             .iter()
             .map(|timer| {
                 let fired = plan::timer_fired(
@@ -975,7 +1010,7 @@ pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> 
         )
         .await;
         pushed.into_iter().collect::<StoreResult<Vec<()>>>()?;
-        fired += due.len();
+        fired += taken.len();
         if (due.len() as i64) < BATCH {
             break;
         }

@@ -203,36 +203,42 @@ async fn commit_group(
     writes: &[Write],
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
+    let (instances, activities) = locked_rows(writes);
     if on_distinct_instances(writes) {
         // Writes on distinct instances commute, so sending them all at
         // once has the outcome of running them in order. If any fails (its
         // other statements, and later writes', may have run) the group is
         // rolled back and runs again below, in order and in savepoints.
         let session: &deadpool_postgres::Object = &client;
-        let (begun, applied) = tokio::join!(
+        let (begun, locked, applied) = tokio::join!(
             biased;
             session.batch_execute("BEGIN"),
+            ops::lock_instances(session, &instances, &activities),
             futures_util::future::join_all(
                 writes
                     .iter()
                     .map(|write| Box::pin(apply(session, owner, write, true)) as ops::Op<'_, ()>),
             ),
         );
-        if begun.is_ok() && applied.iter().all(Result::is_ok) {
+        if begun.is_ok() && locked.is_ok() && applied.iter().all(Result::is_ok) {
             session.batch_execute("COMMIT").await.map_err(backend)?;
             return Ok(applied);
         }
         session.batch_execute("ROLLBACK").await.map_err(backend)?;
         begun.map_err(backend)?;
+        // A deadlock or a lost connection fails the whole group; only a
+        // write's own refusal is worth finding step by step.
+        locked?;
     }
     let tx = client.transaction().await.map_err(backend)?;
+    ops::lock_instances(&tx, &instances, &activities).await?;
     let applied: Vec<ops::Op<'_, ()>> = writes
         .iter()
         .map(|write| Box::pin(apply(&tx, owner, write, false)) as ops::Op<'_, ()>)
         .collect();
     let results = ops::each_in_savepoint(&tx, applied).await?;
-    tx.commit().await.map_err(backend)?;
-    // Refused episodes give their leases back without changing anything.
+    // Refused episodes give their leases back without changing anything,
+    // in the same transaction: what the group reports is all or nothing.
     let refused: Vec<String> = writes
         .iter()
         .zip(&results)
@@ -242,9 +248,31 @@ async fn commit_group(
         })
         .collect();
     if !refused.is_empty() {
-        ops::release(&client, owner, &refused).await?;
+        ops::release(&tx, owner, &refused).await?;
     }
+    tx.commit().await.map_err(backend)?;
     Ok(results)
+}
+
+/// The rows a group locks before it writes (`sql::LOCK_INSTANCES`): the
+/// instances its writes touch, sorted, and the activity rows whose
+/// instances it tells of a result.
+fn locked_rows(writes: &[Write]) -> (Vec<&str>, Vec<i64>) {
+    let mut instances = Vec::new();
+    let mut activities = Vec::new();
+    for write in writes {
+        match write {
+            Write::Create(instance) => instances.push(instance.id.as_str()),
+            Write::Enqueue { id, .. } => instances.push(id.as_str()),
+            Write::Episode(episode) => {
+                instances.extend(plan::episode(episode).iter().map(plan::Write::instance))
+            }
+            Write::FinishActivity(id, ..) => activities.push(*id),
+        }
+    }
+    instances.sort_unstable();
+    instances.dedup();
+    (instances, activities)
 }
 
 /// Whether every write names an instance (an activity result's does not)

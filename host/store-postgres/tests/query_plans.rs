@@ -40,6 +40,14 @@ async fn every_statement_is_served_by_an_index() {
     check(&store, "get instance", sql::GET_INSTANCE, &[&id]).await;
     check(&store, "lock version", sql::LOCK_VERSION, &[&id]).await;
     check(&store, "lock lease", sql::LOCK_LEASE, &[&id]).await;
+    let activity_ids = vec![7_i64, 9];
+    check(
+        &store,
+        "lock a group's instances",
+        sql::LOCK_INSTANCES,
+        &[&ids, &activity_ids],
+    )
+    .await;
     check(
         &store,
         "requeue after an episode",
@@ -75,9 +83,16 @@ async fn every_statement_is_served_by_an_index() {
     .await;
     check(
         &store,
+        "due timers' instances",
+        sql::DUE_TIMER_INSTANCES,
+        &[&now, &limit],
+    )
+    .await;
+    check(
+        &store,
         "fire due timers",
         sql::FIRE_DUE_TIMERS,
-        &[&now, &limit],
+        &[&now, &limit, &ids],
     )
     .await;
     check(&store, "next timer", sql::NEXT_TIMER_DUE, &[]).await;
@@ -122,7 +137,21 @@ async fn every_statement_is_served_by_an_index() {
             sql::CLAIM_READY,
             &[&owner as &(dyn ToSql + Sync), &now, &now, &limit] as &[&(dyn ToSql + Sync)],
         ),
-        ("fire due timers", sql::FIRE_DUE_TIMERS, &[&now, &limit]),
+        (
+            "due timers' instances",
+            sql::DUE_TIMER_INSTANCES,
+            &[&now as &(dyn ToSql + Sync), &limit],
+        ),
+        (
+            "fire due timers",
+            sql::FIRE_DUE_TIMERS,
+            &[&now as &(dyn ToSql + Sync), &limit, &ids],
+        ),
+        (
+            "lock a group's instances",
+            sql::LOCK_INSTANCES,
+            &[&ids as &(dyn ToSql + Sync), &activity_ids],
+        ),
         (
             "claim activities",
             sql::CLAIM_ACTIVITIES,

@@ -121,7 +121,12 @@ async fn run_attempt(inner: &Arc<Inner>, work: ActivityWork) {
                         run_at: now,
                         first_at: work.first_at.unwrap_or(started),
                     };
-                    let _ = inner.store.finish_activity(work.id, finish, now).await;
+                    let what = format!("putting activity `{}` back", work.call.name);
+                    let _ = inner
+                        .until_stored(&what, || {
+                            inner.store.finish_activity(work.id, finish.clone(), now)
+                        })
+                        .await;
                     return;
                 }
             }
@@ -216,12 +221,18 @@ async fn finish(
         }),
     };
     let done = matches!(finish, ActivityFinish::Done(_));
-    match inner.store.finish_activity(work.id, finish, now).await {
+    let what = format!("recording an attempt of activity `{}`", work.call.name);
+    let recorded = inner
+        .until_stored(&what, || {
+            inner.store.finish_activity(work.id, finish.clone(), now)
+        })
+        .await;
+    match recorded {
         // The instance has a message: run its episode.
         Ok(()) if done => inner.has_work(&work.call.instance),
         Ok(()) => {}
-        // The attempt ran but its end is not recorded: the row is claimed
-        // again and the activity runs again (at least once).
-        Err(e) => tracing::error!(activity = %work.call.name, "recording the attempt failed: {e}"),
+        // Stopping: the row's lease runs out and the activity runs again
+        // on whichever host claims it (at least once).
+        Err(e) => tracing::error!(activity = %work.call.name, "{what} failed: {e}"),
     }
 }

@@ -28,7 +28,7 @@ mod idle;
 mod limits;
 mod pool;
 mod worker;
-use crate::store::{Store, StoreError, Version, WorkKind};
+use crate::store::{Store, StoreError, StoreResult, Version, WorkKind};
 pub use deploy::{
     DeployMode, DeployReport, InstanceCheck, OrchestrationChange, OrchestrationVersion,
 };
@@ -262,6 +262,8 @@ struct Inner {
     episodes_begun: std::sync::atomic::AtomicU64,
     /// Slots for waiters ([`MAX_WAITERS`]).
     waiters: tokio::sync::Semaphore,
+    /// True once the runtime is stopping.
+    stopped: watch::Receiver<bool>,
 }
 
 impl Inner {
@@ -273,6 +275,35 @@ impl Inner {
         FIRST_RETRY_DELAY
             .saturating_mul(1 << (*failures - 1).min(16))
             .min(MAX_RETRY_DELAY)
+    }
+
+    /// Run a write that must land until it does, or until the runtime
+    /// stops: an activity's result, a lease given back. A row this host
+    /// holds is renewed while it lives (a store shared by hosts), so a
+    /// write given up on would leave it held, its instance stalled, until
+    /// the host exits. `what` names it in the log; trouble backs off from
+    /// 100 ms to [`MAX_RETRY_DELAY`].
+    async fn until_stored<F, Fut>(&self, what: &str, mut write: F) -> StoreResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<()>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut stopped = self.stopped.clone();
+        loop {
+            match write().await {
+                Ok(()) => return Ok(()),
+                Err(e) if *stopped.borrow() => return Err(e),
+                Err(e) => {
+                    tracing::warn!("{what} failed, trying again in {delay:?}: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+            }
+        }
     }
 
     /// How long a background loop sleeps before the next item it serves
@@ -419,6 +450,7 @@ impl Runtime {
             config.warm_memory,
         )?;
         let activity_host = crate::activity::ActivityHost::new(engine.clone(), config.tls.clone())?;
+        let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(Inner {
             store,
             engine,
@@ -440,6 +472,7 @@ impl Runtime {
             handle: tokio::runtime::Handle::current(),
             episodes_begun: Default::default(),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
+            stopped: stopped.clone(),
         });
         // Weak: the store holds the callback, and the runtime the store.
         let woken = Arc::downgrade(&inner);
@@ -452,7 +485,6 @@ impl Runtime {
                 }
             }
         }));
-        let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(worker::work_loop(inner.clone(), stopped.clone())),
             tokio::spawn(worker::timer_loop(inner.clone(), stopped.clone())),

@@ -260,7 +260,9 @@ async fn commit_loop(
                     // upgrade, a purge): run the episode again on what is
                     // there now.
                     Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
-                        let _ = inner.store.release(&id).await;
+                        let _ = inner
+                            .until_stored("giving a lease back", || inner.store.release(&id))
+                            .await;
                     }
                     Err(e) => retry_later(&inner, id, format!("episode not committed: {e}")),
                 }
@@ -319,7 +321,9 @@ fn retry_later(inner: &Arc<Inner>, id: String, why: String) {
     let handle = inner.handle.clone();
     handle.spawn(async move {
         tokio::time::sleep(delay).await;
-        let _ = inner.store.release(&id).await;
+        let _ = inner
+            .until_stored("giving a lease back", || inner.store.release(&id))
+            .await;
         inner.work.notify_one();
     });
 }
