@@ -328,11 +328,44 @@ impl PgStore {
             eprintln!("{test}: skipped on PostgreSQL (DURO_TEST_POSTGRES_URL is not set)");
             return None;
         };
+        static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            PgStore::drop_dead_test_schemas(&url)
+                .await
+                .expect("PostgreSQL reachable");
+        }
         let schema = format!("t_{test}_{}", std::process::id()).to_lowercase();
         PgStore::drop_schema(&url, &schema)
             .await
             .expect("PostgreSQL reachable");
         Some((url, schema))
+    }
+
+    /// Drop the schemas earlier test processes on this machine left behind
+    /// (`t_<test>_<pid>` whose process is gone), so that a database tests
+    /// run against for months does not fill with them.
+    async fn drop_dead_test_schemas(url: &str) -> StoreResult<()> {
+        let schemas: Vec<String> = on_own_connection(url, async |client| {
+            let rows = client
+                .query(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'",
+                    &[],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await?;
+        for schema in schemas {
+            let pid = schema.rsplit_once('_').map(|(_, pid)| pid);
+            let dead = pid.is_some_and(|pid| {
+                pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists()
+            });
+            if dead {
+                PgStore::drop_schema(url, &schema).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Run `task` on the current runtime until the store is dropped.
