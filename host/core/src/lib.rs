@@ -4,6 +4,7 @@
 //! on it and not on each other.
 
 pub mod model;
+pub mod schedule;
 pub mod store;
 pub mod tagged;
 pub mod trace;
