@@ -72,8 +72,12 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NotFinished { .. } => StatusCode::PRECONDITION_FAILED,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::InboxFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            RuntimeError::InvalidInstanceId { .. } | RuntimeError::UnknownOrchestration(_) => {
-                StatusCode::BAD_REQUEST
+            RuntimeError::InvalidInstanceId { .. }
+            | RuntimeError::UnknownOrchestration(_)
+            | RuntimeError::InvalidSchedule(_) => StatusCode::BAD_REQUEST,
+            RuntimeError::NoSchedule(_) => StatusCode::NOT_FOUND,
+            RuntimeError::ScheduleExists(_) | RuntimeError::ScheduleFromManifest(_) => {
+                StatusCode::CONFLICT
             }
             // The database is away or busy (PostgreSQL restarting, a
             // connection lost): nothing was written, try again later.
@@ -136,6 +140,7 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
         .route(&format!("{BASE}/instances/{{id}}/{{verb}}"), post(control))
         .route("/metrics", get(metrics))
         .route(&format!("{BASE}/openapi.json"), get(openapi))
+        .merge(crate::schedules_api::router())
         .with_state(runtime)
 }
 
@@ -261,6 +266,12 @@ pub fn status_json(instance: &Instance, show_input: bool) -> Value {
     }
     if let Some(parent) = &instance.parent {
         body["parentInstanceId"] = parent.instance.clone().into();
+    }
+    if let Some(scheduled) = &instance.scheduled_by {
+        body["scheduledBy"] = json!({
+            "schedule": scheduled.schedule,
+            "tick": timestamp(scheduled.tick),
+        });
     }
     body
 }

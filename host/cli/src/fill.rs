@@ -82,6 +82,7 @@ pub async fn fill(database: &Path, manifest_path: &Path, spec: &FillSpec) -> any
                     history_len: 2,
                     parent: None,
                     trace_parent: None,
+                    scheduled_by: None,
                 }
             })
             .collect();

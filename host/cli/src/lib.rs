@@ -4,7 +4,7 @@
 //! `duro-core` (model and store contract), `duro-store-sqlite` (the
 //! embedded store), `duro-wasm` (engine, replay, runtime, triggers).
 
-pub use duro_core::model;
+pub use duro_core::{model, schedule};
 pub use duro_wasm::{
     activity, durable_http, engine, orchestrator, replay, runtime, tls, trace, trigger,
 };
@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod openapi;
 pub mod plane;
 pub mod scaffold;
+pub mod schedules_api;
 pub mod server;
 pub mod telemetry;
 pub mod variables;

@@ -24,6 +24,9 @@ pub struct Manifest {
     /// Variables the host supplies values for, by name.
     #[serde(default)]
     pub variables: std::collections::BTreeMap<String, VariableDecl>,
+    /// Orchestrations started on a cron.
+    #[serde(default)]
+    pub schedule: Vec<crate::schedule::ScheduleSpec>,
 }
 
 /// One entry of `[variables]`.
@@ -144,6 +147,8 @@ pub struct ResolvedApp {
     pub files: HashMap<PathBuf, Vec<u8>>,
     /// `[variables]`, as declared.
     pub variables: std::collections::BTreeMap<String, VariableDecl>,
+    /// `[[schedule]]`, checked.
+    pub schedules: Vec<crate::schedule::ScheduleSpec>,
 }
 
 impl ResolvedApp {
@@ -452,6 +457,28 @@ pub fn resolve(
             );
         }
     }
+    for (i, schedule) in manifest.schedule.iter().enumerate() {
+        schedule
+            .compile()
+            .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+        let what = format!("schedule `{}`", schedule.name);
+        if manifest.schedule[..i]
+            .iter()
+            .any(|s| s.name == schedule.name)
+        {
+            bail!("manifest {}: {what} is declared twice", path.display());
+        }
+        if !orchestrations
+            .iter()
+            .any(|(n, _)| *n == schedule.orchestration)
+        {
+            bail!(
+                "manifest {}: {what}: no orchestration named `{}` is declared",
+                path.display(),
+                schedule.orchestration
+            );
+        }
+    }
     Ok(ResolvedApp {
         orchestrations,
         http_allowed,
@@ -459,6 +486,7 @@ pub fn resolve(
         activities,
         files,
         variables: manifest.variables,
+        schedules: manifest.schedule,
     })
 }
 

@@ -39,6 +39,20 @@ pub struct InstanceStatus {
     /// The instance that started it, for a sub-orchestration.
     #[schema(required = false)]
     pub parent_instance_id: String,
+    /// The schedule and tick that started it, if a schedule did.
+    #[schema(required = false)]
+    pub scheduled_by: ScheduledBy,
+}
+
+/// The schedule and tick that started an instance.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduledBy {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The tick (RFC 3339, milliseconds, UTC).
+    #[schema(format = DateTime)]
+    pub tick: String,
 }
 
 /// An instance's runtime status: its schema lists the names of
@@ -338,11 +352,18 @@ fn upgrade() {}
         crate::deploy::versions,
         crate::api::metrics,
         crate::api::openapi,
+        crate::schedules_api::list,
+        crate::schedules_api::create,
+        crate::schedules_api::show,
+        crate::schedules_api::update,
+        crate::schedules_api::remove,
+        crate::schedules_api::act,
     ),
     modifiers(&Gate),
     tags(
         (name = "instances", description = "Start, query and drive orchestration instances"),
         (name = "deploys", description = "Hot deploys checked by replay"),
+        (name = "schedules", description = "Orchestrations started on a cron"),
         (name = "host", description = "The host itself"),
     ),
 )]

@@ -105,6 +105,10 @@ impl Served {
         functions: axum::Router,
     ) -> anyhow::Result<()> {
         register_activities(&self.runtime, app).await?;
+        self.runtime
+            .sync_manifest_schedules(&app.schedules)
+            .await
+            .context("the manifest's schedules")?;
         *self.functions.write().expect("functions poisoned") = functions;
         *self.http_digests.lock().expect("digests poisoned") = http_digests(app);
         Ok(())
@@ -347,6 +351,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     register_activities(&runtime, &app).await?;
     runtime.open_activities();
+    runtime
+        .sync_manifest_schedules(&app.schedules)
+        .await
+        .context("the manifest's schedules")?;
 
     let triggers = Triggers::new(
         runtime.engine().clone(),

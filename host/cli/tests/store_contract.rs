@@ -17,9 +17,10 @@ use duro::model::{
     ActivityCall, HistoryEvent, Instance, InstanceQuery, Message, RuntimeStatus, Timer, now_millis,
 };
 use duro::model::{HistoryEntry, Millis};
+use duro::schedule::{self, Origin, ScheduleRow, ScheduleSpec};
 use duro::store::{
-    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, Store, StoreCounts, StoreError,
-    StoreResult, Version,
+    ActivityFinish, ActivityWork, EpisodeCommit, LoadedInstance, ScheduleCommit, Store,
+    StoreCounts, StoreError, StoreResult, Version,
 };
 use duro_store_postgres::{PgOptions, PgStore};
 
@@ -105,6 +106,15 @@ impl Blocking {
     }
     fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {
         self.on(self.store.in_flight_versions())
+    }
+    fn schedule(&self, name: &str) -> StoreResult<Option<ScheduleRow>> {
+        self.on(self.store.schedule(name))
+    }
+    fn commit_schedule(&self, commit: ScheduleCommit) -> StoreResult<()> {
+        self.on(self.store.commit_schedule(commit))
+    }
+    fn due_schedules(&self, now: Millis) -> StoreResult<Vec<ScheduleRow>> {
+        self.on(self.store.due_schedules(now, 10))
     }
 }
 
@@ -321,7 +331,168 @@ contract!(
     every_stored_time_is_the_callers,
     a_message_for_a_purged_instance_is_dropped,
     suspended_instances_take_only_control_messages,
+    a_schedule_changes_only_from_the_version_read,
+    a_tick_starts_its_instance_with_the_schedule_and_once,
+    a_buffered_tick_falls_due_when_the_last_run_ends,
 );
+
+/// A per-minute schedule's row, its next tick at `first`.
+fn schedule_row(name: &str, overlap: schedule::Overlap, first: Millis) -> ScheduleRow {
+    let spec: ScheduleSpec = serde_json::from_value(serde_json::json!({
+        "name": name, "cron": "* * * * *", "orchestration": "Workflow",
+        "input": {"n": 1}, "overlap": overlap,
+    }))
+    .unwrap();
+    let compiled = spec.compile().unwrap();
+    schedule::new_row(spec, &compiled, Origin::Api, first - 1)
+}
+
+fn put(
+    name: &str,
+    expected: Option<u64>,
+    row: Option<ScheduleRow>,
+    starts: Vec<Instance>,
+) -> ScheduleCommit {
+    ScheduleCommit {
+        name: name.into(),
+        expected,
+        row,
+        starts,
+        terminate: None,
+        now: 1_000,
+    }
+}
+
+fn a_schedule_changes_only_from_the_version_read(t: &TestStore) {
+    let row = schedule_row("s", schedule::Overlap::Skip, 60_000);
+    t.store
+        .commit_schedule(put("s", None, Some(row.clone()), vec![]))
+        .unwrap();
+    let stored = t.store.schedule("s").unwrap().unwrap();
+    assert_eq!(
+        (stored.spec.clone(), stored.state.clone(), stored.due_at),
+        (row.spec.clone(), row.state.clone(), Some(60_000))
+    );
+    // The name is taken.
+    assert!(matches!(
+        t.store.commit_schedule(put("s", None, Some(row.clone()), vec![])),
+        Err(StoreError::ScheduleExists(name)) if name == "s"
+    ));
+    // A change from the version read, then one from a stale version.
+    let mut paused = stored.clone();
+    paused.state.paused = true;
+    paused.due_at = None;
+    t.store
+        .commit_schedule(put("s", Some(stored.version), Some(paused.clone()), vec![]))
+        .unwrap();
+    let after = t.store.schedule("s").unwrap().unwrap();
+    assert_eq!(after.version, stored.version + 1);
+    assert!(after.state.paused);
+    assert!(matches!(
+        t.store
+            .commit_schedule(put("s", Some(stored.version), Some(row.clone()), vec![])),
+        Err(StoreError::ScheduleChanged(_))
+    ));
+    assert!(
+        t.store.due_schedules(u64::MAX / 2).unwrap().is_empty(),
+        "a paused schedule is never due"
+    );
+    // Delete, from the version read only.
+    assert!(matches!(
+        t.store
+            .commit_schedule(put("s", Some(stored.version), None, vec![])),
+        Err(StoreError::ScheduleChanged(_))
+    ));
+    t.store
+        .commit_schedule(put("s", Some(after.version), None, vec![]))
+        .unwrap();
+    assert!(t.store.schedule("s").unwrap().is_none());
+}
+
+fn a_tick_starts_its_instance_with_the_schedule_and_once(t: &TestStore) {
+    let row = schedule_row("s", schedule::Overlap::Skip, 60_000);
+    t.store
+        .commit_schedule(put("s", None, Some(row), vec![]))
+        .unwrap();
+    let due = t.store.due_schedules(60_000).unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(t.store.due_schedules(59_999).unwrap().is_empty());
+    let compiled = due[0].spec.compile().unwrap();
+    let round = schedule::round(&due[0], &compiled, schedule::Previous::Idle, 60_000);
+    let id = schedule::instance_id("s", 60_000);
+    let start = Instance {
+        scheduled_by: Some(schedule::ScheduledBy {
+            schedule: "s".into(),
+            tick: 60_000,
+        }),
+        ..instance(&id)
+    };
+    let commit = put(
+        "s",
+        Some(due[0].version),
+        Some(round.row.clone()),
+        vec![start],
+    );
+    t.store.commit_schedule(commit.clone()).unwrap();
+    let started = t.store.instance(&id).unwrap().unwrap();
+    assert_eq!(started.scheduled_by.as_ref().unwrap().tick, 60_000);
+    assert_eq!(t.store.load(&id).unwrap().inbox.len(), 1, "started");
+    // The same round again (another host that read the same version)
+    // changes nothing: no second instance, no second start message.
+    assert!(matches!(
+        t.store.commit_schedule(commit),
+        Err(StoreError::ScheduleChanged(_))
+    ));
+    assert_eq!(t.store.load(&id).unwrap().inbox.len(), 1);
+    assert_eq!(
+        t.store.schedule("s").unwrap().unwrap().due_at,
+        Some(120_000)
+    );
+}
+
+fn a_buffered_tick_falls_due_when_the_last_run_ends(t: &TestStore) {
+    let row = schedule_row("b", schedule::Overlap::BufferOne, 60_000);
+    let compiled = row.spec.compile().unwrap();
+    t.store
+        .commit_schedule(put("b", None, Some(row.clone()), vec![]))
+        .unwrap();
+    let row = t.store.schedule("b").unwrap().unwrap();
+    let first = schedule::round(&row, &compiled, schedule::Previous::Idle, 60_000);
+    let id = schedule::instance_id("b", 60_000);
+    let run = Instance {
+        scheduled_by: Some(schedule::ScheduledBy {
+            schedule: "b".into(),
+            tick: 60_000,
+        }),
+        ..instance(&id)
+    };
+    t.store
+        .commit_schedule(put("b", Some(row.version), Some(first.row), vec![run]))
+        .unwrap();
+    let row = t.store.schedule("b").unwrap().unwrap();
+    let second = schedule::round(&row, &compiled, schedule::Previous::Running, 120_000);
+    assert!(second.row.waiting());
+    t.store
+        .commit_schedule(put("b", Some(row.version), Some(second.row), vec![]))
+        .unwrap();
+    let waiting = t.store.schedule("b").unwrap().unwrap();
+    assert_eq!(waiting.due_at, Some(180_000));
+    // The run ends: its commit makes the schedule due at once (and bumps it).
+    let loaded = t.store.load(&id).unwrap();
+    let mut ended = episode(&loaded, RuntimeStatus::Completed);
+    ended.instance.updated_at = 130_000;
+    assert!(
+        t.store
+            .commit_episodes(vec![ended])
+            .into_iter()
+            .all(|r| r.is_ok())
+    );
+    let due = t.store.schedule("b").unwrap().unwrap();
+    assert_eq!(
+        (due.due_at, due.version),
+        (Some(130_000), waiting.version + 1)
+    );
+}
 
 fn instance(id: &str) -> Instance {
     Instance::pending(
@@ -906,6 +1077,7 @@ fn children_and_purges(t: &TestStore) {
             ..parent.clone()
         }),
         trace_parent: None,
+        scheduled_by: None,
         ..instance(id)
     };
     commit.new_children = vec![child("child", 0), child("taken", 1)];

@@ -509,6 +509,19 @@ pub struct Instance {
     /// parent), which its episodes and activities are traced under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// The schedule and tick that started it, if a schedule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_by: Option<ScheduledBy>,
+}
+
+/// The schedule and tick that started an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledBy {
+    /// The schedule.
+    pub schedule: String,
+    /// The tick.
+    pub tick: Millis,
 }
 
 impl Instance {
@@ -541,6 +554,7 @@ impl Instance {
             history_len: 1,
             parent,
             trace_parent: None,
+            scheduled_by: None,
         }
     }
 }

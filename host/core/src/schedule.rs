@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Millis;
+pub use crate::model::ScheduledBy;
 
 /// Most ticks one round looks at; more due ticks wait for the next round.
 pub const MAX_TICKS_PER_ROUND: usize = 10_000;
@@ -413,7 +414,7 @@ pub fn instance_id(schedule: &str, tick: Millis) -> String {
         .timestamp_millis_opt(tick as i64)
         .single()
         .unwrap_or_default();
-    let format = if tick % 1000 == 0 {
+    let format = if tick.is_multiple_of(1000) {
         chrono::SecondsFormat::Secs
     } else {
         chrono::SecondsFormat::Millis
@@ -458,7 +459,40 @@ pub struct Round {
 impl Round {
     /// Whether the round changed nothing worth a write.
     pub fn is_empty(&self, before: &ScheduleRow) -> bool {
-        self.row == *before
+        self.row == *before && self.starts.is_empty() && self.terminate.is_none()
+    }
+
+    /// The host cannot start `tick`'s instance (its orchestration is not
+    /// deployed, its id is taken by a live instance): the tick is recorded
+    /// as skipped, for `reason`, and the schedule's last run stays the one
+    /// before (`before`).
+    pub fn refuse(&mut self, tick: Millis, reason: String, before: &ScheduleRow) {
+        let Some(at) = self.starts.iter().position(|&t| t == tick) else {
+            return;
+        };
+        self.starts.remove(at);
+        let state = &mut self.row.state;
+        if let Some(run) = state
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|run| run.tick == tick && run.instance.is_some())
+        {
+            run.decision = Decision::Skipped;
+            run.instance = None;
+            run.reason = Some(reason);
+        }
+        state.counts.started -= 1;
+        state.counts.skipped += 1;
+        self.counted.started -= 1;
+        self.counted.skipped += 1;
+        state.last_instance = match self.starts.last() {
+            Some(&last) => Some(instance_id(&self.row.spec.name, last)),
+            None => before.state.last_instance.clone(),
+        };
+        if self.starts.is_empty() {
+            self.terminate = None;
+        }
     }
 }
 
@@ -844,16 +878,6 @@ fn supersede(state: &mut ScheduleState, tick: Millis) {
     }
     state.counts.started -= 1;
     state.counts.skipped += 1;
-}
-
-/// The schedule and tick that started an instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ScheduledBy {
-    /// The schedule.
-    pub schedule: String,
-    /// The tick.
-    pub tick: Millis,
 }
 
 /// RFC 3339 UTC text of a time, for people.

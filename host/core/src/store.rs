@@ -60,6 +60,16 @@ pub enum StoreError {
         /// What differs from the version the writer read.
         change: String,
     },
+    /// No schedule has this name.
+    #[error("no schedule named `{0}`")]
+    NoSchedule(String),
+    /// A schedule with this name exists already.
+    #[error("a schedule named `{0}` exists already")]
+    ScheduleExists(String),
+    /// The schedule changed since the writer read it (a tick fired, a
+    /// client or another host changed it): read it again.
+    #[error("schedule `{0}` changed under the write; read it again")]
+    ScheduleChanged(String),
     /// The backend failed; `retriable` says whether trying again can help.
     #[error("store backend: {message}")]
     Backend {
@@ -84,6 +94,7 @@ impl StoreError {
                 retriable: true,
                 ..
             } | StoreError::Conflict { .. }
+                | StoreError::ScheduleChanged(_)
         )
     }
 }
@@ -176,6 +187,26 @@ pub struct ActivityWork {
     pub attempt: u32,
     /// When the first attempt started, if one did.
     pub first_at: Option<Millis>,
+}
+
+/// One change of a schedule, applied atomically: its row created, changed
+/// or deleted (if still at the version read), with the instances its
+/// ticks start and the run it terminates.
+#[derive(Debug, Clone)]
+pub struct ScheduleCommit {
+    /// The schedule.
+    pub name: String,
+    /// The version read; none to create it (`ScheduleExists` if taken).
+    pub expected: Option<u64>,
+    /// The row after; none to delete it.
+    pub row: Option<crate::schedule::ScheduleRow>,
+    /// Instances to create, each with its `scheduled_by` (a live instance
+    /// with the same id fails the commit: `AlreadyExists`).
+    pub starts: Vec<Instance>,
+    /// The previous run, told to terminate (`terminate_previous`).
+    pub terminate: Option<String>,
+    /// The time of the change.
+    pub now: Millis,
 }
 
 /// What became of an activity attempt.
@@ -279,6 +310,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// When the earliest activity row is due.
     async fn next_activity_due(&self) -> StoreResult<Option<Millis>>;
+    /// Up to `max` schedules due by `now` (a round to run for each).
+    async fn due_schedules(
+        &self,
+        now: Millis,
+        max: usize,
+    ) -> StoreResult<Vec<crate::schedule::ScheduleRow>>;
+    /// When the earliest schedule is due.
+    async fn next_schedule_due(&self) -> StoreResult<Option<Millis>>;
     /// Call `wake` whenever another host may have made work for this one
     /// (a shared backend hears of other hosts' writes); a backend that one
     /// host owns never calls it, its runtime knows of every write.
@@ -374,6 +413,13 @@ pub trait ClientStore: Send + Sync + 'static {
     /// and component: (name, component digest, count), in no set order.
     /// Read from the status index and the two columns, not whole rows.
     async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>>;
+    /// Every schedule, by name.
+    async fn schedules(&self) -> StoreResult<Vec<crate::schedule::ScheduleRow>>;
+    /// One schedule.
+    async fn schedule(&self, name: &str) -> StoreResult<Option<crate::schedule::ScheduleRow>>;
+    /// Apply one change of a schedule in one durable transaction
+    /// ([`plan::schedule`]).
+    async fn commit_schedule(&self, commit: ScheduleCommit) -> StoreResult<()>;
 }
 
 /// A store for both consumers.

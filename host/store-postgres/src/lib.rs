@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use duro_core::model::{HistoryEntry, Instance, InstanceQuery, Message, Millis, now_millis};
+use duro_core::schedule::ScheduleRow;
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
+    ScheduleCommit, StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
 };
 use tokio::task::AbortHandle;
 use tokio_postgres::NoTls;
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_trace_context.sql"),
     include_str!("migrations/0003_ready.sql"),
+    include_str!("migrations/0004_schedules.sql"),
 ];
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
@@ -598,6 +600,17 @@ impl RuntimeStore for PgStore {
         ops::min_of(&client, ops::sql::NEXT_ACTIVITY_DUE).await
     }
 
+    async fn due_schedules(&self, now: Millis, max: usize) -> StoreResult<Vec<ScheduleRow>> {
+        let client = self.client().await?;
+        let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&(now as i64), &(max as i64)];
+        ops::schedules(&client, ops::sql::DUE_SCHEDULES, params).await
+    }
+
+    async fn next_schedule_due(&self) -> StoreResult<Option<Millis>> {
+        let client = self.client().await?;
+        ops::min_of(&client, ops::sql::NEXT_SCHEDULE_DUE).await
+    }
+
     fn on_foreign_work(&self, wake: WakeFn) {
         let mut slot = self.wake.lock().expect("wake slot poisoned");
         if slot.is_none() {
@@ -678,6 +691,24 @@ impl ClientStore for PgStore {
     async fn purge(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         ops::purge(&mut client, id).await
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<ScheduleRow>> {
+        let client = self.client().await?;
+        ops::schedules(&client, ops::sql::ALL_SCHEDULES, &[]).await
+    }
+
+    async fn schedule(&self, name: &str) -> StoreResult<Option<ScheduleRow>> {
+        let client = self.client().await?;
+        Ok(ops::schedules(&client, ops::sql::GET_SCHEDULE, &[&name])
+            .await?
+            .pop())
+    }
+
+    async fn commit_schedule(&self, commit: ScheduleCommit) -> StoreResult<()> {
+        self.writer
+            .submit(writer::Write::Schedule(Box::new(commit)))
+            .await
     }
 
     async fn in_flight_versions(&self) -> StoreResult<Vec<(String, String, u64)>> {

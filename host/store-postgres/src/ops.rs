@@ -7,6 +7,7 @@ use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     RuntimeStatus, input_hash,
 };
+use duro_core::schedule::ScheduleRow;
 use duro_core::store::plan::{self, Write};
 use duro_core::store::{
     ActivityFinish, ActivityWork, LoadedInstance, StoreCounts, StoreError, StoreResult, Version,
@@ -51,8 +52,8 @@ pub mod sql {
     /// A new instance row; nothing if the id is taken.
     pub const INSERT_INSTANCE: &str = "INSERT INTO instances (id, name, status, input, output, \
          custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
-         parent_instance, parent_execution, parent_task, trace_parent) \
-         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12) \
+         parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
+         VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6, $6, 1, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (id) DO NOTHING";
     /// A new instance's queue row, ready at once ($2 its creation time).
     pub const INSERT_QUEUED: &str = "INSERT INTO queue (instance_id, ready_at) VALUES ($1, $2)";
@@ -138,6 +139,32 @@ pub mod sql {
     pub const LOCK_INSTANCES: &str = "SELECT 1 FROM instances WHERE id = ANY(ARRAY( \
              SELECT unnest($1::text[]) UNION SELECT instance_id FROM activities WHERE id = ANY($2))) \
          ORDER BY id FOR UPDATE";
+    /// Schedules due by $1, at most $2, soonest first.
+    pub const DUE_SCHEDULES: &str = "SELECT name, origin, spec, state, due_at, version \
+         FROM schedules WHERE due_at <= $1 ORDER BY due_at LIMIT $2";
+    /// When the soonest schedule is due.
+    pub const NEXT_SCHEDULE_DUE: &str = "SELECT MIN(due_at) FROM schedules";
+    /// Every schedule.
+    pub const ALL_SCHEDULES: &str =
+        "SELECT name, origin, spec, state, due_at, version FROM schedules ORDER BY name";
+    /// One schedule.
+    pub const GET_SCHEDULE: &str =
+        "SELECT name, origin, spec, state, due_at, version FROM schedules WHERE name = $1";
+    /// A new schedule ($9, the version read, is none).
+    pub const INSERT_SCHEDULE: &str = "INSERT INTO schedules (name, origin, spec, state, due_at, \
+         waiting, last_instance, updated_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9::BIGINT, 0)) \
+         ON CONFLICT (name) DO NOTHING";
+    /// A schedule's row, if still at version $9.
+    pub const UPDATE_SCHEDULE: &str = "UPDATE schedules SET origin = $2, spec = $3, state = $4, \
+         due_at = $5, waiting = $6, last_instance = $7, updated_at = $8, version = version + 1 \
+         WHERE name = $1 AND version = $9";
+    /// A schedule, if still at version $2.
+    pub const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = $1 AND version = $2";
+    /// A schedule's last run ended ($1 schedule, $2 run, $3 when).
+    pub const SCHEDULED_RUN_ENDED: &str = "UPDATE schedules SET version = version + 1, \
+         due_at = CASE WHEN waiting THEN $3 ELSE due_at END \
+         WHERE name = $1 AND last_instance = $2";
     /// Who holds an instance's lease, its queue row locked (after the
     /// instance row: the order every writer locks them in).
     pub const LOCK_LEASE: &str = "SELECT lease_owner FROM queue WHERE instance_id = $1 FOR UPDATE";
@@ -268,6 +295,7 @@ fn instance_from_row(row: &Row) -> StoreResult<Instance> {
         parent_execution: row.try_get(12).map_err(bad)?,
         parent_task: row.try_get(13).map_err(bad)?,
         trace_parent: row.try_get(14).map_err(bad)?,
+        scheduled_by: row.try_get(15).map_err(bad)?,
     }
     .decode()
 }
@@ -398,6 +426,7 @@ async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult
         parent.map(|p| p.task as i64),
     );
     let hash = input_hash(&instance.input);
+    let scheduled_by = rows::scheduled_by_json(instance);
     let row: Params<'_> = &[
         &instance.id,
         &instance.name,
@@ -411,6 +440,7 @@ async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult
         &parent_execution,
         &parent_task,
         &instance.trace_parent,
+        &scheduled_by,
     ];
     let start_row: Params<'_> = &[&instance.id, &start, &control, &created_at];
     let queued_row: Params<'_> = &[&instance.id, &created_at];
@@ -914,9 +944,82 @@ fn apply<'a>(
                 }
             },
             Write::Push { id, message, at } => push_message(c, id, message, *at).await?,
+            Write::PutSchedule {
+                name,
+                expected,
+                row,
+                at,
+            } => put_schedule(c, name, *expected, *row, *at).await?,
+            Write::ScheduledRunEnded { schedule, id, at } => {
+                exec(c, sql::SCHEDULED_RUN_ENDED, &[schedule, id, &(*at as i64)]).await?;
+            }
         }
         Ok(())
     })
+}
+
+/// `plan::Write::PutSchedule`.
+async fn put_schedule(
+    c: &impl GenericClient,
+    name: &str,
+    expected: Option<u64>,
+    row: Option<&ScheduleRow>,
+    at: Millis,
+) -> StoreResult<()> {
+    let version = expected.map(|v| v as i64);
+    let changed = match row {
+        None if expected.is_none() => 0,
+        None => exec(c, sql::DELETE_SCHEDULE, &[&name, &version]).await?,
+        Some(row) => {
+            let (spec, state) = rows::schedule_json(row)?;
+            let due_at = row.due_at.map(|t| t as i64);
+            let values: Params<'_> = &[
+                &name,
+                &row.origin.as_str(),
+                &spec,
+                &state,
+                &due_at,
+                &row.waiting(),
+                &row.state.last_instance,
+                &(at as i64),
+                &version,
+            ];
+            let statement = if expected.is_some() {
+                sql::UPDATE_SCHEDULE
+            } else {
+                sql::INSERT_SCHEDULE
+            };
+            exec(c, statement, values).await?
+        }
+    };
+    match (changed, expected) {
+        (0, None) => Err(StoreError::ScheduleExists(name.to_string())),
+        (0, Some(_)) => Err(StoreError::ScheduleChanged(name.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Schedules read by `sql` with `params`.
+pub async fn schedules(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> StoreResult<Vec<ScheduleRow>> {
+    let bad = |e: tokio_postgres::Error| corrupt("schedule row", e);
+    rows(c, sql, params)
+        .await?
+        .iter()
+        .map(|row| {
+            rows::schedule_row(
+                row.try_get(0).map_err(bad)?,
+                row.try_get(1).map_err(bad)?,
+                row.try_get(2).map_err(bad)?,
+                row.try_get(3).map_err(bad)?,
+                row.try_get(4).map_err(bad)?,
+                row.try_get(5).map_err(bad)?,
+            )
+        })
+        .collect()
 }
 
 /// Run `op` in a savepoint of its own, so that its failure undoes only

@@ -11,7 +11,7 @@
 use deadpool_postgres::{GenericClient, Pool};
 use duro_core::model::{Instance, Message, Millis};
 use duro_core::store::plan;
-use duro_core::store::{ActivityFinish, EpisodeCommit, StoreError, StoreResult};
+use duro_core::store::{ActivityFinish, EpisodeCommit, ScheduleCommit, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
@@ -46,6 +46,8 @@ pub enum Write {
     /// Record what became of an activity attempt (a result stamped at the
     /// given time).
     FinishActivity(i64, ActivityFinish, Millis),
+    /// Change a schedule (a round's ticks, a client's change).
+    Schedule(Box<ScheduleCommit>),
 }
 
 impl Write {
@@ -74,6 +76,13 @@ impl Write {
                 vec![WorkKind::Activities]
             }
             Write::FinishActivity(_, ActivityFinish::Done(_), _) => vec![WorkKind::Instances],
+            Write::Schedule(commit) => {
+                let mut kinds = vec![WorkKind::Timers];
+                if !commit.starts.is_empty() || commit.terminate.is_some() {
+                    kinds.push(WorkKind::Instances);
+                }
+                kinds
+            }
         }
     }
 
@@ -84,6 +93,7 @@ impl Write {
             Write::Enqueue { id, .. } => id,
             Write::Episode(episode) => &episode.instance.id,
             Write::FinishActivity(..) => "",
+            Write::Schedule(commit) => &commit.name,
         }
     }
 }
@@ -268,8 +278,12 @@ fn locked_rows(writes: &[Write]) -> (Vec<&str>, Vec<i64>) {
                 instances.extend(plan::episode(episode).iter().map(plan::Write::instance))
             }
             Write::FinishActivity(id, ..) => activities.push(*id),
+            Write::Schedule(commit) => {
+                instances.extend(plan::schedule(commit).iter().map(plan::Write::instance))
+            }
         }
     }
+    instances.retain(|id| !id.is_empty());
     instances.sort_unstable();
     instances.dedup();
     (instances, activities)
@@ -295,6 +309,7 @@ async fn apply(
     let planned = match write {
         Write::Create(instance) => plan::creation(instance),
         Write::Episode(episode) => plan::episode(episode),
+        Write::Schedule(commit) => plan::schedule(commit),
         Write::Enqueue {
             id,
             message,

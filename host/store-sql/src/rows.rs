@@ -13,7 +13,7 @@ macro_rules! instance_columns {
     () => {
         "id, name, status, input, output, custom_status, component, execution_id, \
          created_at, updated_at, history_len, parent_instance, parent_execution, parent_task, \
-         trace_parent"
+         trace_parent, scheduled_by"
     };
 }
 
@@ -54,6 +54,8 @@ pub struct InstanceRow {
     pub parent_task: Option<i64>,
     /// `trace_parent`.
     pub trace_parent: Option<String>,
+    /// `scheduled_by`, as JSON.
+    pub scheduled_by: Option<String>,
 }
 
 /// The error for a stored value that cannot be read.
@@ -112,6 +114,11 @@ impl InstanceRow {
                 ));
             }
         };
+        let scheduled_by = self
+            .scheduled_by
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|e| corrupt(&format!("scheduled_by of instance `{id}`"), e))?;
         Ok(Instance {
             created_at: unsigned(&id, "created_at", self.created_at)?,
             updated_at: unsigned(&id, "updated_at", self.updated_at)?,
@@ -126,6 +133,7 @@ impl InstanceRow {
             execution_id: self.execution_id,
             parent,
             trace_parent: self.trace_parent,
+            scheduled_by,
         })
     }
 }
@@ -167,4 +175,50 @@ pub fn count_versions(
         *counts.entry(pair).or_default() += 1;
     }
     counts.into_iter().map(|((n, c), k)| (n, c, k)).collect()
+}
+
+/// The columns of a schedule row, in the order [`schedule_row`] takes them.
+pub const SCHEDULE_COLUMNS: &str = "name, origin, spec, state, due_at, version";
+
+/// A schedule row's columns as the row.
+pub fn schedule_row(
+    name: &str,
+    origin: &str,
+    spec: &str,
+    state: &str,
+    due_at: Option<i64>,
+    version: i64,
+) -> StoreResult<duro_core::schedule::ScheduleRow> {
+    let what = |column: &str| format!("{column} of schedule `{name}`");
+    Ok(duro_core::schedule::ScheduleRow {
+        origin: duro_core::schedule::Origin::parse(origin)
+            .ok_or_else(|| corrupt(&what("origin"), origin))?,
+        spec: serde_json::from_str(spec).map_err(|e| corrupt(&what("spec"), e))?,
+        state: serde_json::from_str(state).map_err(|e| corrupt(&what("state"), e))?,
+        due_at: due_at
+            .map(|due| Millis::try_from(due).map_err(|_| corrupt(&what("due_at"), due)))
+            .transpose()?,
+        version: u64::try_from(version).map_err(|_| corrupt(&what("version"), version))?,
+    })
+}
+
+/// A schedule row's stored columns: spec and state as JSON.
+pub fn schedule_json(row: &duro_core::schedule::ScheduleRow) -> StoreResult<(String, String)> {
+    let json = |what: &str, e: serde_json::Error| StoreError::Backend {
+        message: format!(
+            "schedule `{}`: cannot encode its {what}: {e}",
+            row.spec.name
+        ),
+        retriable: false,
+    };
+    Ok((
+        serde_json::to_string(&row.spec).map_err(|e| json("definition", e))?,
+        serde_json::to_string(&row.state).map_err(|e| json("state", e))?,
+    ))
+}
+
+/// An instance's `scheduled_by` column: JSON, or NULL.
+pub fn scheduled_by_json(instance: &Instance) -> Option<String> {
+    let scheduled = instance.scheduled_by.as_ref()?;
+    serde_json::to_string(scheduled).ok()
 }

@@ -15,10 +15,11 @@ use duro_core::model::{
     ActivityCall, HistoryEntry, HistoryEvent, InboxEntry, Instance, InstanceQuery, Message, Millis,
     RuntimeStatus, canonical_json_text, input_hash,
 };
+use duro_core::schedule::ScheduleRow;
 use duro_core::store::plan::{self, Write};
 use duro_core::store::{
     ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    StoreCounts, StoreError, StoreResult, Version,
+    ScheduleCommit, StoreCounts, StoreError, StoreResult, Version,
 };
 use duro_store_sql::listing::{self, SqlValue};
 pub use duro_store_sql::rows::INSTANCE_COLUMNS;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
     (include_str!("migrations/0004_activities.sql"), None),
     (include_str!("migrations/0005_sub_orchestrations.sql"), None),
     (include_str!("migrations/0006_trace_context.sql"), None),
+    (include_str!("migrations/0007_schedules.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -126,6 +128,29 @@ pub mod sql {
     /// How many messages an instance has waiting, counted up to ?2 only.
     pub const COUNT_WAITING: &str =
         "SELECT count(*) FROM (SELECT 1 FROM inbox WHERE instance_id = ?1 LIMIT ?2)";
+    /// Schedules due by ?1, at most ?2, soonest first.
+    pub const DUE_SCHEDULES: &str = "SELECT name, origin, spec, state, due_at, version \
+         FROM schedules WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2";
+    /// When the soonest schedule is due.
+    pub const NEXT_SCHEDULE_DUE: &str = "SELECT MIN(due_at) FROM schedules";
+    /// Every schedule.
+    pub const ALL_SCHEDULES: &str =
+        "SELECT name, origin, spec, state, due_at, version FROM schedules ORDER BY name";
+    /// One schedule.
+    pub const GET_SCHEDULE: &str =
+        "SELECT name, origin, spec, state, due_at, version FROM schedules WHERE name = ?1";
+    /// A new schedule (?9 unused: the version read, none).
+    pub const INSERT_SCHEDULE: &str = "INSERT INTO schedules (name, origin, spec, state, due_at, \
+         waiting, last_instance, updated_at, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, COALESCE(?9, 0)) ON CONFLICT (name) DO NOTHING";
+    /// A schedule's row, if still at version ?9.
+    pub const UPDATE_SCHEDULE: &str = "UPDATE schedules SET origin = ?2, spec = ?3, state = ?4, \
+         due_at = ?5, waiting = ?6, last_instance = ?7, updated_at = ?8, version = version + 1 \
+         WHERE name = ?1 AND version = ?9";
+    /// A schedule's last run ended (?1 schedule, ?2 run, ?3 when).
+    pub const SCHEDULED_RUN_ENDED: &str = "UPDATE schedules SET version = version + 1, \
+         due_at = CASE WHEN waiting THEN ?3 ELSE due_at END \
+         WHERE name = ?1 AND last_instance = ?2";
     /// Timers due now, taken out of the table.
     pub const FIRE_DUE_TIMERS: &str = "DELETE FROM timers WHERE fire_at <= ?1 \
          RETURNING instance_id, task, fire_at, execution_id";
@@ -662,6 +687,7 @@ fn instance_row(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         parent_execution: row.get(12)?,
         parent_task: row.get(13)?,
         trace_parent: row.get(14)?,
+        scheduled_by: row.get(15)?,
     })
 }
 
@@ -864,8 +890,8 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
         .prepare_cached(
             "INSERT OR IGNORE INTO instances (id, name, status, input, output, custom_status, \
              component, created_at, updated_at, history_len, input_hash, execution_id, \
-             parent_instance, parent_execution, parent_task, trace_parent) \
-             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)",
+             parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
+             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .map_err(backend)?
         .execute(params![
@@ -881,6 +907,7 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
             parent.map(|p| &p.execution),
             parent.map(|p| p.task),
             instance.trace_parent,
+            rows::scheduled_by_json(instance),
         ])
         .map_err(backend)?;
     if inserted == 0 {
@@ -1106,8 +1133,91 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
             }
         }
         Write::Push { id, message, at } => push_if_present(conn, id, message, *at)?,
+        Write::PutSchedule {
+            name,
+            expected,
+            row,
+            at,
+        } => put_schedule(conn, name, *expected, *row, *at)?,
+        Write::ScheduledRunEnded { schedule, id, at } => {
+            conn.prepare_cached(sql::SCHEDULED_RUN_ENDED)
+                .map_err(backend)?
+                .execute(params![schedule, id, *at as i64])
+                .map_err(backend)?;
+        }
     }
     Ok(())
+}
+
+/// `plan::Write::PutSchedule`.
+fn put_schedule(
+    conn: &Connection,
+    name: &str,
+    expected: Option<u64>,
+    row: Option<&ScheduleRow>,
+    at: Millis,
+) -> StoreResult<()> {
+    let changed = match (expected, row) {
+        (None, None) => 0,
+        (Some(version), None) => conn
+            .prepare_cached("DELETE FROM schedules WHERE name = ?1 AND version = ?2")
+            .map_err(backend)?
+            .execute(params![name, version as i64])
+            .map_err(backend)?,
+        (expected, Some(row)) => {
+            let (spec, state) = rows::schedule_json(row)?;
+            let values = params![
+                name,
+                row.origin.as_str(),
+                spec,
+                state,
+                row.due_at.map(|t| t as i64),
+                row.waiting(),
+                row.state.last_instance,
+                at as i64,
+                expected.map(|v| v as i64),
+            ];
+            let statement = if expected.is_some() {
+                sql::UPDATE_SCHEDULE
+            } else {
+                sql::INSERT_SCHEDULE
+            };
+            conn.prepare_cached(statement)
+                .map_err(backend)?
+                .execute(values)
+                .map_err(backend)?
+        }
+    };
+    match (changed, expected) {
+        (0, None) => Err(StoreError::ScheduleExists(name.to_string())),
+        (0, Some(_)) => Err(StoreError::ScheduleChanged(name.to_string())),
+        _ => Ok(()),
+    }
+}
+
+fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<ScheduleRow>> {
+    Ok(rows::schedule_row(
+        &row.get::<_, String>(0)?,
+        &row.get::<_, String>(1)?,
+        &row.get::<_, String>(2)?,
+        &row.get::<_, String>(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn read_schedules(
+    conn: &Connection,
+    statement: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<ScheduleRow>> {
+    let mut stmt = conn.prepare_cached(statement).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, schedule_from_row)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    rows.into_iter().collect()
 }
 
 #[async_trait::async_trait]
@@ -1348,6 +1458,18 @@ impl RuntimeStore for SqliteStore {
         })
     }
 
+    async fn due_schedules(&self, now: Millis, max: usize) -> StoreResult<Vec<ScheduleRow>> {
+        self.read(|conn| read_schedules(conn, sql::DUE_SCHEDULES, params![now as i64, max as i64]))
+    }
+
+    async fn next_schedule_due(&self) -> StoreResult<Option<Millis>> {
+        self.read(|conn| {
+            conn.query_row(sql::NEXT_SCHEDULE_DUE, [], |r| r.get::<_, Option<i64>>(0))
+                .map(|t| t.map(|t| t as Millis))
+                .map_err(backend)
+        })
+    }
+
     async fn component(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
         let digest = digest.to_string();
         self.read_aside(move |conn| {
@@ -1485,6 +1607,24 @@ impl ClientStore for SqliteStore {
                 Some(refused) => Err(refused),
                 None => Ok(delete_instances(conn, &[id])? > 0),
             },
+        })
+        .await
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<ScheduleRow>> {
+        self.read_aside(|conn| read_schedules(conn, sql::ALL_SCHEDULES, []))
+            .await
+    }
+
+    async fn schedule(&self, name: &str) -> StoreResult<Option<ScheduleRow>> {
+        self.read(|conn| Ok(read_schedules(conn, sql::GET_SCHEDULE, [name])?.pop()))
+    }
+
+    async fn commit_schedule(&self, commit: ScheduleCommit) -> StoreResult<()> {
+        self.write(move |conn| {
+            plan::schedule(&commit)
+                .iter()
+                .try_for_each(|write| apply(conn, write))
         })
         .await
     }

@@ -8,7 +8,7 @@
 //! contract) ← `replay` (wasm replay, no I/O) ← `runtime` (workers, timers,
 //! the public API).
 
-pub use duro_core::{model, store};
+pub use duro_core::{model, schedule, store};
 
 pub mod activity;
 pub mod durable_http;

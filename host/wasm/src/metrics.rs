@@ -34,6 +34,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Timers fired.
     pub timers_fired: Counter,
+    /// Schedule ticks, by schedule and decision (started, skipped by the
+    /// overlap policy, missed by the catch-up policy).
+    pub schedule_ticks: Family<Labels, Counter>,
     /// Activity attempts, by activity and result.
     pub activity_attempts: Family<Labels, Counter>,
     /// HTTP function calls, by function and status.
@@ -117,6 +120,12 @@ impl Metrics {
         registry.register("commit_seconds", "Commit duration", commit_seconds.clone());
         let timers_fired = Counter::default();
         registry.register("timers_fired", "Timers fired", timers_fired.clone());
+        let schedule_ticks = Family::<Labels, Counter>::default();
+        registry.register(
+            "schedule_ticks",
+            "Schedule ticks by schedule and decision (started, skipped, missed)",
+            schedule_ticks.clone(),
+        );
         let activity_attempts = Family::<Labels, Counter>::default();
         registry.register(
             "activity_attempts",
@@ -199,6 +208,7 @@ impl Metrics {
             commit_batch,
             commit_seconds,
             timers_fired,
+            schedule_ticks,
             activity_attempts,
             http_requests,
         }

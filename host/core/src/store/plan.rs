@@ -34,7 +34,8 @@
 use crate::model::{
     ActivityCall, HistoryEvent, Instance, Message, Millis, RuntimeStatus, Timer, child_result,
 };
-use crate::store::{EpisodeCommit, Version};
+use crate::schedule::ScheduleRow;
+use crate::store::{EpisodeCommit, ScheduleCommit, Version};
 
 /// One write of a commit. Each names the instance rows it touches; a
 /// backend runs a commit's writes in order, in one transaction, and the
@@ -136,6 +137,32 @@ pub enum Write<'a> {
         /// When that message is sent.
         at: Millis,
     },
+    /// Create, change or delete a schedule's row: create it when
+    /// `expected` is none (`ScheduleExists` if the name is taken); else
+    /// only if it is still at `expected` (`ScheduleChanged`), then store
+    /// `row` with the version bumped, or delete it when `row` is none.
+    PutSchedule {
+        /// The schedule.
+        name: &'a str,
+        /// The version read.
+        expected: Option<u64>,
+        /// The row after.
+        row: Option<&'a ScheduleRow>,
+        /// Its time.
+        at: Millis,
+    },
+    /// A run a schedule started has ended: if it is the schedule's last
+    /// run, the row's version is bumped (a round computed while it ran is
+    /// refused and runs again), and a tick buffered behind it falls due
+    /// at `at`.
+    ScheduledRunEnded {
+        /// The schedule.
+        schedule: &'a str,
+        /// The run.
+        id: &'a str,
+        /// When it ended.
+        at: Millis,
+    },
     /// Put `message` into the inbox of the instance, stamped `at`, if the
     /// instance exists (it may have been purged), and make it ready if it
     /// can take the message now.
@@ -163,7 +190,10 @@ impl<'a> Write<'a> {
             | Write::AppendEvents { id, .. }
             | Write::Consume { id, .. }
             | Write::CancelTimers { id, .. }
-            | Write::Push { id, .. } => id,
+            | Write::Push { id, .. }
+            | Write::ScheduledRunEnded { id, .. } => id,
+            // A schedule's row is locked after every instance row.
+            Write::PutSchedule { .. } => "",
             Write::UpdateInstance { instance } | Write::Create { instance } => &instance.id,
             Write::CreateChild { child, .. } => &child.id,
             // An episode's timers and calls are all its own instance's.
@@ -260,6 +290,13 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
             });
         }
         writes.push(Write::DropScheduledWork { id });
+        if let Some(scheduled) = &instance.scheduled_by {
+            writes.push(Write::ScheduledRunEnded {
+                schedule: &scheduled.schedule,
+                id,
+                at,
+            });
+        }
     }
     for message in &commit.follow_up {
         writes.push(Write::Push {
@@ -274,6 +311,38 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
 /// The writes that create an instance (see [`Write::Create`]).
 pub fn creation(instance: &Instance) -> Vec<Write<'_>> {
     vec![Write::Create { instance }]
+}
+
+/// The writes of a schedule's change ([`ScheduleCommit`]): the previous
+/// run told to terminate, the row (guarded by its version), then the
+/// instances its ticks start.
+pub fn schedule(commit: &ScheduleCommit) -> Vec<Write<'_>> {
+    let mut writes = Vec::with_capacity(commit.starts.len() + 2);
+    if let Some(previous) = &commit.terminate {
+        writes.push(Write::Push {
+            id: previous,
+            message: Message::Terminate {
+                reason: Some(format!(
+                    "schedule `{}`: a newer run replaces it (overlap = terminate_previous)",
+                    commit.name
+                )),
+            },
+            at: commit.now,
+        });
+    }
+    writes.push(Write::PutSchedule {
+        name: &commit.name,
+        expected: commit.expected,
+        row: commit.row.as_ref(),
+        at: commit.now,
+    });
+    writes.extend(
+        commit
+            .starts
+            .iter()
+            .map(|instance| Write::Create { instance }),
+    );
+    writes
 }
 
 /// The message a due timer becomes in its instance's inbox.

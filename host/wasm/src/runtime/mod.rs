@@ -25,6 +25,8 @@ use crate::replay::{Divergence, Replayer, Subject};
 mod activities;
 mod deploy;
 mod idle;
+mod schedules;
+pub use schedules::Triggered;
 mod limits;
 mod pool;
 mod worker;
@@ -201,6 +203,20 @@ pub enum RuntimeError {
     /// The instance changed while the operation ran; trying again may work.
     #[error("instance `{0}` changed while the operation ran; try again")]
     Busy(String),
+    /// A schedule's definition breaks a rule (the message names it).
+    #[error("{0}")]
+    InvalidSchedule(String),
+    /// No schedule has this name.
+    #[error("no schedule named `{0}`")]
+    NoSchedule(String),
+    /// A schedule with this name exists already.
+    #[error("a schedule named `{0}` exists already")]
+    ScheduleExists(String),
+    /// The schedule is the manifest's: a deploy changes it.
+    #[error(
+        "schedule `{0}` is defined in the app's manifest; change or remove it there and deploy"
+    )]
+    ScheduleFromManifest(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -217,6 +233,9 @@ impl From<StoreError> for RuntimeError {
             StoreError::NotFinished { id, status } => RuntimeError::NotFinished { id, status },
             StoreError::Finished { id, status } => RuntimeError::Finished { id, status },
             e @ StoreError::InboxFull { .. } => RuntimeError::InboxFull(e.to_string()),
+            StoreError::NoSchedule(name) => RuntimeError::NoSchedule(name),
+            StoreError::ScheduleExists(name) => RuntimeError::ScheduleExists(name),
+            StoreError::ScheduleChanged(name) => RuntimeError::Busy(name),
             e => RuntimeError::Store(e),
         }
     }

@@ -792,8 +792,18 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
             }
             Err(e) => tracing::error!("firing timers failed: {e}"),
         }
-        let next = inner.store.next_timer_due().await;
-        let wait = inner.wait_for(next, "timers");
+        // Schedules fall due through the same loop, on the same clock.
+        if let Err(e) = super::schedules::fire_due(&inner).await {
+            tracing::error!("running due schedules failed: {e}");
+        }
+        let next = match (
+            inner.store.next_timer_due().await,
+            inner.store.next_schedule_due().await,
+        ) {
+            (Ok(timer), Ok(schedule)) => Ok(timer.into_iter().chain(schedule).min()),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let wait = inner.wait_for(next, "timers and schedules");
         tokio::select! {
             _ = inner.timers.notified() => {}
             _ = tokio::time::sleep(wait) => {}
