@@ -15,6 +15,7 @@ mod order;
 mod patterns;
 mod queries;
 mod scaleout;
+mod schedules;
 mod security;
 mod semantics;
 mod simulation;

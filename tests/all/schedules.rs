@@ -1,0 +1,363 @@
+//! Schedules through the public surface: a manifest's schedules start
+//! their ticks on a real host (each instance saying which schedule and tick
+//! started it), the overlap policy skips while a run is going, pause and
+//! resume fire no burst, triggers start a tick at once, schedules made
+//! through the API are changed and deleted there, bad definitions get a 400
+//! naming the field and change nothing, and a hot deploy changes one
+//! schedule and removes another.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::host::{Host, Reply};
+
+const API: &str = "/runtime/webhooks/durabletask";
+
+/// The scenario app, the test guests' `Counter` (done in one episode given 3) and
+/// `Sequence` (waits for two events), and `schedules`.
+fn manifest(dir: &Path, file: &str, schedules: &str) -> std::path::PathBuf {
+    let guests = duro_tests::TEST_GUESTS;
+    let path = dir.join(file);
+    let base = duro_tests::scenario_manifest(
+        dir,
+        &format!(
+            "[[orchestration]]\nname = \"Counter\"\ncomponent = {guests:?}\n\
+             [[orchestration]]\nname = \"Sequence\"\ncomponent = {guests:?}\n{schedules}"
+        ),
+    );
+    std::fs::rename(base, &path).unwrap();
+    path
+}
+
+fn schedule(host: &Host, name: &str) -> Value {
+    let reply = host.get(&format!("{API}/schedules/{name}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+fn started(host: &Host, name: &str) -> u64 {
+    schedule(host, name)["counts"]["started"].as_u64().unwrap()
+}
+
+fn send(host: &Host, method: &str, path: &str, body: &str) -> Reply {
+    host.request(
+        method,
+        path,
+        Some(body),
+        &[("content-type", "application/json")],
+    )
+}
+
+/// Wait (at most the suite's patience) until `check` holds.
+fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn manifest_schedules_fire_and_are_managed_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(
+        dir.path(),
+        "duro.toml",
+        "[[schedule]]\nname = \"every-second\"\ncron = \"* * * * * *\"\norchestration = \"Counter\"\n\
+         input = 3\n\
+         [[schedule]]\nname = \"held\"\ncron = \"* * * * * *\"\norchestration = \"Sequence\"\n",
+    );
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+
+    // Ticks start instances named after the schedule and tick, which run.
+    until("two ticks of every-second", || {
+        started(&host, "every-second") >= 2
+    });
+    let shown = schedule(&host, "every-second");
+    assert_eq!(shown["origin"], "manifest");
+    assert_eq!(shown["definition"]["cron"], "* * * * * *");
+    assert_eq!(shown["nextFireTimes"].as_array().unwrap().len(), 5);
+    let run = shown["recentRuns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["decision"] == "started")
+        .unwrap()
+        .clone();
+    let id = run["instanceId"].as_str().unwrap();
+    assert!(id.starts_with("every-second:20"), "{id}");
+    let status = host
+        .poll(&format!("{API}/instances/{}", id), |r| {
+            r.json()["runtimeStatus"] == "Completed"
+        })
+        .json();
+    assert_eq!(status["runtimeStatus"], "Completed", "{status}");
+    assert_eq!(status["scheduledBy"]["schedule"], "every-second");
+    assert_eq!(status["scheduledBy"]["tick"], run["tick"]);
+    assert_eq!(status["input"], json!(3));
+
+    // `held` starts one run, which waits for events: the ticks after it
+    // are skipped (overlap = skip, the default).
+    until("held skips a tick", || {
+        schedule(&host, "held")["counts"]["skipped"].as_u64() >= Some(1)
+    });
+    assert_eq!(started(&host, "held"), 1);
+    // A trigger follows the policy too.
+    let triggered = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules/held/trigger?reason=by%20hand"),
+        "",
+    );
+    assert_eq!(triggered.status, 200, "{}", triggered.body);
+    assert_eq!(triggered.json()["triggered"]["decision"], "skipped");
+
+    // Paused, nothing fires; resumed, no burst of the missed ticks.
+    let paused = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules/every-second/pause?reason=maintenance"),
+        "",
+    );
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.json()["pauseReason"], "maintenance");
+    assert_eq!(paused.json()["nextFireTimes"], json!([]));
+    let before = schedule(&host, "every-second")["counts"].clone();
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(schedule(&host, "every-second")["counts"], before);
+    let resumed = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules/every-second/resume"),
+        "",
+    );
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    until("a tick after the resume", || {
+        started(&host, "every-second") > before["started"].as_u64().unwrap()
+    });
+    let after = schedule(&host, "every-second")["counts"].clone();
+    assert_eq!(after["missed"], before["missed"], "no tick missed: {after}");
+    assert!(
+        after["started"].as_u64().unwrap() <= before["started"].as_u64().unwrap() + 2,
+        "no burst: {before} then {after}"
+    );
+    let decisions: Vec<Value> = schedule(&host, "every-second")["recentRuns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["decision"].clone())
+        .collect();
+    assert!(decisions.contains(&json!("paused")) && decisions.contains(&json!("resumed")));
+
+    // A manifest's schedule is changed by deploys, not through the API.
+    for (method, body) in [
+        ("DELETE", ""),
+        ("PUT", r#"{"cron": "@daily", "orchestration": "Counter"}"#),
+    ] {
+        let refused = send(
+            &host,
+            method,
+            &format!("{API}/schedules/every-second"),
+            body,
+        );
+        assert_eq!(refused.status, 409, "{method}: {}", refused.body);
+        assert!(
+            refused.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("manifest")
+        );
+    }
+
+    // The metrics count what fired.
+    let metrics = host.get("/metrics").body;
+    assert!(
+        metrics
+            .contains(r#"duro_schedule_ticks_total{schedule="every-second",decision="started"}"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn schedules_made_through_the_api_are_checked_changed_triggered_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &manifest(dir.path(), "duro.toml", ""),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let yearly = json!({
+        "name": "yearly", "cron": "0 0 1 1 *", "timezone": "Europe/Berlin",
+        "orchestration": "Counter", "input": 3,
+    });
+    let created = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules"),
+        &yearly.to_string(),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created = created.json();
+    assert_eq!(created["origin"], "api");
+    // Midnight in Berlin on New Year's day is 23:00 UTC the day before.
+    assert!(
+        created["nextFireTimes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("-12-31T23:00:00.000Z"),
+        "{created}"
+    );
+    let again = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules"),
+        &yearly.to_string(),
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // Bad definitions: 400 naming the problem, nothing stored.
+    for (body, named) in [
+        (
+            json!({"name": "b", "cron": "61 * * * *", "orchestration": "Counter"}),
+            "cron \"61 * * * *\"",
+        ),
+        (
+            json!({"name": "b", "cron": "@daily", "timezone": "Mars/Base", "orchestration": "Counter"}),
+            "Mars/Base",
+        ),
+        (
+            json!({"name": "b", "cron": "@daily", "orchestration": "Nope"}),
+            "no orchestration named `Nope`",
+        ),
+        (
+            json!({"name": "b c", "cron": "@daily", "orchestration": "Counter"}),
+            "schedule name \"b c\"",
+        ),
+        (
+            json!({"name": "b", "cron": "@daily", "orchestration": "Counter", "overlap": "sometimes"}),
+            "sometimes",
+        ),
+        (
+            json!({"name": "b", "cron": "@daily", "orchestration": "Counter", "endAt": "soon"}),
+            "end_at \"soon\"",
+        ),
+    ] {
+        let refused = send(
+            &host,
+            "POST",
+            &format!("{API}/schedules"),
+            &body.to_string(),
+        );
+        assert_eq!(refused.status, 400, "{body}: {}", refused.body);
+        let error = refused.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(named), "{body}: {error}");
+    }
+    let not_json = send(&host, "POST", &format!("{API}/schedules"), "{nope");
+    assert_eq!(not_json.status, 400, "{}", not_json.body);
+    let listed = host.get(&format!("{API}/schedules")).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // Changed: the runs kept, ticks from the next one of the new cron.
+    let changed = send(
+        &host,
+        "PUT",
+        &format!("{API}/schedules/yearly"),
+        r#"{"cron": "0 12 * * *", "orchestration": "Counter", "timezone": "UTC", "input": 3}"#,
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert!(
+        changed.json()["nextFireTimes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("T12:00:00.000Z"),
+        "{}",
+        changed.body
+    );
+    let renamed = send(
+        &host,
+        "PUT",
+        &format!("{API}/schedules/yearly"),
+        r#"{"name": "other", "cron": "@daily", "orchestration": "Counter"}"#,
+    );
+    assert_eq!(renamed.status, 400, "{}", renamed.body);
+
+    // Triggered: a run at once, under an id with the trigger's time.
+    let triggered = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules/yearly/trigger?reason=test"),
+        "",
+    );
+    assert_eq!(triggered.status, 200, "{}", triggered.body);
+    let triggered = triggered.json();
+    assert_eq!(triggered["triggered"]["decision"], "started");
+    let id = triggered["triggered"]["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("yearly:"), "{id}");
+    assert_eq!(triggered["recentRuns"][0]["reason"], "test");
+    let status = host.poll(&format!("{API}/instances/{}", &id), |r| {
+        r.json()["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(status.json()["scheduledBy"]["schedule"], "yearly");
+
+    let unknown_verb = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules/yearly/explode"),
+        "",
+    );
+    assert_eq!(unknown_verb.status, 404, "{}", unknown_verb.body);
+    let deleted = send(&host, "DELETE", &format!("{API}/schedules/yearly"), "");
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(host.get(&format!("{API}/schedules/yearly")).status, 404);
+    // Its run stays.
+    assert_eq!(host.get(&format!("{API}/instances/{}", &id)).status, 200);
+}
+
+#[test]
+fn a_hot_deploy_changes_one_schedule_and_removes_another() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = manifest(
+        dir.path(),
+        "v1.toml",
+        "[[schedule]]\nname = \"kept\"\ncron = \"0 0 1 1 *\"\norchestration = \"Counter\"\n\
+         [[schedule]]\nname = \"dropped\"\ncron = \"0 0 1 1 *\"\norchestration = \"Counter\"\n",
+    );
+    let host = Host::start_with(&v1, &dir.path().join("duro.db"), &[]);
+    let triggered = send(&host, "POST", &format!("{API}/schedules/kept/trigger"), "");
+    assert_eq!(triggered.status, 200, "{}", triggered.body);
+    let v2 = manifest(
+        dir.path(),
+        "v2.toml",
+        "[[schedule]]\nname = \"kept\"\ncron = \"0 12 * * *\"\norchestration = \"Counter\"\n",
+    );
+    let (ok, out, err) = duro(&host, &["deploy", v2.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let kept = schedule(&host, "kept");
+    assert_eq!(kept["definition"]["cron"], "0 12 * * *");
+    assert!(
+        kept["nextFireTimes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("T12:00:00.000Z"),
+        "{kept}"
+    );
+    assert_eq!(kept["counts"]["started"], 1, "the history is kept: {kept}");
+    assert_eq!(host.get(&format!("{API}/schedules/dropped")).status, 404);
+    // A manifest schedule naming an orchestration it does not declare is
+    // refused whole: nothing changes.
+    let v3 = manifest(
+        dir.path(),
+        "v3.toml",
+        "[[schedule]]\nname = \"kept\"\ncron = \"@daily\"\norchestration = \"Missing\"\n",
+    );
+    let (ok, _, err) = duro(&host, &["deploy", v3.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("no orchestration named `Missing`"), "{err}");
+    assert_eq!(schedule(&host, "kept")["definition"]["cron"], "0 12 * * *");
+}
