@@ -361,3 +361,111 @@ fn a_hot_deploy_changes_one_schedule_and_removes_another() {
     assert!(err.contains("no orchestration named `Missing`"), "{err}");
     assert_eq!(schedule(&host, "kept")["definition"]["cron"], "0 12 * * *");
 }
+
+/// A schedule firing every second (every tick kept: `allow_all`, catch-up
+/// `all`), its host SIGKILLed ten times at random moments and restarted:
+/// every tick from the first to the last one due has exactly one instance.
+#[test]
+fn every_tick_fires_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "duro.toml", TICKING);
+    let database = dir.path().join("duro.db");
+    let mut host = Host::start_with(&manifest, &database, &[]);
+    let mut rng = seeded();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(1_300)));
+        host.kill();
+        host = Host::start_with(&manifest, &database, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    check_every_tick_once(&host);
+}
+
+/// The same with three hosts on one PostgreSQL database, one of them
+/// SIGKILLed at random moments (and restarted) while the others go on.
+#[test]
+fn every_tick_fires_exactly_once_with_three_hosts_one_killed() {
+    let Some(database) = crate::support::postgres_database("ticks") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "duro.toml", TICKING);
+    let serve = || Host::start_with(&manifest, Path::new(&database), &["--lease-ttl-ms", "1000"]);
+    let mut hosts = vec![serve(), serve(), serve()];
+    let mut rng = seeded();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1_200)));
+        let victim = rng.below(3) as usize;
+        hosts.remove(victim).kill();
+        hosts.insert(victim, serve());
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    check_every_tick_once(&hosts[0]);
+}
+
+const TICKING: &str = "[[schedule]]\nname = \"tick\"\ncron = \"* * * * * *\"\n\
+    orchestration = \"Counter\"\ninput = 3\noverlap = \"allow_all\"\ncatch_up = \"all\"\n\
+    catch_up_window_ms = 600000\n";
+
+fn seeded() -> crate::torture::Rng {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    crate::torture::Rng(seed)
+}
+
+/// Pause `tick`, then check its instances: one per second from the first
+/// tick to the last before its next one, none twice, each run once.
+fn check_every_tick_once(host: &Host) {
+    let paused = send(host, "POST", &format!("{API}/schedules/tick/pause"), "");
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let shown = paused.json();
+    let next = tick_of(shown["nextTick"].as_str().unwrap());
+    let listed = host
+        .get(&format!("{API}/instances?instanceIdPrefix=tick:&top=1000"))
+        .json();
+    let mut ticks: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            tick_of(
+                i["instanceId"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("tick:"),
+            )
+        })
+        .collect();
+    ticks.sort();
+    assert!(ticks.len() >= 5, "{} ticks: {listed}", ticks.len());
+    let first = ticks[0];
+    let expected: Vec<i64> = (first..next).step_by(1_000).collect();
+    assert_eq!(ticks, expected, "one instance per second up to {next}");
+    // Each started once: the schedule counted each start once, and each
+    // instance has one start in its history.
+    assert_eq!(shown["counts"]["started"], ticks.len() as u64, "{shown}");
+    assert_eq!(shown["counts"]["missed"], 0, "{shown}");
+    for instance in listed.as_array().unwrap() {
+        let id = instance["instanceId"].as_str().unwrap();
+        let done = host.poll(&format!("{API}/instances/{id}?showHistory=true"), |r| {
+            r.json()["runtimeStatus"] == "Completed"
+        });
+        let body = done.json();
+        assert_eq!(body["runtimeStatus"], "Completed", "{id}: {}", done.body);
+        assert_eq!(
+            crate::host::history_count(&body, "ExecutionStarted"),
+            1,
+            "{id}"
+        );
+    }
+}
+
+fn tick_of(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
+}

@@ -50,10 +50,10 @@ enum Lifecycle {
 
 /// A small deterministic generator, seeded and printed so a run can be
 /// told apart from another.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

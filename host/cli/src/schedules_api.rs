@@ -68,6 +68,7 @@ pub fn schedule_json(row: &ScheduleRow) -> Value {
         "paused": state.paused,
         "pauseReason": state.pause_reason,
         "nextFireTimes": next,
+        "nextTick": state.next_tick.map(rfc3339),
         "bufferedTick": state.buffered.map(rfc3339),
         "lastInstanceId": state.last_instance,
         "counts": state.counts,

@@ -614,10 +614,12 @@ impl Runtime {
         }
     }
 
-    /// Start running activities: call it once every activity component is
-    /// registered (calls of a name still unknown then fail).
+    /// Start running activities and schedules: call it once every
+    /// component of the app is registered (calls of a name still unknown
+    /// then fail, and a tick of an orchestration still unknown is skipped).
     pub fn open_activities(&self) {
         self.inner.activities_open.send_replace(true);
+        self.inner.timers.notify_one();
     }
 
     /// Let instances of the orchestration `name` send `ctx.call_http`

@@ -22,6 +22,11 @@ const CHANGE_ATTEMPTS: usize = 5;
 
 /// Run a round for every schedule due now; true if any started instances.
 pub(super) async fn fire_due(inner: &Arc<Inner>) -> StoreResult<bool> {
+    // Not before the app is registered: after a restart, a tick would
+    // find its orchestration unknown and be skipped.
+    if !*inner.activities_open.borrow() {
+        return Ok(false);
+    }
     let now = inner.config.clock.now();
     let due = inner.store.due_schedules(now, ROUNDS_PER_PASS).await?;
     let mut started = false;
