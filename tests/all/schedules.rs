@@ -469,3 +469,83 @@ fn tick_of(text: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{text}: {e}"))
         .timestamp_millis()
 }
+
+#[test]
+fn the_cli_manages_schedules() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &manifest(dir.path(), "duro.toml", ""),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let (ok, out, err) = duro(
+        &host,
+        &[
+            "schedule",
+            "create",
+            "nightly",
+            "--cron",
+            "30 2 * * *",
+            "--timezone",
+            "America/New_York",
+            "--orchestration",
+            "Counter",
+            "--input",
+            "3",
+            "--overlap",
+            "buffer_one",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("America/New_York") && out.contains("buffer_one"),
+        "{out}"
+    );
+    let (ok, out, _) = duro(&host, &["schedule", "list"]);
+    assert!(ok);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("nightly"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("30 2 * * *") && row.contains("active") && row.contains("api"),
+        "{out}"
+    );
+    let (ok, out, _) = duro(&host, &["--json", "schedule", "show", "nightly"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["nextFireTimes"].as_array().unwrap().len(), 5);
+    let (ok, out, _) = duro(
+        &host,
+        &["schedule", "pause", "nightly", "--reason", "audit"],
+    );
+    assert!(ok && out.contains("paused nightly"), "{out}");
+    let (ok, out, _) = duro(&host, &["schedule", "list"]);
+    assert!(ok && out.contains("paused"), "{out}");
+    let (ok, out, _) = duro(&host, &["schedule", "resume", "nightly"]);
+    assert!(ok && out.contains("next fire"), "{out}");
+    let (ok, out, err) = duro(
+        &host,
+        &["schedule", "trigger", "nightly", "--reason", "now"],
+    );
+    assert!(ok && out.contains("started nightly:"), "{out}{err}");
+    // Bad input: a non-zero exit naming the problem.
+    let (ok, _, err) = duro(
+        &host,
+        &[
+            "schedule",
+            "create",
+            "bad",
+            "--cron",
+            "* * *",
+            "--orchestration",
+            "Counter",
+        ],
+    );
+    assert!(!ok && err.contains("400") && err.contains("cron"), "{err}");
+    let (ok, _, err) = duro(&host, &["schedule", "show", "missing"]);
+    assert!(!ok && err.contains("no schedule named `missing`"), "{err}");
+    let (ok, out, _) = duro(&host, &["schedule", "delete", "nightly"]);
+    assert!(ok && out.contains("deleted nightly"), "{out}");
+}

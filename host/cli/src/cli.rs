@@ -297,6 +297,12 @@ enum Command {
     /// List each orchestration's deployed version and the older ones that
     /// in-flight instances still run on.
     Versions,
+    /// Orchestrations started on a cron: list, show, create, pause,
+    /// resume, trigger, delete.
+    Schedule {
+        #[command(subcommand)]
+        command: crate::schedule_cli::ScheduleCommand,
+    },
     /// Start an instance again with its original input.
     Restart {
         /// Instance id.
@@ -580,6 +586,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             });
             Ok(())
         }
+        Command::Schedule { command } => crate::schedule_cli::run(&client, cli.json, command).await,
         Command::Purge {
             id,
             from,
@@ -678,7 +685,7 @@ fn check_json(text: &str, flag: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{flag} {text:?} is not valid JSON"))
 }
 
-fn print(json: bool, body: &Value, text: impl FnOnce() -> String) {
+pub(crate) fn print(json: bool, body: &Value, text: impl FnOnce() -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
     } else {
@@ -686,7 +693,7 @@ fn print(json: bool, body: &Value, text: impl FnOnce() -> String) {
     }
 }
 
-fn compact(value: &Value) -> String {
+pub(crate) fn compact(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -738,7 +745,7 @@ fn table(body: &Value) -> String {
 }
 
 /// Rows under a header, each column as wide as its widest cell.
-fn columns(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn columns(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
@@ -845,7 +852,7 @@ pub fn encode(text: &str) -> String {
         .collect()
 }
 
-struct Client {
+pub(crate) struct Client {
     host: String,
     /// The admin key, sent as `Authorization: Bearer` when set.
     key: Option<String>,
@@ -854,7 +861,7 @@ struct Client {
 impl Client {
     /// One request; returns the continuation header and the JSON body, or an
     /// error carrying the API's message.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,

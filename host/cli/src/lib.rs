@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod openapi;
 pub mod plane;
 pub mod scaffold;
+pub mod schedule_cli;
 pub mod schedules_api;
 pub mod server;
 pub mod telemetry;
