@@ -7,6 +7,7 @@
 //! schedule and removes another.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -548,4 +549,86 @@ fn the_cli_manages_schedules() {
     assert!(!ok && err.contains("no schedule named `missing`"), "{err}");
     let (ok, out, _) = duro(&host, &["schedule", "delete", "nightly"]);
     assert!(ok && out.contains("deleted nightly"), "{out}");
+}
+
+/// The runtime on an injected clock: a per-minute schedule fires 1,000
+/// ticks, each once, as fast as the test moves the clock (through the
+/// timer loop, the same due-time machinery as durable timers); then an
+/// hour-long outage fires only the latest missed tick (`catch_up =
+/// "latest"`), counting the others as missed.
+#[test]
+fn a_thousand_ticks_fire_on_the_injected_clock() {
+    use duro::model::ManualClock;
+    use duro::runtime::{Runtime, RuntimeConfig};
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = tick_of("2026-01-01T00:00:00Z") as u64;
+    const MINUTE: u64 = 60_000;
+    let clock = Arc::new(ManualClock::new(t0 - 1));
+    tokio.block_on(async {
+        let config = RuntimeConfig {
+            compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+            poll_interval: Duration::from_secs(60),
+            clock: clock.clone(),
+            ..Default::default()
+        };
+        let store = duro::database::open(&dir.path().join("duro.db"))
+            .await
+            .unwrap();
+        let runtime = Runtime::start(config, store).await.unwrap();
+        runtime
+            .register(
+                duro_tests::guest_bytes(duro_tests::TEST_GUESTS),
+                &["Counter"],
+            )
+            .await
+            .unwrap();
+        runtime.open_activities();
+        let spec = serde_json::from_value(json!({
+            "name": "m", "cron": "* * * * *", "orchestration": "Counter", "input": 3,
+            "overlap": "allow_all",
+        }))
+        .unwrap();
+        runtime.create_schedule(spec).await.unwrap();
+        let counts = async |runtime: &Runtime| runtime.schedule("m").await.unwrap().state.counts;
+        for i in 1..=1_000u64 {
+            clock.advance(MINUTE);
+            runtime.clock_moved();
+            let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+            while counts(&runtime).await.started < i {
+                assert!(std::time::Instant::now() < deadline, "tick {i} never fired");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(counts(&runtime).await.started, i, "tick {i} fired once");
+        }
+        let row = runtime.schedule("m").await.unwrap();
+        assert_eq!(
+            row.state.last_instance.as_deref(),
+            Some(duro::schedule::instance_id("m", t0 + 999 * MINUTE).as_str())
+        );
+        let last = runtime
+            .status(row.state.last_instance.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert!(last.is_some(), "its instance exists");
+        // An hour and a half down: the latest missed tick fires, the rest
+        // are counted missed (the window is an hour).
+        clock.advance(90 * MINUTE);
+        runtime.clock_moved();
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+        while counts(&runtime).await.started < 1_001 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the latest tick never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let after = counts(&runtime).await;
+        assert_eq!((after.started, after.missed), (1_001, 89), "{after:?}");
+        runtime.shutdown().await;
+    });
 }
