@@ -227,6 +227,62 @@ fn real_responses_match_the_openapi_document() {
     assert_eq!(reply.status, 200);
     api.check("get", "/metrics", &reply);
 
+    // Schedules.
+    let schedules = format!("{API}/schedules");
+    let one = format!("{API}/schedules/{{name}}");
+    let act = format!("{API}/schedules/{{name}}/{{verb}}");
+    let daily =
+        json!({"name": "daily", "cron": "@daily", "orchestration": "Workflow", "input": "x"});
+    for (body, status) in [
+        (daily.clone(), 201),
+        (daily.clone(), 409),
+        (
+            json!({"name": "bad", "cron": "@sometimes", "orchestration": "Workflow"}),
+            400,
+        ),
+    ] {
+        let reply = host.request("POST", &schedules, Some(&body.to_string()), &[]);
+        assert_eq!(reply.status, status, "{}", reply.body);
+        api.check("post", &schedules, &reply);
+    }
+    let reply = host.get(&schedules);
+    assert_eq!(reply.status, 200);
+    api.check("get", &schedules, &reply);
+    for (name, status) in [("daily", 200), ("nope", 404)] {
+        let reply = host.get(&format!("{schedules}/{name}"));
+        assert_eq!(reply.status, status, "{}", reply.body);
+        api.check("get", &one, &reply);
+    }
+    for (body, status) in [
+        (json!({"cron": "@hourly", "orchestration": "Workflow"}), 200),
+        (json!({"cron": "@hourly", "orchestration": "Nope"}), 400),
+    ] {
+        let reply = host.request(
+            "PUT",
+            &format!("{schedules}/daily"),
+            Some(&body.to_string()),
+            &[],
+        );
+        assert_eq!(reply.status, status, "{}", reply.body);
+        api.check("put", &one, &reply);
+    }
+    for (verb, status) in [
+        ("pause?reason=x", 200),
+        ("resume?catchUp=maybe", 400),
+        ("resume", 200),
+        ("trigger", 200),
+        ("fly", 404),
+    ] {
+        let reply = host.post(&format!("{schedules}/daily/{verb}"), "");
+        assert_eq!(reply.status, status, "{verb}: {}", reply.body);
+        api.check("post", &act, &reply);
+    }
+    for status in [200, 404] {
+        let reply = host.request("DELETE", &format!("{schedules}/daily"), None, &[]);
+        assert_eq!(reply.status, status, "{}", reply.body);
+        api.check("delete", &one, &reply);
+    }
+
     // Every operation the document lists was called above.
     let documented: BTreeSet<(String, String)> = api.document["paths"]
         .as_object()

@@ -44,6 +44,86 @@ pub struct InstanceStatus {
     pub scheduled_by: ScheduledBy,
 }
 
+/// A schedule as the schedule routes answer it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Schedule {
+    /// Its name.
+    pub name: String,
+    /// `manifest` (changed by deploys) or `api` (made at run time).
+    pub origin: String,
+    /// The definition: name, cron, timezone, orchestration, input,
+    /// overlap, catchUp, catchUpWindowMs, jitterMs, startAt, endAt, paused.
+    pub definition: Value,
+    /// Paused: no tick fires.
+    pub paused: bool,
+    /// Why it was paused.
+    pub pause_reason: Option<String>,
+    /// The next five fire times (none while paused or once ended).
+    pub next_fire_times: Vec<String>,
+    /// The next tick not yet looked at (kept while paused).
+    pub next_tick: Option<String>,
+    /// A tick waiting for the last run to end (`buffer_one`).
+    pub buffered_tick: Option<String>,
+    /// The instance it started last.
+    pub last_instance_id: Option<String>,
+    /// Totals since it was created.
+    pub counts: ScheduleCounts,
+    /// Recent runs and decisions, newest first.
+    pub recent_runs: Vec<ScheduleRun>,
+    /// What a trigger did (only in a trigger's answer).
+    #[schema(required = false)]
+    pub triggered: Option<Triggered>,
+}
+
+/// A schedule's totals.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleCounts {
+    /// Instances started.
+    pub started: u64,
+    /// Ticks skipped by the overlap policy.
+    pub skipped: u64,
+    /// Ticks missed (the catch-up policy).
+    pub missed: u64,
+}
+
+/// One of a schedule's recent runs.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleRun {
+    /// The tick (or the time of a client's action).
+    pub tick: String,
+    /// When it was decided.
+    pub at: String,
+    /// started, skipped, buffered, terminated_previous, missed, paused or resumed.
+    pub decision: String,
+    /// The instance it started.
+    pub instance_id: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// What a trigger did.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Triggered {
+    /// What became of the tick.
+    pub decision: String,
+    /// The instance it started.
+    pub instance_id: Option<String>,
+}
+
+/// A deleted schedule.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeletedSchedule {
+    /// Its name.
+    pub name: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
 /// The schedule and tick that started an instance.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

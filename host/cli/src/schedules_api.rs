@@ -89,7 +89,7 @@ fn spec_from(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
     get,
     path = "/runtime/webhooks/durabletask/schedules",
     summary = "List the schedules",
-    responses((status = 200, description = "Every schedule, by name", body = Object)),
+    responses((status = 200, description = "Every schedule, by name", body = Vec<crate::openapi::Schedule>)),
     tag = "schedules",
 )]
 pub(crate) async fn list(State(rt): State<Arc<Runtime>>) -> ApiResult {
@@ -104,7 +104,7 @@ pub(crate) async fn list(State(rt): State<Arc<Runtime>>) -> ApiResult {
     summary = "Create a schedule",
     request_body(content = Object, description = "The definition: name, cron, timezone, orchestration, input, overlap, catchUp, catchUpWindowMs, jitterMs, startAt, endAt, paused"),
     responses(
-        (status = 201, description = "Created", body = Object),
+        (status = 201, description = "Created", body = crate::openapi::Schedule),
         (status = 400, description = "A field breaks a rule (named)", body = crate::openapi::ErrorBody),
         (status = 409, description = "The name is taken", body = crate::openapi::ErrorBody),
     ),
@@ -123,7 +123,7 @@ pub(crate) async fn create(State(rt): State<Arc<Runtime>>, body: Bytes) -> ApiRe
     summary = "A schedule: definition, next fire times, recent runs",
     params(("name" = String, Path, description = "Schedule name")),
     responses(
-        (status = 200, description = "The schedule", body = Object),
+        (status = 200, description = "The schedule", body = crate::openapi::Schedule),
         (status = 404, description = "No such schedule", body = crate::openapi::ErrorBody),
     ),
     tag = "schedules",
@@ -141,7 +141,7 @@ pub(crate) async fn show(State(rt): State<Arc<Runtime>>, Path(name): Path<String
     params(("name" = String, Path, description = "Schedule name")),
     request_body(content = Object, description = "The new definition (its name, if given, must be the path's)"),
     responses(
-        (status = 200, description = "Changed", body = Object),
+        (status = 200, description = "Changed", body = crate::openapi::Schedule),
         (status = 400, description = "A field breaks a rule (named)", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such schedule", body = crate::openapi::ErrorBody),
         (status = 409, description = "Defined in the manifest", body = crate::openapi::ErrorBody),
@@ -181,7 +181,7 @@ pub(crate) async fn update(
     summary = "Delete a schedule created through the API",
     params(("name" = String, Path, description = "Schedule name")),
     responses(
-        (status = 200, description = "Deleted", body = Object),
+        (status = 200, description = "Deleted", body = crate::openapi::DeletedSchedule),
         (status = 404, description = "No such schedule", body = crate::openapi::ErrorBody),
         (status = 409, description = "Defined in the manifest", body = crate::openapi::ErrorBody),
     ),
@@ -213,9 +213,10 @@ pub(crate) struct ActParams {
         ("catchUp" = Option<bool>, Query, description = "resume: fire the ticks missed while paused (default false)"),
     ),
     responses(
-        (status = 200, description = "Done: the schedule (and for a trigger what became of the tick)", body = Object),
+        (status = 200, description = "Done: the schedule (and for a trigger what became of the tick)", body = crate::openapi::Schedule),
         (status = 400, description = "A bad parameter", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such schedule or verb", body = crate::openapi::ErrorBody),
+        (status = 409, description = "It changed meanwhile; try again", body = crate::openapi::ErrorBody),
     ),
     tag = "schedules",
 )]
