@@ -632,3 +632,75 @@ fn a_thousand_ticks_fire_on_the_injected_clock() {
         runtime.shutdown().await;
     });
 }
+
+/// An HTTP function manages schedules through the durable client:
+/// creates one (a bad definition is refused naming the field), reads and
+/// lists, pauses, resumes, triggers (the instance starts) and deletes it;
+/// a manifest's schedule it may not delete.
+#[test]
+fn an_http_function_manages_schedules_through_the_durable_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = duro_tests::TEST_GUESTS_HTTP;
+    let host = Host::start_with(
+        &manifest(
+            dir.path(),
+            "duro.toml",
+            &format!(
+                "[[http]]\nname = \"Schedules\"\nroute = \"/schedules\"\nmethods = [\"POST\"]\n\
+                 component = {http:?}\n\
+                 [[schedule]]\nname = \"from-manifest\"\ncron = \"@yearly\"\norchestration = \"Counter\"\n"
+            ),
+        ),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let call = |query: &str, body: &str| {
+        let reply = host.post(&format!("/schedules?{query}"), body);
+        (reply.status, reply.json())
+    };
+    let (status, created) = call(
+        "op=create",
+        r#"{"name": "guest-made", "cron": "0 6 * * 1", "timezone": "Asia/Tokyo", "orchestration": "Counter", "input": 3}"#,
+    );
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["origin"], "api");
+    assert!(
+        created["nextFireTimes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("T21:00:00.000Z"),
+        "{created}"
+    );
+    let (status, refused) = call(
+        "op=create",
+        r#"{"name": "x", "cron": "@often", "orchestration": "Counter"}"#,
+    );
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("cron"),
+        "{refused}"
+    );
+    let (_, listed) = call("op=list", "");
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["from-manifest", "guest-made"]);
+    assert_eq!(call("op=get&name=nothing", "").1, Value::Null);
+    assert_eq!(call("op=pause&name=guest-made&reason=quiet", "").0, 200);
+    assert_eq!(call("op=get&name=guest-made", "").1["pauseReason"], "quiet");
+    assert_eq!(call("op=resume&name=guest-made", "").0, 200);
+    let (status, id) = call("op=trigger&name=guest-made", "");
+    assert_eq!(status, 200, "{id}");
+    let id = id.as_str().unwrap().to_string();
+    let done = host.poll(&format!("{API}/instances/{id}"), |r| {
+        r.json()["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(done.json()["scheduledBy"]["schedule"], "guest-made");
+    let (status, refused) = call("op=delete&name=from-manifest", "");
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(call("op=delete&name=guest-made", "").0, 200);
+    assert_eq!(call("op=get&name=guest-made", "").1, Value::Null);
+}

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::duro::workflow::client as host;
+use crate::bindings::duro::workflow::schedules;
 
 /// Lifecycle state of an instance, named as in Durable Functions.
 ///
@@ -488,6 +489,125 @@ impl DurableClient {
     pub fn purge(&self, instance_id: &str) -> Result<bool, ClientError> {
         Ok(host::purge(instance_id)?)
     }
+
+    /// Every schedule of the host, by name, each as the management API
+    /// shows it (`name`, `definition`, `paused`, `nextFireTimes`,
+    /// `recentRuns`, `counts`, ...).
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// for schedule in client.list_schedules()? {
+    ///     println!("{} next fires at {}", schedule["name"], schedule["nextFireTimes"][0]);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn list_schedules(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        schedules::list_schedules()?
+            .iter()
+            .map(|text| from_host_json(text))
+            .collect()
+    }
+
+    /// One schedule, or `None` if there is none of that name.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let paused = client
+    ///     .get_schedule("nightly")?
+    ///     .is_some_and(|s| s["paused"] == true);
+    /// # let _ = paused; Ok(()) }
+    /// ```
+    pub fn get_schedule(&self, name: &str) -> Result<Option<serde_json::Value>, ClientError> {
+        schedules::get_schedule(name)?
+            .map(|text| from_host_json(&text))
+            .transpose()
+    }
+
+    /// Create a schedule from its definition (the keys of a manifest's
+    /// `[[schedule]]`, in camelCase: `name`, `cron`, `orchestration`,
+    /// `timezone`, `input`, `overlap`, `catchUp`, ...); returns it.
+    /// `InvalidArgument` names a bad field, `AlreadyExists` a taken name.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let created = client.create_schedule(&serde_json::json!({
+    ///     "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+    ///     "orchestration": "Report", "input": {"region": "eu"},
+    /// }))?;
+    /// # let _ = created; Ok(()) }
+    /// ```
+    pub fn create_schedule<T: Serialize>(
+        &self,
+        definition: &T,
+    ) -> Result<serde_json::Value, ClientError> {
+        from_host_json(&schedules::create_schedule(&to_json(definition)?)?)
+    }
+
+    /// Delete a schedule made at run time (a manifest's is changed by
+    /// deploys: `InvalidArgument`); the instances it started stay.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.delete_schedule("nightly")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        Ok(schedules::delete_schedule(name)?)
+    }
+
+    /// Pause a schedule: no tick fires until it is resumed.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.pause_schedule("nightly", Some("maintenance window"))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pause_schedule(&self, name: &str, reason: Option<&str>) -> Result<(), ClientError> {
+        Ok(schedules::pause_schedule(name, reason)?)
+    }
+
+    /// Resume a paused schedule from its next tick, or (`catch_up`) let
+    /// its catch-up policy fire the ticks missed while it was paused.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.resume_schedule("nightly", None, false)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resume_schedule(
+        &self,
+        name: &str,
+        reason: Option<&str>,
+        catch_up: bool,
+    ) -> Result<(), ClientError> {
+        Ok(schedules::resume_schedule(name, reason, catch_up)?)
+    }
+
+    /// Start a tick now, under the schedule's overlap policy: the id of
+    /// the instance it started, `None` if the policy skipped or buffered it.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// if let Some(id) = client.trigger_schedule("nightly", Some("rerun"))? {
+    ///     let status = client.get_status(&id)?;
+    ///     # let _ = status;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn trigger_schedule(
+        &self,
+        name: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        Ok(schedules::trigger_schedule(name, reason)?)
+    }
+}
+
+/// JSON the host wrote.
+fn from_host_json(text: &str) -> Result<serde_json::Value, ClientError> {
+    serde_json::from_str(text).map_err(|e| {
+        ClientError::Internal(format!("the host answered JSON that does not parse: {e}"))
+    })
 }
 
 /// An instance id as one URL path segment.

@@ -14,12 +14,9 @@ use serde_json::{Value, json};
 
 use crate::api::{ApiError, BASE};
 use crate::runtime::Runtime;
-use crate::schedule::{ScheduleRow, ScheduleSpec, rfc3339};
+use crate::schedule::{ScheduleSpec, to_json as schedule_json};
 
 type ApiResult = Result<Response, ApiError>;
-
-/// Fire times a schedule's answer lists.
-const NEXT_FIRE_TIMES: usize = 5;
 
 /// The schedule routes (behind the management API's key, like the rest).
 pub fn router() -> axum::Router<Arc<Runtime>> {
@@ -30,50 +27,6 @@ pub fn router() -> axum::Router<Arc<Runtime>> {
             get(show).put(update).delete(remove),
         )
         .route(&format!("{BASE}/schedules/{{name}}/{{verb}}"), post(act))
-}
-
-/// A schedule as the API shows it: its definition, state, next fire times
-/// and recent runs (newest first).
-pub fn schedule_json(row: &ScheduleRow) -> Value {
-    let state = &row.state;
-    let next: Vec<String> = match row.spec.compile() {
-        Ok(compiled) if !state.paused => {
-            let mut ticks = Vec::with_capacity(NEXT_FIRE_TIMES);
-            if let Some(first) = state.next_tick {
-                ticks.push(first);
-                ticks.extend(compiled.upcoming(first, NEXT_FIRE_TIMES - 1));
-            }
-            ticks.into_iter().map(rfc3339).collect()
-        }
-        _ => Vec::new(),
-    };
-    let runs: Vec<Value> = state
-        .runs
-        .iter()
-        .rev()
-        .map(|run| {
-            json!({
-                "tick": rfc3339(run.tick),
-                "at": rfc3339(run.at),
-                "decision": run.decision,
-                "instanceId": run.instance,
-                "reason": run.reason,
-            })
-        })
-        .collect();
-    json!({
-        "name": row.spec.name,
-        "origin": row.origin,
-        "definition": row.spec,
-        "paused": state.paused,
-        "pauseReason": state.pause_reason,
-        "nextFireTimes": next,
-        "nextTick": state.next_tick.map(rfc3339),
-        "bufferedTick": state.buffered.map(rfc3339),
-        "lastInstanceId": state.last_instance,
-        "counts": state.counts,
-        "recentRuns": runs,
-    })
 }
 
 fn spec_from(body: &[u8]) -> Result<ScheduleSpec, ApiError> {

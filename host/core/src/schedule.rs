@@ -880,6 +880,53 @@ fn supersede(state: &mut ScheduleState, tick: Millis) {
     state.counts.skipped += 1;
 }
 
+/// Fire times a schedule's JSON lists.
+pub const NEXT_FIRE_TIMES: usize = 5;
+
+/// A schedule as the management API and the durable client show it: its
+/// definition, state, next fire times and recent runs (newest first).
+pub fn to_json(row: &ScheduleRow) -> serde_json::Value {
+    let state = &row.state;
+    let next: Vec<String> = match row.spec.compile() {
+        Ok(compiled) if !state.paused => {
+            let mut ticks = Vec::with_capacity(NEXT_FIRE_TIMES);
+            if let Some(first) = state.next_tick {
+                ticks.push(first);
+                ticks.extend(compiled.upcoming(first, NEXT_FIRE_TIMES - 1));
+            }
+            ticks.into_iter().map(rfc3339).collect()
+        }
+        _ => Vec::new(),
+    };
+    let runs: Vec<serde_json::Value> = state
+        .runs
+        .iter()
+        .rev()
+        .map(|run| {
+            serde_json::json!({
+                "tick": rfc3339(run.tick),
+                "at": rfc3339(run.at),
+                "decision": run.decision,
+                "instanceId": run.instance,
+                "reason": run.reason,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": row.spec.name,
+        "origin": row.origin,
+        "definition": row.spec,
+        "paused": state.paused,
+        "pauseReason": state.pause_reason,
+        "nextFireTimes": next,
+        "nextTick": state.next_tick.map(rfc3339),
+        "bufferedTick": state.buffered.map(rfc3339),
+        "lastInstanceId": state.last_instance,
+        "counts": state.counts,
+        "recentRuns": runs,
+    })
+}
+
 /// RFC 3339 UTC text of a time, for people.
 pub fn rfc3339(at: Millis) -> String {
     Utc.timestamp_millis_opt(at as i64)

@@ -22,7 +22,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "trigger",
         path: "../../guest-sdk/wit",
-        imports: { "duro:workflow/client": async },
+        imports: { "duro:workflow/client": async, "duro:workflow/schedules": async },
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
@@ -62,6 +62,8 @@ impl Triggers {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        bindings::duro::workflow::schedules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         wit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -284,7 +286,11 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
         RuntimeError::Finished { .. } => wit::ClientError::Finished(message),
         RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
-        RuntimeError::TooLarge(_) => wit::ClientError::InvalidArgument(message),
+        RuntimeError::TooLarge(_)
+        | RuntimeError::InvalidSchedule(_)
+        | RuntimeError::ScheduleFromManifest(_) => wit::ClientError::InvalidArgument(message),
+        RuntimeError::NoSchedule(_) => wit::ClientError::NotFound(message),
+        RuntimeError::ScheduleExists(_) => wit::ClientError::AlreadyExists(message),
         // Trying again later may help: the instance takes its messages.
         RuntimeError::InboxFull(_) => wit::ClientError::Internal(message),
         _ => wit::ClientError::Internal(message),
@@ -463,5 +469,80 @@ impl wit::Host for TriggerState {
 
     async fn purge(&mut self, instance_id: String) -> Result<bool, wit::ClientError> {
         self.runtime.purge(&instance_id).await.map_err(client_error)
+    }
+}
+
+impl bindings::duro::workflow::schedules::Host for TriggerState {
+    async fn list_schedules(&mut self) -> Result<Vec<String>, wit::ClientError> {
+        let rows = self.runtime.schedules().await.map_err(client_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| crate::schedule::to_json(row).to_string())
+            .collect())
+    }
+
+    async fn get_schedule(&mut self, name: String) -> Result<Option<String>, wit::ClientError> {
+        match self.runtime.schedule(&name).await {
+            Ok(row) => Ok(Some(crate::schedule::to_json(&row).to_string())),
+            Err(RuntimeError::NoSchedule(_)) => Ok(None),
+            Err(e) => Err(client_error(e)),
+        }
+    }
+
+    async fn create_schedule(&mut self, definition: String) -> Result<String, wit::ClientError> {
+        let spec = serde_json::from_str(&definition).map_err(|e| {
+            wit::ClientError::InvalidArgument(format!("the definition is not a schedule: {e}"))
+        })?;
+        let row = self
+            .runtime
+            .create_schedule(spec)
+            .await
+            .map_err(client_error)?;
+        Ok(crate::schedule::to_json(&row).to_string())
+    }
+
+    async fn delete_schedule(&mut self, name: String) -> Result<(), wit::ClientError> {
+        self.runtime
+            .delete_schedule(&name)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn pause_schedule(
+        &mut self,
+        name: String,
+        reason: Option<String>,
+    ) -> Result<(), wit::ClientError> {
+        self.runtime
+            .pause_schedule(&name, true, reason, false)
+            .await
+            .map(drop)
+            .map_err(client_error)
+    }
+
+    async fn resume_schedule(
+        &mut self,
+        name: String,
+        reason: Option<String>,
+        catch_up: bool,
+    ) -> Result<(), wit::ClientError> {
+        self.runtime
+            .pause_schedule(&name, false, reason, catch_up)
+            .await
+            .map(drop)
+            .map_err(client_error)
+    }
+
+    async fn trigger_schedule(
+        &mut self,
+        name: String,
+        reason: Option<String>,
+    ) -> Result<Option<String>, wit::ClientError> {
+        let triggered = self
+            .runtime
+            .trigger_schedule(&name, reason)
+            .await
+            .map_err(client_error)?;
+        Ok(triggered.instance)
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP triggers only the tests use: `Echo` answers with everything the SDK
 //! parsed from the request, `Panic` traps, `Spin` never returns, `Sleep`
-//! waits in the host for a minute.
+//! waits in the host for a minute, `Schedules` drives the durable client's
+//! schedule calls.
 
 use duro_http::{DurableClient, Request, Response};
 use serde_json::json;
@@ -56,4 +57,35 @@ duro_http::export_http_functions! {
     "Spin" => spin,
     "Sleep" => sleep,
     "Variable" => variable,
+    "Schedules" => schedules,
+}
+
+/// The durable client's schedule calls, one per `?op=`: `create` (the body
+/// is the definition), `list`, `get`, `pause`, `resume`, `trigger`,
+/// `delete` (`?name=`); answers what the call returned, or the error with
+/// its status.
+fn schedules(req: &Request, client: &DurableClient) -> Response {
+    let name = req.query("name").unwrap_or_default();
+    let reason = req.query("reason");
+    let done = match req.query("op").unwrap_or_default() {
+        "create" => req
+            .json::<serde_json::Value>()
+            .map_err(|e| duro_http::ClientError::InvalidArgument(e.to_string()))
+            .and_then(|definition| client.create_schedule(&definition)),
+        "list" => client.list_schedules().map(|all| json!(all)),
+        "get" => client.get_schedule(name).map(|found| json!(found)),
+        "pause" => client
+            .pause_schedule(name, reason)
+            .map(|()| json!("paused")),
+        "resume" => client
+            .resume_schedule(name, reason, false)
+            .map(|()| json!("resumed")),
+        "trigger" => client.trigger_schedule(name, reason).map(|id| json!(id)),
+        "delete" => client.delete_schedule(name).map(|()| json!("deleted")),
+        other => return Response::json(404, &json!(format!("no op {other}"))),
+    };
+    match done {
+        Ok(value) => Response::json(200, &value),
+        Err(e) => Response::json(e.http_status(), &json!({ "error": e.to_string() })),
+    }
 }
