@@ -342,3 +342,126 @@ async fn the_dashboard_drives_instances_in_a_real_browser() {
     .await;
     client.close().await.unwrap();
 }
+
+/// The schedules page in a real browser: the manifest's schedules listed
+/// with their next fire, paused and resumed with a confirmation and a
+/// reason, triggered (the run shows, linked to its instance, which links
+/// back to its schedule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pauses_resumes_and_triggers_schedules() {
+    let Some(driver) = driver() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let guests = duro_tests::TEST_GUESTS;
+    let manifest = crate::host::scenario_manifest(
+        dir.path(),
+        &format!(
+            "[[orchestration]]\nname = \"Counter\"\ncomponent = {guests:?}\n\
+             [[schedule]]\nname = \"nightly\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n\
+             orchestration = \"Counter\"\ninput = 3\n"
+        ),
+    );
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--admin-key", KEY],
+    );
+    let base = format!("http://{}/dashboard/?code={KEY}", host.address);
+    let client = browser(&driver).await;
+    client.goto(&format!("{base}#/schedules")).await.unwrap();
+    until(
+        &client,
+        "the schedule, active",
+        r##"document.querySelector('tr[data-schedule="nightly"] [data-state="active"]')
+           && document.querySelector('tr[data-schedule="nightly"]').textContent.includes("30 2 * * * (Europe/Berlin)")"##,
+    )
+    .await;
+    screenshot(&client, "8-schedules").await;
+
+    // Pause, with a reason, after the confirmation.
+    click(&client, "#schedule-pause-nightly").await;
+    until(
+        &client,
+        "the confirmation",
+        "document.getElementById('confirm').open",
+    )
+    .await;
+    type_into(&client, "#confirm-reason", "holiday").await;
+    click(&client, "#confirm-ok").await;
+    until(
+        &client,
+        "the schedule, paused",
+        r##"document.querySelector('tr[data-schedule="nightly"] [data-state="paused"]')
+           && !document.getElementById("schedule-resume-nightly").disabled"##,
+    )
+    .await;
+    let bearer = format!("Bearer {KEY}");
+    let key = [("authorization", bearer.as_str())];
+    let shown = host
+        .request("GET", &format!("{API}/schedules/nightly"), None, &key)
+        .json();
+    assert_eq!(shown["pauseReason"], "holiday", "{shown}");
+
+    // Cancelling the dialog changes nothing; confirming resumes.
+    click(&client, "#schedule-resume-nightly").await;
+    until(
+        &client,
+        "the confirmation",
+        "document.getElementById('confirm').open",
+    )
+    .await;
+    click(&client, "#confirm-cancel").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shown = host
+        .request("GET", &format!("{API}/schedules/nightly"), None, &key)
+        .json();
+    assert_eq!(shown["paused"], true, "cancelled: {shown}");
+    click(&client, "#schedule-resume-nightly").await;
+    until(
+        &client,
+        "the confirmation",
+        "document.getElementById('confirm').open",
+    )
+    .await;
+    click(&client, "#confirm-ok").await;
+    until(
+        &client,
+        "the schedule, active again",
+        r##"document.querySelector('tr[data-schedule="nightly"] [data-state="active"]')"##,
+    )
+    .await;
+
+    // Its page: the next five fire times; a trigger starts a run, linked.
+    click(&client, r##"tr[data-schedule="nightly"] a"##).await;
+    until(
+        &client,
+        "five fire times",
+        r##"document.querySelectorAll("#next-fires li").length === 5"##,
+    )
+    .await;
+    click(&client, "#schedule-trigger-nightly").await;
+    until(
+        &client,
+        "the confirmation",
+        "document.getElementById('confirm').open",
+    )
+    .await;
+    click(&client, "#confirm-ok").await;
+    until(
+        &client,
+        "the started run",
+        r##"document.querySelector('#runs tr[data-decision="started"] a')"##,
+    )
+    .await;
+    screenshot(&client, "9-schedule").await;
+    click(&client, r##"#runs tr[data-decision="started"] a"##).await;
+    until(
+        &client,
+        "the run's instance, scheduled by nightly",
+        r##"document.getElementById("scheduled-by")
+           && document.getElementById("scheduled-by").textContent === "nightly"
+           && document.querySelector('#status [data-status="Completed"]')"##,
+    )
+    .await;
+    screenshot(&client, "10-scheduled-instance").await;
+    client.close().await.unwrap();
+}

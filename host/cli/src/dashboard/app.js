@@ -1,5 +1,5 @@
-// duro dashboard: the instance list and an instance page over the
-// management API. Every value from the API is put in the page as text,
+// duro dashboard: the instance list, an instance page, the schedules and a
+// schedule page over the management API. Every value from the API is put in the page as text,
 // never as markup. The admin key, when the host has one, comes as ?code= in
 // the dashboard's own URL and is sent as a bearer token (the page's
 // Referrer-Policy keeps that URL from other sites).
@@ -255,6 +255,9 @@ function renderInstance(id) {
         ...row("Created", time(instance.createdTime)),
         ...row("Last updated", time(instance.lastUpdatedTime)),
         ...(instance.parentInstanceId ? row("Parent", h("a", { href: "#/instances/" + enc(instance.parentInstanceId), text: instance.parentInstanceId })) : []),
+        ...(instance.scheduledBy ? row("Scheduled by", h("span", {},
+          h("a", { href: "#/schedules/" + enc(instance.scheduledBy.schedule), id: "scheduled-by", text: instance.scheduledBy.schedule }),
+          ", tick " + time(instance.scheduledBy.tick))) : []),
         ...row("Custom status", instance.customStatus === null ? "–" : short(instance.customStatus)));
       io.replaceChildren(
         h("h2", { text: "Input" }), h("pre", { id: "input", text: pretty(instance.input) }),
@@ -305,6 +308,103 @@ function renderInstance(id) {
   refresh();
 }
 
+// ---- schedules -------------------------------------------------------------
+
+// Pause, resume or trigger a schedule, after a confirmation with a reason.
+function scheduleAction(schedule, verb, done) {
+  const label = verb[0].toUpperCase() + verb.slice(1);
+  const enabled = verb === "pause" ? !schedule.paused : verb === "resume" ? schedule.paused : true;
+  const question = {
+    pause: `Pause ${schedule.name}? No tick fires until it is resumed.`,
+    resume: `Resume ${schedule.name} from its next tick? Ticks missed while paused do not fire.`,
+    trigger: `Start a tick of ${schedule.name} now (under its overlap policy, ${schedule.definition.overlap})?`,
+  }[verb];
+  return h("button", { id: `schedule-${verb}-${schedule.name}`, "data-verb": verb, text: label, disabled: !enabled, onclick: async () => {
+    const ok = await confirmAction(question, true);
+    if (!ok) return;
+    try {
+      const reason = ok.reason ? "?reason=" + enc(ok.reason) : "";
+      const { json } = await api("POST", `/schedules/${enc(schedule.name)}/${verb}${reason}`);
+      const started = json.triggered && json.triggered.instanceId;
+      notice("info", verb === "trigger"
+        ? (started ? `Started ${started}.` : `The tick was ${json.triggered.decision}.`)
+        : `${label}d ${schedule.name}.`);
+      done();
+    } catch (err) { notice("error", `${label} failed: ${err.message}`); }
+  } });
+}
+
+function renderSchedules() {
+  const body = h("tbody", { id: "schedules" });
+  main.replaceChildren(
+    h("h1", { text: "Schedules" }),
+    h("section.panel", {}, h("table", { "aria-label": "Schedules" },
+      h("thead", {}, h("tr", {}, ["Schedule", "Cron", "Orchestration", "State", "Next fire", "Started · skipped · missed", "Actions"].map((t) => h("th", { scope: "col", text: t })))),
+      body)));
+  async function load() {
+    try {
+      const { json } = await api("GET", "/schedules");
+      body.replaceChildren(...(json.length ? json.map((s) => h("tr", { "data-schedule": s.name },
+        h("td.mono", {}, h("a", { href: "#/schedules/" + enc(s.name), text: s.name })),
+        h("td.mono", { text: `${s.definition.cron} (${s.definition.timezone})` }),
+        h("td", { text: s.definition.orchestration }),
+        h("td", {}, h("span.badge." + (s.paused ? "Suspended" : "Running"), { text: s.paused ? "paused" : "active", "data-state": s.paused ? "paused" : "active" })),
+        h("td", { text: time(s.nextFireTimes[0]) }),
+        h("td", { text: `${s.counts.started} · ${s.counts.skipped} · ${s.counts.missed}` }),
+        h("td.actions", {}, ["pause", "resume", "trigger"].map((verb) => scheduleAction(s, verb, load))))) :
+        [h("tr", {}, h("td.empty", { colspan: 7, text: "No schedule: add [[schedule]] to the manifest, or POST /schedules." }))]));
+      notice(null);
+      setLive("updated " + new Date().toLocaleTimeString());
+    } catch (e) { notice("error", "Could not list schedules: " + e.message); }
+  }
+  view = load;
+  load();
+}
+
+function renderSchedule(name) {
+  const summary = h("dl.summary", { id: "schedule-summary" });
+  const actions = h("div.actions", { id: "schedule-actions" });
+  const fires = h("ol", { id: "next-fires" });
+  const runs = h("tbody", { id: "runs" });
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/schedules", id: "back-schedules", text: "← All schedules" })),
+    h("h1", {}, "Schedule ", h("span.mono", { text: name })),
+    h("section.panel", { "aria-label": "Summary" }, summary),
+    h("section.panel", { "aria-label": "Actions" }, h("h2", { text: "Actions" }), actions),
+    h("div.grid2", {},
+      h("section.panel", { "aria-label": "Next fire times" }, h("h2", { text: "Next fire times" }), fires),
+      h("section.panel", { "aria-label": "Recent runs" }, h("h2", { text: "Recent runs" }),
+        h("table", {}, h("thead", {}, h("tr", {}, ["Tick", "Decision", "Instance", "Reason"].map((t) => h("th", { scope: "col", text: t })))), runs))));
+  async function load() {
+    try {
+      const { json: s } = await api("GET", `/schedules/${enc(name)}`);
+      const row = (k, v) => [h("dt", { text: k }), h("dd", {}, v)];
+      const d = s.definition;
+      summary.replaceChildren(
+        ...row("Cron", `${d.cron} (${d.timezone})`),
+        ...row("Orchestration", d.orchestration),
+        ...row("Input", short(d.input)),
+        ...row("Overlap", d.overlap),
+        ...row("Catch up", `${d.catchUp} (window ${d.catchUpWindowMs} ms)`),
+        ...row("State", s.paused ? `paused${s.pauseReason ? ": " + s.pauseReason : ""}` : "active"),
+        ...row("Defined in", s.origin === "manifest" ? "the manifest" : "the API"),
+        ...row("Totals", `${s.counts.started} started · ${s.counts.skipped} skipped · ${s.counts.missed} missed`));
+      actions.replaceChildren(...["pause", "resume", "trigger"].map((verb) => scheduleAction(s, verb, load)));
+      fires.replaceChildren(...(s.nextFireTimes.length ? s.nextFireTimes.map((t) => h("li", { text: preciseTime(t) }))
+        : [h("li.empty", { text: s.paused ? "Paused." : "None: it has ended." })]));
+      runs.replaceChildren(...s.recentRuns.map((r) => h("tr", { "data-decision": r.decision },
+        h("td", { text: preciseTime(r.tick) }),
+        h("td", { text: r.decision }),
+        h("td.mono", {}, r.instanceId ? h("a", { href: "#/instances/" + enc(r.instanceId), text: r.instanceId }) : "–"),
+        h("td", { text: r.reason || "" }))));
+      notice(null);
+      setLive("updated " + new Date().toLocaleTimeString());
+    } catch (e) { notice("error", `Could not load schedule ${name}: ${e.message}`); }
+  }
+  view = load;
+  load();
+}
+
 // ---- routing and live updates ---------------------------------------------
 
 function route() {
@@ -312,7 +412,10 @@ function route() {
   notice(null);
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/instances\/(.+)$/);
+  const schedule = hash.match(/^#\/schedules\/(.+)$/);
   if (match) renderInstance(decodeURIComponent(match[1]));
+  else if (schedule) renderSchedule(decodeURIComponent(schedule[1]));
+  else if (hash === "#/schedules") renderSchedules();
   else renderList();
   main.focus();
   // Live: the page re-reads what it shows, unless a dialog is open or the
@@ -332,4 +435,6 @@ document.addEventListener("keydown", (e) => {
 });
 window.addEventListener("hashchange", route);
 document.getElementById("home").setAttribute("href", dashboardHref("#/"));
+document.getElementById("nav-instances").setAttribute("href", dashboardHref("#/"));
+document.getElementById("nav-schedules").setAttribute("href", dashboardHref("#/schedules"));
 route();
