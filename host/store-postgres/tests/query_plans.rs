@@ -105,6 +105,16 @@ async fn every_statement_is_served_by_an_index() {
     )
     .await;
     check(&store, "next activity", sql::NEXT_ACTIVITY_DUE, &[]).await;
+    check(&store, "due schedules", sql::DUE_SCHEDULES, &[&now, &limit]).await;
+    check(&store, "next schedule", sql::NEXT_SCHEDULE_DUE, &[]).await;
+    check(&store, "a schedule", sql::GET_SCHEDULE, &[&id]).await;
+    check(
+        &store,
+        "a schedule's run ended",
+        sql::SCHEDULED_RUN_ENDED,
+        &[&id, &id, &now],
+    )
+    .await;
     for statement in sql::RENEW_LEASES {
         check(&store, "renew leases", statement, &[&owner, &now]).await;
     }

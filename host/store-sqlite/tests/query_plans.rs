@@ -237,6 +237,31 @@ fn every_query_is_answered_from_an_index() {
     );
     check(
         &store,
+        "due schedules",
+        sql::DUE_SCHEDULES,
+        &[SqlValue::Int(1_000), SqlValue::Int(64)],
+        Allow::Searches,
+    );
+    check(
+        &store,
+        "next schedule due",
+        sql::NEXT_SCHEDULE_DUE,
+        &[],
+        Allow::Searches,
+    );
+    check(
+        &store,
+        "a schedule's run ended",
+        sql::SCHEDULED_RUN_ENDED,
+        &[
+            SqlValue::Text("nightly".into()),
+            SqlValue::Text("nightly:2026-01-01T00:00:00Z".into()),
+            SqlValue::Int(1_000),
+        ],
+        Allow::Searches,
+    );
+    check(
+        &store,
         "load a history",
         sql::LOAD_HISTORY,
         &id(),
