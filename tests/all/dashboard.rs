@@ -365,6 +365,15 @@ async fn the_dashboard_pauses_resumes_and_triggers_schedules() {
         &dir.path().join("duro.db"),
         &["--admin-key", KEY],
     );
+    // The schedule routes are behind the admin key like the rest.
+    assert_eq!(host.get(&format!("{API}/schedules")).status, 401);
+    let refused = host.request(
+        "POST",
+        &format!("{API}/schedules/nightly/pause"),
+        Some(""),
+        &[],
+    );
+    assert_eq!(refused.status, 401, "{}", refused.body);
     let base = format!("http://{}/dashboard/?code={KEY}", host.address);
     let client = browser(&driver).await;
     client.goto(&format!("{base}#/schedules")).await.unwrap();
