@@ -77,8 +77,10 @@ impl Blocking {
     fn claim_activities(&self, max: usize, now: Millis) -> StoreResult<Vec<ActivityWork>> {
         self.on(self.store.claim_activities(max, now, now + 60_000))
     }
-    fn finish_activity(&self, id: i64, finish: ActivityFinish) -> StoreResult<()> {
-        self.on(self.store.finish_activity(id, finish, now_millis()))
+    fn finish_activity(&self, id: i64, instance: &str, finish: ActivityFinish) -> StoreResult<()> {
+        self.on(self
+            .store
+            .finish_activity(id, instance, finish, now_millis()))
     }
     fn next_activity_due(&self) -> StoreResult<Option<Millis>> {
         self.on(self.store.next_activity_due())
@@ -1049,10 +1051,10 @@ fn activity_rows_are_claimed_once_when_hosts_race(t: &TestStore) {
             attempts: 1,
         };
         t.store
-            .finish_activity(*id, duro::store::ActivityFinish::Done(done.clone()))
+            .finish_activity(*id, "busy", duro::store::ActivityFinish::Done(done.clone()))
             .unwrap();
         t.another_host()
-            .finish_activity(*id, duro::store::ActivityFinish::Done(done))
+            .finish_activity(*id, "busy", duro::store::ActivityFinish::Done(done))
             .unwrap();
     }
     let results = t.store.load("busy").unwrap().inbox.len();
@@ -1268,9 +1270,12 @@ fn every_stored_time_is_the_callers(t: &TestStore) {
         attempts: 1,
     };
     store
-        .on(store
-            .store
-            .finish_activity(work.id, ActivityFinish::Done(done), finished))
+        .on(store.store.finish_activity(
+            work.id,
+            &work.call.instance,
+            ActivityFinish::Done(done),
+            finished,
+        ))
         .unwrap();
     assert_eq!(
         t.raw("SELECT created_at FROM inbox WHERE instance_id = 'timed'"),

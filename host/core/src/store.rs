@@ -300,11 +300,13 @@ pub trait RuntimeStore: Send + Sync + 'static {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ActivityWork>>;
-    /// Record what became of a claimed activity attempt and give its lease
-    /// back, in one durable write; a result goes into the inbox stamped `now`.
+    /// Record what became of a claimed activity attempt (row `id`, of
+    /// `instance`) and give its lease back, in one durable write; a result
+    /// goes into the inbox stamped `now`.
     async fn finish_activity(
         &self,
         id: i64,
+        instance: &str,
         finish: ActivityFinish,
         now: Millis,
     ) -> StoreResult<()>;

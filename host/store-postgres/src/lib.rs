@@ -587,11 +587,17 @@ impl RuntimeStore for PgStore {
     async fn finish_activity(
         &self,
         id: i64,
+        instance: &str,
         finish: ActivityFinish,
         now: Millis,
     ) -> StoreResult<()> {
         self.writer
-            .submit(writer::Write::FinishActivity(id, finish, now))
+            .submit(writer::Write::FinishActivity {
+                id,
+                instance: instance.to_string(),
+                finish,
+                at: now,
+            })
             .await
     }
 

@@ -61,14 +61,18 @@ pub mod sql {
     pub const INSERT_START: &str =
         "INSERT INTO inbox (instance_id, message, control, created_at) VALUES ($1, $2, $3, $4)";
     /// The end of every statement that puts a message into an inbox, after
-    /// a CTE `s` that share-locks the instance row and reads its status:
+    /// a CTE `s` that locks the instance row and reads its status:
     /// mark the instance ready if it can take the message now (a suspended
     /// instance takes only control messages), under its queue row's lock,
     /// and insert the message. `$also` adds a condition the message needs.
     /// The instance row is locked before the queue row, in the order an
     /// episode's guard locks them, so the status read is the one an episode
     /// committing meanwhile leaves, and that episode's own readiness check
-    /// cannot miss the message. ($2 message, $3 control, $4 now.)
+    /// cannot miss the message. The lock is exclusive (`FOR UPDATE`, as the
+    /// episode's): a shared one let two messages share the row, then the
+    /// one whose group also commits the instance's episode wait to upgrade
+    /// it while the other waited for the queue row: a deadlock.
+    /// ($2 message, $3 control, $4 now.)
     macro_rules! mark_ready_and_push {
         ($also:literal) => {
             concat!(
@@ -86,7 +90,7 @@ pub mod sql {
     /// Put a message into the inbox of an instance, if it exists
     /// (`mark_ready_and_push`; $1 instance).
     pub const PUSH_MESSAGE: &str = concat!(
-        "WITH s AS (SELECT id, status FROM instances WHERE id = $1 FOR SHARE), ",
+        "WITH s AS (SELECT id, status FROM instances WHERE id = $1 FOR UPDATE), ",
         mark_ready_and_push!("")
     );
     /// A message for a live instance (not of a status in $5) from a client,
@@ -94,7 +98,7 @@ pub mod sql {
     /// `mark_ready_and_push`; $1 instance).
     pub const ENQUEUE: &str = concat!(
         "WITH s AS (SELECT id, status FROM instances \
-             WHERE id = $1 AND NOT status = ANY($5) FOR SHARE), ",
+             WHERE id = $1 AND NOT status = ANY($5) FOR UPDATE), ",
         mark_ready_and_push!(
             " AND ($3 OR (SELECT count(*) FROM \
                  (SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT $6) w) < $6)"
@@ -130,15 +134,12 @@ pub mod sql {
     /// An instance's version, its row locked.
     pub const LOCK_VERSION: &str =
         "SELECT execution_id, history_len, component FROM instances WHERE id = $1 FOR UPDATE";
-    /// Lock the rows of the instances a group of writes touches, in id
-    /// order, before any of its writes runs: instances named ($1) and
-    /// those of activity rows ($2) whose results it records. Every group
-    /// locks in the same order, so no two wait for each other (a write
-    /// locks its instance's queue, timer and activity rows only after
-    /// its instance's row; claims and renewals skip locked rows).
-    pub const LOCK_INSTANCES: &str = "SELECT 1 FROM instances WHERE id = ANY(ARRAY( \
-             SELECT unnest($1::text[]) UNION SELECT instance_id FROM activities WHERE id = ANY($2))) \
-         ORDER BY id FOR UPDATE";
+    /// Lock the rows of the instances $1, in id order. Timer firing
+    /// takes its timers' instances so before it takes the timers, in the
+    /// order an episode that moves or cancels a timer locks them (its
+    /// instance, then the timer).
+    pub const LOCK_INSTANCES: &str =
+        "SELECT 1 FROM instances WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
     /// Schedules due by $1, at most $2, soonest first.
     pub const DUE_SCHEDULES: &str = "SELECT name, origin, spec, state, due_at, version \
          FROM schedules WHERE due_at <= $1 ORDER BY due_at LIMIT $2";
@@ -210,12 +211,16 @@ pub mod sql {
              $4::text[], $5::text[], $6::text[]) AS a (i, e, t, n, p, r)";
     /// An activity's result: its row ($1) deleted and, if it was there,
     /// the result ($2, control $3, at $4) put into its instance's inbox,
-    /// the instance marked ready (as `PUSH_MESSAGE` does).
+    /// the instance marked ready (as `PUSH_MESSAGE` does). The instance
+    /// row is locked before the activity row, in the order an episode
+    /// that drops its activities locks them.
     pub const DELIVER_RESULT: &str = concat!(
-        "WITH done AS (DELETE FROM activities WHERE id = $1 RETURNING instance_id), \
-         s AS (SELECT id, status FROM instances \
-             WHERE id = (SELECT instance_id FROM done) FOR SHARE), ",
-        mark_ready_and_push!("")
+        "WITH s AS (SELECT id, status FROM instances \
+             WHERE id = (SELECT instance_id FROM activities WHERE id = $1) FOR UPDATE), \
+         done AS (DELETE FROM activities WHERE id = $1 \
+             AND (instance_id = (SELECT id FROM s) OR NOT EXISTS (SELECT 1 FROM s)) \
+             RETURNING instance_id), ",
+        mark_ready_and_push!(" AND EXISTS (SELECT 1 FROM done)")
     );
     /// Inbox messages an episode consumed.
     pub const DELETE_CONSUMED: &str = "DELETE FROM inbox WHERE instance_id = $1 AND id = ANY($2)";
@@ -690,13 +695,9 @@ pub async fn release(c: &impl GenericClient, owner: &str, ids: &[String]) -> Sto
     Ok(())
 }
 
-/// Lock the instance rows a group of writes touches (`LOCK_INSTANCES`).
-pub async fn lock_instances(
-    c: &impl GenericClient,
-    instances: &[&str],
-    activities: &[i64],
-) -> StoreResult<()> {
-    exec(c, sql::LOCK_INSTANCES, &[&instances, &activities]).await?;
+/// Lock instance rows in id order (`LOCK_INSTANCES`).
+async fn lock_instances(c: &impl GenericClient, instances: &[&str]) -> StoreResult<()> {
+    exec(c, sql::LOCK_INSTANCES, &[&instances]).await?;
     Ok(())
 }
 
@@ -1085,9 +1086,12 @@ pub async fn fire_due_timers(c: &mut Object, now: Millis) -> StoreResult<usize> 
         // is firing waits, or makes this wait, but the two never deadlock.
         let due = rows(&tx, sql::DUE_TIMER_INSTANCES, &[&(now as i64), &BATCH]).await?;
         let mut instances: Vec<&str> = due.iter().map(|row| row.get(0)).collect();
+        if instances.is_empty() {
+            break;
+        }
         instances.sort_unstable();
         instances.dedup();
-        lock_instances(&tx, &instances, &[]).await?;
+        lock_instances(&tx, &instances).await?;
         let taken = rows(
             &tx,
             sql::FIRE_DUE_TIMERS,

@@ -43,9 +43,14 @@ pub enum Write {
     /// Commit an episode (its lease given back with it; a refused one's
     /// lease is given back after the transaction).
     Episode(Box<EpisodeCommit>),
-    /// Record what became of an activity attempt (a result stamped at the
-    /// given time).
-    FinishActivity(i64, ActivityFinish, Millis),
+    /// Record what became of an activity attempt (row `id`, of
+    /// `instance`; a result stamped `at`).
+    FinishActivity {
+        id: i64,
+        instance: String,
+        finish: ActivityFinish,
+        at: Millis,
+    },
     /// Change a schedule (a round's ticks, a client's change).
     Schedule(Box<ScheduleCommit>),
 }
@@ -72,10 +77,14 @@ impl Write {
                 }
                 kinds
             }
-            Write::FinishActivity(_, ActivityFinish::Retry { .. }, _) => {
-                vec![WorkKind::Activities]
-            }
-            Write::FinishActivity(_, ActivityFinish::Done(_), _) => vec![WorkKind::Instances],
+            Write::FinishActivity {
+                finish: ActivityFinish::Retry { .. },
+                ..
+            } => vec![WorkKind::Activities],
+            Write::FinishActivity {
+                finish: ActivityFinish::Done(_),
+                ..
+            } => vec![WorkKind::Instances],
             Write::Schedule(commit) => {
                 let mut kinds = vec![WorkKind::Timers];
                 if !commit.starts.is_empty() || commit.terminate.is_some() {
@@ -86,13 +95,14 @@ impl Write {
         }
     }
 
-    /// The instance it writes to, to pick its lane.
+    /// The instance it writes to first: its lane, and its place in its
+    /// group (a schedule's change, by the schedule's name).
     fn key(&self) -> &str {
         match self {
             Write::Create(instance) => &instance.id,
             Write::Enqueue { id, .. } => id,
             Write::Episode(episode) => &episode.instance.id,
-            Write::FinishActivity(..) => "",
+            Write::FinishActivity { instance, .. } => instance,
             Write::Schedule(commit) => &commit.name,
         }
     }
@@ -154,6 +164,11 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // In the order of the instances they write to (stable: a group's
+        // writes to one instance keep their order), so that two groups
+        // take their instances' row locks in one order and do not
+        // deadlock (writes to other instances commute).
+        group.sort_by(|(a, _), (b, _)| a.key().cmp(b.key()));
         let (writes, replies): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
         match commit_with_retries(&pool, &owner, &writes).await {
             Ok(results) => {
@@ -213,35 +228,29 @@ async fn commit_group(
     writes: &[Write],
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    let (instances, activities) = locked_rows(writes);
     if on_distinct_instances(writes) {
         // Writes on distinct instances commute, so sending them all at
         // once has the outcome of running them in order. If any fails (its
         // other statements, and later writes', may have run) the group is
         // rolled back and runs again below, in order and in savepoints.
         let session: &deadpool_postgres::Object = &client;
-        let (begun, locked, applied) = tokio::join!(
+        let (begun, applied) = tokio::join!(
             biased;
             session.batch_execute("BEGIN"),
-            ops::lock_instances(session, &instances, &activities),
             futures_util::future::join_all(
                 writes
                     .iter()
                     .map(|write| Box::pin(apply(session, owner, write, true)) as ops::Op<'_, ()>),
             ),
         );
-        if begun.is_ok() && locked.is_ok() && applied.iter().all(Result::is_ok) {
+        if begun.is_ok() && applied.iter().all(Result::is_ok) {
             session.batch_execute("COMMIT").await.map_err(backend)?;
             return Ok(applied);
         }
         session.batch_execute("ROLLBACK").await.map_err(backend)?;
         begun.map_err(backend)?;
-        // A deadlock or a lost connection fails the whole group; only a
-        // write's own refusal is worth finding step by step.
-        locked?;
     }
     let tx = client.transaction().await.map_err(backend)?;
-    ops::lock_instances(&tx, &instances, &activities).await?;
     let applied: Vec<ops::Op<'_, ()>> = writes
         .iter()
         .map(|write| Box::pin(apply(&tx, owner, write, false)) as ops::Op<'_, ()>)
@@ -262,31 +271,6 @@ async fn commit_group(
     }
     tx.commit().await.map_err(backend)?;
     Ok(results)
-}
-
-/// The rows a group locks before it writes (`sql::LOCK_INSTANCES`): the
-/// instances its writes touch, sorted, and the activity rows whose
-/// instances it tells of a result.
-fn locked_rows(writes: &[Write]) -> (Vec<&str>, Vec<i64>) {
-    let mut instances = Vec::new();
-    let mut activities = Vec::new();
-    for write in writes {
-        match write {
-            Write::Create(instance) => instances.push(instance.id.as_str()),
-            Write::Enqueue { id, .. } => instances.push(id.as_str()),
-            Write::Episode(episode) => {
-                instances.extend(plan::episode(episode).iter().map(plan::Write::instance))
-            }
-            Write::FinishActivity(id, ..) => activities.push(*id),
-            Write::Schedule(commit) => {
-                instances.extend(plan::schedule(commit).iter().map(plan::Write::instance))
-            }
-        }
-    }
-    instances.retain(|id| !id.is_empty());
-    instances.sort_unstable();
-    instances.dedup();
-    (instances, activities)
 }
 
 /// Whether every write names an instance (an activity result's does not)
@@ -316,7 +300,7 @@ async fn apply(
             max_inbox,
             at,
         } => return ops::enqueue(c, id, message, *max_inbox, *at).await,
-        Write::FinishActivity(id, finish, at) => {
+        Write::FinishActivity { id, finish, at, .. } => {
             return ops::finish_activity(c, owner, *id, finish, *at).await;
         }
     };

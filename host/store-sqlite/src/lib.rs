@@ -1408,6 +1408,7 @@ impl RuntimeStore for SqliteStore {
     async fn finish_activity(
         &self,
         id: i64,
+        _instance: &str,
         finish: ActivityFinish,
         now: Millis,
     ) -> StoreResult<()> {

@@ -124,7 +124,12 @@ async fn run_attempt(inner: &Arc<Inner>, work: ActivityWork) {
                     let what = format!("putting activity `{}` back", work.call.name);
                     let _ = inner
                         .until_stored(&what, || {
-                            inner.store.finish_activity(work.id, finish.clone(), now)
+                            inner.store.finish_activity(
+                                work.id,
+                                &work.call.instance,
+                                finish.clone(),
+                                now,
+                            )
                         })
                         .await;
                     return;
@@ -224,7 +229,9 @@ async fn finish(
     let what = format!("recording an attempt of activity `{}`", work.call.name);
     let recorded = inner
         .until_stored(&what, || {
-            inner.store.finish_activity(work.id, finish.clone(), now)
+            inner
+                .store
+                .finish_activity(work.id, &work.call.instance, finish.clone(), now)
         })
         .await;
     match recorded {
