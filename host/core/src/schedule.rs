@@ -471,19 +471,8 @@ impl Round {
             return;
         };
         self.starts.remove(at);
+        unstart(&mut self.row.state, tick, reason);
         let state = &mut self.row.state;
-        if let Some(run) = state
-            .runs
-            .iter_mut()
-            .rev()
-            .find(|run| run.tick == tick && run.instance.is_some())
-        {
-            run.decision = Decision::Skipped;
-            run.instance = None;
-            run.reason = Some(reason);
-        }
-        state.counts.started -= 1;
-        state.counts.skipped += 1;
         self.counted.started -= 1;
         self.counted.skipped += 1;
         state.last_instance = match self.starts.last() {
@@ -748,7 +737,11 @@ pub fn round(row: &ScheduleRow, compiled: &Compiled, previous: Previous, now: Mi
                 // a run of an earlier round is terminated.
                 let decision = match starts.pop() {
                     Some(superseded) => {
-                        supersede(&mut next.state, superseded);
+                        unstart(
+                            &mut next.state,
+                            superseded,
+                            "a newer tick of the same round replaced it".into(),
+                        );
                         counted.started -= 1;
                         counted.skipped += 1;
                         Decision::Started
@@ -863,9 +856,10 @@ fn record(
     );
 }
 
-/// A tick this round started, then superseded by a newer one under
-/// `terminate_previous` before anything ran: recorded as skipped instead.
-fn supersede(state: &mut ScheduleState, tick: Millis) {
+/// A tick recorded as started that does not start after all (a newer tick
+/// of the same round superseded it, or the host cannot start it):
+/// recorded as skipped, for `reason`, and counted so.
+fn unstart(state: &mut ScheduleState, tick: Millis, reason: String) {
     if let Some(run) = state
         .runs
         .iter_mut()
@@ -874,7 +868,7 @@ fn supersede(state: &mut ScheduleState, tick: Millis) {
     {
         run.decision = Decision::Skipped;
         run.instance = None;
-        run.reason = Some("a newer tick of the same round replaced it".into());
+        run.reason = Some(reason);
     }
     state.counts.started -= 1;
     state.counts.skipped += 1;
