@@ -704,3 +704,87 @@ fn an_http_function_manages_schedules_through_the_durable_client() {
     assert_eq!(call("op=delete&name=guest-made", "").0, 200);
     assert_eq!(call("op=get&name=guest-made", "").1, Value::Null);
 }
+
+/// `buffer_one` and `terminate_previous` on a real host: a run that waits
+/// for two events holds the buffered tick back until it completes, and is
+/// terminated by the next tick under `terminate_previous`.
+#[test]
+fn a_buffered_tick_starts_when_its_run_ends_and_a_newer_tick_terminates_the_old_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &manifest(
+            dir.path(),
+            "duro.toml",
+            "[[schedule]]\nname = \"buffered\"\ncron = \"* * * * * *\"\norchestration = \"Sequence\"\n\
+             overlap = \"buffer_one\"\n\
+             [[schedule]]\nname = \"replaced\"\ncron = \"* * * * * *\"\norchestration = \"Sequence\"\n\
+             overlap = \"terminate_previous\"\n",
+        ),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    // `buffered`: one run, then a tick waits for it.
+    until("a buffered tick", || {
+        !schedule(&host, "buffered")["bufferedTick"].is_null()
+    });
+    let first = schedule(&host, "buffered")["lastInstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(started(&host, "buffered"), 1);
+    for event in ["A", "B"] {
+        let raised = host.post(&format!("{API}/instances/{first}/raiseEvent/{event}"), "1");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+    }
+    until("the buffered tick started", || {
+        started(&host, "buffered") == 2
+    });
+    let shown = schedule(&host, "buffered");
+    let second = shown["lastInstanceId"].as_str().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(shown["bufferedTick"], Value::Null, "{shown}");
+    assert_eq!(
+        host.get(&format!("{API}/instances/{first}")).json()["runtimeStatus"],
+        "Completed"
+    );
+    assert!(
+        shown["recentRuns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["decision"] == "buffered"),
+        "{shown}"
+    );
+    // `replaced`: each tick terminates the run before it.
+    until("a run replaced", || started(&host, "replaced") >= 2);
+    let runs = schedule(&host, "replaced")["recentRuns"].clone();
+    let replacing = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["decision"] == "terminated_previous")
+        .unwrap_or_else(|| panic!("{runs}"));
+    let older = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["instanceId"].is_string() && r["tick"].as_str() < replacing["tick"].as_str())
+        .map(|r| r["instanceId"].as_str().unwrap().to_string())
+        .next()
+        .unwrap();
+    let ended = host.poll(&format!("{API}/instances/{older}"), |r| {
+        r.json()["runtimeStatus"] == "Terminated"
+    });
+    assert_eq!(
+        ended.json()["runtimeStatus"],
+        "Terminated",
+        "{}",
+        ended.body
+    );
+    assert!(
+        ended.json()["output"]
+            .as_str()
+            .unwrap()
+            .contains("terminate_previous")
+    );
+}

@@ -69,7 +69,10 @@ impl Write {
                 {
                     kinds.push(WorkKind::Instances);
                 }
-                if !episode.new_timers.is_empty() {
+                // A scheduled run that ended may release a buffered tick.
+                let run_ended = episode.instance.scheduled_by.is_some()
+                    && episode.instance.status.is_terminal();
+                if !episode.new_timers.is_empty() || run_ended {
                     kinds.push(WorkKind::Timers);
                 }
                 if !episode.new_activities.is_empty() {

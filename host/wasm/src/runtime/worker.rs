@@ -226,7 +226,12 @@ async fn commit_loop(
                     tracing::debug_span!(parent: episode, "commit", instance = %commit.instance.id, batch)
                 })
                 .collect();
-            let new_timers = commits.iter().any(|c| !c.new_timers.is_empty());
+            // New timers, or a scheduled run that ended (its schedule may
+            // have a tick waiting for it): the timer loop looks again.
+            let new_timers = commits.iter().any(|c| {
+                !c.new_timers.is_empty()
+                    || c.instance.scheduled_by.is_some() && c.instance.status.is_terminal()
+            });
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
             let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
