@@ -361,6 +361,28 @@ fn a_hot_deploy_changes_one_schedule_and_removes_another() {
     assert!(!ok);
     assert!(err.contains("no orchestration named `Missing`"), "{err}");
     assert_eq!(schedule(&host, "kept")["definition"]["cron"], "0 12 * * *");
+    // Nor may a manifest's schedule take the name of one made through the
+    // API: refused before anything is deployed.
+    let made = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules"),
+        r#"{"name": "taken", "cron": "@daily", "orchestration": "Counter"}"#,
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let v4 = manifest(
+        dir.path(),
+        "v4.toml",
+        "[[schedule]]\nname = \"taken\"\ncron = \"@hourly\"\norchestration = \"Counter\"\n",
+    );
+    let (ok, _, err) = duro(&host, &["deploy", v4.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("400") && err.contains("made through the API"),
+        "{err}"
+    );
+    assert_eq!(schedule(&host, "taken")["origin"], "api");
+    assert_eq!(schedule(&host, "kept")["definition"]["cron"], "0 12 * * *");
 }
 
 /// A schedule firing every second (every tick kept: `allow_all`, catch-up

@@ -94,6 +94,9 @@ impl Served {
                 .await
                 .with_context(|| format!("activity `{}`", activity.name))?;
         }
+        self.runtime
+            .check_manifest_schedules(&app.schedules)
+            .await?;
         functions_router(&self.state, app)
     }
 

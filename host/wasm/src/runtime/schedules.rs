@@ -321,6 +321,26 @@ impl Runtime {
         Err(RuntimeError::Busy(name.to_string()))
     }
 
+    /// Refuse a manifest whose schedules a deploy could not apply: one
+    /// with the name of a schedule made through the API (checked before
+    /// anything is deployed).
+    pub async fn check_manifest_schedules(&self, specs: &[ScheduleSpec]) -> RuntimeResult<()> {
+        let stored = self.schedules().await?;
+        for spec in specs {
+            if stored
+                .iter()
+                .any(|row| row.spec.name == spec.name && row.origin == Origin::Api)
+            {
+                return Err(RuntimeError::InvalidSchedule(format!(
+                    "schedule `{}` exists already, made through the API: delete it there, \
+                     or name the manifest's another way",
+                    spec.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Make the stored manifest schedules the app's: new ones created,
     /// changed ones redefined (their state kept), ones no longer in the
     /// manifest deleted. Schedules created through the API are left alone;
