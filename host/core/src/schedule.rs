@@ -20,6 +20,10 @@ pub const RECENT_RUNS: usize = 50;
 /// How late a tick may fire under `catch_up = "none"`.
 pub const ON_TIME_MS: Millis = 5_000;
 
+/// Longest reason a schedule keeps (a pause's, a trigger's), in bytes;
+/// a longer one is cut there.
+pub const MAX_REASON: usize = 1_024;
+
 /// Default `catch_up_window_ms`: one hour.
 pub const DEFAULT_CATCH_UP_WINDOW_MS: Millis = 3_600_000;
 
@@ -177,10 +181,22 @@ impl ScheduleSpec {
             end_at,
         };
         // An expression that never matches (30 February) is refused here
-        // rather than never firing.
-        if compiled.first_tick_ignoring_end(0).is_none() {
+        // rather than never firing; so is a start after the last time the
+        // expression can be reckoned to (year 9999).
+        let unbounded = Compiled {
+            start_at: None,
+            ..compiled.clone()
+        };
+        if unbounded.first_tick_ignoring_end(0).is_none() {
             return Err(format!(
                 "schedule `{name}`: cron {:?} never matches a date",
+                self.cron
+            ));
+        }
+        if let (Some(start), None) = (start_at, compiled.first_tick_ignoring_end(0)) {
+            return Err(format!(
+                "schedule `{name}`: start_at {} leaves no tick of cron {:?} before the year 10000",
+                rfc3339(start),
                 self.cron
             ));
         }
@@ -549,6 +565,7 @@ pub fn set_paused(
     catch_up: bool,
     now: Millis,
 ) -> ScheduleRow {
+    let reason = bounded(reason);
     let mut next = row.clone();
     if row.state.paused == paused {
         return next;
@@ -589,6 +606,21 @@ fn due_at(row: &ScheduleRow, more_due: bool) -> Option<Millis> {
     row.state
         .next_tick
         .map(|tick| tick.saturating_add(jitter(&row.spec.name, tick, row.spec.jitter_ms)))
+}
+
+/// A client's reason, cut to [`MAX_REASON`] bytes (at a character).
+fn bounded(reason: Option<String>) -> Option<String> {
+    reason.map(|mut text| {
+        if text.len() > MAX_REASON {
+            let mut end = MAX_REASON - '…'.len_utf8();
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        text
+    })
 }
 
 fn remember(state: &mut ScheduleState, run: Run) {
@@ -776,6 +808,7 @@ pub fn trigger(
     reason: Option<String>,
     now: Millis,
 ) -> Round {
+    let reason = bounded(reason);
     let mut next = row.clone();
     let mut counted = Counts::default();
     let spec = &row.spec;

@@ -115,6 +115,10 @@ fn bad_definitions_are_refused_naming_the_field() {
         refused(&|s| s.cron = "61 * * * *".into()).contains("cron \"61 * * * *\" is not valid")
     );
     assert!(refused(&|s| s.cron = "0 0 30 2 *".into()).contains("never matches"));
+    assert!(
+        refused(&|s| s.start_at = Some("9999-12-31T23:59:30Z".into()))
+            .contains("leaves no tick of cron \"* * * * *\" before the year 10000")
+    );
     assert!(refused(&|s| s.timezone = "Mars/Olympus".into()).contains("not an IANA time zone"));
     assert!(refused(&|s| s.name = "a b".into()).contains("schedule name \"a b\" is not valid"));
     assert!(refused(&|s| s.start_at = Some("tomorrow".into())).contains("start_at \"tomorrow\""));
@@ -362,7 +366,18 @@ fn a_trigger_follows_the_overlap_policy() {
         idle.row.state.runs.last().unwrap().reason.as_deref(),
         Some("by hand")
     );
-    let busy = trigger(&idle.row, Previous::Running, None, t0 + 2_000);
+    let busy = trigger(
+        &idle.row,
+        Previous::Running,
+        Some("é".repeat(5_000)),
+        t0 + 2_000,
+    );
+    let kept = busy.row.state.runs.last().unwrap().reason.clone().unwrap();
+    assert!(
+        kept.len() <= MAX_REASON && kept.ends_with('…'),
+        "{}",
+        kept.len()
+    );
     assert!(busy.starts.is_empty());
     assert_eq!(
         busy.row.state.runs.last().unwrap().decision,
