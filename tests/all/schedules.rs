@@ -305,6 +305,44 @@ fn schedules_made_through_the_api_are_checked_changed_triggered_and_deleted() {
     });
     assert_eq!(status.json()["scheduledBy"]["schedule"], "yearly");
 
+    // A burst of triggers (`allow_all`): each starts its own instance, none
+    // refused, none sharing a millisecond's id.
+    let made = send(
+        &host,
+        "POST",
+        &format!("{API}/schedules"),
+        r#"{"name": "burst", "cron": "@yearly", "orchestration": "Counter", "input": 3, "overlap": "allow_all"}"#,
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let burst: Vec<Reply> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    send(
+                        &host,
+                        "POST",
+                        &format!("{API}/schedules/burst/trigger"),
+                        "",
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    let mut started: Vec<String> = burst
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            reply.json()["triggered"]["instanceId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}", reply.body))
+                .to_string()
+        })
+        .collect();
+    started.sort();
+    started.dedup();
+    assert_eq!(started.len(), 20, "{started:?}");
+
     let unknown_verb = send(
         &host,
         "POST",

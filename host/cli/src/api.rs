@@ -67,7 +67,9 @@ impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         let status = match &e {
             RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
-            RuntimeError::AlreadyExists(_) | RuntimeError::Busy(_) => StatusCode::CONFLICT,
+            RuntimeError::AlreadyExists(_)
+            | RuntimeError::Busy(_)
+            | RuntimeError::ScheduleBusy(_) => StatusCode::CONFLICT,
             RuntimeError::Finished { .. } => StatusCode::GONE,
             RuntimeError::NotFinished { .. } => StatusCode::PRECONDITION_FAILED,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -281,7 +281,9 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
     match e {
         RuntimeError::NotFound(_) => wit::ClientError::NotFound(message),
         RuntimeError::AlreadyExists(_) => wit::ClientError::AlreadyExists(message),
-        RuntimeError::Busy(_) => wit::ClientError::Internal(message),
+        RuntimeError::Busy(_) | RuntimeError::ScheduleBusy(_) => {
+            wit::ClientError::Internal(message)
+        }
         RuntimeError::InvalidInstanceId { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::Finished { .. } => wit::ClientError::Finished(message),
         RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),

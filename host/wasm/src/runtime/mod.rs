@@ -203,6 +203,10 @@ pub enum RuntimeError {
     /// The instance changed while the operation ran; trying again may work.
     #[error("instance `{0}` changed while the operation ran; try again")]
     Busy(String),
+    /// The schedule kept changing while the operation ran (its ticks, or
+    /// another host's clients); trying again may work.
+    #[error("schedule `{0}` changed while the operation ran; try again")]
+    ScheduleBusy(String),
     /// A schedule's definition breaks a rule (the message names it).
     #[error("{0}")]
     InvalidSchedule(String),
@@ -235,7 +239,7 @@ impl From<StoreError> for RuntimeError {
             e @ StoreError::InboxFull { .. } => RuntimeError::InboxFull(e.to_string()),
             StoreError::NoSchedule(name) => RuntimeError::NoSchedule(name),
             StoreError::ScheduleExists(name) => RuntimeError::ScheduleExists(name),
-            StoreError::ScheduleChanged(name) => RuntimeError::Busy(name),
+            StoreError::ScheduleChanged(name) => RuntimeError::ScheduleBusy(name),
             e => RuntimeError::Store(e),
         }
     }
@@ -283,6 +287,10 @@ struct Inner {
     waiters: tokio::sync::Semaphore,
     /// True once the runtime is stopping.
     stopped: watch::Receiver<bool>,
+    /// Clients' schedule changes on this host, one at a time: they would
+    /// otherwise refuse each other (each commits against the version it
+    /// read), and a burst of triggers would answer 409s.
+    schedule_changes: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -492,6 +500,7 @@ impl Runtime {
             episodes_begun: Default::default(),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
             stopped: stopped.clone(),
+            schedule_changes: tokio::sync::Mutex::new(()),
         });
         // Weak: the store holds the callback, and the runtime the store.
         let woken = Arc::downgrade(&inner);

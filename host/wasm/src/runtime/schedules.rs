@@ -17,8 +17,8 @@ use crate::store::{ScheduleCommit, StoreError, StoreResult};
 const ROUNDS_PER_PASS: usize = 64;
 
 /// Times a client's change is tried against a schedule that keeps changing
-/// under it (its ticks firing meanwhile).
-const CHANGE_ATTEMPTS: usize = 5;
+/// under it (its ticks firing, another host's clients).
+const CHANGE_ATTEMPTS: usize = 8;
 
 /// Run a round for every schedule due now; true if any started instances.
 pub(super) async fn fire_due(inner: &Arc<Inner>) -> StoreResult<bool> {
@@ -250,16 +250,18 @@ impl Runtime {
 
     /// Delete a schedule created through the API (its runs stay).
     pub async fn delete_schedule(&self, name: &str) -> RuntimeResult<()> {
-        for _ in 0..CHANGE_ATTEMPTS {
+        let _one_at_a_time = self.inner.schedule_changes.lock().await;
+        for attempt in 0..CHANGE_ATTEMPTS {
+            pause_before(attempt).await;
             let row = self.schedule(name).await?;
             refuse_manifest(&row)?;
             let now = self.inner.config.clock.now();
             match self.commit_change(name, Some(row.version), None, now).await {
-                Err(RuntimeError::Busy(_)) => continue,
+                Err(RuntimeError::ScheduleBusy(_)) => continue,
                 done => return done,
             }
         }
-        Err(RuntimeError::Busy(name.to_string()))
+        Err(RuntimeError::ScheduleBusy(name.to_string()))
     }
 
     /// Pause a schedule, or resume it (`catch_up`: let the catch-up policy
@@ -291,9 +293,20 @@ impl Runtime {
         name: &str,
         reason: Option<String>,
     ) -> RuntimeResult<Triggered> {
-        for _ in 0..CHANGE_ATTEMPTS {
+        let _one_at_a_time = self.inner.schedule_changes.lock().await;
+        for attempt in 0..CHANGE_ATTEMPTS {
+            pause_before(attempt).await;
             let row = self.schedule(name).await?;
-            let now = self.inner.config.clock.now();
+            // Two triggers in one millisecond would name one instance: the
+            // later one takes the next free millisecond.
+            let mut now = self.inner.config.clock.now();
+            for _ in 0..1_000 {
+                let id = schedule::instance_id(name, now);
+                if self.inner.store.instance(&id).await?.is_none() {
+                    break;
+                }
+                now += 1;
+            }
             let previous = previous_run(&self.inner, &row).await?;
             let round = schedule::trigger(&row, previous, reason.clone(), now);
             let decision = round
@@ -318,7 +331,7 @@ impl Runtime {
                 }
             }
         }
-        Err(RuntimeError::Busy(name.to_string()))
+        Err(RuntimeError::ScheduleBusy(name.to_string()))
     }
 
     /// Refuse a manifest whose schedules a deploy could not apply: one
@@ -382,7 +395,7 @@ impl Runtime {
                     .await
                 {
                     // Changed or deleted meanwhile (another host's deploy).
-                    Err(RuntimeError::Busy(_) | RuntimeError::NoSchedule(_)) => {}
+                    Err(RuntimeError::ScheduleBusy(_) | RuntimeError::NoSchedule(_)) => {}
                     done => done?,
                 }
             }
@@ -398,7 +411,9 @@ impl Runtime {
         name: &str,
         edit: impl Fn(&ScheduleRow, Millis) -> RuntimeResult<ScheduleRow>,
     ) -> RuntimeResult<ScheduleRow> {
-        for _ in 0..CHANGE_ATTEMPTS {
+        let _one_at_a_time = self.inner.schedule_changes.lock().await;
+        for attempt in 0..CHANGE_ATTEMPTS {
+            pause_before(attempt).await;
             let row = self.schedule(name).await?;
             let now = self.inner.config.clock.now();
             let next = edit(&row, now)?;
@@ -409,12 +424,12 @@ impl Runtime {
                 .commit_change(name, Some(row.version), Some(next), now)
                 .await
             {
-                Err(RuntimeError::Busy(_)) => continue,
+                Err(RuntimeError::ScheduleBusy(_)) => continue,
                 Err(e) => return Err(e),
                 Ok(()) => return self.schedule(name).await,
             }
         }
-        Err(RuntimeError::Busy(name.to_string()))
+        Err(RuntimeError::ScheduleBusy(name.to_string()))
     }
 
     async fn commit_change(
@@ -438,6 +453,14 @@ impl Runtime {
         // Its due time may be sooner than the timer loop's wait.
         self.inner.timers.notify_one();
         Ok(())
+    }
+}
+
+/// A short, growing pause before trying a change again (its schedule's
+/// round, or another host, committed first).
+async fn pause_before(attempt: usize) {
+    if attempt > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(6))).await;
     }
 }
 
