@@ -317,14 +317,7 @@ fn schedules_made_through_the_api_are_checked_changed_triggered_and_deleted() {
     let burst: Vec<Reply> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..20)
             .map(|_| {
-                scope.spawn(|| {
-                    send(
-                        &host,
-                        "POST",
-                        &format!("{API}/schedules/burst/trigger"),
-                        "",
-                    )
-                })
+                scope.spawn(|| send(&host, "POST", &format!("{API}/schedules/burst/trigger"), ""))
             })
             .collect();
         calls.into_iter().map(|call| call.join().unwrap()).collect()

@@ -29,12 +29,10 @@ pub fn router() -> axum::Router<Arc<Runtime>> {
         .route(&format!("{BASE}/schedules/{{name}}/{{verb}}"), post(act))
 }
 
-fn spec_from(body: &[u8]) -> Result<ScheduleSpec, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body is not a schedule definition ({{\"name\", \"cron\", \"orchestration\", ...}}): {e}"
-        ))
-    })
+fn not_a_definition(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "the body is not a schedule definition ({{\"name\", \"cron\", \"orchestration\", ...}}): {e}"
+    ))
 }
 
 /// `GET schedules`: every schedule, by name.
@@ -64,7 +62,7 @@ pub(crate) async fn list(State(rt): State<Arc<Runtime>>) -> ApiResult {
     tag = "schedules",
 )]
 pub(crate) async fn create(State(rt): State<Arc<Runtime>>, body: Bytes) -> ApiResult {
-    let spec = spec_from(&body)?;
+    let spec: ScheduleSpec = serde_json::from_slice(&body).map_err(not_a_definition)?;
     let row = rt.create_schedule(spec).await?;
     Ok((StatusCode::CREATED, Json(schedule_json(&row))).into_response())
 }
@@ -121,7 +119,7 @@ pub(crate) async fn update(
             )));
         }
     }
-    let spec = spec_from(value.to_string().as_bytes())?;
+    let spec: ScheduleSpec = serde_json::from_value(value).map_err(not_a_definition)?;
     let row = rt.update_schedule(spec).await?;
     Ok(Json(schedule_json(&row)).into_response())
 }

@@ -473,6 +473,16 @@ pub struct Round {
 }
 
 impl Round {
+    /// A round that has changed nothing yet.
+    fn unchanged(row: &ScheduleRow) -> Round {
+        Round {
+            row: row.clone(),
+            starts: Vec::new(),
+            terminate: None,
+            counted: Counts::default(),
+        }
+    }
+
     /// Whether the round changed nothing worth a write.
     pub fn is_empty(&self, before: &ScheduleRow) -> bool {
         self.row == *before && self.starts.is_empty() && self.terminate.is_none()
@@ -487,17 +497,114 @@ impl Round {
             return;
         };
         self.starts.remove(at);
-        unstart(&mut self.row.state, tick, reason);
-        let state = &mut self.row.state;
-        self.counted.started -= 1;
-        self.counted.skipped += 1;
-        state.last_instance = match self.starts.last() {
+        self.unstart(tick, reason);
+        self.row.state.last_instance = match self.starts.last() {
             Some(&last) => Some(instance_id(&self.row.spec.name, last)),
             None => before.state.last_instance.clone(),
         };
         if self.starts.is_empty() {
             self.terminate = None;
         }
+    }
+
+    /// A tick that fires at `now`: started if the previous run is not
+    /// going (`running`, which a start sets), else what the overlap policy
+    /// says. A round's ticks and a client's trigger both go through here.
+    fn fire(&mut self, tick: Millis, now: Millis, running: &mut bool) {
+        if !*running {
+            self.starts.push(tick);
+            *running = true;
+            self.record(tick, now, Decision::Started);
+            return;
+        }
+        match self.row.spec.overlap {
+            Overlap::Skip => self.record(tick, now, Decision::Skipped),
+            Overlap::BufferOne => {
+                if let Some(older) = self.row.state.buffered.replace(tick) {
+                    self.record(older, now, Decision::Skipped);
+                }
+                self.record(tick, now, Decision::Buffered);
+            }
+            Overlap::AllowAll => {
+                self.starts.push(tick);
+                self.record(tick, now, Decision::Started);
+            }
+            Overlap::TerminatePrevious => {
+                // A tick this round started is superseded before it ran;
+                // a run of an earlier round is terminated.
+                let decision = match self.starts.pop() {
+                    Some(superseded) => {
+                        self.unstart(
+                            superseded,
+                            "a newer tick of the same round replaced it".into(),
+                        );
+                        Decision::Started
+                    }
+                    None => {
+                        self.terminate = self.row.state.last_instance.clone();
+                        Decision::TerminatedPrevious
+                    }
+                };
+                self.starts.push(tick);
+                self.record(tick, now, decision);
+            }
+        }
+    }
+
+    /// Record what became of `tick`, decided at `now`, and count it.
+    fn record(&mut self, tick: Millis, now: Millis, decision: Decision) {
+        let spec = &self.row.spec;
+        let state = &mut self.row.state;
+        let counted = &mut self.counted;
+        let instance = matches!(decision, Decision::Started | Decision::TerminatedPrevious)
+            .then(|| instance_id(&spec.name, tick));
+        match decision {
+            Decision::Started | Decision::TerminatedPrevious => counted.started += 1,
+            Decision::Skipped => counted.skipped += 1,
+            Decision::Missed => counted.missed += 1,
+            _ => {}
+        }
+        state.counts.started += u64::from(instance.is_some());
+        state.counts.skipped += u64::from(decision == Decision::Skipped);
+        state.counts.missed += u64::from(decision == Decision::Missed);
+        let reason = match decision {
+            Decision::Skipped => Some("the previous run is still going".to_string()),
+            Decision::Missed => {
+                Some(format!("late past the catch-up policy ({:?})", spec.catch_up).to_lowercase())
+            }
+            _ => None,
+        };
+        remember(
+            state,
+            Run {
+                tick,
+                at: now,
+                decision,
+                instance,
+                reason,
+            },
+        );
+    }
+
+    /// A tick recorded as started that does not start after all (a newer
+    /// tick of the same round superseded it, or the host cannot start it):
+    /// recorded as skipped, for `reason`, and counted so.
+    fn unstart(&mut self, tick: Millis, reason: String) {
+        let state = &mut self.row.state;
+        if let Some(run) = state
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|run| run.tick == tick && run.instance.is_some())
+        {
+            run.decision = Decision::Skipped;
+            run.instance = None;
+            run.reason = Some(reason);
+        }
+        state.counts.started -= 1;
+        state.counts.skipped += 1;
+        self.counted.started -= 1;
+        self.counted.skipped += 1;
     }
 }
 
@@ -634,40 +741,23 @@ fn remember(state: &mut ScheduleState, run: Run) {
 /// One round for a due schedule at `now`, its last run `previous`: which
 /// ticks fire, which are skipped, buffered or missed, and the state after.
 pub fn round(row: &ScheduleRow, compiled: &Compiled, previous: Previous, now: Millis) -> Round {
-    let mut next = row.clone();
-    let mut counted = Counts::default();
-    let mut starts = Vec::new();
-    let mut terminate = None;
+    let mut out = Round::unchanged(row);
     if row.state.paused {
-        next.due_at = None;
-        return Round {
-            row: next,
-            starts,
-            terminate,
-            counted,
-        };
+        out.row.due_at = None;
+        return out;
     }
     let spec = &row.spec;
     let mut running = previous == Previous::Running;
     // A buffered tick whose previous run has ended.
-    if let Some(tick) = next.state.buffered
+    if let Some(tick) = out.row.state.buffered
         && !running
     {
-        next.state.buffered = None;
-        starts.push(tick);
-        running = true;
-        record(
-            &mut next.state,
-            &mut counted,
-            tick,
-            now,
-            Decision::Started,
-            spec,
-        );
+        out.row.state.buffered = None;
+        out.fire(tick, now, &mut running);
     }
     // The due ticks.
     let mut due = Vec::new();
-    let mut tick = next.state.next_tick;
+    let mut tick = out.row.state.next_tick;
     while let Some(t) = tick {
         let fires_at = t.saturating_add(jitter(&spec.name, t, spec.jitter_ms));
         if fires_at > now || due.len() == MAX_TICKS_PER_ROUND {
@@ -676,7 +766,7 @@ pub fn round(row: &ScheduleRow, compiled: &Compiled, previous: Previous, now: Mi
         due.push(t);
         tick = compiled.next_tick(t);
     }
-    next.state.next_tick = tick;
+    out.row.state.next_tick = tick;
     let more_due =
         tick.is_some_and(|t| t.saturating_add(jitter(&spec.name, t, spec.jitter_ms)) <= now);
     let late =
@@ -700,104 +790,17 @@ pub fn round(row: &ScheduleRow, compiled: &Compiled, previous: Previous, now: Mi
         }
     };
     for (&t, fire) in due.iter().zip(fires) {
-        if !fire {
-            record(
-                &mut next.state,
-                &mut counted,
-                t,
-                now,
-                Decision::Missed,
-                spec,
-            );
-            continue;
-        }
-        if !running {
-            starts.push(t);
-            running = true;
-            record(
-                &mut next.state,
-                &mut counted,
-                t,
-                now,
-                Decision::Started,
-                spec,
-            );
-            continue;
-        }
-        match spec.overlap {
-            Overlap::Skip => record(
-                &mut next.state,
-                &mut counted,
-                t,
-                now,
-                Decision::Skipped,
-                spec,
-            ),
-            Overlap::BufferOne => {
-                if let Some(older) = next.state.buffered.replace(t) {
-                    record(
-                        &mut next.state,
-                        &mut counted,
-                        older,
-                        now,
-                        Decision::Skipped,
-                        spec,
-                    );
-                }
-                record(
-                    &mut next.state,
-                    &mut counted,
-                    t,
-                    now,
-                    Decision::Buffered,
-                    spec,
-                );
-            }
-            Overlap::AllowAll => {
-                starts.push(t);
-                record(
-                    &mut next.state,
-                    &mut counted,
-                    t,
-                    now,
-                    Decision::Started,
-                    spec,
-                );
-            }
-            Overlap::TerminatePrevious => {
-                // A tick this round started is superseded before it ran;
-                // a run of an earlier round is terminated.
-                let decision = match starts.pop() {
-                    Some(superseded) => {
-                        unstart(
-                            &mut next.state,
-                            superseded,
-                            "a newer tick of the same round replaced it".into(),
-                        );
-                        counted.started -= 1;
-                        counted.skipped += 1;
-                        Decision::Started
-                    }
-                    None => {
-                        terminate = next.state.last_instance.clone();
-                        Decision::TerminatedPrevious
-                    }
-                };
-                starts.push(t);
-                record(&mut next.state, &mut counted, t, now, decision, spec);
-            }
+        if fire {
+            out.fire(t, now, &mut running);
+        } else {
+            out.record(t, now, Decision::Missed);
         }
     }
-    if let Some(&last) = starts.last() {
-        next.state.last_instance = Some(instance_id(&spec.name, last));
+    if let Some(&last) = out.starts.last() {
+        out.row.state.last_instance = Some(instance_id(&spec.name, last));
     }
-    next.due_at = due_at(&next, more_due);
-    Round {
-        row: next,
-        starts,
-        terminate,
-        counted,
-    }
+    out.row.due_at = due_at(&out.row, more_due);
+    out
 }
 
 /// Start a tick at once (a client's trigger), under the overlap policy
@@ -809,102 +812,15 @@ pub fn trigger(
     now: Millis,
 ) -> Round {
     let reason = bounded(reason);
-    let mut next = row.clone();
-    let mut counted = Counts::default();
-    let spec = &row.spec;
-    let mut starts = Vec::new();
-    let mut terminate = None;
-    let decision = match (previous, spec.overlap) {
-        (Previous::Idle, _) | (Previous::Running, Overlap::AllowAll) => Decision::Started,
-        (Previous::Running, Overlap::Skip) => Decision::Skipped,
-        (Previous::Running, Overlap::BufferOne) => {
-            if let Some(older) = next.state.buffered.replace(now) {
-                record(
-                    &mut next.state,
-                    &mut counted,
-                    older,
-                    now,
-                    Decision::Skipped,
-                    spec,
-                );
-            }
-            Decision::Buffered
-        }
-        (Previous::Running, Overlap::TerminatePrevious) => {
-            terminate = next.state.last_instance.clone();
-            Decision::TerminatedPrevious
-        }
-    };
-    if matches!(decision, Decision::Started | Decision::TerminatedPrevious) {
-        starts.push(now);
-        next.state.last_instance = Some(instance_id(&spec.name, now));
+    let mut out = Round::unchanged(row);
+    out.fire(now, now, &mut (previous == Previous::Running));
+    if let Some(&last) = out.starts.last() {
+        out.row.state.last_instance = Some(instance_id(&row.spec.name, last));
     }
-    record(&mut next.state, &mut counted, now, now, decision, spec);
-    if let Some(run) = next.state.runs.last_mut() {
+    if let Some(run) = out.row.state.runs.last_mut() {
         run.reason = Some(reason.unwrap_or_else(|| "triggered".into()));
     }
-    Round {
-        row: next,
-        starts,
-        terminate,
-        counted,
-    }
-}
-
-fn record(
-    state: &mut ScheduleState,
-    counted: &mut Counts,
-    tick: Millis,
-    now: Millis,
-    decision: Decision,
-    spec: &ScheduleSpec,
-) {
-    let instance = matches!(decision, Decision::Started | Decision::TerminatedPrevious)
-        .then(|| instance_id(&spec.name, tick));
-    match decision {
-        Decision::Started | Decision::TerminatedPrevious => counted.started += 1,
-        Decision::Skipped => counted.skipped += 1,
-        Decision::Missed => counted.missed += 1,
-        _ => {}
-    }
-    state.counts.started += u64::from(instance.is_some());
-    state.counts.skipped += u64::from(decision == Decision::Skipped);
-    state.counts.missed += u64::from(decision == Decision::Missed);
-    let reason = match decision {
-        Decision::Skipped => Some("the previous run is still going".to_string()),
-        Decision::Missed => {
-            Some(format!("late past the catch-up policy ({:?})", spec.catch_up).to_lowercase())
-        }
-        _ => None,
-    };
-    remember(
-        state,
-        Run {
-            tick,
-            at: now,
-            decision,
-            instance,
-            reason,
-        },
-    );
-}
-
-/// A tick recorded as started that does not start after all (a newer tick
-/// of the same round superseded it, or the host cannot start it):
-/// recorded as skipped, for `reason`, and counted so.
-fn unstart(state: &mut ScheduleState, tick: Millis, reason: String) {
-    if let Some(run) = state
-        .runs
-        .iter_mut()
-        .rev()
-        .find(|run| run.tick == tick && run.instance.is_some())
-    {
-        run.decision = Decision::Skipped;
-        run.instance = None;
-        run.reason = Some(reason);
-    }
-    state.counts.started -= 1;
-    state.counts.skipped += 1;
+    out
 }
 
 /// Fire times a schedule's JSON lists.

@@ -176,33 +176,6 @@ pub enum Write<'a> {
     },
 }
 
-impl<'a> Write<'a> {
-    /// The instance whose row the write locks, changes or creates. A
-    /// backend that runs writes of several instances in one transaction
-    /// locks these rows first, all in one order, so that two transactions
-    /// never wait for each other's rows.
-    pub fn instance(&self) -> &'a str {
-        match *self {
-            Write::Guard { id, .. }
-            | Write::ClearHistory { id }
-            | Write::DropScheduledWork { id }
-            | Write::NewExecution { id, .. }
-            | Write::AppendEvents { id, .. }
-            | Write::Consume { id, .. }
-            | Write::CancelTimers { id, .. }
-            | Write::Push { id, .. }
-            | Write::ScheduledRunEnded { id, .. } => id,
-            // A schedule's row is locked after every instance row.
-            Write::PutSchedule { .. } => "",
-            Write::UpdateInstance { instance } | Write::Create { instance } => &instance.id,
-            Write::CreateChild { child, .. } => &child.id,
-            // An episode's timers and calls are all its own instance's.
-            Write::PutTimers { timers } => timers.first().map_or("", |t| &t.instance),
-            Write::ScheduleActivities { calls, .. } => calls.first().map_or("", |c| &c.instance),
-        }
-    }
-}
-
 /// The writes of one episode's commit, in the order they are applied.
 pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
     let instance = &commit.instance;

@@ -309,12 +309,6 @@ impl Runtime {
             }
             let previous = previous_run(&self.inner, &row).await?;
             let round = schedule::trigger(&row, previous, reason.clone(), now);
-            let decision = round
-                .row
-                .state
-                .runs
-                .last()
-                .map_or(Decision::Skipped, |run| run.decision);
             match commit_round(&self.inner, &row, round, now).await {
                 Err(StoreError::ScheduleChanged(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -322,7 +316,9 @@ impl Runtime {
                     let schedule = self.schedule(name).await?;
                     let last = schedule.state.runs.last();
                     return Ok(Triggered {
-                        decision: last.map_or(decision, |run| run.decision),
+                        // The trigger's own run, as committed (the host may
+                        // have refused its start).
+                        decision: last.map_or(Decision::Skipped, |run| run.decision),
                         instance: (started > 0)
                             .then(|| last.and_then(|run| run.instance.clone()))
                             .flatten(),
@@ -338,20 +334,7 @@ impl Runtime {
     /// with the name of a schedule made through the API (checked before
     /// anything is deployed).
     pub async fn check_manifest_schedules(&self, specs: &[ScheduleSpec]) -> RuntimeResult<()> {
-        let stored = self.schedules().await?;
-        for spec in specs {
-            if stored
-                .iter()
-                .any(|row| row.spec.name == spec.name && row.origin == Origin::Api)
-            {
-                return Err(RuntimeError::InvalidSchedule(format!(
-                    "schedule `{}` exists already, made through the API: delete it there, \
-                     or name the manifest's another way",
-                    spec.name
-                )));
-            }
-        }
-        Ok(())
+        refuse_api_names(&self.schedules().await?, specs)
     }
 
     /// Make the stored manifest schedules the app's: new ones created,
@@ -364,11 +347,10 @@ impl Runtime {
             compiled.push(self.check_schedule(spec)?);
         }
         let stored = self.schedules().await?;
+        // Before changing anything: all of the manifest applies, or none.
+        refuse_api_names(&stored, specs)?;
         for (spec, compiled) in specs.iter().zip(&compiled) {
             match stored.iter().find(|row| row.spec.name == spec.name) {
-                Some(row) if row.origin == Origin::Api => {
-                    return Err(RuntimeError::ScheduleExists(spec.name.clone()));
-                }
                 Some(row) if row.spec == *spec => {}
                 Some(_) => {
                     self.change(&spec.name, |row, now| {
@@ -462,6 +444,23 @@ async fn pause_before(attempt: usize) {
     if attempt > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(6))).await;
     }
+}
+
+/// Refuse manifest schedules named like ones made through the API.
+fn refuse_api_names(stored: &[ScheduleRow], specs: &[ScheduleSpec]) -> RuntimeResult<()> {
+    for spec in specs {
+        if stored
+            .iter()
+            .any(|row| row.spec.name == spec.name && row.origin == Origin::Api)
+        {
+            return Err(RuntimeError::InvalidSchedule(format!(
+                "schedule `{}` exists already, made through the API: delete it there, \
+                 or name the manifest's another way",
+                spec.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn refuse_manifest(row: &ScheduleRow) -> RuntimeResult<()> {
