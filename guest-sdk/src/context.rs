@@ -397,6 +397,77 @@ impl OrchestrationContext {
         }
     }
 
+    /// Send `operation` with `input` to an entity, one way, once this
+    /// episode commits (recorded: replay sends nothing again). Inside a
+    /// [`CriticalSection`](crate::CriticalSection) that holds the entity,
+    /// it runs under the lock.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// ctx.signal_entity(&duro_sdk::EntityId::new("Counter", "apples"), "add", &1);
+    /// # }
+    /// ```
+    pub fn signal_entity<I: Serialize>(
+        &self,
+        entity: &crate::EntityId,
+        operation: &str,
+        input: &I,
+    ) {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        host::signal_entity(&entity.name, &entity.key, operation, &json);
+        runtime::note_recorded_call();
+    }
+
+    /// Run `operation` with `input` on an entity and wait for its output
+    /// (an operation that fails gives its error). The result is recorded:
+    /// replay hands back the same one.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let count: i64 = ctx.call_entity(&duro_sdk::EntityId::new("Counter", "apples"), "get", &()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_entity<I: Serialize, T: DeserializeOwned>(
+        &self,
+        entity: &crate::EntityId,
+        operation: &str,
+        input: &I,
+    ) -> Task<Result<T>> {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        Task::new(
+            host::call_entity(&entity.name, &entity.key, operation, &json),
+            decode_entity::<T>,
+        )
+    }
+
+    /// Lock `entities` for this orchestration: resolves once every one is
+    /// locked, into the [`CriticalSection`](crate::CriticalSection) that
+    /// releases them when dropped. Locks are taken in one global order,
+    /// so two orchestrations locking overlapping sets cannot deadlock.
+    /// One critical section at a time; the host releases the locks if the
+    /// orchestration ends (completes, fails, is terminated) holding them.
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: duro_sdk::OrchestrationContext) -> duro_sdk::Result<()> {
+    /// let account = duro_sdk::EntityId::new("Account", "42");
+    /// let _section = ctx.lock_entities(&[account.clone()]).await?;
+    /// ctx.call_entity::<_, ()>(&account, "add", &5).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_entities(
+        &self,
+        entities: &[crate::EntityId],
+    ) -> impl Future<Output = Result<crate::CriticalSection>> + use<> {
+        let ids: Vec<(String, String)> = entities
+            .iter()
+            .map(|e| (e.name.clone(), e.key.clone()))
+            .collect();
+        let request = LockRequest {
+            task: Some(Task::new(host::lock_entities(&ids), decode_entity::<()>)),
+        };
+        request
+    }
+
     /// End this execution once the orchestration returns, and start a fresh
     /// one (empty history) with `input`. Return right after calling it.
     ///
@@ -430,6 +501,55 @@ fn decode_activity<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
         _ => Err(Error::msg(
             "an activity task got another kind of completion",
         )),
+    }
+}
+
+fn decode_entity<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {
+    match outcome {
+        TaskOutcome::ActivityCompleted(json) => serde_json::from_str(&json).map_err(|e| {
+            Error::msg(format!(
+                "the entity operation's output {json} does not fit: {e}"
+            ))
+        }),
+        TaskOutcome::ActivityFailed(error) => Err(Error::msg(error)),
+        _ => Err(Error::msg("an entity task got another kind of completion")),
+    }
+}
+
+/// Release the entity locks this execution holds or asked for (recorded).
+pub(crate) fn unlock_entities() {
+    host::unlock_entities();
+    runtime::note_recorded_call();
+}
+
+/// A `lock-entities` call in flight: dropped before it resolves, it gives
+/// up the request (and any lock it took meanwhile).
+struct LockRequest {
+    task: Option<Task<Result<()>>>,
+}
+
+impl Future for LockRequest {
+    type Output = Result<crate::CriticalSection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let request = self.get_mut();
+        let task = request.task.as_mut().expect("polled after it resolved");
+        match Pin::new(task).poll(cx) {
+            Poll::Ready(granted) => {
+                request.task = None;
+                Poll::Ready(granted.map(|()| crate::CriticalSection::new()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for LockRequest {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            drop(task);
+            unlock_entities();
+        }
     }
 }
 

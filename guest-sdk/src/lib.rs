@@ -34,6 +34,7 @@ mod activity;
 mod combinators;
 mod context;
 mod durable_http;
+mod entity;
 mod error;
 mod runtime;
 
@@ -41,12 +42,14 @@ pub use activity::{ActivityInfo, activity_info, variable};
 pub use combinators::{Either, join, select, when_all, when_any};
 pub use context::{OrchestrationContext, RetryPolicy, Task};
 pub use durable_http::{HttpRequest, HttpResponse};
+pub use entity::{CriticalSection, EntityContext, EntityId};
 pub use error::{Error, Result};
 
 /// Items used by the macros of this crate; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::activity::run_activity;
+    pub use crate::entity::{delete_operation, run_operation};
     pub use crate::runtime::{BoxedOrchestration, boxed, step, step_many};
     pub use serde_json;
 }
@@ -74,6 +77,85 @@ pub mod activity_bindings {
         default_bindings_module: "duro_sdk::activity_bindings",
         with: { "wasi:config/store@0.2.0-rc.1": generate },
     });
+}
+
+/// The bindings of the `entity` world (`guest-sdk/wit/entity.wit`).
+#[doc(hidden)]
+pub mod entity_bindings {
+    wit_bindgen::generate!({
+        world: "entity",
+        path: "wit",
+        pub_export_macro: true,
+        export_macro_name: "export_entity_world",
+        default_bindings_module: "duro_sdk::entity_bindings",
+    });
+}
+
+/// Declare the entities of this component: for each entity name, the type
+/// of its state (`Serialize + DeserializeOwned + Default`) and its
+/// operations, each a `fn(&mut EntityContext<S>, I) -> Result<O>`, `I`
+/// deserialized from the operation's input and `O` serialized as its
+/// output. An `Err` fails the operation: its state change and signals are
+/// dropped, and a caller gets the error. An entity that defines no
+/// `delete` operation gets one that deletes its state.
+///
+/// Operations on one entity run one at a time. Like orchestrations,
+/// entities run sandboxed: their clock reads the episode's time and they
+/// reach nothing outside; they act through signals and orchestration
+/// starts. Build them into a component of their own.
+///
+/// ```ignore
+/// use duro_sdk::{EntityContext, Result};
+///
+/// fn add(ctx: &mut EntityContext<i64>, amount: i64) -> Result<i64> {
+///     *ctx.state_mut() += amount;
+///     Ok(*ctx.state())
+/// }
+///
+/// fn get(ctx: &mut EntityContext<i64>, _: ()) -> Result<i64> {
+///     Ok(*ctx.state())
+/// }
+///
+/// duro_sdk::export_entities! {
+///     "Counter": i64 => { "add" => add, "get" => get },
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_entities {
+    ($($entity:literal : $state:ty => { $($op:literal => $func:path),+ $(,)? }),+ $(,)?) => {
+        struct __DuroEntities;
+
+        impl $crate::entity_bindings::exports::duro::workflow::operations::Guest for __DuroEntities {
+            fn run(
+                name: ::std::string::String,
+                key: ::std::string::String,
+                operation: ::std::string::String,
+                input: ::std::string::String,
+                state: ::core::option::Option<::std::string::String>,
+            ) -> ::core::result::Result<
+                $crate::entity_bindings::exports::duro::workflow::operations::OperationResult,
+                ::std::string::String,
+            > {
+                let id = $crate::EntityId::new(&name, &key);
+                $(
+                    if id.name == $entity.to_lowercase() {
+                        return match operation.as_str() {
+                            $($op => $crate::__private::run_operation::<$state, _, _>(id, state, &input, $func),)+
+                            "delete" => ::core::result::Result::Ok($crate::__private::delete_operation()),
+                            other => ::core::result::Result::Err(::std::format!(
+                                "entity `{}` has no operation `{other}`", id.name
+                            )),
+                        };
+                    }
+                )+
+                ::core::result::Result::Err(::std::format!(
+                    "this component has no entity named `{}`", id.name
+                ))
+            }
+        }
+
+        $crate::entity_bindings::export_entity_world!(__DuroEntities with_types_in $crate::entity_bindings);
+    };
 }
 
 /// Declare the activities of this component, by the names orchestrations

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod dashboard;
 mod dfclient;
+mod entities;
 mod host;
 mod http;
 mod https;

@@ -75,6 +75,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::InboxFull(_) => StatusCode::TOO_MANY_REQUESTS,
             RuntimeError::InvalidInstanceId { .. }
+            | RuntimeError::EntityInstance(_)
+            | RuntimeError::InvalidEntityId(_)
+            | RuntimeError::UnknownEntity(_)
             | RuntimeError::UnknownOrchestration(_)
             | RuntimeError::InvalidSchedule(_) => StatusCode::BAD_REQUEST,
             RuntimeError::NoSchedule(_) => StatusCode::NOT_FOUND,
@@ -143,6 +146,7 @@ pub fn router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route(&format!("{BASE}/openapi.json"), get(openapi))
         .merge(crate::schedules_api::router())
+        .merge(crate::entities_api::router())
         .with_state(runtime)
 }
 
@@ -203,7 +207,7 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'}');
 
 /// Parse a request body as JSON; an empty body is `null`.
-fn body_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
+pub(crate) fn body_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
@@ -211,7 +215,7 @@ fn body_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{what} is not valid JSON: {e}")))
 }
 
-fn timestamp(ms: Millis) -> String {
+pub(crate) fn timestamp(ms: Millis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)

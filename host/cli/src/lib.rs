@@ -20,6 +20,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod database;
 pub mod deploy;
+pub mod entities_api;
 pub mod fill;
 pub mod listen;
 pub mod manifest;

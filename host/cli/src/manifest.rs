@@ -27,6 +27,20 @@ pub struct Manifest {
     /// Orchestrations started on a cron.
     #[serde(default)]
     pub schedule: Vec<crate::schedule::ScheduleSpec>,
+    /// Durable entities, each in a component.
+    #[serde(default)]
+    pub entity: Vec<EntityEntry>,
+}
+
+/// `[[entity]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityEntry {
+    /// The entity name clients and orchestrations address it by (any case:
+    /// entity names are compared in lowercase, as in Durable Functions).
+    pub name: String,
+    /// Component file, relative to the manifest.
+    pub component: PathBuf,
 }
 
 /// One entry of `[variables]`.
@@ -149,6 +163,8 @@ pub struct ResolvedApp {
     pub variables: std::collections::BTreeMap<String, VariableDecl>,
     /// `[[schedule]]`, checked.
     pub schedules: Vec<crate::schedule::ScheduleSpec>,
+    /// Entity name (lowercase) → component path.
+    pub entities: Vec<(String, PathBuf)>,
 }
 
 impl ResolvedApp {
@@ -314,6 +330,7 @@ pub fn component_paths(path: &Path, text: &str) -> anyhow::Result<Vec<PathBuf>> 
     let mut paths: Vec<PathBuf> = (manifest.orchestration.iter().map(|o| o.component.clone()))
         .chain(manifest.http.iter().map(|h| h.component.clone()))
         .chain(manifest.activity.iter().map(|a| a.component.clone()))
+        .chain(manifest.entity.iter().map(|e| e.component.clone()))
         .collect();
     paths.sort();
     paths.dedup();
@@ -479,7 +496,24 @@ pub fn resolve(
             );
         }
     }
+    let mut entities: Vec<(String, PathBuf)> = Vec::new();
+    for entry in &manifest.entity {
+        let what = format!("entity `{}`", entry.name);
+        // A valid name with any key; the key here only completes the id.
+        if let Err(problem) = duro_core::entity::EntityId::new(&entry.name, "k") {
+            bail!("manifest {}: {what}: {problem}", path.display());
+        }
+        let name = entry.name.to_lowercase();
+        if entities.iter().any(|(n, _)| *n == name) {
+            bail!(
+                "manifest {}: {what} is declared twice (entity names ignore case)",
+                path.display()
+            );
+        }
+        entities.push((name, read(&entry.component, &what)?));
+    }
     Ok(ResolvedApp {
+        entities,
         orchestrations,
         http_allowed,
         http,

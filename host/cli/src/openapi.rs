@@ -44,6 +44,47 @@ pub struct InstanceStatus {
     pub scheduled_by: ScheduledBy,
 }
 
+/// An entity as the entity listing answers it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Entity {
+    /// Its name and key.
+    pub entity_id: EntityIdBody,
+    /// When its last operation ran.
+    pub last_operation_time: String,
+    /// Whether it has state.
+    pub exists: bool,
+    /// The orchestration instance holding its lock, if one does.
+    pub locked_by: Option<String>,
+    /// Operations and lock requests waiting for the lock.
+    pub queued: u64,
+    /// Operations run so far.
+    pub operations: u64,
+    /// Its state (with fetchState).
+    #[schema(required = false)]
+    pub state: Option<Value>,
+}
+
+/// An entity's id.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntityIdBody {
+    /// The name, lowercase.
+    pub name: String,
+    /// The key.
+    pub key: String,
+}
+
+/// What cleaning entity storage did.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntityClean {
+    /// Entities without state, lock or queue, deleted.
+    pub empty_entities_removed: u64,
+    /// Locks whose orchestration had ended, released.
+    pub orphaned_locks_released: u64,
+}
+
 /// A schedule as the schedule routes answer it.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -438,12 +479,18 @@ fn upgrade() {}
         crate::schedules_api::update,
         crate::schedules_api::remove,
         crate::schedules_api::act,
+        crate::entities_api::signal,
+        crate::entities_api::read,
+        crate::entities_api::list_all,
+        crate::entities_api::list_named,
+        crate::entities_api::clean,
     ),
     modifiers(&Gate),
     tags(
         (name = "instances", description = "Start, query and drive orchestration instances"),
         (name = "deploys", description = "Hot deploys checked by replay"),
         (name = "schedules", description = "Orchestrations started on a cron"),
+        (name = "entities", description = "Durable entities: signal, read, list, clean"),
         (name = "host", description = "The host itself"),
     ),
 )]

@@ -94,6 +94,12 @@ impl Served {
                 .await
                 .with_context(|| format!("activity `{}`", activity.name))?;
         }
+        for (name, path) in &app.entities {
+            self.runtime
+                .check_entity_component(app.files[path].clone())
+                .await
+                .with_context(|| format!("entity `{name}`"))?;
+        }
         self.runtime
             .check_manifest_schedules(&app.schedules)
             .await?;
@@ -151,9 +157,17 @@ pub(crate) fn orchestration_components(app: &ResolvedApp) -> Vec<(PathBuf, Vec<u
         .collect()
 }
 
-/// Register an app's activities with their options, and where its
-/// orchestrations' `call_http` may go.
+/// Register an app's activities with their options, its entities, and
+/// where its orchestrations' `call_http` may go.
 async fn register_activities(runtime: &Runtime, app: &ResolvedApp) -> anyhow::Result<()> {
+    let entities = (app.entities.iter()).map(|(name, path)| (name.as_str(), path));
+    for (path, names) in ResolvedApp::by_component(entities) {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        runtime
+            .register_entities(app.files[&path].clone(), &names)
+            .await
+            .with_context(|| format!("entity component {}", path.display()))?;
+    }
     let entries = (app.activities.iter()).map(|a| (a.name.as_str(), &a.component));
     for (path, names) in ResolvedApp::by_component(entries) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -434,9 +448,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         manifest = %config.manifest.display(),
         database = %config.database,
-        "serving {} orchestrations, {} activities and {} http functions",
+        "serving {} orchestrations, {} activities, {} entities and {} http functions",
         app.orchestrations.len(),
         app.activities.len(),
+        app.entities.len(),
         app.http.len()
     );
     let mut limits = config.http_limits.clone();

@@ -526,6 +526,8 @@ fn episode(loaded: &LoadedInstance, status: RuntimeStatus) -> EpisodeCommit {
         new_activities: Vec::new(),
         new_children: Vec::new(),
         follow_up: Vec::new(),
+        sent: Vec::new(),
+        started: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! wasmtime nor any database, so the backends and the wasm runtime depend
 //! on it and not on each other.
 
+pub mod entity;
 pub mod model;
 pub mod schedule;
 pub mod store;

@@ -153,6 +153,37 @@ crate::tagged_enum! {
             /// Its input, as JSON.
             input: String,
         },
+        /// `call-entity(entity, operation, input)`: a request whose result
+        /// completes the task.
+        CallEntity {
+            /// The entity's instance id (`@name@key`).
+            entity: String,
+            /// The operation.
+            operation: String,
+            /// Its input, as JSON.
+            input: String,
+        },
+        /// `signal-entity(entity, operation, input)`: one way, nothing
+        /// completes.
+        SignalEntity {
+            /// The entity's instance id (`@name@key`).
+            entity: String,
+            /// The operation.
+            operation: String,
+            /// Its input, as JSON.
+            input: String,
+        },
+        /// `lock-entities(entities)`: completes once every entity is
+        /// locked for this execution (in `entities`' order, sorted).
+        LockEntities {
+            /// The entities' instance ids, sorted, without repeats.
+            entities: Vec<String>,
+        },
+        /// `unlock-entities()`: the critical section ends; nothing completes.
+        UnlockEntities {
+            /// The entities let go.
+            entities: Vec<String>,
+        },
         /// `call-activity(name, input, retry)`.
         CallActivity {
             /// The activity's name.
@@ -224,6 +255,18 @@ impl fmt::Display for Action {
             Action::CallActivity { name, input, .. } => {
                 write!(f, "call-activity({name:?}, {input})")
             }
+            Action::CallEntity {
+                entity,
+                operation,
+                input,
+            } => write!(f, "call-entity({entity:?}, {operation:?}, {input})"),
+            Action::SignalEntity {
+                entity,
+                operation,
+                input,
+            } => write!(f, "signal-entity({entity:?}, {operation:?}, {input})"),
+            Action::LockEntities { entities } => write!(f, "lock-entities({entities:?})"),
+            Action::UnlockEntities { entities } => write!(f, "unlock-entities({entities:?})"),
             Action::CallSubOrchestration {
                 name,
                 instance_id,
@@ -314,6 +357,27 @@ crate::tagged_enum! {
             /// Why.
             error: String,
         },
+        /// An entity operation this orchestration called returned this
+        /// output.
+        EntityOperationCompleted {
+            /// The call's task.
+            task: u32,
+            /// The operation's output, as JSON.
+            output: String,
+        },
+        /// An entity operation this orchestration called failed.
+        EntityOperationFailed {
+            /// The call's task.
+            task: u32,
+            /// Why.
+            error: String,
+        },
+        /// Every entity of a `lock-entities` call is locked for this
+        /// execution.
+        EntityLockGranted {
+            /// The call's task.
+            task: u32,
+        },
         /// The orchestration returned this output.
         ExecutionCompleted {
             /// The output, as JSON.
@@ -361,6 +425,9 @@ impl HistoryEvent {
             HistoryEvent::TaskFailed { .. } => "TaskFailed",
             HistoryEvent::SubOrchestrationCompleted { .. } => "SubOrchestrationCompleted",
             HistoryEvent::SubOrchestrationFailed { .. } => "SubOrchestrationFailed",
+            HistoryEvent::EntityOperationCompleted { .. } => "EntityOperationCompleted",
+            HistoryEvent::EntityOperationFailed { .. } => "EntityOperationFailed",
+            HistoryEvent::EntityLockGranted { .. } => "EntityLockGranted",
             HistoryEvent::ExecutionCompleted { .. } => "ExecutionCompleted",
             HistoryEvent::ExecutionFailed { .. } => "ExecutionFailed",
             HistoryEvent::ContinuedAsNew { .. } => "ContinuedAsNew",
@@ -428,6 +495,55 @@ pub enum Message {
         /// Output JSON, or why it failed.
         result: Result<String, String>,
     },
+    /// An operation for an entity: a signal (no caller) or an
+    /// orchestration's call.
+    EntityOperation {
+        /// The operation.
+        operation: String,
+        /// Its input, as JSON.
+        input: String,
+        /// The call waiting for the result, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller: Option<Box<ParentCall>>,
+        /// The lock holder that sent it, if it was sent inside a critical
+        /// section (it runs while the entity is locked for that holder).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<Box<crate::entity::LockHolder>>,
+    },
+    /// A request to lock an entity for `holder`: the entity at `position`
+    /// of `entities` takes it, then passes it to the next one; the last
+    /// tells the holder.
+    EntityLock {
+        /// Who asks.
+        holder: crate::entity::LockHolder,
+        /// Every entity of the request, in lock order.
+        entities: Vec<String>,
+        /// Which of them this request is for.
+        position: u32,
+        /// The holder's `lock-entities` task.
+        task: u32,
+    },
+    /// `holder` lets go of the entity.
+    EntityUnlock {
+        /// Who held it.
+        holder: crate::entity::LockHolder,
+    },
+    /// An entity operation this instance called has run.
+    EntityDone {
+        /// The call's task.
+        task: u32,
+        /// The execution that called it.
+        execution: String,
+        /// Output JSON, or why it failed.
+        result: Result<String, String>,
+    },
+    /// Every entity this instance asked to lock is locked for it.
+    EntityLockGranted {
+        /// The `lock-entities` task.
+        task: u32,
+        /// The execution that asked.
+        execution: String,
+    },
     /// A client terminated the instance.
     Terminate {
         /// Why.
@@ -451,9 +567,10 @@ impl Message {
     pub fn execution(&self) -> Option<&str> {
         match self {
             Message::TimerFired { execution, .. } => execution.as_deref(),
-            Message::ActivityDone { execution, .. } | Message::ChildDone { execution, .. } => {
-                Some(execution)
-            }
+            Message::ActivityDone { execution, .. }
+            | Message::ChildDone { execution, .. }
+            | Message::EntityDone { execution, .. }
+            | Message::EntityLockGranted { execution, .. } => Some(execution),
             _ => None,
         }
     }
@@ -626,6 +743,9 @@ pub struct InstanceQuery {
     /// Leave the inputs out of the instances found (their `input` reads
     /// `null`): a listing that does not show inputs does not read them.
     pub skip_input: bool,
+    /// List entities (ids that begin with `@`) instead of orchestration
+    /// instances: a listing holds one kind or the other.
+    pub entities: bool,
 }
 
 /// The one text of a JSON value that inputs are stored and compared as:
@@ -697,6 +817,25 @@ pub fn fresh_id() -> String {
         std::process::id()
     );
     hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16])
+}
+
+/// Longest instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 256;
+
+/// Why `id` cannot be an instance id, if it cannot: ids travel in URL
+/// paths and log lines.
+pub fn instance_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("it is empty")
+    } else if id.len() > MAX_INSTANCE_ID_LEN {
+        Some("it is longer than 256 characters")
+    } else if id.chars().any(|c| matches!(c, '/' | '\\' | '#' | '?')) {
+        Some("it contains one of / \\ # ?")
+    } else if id.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else {
+        None
+    }
 }
 
 /// The 64-bit hash of a canonical input that the store indexes.

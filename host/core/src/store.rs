@@ -174,6 +174,15 @@ pub struct EpisodeCommit {
     pub new_children: Vec<Instance>,
     /// Messages to put back into this instance's own inbox (continue-as-new).
     pub follow_up: Vec<Message>,
+    /// Messages to other instances, in order, as (instance id, message):
+    /// an entity's answers, signals and passed-on lock requests; an
+    /// orchestration's entity calls, signals, lock requests and releases.
+    /// An entity a message is for is created if it has no row yet; any
+    /// other instance that is gone drops it.
+    pub sent: Vec<(String, Message)>,
+    /// Orchestrations an entity's operations started; one whose id a live
+    /// instance holds is not started.
+    pub started: Vec<Instance>,
 }
 
 /// An activity row claimed by an activity worker.
@@ -406,6 +415,9 @@ pub trait ClientStore: Send + Sync + 'static {
     /// Delete a finished instance and everything it owns; false if there
     /// was none, `NotFinished` if it has not finished.
     async fn purge(&self, id: &str) -> StoreResult<bool>;
+    /// Delete the entity `id` if it is still at `version` (its row's
+    /// history length) and nothing waits in its inbox; true if it was.
+    async fn purge_entity(&self, id: &str, version: u64) -> StoreResult<bool>;
     /// Delete the first `query.limit` instances matching the query, and
     /// everything they own, in one write of a few statements; returns how
     /// many. Callers loop until it returns less than the limit, so other

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_trace_context.sql"),
     include_str!("migrations/0003_ready.sql"),
     include_str!("migrations/0004_schedules.sql"),
+    include_str!("migrations/0005_entities.sql"),
 ];
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
@@ -697,6 +698,11 @@ impl ClientStore for PgStore {
     async fn purge(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         ops::purge(&mut client, id).await
+    }
+
+    async fn purge_entity(&self, id: &str, version: u64) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        ops::purge_entity(&mut client, id, version).await
     }
 
     async fn schedules(&self) -> StoreResult<Vec<ScheduleRow>> {

@@ -386,6 +386,38 @@ async fn push_message(
     Ok(())
 }
 
+/// `plan::Write::EnsureEntity`: the row and its queue row, unless there.
+async fn ensure_entity(c: &impl GenericClient, row: &Instance) -> StoreResult<()> {
+    static INSERT_ENTITY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| rows::INSERT_ENTITY.replace('?', "$"));
+    let (status, at) = (row.status.as_str(), row.created_at as i64);
+    let hash = input_hash(&row.input);
+    let params: Params<'_> = &[
+        &row.id,
+        &row.name,
+        &status,
+        &row.input,
+        &row.output,
+        &row.component,
+        &at,
+        &hash,
+        &row.execution_id,
+    ];
+    let queued: Params<'_> = &[&row.id];
+    let (inserted, queued) = tokio::join!(
+        biased;
+        exec(c, &INSERT_ENTITY, params),
+        exec(
+            c,
+            "INSERT INTO queue (instance_id) VALUES ($1) ON CONFLICT (instance_id) DO NOTHING",
+            queued,
+        ),
+    );
+    inserted?;
+    queued?;
+    Ok(())
+}
+
 /// Delete instances and everything they own, one statement per table for
 /// the whole batch; returns how many instances there were.
 async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult<usize> {
@@ -548,6 +580,9 @@ pub async fn enqueue(
     max_inbox: usize,
     at: Millis,
 ) -> StoreResult<()> {
+    if let Some(Write::EnsureEntity { row }) = plan::ensure_entity(id, at) {
+        ensure_entity(tx, &row).await?;
+    }
     // One statement: the message goes in only beside its live instance,
     // and an event only while fewer than `max_inbox` messages wait for it
     // (control messages always: a flood must not make it unstoppable).
@@ -655,6 +690,29 @@ pub async fn purge(c: &mut Object, id: &str) -> StoreResult<bool> {
             None => delete_instances(&tx, &[id.to_string()]).await? > 0,
         },
     };
+    tx.commit().await.map_err(backend)?;
+    Ok(purged)
+}
+
+/// `ClientStore::purge_entity`: the row locked, then its version and
+/// inbox read under the lock (a message committed first is seen).
+pub async fn purge_entity(c: &mut Object, id: &str, version: u64) -> StoreResult<bool> {
+    let tx = c.transaction().await.map_err(backend)?;
+    let locked = tx
+        .query_opt(
+            "SELECT history_len FROM instances WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?;
+    let at_version = locked.is_some_and(|row| row.get::<_, i64>(0) as u64 == version);
+    let waiting = at_version
+        && tx
+            .query_opt("SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT 1", &[&id])
+            .await
+            .map_err(backend)?
+            .is_some();
+    let purged = at_version && !waiting && delete_instances(&tx, &[id.to_string()]).await? > 0;
     tx.commit().await.map_err(backend)?;
     Ok(purged)
 }
@@ -936,14 +994,16 @@ fn apply<'a>(
                 Form::OneRound => create_fast(c, child).await?,
                 Form::StepByStep => {
                     let created = in_savepoint(c, create_careful(c, child)).await?;
-                    match (created, &child.parent) {
-                        (Err(StoreError::AlreadyExists(_)), Some(parent)) => {
+                    match (created, &child.parent, if_taken) {
+                        (Err(StoreError::AlreadyExists(_)), Some(parent), Some(if_taken)) => {
                             push_message(c, &parent.instance, if_taken, *at).await?;
                         }
-                        (created, _) => created?,
+                        (Err(StoreError::AlreadyExists(_)), _, None) => {}
+                        (created, _, _) => created?,
                     }
                 }
             },
+            Write::EnsureEntity { row } => ensure_entity(c, row).await?,
             Write::Push { id, message, at } => push_message(c, id, message, *at).await?,
             Write::PutSchedule {
                 name,

@@ -65,6 +65,8 @@ impl Write {
                 // Messages to its own inbox, or to a parent's or children's.
                 if !episode.follow_up.is_empty()
                     || !episode.new_children.is_empty()
+                    || !episode.sent.is_empty()
+                    || !episode.started.is_empty()
                     || episode.instance.parent.is_some() && episode.instance.status.is_terminal()
                 {
                     kinds.push(WorkKind::Instances);

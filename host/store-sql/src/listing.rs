@@ -221,6 +221,13 @@ fn statement(
         }
         s.sql.push(')');
     }
+    // Entities and orchestration instances share the table; a listing
+    // holds one kind (this filters the rows the index finds).
+    s.sql.push_str(if query.entities {
+        " AND substr(id, 1, 1) = '@'"
+    } else {
+        " AND substr(id, 1, 1) <> '@'"
+    });
     // The bounds of the order's columns. A continuation replaces the bound
     // on its side of the range (it lies inside the range, having come from
     // it), so that the index seek starts at the continuation and not at the

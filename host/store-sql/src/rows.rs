@@ -161,7 +161,7 @@ pub fn in_flight_versions_sql() -> String {
         .map(|s| format!("'{s}'"))
         .collect();
     format!(
-        "SELECT name, component FROM instances WHERE status IN ({})",
+        "SELECT name, component FROM instances WHERE status IN ({}) AND component <> 'entity'",
         live.join(", ")
     )
 }
@@ -222,3 +222,11 @@ pub fn scheduled_by_json(instance: &Instance) -> Option<String> {
     let scheduled = instance.scheduled_by.as_ref()?;
     serde_json::to_string(scheduled).ok()
 }
+
+/// Insert an entity's row unless it has one (`plan::Write::EnsureEntity`),
+/// in SQLite's placeholders (`?N`; PostgreSQL says `$N`): id, name,
+/// status, input, output (the record), component, time, input hash,
+/// execution id. No history, so its length (the entity's version) is 0.
+pub const INSERT_ENTITY: &str = "INSERT INTO instances (id, name, status, input, output, \
+     custom_status, component, created_at, updated_at, history_len, input_hash, execution_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?7, 0, ?8, ?9) ON CONFLICT (id) DO NOTHING";

@@ -58,6 +58,7 @@ const MIGRATIONS: &[(&str, Option<MigrationCode>)] = &[
     (include_str!("migrations/0005_sub_orchestrations.sql"), None),
     (include_str!("migrations/0006_trace_context.sql"), None),
     (include_str!("migrations/0007_schedules.sql"), None),
+    (include_str!("migrations/0008_entities.sql"), None),
 ];
 
 /// Store every existing input canonically, with its hash.
@@ -926,6 +927,25 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
     push_message(conn, &instance.id, &Message::Start, instance.created_at)
 }
 
+/// `plan::Write::EnsureEntity`.
+fn insert_entity(conn: &Connection, row: &Instance) -> StoreResult<()> {
+    conn.prepare_cached(rows::INSERT_ENTITY)
+        .map_err(backend)?
+        .execute(params![
+            row.id,
+            row.name,
+            row.status.as_str(),
+            row.input,
+            row.output,
+            row.component,
+            row.created_at as i64,
+            input_hash(&row.input),
+            row.execution_id,
+        ])
+        .map_err(backend)?;
+    Ok(())
+}
+
 /// Give the leases of `ids` back (their episodes have committed or failed).
 fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
     let mut leased = leased.lock().expect("lease set poisoned");
@@ -943,6 +963,9 @@ fn enqueue_live(
     max_inbox: usize,
     at: Millis,
 ) -> StoreResult<()> {
+    if let Some(Write::EnsureEntity { row }) = plan::ensure_entity(id, at) {
+        insert_entity(conn, &row)?;
+    }
     let status: Option<String> = conn
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")
         .map_err(backend)?
@@ -1125,13 +1148,15 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
                 run(conn, "ROLLBACK TO child")?;
             }
             run(conn, "RELEASE child")?;
-            match (created, &child.parent) {
-                (Err(StoreError::AlreadyExists(_)), Some(parent)) => {
+            match (created, &child.parent, if_taken) {
+                (Err(StoreError::AlreadyExists(_)), Some(parent), Some(if_taken)) => {
                     push_message(conn, &parent.instance, if_taken, *at)?;
                 }
-                (created, _) => created?,
+                (Err(StoreError::AlreadyExists(_)), _, None) => {}
+                (created, _, _) => created?,
             }
         }
+        Write::EnsureEntity { row } => insert_entity(conn, row)?,
         Write::Push { id, message, at } => push_if_present(conn, id, message, *at)?,
         Write::PutSchedule {
             name,
@@ -1608,6 +1633,20 @@ impl ClientStore for SqliteStore {
                 Some(refused) => Err(refused),
                 None => Ok(delete_instances(conn, &[id])? > 0),
             },
+        })
+        .await
+    }
+
+    async fn purge_entity(&self, id: &str, version: u64) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let at_version = get_instance(conn, &id)?.is_some_and(|i| i.history_len == version);
+            let waiting: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1)")
+                .map_err(backend)?
+                .query_row([&id], |r| r.get(0))
+                .map_err(backend)?;
+            Ok(at_version && !waiting && delete_instances(conn, &[id])? > 0)
         })
         .await
     }

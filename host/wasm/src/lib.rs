@@ -8,11 +8,12 @@
 //! contract) ← `replay` (wasm replay, no I/O) ← `runtime` (workers, timers,
 //! the public API).
 
-pub use duro_core::{model, schedule, store};
+pub use duro_core::{entity, model, schedule, store};
 
 pub mod activity;
 pub mod durable_http;
 pub mod engine;
+pub mod entity_host;
 pub mod metrics;
 pub mod orchestrator;
 pub mod replay;

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Messages stored by the commit of the episode they were carried
     /// into (one write instead of two), rather than into an inbox first.
     pub carried_messages: Counter,
+    /// Entity operations run (and committed or not).
+    pub entity_operations: Counter,
     /// Episodes by whether their instance was warm (`hit`) or replayed.
     pub warm_instances: Family<Labels, Counter>,
     /// Episodes per commit.
@@ -103,6 +105,12 @@ impl Metrics {
             "carried_messages",
             "Messages stored by the commit of the episode they were carried into",
             carried_messages.clone(),
+        );
+        let entity_operations = Counter::default();
+        registry.register(
+            "entity_operations",
+            "Entity operations run",
+            entity_operations.clone(),
         );
         let warm_instances = Family::<Labels, Counter>::default();
         registry.register(
@@ -204,6 +212,7 @@ impl Metrics {
             replayed_events,
             batched_completions,
             carried_messages,
+            entity_operations,
             warm_instances,
             commit_batch,
             commit_seconds,

@@ -18,7 +18,8 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::engine::{CountedLimits, Engine, budget_ticks};
-use crate::model::{Action, HistoryEvent, Instance, Millis, RetryPolicy};
+use crate::entity::{EntityId, LockHolder};
+use crate::model::{Action, HistoryEvent, Instance, Message, Millis, ParentCall, RetryPolicy};
 
 use crate::orchestrator::bindings::duro::workflow::orchestration_context as ctx;
 use crate::orchestrator::bindings::duro::workflow::types::{
@@ -105,6 +106,12 @@ pub struct Episode {
     /// On continue-as-new: the events (name, payload) the execution received
     /// but never handed to a wait, oldest first, for the next execution.
     pub unprocessed_events: Vec<(String, String)>,
+    /// Messages to entities this episode sent: calls, signals, lock
+    /// requests and releases, as (entity instance id, message).
+    pub sent: Vec<(String, Message)>,
+    /// The entities the execution holds locks on (or asked to lock) after
+    /// the episode: released when it ends.
+    pub locks: Vec<String>,
 }
 
 /// The host, not the guest, kept an episode from running (an instantiation
@@ -483,6 +490,8 @@ impl Replayer {
                     new_activities: Vec::new(),
                     new_children: Vec::new(),
                     unprocessed_events: Vec::new(),
+                    sent: Vec::new(),
+                    locks: crate::entity::locks_held(&replay.history),
                 }))
             }
         }
@@ -580,6 +589,11 @@ impl Replayer {
                 .collect(),
             _ => Vec::new(),
         };
+        // A divergence stores nothing of what the episode did.
+        let locks = crate::entity::locks_held(match outcome {
+            Outcome::Diverged(_) => &replay.history[..replay.recorded_len],
+            _ => &replay.history,
+        });
         Ok(Episode {
             appended,
             outcome,
@@ -589,6 +603,8 @@ impl Replayer {
             new_activities: std::mem::take(&mut replay.new_activities),
             new_children: std::mem::take(&mut replay.new_children),
             unprocessed_events,
+            sent: std::mem::take(&mut replay.sent),
+            locks,
         })
     }
 
@@ -704,6 +720,30 @@ fn describe_event(event: &HistoryEvent) -> String {
     }
 }
 
+/// The entity a `call` from an orchestration names, checked with its
+/// operation's input: its instance id, or the trap that says what is wrong.
+fn entity_call(
+    call: &str,
+    name: &str,
+    key: &str,
+    operation: &str,
+    input: &str,
+) -> wasmtime::Result<String> {
+    let entity = EntityId::new(name, key)
+        .map_err(|e| wasmtime::Error::msg(format!("{call}({name:?}, {key:?}): {e}")))?;
+    if operation.is_empty() {
+        return Err(wasmtime::Error::msg(format!(
+            "{call}({name:?}, {key:?}): the operation name is empty"
+        )));
+    }
+    if serde_json::from_str::<serde_json::Value>(input).is_err() {
+        return Err(wasmtime::Error::msg(format!(
+            "{call}({name:?}, {key:?}, {operation:?}): the input {input:?} is not JSON"
+        )));
+    }
+    Ok(entity.instance_id())
+}
+
 /// The store data of an orchestration episode.
 pub struct EpisodeState {
     wasi: WasiCtx,
@@ -776,6 +816,8 @@ enum Live {
     Timer,
     Activity,
     Child,
+    Entity,
+    Lock,
 }
 
 /// The replay cursor over the history and what the orchestration has asked
@@ -808,6 +850,12 @@ struct ReplayState {
     cancelled_timers: Vec<u32>,
     new_activities: Vec<(u32, String, String, Option<RetryPolicy>)>,
     new_children: Vec<(u32, String, String, String)>,
+    /// Messages to entities recorded in this episode.
+    sent: Vec<(String, Message)>,
+    /// The entities this execution holds locked.
+    held: Vec<String>,
+    /// A lock request not granted yet: its task and entities.
+    requested: Option<(u32, Vec<String>)>,
     divergence: Option<Divergence>,
     /// Set while the guest runs a `step-many`.
     batch: Option<Batch>,
@@ -839,6 +887,8 @@ enum Undo {
     Buffered,
     /// It completed this live task.
     Live(u32, Live),
+    /// It granted the lock request of this task, on these entities.
+    Granted(u32, Vec<String>),
 }
 
 /// A recorded call made during a `step-many`.
@@ -860,6 +910,9 @@ fn completes_a_task(event: &HistoryEvent) -> bool {
             | HistoryEvent::TaskFailed { .. }
             | HistoryEvent::SubOrchestrationCompleted { .. }
             | HistoryEvent::SubOrchestrationFailed { .. }
+            | HistoryEvent::EntityOperationCompleted { .. }
+            | HistoryEvent::EntityOperationFailed { .. }
+            | HistoryEvent::EntityLockGranted { .. }
             | HistoryEvent::ExecutionSuspended { .. }
             | HistoryEvent::ExecutionResumed { .. }
     )
@@ -886,6 +939,9 @@ impl ReplayState {
             cancelled_timers: Vec::new(),
             new_activities: Vec::new(),
             new_children: Vec::new(),
+            sent: Vec::new(),
+            held: Vec::new(),
+            requested: None,
             divergence: None,
             batch: None,
             changes: None,
@@ -966,6 +1022,11 @@ impl ReplayState {
                 Undo::Live(task, kind) => {
                     self.live.insert(task, kind);
                 }
+                Undo::Granted(task, entities) => {
+                    self.held.clear();
+                    self.requested = Some((task, entities));
+                    self.live.insert(task, Live::Lock);
+                }
             }
         }
         self.cursor = to;
@@ -1017,6 +1078,7 @@ impl ReplayState {
         self.cancelled_timers.clear();
         self.new_activities.clear();
         self.new_children.clear();
+        self.sent.clear();
         self.divergence = None;
     }
 
@@ -1131,6 +1193,31 @@ impl ReplayState {
                     return Ok(Some(Some(completion)));
                 }
             }
+            HistoryEvent::EntityOperationCompleted { task, output } => {
+                let outcome = TaskOutcome::ActivityCompleted(output);
+                if let Some(completion) = self.complete(position, task, Live::Entity, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::EntityOperationFailed { task, error } => {
+                let outcome = TaskOutcome::ActivityFailed(error);
+                if let Some(completion) = self.complete(position, task, Live::Entity, outcome) {
+                    return Ok(Some(Some(completion)));
+                }
+            }
+            HistoryEvent::EntityLockGranted { task } => {
+                if self.live.get(&task) == Some(&Live::Lock)
+                    && let Some((_, entities)) = self.requested.take()
+                {
+                    self.live.remove(&task);
+                    self.note(position, Undo::Granted(task, entities.clone()));
+                    self.held = entities;
+                    return Ok(Some(Some(Completion {
+                        task,
+                        outcome: TaskOutcome::ActivityCompleted("null".into()),
+                    })));
+                }
+            }
             HistoryEvent::ExecutionSuspended { .. } | HistoryEvent::ExecutionResumed { .. } => {}
             terminal @ (HistoryEvent::ExecutionCompleted { .. }
             | HistoryEvent::ExecutionTerminated { .. }
@@ -1207,6 +1294,51 @@ impl ReplayState {
                         input.clone(),
                     ));
                 }
+                Action::CallEntity {
+                    entity,
+                    operation,
+                    input,
+                } => {
+                    let message = Message::EntityOperation {
+                        operation: operation.clone(),
+                        input: input.clone(),
+                        caller: Some(Box::new(ParentCall {
+                            instance: self.subject.instance_id.clone(),
+                            execution: self.subject.execution_id.clone(),
+                            task,
+                        })),
+                        holder: self.holder_for(entity),
+                    };
+                    self.sent.push((entity.clone(), message));
+                }
+                Action::SignalEntity {
+                    entity,
+                    operation,
+                    input,
+                } => {
+                    let message = Message::EntityOperation {
+                        operation: operation.clone(),
+                        input: input.clone(),
+                        caller: None,
+                        holder: self.holder_for(entity),
+                    };
+                    self.sent.push((entity.clone(), message));
+                }
+                Action::LockEntities { entities } => {
+                    if let Some(first) = entities.first() {
+                        let message = Message::EntityLock {
+                            holder: self.holder(),
+                            entities: entities.clone(),
+                            position: 0,
+                            task,
+                        };
+                        self.sent.push((first.clone(), message));
+                    }
+                }
+                Action::UnlockEntities { entities } => {
+                    let unlocks = crate::entity::unlocks(entities, &self.holder());
+                    self.sent.extend(unlocks);
+                }
                 Action::WaitForEvent { .. } => {}
             }
         }
@@ -1230,6 +1362,20 @@ impl ReplayState {
             }
             Action::CallSubOrchestration { .. } => {
                 self.live.insert(task, Live::Child);
+            }
+            Action::CallEntity { .. } => {
+                self.live.insert(task, Live::Entity);
+            }
+            Action::SignalEntity { .. } => {}
+            Action::LockEntities { entities } => {
+                self.live.insert(task, Live::Lock);
+                self.requested = Some((task, entities));
+            }
+            Action::UnlockEntities { .. } => {
+                self.held.clear();
+                if let Some((asked, _)) = self.requested.take() {
+                    self.live.remove(&asked);
+                }
             }
         }
         Ok(task)
@@ -1344,6 +1490,23 @@ impl ReplayState {
         self.history.push(event.clone());
         self.cursor = self.history.len();
         Ok(event)
+    }
+
+    /// This execution, as a lock holder.
+    fn holder(&self) -> LockHolder {
+        LockHolder {
+            instance: self.subject.instance_id.clone(),
+            execution: self.subject.execution_id.clone(),
+        }
+    }
+
+    /// The holder a message to `entity` carries: this execution's, inside
+    /// a critical section that holds the entity.
+    fn holder_for(&self, entity: &str) -> Option<Box<LockHolder>> {
+        self.held
+            .iter()
+            .any(|e| e == entity)
+            .then(|| Box::new(self.holder()))
     }
 
     fn trap(&mut self, divergence: Divergence) -> wasmtime::Error {
@@ -1509,6 +1672,79 @@ impl ctx::Host for EpisodeState {
                 instance_id,
                 input,
             })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn signal_entity(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+    ) -> wasmtime::Result<()> {
+        let entity = entity_call("signal-entity", &name, &key, &operation, &input)?;
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::SignalEntity {
+                entity,
+                operation,
+                input,
+            })
+            .map(drop)
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn call_entity(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+    ) -> wasmtime::Result<u32> {
+        let entity = entity_call("call-entity", &name, &key, &operation, &input)?;
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::CallEntity {
+                entity,
+                operation,
+                input,
+            })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn lock_entities(&mut self, entities: Vec<(String, String)>) -> wasmtime::Result<u32> {
+        let ids = entities
+            .iter()
+            .map(|(name, key)| EntityId::new(name, key).map(|id| id.instance_id()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| wasmtime::Error::msg(format!("lock-entities: {e}")))?;
+        if ids.is_empty() {
+            return Err(wasmtime::Error::msg("lock-entities: no entities given"));
+        }
+        let replay = &mut self.replay;
+        if replay.requested.is_some() || !replay.held.is_empty() {
+            return Err(wasmtime::Error::msg(
+                "lock-entities: this execution holds (or is taking) locks already; release them first",
+            ));
+        }
+        let entities = crate::entity::lock_order(ids);
+        replay
+            .schedule(Action::LockEntities { entities })
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn unlock_entities(&mut self) -> wasmtime::Result<()> {
+        let replay = &mut self.replay;
+        let entities = match &replay.requested {
+            Some((_, asked)) => asked.clone(),
+            None => replay.held.clone(),
+        };
+        if entities.is_empty() {
+            return Ok(());
+        }
+        replay
+            .schedule(Action::UnlockEntities { entities })
+            .map(drop)
             .map_err(|d| replay.trap(d))
     }
 

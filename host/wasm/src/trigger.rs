@@ -414,6 +414,7 @@ impl wit::Host for TriggerState {
                 after,
                 newest_first: filter.newest_first,
                 skip_input: false,
+                entities: false,
             })
             .await
             .map_err(client_error)?;

@@ -446,7 +446,64 @@ async fn refuses(_ctx: OrchestrationContext) -> Result<()> {
     Err(duro_sdk::Error::msg("refused on purpose"))
 }
 
+/// Calls `get` on Counter `key` `times` times and adds `step` between
+/// calls: the results it saw, in order (replayed, the same).
+async fn entity_caller(ctx: OrchestrationContext) -> Result<Vec<i64>> {
+    let input: Value = ctx.input()?;
+    let key = input["key"].as_str().unwrap_or("c").to_string();
+    let times = input["times"].as_u64().unwrap_or(1);
+    let counter = duro_sdk::EntityId::new("Counter", &key);
+    let mut seen = Vec::new();
+    for _ in 0..times {
+        let after: i64 = ctx.call_entity(&counter, "add", &1).await?;
+        seen.push(after);
+    }
+    // A failing operation's error comes back as an error.
+    let failed = ctx.call_entity::<_, ()>(&counter, "fail", &()).await;
+    seen.push(if failed.is_err() { -1 } else { 0 });
+    ctx.signal_entity(&counter, "add", &100);
+    Ok(seen)
+}
+
+/// Moves `amount` from Account `from` to Account `to` inside a critical
+/// section on both: reads, checks, then two deposits. `hold_ms` waits
+/// (a durable timer) while holding the locks.
+async fn transfer(ctx: OrchestrationContext) -> Result<Value> {
+    let input: Value = ctx.input()?;
+    let from = duro_sdk::EntityId::new("Account", input["from"].as_str().unwrap_or("a"));
+    let to = duro_sdk::EntityId::new("Account", input["to"].as_str().unwrap_or("b"));
+    let amount = input["amount"].as_i64().unwrap_or(1);
+    let section = ctx.lock_entities(&[to.clone(), from.clone()]).await?;
+    if let Some(hold) = input["hold_ms"].as_u64() {
+        ctx.sleep(std::time::Duration::from_millis(hold)).await;
+    }
+    let balance: i64 = ctx.call_entity(&from, "get", &()).await?;
+    let moved = if balance >= amount {
+        ctx.call_entity::<_, i64>(&from, "deposit", &-amount)
+            .await?;
+        ctx.call_entity::<_, i64>(&to, "deposit", &amount).await?;
+        true
+    } else {
+        false
+    };
+    drop(section);
+    Ok(json!({ "moved": moved }))
+}
+
+/// Locks Account `key` and waits for the event `Release` while holding it.
+async fn hold_lock(ctx: OrchestrationContext) -> Result<()> {
+    let key: String = ctx.input()?;
+    let _section = ctx
+        .lock_entities(&[duro_sdk::EntityId::new("Account", &key)])
+        .await?;
+    let _: Value = ctx.wait_for_external_event("Release").await?;
+    Ok(())
+}
+
 duro_sdk::export_orchestrations! {
+    "EntityCaller" => entity_caller,
+    "Transfer" => transfer,
+    "HoldLock" => hold_lock,
     "Workflow" => workflow_with_timer_first,
     "WorkflowWithTimeout" => workflow_with_timeout_v2,
     "Fickle" => fickle,

@@ -24,6 +24,8 @@
 //!     new_activities: vec![],
 //!     new_children: vec![],
 //!     follow_up: vec![],
+//!     sent: vec![],
+//!     started: vec![],
 //! };
 //! let writes = episode(&commit);
 //! assert!(matches!(writes[0], Write::Guard { .. }));
@@ -126,14 +128,14 @@ pub enum Write<'a> {
         /// The new instance.
         instance: &'a Instance,
     },
-    /// [`Write::Create`] for a sub-orchestration: if its id is taken by a
-    /// live instance, the call fails instead of the commit, and
-    /// `if_taken` goes to its parent.
+    /// [`Write::Create`] for a sub-orchestration or an orchestration an
+    /// entity starts: if its id is taken by a live instance, it is not
+    /// created (the commit goes on), and `if_taken` goes to its parent.
     CreateChild {
-        /// The child, its `parent` set.
+        /// The child (its `parent` set for a sub-orchestration).
         child: &'a Instance,
-        /// The message that tells the parent the call failed.
-        if_taken: Message,
+        /// The message that tells the parent the call failed, if it has one.
+        if_taken: Option<Message>,
         /// When that message is sent.
         at: Millis,
     },
@@ -162,6 +164,12 @@ pub enum Write<'a> {
         id: &'a str,
         /// When it ended.
         at: Millis,
+    },
+    /// Create an entity's row (running, an empty record, no history) if it
+    /// has none: a message for it follows.
+    EnsureEntity {
+        /// The row to insert.
+        row: Box<Instance>,
     },
     /// Put `message` into the inbox of the instance, stamped `at`, if the
     /// instance exists (it may have been purged), and make it ready if it
@@ -246,7 +254,7 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
         };
         writes.push(Write::CreateChild {
             child,
-            if_taken,
+            if_taken: Some(if_taken),
             at,
         });
     }
@@ -278,7 +286,28 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
             at,
         });
     }
+    for (to, message) in &commit.sent {
+        writes.extend(ensure_entity(to, at));
+        writes.push(Write::Push {
+            id: to,
+            message: message.clone(),
+            at,
+        });
+    }
+    writes.extend(commit.started.iter().map(|child| Write::CreateChild {
+        child,
+        if_taken: None,
+        at,
+    }));
     writes
+}
+
+/// The write that creates the row of the entity `id` names, if it names
+/// one: a message to an entity creates it.
+pub fn ensure_entity(id: &str, at: Millis) -> Option<Write<'static>> {
+    crate::entity::EntityId::parse(id).map(|entity| Write::EnsureEntity {
+        row: Box::new(crate::entity::new_row(&entity, at)),
+    })
 }
 
 /// The writes that create an instance (see [`Write::Create`]).
@@ -392,6 +421,8 @@ mod tests {
             new_activities: vec![],
             new_children: vec![],
             follow_up: vec![],
+            sent: vec![],
+            started: vec![],
         }
     }
 

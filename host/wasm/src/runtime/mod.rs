@@ -24,6 +24,8 @@ use crate::replay::{Divergence, Replayer, Subject};
 
 mod activities;
 mod deploy;
+mod entities;
+pub use entities::EntityView;
 mod idle;
 mod schedules;
 pub use schedules::Triggered;
@@ -59,8 +61,7 @@ const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
 /// commit of this host woke it.
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
 
-/// Longest instance id accepted.
-pub const MAX_INSTANCE_ID_LEN: usize = 256;
+pub use crate::model::MAX_INSTANCE_ID_LEN;
 
 /// How a runtime is set up.
 #[derive(Debug, Clone)]
@@ -221,6 +222,15 @@ pub enum RuntimeError {
         "schedule `{0}` is defined in the app's manifest; change or remove it there and deploy"
     )]
     ScheduleFromManifest(String),
+    /// The id is an entity's: the orchestration operations do not apply.
+    #[error("`{0}` is an entity's id: use the entity operations (signal, read) instead")]
+    EntityInstance(String),
+    /// No component defines this entity.
+    #[error("no entity named `{0}` is registered")]
+    UnknownEntity(String),
+    /// An entity name or key breaks the rules (the message names it).
+    #[error("{0}")]
+    InvalidEntityId(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -256,6 +266,9 @@ struct Inner {
     config: RuntimeConfig,
     /// Orchestration name → digest of the component that new instances use.
     registry: RwLock<HashMap<String, String>>,
+    /// Entity name (lowercase) → the component that runs its operations.
+    entity_registry: RwLock<HashMap<String, String>>,
+    entity_host: crate::entity_host::EntityHost,
     /// Activity name → the component that runs it and its options.
     activity_registry: RwLock<HashMap<String, RegisteredActivity>>,
     /// Orchestration name → where its `ctx.call_http` requests may go.
@@ -443,21 +456,7 @@ pub fn validate_instance_id(id: &str) -> RuntimeResult<()> {
     }
 }
 
-/// What is wrong with an instance id, if anything (the rules of
-/// [`validate_instance_id`], for code that reports them its own way).
-pub fn instance_id_problem(id: &str) -> Option<&'static str> {
-    if id.is_empty() {
-        Some("it is empty")
-    } else if id.len() > MAX_INSTANCE_ID_LEN {
-        Some("it is longer than 256 characters")
-    } else if id.chars().any(|c| matches!(c, '/' | '\\' | '#' | '?')) {
-        Some("it contains one of / \\ # ?")
-    } else if id.chars().any(char::is_control) {
-        Some("it contains a control character")
-    } else {
-        None
-    }
-}
+pub use crate::model::instance_id_problem;
 
 impl Runtime {
     /// Start the workers, the timer loop and the activity loop over
@@ -477,6 +476,7 @@ impl Runtime {
             config.warm_memory,
         )?;
         let activity_host = crate::activity::ActivityHost::new(engine.clone(), config.tls.clone())?;
+        let entity_host = crate::entity_host::EntityHost::new(engine.clone(), config.step_budget)?;
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(Inner {
             store,
@@ -485,6 +485,8 @@ impl Runtime {
             metrics,
             config,
             registry: RwLock::default(),
+            entity_registry: RwLock::default(),
+            entity_host,
             activity_registry: RwLock::default(),
             http_allowed: RwLock::default(),
             activity_host,
@@ -665,6 +667,12 @@ impl Runtime {
         let id = match instance_id {
             Some(id) => {
                 validate_instance_id(&id)?;
+                if crate::entity::is_entity(&id) {
+                    return Err(RuntimeError::InvalidInstanceId {
+                        id,
+                        reason: "ids that begin with `@` name entities",
+                    });
+                }
                 id
             }
             None => fresh_id(),
@@ -704,6 +712,9 @@ impl Runtime {
     /// The instance with this id if it has not finished; else `NotFound` or
     /// `Finished`.
     async fn live(&self, id: &str) -> RuntimeResult<Instance> {
+        if crate::entity::is_entity(id) {
+            return Err(RuntimeError::EntityInstance(id.to_string()));
+        }
         let instance = self.existing(id).await?;
         if instance.status.is_terminal() {
             return Err(RuntimeError::Finished {
@@ -768,6 +779,9 @@ impl Runtime {
     /// a warm instance this host can lease at once, run its episode with
     /// the message first and let that episode's commit store it.
     async fn send(&self, id: &str, message: Message) -> RuntimeResult<()> {
+        if crate::entity::is_entity(id) && !matches!(message, Message::EntityOperation { .. }) {
+            return Err(RuntimeError::EntityInstance(id.to_string()));
+        }
         let message = match self.inner.carry(id, message) {
             Ok(outcome) => match outcome.await {
                 Ok(Ok(())) => {
@@ -900,6 +914,9 @@ impl Runtime {
     /// under a new id or (when `new_id` is false) its own, which requires it
     /// to have finished. Returns the id of the new instance.
     pub async fn restart(&self, id: &str, new_id: bool) -> RuntimeResult<String> {
+        if crate::entity::is_entity(id) {
+            return Err(RuntimeError::EntityInstance(id.to_string()));
+        }
         let instance = self.existing(id).await?;
         let input: serde_json::Value = serde_json::from_str(&instance.input).map_err(|e| {
             RuntimeError::Component(format!("the stored input of `{id}` is not JSON: {e}"))

@@ -399,10 +399,19 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
                 }
                 continue;
             }
-            Message::Start => {
+            // Start, and what only an entity takes.
+            Message::Start
+            | Message::EntityOperation { .. }
+            | Message::EntityLock { .. }
+            | Message::EntityUnlock { .. } => {
                 plan.consumed.push(entry.id);
                 continue;
             }
+            Message::EntityDone { task, result, .. } => match result {
+                Ok(output) => HistoryEvent::EntityOperationCompleted { task, output },
+                Err(error) => HistoryEvent::EntityOperationFailed { task, error },
+            },
+            Message::EntityLockGranted { task, .. } => HistoryEvent::EntityLockGranted { task },
             Message::EventRaised { name, payload } => HistoryEvent::EventRaised { name, payload },
             Message::TimerFired { task, fire_at, .. } => HistoryEvent::TimerFired { task, fire_at },
             Message::ChildDone { task, result, .. } => match result {
@@ -510,7 +519,12 @@ fn episode(
         new_activities: Vec::new(),
         new_children: Vec::new(),
         follow_up: Vec::new(),
+        sent: Vec::new(),
+        started: Vec::new(),
     };
+    if crate::entity::is_entity(id) {
+        return super::entities::episode(inner, instance, loaded.inbox, commit);
+    }
     if instance.status.is_terminal() {
         // A warm instance of a finished one is of no more use (and would
         // draw messages to be carried here for nothing).
@@ -535,6 +549,7 @@ fn episode(
         });
         instance.status = RuntimeStatus::Terminated;
         instance.output = Some(json_string(reason.unwrap_or_default()));
+        commit.sent = release_locks(inner, &instance)?;
         return Ok(finish(commit, instance, new_events, now));
     }
     let started = warm
@@ -584,6 +599,7 @@ fn episode(
                     // Permanent: the instance can never run on its component.
                     let error = format!("component {} cannot be loaded: {e:#}", instance.component);
                     tracing::error!(instance = %instance.id, "{error}");
+                    commit.sent = release_locks(inner, &instance)?;
                     let new_events = fail(&mut instance, error, now);
                     return Ok(finish(commit, instance, new_events, now));
                 }
@@ -640,6 +656,7 @@ fn episode(
         // divergence. The warm instance saw what is not stored.
         inner.replayer.forget_warm(id);
         tracing::warn!(instance = %instance.id, "orchestration failed: {broken}");
+        commit.sent = release_locks(inner, &instance)?;
         let new_events = fail(&mut instance, broken, now);
         return Ok(finish(commit, instance, new_events, now));
     }
@@ -647,6 +664,21 @@ fn episode(
         instance.custom_status = custom_status;
     }
     let mut new_events = episode.appended;
+    let holder = crate::entity::LockHolder {
+        instance: instance.id.clone(),
+        execution: instance.execution_id.clone(),
+    };
+    // What it sent to entities, and on any end the release of its locks
+    // (a divergence stores nothing of the episode: only the release).
+    commit.sent = match episode.outcome {
+        Outcome::Pending => episode.sent,
+        Outcome::Diverged(_) => crate::entity::unlocks(&episode.locks, &holder),
+        _ => {
+            let mut sent = episode.sent;
+            sent.extend(crate::entity::unlocks(&episode.locks, &holder));
+            sent
+        }
+    };
     match episode.outcome {
         Outcome::Pending => {
             instance.status = status_after;
@@ -746,6 +778,20 @@ fn episode(
         }
     }
     Ok(finish(commit, instance, new_events, now))
+}
+
+/// The messages that release the entity locks of `instance`'s execution,
+/// read from its stored history: for an end the replay did not see (a
+/// termination, a failure the host found).
+fn release_locks(inner: &Inner, instance: &Instance) -> anyhow::Result<Vec<(String, Message)>> {
+    let stored = inner.handle.block_on(inner.store.history(&instance.id))?;
+    let events: Vec<HistoryEvent> = stored.into_iter().map(|e| e.event).collect();
+    let locks = crate::entity::locks_held(&events);
+    let holder = crate::entity::LockHolder {
+        instance: instance.id.clone(),
+        execution: instance.execution_id.clone(),
+    };
+    Ok(crate::entity::unlocks(&locks, &holder))
 }
 
 /// Complete `commit` with the instance row after the episode and the events

@@ -1,0 +1,481 @@
+//! Durable entities over a real `duro serve`: signals from many clients
+//! applied exactly once (also across kill -9), orchestrations calling
+//! entities, critical sections that keep a total across concurrent
+//! transfers and crashes, locks released when their holder ends, failing
+//! operations that roll back, cleaning, and the errors a client gets.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::host::{Host, Reply};
+use crate::support::PATIENCE;
+
+const BASE: &str = "/runtime/webhooks/durabletask";
+
+/// The scenario's manifest plus the entity test guests and the
+/// orchestrations that use them.
+pub fn entity_manifest(dir: &Path) -> PathBuf {
+    let guests = duro_tests::TEST_GUESTS;
+    let entities = duro_tests::TEST_ENTITIES;
+    let mut extra = String::new();
+    for name in ["EntityCaller", "Transfer", "HoldLock", "Sequence"] {
+        extra.push_str(&format!(
+            "[[orchestration]]\nname = {name:?}\ncomponent = {guests:?}\n"
+        ));
+    }
+    for name in ["Counter", "Account", "Relay"] {
+        extra.push_str(&format!(
+            "[[entity]]\nname = {name:?}\ncomponent = {entities:?}\n"
+        ));
+    }
+    duro_tests::scenario_manifest(dir, &extra)
+}
+
+fn signal(host: &Host, entity: &str, op: &str, input: &Value) -> Reply {
+    host.post(
+        &format!("{BASE}/entities/{entity}?op={op}"),
+        &input.to_string(),
+    )
+}
+
+/// The state of `entity` once `done` holds for it (or the state then).
+fn state_when(host: &Host, entity: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let reply = host.poll(&format!("{BASE}/entities/{entity}"), |r| {
+        r.status == 200 && done(&r.json())
+    });
+    assert_eq!(reply.status, 200, "{entity}: {}", reply.body);
+    reply.json()
+}
+
+fn start(host: &Host, orchestration: &str, id: &str, input: &Value) {
+    let reply = host.post(
+        &format!("{BASE}/orchestrators/{orchestration}/{id}"),
+        &input.to_string(),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+}
+
+fn finished(host: &Host, id: &str) -> Value {
+    let reply = host.poll(&format!("{BASE}/instances/{id}"), |r| {
+        r.status == 200
+            && matches!(
+                r.json()["runtimeStatus"].as_str(),
+                Some("Completed" | "Failed" | "Terminated")
+            )
+    });
+    reply.json()
+}
+
+/// `total` signals of `add 1` from `clients` threads, each retried until
+/// acknowledged (a host being killed refuses some).
+fn hammer(address: &str, entity: &str, clients: usize, total: usize) {
+    let per_client = total / clients;
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            scope.spawn(|| {
+                for _ in 0..per_client {
+                    let path = format!("{BASE}/entities/{entity}?op=add");
+                    let reply = crate::host::try_request(address, "POST", &path, Some("1"), &[])
+                        .expect("the host answers");
+                    assert_eq!(reply.status, 202, "{}", reply.body);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn signals_from_64_clients_are_each_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let total: usize = std::env::var("DURO_ENTITY_SIGNALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+        / 64
+        * 64;
+    let started = Instant::now();
+    hammer(&host.address, "Counter/hits", 64, total);
+    let state = state_when(&host, "counter/hits", |s| s.as_i64() >= Some(total as i64));
+    assert_eq!(state, json!(total), "every signal applied exactly once");
+    eprintln!(
+        "{total} signals from 64 clients applied in {:?}",
+        started.elapsed()
+    );
+    // Nothing more arrives later.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        host.get(&format!("{BASE}/entities/counter/hits")).json(),
+        json!(total)
+    );
+    let details = host
+        .get(&format!("{BASE}/entities/counter/hits?showDetails=true"))
+        .json();
+    assert_eq!(details["operations"], json!(total));
+    assert_eq!(details["queued"], json!(0));
+}
+
+#[test]
+fn signals_survive_kill_9_and_are_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = entity_manifest(dir.path());
+    let database = dir.path().join("duro.db");
+    let mut acknowledged = 0usize;
+    for round in 0..5 {
+        let host = Host::start_with(&manifest, &database, &[]);
+        let address = host.address.clone();
+        let sender = std::thread::spawn(move || {
+            let mut sent = 0usize;
+            for _ in 0..400 {
+                let path = format!("{BASE}/entities/counter/crash?op=add");
+                match crate::host::try_request(&address, "POST", &path, Some("1"), &[]) {
+                    Ok(reply) if reply.status == 202 => sent += 1,
+                    _ => break,
+                }
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(150 + 50 * round));
+        host.kill();
+        acknowledged += sender.join().unwrap();
+    }
+    let host = Host::start_with(&manifest, &database, &[]);
+    // Signals sent but cut off before their 202 may have landed too; none
+    // acknowledged may be lost, and none applied twice.
+    let state = state_when(&host, "counter/crash", |s| {
+        s.as_i64() >= Some(acknowledged as i64)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = host
+        .get(&format!("{BASE}/entities/counter/crash?showDetails=true"))
+        .json();
+    assert!(
+        state.as_i64() >= Some(acknowledged as i64),
+        "{state} < {acknowledged}"
+    );
+    assert!(
+        settled["state"].as_i64().unwrap() <= acknowledged as i64 + 5,
+        "at most one cut-off signal per kill lands: {settled} vs {acknowledged}"
+    );
+    assert_eq!(
+        settled["state"],
+        json!(settled["operations"]),
+        "each applied once"
+    );
+}
+
+#[test]
+fn orchestrations_call_entities_and_get_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    for i in 0..20 {
+        start(
+            &host,
+            "EntityCaller",
+            &format!("caller-{i}"),
+            &json!({ "key": "shared", "times": 3 }),
+        );
+    }
+    let mut seen: Vec<i64> = Vec::new();
+    for i in 0..20 {
+        let status = finished(&host, &format!("caller-{i}"));
+        assert_eq!(status["runtimeStatus"], "Completed", "{status}");
+        let output: Vec<i64> = serde_json::from_value(status["output"].clone()).unwrap();
+        assert_eq!(output.len(), 4);
+        assert!(output[..3].windows(2).all(|w| w[0] < w[1]), "{output:?}");
+        assert_eq!(output[3], -1, "the failing operation's error came back");
+        seen.extend(&output[..3]);
+    }
+    // Signals (add 100) interleave with the calls; each call saw its own add.
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 60, "{seen:?}");
+    // The signals (add 100) each sent once; the failures changed nothing.
+    let state = state_when(&host, "counter/shared", |s| {
+        s.as_i64() == Some(60 + 20 * 100)
+    });
+    assert_eq!(state, json!(60 + 20 * 100));
+    assert_eq!(
+        host.get(&format!("{BASE}/entities/counter/fail-signals"))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn transfers_under_locks_keep_the_total_across_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = entity_manifest(dir.path());
+    let database = dir.path().join("duro.db");
+    let mut host = Host::start_with(&manifest, &database, &[]);
+    for a in 0..10 {
+        assert_eq!(
+            signal(&host, &format!("Account/a{a}"), "deposit", &json!(100)).status,
+            202
+        );
+    }
+    for a in 0..10 {
+        state_when(&host, &format!("account/a{a}"), |s| *s == json!(100));
+    }
+    for t in 0..50 {
+        let (from, to) = (t % 10, (t * 7 + 3) % 10);
+        let to = if to == from { (to + 1) % 10 } else { to };
+        start(
+            &host,
+            "Transfer",
+            &format!("transfer-{t}"),
+            &json!({ "from": format!("a{from}"), "to": format!("a{to}"), "amount": 30 + t }),
+        );
+    }
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        host.kill();
+        host = Host::start_with(&manifest, &database, &[]);
+    }
+    let mut moved = 0;
+    for t in 0..50 {
+        let status = finished(&host, &format!("transfer-{t}"));
+        assert_eq!(status["runtimeStatus"], "Completed", "{status}");
+        moved += status["output"]["moved"].as_bool().unwrap() as usize;
+    }
+    let total: i64 = (0..10)
+        .map(|a| {
+            host.get(&format!("{BASE}/entities/account/a{a}"))
+                .json()
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 1000, "no transfer half applied ({moved} moved)");
+    assert!(moved > 0);
+    for a in 0..10 {
+        let details = host
+            .get(&format!("{BASE}/entities/account/a{a}?showDetails=true"))
+            .json();
+        assert_eq!(details["lockedBy"], Value::Null, "{details}");
+        assert_eq!(details["queued"], json!(0), "{details}");
+    }
+}
+
+#[test]
+fn a_lock_held_by_a_terminated_orchestration_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    assert_eq!(
+        signal(&host, "Account/held", "deposit", &json!(50)).status,
+        202
+    );
+    start(&host, "HoldLock", "holder", &json!("held"));
+    let locked = host.poll(
+        &format!("{BASE}/entities/account/held?showDetails=true"),
+        |r| r.status == 200 && r.json()["lockedBy"] == json!("holder"),
+    );
+    assert_eq!(
+        locked.json()["lockedBy"],
+        json!("holder"),
+        "{}",
+        locked.body
+    );
+    // Operations from others wait for the lock.
+    assert_eq!(
+        signal(&host, "Account/held", "deposit", &json!(1)).status,
+        202
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = host
+        .get(&format!("{BASE}/entities/account/held?showDetails=true"))
+        .json();
+    assert_eq!(waiting["state"], json!(50), "{waiting}");
+    assert_eq!(waiting["queued"], json!(1), "{waiting}");
+    let reply = host.post(
+        &format!("{BASE}/instances/holder/terminate?reason=stop"),
+        "",
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let state = state_when(&host, "account/held", |s| *s == json!(51));
+    assert_eq!(
+        state,
+        json!(51),
+        "the waiting deposit ran once the lock was released"
+    );
+    let details = host
+        .get(&format!("{BASE}/entities/account/held?showDetails=true"))
+        .json();
+    assert_eq!(details["lockedBy"], Value::Null, "{details}");
+}
+
+#[test]
+fn failing_operations_roll_back_and_relays_signal_and_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    assert_eq!(signal(&host, "Counter/roll", "add", &json!(5)).status, 202);
+    assert_eq!(
+        signal(&host, "Counter/roll", "fail", &Value::Null).status,
+        202
+    );
+    assert_eq!(signal(&host, "Counter/roll", "add", &json!(1)).status, 202);
+    assert_eq!(
+        state_when(&host, "counter/roll", |s| *s == json!(6)),
+        json!(6)
+    );
+    // The failed operation's signal was dropped with it.
+    assert_eq!(
+        host.get(&format!("{BASE}/entities/counter/fail-signals"))
+            .status,
+        404
+    );
+
+    assert_eq!(
+        signal(
+            &host,
+            "Relay/r",
+            "forward",
+            &json!({ "to": "relayed", "amount": 7 })
+        )
+        .status,
+        202
+    );
+    assert_eq!(
+        state_when(&host, "counter/relayed", |s| *s == json!(7)),
+        json!(7)
+    );
+    assert_eq!(
+        signal(&host, "Relay/r", "start", &json!("started-by-entity")).status,
+        202
+    );
+    let started = host.poll(&format!("{BASE}/instances/started-by-entity"), |r| {
+        r.status == 200
+    });
+    assert_eq!(started.json()["name"], "Sequence", "{}", started.body);
+
+    // A spinning operation is stopped by the budget and fails alone.
+    assert_eq!(
+        signal(&host, "Counter/roll", "spin", &Value::Null).status,
+        202
+    );
+    assert_eq!(signal(&host, "Counter/roll", "add", &json!(1)).status, 202);
+    assert_eq!(
+        state_when(&host, "counter/roll", |s| *s == json!(7)),
+        json!(7)
+    );
+}
+
+#[test]
+fn entities_list_read_clean_and_refuse_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    for key in ["k1", "k2", "k3", "other"] {
+        assert_eq!(
+            signal(&host, &format!("Counter/{key}"), "add", &json!(1)).status,
+            202
+        );
+    }
+    state_when(&host, "counter/other", |s| *s == json!(1));
+    for key in ["k1", "k2", "k3"] {
+        state_when(&host, &format!("counter/{key}"), |s| *s == json!(1));
+    }
+    let pages = host.pages(
+        &format!("{BASE}/entities/counter?top=2&fetchState=true"),
+        10,
+    );
+    let keys: Vec<&str> = pages
+        .iter()
+        .flatten()
+        .map(|e| e["entityId"]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["k1", "k2", "k3", "other"]);
+    assert_eq!(pages.len(), 2, "two pages of two");
+    assert_eq!(pages[0][0]["state"], json!(1));
+    let prefixed = host
+        .get(&format!("{BASE}/entities/counter?keyPrefix=k"))
+        .json();
+    assert_eq!(prefixed.as_array().unwrap().len(), 3);
+    // Entities are not orchestration instances.
+    let instances = host.get(&format!("{BASE}/instances")).json();
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| !i["instanceId"].as_str().unwrap().starts_with('@')),
+        "{instances}"
+    );
+
+    // delete (built in), then clean removes the empty entity.
+    assert_eq!(
+        signal(&host, "Counter/k1", "delete", &Value::Null).status,
+        202
+    );
+    let gone = host.poll(&format!("{BASE}/entities/counter/k1"), |r| r.status == 404);
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let cleaned = host.post(&format!("{BASE}/entities/clean"), "");
+    assert_eq!(cleaned.status, 200, "{}", cleaned.body);
+    assert_eq!(cleaned.json()["emptyEntitiesRemoved"], json!(1));
+    let all = host
+        .get(&format!("{BASE}/entities?includeDeleted=true"))
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+
+    // Bad requests name their problem.
+    let unknown = signal(&host, "Nobody/x", "add", &json!(1));
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown.error().contains("no entity named `nobody`"),
+        "{}",
+        unknown.body
+    );
+    let no_op = host.post(&format!("{BASE}/entities/counter/x"), "1");
+    assert_eq!(no_op.status, 400);
+    assert!(no_op.error().contains("?op="), "{}", no_op.body);
+    let not_json = host.post(&format!("{BASE}/entities/counter/x?op=add"), "{nope");
+    assert_eq!(not_json.status, 400);
+    assert!(
+        not_json.error().contains("not valid JSON"),
+        "{}",
+        not_json.body
+    );
+    let at_name = host.post(&format!("{BASE}/entities/a@b/x?op=add"), "1");
+    assert_eq!(at_name.status, 400);
+    assert!(at_name.error().contains("`@`"), "{}", at_name.body);
+    let missing = host.get(&format!("{BASE}/entities/counter/never"));
+    assert_eq!(missing.status, 404);
+    // Orchestration operations refuse entity ids, and no orchestration
+    // may take one.
+    let raise = host.post(&format!("{BASE}/instances/@counter@k2/raiseEvent/x"), "1");
+    assert_eq!(raise.status, 400, "{}", raise.body);
+    assert!(
+        raise.error().contains("is an entity's id"),
+        "{}",
+        raise.body
+    );
+    let taken = host.post(&format!("{BASE}/orchestrators/Sequence/@counter@k9"), "1");
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    assert!(taken.error().contains("name entities"), "{}", taken.body);
+    let big = format!("\"{}\"", "a".repeat(3 << 19));
+    let too_big = host.post(&format!("{BASE}/entities/counter/x?op=add"), &big);
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    assert!(too_big.error().contains("bytes"), "{}", too_big.body);
+    let _ = PATIENCE;
+}

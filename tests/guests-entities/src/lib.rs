@@ -1,0 +1,106 @@
+//! Entities the end-to-end tests drive: `Counter` (add, get, reset, fail,
+//! spin), `Account` (a balance that refuses to go below zero), and `Relay`
+//! (passes what it is given to another entity and starts orchestrations).
+
+use duro_sdk::{EntityContext, EntityId, Error, Result};
+use serde::Deserialize;
+
+/// A number, or the JSON text of one: Durable Functions' clients send an
+/// operation's input serialized once more.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Number(i64),
+    Text(String),
+}
+
+impl Amount {
+    fn value(self) -> Result<i64> {
+        match self {
+            Amount::Number(n) => Ok(n),
+            Amount::Text(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| Error::msg(format!("{text:?} is not a number"))),
+        }
+    }
+}
+
+fn add(ctx: &mut EntityContext<i64>, amount: Amount) -> Result<i64> {
+    *ctx.state_mut() += amount.value()?;
+    Ok(*ctx.state())
+}
+
+fn get(ctx: &mut EntityContext<i64>, _: serde_json::Value) -> Result<i64> {
+    Ok(*ctx.state())
+}
+
+fn reset(ctx: &mut EntityContext<i64>, _: serde_json::Value) -> Result<()> {
+    ctx.set_state(0);
+    Ok(())
+}
+
+/// Changes the state, then fails: the change must not stay.
+fn fail(ctx: &mut EntityContext<i64>, _: serde_json::Value) -> Result<()> {
+    *ctx.state_mut() += 1_000_000;
+    ctx.signal_entity(&EntityId::new("Counter", "fail-signals"), "add", &1);
+    Err(Error::msg("this operation always fails"))
+}
+
+/// Runs until the host stops it.
+fn spin(_: &mut EntityContext<i64>, _: serde_json::Value) -> Result<()> {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn deposit(ctx: &mut EntityContext<i64>, amount: i64) -> Result<i64> {
+    let balance = *ctx.state() + amount;
+    if balance < 0 {
+        return Err(Error::msg(format!(
+            "insufficient funds: balance {} cannot pay {}",
+            ctx.state(),
+            -amount
+        )));
+    }
+    ctx.set_state(balance);
+    Ok(balance)
+}
+
+#[derive(Deserialize)]
+struct Forward {
+    to: String,
+    amount: i64,
+}
+
+/// Counts what passes, and signals `to` (a Counter key) with the amount.
+fn forward(ctx: &mut EntityContext<i64>, input: Forward) -> Result<i64> {
+    *ctx.state_mut() += 1;
+    ctx.signal_entity(&EntityId::new("Counter", &input.to), "add", &input.amount);
+    Ok(*ctx.state())
+}
+
+/// Starts the orchestration `Sequence` under the given id.
+fn start(ctx: &mut EntityContext<i64>, id: String) -> Result<String> {
+    *ctx.state_mut() += 1;
+    ctx.start_new_orchestration("Sequence", Some(&id), &serde_json::json!(3))
+}
+
+duro_sdk::export_entities! {
+    "Counter": i64 => {
+        "add" => add,
+        "get" => get,
+        "reset" => reset,
+        "fail" => fail,
+        "spin" => spin,
+    },
+    "Account": i64 => {
+        "deposit" => deposit,
+        "get" => get,
+    },
+    "Relay": i64 => {
+        "forward" => forward,
+        "start" => start,
+    },
+}
