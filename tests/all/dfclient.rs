@@ -48,7 +48,7 @@ fn the_durable_functions_python_client_drives_duro() {
     let python = venv();
     let dir = tempfile::tempdir().unwrap();
     // Behind an admin key, as a host reachable by others would be.
-    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let manifest = crate::entities::entity_manifest(dir.path());
     let host = Host::start_with(
         &manifest,
         &dir.path().join("duro.db"),
@@ -68,4 +68,8 @@ fn the_durable_functions_python_client_drives_duro() {
         "the Durable Functions client failed against duro:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok   signal_entity then read_entity_state"),
+        "{stdout}"
+    );
 }

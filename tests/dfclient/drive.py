@@ -4,7 +4,8 @@
 API when its binding's rpcBaseUrl points at duro's
 /runtime/webhooks/durabletask/. This script uses it as an app would: start,
 status, raise, list by filters, terminate, suspend, resume, restart and
-purge, against a running `duro serve` of the scenario app.
+purge, and signal_entity / read_entity_state, against a running `duro serve` of
+the scenario app with the test entities.
 
 Usage: python drive.py http://127.0.0.1:PORT [ADMIN_KEY]
 
@@ -23,7 +24,8 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
-from azure.durable_functions import DurableOrchestrationClient, OrchestrationRuntimeStatus
+from azure.durable_functions import (DurableOrchestrationClient, EntityId,
+                                     OrchestrationRuntimeStatus)
 
 
 def send_admin_key(key):
@@ -183,6 +185,27 @@ async def main(base):
           result.instances_deleted)
     left = await client.get_status_all()
     check("nothing is left", [s.instance_id for s in left] == [],
+          [s.instance_id for s in left])
+
+    # entities: signal_entity twice, then read_entity_state until both ran
+    counter = EntityId("Counter", "py")
+    await client.signal_entity(counter, "add", 5)
+    await client.signal_entity(counter, "add", 2)
+    deadline = time.monotonic() + 30
+    while True:
+        read = await client.read_entity_state(counter)
+        if (read.entity_exists and read.entity_state == 7) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    check("signal_entity then read_entity_state", read.entity_exists
+          and read.entity_state == 7, vars(read))
+    missing = await client.read_entity_state(EntityId("Counter", "py-never"))
+    check("read_entity_state of an entity without state", not missing.entity_exists,
+          vars(missing))
+    error = await expect_error(client.signal_entity(EntityId("NoSuchEntity", "x"), "add", 1))
+    check("signal_entity of an unknown entity raises", error is not None, error)
+    left = await client.get_status_all()
+    check("entities are not listed as instances", [s.instance_id for s in left] == [],
           [s.instance_id for s in left])
 
     print(f"{len(PASSED)} passed, {len(FAILED)} failed", flush=True)

@@ -336,7 +336,139 @@ contract!(
     a_schedule_changes_only_from_the_version_read,
     a_tick_starts_its_instance_with_the_schedule_and_once,
     a_buffered_tick_falls_due_when_the_last_run_ends,
+    a_message_creates_its_entity_once,
+    an_episode_sends_to_entities_and_starts_orchestrations,
+    entities_list_apart_and_purge_only_when_empty,
 );
+
+fn operation(name: &str) -> Message {
+    Message::EntityOperation {
+        operation: name.into(),
+        input: "1".into(),
+        caller: None,
+        holder: None,
+    }
+}
+
+/// Messages to an entity that has no row create it, once, whoever sends
+/// them (a client, or two at once), and it is ready to run them.
+fn a_message_creates_its_entity_once(t: &TestStore) {
+    let store = &t.store;
+    let other = t.another_host();
+    std::thread::scope(|scope| {
+        for host in [store, &other] {
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    host.enqueue("@counter@a", &operation("add")).unwrap();
+                }
+            });
+        }
+    });
+    let row = store.instance("@counter@a").unwrap().expect("created");
+    assert_eq!(
+        (row.name.as_str(), row.status, row.history_len),
+        ("counter", RuntimeStatus::Running, 0)
+    );
+    assert_eq!(store.load("@counter@a").unwrap().inbox.len(), 40);
+    assert_eq!(
+        store.claim_ready(10, now_millis() + 60_000).unwrap(),
+        ["@counter@a"]
+    );
+    // Not an entity's id, not created.
+    assert!(matches!(
+        store.enqueue("@broken", &operation("add")),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// An episode's messages to entities create them in its commit; its
+/// starts create orchestrations, and one whose id is taken is skipped
+/// without failing the commit.
+fn an_episode_sends_to_entities_and_starts_orchestrations(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("taken")).unwrap();
+    store.enqueue("@relay@r", &operation("go")).unwrap();
+    let loaded = store.load("@relay@r").unwrap();
+    let mut commit = episode(&loaded, RuntimeStatus::Running);
+    commit.new_events.clear();
+    commit.instance.history_len = 1;
+    commit.sent = vec![
+        ("@counter@x".into(), operation("add")),
+        ("@counter@x".into(), operation("add")),
+        ("gone".into(), operation("add")),
+    ];
+    commit.started = vec![instance("taken"), instance("fresh")];
+    assert!(store.commit_episodes(vec![commit])[0].is_ok());
+    assert_eq!(store.load("@counter@x").unwrap().inbox.len(), 2);
+    assert!(store.instance("gone").unwrap().is_none());
+    assert_eq!(store.load("fresh").unwrap().inbox.len(), 1, "started");
+    assert_eq!(store.instance("@relay@r").unwrap().unwrap().history_len, 1);
+}
+
+/// Entities list apart from orchestration instances, by name in key order
+/// from the id index; one is purged only at the version read and with
+/// nothing waiting.
+fn entities_list_apart_and_purge_only_when_empty(t: &TestStore) {
+    let store = &t.store;
+    store.create_instance(&instance("orchestration")).unwrap();
+    for key in ["b", "a", "c"] {
+        store
+            .enqueue(&format!("@counter@{key}"), &operation("add"))
+            .unwrap();
+    }
+    store.enqueue("@other@a", &operation("add")).unwrap();
+    let ids = |query: InstanceQuery| -> Vec<String> {
+        store
+            .list(&query)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    };
+    let all = InstanceQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(ids(all.clone()), ["orchestration"]);
+    let counters = InstanceQuery {
+        id_prefix: Some("@counter@".into()),
+        entities: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        ids(counters.clone()),
+        ["@counter@a", "@counter@b", "@counter@c"]
+    );
+    let every = InstanceQuery {
+        id_prefix: Some("@".into()),
+        entities: true,
+        ..all
+    };
+    assert_eq!(ids(every).len(), 4);
+    // Something waits: not purged.
+    assert!(
+        !t.store
+            .on(t.store.store.purge_entity("@counter@a", 0))
+            .unwrap()
+    );
+    let loaded = store.load("@counter@a").unwrap();
+    let mut commit = episode(&loaded, RuntimeStatus::Running);
+    commit.new_events.clear();
+    commit.instance.history_len = 1;
+    assert!(store.commit_episodes(vec![commit])[0].is_ok());
+    // An older version: not purged; the one read: purged.
+    assert!(
+        !t.store
+            .on(t.store.store.purge_entity("@counter@a", 0))
+            .unwrap()
+    );
+    assert!(
+        t.store
+            .on(t.store.store.purge_entity("@counter@a", 1))
+            .unwrap()
+    );
+    assert_eq!(ids(counters), ["@counter@b", "@counter@c"]);
+}
 
 /// A per-minute schedule's row, its next tick at `first`.
 fn schedule_row(name: &str, overlap: schedule::Overlap, first: Millis) -> ScheduleRow {

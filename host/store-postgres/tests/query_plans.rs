@@ -227,6 +227,14 @@ async fn every_statement_is_served_by_an_index() {
             },
         ),
         (
+            "the entities of one name",
+            InstanceQuery {
+                id_prefix: Some("@counter@".into()),
+                entities: true,
+                ..base.clone()
+            },
+        ),
+        (
             "continuation, newest first",
             InstanceQuery {
                 after: Some((5, "m".into())),

@@ -124,6 +124,15 @@ fn listing_cases() -> Vec<(&'static str, InstanceQuery, Allow)> {
             Allow::Searches,
         ),
         (
+            "list the entities of one name",
+            InstanceQuery {
+                id_prefix: Some("@counter@".into()),
+                entities: true,
+                ..Default::default()
+            },
+            Allow::Searches,
+        ),
+        (
             "list by id prefix",
             InstanceQuery {
                 id_prefix: Some("order-".into()),
