@@ -479,3 +479,111 @@ fn entities_list_read_clean_and_refuse_bad_requests() {
     assert!(too_big.error().contains("bytes"), "{}", too_big.body);
     let _ = PATIENCE;
 }
+
+/// Two hosts on one PostgreSQL database: signals from 64 clients through
+/// both land once each, and transfers under locks keep their total while
+/// one host is killed and the other takes its leases over.
+#[test]
+fn two_hosts_on_postgres_share_entities_and_survive_one_killed() {
+    let Some(database) = crate::support::postgres_database("entities") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = entity_manifest(dir.path());
+    let serve = || Host::start_with(&manifest, Path::new(&database), &["--lease-ttl-ms", "1000"]);
+    let (doomed, survivor) = (serve(), serve());
+    let total = 6_400;
+    std::thread::scope(|scope| {
+        for host in [&doomed, &survivor] {
+            scope.spawn(|| hammer(&host.address, "Counter/shared", 32, total / 2));
+        }
+    });
+    for a in 0..10 {
+        assert_eq!(
+            signal(&survivor, &format!("Account/a{a}"), "deposit", &json!(100)).status,
+            202
+        );
+    }
+    for a in 0..10 {
+        state_when(&survivor, &format!("account/a{a}"), |s| *s == json!(100));
+    }
+    for t in 0..30 {
+        let host = if t % 2 == 0 { &doomed } else { &survivor };
+        let (from, to) = (t % 10, (t * 3 + 1) % 10);
+        let to = if to == from { (to + 1) % 10 } else { to };
+        start(
+            host,
+            "Transfer",
+            &format!("pg-transfer-{t}"),
+            &json!({ "from": format!("a{from}"), "to": format!("a{to}"), "amount": 25 }),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    doomed.kill();
+    let state = state_when(&survivor, "counter/shared", |s| {
+        s.as_i64() >= Some(total as i64)
+    });
+    assert_eq!(state, json!(total), "each signal applied once");
+    for t in 0..30 {
+        let status = finished(&survivor, &format!("pg-transfer-{t}"));
+        assert_eq!(status["runtimeStatus"], "Completed", "{status}");
+    }
+    let balances: i64 = (0..10)
+        .map(|a| {
+            survivor
+                .get(&format!("{BASE}/entities/account/a{a}"))
+                .json()
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(balances, 1000, "no transfer half applied");
+}
+
+/// A hundred orchestrations call one entity on a runtime that keeps no
+/// instance warm (every episode replays its history): each gets its own
+/// results, and each history replays on its component without divergence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_calls_replay_to_the_same_results_without_the_warm_cache() {
+    use duro::model::RuntimeStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = crate::support::cold_runtime(dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let input = json!({ "key": "replayed", "times": 2 });
+        ids.push(
+            rt.start_new("EntityCaller", Some(format!("cold-{i}")), &input)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seen: Vec<i64> = Vec::new();
+    for id in &ids {
+        let done = crate::support::wait_status(&rt, id, RuntimeStatus::Completed).await;
+        let output: Vec<i64> = serde_json::from_str(done.output.as_deref().unwrap()).unwrap();
+        assert_eq!(output[2], -1, "{output:?}");
+        seen.extend(&output[..2]);
+        let replayed = rt
+            .replay_check(id, duro_tests::guest_bytes(duro_tests::TEST_GUESTS))
+            .await
+            .unwrap();
+        assert!(replayed.is_ok(), "{id}: {replayed:?}");
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 200, "every call saw its own add");
+    let counter = duro::runtime::Runtime::entity_id("Counter", "replayed").unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let state = rt.entity(&counter).await.unwrap().and_then(|e| e.state);
+        if state.as_deref() == Some("10200") || std::time::Instant::now() > deadline {
+            assert_eq!(
+                state.as_deref(),
+                Some("10200"),
+                "200 adds and 100 signals of 100"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use duro::model::{Instance, RuntimeStatus};
 use duro::runtime::{Runtime, RuntimeConfig};
-use duro_tests::{COMPILE_CACHE, SCENARIO, TEST_ACTIVITIES, TEST_GUESTS, guest_bytes};
+use duro_tests::{
+    COMPILE_CACHE, SCENARIO, TEST_ACTIVITIES, TEST_ENTITIES, TEST_GUESTS, guest_bytes,
+};
 
 /// Long enough for a debug build under load; tests poll, never sleep this long.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -41,7 +43,12 @@ pub const TEST_NAMES: &[&str] = &[
     "Timers",
     "Monitor",
     "HttpCaller",
+    "EntityCaller",
+    "Transfer",
+    "HoldLock",
 ];
+
+pub const ENTITY_NAMES: &[&str] = &["Counter", "Account", "Relay"];
 
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];
 
@@ -78,6 +85,10 @@ async fn runtime_with(dir: &Path, warm_instances: usize) -> Runtime {
         .register_activities(guest_bytes(TEST_ACTIVITIES), ACTIVITY_NAMES)
         .await
         .expect("test activities register");
+    runtime
+        .register_entities(guest_bytes(TEST_ENTITIES), ENTITY_NAMES)
+        .await
+        .expect("test entities register");
     runtime.open_activities();
     runtime
 }
