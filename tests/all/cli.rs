@@ -100,6 +100,28 @@ fn serve_refuses_a_component_that_does_not_fit_its_world() {
             ),
             "is not a duro orchestration",
         ),
+        (
+            format!(
+                "[[entity]]\nname = \"Counter\"\ncomponent = {:?}\n",
+                duro_tests::SCENARIO
+            ),
+            "is not a duro entity",
+        ),
+        (
+            format!(
+                "[[entity]]\nname = \"a@b\"\ncomponent = {:?}\n",
+                duro_tests::TEST_ENTITIES
+            ),
+            "entity `a@b`: the entity name \"a@b\" contains `@`",
+        ),
+        (
+            format!(
+                "[[entity]]\nname = \"Counter\"\ncomponent = {e:?}\n\
+                 [[entity]]\nname = \"counter\"\ncomponent = {e:?}\n",
+                e = duro_tests::TEST_ENTITIES
+            ),
+            "entity `counter` is declared twice (entity names ignore case)",
+        ),
     ];
     for (manifest, expected) in cases {
         let path = dir.path().join("bad.toml");

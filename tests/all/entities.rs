@@ -587,3 +587,59 @@ async fn entity_calls_replay_to_the_same_results_without_the_warm_cache() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[test]
+fn the_cli_signals_reads_lists_and_cleans_entities() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let (ok, out, err) = duro(
+        &host,
+        &["entity", "signal", "Counter", "cli", "add", "--input", "4"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "signaled add to counter/cli");
+    state_when(&host, "counter/cli", |s| *s == json!(4));
+    let (ok, out, err) = duro(&host, &["entity", "get", "Counter", "cli"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("state       4") && out.contains("locked by   -"),
+        "{out}"
+    );
+    let (ok, out, _) = duro(&host, &["--json", "entity", "list", "counter"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["entityId"]["key"], "cli", "{listed}");
+    assert_eq!(listed[0]["state"], json!(4), "{listed}");
+    let (ok, out, _) = duro(&host, &["entity", "list"]);
+    assert!(
+        ok && out.contains("ENTITY") && out.contains("counter"),
+        "{out}"
+    );
+    let (ok, out, _) = duro(&host, &["entity", "clean"]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        "removed 0 empty entities, released 0 orphaned locks"
+    );
+    // Bad input: a clear message and a non-zero exit.
+    let (ok, _, err) = duro(
+        &host,
+        &["entity", "signal", "Counter", "cli", "add", "--input", "{x"],
+    );
+    assert!(
+        !ok && err.contains("--input") && err.contains("not JSON"),
+        "{err}"
+    );
+    let (ok, _, err) = duro(&host, &["entity", "signal", "Nobody", "x", "add"]);
+    assert!(
+        !ok && err.contains("400") && err.contains("no entity named `nobody`"),
+        "{err}"
+    );
+    let (ok, _, err) = duro(&host, &["entity", "get", "Counter", "never"]);
+    assert!(!ok && err.contains("404"), "{err}");
+}

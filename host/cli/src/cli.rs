@@ -303,6 +303,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::schedule_cli::ScheduleCommand,
     },
+    /// Durable entities: signal, get, list, clean.
+    Entity {
+        #[command(subcommand)]
+        command: crate::entity_cli::EntityCommand,
+    },
     /// Start an instance again with its original input.
     Restart {
         /// Instance id.
@@ -587,6 +592,7 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             Ok(())
         }
         Command::Schedule { command } => crate::schedule_cli::run(&client, cli.json, command).await,
+        Command::Entity { command } => crate::entity_cli::run(&client, cli.json, command).await,
         Command::Purge {
             id,
             from,

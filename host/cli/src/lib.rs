@@ -21,6 +21,7 @@ pub mod dashboard;
 pub mod database;
 pub mod deploy;
 pub mod entities_api;
+pub mod entity_cli;
 pub mod fill;
 pub mod listen;
 pub mod manifest;
