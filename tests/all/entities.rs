@@ -30,6 +30,11 @@ pub fn entity_manifest(dir: &Path) -> PathBuf {
             "[[entity]]\nname = {name:?}\ncomponent = {entities:?}\n"
         ));
     }
+    extra.push_str(&format!(
+        "[[http]]\nname = \"Entities\"\nroute = \"/entities\"\nmethods = [\"GET\", \"POST\"]\n\
+         component = {:?}\n",
+        duro_tests::TEST_GUESTS_HTTP
+    ));
     duro_tests::scenario_manifest(dir, &extra)
 }
 
@@ -642,4 +647,31 @@ fn the_cli_signals_reads_lists_and_cleans_entities() {
     );
     let (ok, _, err) = duro(&host, &["entity", "get", "Counter", "never"]);
     assert!(!ok && err.contains("404"), "{err}");
+}
+
+/// An HTTP function's durable client signals, reads and lists entities.
+#[test]
+fn http_functions_signal_read_and_list_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
+    let signaled = host.post("/entities?op=signal&name=Counter&key=fn&operation=add", "9");
+    assert_eq!(signaled.status, 200, "{}", signaled.body);
+    let read = host.poll("/entities?op=read&name=counter&key=fn", |r| r.body == "9");
+    assert_eq!(read.json(), json!(9), "{}", read.body);
+    let never = host.get("/entities?op=read&name=counter&key=never");
+    assert_eq!(never.json(), Value::Null);
+    let listed = host.get("/entities?op=list&name=Counter").json();
+    assert_eq!(listed["entities"][0]["key"], "fn", "{listed}");
+    assert_eq!(listed["entities"][0]["state"], json!(9), "{listed}");
+    let unknown = host.post("/entities?op=signal&name=Nobody&key=x&operation=add", "1");
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    assert!(
+        unknown.body.contains("no entity named `nobody`"),
+        "{}",
+        unknown.body
+    );
 }

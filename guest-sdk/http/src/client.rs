@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::duro::workflow::client as host;
+use crate::bindings::duro::workflow::entities;
 use crate::bindings::duro::workflow::schedules;
 
 /// Lifecycle state of an instance, named as in Durable Functions.
@@ -601,6 +602,124 @@ impl DurableClient {
     ) -> Result<Option<String>, ClientError> {
         Ok(schedules::trigger_schedule(name, reason)?)
     }
+
+    /// Send `operation` with `input` to the entity `name`/`key`, one way:
+    /// durable when this returns (the entity is created by its first
+    /// operation).
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// client.signal_entity("Counter", "apples", "add", &1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn signal_entity<T: Serialize>(
+        &self,
+        name: &str,
+        key: &str,
+        operation: &str,
+        input: &T,
+    ) -> Result<(), ClientError> {
+        Ok(entities::signal_entity(
+            name,
+            key,
+            operation,
+            &to_json(input)?,
+        )?)
+    }
+
+    /// The state of the entity `name`/`key`, or `None` if it has none.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let count = client.read_entity_state("Counter", "apples")?.unwrap_or_default();
+    /// # Ok(()) }
+    /// ```
+    pub fn read_entity_state(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        entities::read_entity_state(name, key)?
+            .map(|state| from_host_json(&state))
+            .transpose()
+    }
+
+    /// One page of the entities of `name` (every entity when `None`) whose
+    /// key starts with `key_prefix`, in key order, with their state: pass
+    /// the page's `continuation` back for the next.
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient) -> Result<(), duro_http::ClientError> {
+    /// let page = client.list_entities(Some("Counter"), None, Some(50), None)?;
+    /// for entity in &page.entities {
+    ///     println!("{} = {:?}", entity.key, entity.state);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn list_entities(
+        &self,
+        name: Option<&str>,
+        key_prefix: Option<&str>,
+        page_size: Option<u32>,
+        continuation: Option<&str>,
+    ) -> Result<EntityPage, ClientError> {
+        let page = entities::list_entities(name, key_prefix, page_size, continuation)?;
+        Ok(EntityPage {
+            entities: page
+                .entities
+                .into_iter()
+                .map(|e| {
+                    Ok(EntityStatus {
+                        name: e.name,
+                        key: e.key,
+                        state: e.state.as_deref().map(from_host_json).transpose()?,
+                        locked_by: e.locked_by,
+                        queued: e.queued,
+                        last_operation_time: e.last_operation_time,
+                    })
+                })
+                .collect::<Result<_, ClientError>>()?,
+            continuation: page.continuation,
+        })
+    }
+}
+
+/// An entity as [`DurableClient::list_entities`] finds it.
+///
+/// ```
+/// let e = duro_http::EntityStatus { name: "counter".into(), key: "a".into(),
+///     state: Some(serde_json::json!(3)), locked_by: None, queued: 0, last_operation_time: 0 };
+/// assert_eq!(e.state, Some(serde_json::json!(3)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityStatus {
+    /// The name, lowercase.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// Its state.
+    pub state: Option<serde_json::Value>,
+    /// The orchestration instance holding its lock, if one does.
+    pub locked_by: Option<String>,
+    /// Operations and lock requests waiting for the lock.
+    pub queued: u32,
+    /// When its last operation ran (ms since the epoch).
+    pub last_operation_time: u64,
+}
+
+/// One page of entities.
+///
+/// ```
+/// let page = duro_http::EntityPage { entities: vec![], continuation: None };
+/// assert!(page.entities.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityPage {
+    /// The entities.
+    pub entities: Vec<EntityStatus>,
+    /// Pass it back for the next page; none on the last one.
+    pub continuation: Option<String>,
 }
 
 /// JSON the host wrote.

@@ -31,7 +31,8 @@ mod client;
 mod handler;
 
 pub use client::{
-    ClientError, DurableClient, InstancePage, InstanceQuery, InstanceStatus, RuntimeStatus, rfc3339,
+    ClientError, DurableClient, EntityPage, EntityStatus, InstancePage, InstanceQuery,
+    InstanceStatus, RuntimeStatus, rfc3339,
 };
 pub use handler::{Request, Response};
 

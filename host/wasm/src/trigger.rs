@@ -22,7 +22,11 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "trigger",
         path: "../../guest-sdk/wit",
-        imports: { "duro:workflow/client": async, "duro:workflow/schedules": async },
+        imports: {
+            "duro:workflow/client": async,
+            "duro:workflow/schedules": async,
+            "duro:workflow/entities": async,
+        },
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
@@ -35,6 +39,7 @@ mod bindings {
 }
 
 use bindings::duro::workflow::client as wit;
+use bindings::duro::workflow::entities as entities_wit;
 
 /// Header naming the function a request is for.
 pub const FUNCTION_HEADER: &str = "duro-function";
@@ -64,6 +69,8 @@ impl Triggers {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         bindings::duro::workflow::schedules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        bindings::duro::workflow::entities::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         wit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -289,6 +296,9 @@ fn client_error(e: RuntimeError) -> wit::ClientError {
         RuntimeError::NotFinished { .. } => wit::ClientError::InvalidArgument(message),
         RuntimeError::UnknownOrchestration(_) => wit::ClientError::UnknownOrchestration(message),
         RuntimeError::TooLarge(_)
+        | RuntimeError::InvalidEntityId(_)
+        | RuntimeError::UnknownEntity(_)
+        | RuntimeError::EntityInstance(_)
         | RuntimeError::InvalidSchedule(_)
         | RuntimeError::ScheduleFromManifest(_) => wit::ClientError::InvalidArgument(message),
         RuntimeError::NoSchedule(_) => wit::ClientError::NotFound(message),
@@ -472,6 +482,68 @@ impl wit::Host for TriggerState {
 
     async fn purge(&mut self, instance_id: String) -> Result<bool, wit::ClientError> {
         self.runtime.purge(&instance_id).await.map_err(client_error)
+    }
+}
+
+impl bindings::duro::workflow::entities::Host for TriggerState {
+    async fn signal_entity(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+    ) -> Result<(), wit::ClientError> {
+        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
+        let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
+            wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
+        })?;
+        self.runtime
+            .signal_entity(&id, &operation, &input)
+            .await
+            .map_err(client_error)
+    }
+
+    async fn read_entity_state(
+        &mut self,
+        name: String,
+        key: String,
+    ) -> Result<Option<String>, wit::ClientError> {
+        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
+        let entity = self.runtime.entity(&id).await.map_err(client_error)?;
+        Ok(entity.and_then(|e| e.state))
+    }
+
+    async fn list_entities(
+        &mut self,
+        name: Option<String>,
+        key_prefix: Option<String>,
+        page_size: Option<u32>,
+        continuation: Option<String>,
+    ) -> Result<entities_wit::EntityPage, wit::ClientError> {
+        if let Some(name) = &name {
+            Runtime::entity_id(name, "k").map_err(client_error)?;
+        }
+        let limit = page_size.unwrap_or(100).clamp(1, 1000) as usize;
+        let (found, continuation) = self
+            .runtime
+            .list_entities(name.as_deref(), key_prefix.as_deref(), continuation, limit)
+            .await
+            .map_err(client_error)?;
+        Ok(entities_wit::EntityPage {
+            entities: found
+                .into_iter()
+                .filter(|e| e.state.is_some())
+                .map(|e| entities_wit::EntityStatus {
+                    name: e.id.name,
+                    key: e.id.key,
+                    state: e.state,
+                    locked_by: e.locked_by,
+                    queued: e.queued as u32,
+                    last_operation_time: e.last_operation_at,
+                })
+                .collect(),
+            continuation,
+        })
     }
 }
 

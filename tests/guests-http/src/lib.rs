@@ -58,6 +58,44 @@ duro_http::export_http_functions! {
     "Sleep" => sleep,
     "Variable" => variable,
     "Schedules" => schedules,
+    "Entities" => entities,
+}
+
+/// The durable client's entity calls, one per `?op=`: `signal` (`?name=`,
+/// `?key=`, `?operation=`, the body is the input), `read` (`?name=`,
+/// `?key=`), `list` (`?name=`, `?prefix=`); answers what the call returned,
+/// or the error with its status.
+fn entities(req: &Request, client: &DurableClient) -> Response {
+    let (name, key) = (
+        req.query("name").unwrap_or_default(),
+        req.query("key").unwrap_or_default(),
+    );
+    let done = match req.query("op").unwrap_or_default() {
+        "signal" => req
+            .json::<serde_json::Value>()
+            .map_err(|e| duro_http::ClientError::InvalidArgument(e.to_string()))
+            .and_then(|input| {
+                let operation = req.query("operation").unwrap_or_default();
+                client.signal_entity(name, key, operation, &input)
+            })
+            .map(|()| json!("signaled")),
+        "read" => client
+            .read_entity_state(name, key)
+            .map(|state| json!(state)),
+        "list" => client
+            .list_entities(
+                Some(name).filter(|n| !n.is_empty()),
+                req.query("prefix"),
+                None,
+                None,
+            )
+            .map(|page| json!(page)),
+        other => return Response::json(404, &json!(format!("no op {other}"))),
+    };
+    match done {
+        Ok(value) => Response::json(200, &value),
+        Err(e) => Response::json(e.http_status(), &json!({ "error": e.to_string() })),
+    }
 }
 
 /// The durable client's schedule calls, one per `?op=`: `create` (the body
