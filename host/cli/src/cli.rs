@@ -154,6 +154,14 @@ enum Command {
         /// may have waiting; past it a sender gets 429.
         #[arg(long, env = "DURO_MAX_INBOX_MESSAGES", default_value_t = duro_core::store::DEFAULT_MAX_INBOX)]
         max_inbox_messages: usize,
+        /// Most operations that may wait for a locked entity (kept in its
+        /// record); past it an operation fails (a caller gets the error, a
+        /// signal is dropped and logged).
+        #[arg(long, env = "DURO_MAX_ENTITY_QUEUE", default_value_t = 1_000)]
+        max_entity_queue: usize,
+        /// Most bytes of input those waiting operations may hold together.
+        #[arg(long, env = "DURO_MAX_ENTITY_QUEUE_BYTES", default_value_t = 8 << 20)]
+        max_entity_queue_bytes: usize,
         /// A file of variable values: TOML (`name = "value"`, for a `.toml`
         /// file) or dotenv (`NAME=VALUE`). Overrides DURO_VAR_<NAME>.
         #[arg(long = "variables", env = "DURO_VARIABLES_FILE", value_name = "FILE")]
@@ -407,6 +415,8 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
             max_payload_bytes,
             max_history_events,
             max_inbox_messages,
+            max_entity_queue,
+            max_entity_queue_bytes,
             variables_file,
             var,
             ca_file,
@@ -435,6 +445,10 @@ pub async fn run(cli: Cli, trace_link: Arc<dyn crate::trace::TraceLink>) -> anyh
                 limits: crate::runtime::Limits {
                     max_payload_bytes,
                     max_history_events,
+                    entity_queue: duro_core::entity::QueueLimits {
+                        operations: max_entity_queue,
+                        bytes: max_entity_queue_bytes,
+                    },
                 },
                 max_inbox: max_inbox_messages,
                 variables: crate::variables::supplied(variables_file.as_deref(), &var)?,

@@ -177,6 +177,25 @@ impl EntityRecord {
     }
 }
 
+/// How much may wait for an entity's lock in its record: the record is
+/// rewritten by every episode of the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most operations waiting.
+    pub operations: usize,
+    /// Most bytes of their inputs together.
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            operations: 1_000,
+            bytes: 8 << 20,
+        }
+    }
+}
+
 /// One operation to run on an entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
@@ -194,18 +213,22 @@ pub struct Operation {
 /// through with `run` (which changes `state` only if the operation
 /// succeeds, and returns its result or error), take and pass on lock
 /// requests, release locks, and defer what waits for the lock into the
-/// record. Answers to callers and lock requests passed on are added to
-/// `sent` as (instance id, message).
+/// record, within `limits`: an operation past them fails (its caller gets
+/// the error; a signal is dropped and counted in the result). Answers to
+/// callers and lock requests passed on are added to `sent` as (instance
+/// id, message). Returns how many signals were dropped.
 pub fn process(
     record: &mut EntityRecord,
     inbox: Vec<Message>,
     at: Millis,
+    limits: QueueLimits,
     mut run: impl FnMut(&mut Option<String>, &Operation) -> Result<String, String>,
     sent: &mut Vec<(String, Message)>,
-) {
+) -> usize {
     let mut pending: VecDeque<Message> = std::mem::take(&mut record.queue).into();
     pending.extend(inbox);
     let mut deferred: Vec<Message> = Vec::new();
+    let mut dropped = 0;
     while let Some(message) = pending.pop_front() {
         match message {
             Message::EntityOperation {
@@ -215,7 +238,26 @@ pub fn process(
                 ref holder,
             } => {
                 if record.lock.is_some() && record.lock.as_ref() != holder.as_deref() {
-                    deferred.push(message);
+                    let (operations, bytes) = queued(&deferred);
+                    if operations < limits.operations && bytes + input.len() <= limits.bytes {
+                        deferred.push(message);
+                        continue;
+                    }
+                    let refusal = format!(
+                        "operation `{operation}` refused: the entity is locked and {operations} \
+                         operations ({bytes} bytes of input) wait for it, as many as it may hold"
+                    );
+                    match caller {
+                        Some(caller) => sent.push((
+                            caller.instance.clone(),
+                            Message::EntityDone {
+                                task: caller.task,
+                                execution: caller.execution.clone(),
+                                result: Err(refusal),
+                            },
+                        )),
+                        None => dropped += 1,
+                    }
                     continue;
                 }
                 let operation = Operation {
@@ -299,6 +341,18 @@ pub fn process(
         }
     }
     record.queue = deferred;
+    dropped
+}
+
+/// Operations waiting in `queue`, and the bytes of their inputs.
+fn queued(queue: &[Message]) -> (usize, usize) {
+    queue
+        .iter()
+        .filter_map(|m| match m {
+            Message::EntityOperation { input, .. } => Some(input.len()),
+            _ => None,
+        })
+        .fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
 }
 
 /// The entities of a lock request in the one order every request takes
@@ -402,6 +456,10 @@ mod tests {
             record,
             inbox,
             5,
+            QueueLimits {
+                operations: 3,
+                bytes: 100,
+            },
             |state, operation| {
                 ran.push(operation.name.clone());
                 if operation.name == "fail" {
@@ -442,6 +500,40 @@ mod tests {
         let (ran, _) = run_all(&mut record, vec![Message::EntityUnlock { holder: h }]);
         assert_eq!(ran, ["add"], "the deferred one runs on release");
         assert!(record.queue.is_empty() && record.lock.is_none());
+    }
+
+    #[test]
+    fn operations_past_the_queue_limit_fail_and_signals_are_counted() {
+        let h = holder("o");
+        let mut record = EntityRecord::default();
+        let call = Message::EntityOperation {
+            operation: "add".into(),
+            input: "1".into(),
+            caller: Some(Box::new(ParentCall {
+                instance: "caller".into(),
+                execution: "e".into(),
+                task: 3,
+            })),
+            holder: None,
+        };
+        let mut inbox = vec![lock(&h, &["@a@1"], 0)];
+        inbox.extend(std::iter::repeat_n(op("add", None), 4));
+        inbox.push(call);
+        let mut sent = Vec::new();
+        let dropped = process(
+            &mut record,
+            inbox,
+            5,
+            QueueLimits {
+                operations: 3,
+                bytes: 100,
+            },
+            |_, _| Ok("null".into()),
+            &mut sent,
+        );
+        assert_eq!((dropped, record.queue.len()), (1, 3));
+        assert!(sent.iter().any(|(to, m)| to == "caller"
+            && matches!(m, Message::EntityDone { result: Err(e), .. } if e.contains("refused"))));
     }
 
     #[test]

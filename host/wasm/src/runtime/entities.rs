@@ -125,7 +125,21 @@ pub(super) fn episode(
     let messages: Vec<Message> = inbox.into_iter().map(|entry| entry.message).collect();
     let mut sent = Vec::new();
     let operations_before = record.operations;
-    crate::entity::process(&mut record, messages, now, run, &mut sent);
+    let dropped = crate::entity::process(
+        &mut record,
+        messages,
+        now,
+        limits.entity_queue,
+        run,
+        &mut sent,
+    );
+    if dropped > 0 {
+        tracing::warn!(
+            entity = %id,
+            "{dropped} signals dropped: the entity is locked and its queue is full \
+             (--max-entity-queue, --max-entity-queue-bytes)"
+        );
+    }
     if let Some(trouble) = trouble {
         return Err(trouble.into());
     }

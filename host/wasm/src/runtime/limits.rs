@@ -16,6 +16,8 @@ pub struct Limits {
     /// a workflow at 51,200 events for the same reason: a history replayed
     /// on every cold episode must stay bounded).
     pub max_history_events: u64,
+    /// What may wait for a locked entity, in its record.
+    pub entity_queue: crate::entity::QueueLimits,
 }
 
 impl Default for Limits {
@@ -23,6 +25,7 @@ impl Default for Limits {
         Limits {
             max_payload_bytes: 1 << 20,
             max_history_events: 50_000,
+            entity_queue: Default::default(),
         }
     }
 }
@@ -75,11 +78,18 @@ impl Limits {
             .map(|(_, name, input, _)| ("the input of activity", Some(name), input));
         let children = (episode.new_children.iter())
             .map(|(_, name, _, input)| ("the input of sub-orchestration", Some(name), input));
+        let operations = (episode.sent.iter()).filter_map(|(to, message)| match message {
+            crate::model::Message::EntityOperation { input, .. } => {
+                Some(("the input of an operation on entity", Some(to), input))
+            }
+            _ => None,
+        });
         let oversized = (outcome
             .into_iter()
             .chain(custom)
             .chain(activities)
-            .chain(children))
+            .chain(children)
+            .chain(operations))
         .find(|(_, _, payload)| payload.len() > self.max_payload_bytes);
         if let Some((what, whose, payload)) = oversized {
             let what = match whose {
@@ -117,12 +127,18 @@ mod tests {
             new_activities: Vec::new(),
             new_children: Vec::new(),
             unprocessed_events: Vec::new(),
+            sent: Vec::new(),
+            locks: Vec::new(),
         }
     }
 
     const SMALL: Limits = Limits {
         max_payload_bytes: 10,
         max_history_events: 5,
+        entity_queue: crate::entity::QueueLimits {
+            operations: 1,
+            bytes: 10,
+        },
     };
 
     #[test]
