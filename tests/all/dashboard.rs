@@ -474,3 +474,84 @@ async fn the_dashboard_pauses_resumes_and_triggers_schedules() {
     screenshot(&client, "10-scheduled-instance").await;
     client.close().await.unwrap();
 }
+
+/// The entity pages in a real browser: the list with state and lock
+/// holder, and an entity's page with its state and what waits for its
+/// lock, linked to the orchestration that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_entities_their_lock_and_queue() {
+    let Some(driver) = driver() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::entities::entity_manifest(dir.path());
+    let host = Host::start_with(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &["--admin-key", KEY],
+    );
+    let key = [("authorization", &*format!("Bearer {KEY}"))];
+    // The entity routes are behind the admin key like the rest.
+    assert_eq!(host.get(&format!("{API}/entities")).status, 401);
+    let post = |path: &str, body: &str| {
+        let reply = host.request("POST", &format!("{API}{path}"), Some(body), &key);
+        assert_eq!(reply.status, 202, "{path}: {}", reply.body);
+    };
+    post("/entities/Account/shown?op=deposit", "40");
+    post("/orchestrators/HoldLock/holder-ui", "\"shown\"");
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while host
+        .request(
+            "GET",
+            &format!("{API}/entities/account/shown?showDetails=true"),
+            None,
+            &key,
+        )
+        .json()["lockedBy"]
+        != "holder-ui"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was not taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    post("/entities/Account/shown?op=deposit", "2");
+    let base = format!("http://{}/dashboard/?code={KEY}", host.address);
+    let client = browser(&driver).await;
+    client.goto(&format!("{base}#/entities")).await.unwrap();
+    until(
+        &client,
+        "the entity, locked",
+        r##"document.querySelector('tr[data-entity="account/shown"]')
+           && document.querySelector('tr[data-entity="account/shown"]').textContent.includes("holder-ui")"##,
+    )
+    .await;
+    screenshot(&client, "11-entities").await;
+    click(&client, r##"tr[data-entity="account/shown"] a"##).await;
+    until(
+        &client,
+        "the entity's page: state, holder, the waiting deposit",
+        r##"document.getElementById("entity-state")
+           && document.getElementById("entity-state").textContent.trim() === "40"
+           && document.getElementById("entity-locked-by")
+           && document.getElementById("entity-locked-by").textContent === "holder-ui"
+           && document.getElementById("entity-queue").textContent.includes("deposit")"##,
+    )
+    .await;
+    screenshot(&client, "12-entity").await;
+    post("/instances/holder-ui/raiseEvent/Release", "null");
+    until(
+        &client,
+        "the deposit ran once the lock was released",
+        r##"document.getElementById("entity-state").textContent.trim() === "42"
+           && document.getElementById("entity-summary").textContent.includes("nobody")"##,
+    )
+    .await;
+    click(&client, "#back-entities").await;
+    until(
+        &client,
+        "back to the list",
+        r##"document.querySelector('tr[data-entity="account/shown"]')"##,
+    )
+    .await;
+    client.close().await.unwrap();
+}

@@ -62,7 +62,11 @@ impl Checker {
 #[test]
 fn real_responses_match_the_openapi_document() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path());
+    let host = Host::start_with(
+        &crate::entities::entity_manifest(dir.path()),
+        &dir.path().join("duro.db"),
+        &[],
+    );
     let document = host.get(&format!("{API}/openapi.json"));
     assert_eq!(document.status, 200);
     let mut api = Checker {
@@ -282,6 +286,33 @@ fn real_responses_match_the_openapi_document() {
         assert_eq!(reply.status, status, "{}", reply.body);
         api.check("delete", &one, &reply);
     }
+
+    let entity = format!("{API}/entities/{{name}}/{{key}}");
+    for (path, body, status) in [
+        ("/entities/Counter/doc?op=add", "2", 202),
+        ("/entities/Counter/doc", "2", 400),
+        ("/entities/Nobody/doc?op=add", "2", 400),
+    ] {
+        let reply = host.post(&format!("{API}{path}"), body);
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        api.check("post", &entity, &reply);
+    }
+    let reply = host.poll(&format!("{API}/entities/counter/doc"), |r| r.status == 200);
+    api.check("get", &entity, &reply);
+    let reply = host.get(&format!("{API}/entities/counter/doc?showDetails=true"));
+    api.check("get", &entity, &reply);
+    let reply = host.get(&format!("{API}/entities/counter/never"));
+    assert_eq!(reply.status, 404);
+    api.check("get", &entity, &reply);
+    let reply = host.get(&format!("{API}/entities?fetchState=true"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.check("get", &format!("{API}/entities"), &reply);
+    let reply = host.get(&format!("{API}/entities/counter?keyPrefix=d"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.check("get", &format!("{API}/entities/{{name}}"), &reply);
+    let reply = host.post(&format!("{API}/entities/clean"), "");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.check("post", &format!("{API}/entities/clean"), &reply);
 
     // Every operation the document lists was called above.
     let documented: BTreeSet<(String, String)> = api.document["paths"]

@@ -250,6 +250,11 @@ pub fn entity_json(entity: &EntityView, with_state: bool) -> Value {
     });
     if with_state {
         body["state"] = entity.state.as_deref().map_or(Value::Null, parse);
+        body["queue"] = entity
+            .queue
+            .iter()
+            .map(|(kind, operation, from)| json!({ "kind": kind, "operation": operation, "from": from }))
+            .collect();
     }
     body
 }

@@ -63,6 +63,11 @@ pub struct Entity {
     /// Its state (with fetchState).
     #[schema(required = false)]
     pub state: Option<Value>,
+    /// What waits for its lock, in order (with fetchState): `kind`
+    /// (`operation` or `lock`), `operation`, `from` (the sending
+    /// orchestration instance).
+    #[schema(required = false)]
+    pub queue: Option<Vec<Value>>,
 }
 
 /// An entity's id.

@@ -1661,7 +1661,11 @@ impl ctx::Host for EpisodeState {
             }
         });
         // An id the API could not name would make a child no one can reach.
-        if let Some(problem) = crate::runtime::instance_id_problem(&instance_id) {
+        let problem = crate::runtime::instance_id_problem(&instance_id).or_else(|| {
+            crate::entity::is_entity(&instance_id)
+                .then_some("ids that begin with `@` name entities")
+        });
+        if let Some(problem) = problem {
             return Err(wasmtime::Error::msg(format!(
                 "call-sub-orchestration({name:?}): instance id {instance_id:?} is not valid: {problem}"
             )));

@@ -1,5 +1,5 @@
-// duro dashboard: the instance list, an instance page, the schedules and a
-// schedule page over the management API. Every value from the API is put in the page as text,
+// duro dashboard: the instance list, an instance page, the schedules, a
+// schedule page, the entities and an entity page over the management API. Every value from the API is put in the page as text,
 // never as markup. The admin key, when the host has one, comes as ?code= in
 // the dashboard's own URL and is sent as a bearer token (the page's
 // Referrer-Policy keeps that URL from other sites).
@@ -405,6 +405,79 @@ function renderSchedule(name) {
   load();
 }
 
+// ---- entities --------------------------------------------------------------
+
+function renderEntities() {
+  const params = new URLSearchParams(location.hash.replace(/^#\/entities\??/, ""));
+  const name = h("input", { id: "entity-filter-name", type: "text", placeholder: "entity name", value: params.get("name") || "", autocomplete: "off" });
+  const body = h("tbody", { id: "entities" });
+  const form = h("form.filters", { onsubmit: (e) => {
+    e.preventDefault();
+    location.hash = "#/entities" + (name.value ? "?name=" + enc(name.value) : "");
+  } }, h("label", {}, "Name ", name), h("button", { type: "submit", text: "Filter" }));
+  main.replaceChildren(
+    h("h1", { text: "Entities" }),
+    form,
+    h("section.panel", {}, h("table", { "aria-label": "Entities" },
+      h("thead", {}, h("tr", {}, ["Entity", "Key", "State", "Locked by", "Queued", "Operations", "Last operation"].map((t) => h("th", { scope: "col", text: t })))),
+      body)));
+  async function load() {
+    try {
+      const path = (params.get("name") ? `/entities/${enc(params.get("name"))}` : "/entities") + "?fetchState=true&top=200";
+      const { json } = await api("GET", path);
+      body.replaceChildren(...(json.length ? json.map((e) => h("tr", { "data-entity": `${e.entityId.name}/${e.entityId.key}` },
+        h("td.mono", { text: e.entityId.name }),
+        h("td.mono", {}, h("a", { href: `#/entities/${enc(e.entityId.name)}/${enc(e.entityId.key)}`, text: e.entityId.key })),
+        h("td.mono", { text: short(e.state) }),
+        h("td.mono", {}, e.lockedBy ? h("a", { href: "#/instances/" + enc(e.lockedBy), text: e.lockedBy }) : "–"),
+        h("td", { text: String(e.queued) }),
+        h("td", { text: String(e.operations) }),
+        h("td", { text: time(e.lastOperationTime) }))) :
+        [h("tr", {}, h("td.empty", { colspan: 7, text: "No entity has state: add [[entity]] to the manifest and signal one." }))]));
+      notice(null);
+      setLive("updated " + new Date().toLocaleTimeString());
+    } catch (e) { notice("error", "Could not list entities: " + e.message); }
+  }
+  view = load;
+  load();
+}
+
+function renderEntity(name, key) {
+  const summary = h("dl.summary", { id: "entity-summary" });
+  const state = h("pre.json", { id: "entity-state" });
+  const queue = h("tbody", { id: "entity-queue" });
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/entities", id: "back-entities", text: "← All entities" })),
+    h("h1", {}, "Entity ", h("span.mono", { text: `${name}/${key}` })),
+    h("section.panel", { "aria-label": "Summary" }, summary),
+    h("div.grid2", {},
+      h("section.panel", { "aria-label": "State" }, h("h2", { text: "State" }), state),
+      h("section.panel", { "aria-label": "Waiting for the lock" }, h("h2", { text: "Waiting for the lock" }),
+        h("table", {}, h("thead", {}, h("tr", {}, ["#", "Kind", "Operation", "From"].map((t) => h("th", { scope: "col", text: t })))), queue))));
+  async function load() {
+    try {
+      const { json: e } = await api("GET", `/entities/${enc(name)}/${enc(key)}?showDetails=true`);
+      const row = (k, v) => [h("dt", { text: k }), h("dd", {}, v)];
+      summary.replaceChildren(
+        ...row("Locked by", e.lockedBy ? h("a", { href: "#/instances/" + enc(e.lockedBy), id: "entity-locked-by", text: e.lockedBy }) : "nobody"),
+        ...row("Queued", String(e.queued)),
+        ...row("Operations run", String(e.operations)),
+        ...row("Last operation", preciseTime(e.lastOperationTime)));
+      state.textContent = e.exists ? pretty(e.state) : "(no state)";
+      queue.replaceChildren(...(e.queue.length ? e.queue.map((q, i) => h("tr", {},
+        h("td", { text: String(i + 1) }),
+        h("td", { text: q.kind }),
+        h("td.mono", { text: q.operation || "–" }),
+        h("td.mono", {}, q.from ? h("a", { href: "#/instances/" + enc(q.from), text: q.from }) : "a client"))) :
+        [h("tr", {}, h("td.empty", { colspan: 4, text: "Nothing waits." }))]));
+      notice(null);
+      setLive("updated " + new Date().toLocaleTimeString());
+    } catch (err) { notice("error", `Could not load entity ${name}/${key}: ${err.message}`); }
+  }
+  view = load;
+  load();
+}
+
 // ---- routing and live updates ---------------------------------------------
 
 function route() {
@@ -413,7 +486,10 @@ function route() {
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/instances\/(.+)$/);
   const schedule = hash.match(/^#\/schedules\/(.+)$/);
+  const entity = hash.match(/^#\/entities\/([^/?]+)\/(.+)$/);
   if (match) renderInstance(decodeURIComponent(match[1]));
+  else if (entity) renderEntity(decodeURIComponent(entity[1]), decodeURIComponent(entity[2]));
+  else if (hash === "#/entities" || hash.startsWith("#/entities?")) renderEntities();
   else if (schedule) renderSchedule(decodeURIComponent(schedule[1]));
   else if (hash === "#/schedules") renderSchedules();
   else renderList();
@@ -437,4 +513,5 @@ window.addEventListener("hashchange", route);
 document.getElementById("home").setAttribute("href", dashboardHref("#/"));
 document.getElementById("nav-instances").setAttribute("href", dashboardHref("#/"));
 document.getElementById("nav-schedules").setAttribute("href", dashboardHref("#/schedules"));
+document.getElementById("nav-entities").setAttribute("href", dashboardHref("#/entities"));
 route();

@@ -21,6 +21,9 @@ pub struct EntityView {
     pub locked_by: Option<String>,
     /// Operations and lock requests waiting for the lock.
     pub queued: usize,
+    /// What waits, in order: (`operation` or `lock`, the operation's name,
+    /// the orchestration instance that sent it, if one did).
+    pub queue: Vec<(&'static str, Option<String>, Option<String>)>,
     /// Operations run so far.
     pub operations: u64,
     /// When the last one ran (its creation time before the first).
@@ -36,6 +39,27 @@ impl EntityView {
             state: record.state,
             locked_by: record.lock.map(|holder| holder.instance),
             queued: record.queue.len(),
+            queue: record
+                .queue
+                .iter()
+                .map(|message| match message {
+                    Message::EntityOperation {
+                        operation,
+                        caller,
+                        holder,
+                        ..
+                    } => (
+                        "operation",
+                        Some(operation.clone()),
+                        (caller.as_ref().map(|c| c.instance.clone()))
+                            .or_else(|| holder.as_ref().map(|h| h.instance.clone())),
+                    ),
+                    Message::EntityLock { holder, .. } => {
+                        ("lock", None, Some(holder.instance.clone()))
+                    }
+                    _ => ("other", None, None),
+                })
+                .collect(),
             operations: record.operations,
             last_operation_at: record.last_operation_at.max(instance.created_at),
         })
