@@ -418,6 +418,31 @@ impl OrchestrationContext {
         runtime::note_recorded_call();
     }
 
+    /// [`signal_entity`](Self::signal_entity), run by the entity no
+    /// earlier than `at` (a durable timer of the entity's wakes it; the
+    /// signal is recorded now, so replay sends nothing again).
+    ///
+    /// ```no_run
+    /// # fn f(ctx: duro_sdk::OrchestrationContext) {
+    /// let tomorrow = ctx.current_time() + std::time::Duration::from_secs(86_400);
+    /// ctx.signal_entity_at(&duro_sdk::EntityId::new("Reminder", "ann"), tomorrow, "ring", &());
+    /// # }
+    /// ```
+    pub fn signal_entity_at<I: Serialize>(
+        &self,
+        entity: &crate::EntityId,
+        at: SystemTime,
+        operation: &str,
+        input: &I,
+    ) {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        let millis = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
+        host::signal_entity_at(&entity.name, &entity.key, operation, &json, millis);
+        runtime::note_recorded_call();
+    }
+
     /// Run `operation` with `input` on an entity and wait for its output
     /// (an operation that fails gives its error). The result is recorded:
     /// replay hands back the same one.

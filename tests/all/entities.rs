@@ -675,3 +675,47 @@ fn http_functions_signal_read_and_list_entities() {
         unknown.body
     );
 }
+
+/// Scheduled signals wait for their time in the entity (a durable timer
+/// wakes it), across a kill -9, from a client and from an orchestration.
+#[test]
+fn scheduled_signals_run_at_their_time_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = entity_manifest(dir.path());
+    let database = dir.path().join("duro.db");
+    let host = Host::start_with(&manifest, &database, &[]);
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let reply = host.post(
+        &format!("{BASE}/entities/Counter/later?op=add&scheduledTime={at}"),
+        "5",
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(signal(&host, "Counter/later", "add", &json!(1)).status, 202);
+    start(
+        &host,
+        "EntityCaller",
+        "schedules-later",
+        &json!({ "key": "later", "times": 1, "later_ms": 1500 }),
+    );
+    // Now: the immediate add (1) and the caller's add (1) and signal (100).
+    state_when(&host, "counter/later", |s| *s == json!(102));
+    let details = host
+        .get(&format!("{BASE}/entities/counter/later?showDetails=true"))
+        .json();
+    assert_eq!(
+        details["state"],
+        json!(102),
+        "nothing scheduled ran early: {details}"
+    );
+    host.kill();
+    let host = Host::start_with(&manifest, &database, &[]);
+    let state = state_when(&host, "counter/later", |s| *s == json!(1107));
+    assert_eq!(state, json!(1107), "both scheduled signals ran once");
+    let bad = host.post(
+        &format!("{BASE}/entities/Counter/later?op=add&scheduledTime=soon"),
+        "1",
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.error().contains("scheduledTime"), "{}", bad.body);
+}

@@ -221,7 +221,7 @@ pub(crate) fn timestamp(ms: Millis) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_time(text: &str, what: &str) -> Result<Millis, ApiError> {
+pub(crate) fn parse_time(text: &str, what: &str) -> Result<Millis, ApiError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis().max(0) as Millis)
         .map_err(|e| ApiError::bad_request(format!("{what} {text:?} is not an RFC 3339 time: {e}")))

@@ -13,7 +13,7 @@ use axum::{Json, body::Bytes};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, BASE, CONTINUATION_HEADER, body_json, timestamp};
+use crate::api::{ApiError, BASE, CONTINUATION_HEADER, body_json, parse_time, timestamp};
 use crate::runtime::{EntityView, Runtime};
 
 type ApiResult = Result<Response, ApiError>;
@@ -36,6 +36,9 @@ pub fn router() -> axum::Router<Arc<Runtime>> {
 pub(crate) struct SignalQuery {
     /// The operation (Durable Functions' `op`).
     op: Option<String>,
+    /// Run it no earlier than this time (RFC 3339; a duro extension).
+    #[serde(rename = "scheduledTime")]
+    scheduled_time: Option<String>,
 }
 
 /// `POST entities/{name}/{key}?op=`: send the operation, with the body as
@@ -48,6 +51,7 @@ pub(crate) struct SignalQuery {
         ("name" = String, Path, description = "Entity name (any case)"),
         ("key" = String, Path, description = "Entity key"),
         ("op" = String, Query, description = "The operation"),
+        ("scheduledTime" = Option<String>, Query, description = "Run it no earlier than this time (RFC 3339): a scheduled signal, kept by the entity until then"),
     ),
     request_body(content = serde_json::Value, description = "The operation's input (JSON; empty is null)"),
     responses(
@@ -70,7 +74,11 @@ pub(crate) async fn signal(
         .filter(|op| !op.is_empty())
         .ok_or_else(|| ApiError::bad_request("the operation is missing: add ?op=<operation>"))?;
     let input = body_json(&body, "the operation's input")?;
-    rt.signal_entity(&id, &operation, &input).await?;
+    let at = match &query.scheduled_time {
+        Some(time) => Some(parse_time(time, "scheduledTime")?),
+        None => None,
+    };
+    rt.signal_entity(&id, &operation, &input, at).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -21,6 +21,9 @@ pub enum EntityCommand {
         /// Its input, as JSON.
         #[arg(long, default_value = "null")]
         input: String,
+        /// Run it no earlier than this time (RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
     },
     /// An entity: its state, lock holder and queue.
     Get {
@@ -57,10 +60,14 @@ pub(crate) async fn run(client: &Client, json: bool, command: EntityCommand) -> 
             key,
             operation,
             input,
+            at,
         } => {
             serde_json::from_str::<Value>(&input)
                 .map_err(|e| anyhow::anyhow!("--input {input:?} is not JSON: {e}"))?;
-            let path = format!("{}?op={}", one(&name, &key), encode(&operation));
+            let mut path = format!("{}?op={}", one(&name, &key), encode(&operation));
+            if let Some(at) = &at {
+                path.push_str(&format!("&scheduledTime={}", encode(at)));
+            }
             client.call("POST", &path, Some(input), None).await?;
             let body = serde_json::json!({ "signaled": true });
             print(json, &body, || {

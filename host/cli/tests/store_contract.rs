@@ -347,6 +347,7 @@ fn operation(name: &str) -> Message {
         input: "1".into(),
         caller: None,
         holder: None,
+        due: None,
     }
 }
 

@@ -144,6 +144,12 @@ pub struct EntityRecord {
     /// Operations and lock requests waiting for the lock, in arrival order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue: Vec<Message>,
+    /// Scheduled signals waiting for their time, in due order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduled: Vec<Message>,
+    /// The task number of the entity's next timer.
+    #[serde(default)]
+    pub next_timer: u32,
     /// Holders that released their lock before their request arrived: it
     /// is dropped when it does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,7 +179,10 @@ impl EntityRecord {
     /// True when nothing is left of the entity: no state, no lock, nothing
     /// waiting (it may be purged).
     pub fn is_empty(&self) -> bool {
-        self.state.is_none() && self.lock.is_none() && self.queue.is_empty()
+        self.state.is_none()
+            && self.lock.is_none()
+            && self.queue.is_empty()
+            && self.scheduled.is_empty()
     }
 }
 
@@ -216,7 +225,9 @@ pub struct Operation {
 /// record, within `limits`: an operation past them fails (its caller gets
 /// the error; a signal is dropped and counted in the result). Answers to
 /// callers and lock requests passed on are added to `sent` as (instance
-/// id, message). Returns how many signals were dropped.
+/// id, message). A scheduled signal not due at `at` waits in the record
+/// (counted in the same limits) and asks for a timer; one that has come
+/// due runs after what the lock deferred and before the inbox.
 pub fn process(
     record: &mut EntityRecord,
     inbox: Vec<Message>,
@@ -224,21 +235,43 @@ pub fn process(
     limits: QueueLimits,
     mut run: impl FnMut(&mut Option<String>, &Operation) -> Result<String, String>,
     sent: &mut Vec<(String, Message)>,
-) -> usize {
+) -> Processed {
     let mut pending: VecDeque<Message> = std::mem::take(&mut record.queue).into();
+    let scheduled = std::mem::take(&mut record.scheduled);
+    let (due, later): (Vec<Message>, Vec<Message>) = scheduled
+        .into_iter()
+        .partition(|m| due_time(m).is_none_or(|due| due <= at));
+    record.scheduled = later;
+    pending.extend(due.into_iter().map(made_due));
     pending.extend(inbox);
     let mut deferred: Vec<Message> = Vec::new();
-    let mut dropped = 0;
+    let mut processed = Processed::default();
     while let Some(message) = pending.pop_front() {
+        if let Some(due) = due_time(&message).filter(|&due| due > at) {
+            let (operations, bytes) = queued(&deferred, &record.scheduled);
+            let size = operation_input(&message).map_or(0, str::len);
+            if operations < limits.operations && bytes + size <= limits.bytes {
+                let place = record
+                    .scheduled
+                    .partition_point(|m| due_time(m).is_some_and(|d| d <= due));
+                record.scheduled.insert(place, message);
+                processed.timers.push((record.next_timer, due));
+                record.next_timer = record.next_timer.wrapping_add(1);
+            } else {
+                processed.dropped += 1;
+            }
+            continue;
+        }
         match message {
             Message::EntityOperation {
                 ref operation,
                 ref input,
                 ref caller,
                 ref holder,
+                ..
             } => {
                 if record.lock.is_some() && record.lock.as_ref() != holder.as_deref() {
-                    let (operations, bytes) = queued(&deferred);
+                    let (operations, bytes) = queued(&deferred, &record.scheduled);
                     if operations < limits.operations && bytes + input.len() <= limits.bytes {
                         deferred.push(message);
                         continue;
@@ -256,7 +289,7 @@ pub fn process(
                                 result: Err(refusal),
                             },
                         )),
-                        None => dropped += 1,
+                        None => processed.dropped += 1,
                     }
                     continue;
                 }
@@ -341,18 +374,47 @@ pub fn process(
         }
     }
     record.queue = deferred;
-    dropped
+    processed
 }
 
-/// Operations waiting in `queue`, and the bytes of their inputs.
-fn queued(queue: &[Message]) -> (usize, usize) {
-    queue
-        .iter()
-        .filter_map(|m| match m {
-            Message::EntityOperation { input, .. } => Some(input.len()),
-            _ => None,
-        })
-        .fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
+/// What [`process`] leaves to its caller.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// Signals dropped for want of room.
+    pub dropped: usize,
+    /// Timers to set for scheduled signals: (task, due time).
+    pub timers: Vec<(u32, Millis)>,
+}
+
+/// When a scheduled signal is due.
+fn due_time(message: &Message) -> Option<Millis> {
+    match message {
+        Message::EntityOperation { due, .. } => *due,
+        _ => None,
+    }
+}
+
+/// A scheduled signal whose time has come: an operation like any other.
+fn made_due(mut message: Message) -> Message {
+    if let Message::EntityOperation { due, .. } = &mut message {
+        *due = None;
+    }
+    message
+}
+
+fn operation_input(message: &Message) -> Option<&str> {
+    match message {
+        Message::EntityOperation { input, .. } => Some(input),
+        _ => None,
+    }
+}
+
+/// Operations waiting (for the lock, or for their time), and the bytes of
+/// their inputs.
+fn queued(deferred: &[Message], scheduled: &[Message]) -> (usize, usize) {
+    (deferred.iter().chain(scheduled))
+        .filter_map(operation_input)
+        .fold((0, 0), |(n, bytes), input| (n + 1, bytes + input.len()))
 }
 
 /// The entities of a lock request in the one order every request takes
@@ -426,6 +488,7 @@ mod tests {
             input: "1".into(),
             caller: None,
             holder: holder.cloned().map(Box::new),
+            due: None,
         }
     }
 
@@ -515,12 +578,13 @@ mod tests {
                 task: 3,
             })),
             holder: None,
+            due: None,
         };
         let mut inbox = vec![lock(&h, &["@a@1"], 0)];
         inbox.extend(std::iter::repeat_n(op("add", None), 4));
         inbox.push(call);
         let mut sent = Vec::new();
-        let dropped = process(
+        let processed = process(
             &mut record,
             inbox,
             5,
@@ -531,9 +595,68 @@ mod tests {
             |_, _| Ok("null".into()),
             &mut sent,
         );
-        assert_eq!((dropped, record.queue.len()), (1, 3));
+        assert_eq!((processed.dropped, record.queue.len()), (1, 3));
         assert!(sent.iter().any(|(to, m)| to == "caller"
             && matches!(m, Message::EntityDone { result: Err(e), .. } if e.contains("refused"))));
+    }
+
+    #[test]
+    fn a_scheduled_signal_waits_for_its_time_and_asks_for_a_timer() {
+        let mut record = EntityRecord::default();
+        let later = |due| Message::EntityOperation {
+            operation: "add".into(),
+            input: "1".into(),
+            caller: None,
+            holder: None,
+            due: Some(due),
+        };
+        let mut sent = Vec::new();
+        let processed = process(
+            &mut record,
+            vec![later(50), later(9), op("add", None)],
+            5,
+            QueueLimits::default(),
+            |state, _| {
+                *state = Some(
+                    state
+                        .as_deref()
+                        .map_or(1, |s| s.parse::<i64>().unwrap() + 1)
+                        .to_string(),
+                );
+                Ok("null".into())
+            },
+            &mut sent,
+        );
+        assert_eq!(
+            record.state.as_deref(),
+            Some("1"),
+            "only the unscheduled one ran"
+        );
+        assert_eq!(processed.timers, [(0, 50), (1, 9)]);
+        assert_eq!(
+            record
+                .scheduled
+                .iter()
+                .map(|m| due_time(m).unwrap())
+                .collect::<Vec<_>>(),
+            [9, 50]
+        );
+        let (ran, _) = run_all(&mut record, vec![]);
+        assert!(ran.is_empty(), "at 5 nothing is due");
+        let mut sent = Vec::new();
+        process(
+            &mut record,
+            vec![],
+            10,
+            QueueLimits::default(),
+            |state, _| {
+                *state = Some("2".into());
+                Ok("null".into())
+            },
+            &mut sent,
+        );
+        assert_eq!(record.state.as_deref(), Some("2"), "due at 9, run at 10");
+        assert_eq!(record.scheduled.len(), 1);
     }
 
     #[test]

@@ -172,6 +172,9 @@ crate::tagged_enum! {
             operation: String,
             /// Its input, as JSON.
             input: String,
+            /// Run it no earlier than this (`signal-entity-at`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            at: Option<Millis>,
         },
         /// `lock-entities(entities)`: completes once every entity is
         /// locked for this execution (in `entities`' order, sorted).
@@ -264,7 +267,17 @@ impl fmt::Display for Action {
                 entity,
                 operation,
                 input,
+                at: None,
             } => write!(f, "signal-entity({entity:?}, {operation:?}, {input})"),
+            Action::SignalEntity {
+                entity,
+                operation,
+                input,
+                at: Some(at),
+            } => write!(
+                f,
+                "signal-entity-at({entity:?}, {operation:?}, {input}, {at})"
+            ),
             Action::LockEntities { entities } => write!(f, "lock-entities({entities:?})"),
             Action::UnlockEntities { entities } => write!(f, "unlock-entities({entities:?})"),
             Action::CallSubOrchestration {
@@ -509,6 +522,10 @@ pub enum Message {
         /// section (it runs while the entity is locked for that holder).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holder: Option<Box<crate::entity::LockHolder>>,
+        /// Run it no earlier than this (a scheduled signal): until then it
+        /// waits in the entity's record, woken by a durable timer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due: Option<Millis>,
     },
     /// A request to lock an entity for `holder`: the entity at `position`
     /// of `entities` takes it, then passes it to the next one; the last

@@ -296,6 +296,7 @@ impl ctx::Host for EntityState {
                 input,
                 caller: None,
                 holder: None,
+                due: None,
             },
         ));
         Ok(())

@@ -1308,6 +1308,7 @@ impl ReplayState {
                             task,
                         })),
                         holder: self.holder_for(entity),
+                        due: None,
                     };
                     self.sent.push((entity.clone(), message));
                 }
@@ -1315,12 +1316,14 @@ impl ReplayState {
                     entity,
                     operation,
                     input,
+                    at,
                 } => {
                     let message = Message::EntityOperation {
                         operation: operation.clone(),
                         input: input.clone(),
                         caller: None,
                         holder: self.holder_for(entity),
+                        due: *at,
                     };
                     self.sent.push((entity.clone(), message));
                 }
@@ -1693,6 +1696,28 @@ impl ctx::Host for EpisodeState {
                 entity,
                 operation,
                 input,
+                at: None,
+            })
+            .map(drop)
+            .map_err(|d| replay.trap(d))
+    }
+
+    fn signal_entity_at(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: u64,
+    ) -> wasmtime::Result<()> {
+        let entity = entity_call("signal-entity-at", &name, &key, &operation, &input)?;
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::SignalEntity {
+                entity,
+                operation,
+                input,
+                at: Some(at.min(LATEST_TIMER_MS)),
             })
             .map(drop)
             .map_err(|d| replay.trap(d))

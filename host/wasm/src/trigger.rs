@@ -498,7 +498,7 @@ impl bindings::duro::workflow::entities::Host for TriggerState {
             wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
         })?;
         self.runtime
-            .signal_entity(&id, &operation, &input)
+            .signal_entity(&id, &operation, &input, None)
             .await
             .map_err(client_error)
     }

@@ -462,6 +462,10 @@ async fn entity_caller(ctx: OrchestrationContext) -> Result<Vec<i64>> {
     let failed = ctx.call_entity::<_, ()>(&counter, "fail", &()).await;
     seen.push(if failed.is_err() { -1 } else { 0 });
     ctx.signal_entity(&counter, "add", &100);
+    if let Some(delay) = input["later_ms"].as_u64() {
+        let at = ctx.current_time() + std::time::Duration::from_millis(delay);
+        ctx.signal_entity_at(&counter, at, "add", &1000);
+    }
     Ok(seen)
 }
 

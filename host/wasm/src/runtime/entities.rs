@@ -149,7 +149,7 @@ pub(super) fn episode(
     let messages: Vec<Message> = inbox.into_iter().map(|entry| entry.message).collect();
     let mut sent = Vec::new();
     let operations_before = record.operations;
-    let dropped = crate::entity::process(
+    let processed = crate::entity::process(
         &mut record,
         messages,
         now,
@@ -157,6 +157,15 @@ pub(super) fn episode(
         run,
         &mut sent,
     );
+    let dropped = processed.dropped;
+    commit.new_timers = (processed.timers.into_iter())
+        .map(|(task, fire_at)| crate::model::Timer {
+            instance: instance.id.clone(),
+            task,
+            fire_at,
+            execution: instance.execution_id.clone(),
+        })
+        .collect();
     if dropped > 0 {
         tracing::warn!(
             entity = %id,
@@ -257,14 +266,16 @@ impl Runtime {
         EntityId::new(name, key).map_err(RuntimeError::InvalidEntityId)
     }
 
-    /// Send `operation` with `input` to an entity, one way: acknowledged
-    /// once stored (the entity is created by its first message). The
-    /// entity's name must be registered.
+    /// Send `operation` with `input` to an entity, one way, to run no
+    /// earlier than `at` if given: acknowledged once stored (the entity is
+    /// created by its first message). The entity's name must be
+    /// registered.
     pub async fn signal_entity(
         &self,
         id: &EntityId,
         operation: &str,
         input: &serde_json::Value,
+        at: Option<Millis>,
     ) -> RuntimeResult<()> {
         let known = (self
             .inner
@@ -291,6 +302,7 @@ impl Runtime {
             input,
             caller: None,
             holder: None,
+            due: at,
         };
         self.send(&id.instance_id(), message).await
     }
