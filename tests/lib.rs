@@ -43,6 +43,30 @@ component = {SCENARIO_HTTP:?}
     path
 }
 
+/// The scenario's manifest plus the entity test guests and the
+/// orchestrations that use them.
+pub fn entity_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let guests = TEST_GUESTS;
+    let entities = TEST_ENTITIES;
+    let mut extra = String::new();
+    for name in ["EntityCaller", "Transfer", "HoldLock", "Sequence"] {
+        extra.push_str(&format!(
+            "[[orchestration]]\nname = {name:?}\ncomponent = {guests:?}\n"
+        ));
+    }
+    for name in ["Counter", "Account", "Relay"] {
+        extra.push_str(&format!(
+            "[[entity]]\nname = {name:?}\ncomponent = {entities:?}\n"
+        ));
+    }
+    extra.push_str(&format!(
+        "[[http]]\nname = \"Entities\"\nroute = \"/entities\"\nmethods = [\"GET\", \"POST\"]\n\
+         component = {:?}\n",
+        TEST_GUESTS_HTTP
+    ));
+    scenario_manifest(dir, &extra)
+}
+
 /// The value after `--name` on a benchmark's command line, or `default`.
 pub fn bench_arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

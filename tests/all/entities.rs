@@ -14,28 +14,10 @@ use crate::support::PATIENCE;
 
 const BASE: &str = "/runtime/webhooks/durabletask";
 
-/// The scenario's manifest plus the entity test guests and the
-/// orchestrations that use them.
+/// The scenario's manifest with the entity test guests (see
+/// `duro_tests::entity_manifest`).
 pub fn entity_manifest(dir: &Path) -> PathBuf {
-    let guests = duro_tests::TEST_GUESTS;
-    let entities = duro_tests::TEST_ENTITIES;
-    let mut extra = String::new();
-    for name in ["EntityCaller", "Transfer", "HoldLock", "Sequence"] {
-        extra.push_str(&format!(
-            "[[orchestration]]\nname = {name:?}\ncomponent = {guests:?}\n"
-        ));
-    }
-    for name in ["Counter", "Account", "Relay"] {
-        extra.push_str(&format!(
-            "[[entity]]\nname = {name:?}\ncomponent = {entities:?}\n"
-        ));
-    }
-    extra.push_str(&format!(
-        "[[http]]\nname = \"Entities\"\nroute = \"/entities\"\nmethods = [\"GET\", \"POST\"]\n\
-         component = {:?}\n",
-        duro_tests::TEST_GUESTS_HTTP
-    ));
-    duro_tests::scenario_manifest(dir, &extra)
+    duro_tests::entity_manifest(dir)
 }
 
 fn signal(host: &Host, entity: &str, op: &str, input: &Value) -> Reply {

@@ -60,6 +60,11 @@ impl Server {
 }
 
 impl Server {
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server process's resident memory, in bytes: all of it
     /// (`VmRSS`), and the anonymous part (`RssAnon`: heaps and stacks, not
     /// the database pages SQLite maps from its file, which the kernel can
@@ -132,6 +137,9 @@ impl Client {
             .header(hyper::header::HOST, &self.host);
         if let Some(token) = continuation {
             request = request.header("x-ms-continuation-token", token);
+        }
+        if !body.is_empty() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         let request = request
             .body(Full::new(Bytes::from(body.to_string())))
