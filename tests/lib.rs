@@ -54,7 +54,7 @@ pub fn entity_manifest(dir: &std::path::Path) -> std::path::PathBuf {
             "[[orchestration]]\nname = {name:?}\ncomponent = {guests:?}\n"
         ));
     }
-    for name in ["Counter", "Account", "Relay"] {
+    for name in ["Counter", "Account", "Relay", "Ledger"] {
         extra.push_str(&format!(
             "[[entity]]\nname = {name:?}\ncomponent = {entities:?}\n"
         ));

@@ -48,7 +48,7 @@ pub const TEST_NAMES: &[&str] = &[
     "HoldLock",
 ];
 
-pub const ENTITY_NAMES: &[&str] = &["Counter", "Account", "Relay"];
+pub const ENTITY_NAMES: &[&str] = &["Counter", "Account", "Relay", "Ledger"];
 
 pub const ACTIVITY_NAMES: &[&str] = &["Add", "Fail", "Flaky", "Trap", "Attempt"];
 

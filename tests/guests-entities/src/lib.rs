@@ -87,7 +87,45 @@ fn start(ctx: &mut EntityContext<i64>, id: String) -> Result<String> {
     ctx.start_new_orchestration("Sequence", Some(&id), &serde_json::json!(3))
 }
 
+/// What a `Ledger` saw of each sender's numbered signals: every number
+/// once, in order; a number skipped is kept as missing, one seen again
+/// (or out of order) as a duplicate.
+#[derive(Default, serde::Serialize, Deserialize)]
+struct Ledger {
+    count: u64,
+    duplicates: u64,
+    senders: std::collections::BTreeMap<String, Seen>,
+}
+
+#[derive(Default, serde::Serialize, Deserialize)]
+struct Seen {
+    last: u64,
+    missing: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    sender: String,
+    seq: u64,
+}
+
+fn record(ctx: &mut EntityContext<Ledger>, entry: Entry) -> Result<()> {
+    let ledger = ctx.state_mut();
+    ledger.count += 1;
+    let seen = ledger.senders.entry(entry.sender).or_default();
+    if entry.seq <= seen.last {
+        ledger.duplicates += 1;
+        return Ok(());
+    }
+    seen.missing.extend(seen.last + 1..entry.seq);
+    seen.last = entry.seq;
+    Ok(())
+}
+
 duro_sdk::export_entities! {
+    "Ledger": Ledger => {
+        "record" => record,
+    },
     "Counter": i64 => {
         "add" => add,
         "get" => get,
