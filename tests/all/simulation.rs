@@ -1,7 +1,8 @@
 //! Deterministic simulation of the runtime: random orchestration programs
 //! (waits, timers, joins of timers due at once, races of a wait and a
-//! timer, activities, continue-as-new) under random
-//! interleavings of raised events, clock moves, and crashes (the runtime
+//! timer, activities, continue-as-new, entity signals, calls and calls in a
+//! critical section) under random interleavings of raised events, clients'
+//! entity signals, clock moves, and crashes (the runtime
 //! dropped right after an action, with its episodes possibly under way, and
 //! started again on the same database). The clock is a `ManualClock`: timers
 //! fire when the test moves it, never after a real sleep. After every step
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use duro::model::{Clock, ManualClock, RuntimeStatus};
 use duro::runtime::{Runtime, RuntimeConfig, RuntimeError};
-use duro_tests::{COMPILE_CACHE, TEST_ACTIVITIES, TEST_GUESTS, guest_bytes};
+use duro_tests::{COMPILE_CACHE, TEST_ACTIVITIES, TEST_ENTITIES, TEST_GUESTS, guest_bytes};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -31,6 +32,9 @@ enum Op {
     Timers(u32, u64),
     Activity(i64),
     Continue,
+    Signal(i64),
+    Call(i64),
+    Locked(i64),
 }
 
 /// Something that happens to the instance from outside.
@@ -38,7 +42,12 @@ enum Op {
 enum Action {
     Raise(String),
     Advance(u64),
+    /// A client signals `add n` to the program's Counter.
+    Signal(i64),
 }
+
+/// The entity the programs use: a Counter keyed by the instance id.
+const COUNTER: &str = "@counter@sim";
 
 /// What the instance is blocked on, in the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +70,9 @@ struct Model {
     buffered: VecDeque<(String, Value)>,
     blocked: Option<Blocked>,
     now: u64,
+    /// The Counter's count: every signal and call, each once, in the order
+    /// each sender sent them.
+    counter: i64,
 }
 
 impl Model {
@@ -72,6 +84,7 @@ impl Model {
             buffered: VecDeque::new(),
             blocked: None,
             now,
+            counter: 0,
         };
         model.run();
         model
@@ -119,6 +132,11 @@ impl Model {
                 // Runs once the episode commits; the step settles after it.
                 Op::Activity(n) => self.log.push(json!(n)),
                 Op::Continue => {}
+                Op::Signal(n) => self.counter += n,
+                Op::Call(n) | Op::Locked(n) => {
+                    self.counter += n;
+                    self.log.push(json!(self.counter));
+                }
             }
             self.pc += 1;
         }
@@ -158,6 +176,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (2u32..5, ms).prop_map(|(k, t)| Op::Timers(k, t)),
         2 => (0i64..100).prop_map(Op::Activity),
         2 => Just(Op::Continue),
+        2 => (1i64..10).prop_map(Op::Signal),
+        2 => (1i64..10).prop_map(Op::Call),
+        1 => (1i64..10).prop_map(Op::Locked),
     ]
 }
 
@@ -166,6 +187,7 @@ fn action() -> impl Strategy<Value = (Action, bool)> {
     let action = prop_oneof![
         3 => prop_oneof![Just("A".to_string()), Just("B".to_string())].prop_map(Action::Raise),
         2 => (0u64..70).prop_map(Action::Advance),
+        1 => (100i64..200).prop_map(Action::Signal),
     ];
     (action, proptest::bool::weighted(0.15))
 }
@@ -187,13 +209,26 @@ async fn start(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Runtime {
         .register_activities(guest_bytes(TEST_ACTIVITIES), &["Add"])
         .await
         .expect("activities register");
+    runtime
+        .register_entities(guest_bytes(TEST_ENTITIES), &["Counter"])
+        .await
+        .expect("entities register");
     runtime.open_activities();
     runtime
 }
 
+/// Wait until neither the instance nor its Counter has work left (an
+/// orchestration waiting for an entity's answer is idle while the entity
+/// works).
 async fn settle(runtime: &Runtime, id: &str) -> Result<(), TestCaseError> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !runtime.is_idle(id).await.expect("readable") {
+    // Two rounds in a row with nothing waiting anywhere: an answer that
+    // moves work from one to the other between two reads is seen.
+    let mut idle_rounds = 0;
+    while idle_rounds < 2 {
+        let idle = runtime.is_idle(id).await.expect("readable")
+            && runtime.is_idle(COUNTER).await.expect("readable");
+        idle_rounds = if idle { idle_rounds + 1 } else { 0 };
         if Instant::now() > deadline {
             return Err(TestCaseError::fail("the instance never settled"));
         }
@@ -234,6 +269,18 @@ async fn check(
             serde_json::from_str(instance.custom_status.as_deref().unwrap_or("null")).unwrap();
         prop_assert_eq!(status, expected, "after {}: {:?}", step, model);
     }
+    let counter = duro::runtime::Runtime::entity_id("Counter", "sim").unwrap();
+    let state = runtime.entity(&counter).await.expect("readable");
+    let count: i64 = state
+        .and_then(|e| e.state)
+        .map_or(0, |s| s.parse().expect("a count"));
+    prop_assert_eq!(
+        count,
+        model.counter,
+        "the Counter after {}: {:?}",
+        step,
+        model
+    );
     Ok(())
 }
 
@@ -297,6 +344,14 @@ async fn run_case(ops: Vec<Op>, actions: Vec<(Action, bool)>) -> Result<usize, T
                 clock.advance(*by);
                 runtime.clock_moved();
                 model.advance(*by);
+            }
+            Action::Signal(by) => {
+                let counter = duro::runtime::Runtime::entity_id("Counter", "sim").unwrap();
+                runtime
+                    .signal_entity(&counter, "add", &json!(by), None)
+                    .await
+                    .expect("signal");
+                model.counter += by;
             }
         }
         if crash {

@@ -395,6 +395,13 @@ enum Op {
     Activity(i64),
     /// Continue as new with the rest of the program and the log.
     Continue,
+    /// Signal `add n` to the Counter keyed by the instance id; log nothing.
+    Signal(i64),
+    /// Call `add n` on that Counter; log the count it returns.
+    Call(i64),
+    /// Lock that Counter, call `add n` inside the critical section, let go;
+    /// log the count.
+    Locked(i64),
 }
 
 /// The input (and continue-as-new input) of a [`program`].
@@ -408,6 +415,7 @@ struct Program {
 /// against a reference model. Its custom status is the log so far.
 async fn program(ctx: OrchestrationContext) -> Result<Vec<Value>> {
     let Program { ops, mut log } = ctx.input()?;
+    let counter = duro_sdk::EntityId::new("Counter", &ctx.instance_id());
     ctx.set_custom_status(&log);
     for (at, op) in ops.iter().enumerate() {
         match op {
@@ -430,6 +438,13 @@ async fn program(ctx: OrchestrationContext) -> Result<Vec<Value>> {
                 });
             }
             Op::Activity(n) => log.push(json!(ctx.call_activity::<_, i64>("Add", &[*n]).await?)),
+            Op::Signal(n) => ctx.signal_entity(&counter, "add", n),
+            Op::Call(n) => log.push(json!(ctx.call_entity::<_, i64>(&counter, "add", n).await?)),
+            Op::Locked(n) => {
+                let section = ctx.lock_entities(std::slice::from_ref(&counter)).await?;
+                log.push(json!(ctx.call_entity::<_, i64>(&counter, "add", n).await?));
+                drop(section);
+            }
             Op::Continue => {
                 let rest = ops[at + 1..].to_vec();
                 ctx.continue_as_new(&Program { ops: rest, log });
