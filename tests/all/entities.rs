@@ -363,6 +363,15 @@ fn failing_operations_roll_back_and_relays_signal_and_start() {
         state_when(&host, "counter/roll", |s| *s == json!(7)),
         json!(7)
     );
+    // A guest's sleep passes at once on the sandbox's clock.
+    assert_eq!(
+        signal(&host, "Counter/roll", "nap", &Value::Null).status,
+        202
+    );
+    assert_eq!(
+        state_when(&host, "counter/roll", |s| *s == json!(8)),
+        json!(8)
+    );
 }
 
 #[test]

@@ -69,6 +69,7 @@ impl EntityHost {
     pub fn new(engine: Engine, budget: Duration) -> anyhow::Result<Self> {
         let mut linker = Linker::new(engine.wasmtime());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        crate::replay::sleep_on_the_episode_clock(&mut linker)?;
         Entity::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(EntityHost {

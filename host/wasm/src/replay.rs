@@ -659,12 +659,17 @@ impl wasmtime_wasi::p2::Pollable for Elapsed {
 
 /// Replace the monotonic clock's `subscribe-*` functions, which would wait
 /// in real time, with ones that return an [`Elapsed`] pollable.
-fn sleep_on_the_episode_clock(linker: &mut Linker<EpisodeState>) -> anyhow::Result<()> {
-    fn elapsed(
-        state: &mut EpisodeState,
+/// Entities' sandbox uses it too: a guest's sleep never holds an episode
+/// thread (the epoch deadline cannot interrupt a host call).
+pub(crate) fn sleep_on_the_episode_clock<T: WasiView + 'static>(
+    linker: &mut Linker<T>,
+) -> anyhow::Result<()> {
+    fn elapsed<T: WasiView>(
+        state: &mut T,
     ) -> wasmtime::Result<(Resource<wasmtime_wasi::p2::DynPollable>,)> {
-        let resource = state.table.push(Elapsed)?;
-        Ok((wasmtime_wasi::p2::subscribe(&mut state.table, resource)?,))
+        let table = state.ctx().table;
+        let resource = table.push(Elapsed)?;
+        Ok((wasmtime_wasi::p2::subscribe(table, resource)?,))
     }
     linker.allow_shadowing(true);
     let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;

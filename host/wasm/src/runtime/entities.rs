@@ -83,13 +83,30 @@ pub(super) fn episode(
     };
     let now = inner.config.clock.now();
     let mut record = EntityRecord::read(instance.output.as_deref());
-    let digest = (inner.entity_registry.read().expect("registry poisoned"))
-        .get(&id.name)
-        .cloned();
+    let registered = || {
+        (inner.entity_registry.read().expect("registry poisoned"))
+            .get(&id.name)
+            .cloned()
+    };
+    let mut digest = registered();
     if digest.is_none() && !*inner.activities_open.borrow() {
         // The app's components are still being registered (a restart):
-        // its entity may be among them.
-        anyhow::bail!("entity `{}` is not registered yet", id.name);
+        // its entity may be among them. Wait for them here rather than
+        // back off (an episode thread waits only while the host starts).
+        let mut open = inner.activities_open.subscribe();
+        // The timeout's timer belongs to the runtime: enter it first.
+        let _runtime = inner.handle.enter();
+        let opened = matches!(
+            inner.handle.block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                open.wait_for(|open| *open),
+            )),
+            Ok(Ok(_))
+        );
+        digest = registered();
+        if digest.is_none() && !opened {
+            anyhow::bail!("entity `{}` is not registered yet", id.name);
+        }
     }
     let mut session = None;
     let mut trouble: Option<HostTrouble> = None;
