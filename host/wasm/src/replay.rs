@@ -725,6 +725,31 @@ fn describe_event(event: &HistoryEvent) -> String {
     }
 }
 
+impl EpisodeState {
+    /// Record (or match) a signal to an entity, run no earlier than `at`.
+    fn signal(
+        &mut self,
+        call: &str,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: Option<Millis>,
+    ) -> wasmtime::Result<()> {
+        let entity = entity_call(call, &name, &key, &operation, &input)?;
+        let replay = &mut self.replay;
+        replay
+            .schedule(Action::SignalEntity {
+                entity,
+                operation,
+                input,
+                at,
+            })
+            .map(drop)
+            .map_err(|d| replay.trap(d))
+    }
+}
+
 /// The entity a `call` from an orchestration names, checked with its
 /// operation's input: its instance id, or the trap that says what is wrong.
 fn entity_call(
@@ -1694,17 +1719,7 @@ impl ctx::Host for EpisodeState {
         operation: String,
         input: String,
     ) -> wasmtime::Result<()> {
-        let entity = entity_call("signal-entity", &name, &key, &operation, &input)?;
-        let replay = &mut self.replay;
-        replay
-            .schedule(Action::SignalEntity {
-                entity,
-                operation,
-                input,
-                at: None,
-            })
-            .map(drop)
-            .map_err(|d| replay.trap(d))
+        self.signal("signal-entity", name, key, operation, input, None)
     }
 
     fn signal_entity_at(
@@ -1715,17 +1730,8 @@ impl ctx::Host for EpisodeState {
         input: String,
         at: u64,
     ) -> wasmtime::Result<()> {
-        let entity = entity_call("signal-entity-at", &name, &key, &operation, &input)?;
-        let replay = &mut self.replay;
-        replay
-            .schedule(Action::SignalEntity {
-                entity,
-                operation,
-                input,
-                at: Some(at.min(LATEST_TIMER_MS)),
-            })
-            .map(drop)
-            .map_err(|d| replay.trap(d))
+        let at = Some(at.min(LATEST_TIMER_MS));
+        self.signal("signal-entity-at", name, key, operation, input, at)
     }
 
     fn call_entity(
