@@ -823,3 +823,40 @@ fn entity_torture(postgres: Option<String>) {
         ledger["count"]
     );
 }
+
+/// A hot deploy sets the entities: one left out of the app is refused from
+/// then on, and deployed again it finds its state where it was.
+#[test]
+fn a_deploy_sets_the_entities_and_their_state_stays() {
+    use crate::cli::duro;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = entity_manifest(dir.path());
+    let host = Host::start_with(&manifest, &dir.path().join("duro.db"), &[]);
+    assert_eq!(signal(&host, "Counter/kept", "add", &json!(3)).status, 202);
+    state_when(&host, "counter/kept", |s| *s == json!(3));
+    let without = dir.path().join("without.toml");
+    std::fs::write(
+        &without,
+        format!(
+            "[[orchestration]]\nname = \"Workflow\"\ncomponent = {:?}\n",
+            duro_tests::SCENARIO
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = duro(&host, &["deploy", without.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let refused = signal(&host, "Counter/kept", "add", &json!(1));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains("no entity named `counter`"),
+        "{}",
+        refused.body
+    );
+    let (ok, _, err) = duro(&host, &["deploy", manifest.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(signal(&host, "Counter/kept", "add", &json!(1)).status, 202);
+    assert_eq!(
+        state_when(&host, "counter/kept", |s| *s == json!(4)),
+        json!(4)
+    );
+}

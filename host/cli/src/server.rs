@@ -168,6 +168,8 @@ async fn register_activities(runtime: &Runtime, app: &ResolvedApp) -> anyhow::Re
             .await
             .with_context(|| format!("entity component {}", path.display()))?;
     }
+    let names: Vec<&str> = app.entities.iter().map(|(name, _)| name.as_str()).collect();
+    runtime.retain_entities(&names);
     let entries = (app.activities.iter()).map(|a| (a.name.as_str(), &a.component));
     for (path, names) in ResolvedApp::by_component(entries) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

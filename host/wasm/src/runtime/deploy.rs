@@ -267,11 +267,21 @@ impl Runtime {
             .values()
             .map(|activity| activity.digest.clone()),
         );
+        keep.extend(
+            (self
+                .inner
+                .entity_registry
+                .read()
+                .expect("registry poisoned"))
+            .values()
+            .cloned(),
+        );
         for (_, component, _) in self.inner.store.in_flight_versions().await? {
             keep.insert(component);
         }
         self.inner.replayer.retain(&keep);
         self.inner.activity_host.retain(&keep);
+        self.inner.entity_host.retain(&keep);
         self.inner.engine.retain(&keep);
         Ok(())
     }

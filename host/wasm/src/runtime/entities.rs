@@ -256,6 +256,20 @@ impl Runtime {
         Ok(digest)
     }
 
+    /// Forget the entities whose names `names` does not hold (an app
+    /// deployed without them): their operations fail from now on, and
+    /// clients' signals to them are refused.
+    pub fn retain_entities(&self, names: &[&str]) {
+        let keep: std::collections::HashSet<String> =
+            names.iter().map(|name| name.to_lowercase()).collect();
+        (self
+            .inner
+            .entity_registry
+            .write()
+            .expect("registry poisoned"))
+        .retain(|name, _| keep.contains(name));
+    }
+
     /// Compile `bytes` and check that it is an entity component, storing
     /// nothing.
     pub async fn check_entity_component(&self, bytes: Vec<u8>) -> RuntimeResult<()> {
