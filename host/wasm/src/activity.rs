@@ -4,8 +4,6 @@
 //! files, sockets or environment, under a time budget and the guest memory
 //! limit.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -34,13 +32,13 @@ pub struct ActivityHost {
     /// The TLS client of activities' HTTPS requests.
     tls: crate::tls::TlsClient,
     linker: Linker<ActivityState>,
-    pres: Mutex<HashMap<String, ActivityPre<ActivityState>>>,
+    pres: crate::engine::Prepared<ActivityPre<ActivityState>>,
 }
 
 impl ActivityHost {
     /// Forget the prepared components whose digest `keep` does not hold.
     pub fn retain(&self, keep: &std::collections::HashSet<String>) {
-        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+        self.pres.retain(keep);
     }
 
     /// A host for activity components on `engine`, whose HTTPS requests
@@ -59,27 +57,24 @@ impl ActivityHost {
             engine,
             tls,
             linker,
-            pres: Mutex::default(),
+            pres: Default::default(),
         })
     }
 
     /// Check that a component is an activity component, and keep it ready.
     pub fn prepare(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .and_then(ActivityPre::new)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "it is not a duro activity component (the `activity` world, \
-                     importing only WASI): {e:?}"
-                )
-            })?;
-        self.pres
-            .lock()
-            .expect("pre cache poisoned")
-            .insert(digest.to_string(), pre);
-        Ok(())
+        let prepared = self.pres.get_or_prepare(digest, || {
+            self.linker
+                .instantiate_pre(component)
+                .and_then(ActivityPre::new)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "it is not a duro activity component (the `activity` world, \
+                         importing only WASI): {e:?}"
+                    )
+                })
+        });
+        prepared.map(drop)
     }
 
     /// One attempt of activity `name` of component `digest`, stopped after
@@ -99,10 +94,7 @@ impl ActivityHost {
         let budget = options.timeout.unwrap_or(default_budget);
         let pre = self
             .pres
-            .lock()
-            .expect("pre cache poisoned")
             .get(digest)
-            .cloned()
             .ok_or_else(|| HostTrouble(format!("activity component {digest} is not prepared")))?;
         let state = ActivityState {
             wasi: WasiCtx::builder()

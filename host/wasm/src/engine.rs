@@ -294,3 +294,45 @@ impl Engine {
             .cloned()
     }
 }
+
+/// Components of one world, pre-instantiated against its linker, by
+/// digest: what each kind of guest (orchestrations, activities, entities)
+/// keeps, so that an instance is made without linking again.
+pub struct Prepared<P>(std::sync::Mutex<std::collections::HashMap<String, P>>);
+
+impl<P> Default for Prepared<P> {
+    fn default() -> Self {
+        Prepared(std::sync::Mutex::default())
+    }
+}
+
+impl<P: Clone> Prepared<P> {
+    /// The prepared component `digest`, made with `prepare` (and kept) if
+    /// it is not prepared yet.
+    pub fn get_or_prepare(
+        &self,
+        digest: &str,
+        prepare: impl FnOnce() -> anyhow::Result<P>,
+    ) -> anyhow::Result<P> {
+        let mut prepared = self.0.lock().expect("prepared components poisoned");
+        if let Some(pre) = prepared.get(digest) {
+            return Ok(pre.clone());
+        }
+        let pre = prepare()?;
+        prepared.insert(digest.to_string(), pre.clone());
+        Ok(pre)
+    }
+
+    /// The prepared component `digest`, if it is prepared.
+    pub fn get(&self, digest: &str) -> Option<P> {
+        (self.0.lock().expect("prepared components poisoned"))
+            .get(digest)
+            .cloned()
+    }
+
+    /// Forget the components whose digest `keep` does not hold.
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        (self.0.lock().expect("prepared components poisoned"))
+            .retain(|digest, _| keep.contains(digest));
+    }
+}

@@ -4,7 +4,6 @@
 //! signals and orchestration starts are collected for its commit.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -32,7 +31,7 @@ use bindings::{Entity, EntityPre};
 pub struct EntityHost {
     engine: Engine,
     linker: Linker<EntityState>,
-    pres: Mutex<HashMap<String, EntityPre<EntityState>>>,
+    pres: crate::engine::Prepared<EntityPre<EntityState>>,
     budget: Duration,
 }
 
@@ -75,7 +74,7 @@ impl EntityHost {
         Ok(EntityHost {
             engine,
             linker,
-            pres: Mutex::default(),
+            pres: Default::default(),
             budget,
         })
     }
@@ -87,21 +86,16 @@ impl EntityHost {
 
     /// Forget the prepared components whose digest `keep` does not hold.
     pub fn retain(&self, keep: &std::collections::HashSet<String>) {
-        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+        self.pres.retain(keep);
     }
 
     fn pre(&self, digest: &str, component: &Component) -> anyhow::Result<EntityPre<EntityState>> {
-        let mut pres = self.pres.lock().expect("pre cache poisoned");
-        if let Some(pre) = pres.get(digest) {
-            return Ok(pre.clone());
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .and_then(EntityPre::new)
-            .map_err(|e| anyhow::anyhow!("component {digest} is not a duro entity: {e:?}"))?;
-        pres.insert(digest.to_string(), pre.clone());
-        Ok(pre)
+        self.pres.get_or_prepare(digest, || {
+            self.linker
+                .instantiate_pre(component)
+                .and_then(EntityPre::new)
+                .map_err(|e| anyhow::anyhow!("component {digest} is not a duro entity: {e:?}"))
+        })
     }
 
     /// A session that runs operations on `entity` at episode time `now`

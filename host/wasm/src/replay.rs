@@ -150,7 +150,7 @@ impl From<&Instance> for Subject {
 pub struct Replayer {
     engine: Engine,
     linker: Linker<EpisodeState>,
-    pres: Mutex<HashMap<String, Pre<EpisodeState>>>,
+    pres: crate::engine::Prepared<Pre<EpisodeState>>,
     step_budget: Duration,
     warm: Mutex<WarmCache>,
 }
@@ -227,7 +227,7 @@ impl Replayer {
     /// Forget the prepared components whose digest `keep` does not hold
     /// (warm instances of them stay until they are used or evicted).
     pub fn retain(&self, keep: &std::collections::HashSet<String>) {
-        (self.pres.lock().expect("pre cache poisoned")).retain(|digest, _| keep.contains(digest));
+        self.pres.retain(keep);
     }
 
     /// A replayer whose guests may run `step_budget` per episode (replay
@@ -251,7 +251,7 @@ impl Replayer {
         Ok(Replayer {
             engine,
             linker,
-            pres: Mutex::default(),
+            pres: Default::default(),
             step_budget,
             warm: Mutex::new(WarmCache {
                 capacity: warm_instances,
@@ -267,19 +267,14 @@ impl Replayer {
     }
 
     fn pre(&self, digest: &str, component: &Component) -> anyhow::Result<Pre<EpisodeState>> {
-        let mut pres = self.pres.lock().expect("pre cache poisoned");
-        if let Some(pre) = pres.get(digest) {
-            return Ok(pre.clone());
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .and_then(|pre| Pre::new(pre, self.engine.wasmtime()))
-            .map_err(|e| {
-                anyhow::anyhow!("component {digest} is not a duro orchestration: {e:?}")
-            })?;
-        pres.insert(digest.to_string(), pre.clone());
-        Ok(pre)
+        self.pres.get_or_prepare(digest, || {
+            self.linker
+                .instantiate_pre(component)
+                .and_then(|pre| Pre::new(pre, self.engine.wasmtime()))
+                .map_err(|e| {
+                    anyhow::anyhow!("component {digest} is not a duro orchestration: {e:?}")
+                })
+        })
     }
 
     /// Warm-cache hits and misses so far.
