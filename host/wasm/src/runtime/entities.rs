@@ -136,13 +136,22 @@ pub(super) fn episode(
             }
         };
         let (after, output) = ran?;
-        let checked = limits
-            .check_payload("the operation's output", &output)
-            .and_then(|()| match &after {
-                Some(after) => limits.check_payload("the entity's state", after),
-                None => Ok(()),
-            });
-        checked?;
+        // Everything the operation would store, each within the payload
+        // limit, or the operation fails whole.
+        let sent_inputs = effects.signals.iter().filter_map(|(to, message)| match message {
+            Message::EntityOperation { input, .. } => Some((format!("a signal to {to}"), input)),
+            _ => None,
+        });
+        let start_inputs = (effects.starts.iter())
+            .map(|start| (format!("the input of orchestration `{}`", start.name), &start.input));
+        let payloads = [("the operation's output".to_string(), &output)]
+            .into_iter()
+            .chain(after.iter().map(|a| ("the entity's state".to_string(), a)))
+            .chain(sent_inputs)
+            .chain(start_inputs);
+        for (what, payload) in payloads {
+            limits.check_payload(&what, payload)?;
+        }
         *state = after;
         let Effects {
             signals: sent,
