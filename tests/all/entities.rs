@@ -408,6 +408,10 @@ fn entities_list_read_clean_and_refuse_bad_requests() {
         .get(&format!("{BASE}/entities/counter?keyPrefix=k"))
         .json();
     assert_eq!(prefixed.as_array().unwrap().len(), 3);
+    // Counted apart on /metrics.
+    let metrics = host.get("/metrics").body;
+    assert!(metrics.contains("\nduro_entities 4\n"), "{metrics}");
+    assert!(metrics.contains("duro_instances{status=\"Running\"} 0"), "{metrics}");
     // Entities are not orchestration instances.
     let instances = host.get(&format!("{BASE}/instances")).json();
     assert!(

@@ -824,14 +824,19 @@ fn counts_for_the_gauges(t: &TestStore) {
     let store = &t.store;
     schedule(store, "busy", 2, 3);
     store.create_instance(&instance("waiting")).unwrap();
+    store
+        .enqueue("@counter@counted", &operation("add"))
+        .unwrap();
     let counts = store.counts(now_millis() + 1).unwrap();
+    assert_eq!(counts.entities, 1, "an entity counts apart");
     let mut by_status = counts.instances.clone();
     by_status.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(
         by_status,
         [(RuntimeStatus::Pending, 1), (RuntimeStatus::Running, 1)]
     );
-    // The start message of `waiting`; both timers, due; three activities.
+    // The start message of `waiting` and the entity's signal; both timers,
+    // due; three activities.
     assert_eq!(
         (
             counts.inbox_messages,
@@ -839,7 +844,7 @@ fn counts_for_the_gauges(t: &TestStore) {
             counts.timers_due,
             counts.activities
         ),
-        (1, 2, 2, 3)
+        (2, 2, 2, 3)
     );
     assert_eq!(store.counts(0).unwrap().timers_due, 0);
 }

@@ -354,8 +354,11 @@ pub type WakeFn = std::sync::Arc<dyn Fn(WorkKind) + Send + Sync>;
 /// How much the store holds, for the host's gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreCounts {
-    /// Instances by status (statuses with none left out).
+    /// Orchestration instances by status (statuses with none left out;
+    /// entities are not among them).
     pub instances: Vec<(RuntimeStatus, u64)>,
+    /// Entities stored.
+    pub entities: u64,
     /// Messages waiting in inboxes.
     pub inbox_messages: u64,
     /// Durable timers not fired yet.

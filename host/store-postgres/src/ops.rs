@@ -227,7 +227,7 @@ pub mod sql {
     /// When the next timer is due.
     pub const NEXT_TIMER_DUE: &str = "SELECT MIN(fire_at) FROM timers";
     /// Instances by status.
-    pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM instances GROUP BY status";
+    pub const COUNT_BY_STATUS: &str = duro_store_sql::rows::COUNT_BY_STATUS;
     /// Messages in inboxes, timers (all, and due at $1) and activity calls.
     pub const COUNT_WORK: &str = "SELECT (SELECT count(*) FROM inbox), \
          (SELECT count(*) FROM timers), (SELECT count(*) FROM timers WHERE fire_at <= $1), \
@@ -1203,6 +1203,9 @@ pub async fn counts(c: &Object, now: Millis) -> StoreResult<StoreCounts> {
         let status: String = r.get(0);
         let status = RuntimeStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
         counts.instances.push((status, r.get::<_, i64>(1) as u64));
+    }
+    if let Some(r) = row(c, rows::COUNT_ENTITIES, &[]).await? {
+        counts.entities = r.get::<_, i64>(0) as u64;
     }
     if let Some(r) = row(c, sql::COUNT_WORK, &[&(now as i64)]).await? {
         counts.inbox_messages = r.get::<_, i64>(0) as u64;

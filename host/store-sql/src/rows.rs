@@ -223,6 +223,15 @@ pub fn scheduled_by_json(instance: &Instance) -> Option<String> {
     serde_json::to_string(scheduled).ok()
 }
 
+/// Orchestration instances by status: entities (ids that begin with `@`)
+/// are counted apart ([`COUNT_ENTITIES`]).
+pub const COUNT_BY_STATUS: &str =
+    "SELECT status, count(*) FROM instances WHERE substr(id, 1, 1) <> '@' GROUP BY status";
+
+/// Entities: a range of the primary key (every id that begins with `@`
+/// sorts between `@` and `A`, bytewise).
+pub const COUNT_ENTITIES: &str = "SELECT count(*) FROM instances WHERE id >= '@' AND id < 'A'";
+
 /// Insert an entity's row unless it has one (`plan::Write::EnsureEntity`),
 /// in SQLite's placeholders (`?N`; PostgreSQL says `$N`): id, name,
 /// status, input, output (the record), component, time, input hash,

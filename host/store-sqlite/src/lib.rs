@@ -98,7 +98,7 @@ pub mod sql {
          (instance_id, message, control, created_at) \
          SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM instances WHERE id = ?1)";
     /// Instances by status (the status index, no table read).
-    pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM instances GROUP BY status";
+    pub const COUNT_BY_STATUS: &str = duro_store_sql::rows::COUNT_BY_STATUS;
     /// Messages in inboxes.
     pub const COUNT_INBOX: &str = "SELECT count(*) FROM inbox";
     /// Timers not fired.
@@ -1588,6 +1588,7 @@ impl ClientStore for SqliteStore {
                 .map_err(backend)?;
                 Ok(n as u64)
             };
+            counts.entities = count(rows::COUNT_ENTITIES, None)?;
             counts.inbox_messages = count(sql::COUNT_INBOX, None)?;
             counts.timers = count(sql::COUNT_TIMERS, None)?;
             counts.timers_due = count(sql::COUNT_TIMERS_DUE, Some(now as i64))?;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub guest_traps: Family<Labels, Counter>,
     /// Stored instances by status, read from the store at each scrape.
     pub instances: Family<Labels, Gauge>,
+    /// Entities stored, at the last scrape.
+    pub entities: Gauge,
     /// Messages waiting in inboxes, at the last scrape.
     pub inbox_messages: Gauge,
     /// Durable timers not fired, at the last scrape.
@@ -158,6 +160,8 @@ impl Metrics {
             "Stored instances, by runtime status",
             instances.clone(),
         );
+        let entities = Gauge::default();
+        registry.register("entities", "Stored entities", entities.clone());
         let inbox_messages = Gauge::default();
         registry.register(
             "inbox_messages",
@@ -202,6 +206,7 @@ impl Metrics {
             memory_releases,
             guest_traps,
             instances,
+            entities,
             inbox_messages,
             timers,
             timers_due,
@@ -236,6 +241,7 @@ impl Metrics {
                 .get_or_create(&vec![("status", status.as_str().to_string())])
                 .set(n as i64);
         }
+        self.entities.set(counts.entities as i64);
         self.inbox_messages.set(counts.inbox_messages as i64);
         self.timers.set(counts.timers as i64);
         self.timers_due.set(counts.timers_due as i64);

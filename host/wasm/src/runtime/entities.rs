@@ -138,12 +138,21 @@ pub(super) fn episode(
         let (after, output) = ran?;
         // Everything the operation would store, each within the payload
         // limit, or the operation fails whole.
-        let sent_inputs = effects.signals.iter().filter_map(|(to, message)| match message {
-            Message::EntityOperation { input, .. } => Some((format!("a signal to {to}"), input)),
-            _ => None,
+        let sent_inputs = effects
+            .signals
+            .iter()
+            .filter_map(|(to, message)| match message {
+                Message::EntityOperation { input, .. } => {
+                    Some((format!("a signal to {to}"), input))
+                }
+                _ => None,
+            });
+        let start_inputs = (effects.starts.iter()).map(|start| {
+            (
+                format!("the input of orchestration `{}`", start.name),
+                &start.input,
+            )
         });
-        let start_inputs = (effects.starts.iter())
-            .map(|start| (format!("the input of orchestration `{}`", start.name), &start.input));
         let payloads = [("the operation's output".to_string(), &output)]
             .into_iter()
             .chain(after.iter().map(|a| ("the entity's state".to_string(), a)))
