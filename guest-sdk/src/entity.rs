@@ -164,6 +164,29 @@ impl<S> EntityContext<S> {
         host::signal_entity(&entity.name, &entity.key, operation, &json);
     }
 
+    /// [`signal_entity`](Self::signal_entity), run by the target no
+    /// earlier than `at`.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut duro_sdk::EntityContext<i64>) {
+    /// let later = ctx.current_time() + std::time::Duration::from_secs(60);
+    /// ctx.signal_entity_at(&duro_sdk::EntityId::new("Counter", "x"), later, "add", &1);
+    /// # }
+    /// ```
+    pub fn signal_entity_at<I: Serialize>(
+        &self,
+        entity: &EntityId,
+        at: SystemTime,
+        operation: &str,
+        input: &I,
+    ) {
+        let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+        let millis = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
+        host::signal_entity_at(&entity.name, &entity.key, operation, &json, millis);
+    }
+
     /// Start the orchestration `name` with `input` once this operation
     /// commits, under `instance_id` (a fresh id when none is given): the
     /// id. An id a live instance holds starts nothing.

@@ -411,7 +411,10 @@ fn entities_list_read_clean_and_refuse_bad_requests() {
     // Counted apart on /metrics.
     let metrics = host.get("/metrics").body;
     assert!(metrics.contains("\nduro_entities 4\n"), "{metrics}");
-    assert!(metrics.contains("duro_instances{status=\"Running\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("duro_instances{status=\"Running\"} 0"),
+        "{metrics}"
+    );
     // Entities are not orchestration instances.
     let instances = host.get(&format!("{BASE}/instances")).json();
     assert!(
@@ -693,6 +696,18 @@ fn scheduled_signals_run_at_their_time_across_a_restart() {
         "schedules-later",
         &json!({ "key": "later", "times": 1, "later_ms": 1500 }),
     );
+    // From an entity, and from an HTTP function's durable client.
+    let remind = json!({ "to": "later", "amount": 10_000, "after_ms": 1500 });
+    assert_eq!(
+        signal(&host, "Relay/reminder", "remind", &remind).status,
+        202
+    );
+    let at_ms = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).timestamp_millis();
+    let from_function = host.post(
+        &format!("/entities?op=signal_at&name=Counter&key=later&operation=add&at={at_ms}"),
+        "20000",
+    );
+    assert_eq!(from_function.status, 200, "{}", from_function.body);
     // Now: the immediate add (1) and the caller's add (1) and signal (100).
     state_when(&host, "counter/later", |s| *s == json!(102));
     let details = host
@@ -705,8 +720,8 @@ fn scheduled_signals_run_at_their_time_across_a_restart() {
     );
     host.kill();
     let host = Host::start_with(&manifest, &database, &[]);
-    let state = state_when(&host, "counter/later", |s| *s == json!(1107));
-    assert_eq!(state, json!(1107), "both scheduled signals ran once");
+    let state = state_when(&host, "counter/later", |s| *s == json!(31107));
+    assert_eq!(state, json!(31107), "the four scheduled signals ran once");
     let bad = host.post(
         &format!("{BASE}/entities/Counter/later?op=add&scheduledTime=soon"),
         "1",

@@ -627,6 +627,31 @@ impl DurableClient {
         )?)
     }
 
+    /// [`signal_entity`](Self::signal_entity), run by the entity no
+    /// earlier than `at` (milliseconds since the epoch).
+    ///
+    /// ```no_run
+    /// # fn f(client: &duro_http::DurableClient, tomorrow_ms: u64) -> Result<(), duro_http::ClientError> {
+    /// client.signal_entity_at("Reminder", "ann", "ring", &(), tomorrow_ms)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn signal_entity_at<T: Serialize>(
+        &self,
+        name: &str,
+        key: &str,
+        operation: &str,
+        input: &T,
+        at: u64,
+    ) -> Result<(), ClientError> {
+        Ok(entities::signal_entity_at(
+            name,
+            key,
+            operation,
+            &to_json(input)?,
+            at,
+        )?)
+    }
+
     /// The state of the entity `name`/`key`, or `None` if it has none.
     ///
     /// ```no_run

@@ -252,6 +252,37 @@ impl HostMonotonicClock for FixedClock {
     }
 }
 
+impl EntityState {
+    /// Keep a signal the operation sends (to run no earlier than `at`).
+    fn signal(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: Option<Millis>,
+    ) -> wasmtime::Result<()> {
+        let entity = EntityId::new(&name, &key)
+            .map_err(|e| wasmtime::Error::msg(format!("signal-entity: {e}")))?;
+        if serde_json::from_str::<serde_json::Value>(&input).is_err() {
+            return Err(wasmtime::Error::msg(format!(
+                "signal-entity({name:?}, {key:?}, {operation:?}): the input {input:?} is not JSON"
+            )));
+        }
+        self.effects.signals.push((
+            entity.instance_id(),
+            Message::EntityOperation {
+                operation,
+                input,
+                caller: None,
+                holder: None,
+                due: at,
+            },
+        ));
+        Ok(())
+    }
+}
+
 impl bindings::duro::workflow::types::Host for EntityState {}
 
 impl ctx::Host for EntityState {
@@ -277,24 +308,19 @@ impl ctx::Host for EntityState {
         operation: String,
         input: String,
     ) -> wasmtime::Result<()> {
-        let entity = EntityId::new(&name, &key)
-            .map_err(|e| wasmtime::Error::msg(format!("signal-entity: {e}")))?;
-        if serde_json::from_str::<serde_json::Value>(&input).is_err() {
-            return Err(wasmtime::Error::msg(format!(
-                "signal-entity({name:?}, {key:?}, {operation:?}): the input {input:?} is not JSON"
-            )));
-        }
-        self.effects.signals.push((
-            entity.instance_id(),
-            Message::EntityOperation {
-                operation,
-                input,
-                caller: None,
-                holder: None,
-                due: None,
-            },
-        ));
-        Ok(())
+        self.signal(name, key, operation, input, None)
+    }
+
+    fn signal_entity_at(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: u64,
+    ) -> wasmtime::Result<()> {
+        let at = at.min(crate::replay::LATEST_TIMER_MS);
+        self.signal(name, key, operation, input, Some(at))
     }
 
     fn start_orchestration(

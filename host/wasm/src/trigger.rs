@@ -503,6 +503,25 @@ impl bindings::duro::workflow::entities::Host for TriggerState {
             .map_err(client_error)
     }
 
+    async fn signal_entity_at(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: u64,
+    ) -> Result<(), wit::ClientError> {
+        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
+        let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
+            wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
+        })?;
+        let at = at.min(crate::replay::LATEST_TIMER_MS);
+        self.runtime
+            .signal_entity(&id, &operation, &input, Some(at))
+            .await
+            .map_err(client_error)
+    }
+
     async fn read_entity_state(
         &mut self,
         name: String,

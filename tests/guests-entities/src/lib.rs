@@ -89,6 +89,25 @@ fn forward(ctx: &mut EntityContext<i64>, input: Forward) -> Result<i64> {
     Ok(*ctx.state())
 }
 
+#[derive(Deserialize)]
+struct Remind {
+    to: String,
+    amount: i64,
+    after_ms: u64,
+}
+
+/// Signals `add amount` to Counter `to`, to run `after_ms` from now.
+fn remind(ctx: &mut EntityContext<i64>, input: Remind) -> Result<()> {
+    let at = ctx.current_time() + std::time::Duration::from_millis(input.after_ms);
+    ctx.signal_entity_at(
+        &EntityId::new("Counter", &input.to),
+        at,
+        "add",
+        &input.amount,
+    );
+    Ok(())
+}
+
 /// Starts the orchestration `Sequence` under the given id.
 fn start(ctx: &mut EntityContext<i64>, id: String) -> Result<String> {
     *ctx.state_mut() += 1;
@@ -149,5 +168,6 @@ duro_sdk::export_entities! {
     "Relay": i64 => {
         "forward" => forward,
         "start" => start,
+        "remind" => remind,
     },
 }

@@ -79,6 +79,15 @@ fn entities(req: &Request, client: &DurableClient) -> Response {
                 client.signal_entity(name, key, operation, &input)
             })
             .map(|()| json!("signaled")),
+        "signal_at" => req
+            .json::<serde_json::Value>()
+            .map_err(|e| duro_http::ClientError::InvalidArgument(e.to_string()))
+            .and_then(|input| {
+                let operation = req.query("operation").unwrap_or_default();
+                let at = req.query("at").and_then(|at| at.parse().ok()).unwrap_or(0);
+                client.signal_entity_at(name, key, operation, &input, at)
+            })
+            .map(|()| json!("signaled")),
         "read" => client
             .read_entity_state(name, key)
             .map(|state| json!(state)),
