@@ -373,13 +373,7 @@ impl OrchestrationContext {
     /// # }
     /// ```
     pub fn create_timer(&self, at: SystemTime) -> Task<()> {
-        // A time past what milliseconds since 1970 can say is asked for as
-        // the largest one: the host keeps it as 9999-12-31, never earlier.
-        let millis = at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Task::new(host::create_timer(millis), decode_timer)
+        Task::new(host::create_timer(epoch_millis(at)), decode_timer)
     }
 
     /// A durable timer that fires `after` from the current episode time.
@@ -436,10 +430,13 @@ impl OrchestrationContext {
         input: &I,
     ) {
         let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
-        let millis = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
-        host::signal_entity_at(&entity.name, &entity.key, operation, &json, millis);
+        host::signal_entity_at(
+            &entity.name,
+            &entity.key,
+            operation,
+            &json,
+            epoch_millis(at),
+        );
         runtime::note_recorded_call();
     }
 
@@ -508,6 +505,15 @@ impl OrchestrationContext {
         runtime::note_recorded_call();
         runtime::set_continue_as_new(json);
     }
+}
+
+/// `at` as milliseconds since 1970, as the host takes a due time: a time
+/// past what they can say is the largest one (the host keeps it as
+/// 9999-12-31, never earlier), a time before 1970 is 0.
+pub(crate) fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn decode_event<T: DeserializeOwned>(outcome: TaskOutcome) -> Result<T> {

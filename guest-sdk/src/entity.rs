@@ -181,10 +181,8 @@ impl<S> EntityContext<S> {
         input: &I,
     ) {
         let json = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
-        let millis = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
-        host::signal_entity_at(&entity.name, &entity.key, operation, &json, millis);
+        let at = crate::context::epoch_millis(at);
+        host::signal_entity_at(&entity.name, &entity.key, operation, &json, at);
     }
 
     /// Start the orchestration `name` with `input` once this operation

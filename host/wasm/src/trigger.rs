@@ -485,6 +485,27 @@ impl wit::Host for TriggerState {
     }
 }
 
+impl TriggerState {
+    /// Signal an entity for the guest, to run no earlier than `at`.
+    async fn signal(
+        &mut self,
+        name: String,
+        key: String,
+        operation: String,
+        input: String,
+        at: Option<crate::model::Millis>,
+    ) -> Result<(), wit::ClientError> {
+        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
+        let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
+            wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
+        })?;
+        self.runtime
+            .signal_entity(&id, &operation, &input, at)
+            .await
+            .map_err(client_error)
+    }
+}
+
 impl bindings::duro::workflow::entities::Host for TriggerState {
     async fn signal_entity(
         &mut self,
@@ -493,14 +514,7 @@ impl bindings::duro::workflow::entities::Host for TriggerState {
         operation: String,
         input: String,
     ) -> Result<(), wit::ClientError> {
-        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
-        let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
-            wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
-        })?;
-        self.runtime
-            .signal_entity(&id, &operation, &input, None)
-            .await
-            .map_err(client_error)
+        self.signal(name, key, operation, input, None).await
     }
 
     async fn signal_entity_at(
@@ -511,15 +525,8 @@ impl bindings::duro::workflow::entities::Host for TriggerState {
         input: String,
         at: u64,
     ) -> Result<(), wit::ClientError> {
-        let id = Runtime::entity_id(&name, &key).map_err(client_error)?;
-        let input: serde_json::Value = serde_json::from_str(&input).map_err(|e| {
-            wit::ClientError::InvalidArgument(format!("the input is not JSON: {e}"))
-        })?;
         let at = at.min(crate::replay::LATEST_TIMER_MS);
-        self.runtime
-            .signal_entity(&id, &operation, &input, Some(at))
-            .await
-            .map_err(client_error)
+        self.signal(name, key, operation, input, Some(at)).await
     }
 
     async fn read_entity_state(
