@@ -298,18 +298,6 @@ impl Runtime {
         .map(|_| ())
     }
 
-    /// The names of the registered entities.
-    pub fn entity_names(&self) -> Vec<String> {
-        let registry = self
-            .inner
-            .entity_registry
-            .read()
-            .expect("registry poisoned");
-        let mut names: Vec<String> = registry.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// The id of entity `name` with `key`, or why it cannot be one.
     pub fn entity_id(name: &str, key: &str) -> RuntimeResult<EntityId> {
         EntityId::new(name, key).map_err(RuntimeError::InvalidEntityId)
