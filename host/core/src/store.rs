@@ -275,6 +275,13 @@ pub trait RuntimeStore: Send + Sync + 'static {
     }
     /// Give back a lease [`lease_local`](Self::lease_local) took, at once.
     fn release_local(&self, _instance: &str) {}
+    /// True if `instance` is leased to this host in memory (by
+    /// [`lease_local`](Self::lease_local) or a claim): its episode will
+    /// commit or give the lease back here. A store whose leases are stored
+    /// says false.
+    fn leased_here(&self, _instance: &str) -> bool {
+        false
+    }
     /// Give back memory held only to go faster (page caches, idle
     /// connections), because the host has been idle: the runtime calls it
     /// after a quiet spell. Nothing stored changes; the next operations may

@@ -1302,6 +1302,13 @@ impl RuntimeStore for SqliteStore {
             .remove(instance);
     }
 
+    fn leased_here(&self, instance: &str) -> bool {
+        self.leased
+            .lock()
+            .expect("lease set poisoned")
+            .contains(instance)
+    }
+
     async fn release(&self, instance: &str) -> StoreResult<()> {
         self.release_local(instance);
         Ok(())

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -60,6 +61,19 @@ const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
 /// The longest a waiter goes without re-reading its instance when no
 /// commit of this host woke it.
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
+
+/// How long a parked message waits for the episode under way before its
+/// sender stores it instead. Every path that gives the lease back resumes
+/// or hands back what is parked; this bounds what nothing foresaw.
+const MAX_PARKED: Duration = Duration::from_secs(1);
+
+/// A message on its way into an episode instead of into the store.
+enum Carrying {
+    /// Given to the episode threads with the instance's lease.
+    Offered(tokio::sync::oneshot::Receiver<Result<(), Message>>),
+    /// Waiting for the episode under way (its number among parked ones).
+    Parked(u64, tokio::sync::oneshot::Receiver<Result<(), Message>>),
+}
 
 pub use crate::model::MAX_INSTANCE_ID_LEN;
 
@@ -292,6 +306,13 @@ struct Inner {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Failed attempts to run or commit an instance's episode, for backoff.
     retries: Mutex<HashMap<String, u32>>,
+    /// A message (at most one an instance) for a warm instance whose
+    /// episode this host is running: it goes into the next episode when
+    /// that one commits ([`Inner::resume_parked`]), so that an event raised
+    /// while the instance commits costs no write of its own. The number
+    /// tells its sender's entry apart.
+    parked: Mutex<HashMap<String, (u64, worker::Carried)>>,
+    parked_seq: std::sync::atomic::AtomicU64,
     /// The runtime the background tasks run on (episode threads spawn onto it).
     handle: tokio::runtime::Handle,
     /// Episodes begun so far: the idle release waits for it to stand still.
@@ -384,16 +405,18 @@ impl Inner {
     }
 
     /// Carry `message` straight into an episode of `id`, if `id` is warm
-    /// here and this host can lease it on the spot: what becomes of it
-    /// (stored by the episode's commit, or handed back); else the message.
-    fn carry(
-        &self,
-        id: &str,
-        message: Message,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Message>>, Message> {
+    /// here and this host can lease it on the spot, or park it for the
+    /// episode after the one this host runs: what becomes of it (stored by
+    /// an episode's commit, or handed back); else the message.
+    fn carry(&self, id: &str, message: Message) -> Result<Carrying, Message> {
         let Some(pool) = self.episode_pool.get() else {
             return Err(message);
         };
+        // Leased here, an episode of it is under way: its first one, at
+        // low load, whose commit a raise right after the start meets.
+        if self.store.leased_here(id) {
+            return self.park(id, message);
+        }
         // Cold, the episode would replay before the sender hears back.
         if !self.replayer.holds(id) || !self.store.lease_local(id) {
             return Err(message);
@@ -404,11 +427,89 @@ impl Inner {
             carried: Some(carried),
         };
         match pool.offer(job, self.config.batch_size) {
-            Ok(()) => Ok(outcome),
+            Ok(()) => Ok(Carrying::Offered(outcome)),
             Err(job) => {
                 self.store.release_local(id);
                 Err(job.carried.expect("carried").hand_back())
             }
+        }
+    }
+
+    /// Keep `message` for the next episode of `id`, whose lease this host
+    /// holds (an episode runs or commits). One message an instance; others
+    /// are stored.
+    fn park(&self, id: &str, message: Message) -> Result<Carrying, Message> {
+        let mut parked = self.parked.lock().expect("parked messages poisoned");
+        // Checked under the lock that `resume_parked` takes after the lease
+        // is given back: a message parked here is always seen there.
+        if parked.contains_key(id) || !self.store.leased_here(id) {
+            return Err(message);
+        }
+        let seq = self.parked_seq.fetch_add(1, Ordering::Relaxed);
+        let (carried, outcome) = worker::Carried::new(message);
+        parked.insert(id.to_string(), (seq, carried));
+        Ok(Carrying::Parked(seq, outcome))
+    }
+
+    /// The episode of `id` this host ran has committed (`committed`) or
+    /// given its lease back: a message parked for it goes into the next
+    /// episode if the instance can be leased again at once, else back to
+    /// its sender.
+    fn resume_parked(&self, id: &str, committed: bool) {
+        let parked = self
+            .parked
+            .lock()
+            .expect("parked messages poisoned")
+            .remove(id);
+        let Some((_, carried)) = parked else {
+            return;
+        };
+        let Some(pool) = self.episode_pool.get() else {
+            return;
+        };
+        if !committed || !self.store.lease_local(id) {
+            return; // dropped: handed back
+        }
+        let job = worker::Job {
+            id: id.to_string(),
+            carried: Some(carried),
+        };
+        if pool.offer(job, self.config.batch_size).is_err() {
+            self.store.release_local(id);
+        }
+    }
+
+    /// Ok once an episode's commit stored the message; else the message,
+    /// handed back, for the sender to store.
+    async fn carried(&self, id: &str, carrying: Carrying) -> Result<(), Message> {
+        let handed_back = |outcome| match outcome {
+            Ok(result) => result,
+            Err(_) => unreachable!("a carried message is handed back when dropped"),
+        };
+        match carrying {
+            Carrying::Offered(outcome) => handed_back(outcome.await),
+            Carrying::Parked(seq, mut outcome) => {
+                match tokio::time::timeout(MAX_PARKED, &mut outcome).await {
+                    Ok(result) => handed_back(result),
+                    Err(_) => match self.unpark(id, seq) {
+                        Some(message) => Err(message),
+                        // An episode has it now: it answers.
+                        None => handed_back(outcome.await),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Take back the parked message `seq` of `id` if no episode has taken
+    /// it yet.
+    fn unpark(&self, id: &str, seq: u64) -> Option<Message> {
+        let mut parked = self.parked.lock().expect("parked messages poisoned");
+        match parked.get(id) {
+            Some((held, _)) if *held == seq => {
+                parked.remove(id).map(|(_, carried)| carried.hand_back())
+            }
+            _ => None,
         }
     }
 
@@ -498,6 +599,8 @@ impl Runtime {
             committed: tokio::sync::broadcast::channel(1024).0,
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
             retries: Mutex::default(),
+            parked: Mutex::default(),
+            parked_seq: std::sync::atomic::AtomicU64::new(0),
             handle: tokio::runtime::Handle::current(),
             episodes_begun: Default::default(),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
@@ -783,13 +886,12 @@ impl Runtime {
             return Err(RuntimeError::EntityInstance(id.to_string()));
         }
         let message = match self.inner.carry(id, message) {
-            Ok(outcome) => match outcome.await {
-                Ok(Ok(())) => {
+            Ok(carrying) => match self.inner.carried(id, carrying).await {
+                Ok(()) => {
                     self.inner.metrics.carried_messages.inc();
                     return Ok(());
                 }
-                Ok(Err(message)) => message,
-                Err(_) => unreachable!("a carried message is handed back when dropped"),
+                Err(message) => message,
             },
             Err(message) => message,
         };

@@ -260,7 +260,10 @@ async fn commit_loop(
                     drop(carried);
                 }
                 match result {
-                    Ok(()) => inner.succeeded(&id),
+                    Ok(()) => {
+                        inner.succeeded(&id);
+                        inner.resume_parked(&id, true);
+                    }
                     // Another write changed the instance first (a restart, an
                     // upgrade, a purge): run the episode again on what is
                     // there now.
@@ -268,6 +271,7 @@ async fn commit_loop(
                         let _ = inner
                             .until_stored("giving a lease back", || inner.store.release(&id))
                             .await;
+                        inner.resume_parked(&id, false);
                     }
                     Err(e) => retry_later(&inner, id, format!("episode not committed: {e}")),
                 }
@@ -329,6 +333,7 @@ fn retry_later(inner: &Arc<Inner>, id: String, why: String) {
         let _ = inner
             .until_stored("giving a lease back", || inner.store.release(&id))
             .await;
+        inner.resume_parked(&id, false);
         inner.work.notify_one();
     });
 }
