@@ -103,14 +103,39 @@ async fn screenshot(client: &Client, name: &str) {
 
 /// Click the element `css` selects.
 async fn click(client: &Client, css: &str) {
-    let element = client.find(Locator::Css(css)).await.unwrap();
-    element.click().await.unwrap();
+    on_fresh(client, css, |element| async move { element.click().await }).await;
 }
 
 /// Type `text` into the element `css` selects.
 async fn type_into(client: &Client, css: &str, text: &str) {
-    let element = client.find(Locator::Css(css)).await.unwrap();
-    element.send_keys(text).await.unwrap();
+    on_fresh(client, css, |element| async move {
+        element.send_keys(text).await
+    })
+    .await;
+}
+
+/// Do `act` to the element `css` selects, finding it again if the page
+/// re-rendered it in between (the dashboard refreshes its tables while
+/// the test acts, and a slow machine widens that window).
+async fn on_fresh<F, Fut>(client: &Client, css: &str, act: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + crate::support::PATIENCE;
+    loop {
+        let element = client.find(Locator::Css(css)).await.unwrap();
+        match act(element).await {
+            Ok(()) => return,
+            Err(e)
+                if format!("{e:?}").contains("StaleElementReference")
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e:?}"),
+        }
+    }
 }
 
 /// Wait until `script` (a JS expression) is true in the page.

@@ -393,6 +393,46 @@ async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
     rt.shutdown().await;
 }
 
+/// A raise that meets an episode computing for long waits a moment for it
+/// (to go into the next episode), then is stored by a write of its own:
+/// its answer never waits for a guest's computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_does_not_wait_for_a_long_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = duro::runtime::RuntimeConfig {
+        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+        poll_interval: Duration::from_millis(50),
+        step_budget: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let store = duro::database::open(&dir.path().join("duro.db"))
+        .await
+        .unwrap();
+    let rt = duro::runtime::Runtime::start(config, store).await.unwrap();
+    rt.register(guest_bytes(TEST_GUESTS), &["Crunch"])
+        .await
+        .unwrap();
+    // Its first episode computes for hundreds of milliseconds, leased here
+    // from the moment the start returns.
+    let id = rt.start_new("Crunch", None, &json!(1000)).await.unwrap();
+    rt.raise_event(&id, "Go", &json!(null)).await.unwrap();
+    let history = rt.history(&id).await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. })),
+        "the raise was answered only after the long episode committed: {history:?}"
+    );
+    let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
+    assert_eq!(json(done.output.as_deref().unwrap()), json!(1_000_000_000u64));
+    let history = rt.history(&id).await.unwrap();
+    let raised = (history.iter())
+        .filter(|e| matches!(e.event, HistoryEvent::EventRaised { .. }))
+        .count();
+    assert_eq!(raised, 1, "{history:?}");
+    rt.shutdown().await;
+}
+
 async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {

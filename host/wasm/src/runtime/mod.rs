@@ -63,9 +63,12 @@ const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
 
 /// How long a parked message waits for the episode under way before its
-/// sender stores it instead. Every path that gives the lease back resumes
-/// or hands back what is parked; this bounds what nothing foresaw.
-const MAX_PARKED: Duration = Duration::from_secs(1);
+/// sender stores it instead: a commit takes a few milliseconds, but the
+/// episode under way may be a guest computing for its whole step budget,
+/// and a raise must not wait for that. It also bounds what nothing
+/// foresaw (every path that gives the lease back resumes or hands back
+/// what is parked).
+const MAX_PARKED: Duration = Duration::from_millis(50);
 
 /// A message on its way into an episode instead of into the store.
 enum Carrying {
