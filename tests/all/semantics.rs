@@ -424,7 +424,10 @@ async fn a_raise_does_not_wait_for_a_long_episode() {
         "the raise was answered only after the long episode committed: {history:?}"
     );
     let done = wait_status(&rt, &id, RuntimeStatus::Completed).await;
-    assert_eq!(json(done.output.as_deref().unwrap()), json!(1_000_000_000u64));
+    assert_eq!(
+        json(done.output.as_deref().unwrap()),
+        json!(1_000_000_000u64)
+    );
     let history = rt.history(&id).await.unwrap();
     let raised = (history.iter())
         .filter(|e| matches!(e.event, HistoryEvent::EventRaised { .. }))
