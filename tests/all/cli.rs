@@ -81,6 +81,37 @@ fn cli_starts_inspects_raises_and_purges() {
     assert_eq!(out.trim(), "purged cli-1");
 }
 
+/// `--async-threads` sizes the host's async runtime: a host on one
+/// thread, or on three, serves the scenario through its own triggers; 0
+/// is refused before anything starts, naming the flag.
+#[test]
+fn the_async_runtime_takes_the_threads_it_is_given() {
+    for threads in ["1", "3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = crate::host::scenario_manifest(dir.path(), "");
+        let host = Host::start_with_env(
+            &manifest,
+            &dir.path().join("duro.db"),
+            &[("DURO_ASYNC_THREADS", threads)],
+            &[],
+        );
+        let started = host.get("/api/start/threads");
+        assert_eq!(started.status, 200, "{threads}: {}", started.body);
+        let stopped = host.get("/api/stop/threads");
+        assert_eq!(stopped.status, 200, "{threads}: {}", stopped.body);
+        host.poll("/api/check/threads", |r| {
+            r.json()["runtimeStatus"] == "Completed"
+        });
+    }
+    let refused = Command::new(duro_binary())
+        .args(["--async-threads", "0", "serve"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--async-threads"), "{stderr}");
+}
+
 #[test]
 fn serve_refuses_a_component_that_does_not_fit_its_world() {
     let dir = tempfile::tempdir().unwrap();
