@@ -416,8 +416,11 @@ impl Inner {
             return Err(message);
         };
         // Leased here, an episode of it is under way: its first one, at
-        // low load, whose commit a raise right after the start meets.
-        if self.store.leased_here(id) {
+        // low load, whose commit a raise right after the start meets. Not
+        // for an entity: its signals come in streams, and stored at once
+        // they all go into its next episode, where a parked one would hold
+        // its sender for two commits.
+        if self.store.leased_here(id) && !crate::entity::is_entity(id) {
             return self.park(id, message);
         }
         // Cold, the episode would replay before the sender hears back.
