@@ -193,11 +193,6 @@ impl Engine {
             // the lifecycle bench), and a Rust guest's heap is ~1-2 MiB.
             .linear_memory_keep_resident(8 << 20)
             .table_keep_resident(64 << 10)
-            // ... and only the pages the guest wrote, found with Linux's
-            // PAGEMAP_SCAN (6.7 and later; elsewhere the whole resident
-            // prefix as above): an HTTP function that dirties a few pages
-            // of a 2 MiB heap no longer pays for clearing all of it.
-            .pagemap_scan(wasmtime::Enabled::Auto)
             .decommit_batch_size(16);
         let mut config = Config::new();
         config

@@ -420,7 +420,7 @@ impl Inner {
         // for an entity: its signals come in streams, and stored at once
         // they all go into its next episode, where a parked one would hold
         // its sender for two commits.
-        if self.store.leased_here(id) && !crate::entity::is_entity(id) {
+        if !crate::entity::is_entity(id) && self.store.leased_here(id) {
             return self.park(id, message);
         }
         // Cold, the episode would replay before the sender hears back.
