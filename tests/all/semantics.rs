@@ -7,12 +7,27 @@
 use std::time::Duration;
 
 use duro::model::{Action, HistoryEvent, Instance, Message, RuntimeStatus, now_millis};
+use duro::runtime::{Runtime, RuntimeConfig};
 use duro::store::sqlite::SqliteStore;
 use duro::store::{ClientStore, RuntimeStore};
 use duro_tests::{TEST_GUESTS, guest_bytes};
 use serde_json::json;
 
 use crate::support::{PATIENCE, json, runtime, wait_status};
+
+/// A runtime on a database in `dir`, set up as `config` says with the
+/// test's compile cache and a 50 ms poll, running the test guests `names`.
+async fn runtime_of(dir: &std::path::Path, config: RuntimeConfig, names: &[&str]) -> Runtime {
+    let config = RuntimeConfig {
+        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
+        poll_interval: Duration::from_millis(50),
+        ..config
+    };
+    let store = duro::database::open(&dir.join("duro.db")).await.unwrap();
+    let rt = Runtime::start(config, store).await.unwrap();
+    rt.register(guest_bytes(TEST_GUESTS), names).await.unwrap();
+    rt
+}
 
 fn custom_status(instance: &Instance) -> serde_json::Value {
     instance
@@ -357,25 +372,13 @@ async fn a_budget_spent_while_the_host_was_starved_fails_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = duro::runtime::RuntimeConfig {
-        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
-        poll_interval: Duration::from_millis(50),
+    let config = RuntimeConfig {
         // Room for one guest, four threads that want one each.
         guest_instances: 1,
         episode_threads: 4,
         ..Default::default()
     };
-    let rt = duro::runtime::Runtime::start(
-        config,
-        duro::database::open(&dir.path().join("duro.db"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    rt.register(guest_bytes(TEST_GUESTS), &["Crunch"])
-        .await
-        .unwrap();
+    let rt = runtime_of(dir.path(), config, &["Crunch"]).await;
     // Episodes of tens of milliseconds: they overlap, and all but one at a
     // time find the pool full.
     let mut ids = Vec::new();
@@ -399,19 +402,11 @@ async fn a_full_guest_pool_delays_episodes_and_fails_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_does_not_wait_for_a_long_episode() {
     let dir = tempfile::tempdir().unwrap();
-    let config = duro::runtime::RuntimeConfig {
-        compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
-        poll_interval: Duration::from_millis(50),
+    let config = RuntimeConfig {
         step_budget: Duration::from_secs(20),
         ..Default::default()
     };
-    let store = duro::database::open(&dir.path().join("duro.db"))
-        .await
-        .unwrap();
-    let rt = duro::runtime::Runtime::start(config, store).await.unwrap();
-    rt.register(guest_bytes(TEST_GUESTS), &["Crunch"])
-        .await
-        .unwrap();
+    let rt = runtime_of(dir.path(), config, &["Crunch"]).await;
     // Its first episode computes for hundreds of milliseconds, leased here
     // from the moment the start returns.
     let id = rt.start_new("Crunch", None, &json!(1000)).await.unwrap();
@@ -450,19 +445,11 @@ async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
 async fn a_warm_instance_skips_replay_and_records_the_same_history() {
     let run = |warm_instances: usize| async move {
         let dir = tempfile::tempdir().unwrap();
-        let config = duro::runtime::RuntimeConfig {
-            compile_cache: Some(duro_tests::COMPILE_CACHE.into()),
-            poll_interval: Duration::from_millis(50),
+        let config = RuntimeConfig {
             warm_instances,
             ..Default::default()
         };
-        let store = duro::database::open(&dir.path().join("duro.db"))
-            .await
-            .unwrap();
-        let rt = duro::runtime::Runtime::start(config, store).await.unwrap();
-        rt.register(guest_bytes(TEST_GUESTS), &["Program"])
-            .await
-            .unwrap();
+        let rt = runtime_of(dir.path(), config, &["Program"]).await;
         // Waits, a timer, a race and an event for a wait not yet made: each
         // its own episode. (The timer is due at once, so the runtime is idle
         // only once it has fired: the history's order does not depend on

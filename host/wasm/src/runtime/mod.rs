@@ -309,7 +309,7 @@ struct Inner {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Failed attempts to run or commit an instance's episode, for backoff.
     retries: Mutex<HashMap<String, u32>>,
-    /// A message (at most one an instance) for a warm instance whose
+    /// A message (at most one an instance) for an orchestration whose
     /// episode this host is running: it goes into the next episode when
     /// that one commits ([`Inner::resume_parked`]), so that an event raised
     /// while the instance commits costs no write of its own. The number
@@ -424,21 +424,35 @@ impl Inner {
             return self.park(id, message);
         }
         // Cold, the episode would replay before the sender hears back.
-        if !self.replayer.holds(id) || !self.store.lease_local(id) {
+        if !self.replayer.holds(id) {
             return Err(message);
         }
         let (carried, outcome) = worker::Carried::new(message);
+        match self.offer_carried(pool, id, carried) {
+            Ok(()) => Ok(Carrying::Offered(outcome)),
+            Err(carried) => Err(carried.hand_back()),
+        }
+    }
+
+    /// Lease `id` on the spot and give its episode threads an episode of
+    /// it with `carried`; `carried` back if either cannot be done.
+    fn offer_carried(
+        &self,
+        pool: &pool::EpisodePool<worker::Job>,
+        id: &str,
+        carried: worker::Carried,
+    ) -> Result<(), worker::Carried> {
+        if !self.store.lease_local(id) {
+            return Err(carried);
+        }
         let job = worker::Job {
             id: id.to_string(),
             carried: Some(carried),
         };
-        match pool.offer(job, self.config.batch_size) {
-            Ok(()) => Ok(Carrying::Offered(outcome)),
-            Err(job) => {
-                self.store.release_local(id);
-                Err(job.carried.expect("carried").hand_back())
-            }
-        }
+        pool.offer(job, self.config.batch_size).map_err(|job| {
+            self.store.release_local(id);
+            job.carried.expect("carried")
+        })
     }
 
     /// Keep `message` for the next episode of `id`, whose lease this host
@@ -470,18 +484,9 @@ impl Inner {
         let Some((_, carried)) = parked else {
             return;
         };
-        let Some(pool) = self.episode_pool.get() else {
-            return;
-        };
-        if !committed || !self.store.lease_local(id) {
-            return; // dropped: handed back
-        }
-        let job = worker::Job {
-            id: id.to_string(),
-            carried: Some(carried),
-        };
-        if pool.offer(job, self.config.batch_size).is_err() {
-            self.store.release_local(id);
+        // Not offered, it is dropped: handed back to its sender.
+        if let Some(pool) = self.episode_pool.get().filter(|_| committed) {
+            let _ = self.offer_carried(pool, id, carried);
         }
     }
 
