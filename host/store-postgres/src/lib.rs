@@ -523,13 +523,13 @@ impl RuntimeStore for PgStore {
     }
 
     async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        let mut client = self.client().await?;
-        ops::load(&mut client, instance, true).await
+        let client = self.client().await?;
+        ops::load(&client, instance, true).await
     }
 
     async fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        let mut client = self.client().await?;
-        ops::load(&mut client, instance, false).await
+        let client = self.client().await?;
+        ops::load(&client, instance, false).await
     }
 
     async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {

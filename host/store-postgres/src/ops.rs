@@ -129,8 +129,23 @@ pub mod sql {
     /// A page of an instance's history: from seq $2, at most $3 events.
     pub const LOAD_HISTORY_PAGE: &str = "SELECT seq, timestamp, event FROM history \
          WHERE instance_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
-    /// An instance's inbox.
-    pub const LOAD_INBOX: &str = "SELECT id, message FROM inbox WHERE instance_id = $1 ORDER BY id";
+    /// What an episode starts from, in one statement (one snapshot, and
+    /// one statement's cost on the server instead of a read-only
+    /// transaction's five): the instance row, then its history as three
+    /// arrays in `seq` order (none unless $2) and its inbox as two in
+    /// `id` order; an empty set's arrays are NULL.
+    pub const LOAD: &str = concat!(
+        "SELECT ",
+        duro_store_sql::instance_columns!(),
+        ", h.seqs, h.stamps, h.events, m.ids, m.messages FROM instances \
+         LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
+             array_agg(timestamp ORDER BY seq) AS stamps, array_agg(event ORDER BY seq) AS events \
+             FROM history WHERE instance_id = $1 AND $2) h ON TRUE \
+         LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
+             array_agg(message ORDER BY inbox.id) AS messages \
+             FROM inbox WHERE instance_id = $1) m ON TRUE \
+         WHERE instances.id = $1"
+    );
     /// An instance's version, its row locked.
     pub const LOCK_VERSION: &str =
         "SELECT execution_id, history_len, component FROM instances WHERE id = $1 FOR UPDATE";
@@ -759,55 +774,29 @@ async fn lock_instances(c: &impl GenericClient, instances: &[&str]) -> StoreResu
     Ok(())
 }
 
-pub async fn load(c: &mut Object, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
-    // One snapshot for the three reads, and one round trip for all of it:
-    // the statements are prepared first (a cache hit after the first use
-    // on a connection), then BEGIN, the reads and COMMIT are sent without
-    // waiting for each other's answers (tokio-postgres sends a request when
-    // its future is first polled, and a biased `join!` polls them in order). A read
-    // that fails aborts the transaction, and COMMIT then rolls it back, so
-    // the connection goes back to the pool clean either way.
-    let get = c.prepare_cached(sql::GET_INSTANCE).await.map_err(backend)?;
-    let history = c.prepare_cached(sql::LOAD_HISTORY).await.map_err(backend)?;
-    let inbox = c.prepare_cached(sql::LOAD_INBOX).await.map_err(backend)?;
-    let client: &tokio_postgres::Client = c;
-    let params: Params<'_> = &[&id];
-    let (begun, instance, history, inbox, committed) = tokio::join!(
-        biased;
-        client.batch_execute("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
-        client.query_opt(&get, params),
-        async {
-            if with_history {
-                client.query(&history, params).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
-        client.query(&inbox, params),
-        client.batch_execute("COMMIT"),
-    );
-    begun.map_err(backend)?;
-    let (instance, history, inbox) = (
-        instance.map_err(backend)?,
-        history.map_err(backend)?,
-        inbox.map_err(backend)?,
-    );
-    committed.map_err(backend)?;
-    let instance = instance
-        .map(|r| instance_from_row(&r))
-        .transpose()?
+pub async fn load(c: &Object, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
+    let found = row(c, sql::LOAD, &[&id, &with_history])
+        .await?
         .ok_or_else(|| StoreError::NotFound(id.into()))?;
-    let history = history
+    let instance = instance_from_row(&found)?;
+    let bad = |e: tokio_postgres::Error| corrupt("loaded instance", e);
+    let column = |n: usize| found.try_get::<_, Option<Vec<i64>>>(n).map_err(bad);
+    let texts = |n: usize| found.try_get::<_, Option<Vec<String>>>(n).map_err(bad);
+    let (seqs, stamps, events) = (column(16)?, column(17)?, texts(18)?);
+    let history = seqs
         .unwrap_or_default()
-        .iter()
-        .map(history_entry)
+        .into_iter()
+        .zip(stamps.unwrap_or_default())
+        .zip(events.unwrap_or_default())
+        .map(|((seq, stamp), event)| rows::history_entry(seq, stamp, &event))
         .collect::<StoreResult<Vec<_>>>()?;
-    let inbox = inbox
-        .iter()
-        .map(|r| {
-            let message: String = r.get(1);
+    let inbox = column(19)?
+        .unwrap_or_default()
+        .into_iter()
+        .zip(texts(20)?.unwrap_or_default())
+        .map(|(id, message)| {
             Ok(InboxEntry {
-                id: r.get(0),
+                id,
                 message: rows::message(&message)?,
             })
         })

@@ -56,7 +56,7 @@ async fn every_statement_is_served_by_an_index() {
         &[&id, &500i64, &128i64],
     )
     .await;
-    check(&store, "load inbox", sql::LOAD_INBOX, &[&id]).await;
+    check(&store, "load", sql::LOAD, &[&id, &true]).await;
     check(
         &store,
         "claim ready",

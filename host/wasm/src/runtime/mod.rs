@@ -272,6 +272,22 @@ impl From<StoreError> for RuntimeError {
     }
 }
 
+/// An instance of a committed round, for waiters
+/// ([`Runtime::wait_until`]).
+#[derive(Debug)]
+pub(crate) struct Committed {
+    id: String,
+    /// Its row as the commit stored it; `None` if the episode was refused
+    /// (or nobody was waiting when it committed).
+    stored: Option<Instance>,
+}
+
+impl Committed {
+    pub(crate) fn new(id: String, stored: Option<Instance>) -> Committed {
+        Committed { id, stored }
+    }
+}
+
 /// The result of client operations.
 pub type RuntimeResult<T> = Result<T, RuntimeError>;
 
@@ -303,8 +319,8 @@ struct Inner {
     /// the store can lease it locally.
     episode_pool: std::sync::OnceLock<Arc<pool::EpisodePool<worker::Job>>>,
     timers: Notify,
-    /// The instances of each committed round, so waiters re-read promptly.
-    committed: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    /// The instances of each committed round, so waiters answer promptly.
+    committed: tokio::sync::broadcast::Sender<Arc<[Committed]>>,
     /// Rounds whose commit may be under way at once.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Failed attempts to run or commit an instance's episode, for backoff.
@@ -1122,12 +1138,17 @@ impl Runtime {
     ) -> RuntimeResult<Instance> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut committed = self.inner.committed.subscribe();
+        // The row an episode of ours stored, if this host committed one:
+        // nothing to read. `None`: read again (our episode was refused, or
+        // rounds were missed).
         let until_changed =
-            async |committed: &mut tokio::sync::broadcast::Receiver<Arc<[String]>>| loop {
+            async |committed: &mut tokio::sync::broadcast::Receiver<Arc<[Committed]>>| loop {
                 match committed.recv().await {
-                    Ok(ids) if !ids.iter().any(|i| i == id) => continue,
-                    // Ours, or missed rounds (lagged): read again.
-                    _ => return,
+                    Ok(round) => match round.iter().find(|c| c.id == id) {
+                        Some(ours) => return ours.stored.clone(),
+                        None => continue,
+                    },
+                    Err(_) => return None,
                 }
             };
         // Past the cap a waiter is answered at once with the status as it
@@ -1138,13 +1159,21 @@ impl Runtime {
         // The fallback re-read covers writes this host does not commit (other
         // hosts on PostgreSQL); it backs off, as the commit wakes a waiter.
         let mut fallback = Duration::from_millis(50);
+        let mut known = None;
         loop {
-            let instance = self.existing(id).await?;
+            let instance = match known.take() {
+                Some(stored) => stored,
+                None => self.existing(id).await?,
+            };
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let _ = tokio::time::timeout(fallback.min(left), until_changed(&mut committed)).await;
+            if let Ok(stored) =
+                tokio::time::timeout(fallback.min(left), until_changed(&mut committed)).await
+            {
+                known = stored;
+            }
             fallback = (fallback * 2).min(MAX_WAIT_FALLBACK);
         }
     }

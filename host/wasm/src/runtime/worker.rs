@@ -233,9 +233,15 @@ async fn commit_loop(
                     || c.instance.scheduled_by.is_some() && c.instance.status.is_terminal()
             });
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
-            let ids: Arc<[String]> = commits.iter().map(|c| c.instance.id.clone()).collect();
+            let ids: Vec<String> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
-            let committed = ids.clone();
+            // The rows as stored, for waiters (a long poll then reads
+            // nothing): copied only if someone waits.
+            let mut rows: Vec<Option<Instance>> = if inner.committed.receiver_count() > 0 {
+                commits.iter().map(|c| Some(c.instance.clone())).collect()
+            } else {
+                vec![None; commits.len()]
+            };
             inner.metrics.commit_batch.observe(commits.len() as f64);
             let commit_started = std::time::Instant::now();
             let outcomes = inner.store.commit_episodes(commits).await;
@@ -245,10 +251,16 @@ async fn commit_loop(
                 .observe(commit_started.elapsed().as_secs_f64());
             drop(commit_spans);
             drop(spans);
-            let results: Vec<_> = ids.iter().cloned().zip(outcomes).collect();
-            for (((id, result), history_len), carried) in
-                results.into_iter().zip(history_lens).zip(carried)
+            let mut round = Vec::with_capacity(ids.len());
+            for ((((id, result), history_len), carried), row) in ids
+                .into_iter()
+                .zip(outcomes)
+                .zip(history_lens)
+                .zip(carried)
+                .zip(&mut rows)
             {
+                let stored = if result.is_ok() { row.take() } else { None };
+                round.push(super::Committed::new(id.clone(), stored));
                 if result.is_ok() {
                     inner.replayer.committed(&id, history_len);
                     if let Some(carried) = carried {
@@ -282,7 +294,7 @@ async fn commit_loop(
             if new_activities {
                 inner.activities.notify_one();
             }
-            let _ = inner.committed.send(committed);
+            let _ = inner.committed.send(round.into());
             // Messages that arrived while these instances were leased.
             inner.work.notify_one();
         });
