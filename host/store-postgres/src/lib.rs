@@ -16,10 +16,13 @@
 //! lanes, the notifier and the lease renewal there, and dropping the store
 //! stops them.
 
+mod batch;
 mod notifier;
 mod ops;
+mod reader;
 mod writer;
 
+pub use batch::{GROUP_SETTINGS, sql as batch_sql};
 pub use ops::sql;
 
 use std::sync::{Arc, Mutex};
@@ -99,6 +102,10 @@ pub struct PgStore {
     wake: Arc<Mutex<Option<WakeFn>>>,
     /// Group commit of the writes.
     writer: writer::Writer,
+    /// Grouped reads of instance rows (status requests).
+    rows: reader::Reader<Instance>,
+    /// Grouped loads of what episodes start from.
+    loads: reader::Reader<LoadedInstance>,
     /// Tells other hosts of new work.
     notifier: Arc<notifier::Notifier>,
     /// The store's background tasks, stopped with it.
@@ -228,8 +235,12 @@ impl PgStore {
         let owner = host_name();
         let (notifier, notifying) = notifier::Notifier::start(pool.clone(), &owner);
         let writer = writer::Writer::start(&pool, &owner, &notifier);
+        let rows = reader::Reader::start(&pool, sql::GET_INSTANCES, false, ops::instance_from_row);
+        let loads = reader::Reader::start(&pool, sql::LOAD_MANY, true, ops::loaded_from_row);
         let store = PgStore {
             writer,
+            rows,
+            loads,
             notifier,
             pool,
             config,
@@ -315,6 +326,40 @@ impl PgStore {
             tx.rollback().await.map_err(backend)?;
             Ok(plan.iter().map(|r| r.get::<_, String>(0)).collect())
         }
+    }
+
+    /// The plan kept for `sql` as a prepared statement with parameters of
+    /// `types`, run with the literal `values` under a generic plan, after
+    /// the session statements `setup` (for the query-plan test: the plan
+    /// a connection keeps, which `EXPLAIN` with parameters does not show).
+    pub async fn explain_prepared(
+        &self,
+        sql: &str,
+        types: &[&str],
+        values: &[&str],
+        setup: &str,
+    ) -> StoreResult<Vec<String>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let script = format!(
+            "{setup}; SET LOCAL plan_cache_mode = force_generic_plan; \
+             PREPARE explained ({}) AS {sql}; EXPLAIN EXECUTE explained ({}); \
+             DEALLOCATE explained",
+            types.join(", "),
+            values.join(", ")
+        );
+        let lines = tx
+            .simple_query(&script)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        tx.rollback().await.map_err(backend)?;
+        Ok(lines)
     }
 
     /// For tests: the database URL in `DURO_TEST_POSTGRES_URL` and a schema
@@ -523,13 +568,13 @@ impl RuntimeStore for PgStore {
     }
 
     async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        let client = self.client().await?;
-        ops::load(&client, instance, true).await
+        (self.loads.read(instance, true).await?)
+            .ok_or_else(|| StoreError::NotFound(instance.to_string()))
     }
 
     async fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
-        let client = self.client().await?;
-        ops::load(&client, instance, false).await
+        (self.loads.read(instance, false).await?)
+            .ok_or_else(|| StoreError::NotFound(instance.to_string()))
     }
 
     async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
@@ -671,8 +716,7 @@ impl ClientStore for PgStore {
     }
 
     async fn instance(&self, id: &str) -> StoreResult<Option<Instance>> {
-        let client = self.client().await?;
-        ops::get_instance(&client, id).await
+        self.rows.read(id, false).await
     }
 
     async fn history(&self, id: &str) -> StoreResult<Vec<HistoryEntry>> {

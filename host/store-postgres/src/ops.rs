@@ -129,22 +129,30 @@ pub mod sql {
     /// A page of an instance's history: from seq $2, at most $3 events.
     pub const LOAD_HISTORY_PAGE: &str = "SELECT seq, timestamp, event FROM history \
          WHERE instance_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
-    /// What an episode starts from, in one statement (one snapshot, and
-    /// one statement's cost on the server instead of a read-only
-    /// transaction's five): the instance row, then its history as three
-    /// arrays in `seq` order (none unless $2) and its inbox as two in
-    /// `id` order; an empty set's arrays are NULL.
-    pub const LOAD: &str = concat!(
+    /// The instance rows of the ids $1 (status reads, grouped: `reader`).
+    pub const GET_INSTANCES: &str = concat!(
         "SELECT ",
         duro_store_sql::instance_columns!(),
-        ", h.seqs, h.stamps, h.events, m.ids, m.messages FROM instances \
+        " FROM instances WHERE id = ANY($1)"
+    );
+    /// What episodes start from, in one statement for a group of loads
+    /// (`reader`; one snapshot each, and one statement's cost on the
+    /// server for the lot): per id of $1, the instance row, then its
+    /// history as three arrays in `seq` order (none unless its flag in $2)
+    /// and its inbox as two in `id` order; an empty set's arrays are NULL.
+    pub const LOAD_MANY: &str = concat!(
+        "SELECT ",
+        duro_store_sql::instance_columns!(),
+        ", h.seqs, h.stamps, h.events, m.ids, m.messages \
+         FROM UNNEST($1::text[], $2::boolean[]) AS k (key, full_history) \
+         JOIN instances ON instances.id = k.key \
          LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
              array_agg(timestamp ORDER BY seq) AS stamps, array_agg(event ORDER BY seq) AS events \
-             FROM history WHERE instance_id = $1 AND $2) h ON TRUE \
+             FROM history WHERE instance_id = k.key AND k.full_history) h ON TRUE \
          LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
              array_agg(message ORDER BY inbox.id) AS messages \
-             FROM inbox WHERE instance_id = $1) m ON TRUE \
-         WHERE instances.id = $1"
+             FROM inbox WHERE instance_id = k.key) m ON TRUE \
+         WHERE instances.id = ANY($1)"
     );
     /// An instance's version, its row locked.
     pub const LOCK_VERSION: &str =
@@ -275,12 +283,20 @@ pub mod sql {
     });
 }
 
-async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+pub(crate) async fn exec(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> StoreResult<u64> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
     c.execute(&stmt, params).await.map_err(backend)
 }
 
-async fn rows(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+pub(crate) async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> StoreResult<Vec<Row>> {
     let stmt = c.prepare_cached(sql).await.map_err(backend)?;
     c.query(&stmt, params).await.map_err(backend)
 }
@@ -290,14 +306,14 @@ async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> StoreResu
     c.query_opt(&stmt, params).await.map_err(backend)
 }
 
-fn to_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> StoreResult<String> {
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| corrupt(what, e))
 }
 
 /// An instance row (columns of `sql::INSTANCE_COLUMNS`, in order) as an
 /// instance (`InstanceRow::decode`): a column of the wrong type or a NULL
 /// where a value belongs is an error, not a panic.
-fn instance_from_row(row: &Row) -> StoreResult<Instance> {
+pub(crate) fn instance_from_row(row: &Row) -> StoreResult<Instance> {
     let bad = |e: tokio_postgres::Error| corrupt("instance row", e);
     InstanceRow {
         id: row.try_get(0).map_err(bad)?,
@@ -552,7 +568,7 @@ async fn lock_version(tx: &impl GenericClient, id: &str) -> StoreResult<(Version
     ))
 }
 
-fn conflict(id: &str, change: String) -> StoreError {
+pub(crate) fn conflict(id: &str, change: String) -> StoreError {
     StoreError::Conflict {
         instance: id.to_string(),
         change,
@@ -774,11 +790,9 @@ async fn lock_instances(c: &impl GenericClient, instances: &[&str]) -> StoreResu
     Ok(())
 }
 
-pub async fn load(c: &Object, id: &str, with_history: bool) -> StoreResult<LoadedInstance> {
-    let found = row(c, sql::LOAD, &[&id, &with_history])
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id.into()))?;
-    let instance = instance_from_row(&found)?;
+/// A row of `sql::LOAD_MANY` as what an episode starts from.
+pub(crate) fn loaded_from_row(found: &Row) -> StoreResult<LoadedInstance> {
+    let instance = instance_from_row(found)?;
     let bad = |e: tokio_postgres::Error| corrupt("loaded instance", e);
     let column = |n: usize| found.try_get::<_, Option<Vec<i64>>>(n).map_err(bad);
     let texts = |n: usize| found.try_get::<_, Option<Vec<String>>>(n).map_err(bad);

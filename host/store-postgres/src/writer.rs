@@ -1,8 +1,9 @@
-//! Group commit: a few writer tasks per host, each folding every write
+//! Group commit: a writer task per host (`LANES`), folding every write
 //! waiting for it (new instances, messages, episodes, activity results)
 //! into one transaction. A group on distinct instances goes in one round
-//! trip: `BEGIN` and every statement of every write are sent at once (the
-//! driver pipelines them), and `COMMIT` once all answered well. A group in
+//! trip: `BEGIN`, the array statements of its new instances and plain
+//! episodes (`batch`) and every statement of its other writes are sent at
+//! once (the driver pipelines them), and `COMMIT` once all answered well. A group in
 //! which one write fails is rolled back and run again one write after
 //! another, each in a savepoint of its own, so that a refused write undoes
 //! only itself. A write's caller hears back once the transaction is
@@ -18,14 +19,20 @@ use std::sync::Arc;
 
 use duro_core::store::WorkKind;
 
+use crate::batch::{self, Batch};
 use crate::notifier::Notifier;
 use crate::{backend, ops, pool_error};
 
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 256;
 
-/// Writer tasks per host: transactions in flight at once.
-const LANES: usize = 4;
+/// Writer tasks per host: transactions in flight at once. One: a group's
+/// statements are said once for the whole group (`batch`), so its cost on
+/// the server hardly grows with its size, and the writes that arrive while
+/// one group commits make the next group larger. With four lanes the groups
+/// were a quarter as large and a lifecycle cost the server about half as
+/// much again (BENCHMARKS.md, "A group's writes in arrays").
+const LANES: usize = 1;
 
 /// A write the writers apply.
 #[derive(Debug)]
@@ -102,7 +109,7 @@ impl Write {
 
     /// The instance it writes to first: its lane, and its place in its
     /// group (a schedule's change, by the schedule's name).
-    fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Write::Create(instance) => &instance.id,
             Write::Enqueue { id, .. } => id,
@@ -124,7 +131,10 @@ impl Writer {
     /// Start the lanes on the current runtime; they tell other hosts of
     /// what they committed through `notifier`.
     pub fn start(pool: &Pool, owner: &str, notifier: &Arc<Notifier>) -> Writer {
-        let lanes = (0..LANES)
+        let lanes = (0..std::env::var("DURO_PG_LANES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LANES))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(run(pool.clone(), owner.to_string(), notifier.clone(), rx));
@@ -238,17 +248,28 @@ async fn commit_group(
         // once has the outcome of running them in order. If any fails (its
         // other statements, and later writes', may have run) the group is
         // rolled back and runs again below, in order and in savepoints.
+        // The writes every episode and every new instance make go in
+        // array statements for the whole group (`batch`); the rest after
+        // them, each as its plan says.
         let session: &deadpool_postgres::Object = &client;
-        let (begun, applied) = tokio::join!(
+        let batch = Batch::of(writes)?;
+        let (begun, batched, applied) = tokio::join!(
             biased;
-            session.batch_execute("BEGIN"),
-            futures_util::future::join_all(
-                writes
-                    .iter()
-                    .map(|write| Box::pin(apply(session, owner, write, true)) as ops::Op<'_, ()>),
-            ),
+            session.batch_execute(batch::BEGIN),
+            batch.apply(session, owner),
+            futures_util::future::join_all(writes.iter().zip(&batch.covered).map(
+                |(write, &covered)| {
+                    Box::pin(async move {
+                        if covered {
+                            Ok(())
+                        } else {
+                            apply(session, owner, write, true).await
+                        }
+                    }) as ops::Op<'_, ()>
+                }
+            )),
         );
-        if begun.is_ok() && applied.iter().all(Result::is_ok) {
+        if begun.is_ok() && batched.is_ok() && applied.iter().all(Result::is_ok) {
             session.batch_execute("COMMIT").await.map_err(backend)?;
             return Ok(applied);
         }

@@ -1,0 +1,368 @@
+//! A group's common writes said once for the whole group: the guards,
+//! history rows, consumed messages, instance rows and leases of its plain
+//! episodes, and the rows of its new instances, each kind one statement
+//! over arrays, whatever the group's size. The server's cost is mostly per
+//! statement (start-up, planning, protocol), so a group of ten episodes
+//! costs about what one did.
+
+use deadpool_postgres::GenericClient;
+use duro_core::model::{HistoryEvent, Instance, Message, input_hash};
+use duro_core::store::plan::{self, Write as Planned};
+use duro_core::store::{StoreError, StoreResult, Version};
+use duro_store_sql::rows;
+use tokio_postgres::types::ToSql;
+
+use crate::ops;
+use crate::writer::Write;
+
+/// How a group's transaction begins. Its statements are planned once per
+/// connection and the plan kept (a generic plan: planning each run would
+/// cost more than running), so the plan must not depend on how large the
+/// tables were when it was made: with sequential scans priced out, the
+/// arrays' instances are found through their indexes, as the query-plan
+/// test checks, where a plan made on a near-empty table would scan it
+/// whole ever after.
+pub const BEGIN: &str = concat!("BEGIN; ", group_settings!());
+
+/// The settings of a group's transaction (`BEGIN`), for the query-plan
+/// test.
+pub const GROUP_SETTINGS: &str = group_settings!();
+
+macro_rules! group_settings {
+    () => {
+        "SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
+    };
+}
+use group_settings;
+
+/// The statements, each over arrays (`$1` … one per column). A join to
+/// `UNNEST` also names the ids as `= ANY($1)`: without it the planner,
+/// guessing the arrays' length, may hash-join a scan of the whole table.
+pub mod sql {
+    /// Lock the rows of the instances `$1` and their queue rows, in id
+    /// order (the order two groups must take them in not to deadlock),
+    /// and read their versions and lease holders.
+    pub const LOCK_AND_READ: &str = "SELECT i.id, i.execution_id, i.history_len, i.component, \
+         q.lease_owner FROM instances i JOIN queue q ON q.instance_id = i.id \
+         WHERE i.id = ANY($1) AND q.instance_id = ANY($1) ORDER BY i.id FOR UPDATE OF i, q";
+    /// New instance rows, none where the id is taken.
+    pub const INSERT_INSTANCES: &str = "INSERT INTO instances (id, name, status, input, output, \
+         custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
+         parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
+         SELECT id, name, 'Pending', input, NULL, NULL, component, at, at, 1, hash, execution, \
+             parent, parent_execution, parent_task, trace_parent, scheduled_by \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
+             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[]) \
+             AS n (id, name, input, component, at, hash, execution, parent, parent_execution, \
+                 parent_task, trace_parent, scheduled_by) \
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    /// New instances' queue rows, ready at once.
+    pub const INSERT_QUEUED: &str = "INSERT INTO queue (instance_id, ready_at) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[])";
+    /// New instances' start messages.
+    pub const INSERT_STARTS: &str = "INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::boolean[], $4::bigint[])";
+    /// History rows.
+    pub const APPEND: &str = "INSERT INTO history (instance_id, seq, timestamp, event) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[])";
+    /// Messages the episodes consumed ($1 their instances, $2 their ids).
+    pub const CONSUME: &str = "DELETE FROM inbox WHERE id = ANY($2) AND instance_id = ANY($1)";
+    /// The episodes' instance rows (the columns an episode changes).
+    pub const UPDATE: &str = "UPDATE instances i SET status = u.status, output = u.output, \
+         custom_status = u.custom_status, updated_at = u.at, history_len = u.history_len \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) \
+             AS u (id, status, output, custom_status, at, history_len) \
+         WHERE i.id = u.id AND i.id = ANY($1)";
+    /// Leases back, each instance ready again if messages it can take
+    /// remain (read after the consumed ones were deleted), as
+    /// `ops::sql::REQUEUE_AFTER_EPISODE`.
+    pub const REQUEUE: &str = "UPDATE queue q SET lease_owner = NULL, lease_until = NULL, \
+         ready_at = CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = u.id \
+             AND (control OR u.status <> 'Suspended')) THEN u.at END \
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u (id, status, at) \
+         WHERE q.instance_id = u.id AND q.instance_id = ANY($1)";
+    /// The scheduled work of finished instances.
+    pub const DROP_TIMERS: &str = "DELETE FROM timers WHERE instance_id = ANY($1)";
+    pub const DROP_ACTIVITIES: &str = "DELETE FROM activities WHERE instance_id = ANY($1)";
+}
+
+/// The part of a group said in arrays, and which writes it covers.
+#[derive(Default)]
+pub struct Batch<'a> {
+    /// Per write of the group: whether the batch says all of it.
+    pub covered: Vec<bool>,
+    /// Every instance the group's writes name, sorted: locked first.
+    locked: Vec<&'a str>,
+    guards: Vec<(&'a str, &'a Version)>,
+    creates: Vec<&'a Instance>,
+    history: History<'a>,
+    consumed: (Vec<&'a str>, Vec<i64>),
+    updates: Vec<&'a Instance>,
+    finished: Vec<&'a str>,
+}
+
+/// History rows as columns.
+#[derive(Default)]
+struct History<'a> {
+    ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    stamps: Vec<i64>,
+    events: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    /// Sort out `writes` (a group on distinct instances, in key order):
+    /// a new instance, or an episode whose plan holds only the writes
+    /// every episode makes, goes into the batch; any other write is said
+    /// on its own, after it.
+    pub fn of(writes: &'a [Write]) -> StoreResult<Batch<'a>> {
+        let mut batch = Batch::default();
+        for write in writes {
+            let covered = match write {
+                Write::Create(instance) => {
+                    batch.create(instance)?;
+                    true
+                }
+                Write::Episode(commit) => {
+                    let planned = plan::episode(commit);
+                    let plain = planned.iter().all(|w| {
+                        matches!(
+                            w,
+                            Planned::Guard { .. }
+                                | Planned::AppendEvents { .. }
+                                | Planned::Consume { .. }
+                                | Planned::UpdateInstance { .. }
+                                | Planned::DropScheduledWork { .. }
+                        )
+                    });
+                    if plain {
+                        for w in planned {
+                            batch.add(w)?;
+                        }
+                    }
+                    plain
+                }
+                _ => false,
+            };
+            if !matches!(write, Write::Create(_) | Write::Schedule(_)) {
+                batch.locked.push(write.key());
+            }
+            batch.covered.push(covered);
+        }
+        batch.locked.sort_unstable();
+        Ok(batch)
+    }
+
+    fn create(&mut self, instance: &'a Instance) -> StoreResult<()> {
+        let started = HistoryEvent::ExecutionStarted {
+            name: instance.name.clone(),
+            input: instance.input.clone(),
+        };
+        self.history
+            .push(&instance.id, 0, instance.created_at as i64, &started)?;
+        self.creates.push(instance);
+        Ok(())
+    }
+
+    fn add(&mut self, write: Planned<'a>) -> StoreResult<()> {
+        match write {
+            Planned::Guard { id, expected } => self.guards.push((id, expected)),
+            Planned::AppendEvents {
+                id,
+                first_seq,
+                events,
+                at,
+            } => {
+                for (n, event) in events.iter().enumerate() {
+                    self.history
+                        .push(id, (first_seq + n as u64) as i64, at as i64, event)?;
+                }
+            }
+            Planned::Consume { id, messages } => {
+                for &message in messages {
+                    self.consumed.0.push(id);
+                    self.consumed.1.push(message);
+                }
+            }
+            Planned::UpdateInstance { instance } => self.updates.push(instance),
+            Planned::DropScheduledWork { id } => self.finished.push(id),
+            other => unreachable!("not a plain episode's write: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// Send every statement of the batch at once (the caller sends the
+    /// group's other writes right after, in the same round trip), then
+    /// check what the guards read: `Err` if any write of the batch would
+    /// be refused (the group then runs again write by write, which finds
+    /// the one and says why).
+    pub async fn apply(&self, c: &impl GenericClient, owner: &str) -> StoreResult<()> {
+        let locked = !self.locked.is_empty();
+        let created = !self.creates.is_empty();
+        let creates = Columns::of_creates(&self.creates)?;
+        let updates = Columns::of_updates(&self.updates);
+        let (h, consumed) = (&self.history, &self.consumed);
+        type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
+        let lock: Params<'_> = vec![&self.locked];
+        let instances: Params<'_> = creates.instances().to_vec();
+        let queue: Params<'_> = vec![&creates.ids, &creates.at];
+        let starts: Params<'_> = vec![&creates.ids, &creates.start, &creates.control, &creates.at];
+        let history: Params<'_> = vec![&h.ids, &h.seqs, &h.stamps, &h.events];
+        let consume: Params<'_> = vec![&consumed.0, &consumed.1];
+        let rows: Params<'_> = vec![
+            &updates.ids,
+            &updates.status,
+            &updates.output,
+            &updates.custom_status,
+            &updates.at,
+            &updates.history_len,
+        ];
+        let requeue: Params<'_> = vec![&updates.ids, &updates.status, &updates.at];
+        let finished: Params<'_> = vec![&self.finished];
+        let updating = !self.updates.is_empty();
+        let finishing = !self.finished.is_empty();
+        let (read, inserted, queued, started, appended, consumed, updated, requeued, timers, calls) = tokio::join!(
+            biased;
+            when(locked, ops::rows(c, sql::LOCK_AND_READ, &lock)),
+            when(created, ops::rows(c, sql::INSERT_INSTANCES, &instances)),
+            when(created, ops::exec(c, sql::INSERT_QUEUED, &queue)),
+            when(created, ops::exec(c, sql::INSERT_STARTS, &starts)),
+            when(!h.ids.is_empty(), ops::exec(c, sql::APPEND, &history)),
+            when(!consumed.0.is_empty(), ops::exec(c, sql::CONSUME, &consume)),
+            when(updating, ops::exec(c, sql::UPDATE, &rows)),
+            when(updating, ops::exec(c, sql::REQUEUE, &requeue)),
+            when(finishing, ops::exec(c, sql::DROP_TIMERS, &finished)),
+            when(finishing, ops::exec(c, sql::DROP_ACTIVITIES, &finished)),
+        );
+        for done in [
+            queued, started, appended, consumed, updated, requeued, timers, calls,
+        ] {
+            done?;
+        }
+        if let Some(inserted) = inserted?
+            && inserted.len() != self.creates.len()
+        {
+            return Err(StoreError::AlreadyExists(
+                "an instance of the group (the group runs again write by write)".into(),
+            ));
+        }
+        let read = read?.unwrap_or_default();
+        for (id, expected) in &self.guards {
+            let Some(row) = read.iter().find(|r| r.get::<_, &str>(0) == *id) else {
+                return Err(StoreError::NotFound(id.to_string()));
+            };
+            let holder: Option<String> = row.get(4);
+            if let Some(holder) = holder.filter(|holder| holder != owner) {
+                return Err(ops::conflict(
+                    id,
+                    format!("its lease passed to {holder} (this host's had expired)"),
+                ));
+            }
+            let actual = Version {
+                execution_id: row.get(1),
+                history_len: row.get::<_, i64>(2) as u64,
+                component: row.get(3),
+            };
+            if let Some(change) = expected.change_to(&actual) {
+                return Err(ops::conflict(id, change));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> History<'a> {
+    fn push(&mut self, id: &'a str, seq: i64, at: i64, event: &HistoryEvent) -> StoreResult<()> {
+        self.ids.push(id);
+        self.seqs.push(seq);
+        self.stamps.push(at);
+        self.events.push(ops::to_json("history event", event)?);
+        Ok(())
+    }
+}
+
+/// `Some` of what `op` answers if `send`, else `None` without sending.
+async fn when<T>(send: bool, op: impl Future<Output = StoreResult<T>>) -> StoreResult<Option<T>> {
+    if send { op.await.map(Some) } else { Ok(None) }
+}
+
+/// Rows as columns, for the array statements.
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    at: Vec<i64>,
+    // New instances.
+    name: Vec<&'a str>,
+    input: Vec<&'a str>,
+    component: Vec<&'a str>,
+    hash: Vec<i64>,
+    execution: Vec<&'a str>,
+    parent: Vec<Option<&'a str>>,
+    parent_execution: Vec<Option<&'a str>>,
+    parent_task: Vec<Option<i64>>,
+    trace_parent: Vec<Option<&'a str>>,
+    scheduled_by: Vec<Option<String>>,
+    start: Vec<String>,
+    control: Vec<bool>,
+    // Episodes' rows.
+    status: Vec<&'static str>,
+    output: Vec<Option<&'a str>>,
+    custom_status: Vec<Option<&'a str>>,
+    history_len: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of_creates(instances: &[&'a Instance]) -> StoreResult<Columns<'a>> {
+        let mut c = Columns::default();
+        let start = ops::to_json("message", &Message::Start)?;
+        for instance in instances {
+            let parent = instance.parent.as_ref();
+            c.ids.push(&instance.id);
+            c.at.push(instance.created_at as i64);
+            c.name.push(&instance.name);
+            c.input.push(&instance.input);
+            c.component.push(&instance.component);
+            c.hash.push(input_hash(&instance.input));
+            c.execution.push(&instance.execution_id);
+            c.parent.push(parent.map(|p| p.instance.as_str()));
+            c.parent_execution
+                .push(parent.map(|p| p.execution.as_str()));
+            c.parent_task.push(parent.map(|p| p.task as i64));
+            c.trace_parent.push(instance.trace_parent.as_deref());
+            c.scheduled_by.push(rows::scheduled_by_json(instance));
+            c.start.push(start.clone());
+            c.control.push(Message::Start.is_control());
+        }
+        Ok(c)
+    }
+
+    fn instances(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.ids,
+            &self.name,
+            &self.input,
+            &self.component,
+            &self.at,
+            &self.hash,
+            &self.execution,
+            &self.parent,
+            &self.parent_execution,
+            &self.parent_task,
+            &self.trace_parent,
+            &self.scheduled_by,
+        ]
+    }
+
+    fn of_updates(instances: &[&'a Instance]) -> Columns<'a> {
+        let mut c = Columns::default();
+        for instance in instances {
+            c.ids.push(&instance.id);
+            c.at.push(instance.updated_at as i64);
+            c.status.push(instance.status.as_str());
+            c.output.push(instance.output.as_deref());
+            c.custom_status.push(instance.custom_status.as_deref());
+            c.history_len.push(instance.history_len as i64);
+        }
+        c
+    }
+}
