@@ -15,25 +15,26 @@ use tokio_postgres::types::ToSql;
 use crate::ops;
 use crate::writer::Write;
 
-/// How a group's transaction begins. Its statements are planned once per
+/// How the sessions of the grouped writes and reads plan (their
+/// connections' options). Their statements are planned once per
 /// connection and the plan kept (a generic plan: planning each run would
 /// cost more than running), so the plan must not depend on how large the
 /// tables were when it was made: with sequential scans priced out, the
-/// arrays' instances are found through their indexes, as the query-plan
-/// test checks, where a plan made on a near-empty table would scan it
-/// whole ever after.
-pub const BEGIN: &str = concat!("BEGIN; ", group_settings!());
+/// arrays' rows are found through their indexes, as the query-plan test
+/// checks, where a plan made on a near-empty table scanned the whole table
+/// ever after.
+pub const GROUPED_SETTINGS: [(&str, &str); 2] = [
+    ("enable_seqscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
 
-/// The settings of a group's transaction (`BEGIN`), for the query-plan
-/// test.
-pub const GROUP_SETTINGS: &str = group_settings!();
-
-macro_rules! group_settings {
-    () => {
-        "SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
-    };
+/// `GROUPED_SETTINGS` as connection options (each ` -c name=value`).
+pub fn grouped_options() -> String {
+    GROUPED_SETTINGS
+        .iter()
+        .map(|(name, value)| format!(" -c {name}={value}"))
+        .collect()
 }
-use group_settings;
 
 /// The statements, each over arrays (`$1` … one per column). A join to
 /// `UNNEST` also names the ids as `= ANY($1)`: without it the planner,
@@ -81,6 +82,24 @@ pub mod sql {
              AND (control OR u.status <> 'Suspended')) THEN u.at END \
          FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u (id, status, at) \
          WHERE q.instance_id = u.id AND q.instance_id = ANY($1)";
+    /// Clients' messages for live instances (of no status in $6), each
+    /// while fewer than its limit wait (a control message always), as
+    /// `ops::sql::ENQUEUE` says one: the instance marked ready if it can
+    /// take the message now; the instances that took one are returned.
+    /// ($1 instances, $2 messages, $3 control, $4 times, $5 limits.)
+    pub const ENQUEUE: &str = "WITH m AS (SELECT * FROM UNNEST($1::text[], $2::text[], \
+             $3::boolean[], $4::bigint[], $5::bigint[]) AS m (id, message, control, at, max_inbox)), \
+         s AS (SELECT id, status FROM instances \
+             WHERE id = ANY($1) AND NOT status = ANY($6) ORDER BY id FOR UPDATE), \
+         target AS (UPDATE queue q SET ready_at = CASE WHEN m.control OR s.status <> 'Suspended' \
+                 THEN COALESCE(q.ready_at, m.at) ELSE q.ready_at END \
+             FROM s JOIN m ON m.id = s.id \
+             WHERE q.instance_id = s.id AND q.instance_id = ANY($1) \
+                 AND (m.control OR (SELECT count(*) FROM (SELECT 1 FROM inbox \
+                     WHERE instance_id = s.id LIMIT m.max_inbox) w) < m.max_inbox) \
+             RETURNING q.instance_id, m.message, m.control, m.at) \
+         INSERT INTO inbox (instance_id, message, control, created_at) \
+         SELECT * FROM target RETURNING instance_id";
     /// The scheduled work of finished instances.
     pub const DROP_TIMERS: &str = "DELETE FROM timers WHERE instance_id = ANY($1)";
     pub const DROP_ACTIVITIES: &str = "DELETE FROM activities WHERE instance_id = ANY($1)";
@@ -99,6 +118,17 @@ pub struct Batch<'a> {
     consumed: (Vec<&'a str>, Vec<i64>),
     updates: Vec<&'a Instance>,
     finished: Vec<&'a str>,
+    messages: Messages<'a>,
+}
+
+/// Clients' messages as columns.
+#[derive(Default)]
+struct Messages<'a> {
+    ids: Vec<&'a str>,
+    json: Vec<String>,
+    control: Vec<bool>,
+    at: Vec<i64>,
+    max_inbox: Vec<i64>,
 }
 
 /// History rows as columns.
@@ -141,6 +171,22 @@ impl<'a> Batch<'a> {
                         }
                     }
                     plain
+                }
+                // A message for an entity may have to create its row
+                // first: said on its own.
+                Write::Enqueue {
+                    id,
+                    message,
+                    max_inbox,
+                    at,
+                } if plan::ensure_entity(id, *at).is_none() => {
+                    let m = &mut batch.messages;
+                    m.ids.push(id);
+                    m.json.push(ops::to_json("message", message)?);
+                    m.control.push(message.is_control());
+                    m.at.push(*at as i64);
+                    m.max_inbox.push(*max_inbox as i64);
+                    true
                 }
                 _ => false,
             };
@@ -221,7 +267,29 @@ impl<'a> Batch<'a> {
         let finished: Params<'_> = vec![&self.finished];
         let updating = !self.updates.is_empty();
         let finishing = !self.finished.is_empty();
-        let (read, inserted, queued, started, appended, consumed, updated, requeued, timers, calls) = tokio::join!(
+        let m = &self.messages;
+        let finished_statuses = plan::finished_statuses();
+        let enqueue: Params<'_> = vec![
+            &m.ids,
+            &m.json,
+            &m.control,
+            &m.at,
+            &m.max_inbox,
+            &finished_statuses,
+        ];
+        let (
+            read,
+            inserted,
+            queued,
+            started,
+            appended,
+            consumed,
+            updated,
+            requeued,
+            timers,
+            calls,
+            enqueued,
+        ) = tokio::join!(
             biased;
             when(locked, ops::rows(c, sql::LOCK_AND_READ, &lock)),
             when(created, ops::rows(c, sql::INSERT_INSTANCES, &instances)),
@@ -233,11 +301,21 @@ impl<'a> Batch<'a> {
             when(updating, ops::exec(c, sql::REQUEUE, &requeue)),
             when(finishing, ops::exec(c, sql::DROP_TIMERS, &finished)),
             when(finishing, ops::exec(c, sql::DROP_ACTIVITIES, &finished)),
+            when(!m.ids.is_empty(), ops::exec(c, sql::ENQUEUE, &enqueue)),
         );
         for done in [
             queued, started, appended, consumed, updated, requeued, timers, calls,
         ] {
             done?;
+        }
+        if let Some(enqueued) = enqueued?
+            && enqueued as usize != m.ids.len()
+        {
+            // Gone, finished or full: the run write by write says which.
+            return Err(StoreError::Backend {
+                message: "a message of the group was refused".into(),
+                retriable: false,
+            });
         }
         if let Some(inserted) = inserted?
             && inserted.len() != self.creates.len()

@@ -22,7 +22,7 @@ mod ops;
 mod reader;
 mod writer;
 
-pub use batch::{GROUP_SETTINGS, sql as batch_sql};
+pub use batch::{GROUPED_SETTINGS, sql as batch_sql};
 pub use ops::sql;
 
 use std::sync::{Arc, Mutex};
@@ -220,23 +220,32 @@ impl PgStore {
         if let Some(schema) = &options.schema {
             session.push_str(&format!(" -c search_path={schema}"));
         }
+        // The grouped writes and reads have connections of their own,
+        // whose sessions plan as `batch::GROUPED_SETTINGS` says.
+        let mut grouped_config = config.clone();
+        grouped_config.options(format!("{session}{}", batch::grouped_options()));
         config.options(session);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(2))
-            .build()
-            .map_err(|e| setup_error("cannot build the connection pool", e))?;
+        let pool_of = |config: &tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|e| setup_error("cannot build the connection pool", e))
+        };
+        let pool = pool_of(&config, options.max_connections.max(2))?;
+        let grouped = pool_of(&grouped_config, writer::LANES + 2 * reader::IN_FLIGHT)?;
         let owner = host_name();
         let (notifier, notifying) = notifier::Notifier::start(pool.clone(), &owner);
-        let writer = writer::Writer::start(&pool, &owner, &notifier);
-        let rows = reader::Reader::start(&pool, sql::GET_INSTANCES, false, ops::instance_from_row);
-        let loads = reader::Reader::start(&pool, sql::LOAD_MANY, true, ops::loaded_from_row);
+        let writer = writer::Writer::start(&grouped, &owner, &notifier);
+        let rows =
+            reader::Reader::start(&grouped, sql::GET_INSTANCES, false, ops::instance_from_row);
+        let loads = reader::Reader::start(&grouped, sql::LOAD_MANY, true, ops::loaded_from_row);
         let store = PgStore {
             writer,
             rows,

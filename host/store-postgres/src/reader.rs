@@ -15,14 +15,14 @@ use tokio_postgres::Row;
 
 use duro_store_sql::rows::corrupt;
 
-use crate::{backend, batch, pool_error};
+use crate::{backend, pool_error};
 
 /// Most ids one statement reads.
 const MAX_GROUP: usize = 256;
 
 /// Statements of one reader under way at once: a read asked for while they
 /// all are waits for the first to end, then goes with the others waiting.
-const IN_FLIGHT: usize = 2;
+pub const IN_FLIGHT: usize = 2;
 
 /// One id asked for, with the statement's flag for it, and where the
 /// answer goes.
@@ -113,9 +113,8 @@ async fn run<T: Clone + Send + 'static>(
     }
 }
 
-/// The answers for `ids`, by id. The statement runs under the settings a
-/// group's writes run under (`batch::BEGIN`): its plan is kept for the
-/// connection's life, so it must not be one made for a near-empty table.
+/// The answers for `ids`, by id, on a connection of the grouped pool
+/// (`batch::GROUPED_SETTINGS`).
 async fn read<T>(
     pool: &Pool,
     sql: &str,
@@ -133,15 +132,7 @@ async fn read<T>(
     } else {
         &with_flags[..1]
     };
-    let (begun, rows, committed) = tokio::join!(
-        biased;
-        session.batch_execute(batch::BEGIN),
-        session.query(&statement, params),
-        session.batch_execute("COMMIT"),
-    );
-    begun.map_err(backend)?;
-    let rows = rows.map_err(backend)?;
-    committed.map_err(backend)?;
+    let rows = session.query(&statement, params).await.map_err(backend)?;
     rows.iter()
         .map(|row| {
             let id: String = row.try_get(0).map_err(|e| corrupt("read row", e))?;

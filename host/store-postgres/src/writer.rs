@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use duro_core::store::WorkKind;
 
-use crate::batch::{self, Batch};
+use crate::batch::Batch;
 use crate::notifier::Notifier;
 use crate::{backend, ops, pool_error};
 
@@ -32,7 +32,7 @@ const MAX_GROUP: usize = 256;
 /// one group commits make the next group larger. With four lanes the groups
 /// were a quarter as large and a lifecycle cost the server about half as
 /// much again (BENCHMARKS.md, "A group's writes in arrays").
-const LANES: usize = 1;
+pub const LANES: usize = 1;
 
 /// A write the writers apply.
 #[derive(Debug)]
@@ -255,7 +255,7 @@ async fn commit_group(
         let batch = Batch::of(writes)?;
         let (begun, batched, applied) = tokio::join!(
             biased;
-            session.batch_execute(batch::BEGIN),
+            session.batch_execute("BEGIN"),
             batch.apply(session, owner),
             futures_util::future::join_all(writes.iter().zip(&batch.covered).map(
                 |(write, &covered)| {

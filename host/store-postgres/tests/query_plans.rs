@@ -4,7 +4,7 @@
 //! without `DURO_TEST_POSTGRES_URL`, unless `DURO_REQUIRE_POSTGRES` is set.
 
 use duro_core::model::{InstanceQuery, RuntimeStatus};
-use duro_store_postgres::{GROUP_SETTINGS, PgOptions, PgStore, batch_sql, sql};
+use duro_store_postgres::{GROUPED_SETTINGS, PgOptions, PgStore, batch_sql, sql};
 use duro_store_sql::listing::{self, SqlValue};
 use tokio_postgres::types::ToSql;
 
@@ -183,10 +183,27 @@ async fn every_statement_is_served_by_an_index() {
          SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e' \
          FROM generate_series(1, 300) n; \
          INSERT INTO queue (instance_id) SELECT 'i' || n FROM generate_series(1, 300) n; \
-         ANALYZE instances; ANALYZE queue; {GROUP_SETTINGS}"
+         ANALYZE instances; ANALYZE queue; {}",
+        GROUPED_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     let (texts, numbers) = ("'{a,b}'", "'{1,2}'");
-    let statements: [(&str, &str, &[&str]); 12] = [
+    let statements: [(&str, &str, &[&str]); 13] = [
+        (
+            "enqueue",
+            batch_sql::ENQUEUE,
+            &[
+                "text[]",
+                "text[]",
+                "boolean[]",
+                "bigint[]",
+                "bigint[]",
+                "text[]",
+            ],
+        ),
         ("get instances", sql::GET_INSTANCES, &["text[]"]),
         ("load many", sql::LOAD_MANY, &["text[]", "boolean[]"]),
         ("lock and read", batch_sql::LOCK_AND_READ, &["text[]"]),
