@@ -327,6 +327,7 @@ contract!(
     a_listing_without_inputs_reads_none,
     a_history_reads_in_pages,
     a_write_refused_beside_others_undoes_only_itself,
+    grouped_refusals_undo_only_themselves,
     in_flight_versions_count_what_has_not_finished,
     a_half_stored_parent_is_a_corrupt_row,
     more_than_a_thousand_due_timers_fire_at_once,
@@ -752,6 +753,101 @@ fn a_write_refused_beside_others_undoes_only_itself(t: &TestStore) {
         // Written once, whether created now or before.
         assert_eq!(t.store.history(id).unwrap().len(), 1, "{id}");
         assert_eq!(t.store.load(id).unwrap().inbox.len(), 1, "{id}: its start");
+    }
+}
+
+fn grouped_refusals_undo_only_themselves(t: &TestStore) {
+    // Messages and episodes for distinct instances, handed to the store
+    // together so that they share groups (on PostgreSQL, array statements
+    // for the whole group, run again write by write when one is refused).
+    let store = &t.store;
+    for k in 0..24 {
+        store.create_instance(&instance(&format!("m{k}"))).unwrap();
+    }
+    // Every fourth instance ends before the messages come.
+    for k in (0..24).step_by(4) {
+        let loaded = store.load(&format!("m{k}")).unwrap();
+        assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok());
+    }
+    // Episodes for others, two of them computed from a version that is
+    // gone (another episode committed first).
+    let mut episodes = Vec::new();
+    for k in 24..32 {
+        let id = format!("e{k}");
+        store.create_instance(&instance(&id)).unwrap();
+        let loaded = store.load(&id).unwrap();
+        if k % 4 == 0 {
+            assert!(
+                store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Running)])[0].is_ok()
+            );
+        }
+        episodes.push((id, episode(&loaded, RuntimeStatus::Completed)));
+    }
+    let messages: Vec<_> = (0..24)
+        .map(|k| format!("m{k}"))
+        .chain(["nobody1".to_string(), "nobody2".to_string()])
+        .map(|id| {
+            let inner = store.store.clone();
+            let runtime_id = id.clone();
+            let sending = store.runtime.spawn(async move {
+                inner
+                    .enqueue(&runtime_id, &event("late"), now_millis())
+                    .await
+            });
+            (id, sending)
+        })
+        .collect();
+    let committing: Vec<_> = episodes
+        .into_iter()
+        .map(|(id, commit)| {
+            let inner = store.store.clone();
+            let committing = store
+                .runtime
+                .spawn(async move { inner.commit_episodes(vec![commit]).await.remove(0) });
+            (id, committing)
+        })
+        .collect();
+    for (id, sending) in messages {
+        let result = store.on(sending).unwrap();
+        let k: Option<usize> = id.strip_prefix('m').and_then(|k| k.parse().ok());
+        match k {
+            Some(k) if k % 4 == 0 => {
+                assert!(
+                    matches!(result, Err(StoreError::Finished { .. })),
+                    "{id}: {result:?}"
+                );
+                assert!(store.load(&id).unwrap().inbox.is_empty(), "{id}");
+            }
+            Some(_) => {
+                assert!(result.is_ok(), "{id}: {result:?}");
+                // Its start and the message, once.
+                assert_eq!(store.load(&id).unwrap().inbox.len(), 2, "{id}");
+            }
+            None => assert!(
+                matches!(result, Err(StoreError::NotFound(_))),
+                "{id}: {result:?}"
+            ),
+        }
+    }
+    for (id, committing) in committing {
+        let result = store.on(committing).unwrap();
+        let k: usize = id[1..].parse().unwrap();
+        let status = store.instance(&id).unwrap().unwrap().status;
+        if k % 4 == 0 {
+            assert!(
+                matches!(result, Err(StoreError::Conflict { .. })),
+                "{id}: {result:?}"
+            );
+            assert_eq!(status, RuntimeStatus::Running, "{id}");
+            assert_eq!(store.history(&id).unwrap().len(), 2, "{id}");
+        } else {
+            assert!(result.is_ok(), "{id}: {result:?}");
+            assert_eq!(status, RuntimeStatus::Completed, "{id}");
+            assert!(
+                store.load(&id).unwrap().inbox.is_empty(),
+                "{id}: its start consumed"
+            );
+        }
     }
 }
 
