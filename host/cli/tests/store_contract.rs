@@ -833,7 +833,7 @@ fn grouped_refusals_undo_only_themselves(t: &TestStore) {
         let result = store.on(committing).unwrap();
         let k: usize = id[1..].parse().unwrap();
         let status = store.instance(&id).unwrap().unwrap().status;
-        if k % 4 == 0 {
+        if k.is_multiple_of(4) {
             assert!(
                 matches!(result, Err(StoreError::Conflict { .. })),
                 "{id}: {result:?}"
