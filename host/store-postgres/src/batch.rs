@@ -141,11 +141,12 @@ struct History<'a> {
 }
 
 impl<'a> Batch<'a> {
-    /// Sort out `writes` (a group on distinct instances, in key order):
+    /// Sort out `writes` (a group's round, on distinct instances, in key
+    /// order):
     /// a new instance, or an episode whose plan holds only the writes
     /// every episode makes, goes into the batch; any other write is said
     /// on its own, after it.
-    pub fn of(writes: &'a [Write]) -> StoreResult<Batch<'a>> {
+    pub fn of(writes: impl IntoIterator<Item = &'a Write>) -> StoreResult<Batch<'a>> {
         let mut batch = Batch::default();
         for write in writes {
             let covered = match write {

@@ -25,6 +25,7 @@ mod writer;
 pub use batch::{GROUPED_SETTINGS, sql as batch_sql};
 pub use ops::sql;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +107,11 @@ pub struct PgStore {
     rows: reader::Reader<Instance>,
     /// Grouped loads of what episodes start from.
     loads: reader::Reader<LoadedInstance>,
+    /// Connections of the grouped statements (`batch::GROUPED_SETTINGS`).
+    grouped: Pool,
+    /// Instances this host claimed, loaded by the claim, until their
+    /// episode asks (`Prefetched`).
+    prefetched: Mutex<HashMap<String, Prefetched>>,
     /// Tells other hosts of new work.
     notifier: Arc<notifier::Notifier>,
     /// The store's background tasks, stopped with it.
@@ -117,6 +123,32 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("owner", &self.owner)
             .finish_non_exhaustive()
+    }
+}
+
+/// The longest history a claim loads with its instance: a longer one is
+/// read when the episode asks (a warm instance does not).
+const PREFETCH_HISTORY: u64 = 64;
+
+/// How long a claim's load is kept for its episode: the episode asks at
+/// once; one that never does (a host stopping) must not leave a stale
+/// snapshot for a later reader.
+const PREFETCH_KEPT: Duration = Duration::from_secs(2);
+
+/// An instance as the claim that leased it loaded it.
+struct Prefetched {
+    at: std::time::Instant,
+    loaded: LoadedInstance,
+    /// Its whole history came with it.
+    whole: bool,
+}
+
+impl PgStore {
+    /// The claim's load of `instance`, once, if fresh and (when `history`
+    /// is wanted) whole.
+    fn take_prefetched(&self, instance: &str, history: bool) -> Option<LoadedInstance> {
+        let taken = (self.prefetched.lock().expect("prefetched poisoned")).remove(instance)?;
+        (taken.at.elapsed() < PREFETCH_KEPT && (taken.whole || !history)).then_some(taken.loaded)
     }
 }
 
@@ -239,7 +271,8 @@ impl PgStore {
                 .map_err(|e| setup_error("cannot build the connection pool", e))
         };
         let pool = pool_of(&config, options.max_connections.max(2))?;
-        let grouped = pool_of(&grouped_config, writer::LANES + 2 * reader::IN_FLIGHT)?;
+        // The writer, two readers and the work loop's claims.
+        let grouped = pool_of(&grouped_config, writer::LANES + 2 * reader::IN_FLIGHT + 1)?;
         let owner = host_name();
         let (notifier, notifying) = notifier::Notifier::start(pool.clone(), &owner);
         let writer = writer::Writer::start(&grouped, &owner, &notifier);
@@ -250,6 +283,8 @@ impl PgStore {
             writer,
             rows,
             loads,
+            grouped,
+            prefetched: Mutex::default(),
             notifier,
             pool,
             config,
@@ -567,8 +602,27 @@ impl RuntimeStore for PgStore {
         now: Millis,
         _lease_until: Millis,
     ) -> StoreResult<Vec<String>> {
-        let client = self.client().await?;
-        ops::claim_ready(&client, &self.owner, now, self.lease_deadline(now), max).await
+        let client = self.grouped.get().await.map_err(pool_error)?;
+        let lease_until = self.lease_deadline(now);
+        let claimed = ops::claim_ready(
+            &client,
+            &self.owner,
+            now,
+            lease_until,
+            max,
+            PREFETCH_HISTORY,
+        )
+        .await?;
+        let mut ids = Vec::with_capacity(claimed.len());
+        let mut prefetched = self.prefetched.lock().expect("prefetched poisoned");
+        let at = std::time::Instant::now();
+        // Left by claims whose episode never asked (a host stopping).
+        prefetched.retain(|_, p| at.duration_since(p.at) < PREFETCH_KEPT);
+        for (loaded, whole) in claimed {
+            ids.push(loaded.instance.id.clone());
+            prefetched.insert(loaded.instance.id.clone(), Prefetched { at, loaded, whole });
+        }
+        Ok(ids)
     }
 
     async fn release(&self, instance: &str) -> StoreResult<()> {
@@ -577,11 +631,18 @@ impl RuntimeStore for PgStore {
     }
 
     async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        if let Some(loaded) = self.take_prefetched(instance, true) {
+            return Ok(loaded);
+        }
         (self.loads.read(instance, true).await?)
             .ok_or_else(|| StoreError::NotFound(instance.to_string()))
     }
 
     async fn load_head(&self, instance: &str) -> StoreResult<LoadedInstance> {
+        if let Some(mut loaded) = self.take_prefetched(instance, false) {
+            loaded.history.clear();
+            return Ok(loaded);
+        }
         (self.loads.read(instance, false).await?)
             .ok_or_else(|| StoreError::NotFound(instance.to_string()))
     }

@@ -38,17 +38,36 @@ pub mod sql {
     /// is cleared: a commit or a release sets it again if messages wait.
     /// The rows are updated by id from an array (`= ANY(ARRAY(…))`): an
     /// `IN (subquery)` lets the planner hash-join a sequential scan of the
-    /// whole table, which it did under load.
-    pub const CLAIM_READY: &str = "WITH expired AS ( \
+    /// whole table, which it did under load. Each claimed instance comes
+    /// back loaded, as `LOAD_MANY` loads one (its history only if at most
+    /// $5 events long): its episode reads nothing more (`PgStore::load`).
+    /// Its snapshot is the statement's: a message committed since waits
+    /// for the next episode, and an episode another host committed since
+    /// (an expired lease) makes this one's commit a conflict.
+    pub const CLAIM_READY: &str = concat!(
+        "WITH expired AS ( \
              SELECT instance_id FROM queue WHERE lease_owner IS NOT NULL AND lease_until < $3 \
              ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED), \
          ready AS ( \
              SELECT instance_id FROM queue WHERE ready_at IS NOT NULL AND lease_owner IS NULL \
-             ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         UPDATE queue SET lease_owner = $1, lease_until = $2, ready_at = NULL \
-         WHERE instance_id = ANY(ARRAY( \
-             SELECT instance_id FROM expired UNION ALL SELECT instance_id FROM ready LIMIT $4)) \
-         RETURNING instance_id";
+             ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE queue SET lease_owner = $1, lease_until = $2, ready_at = NULL \
+             WHERE instance_id = ANY(ARRAY( \
+                 SELECT instance_id FROM expired UNION ALL SELECT instance_id FROM ready LIMIT $4)) \
+             RETURNING instance_id) \
+         SELECT ",
+        duro_store_sql::instance_columns!(),
+        ", h.seqs, h.stamps, h.events, m.ids, m.messages \
+         FROM claimed JOIN instances ON instances.id = claimed.instance_id \
+         LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
+             array_agg(timestamp ORDER BY seq) AS stamps, array_agg(event ORDER BY seq) AS events \
+             FROM history WHERE instance_id = claimed.instance_id \
+                 AND instances.history_len <= $5) h ON TRUE \
+         LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
+             array_agg(message ORDER BY inbox.id) AS messages \
+             FROM inbox WHERE instance_id = claimed.instance_id) m ON TRUE"
+    );
     /// A new instance row; nothing if the id is taken.
     pub const INSERT_INSTANCE: &str = "INSERT INTO instances (id, name, status, input, output, \
          custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
@@ -761,21 +780,36 @@ pub async fn purge_batch(c: &mut Object, query: &InstanceQuery) -> StoreResult<u
 }
 
 /// Lease up to `max` instances with messages to process (a suspended one
-/// only for control messages) whose lease is free or expired.
+/// only for control messages) whose lease is free or expired, and load
+/// them (`sql::CLAIM_READY`): each with whether its history came too.
 pub async fn claim_ready(
-    c: &Object,
+    c: &impl GenericClient,
     owner: &str,
     now: Millis,
     lease_until: i64,
     max: usize,
-) -> StoreResult<Vec<String>> {
+    history_up_to: u64,
+) -> StoreResult<Vec<(LoadedInstance, bool)>> {
     let claimed = rows(
         c,
         sql::CLAIM_READY,
-        &[&owner, &lease_until, &(now as i64), &(max as i64)],
+        &[
+            &owner,
+            &lease_until,
+            &(now as i64),
+            &(max as i64),
+            &(history_up_to as i64),
+        ],
     )
     .await?;
-    Ok(claimed.iter().map(|r| r.get(0)).collect())
+    claimed
+        .iter()
+        .map(|row| {
+            let loaded = loaded_from_row(row)?;
+            let whole = loaded.instance.history_len <= history_up_to;
+            Ok((loaded, whole))
+        })
+        .collect()
 }
 
 /// Give leases back (only those this host still holds).

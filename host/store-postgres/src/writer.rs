@@ -243,38 +243,32 @@ async fn commit_group(
     writes: &[Write],
 ) -> StoreResult<Vec<StoreResult<()>>> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    if on_distinct_instances(writes) {
+    if let Some(rounds) = rounds(writes) {
         // Writes on distinct instances commute, so sending them all at
-        // once has the outcome of running them in order. If any fails (its
-        // other statements, and later writes', may have run) the group is
-        // rolled back and runs again below, in order and in savepoints.
-        // The writes every episode and every new instance make go in
-        // array statements for the whole group (`batch`); the rest after
-        // them, each as its plan says.
+        // once has the outcome of running them in order. A group with
+        // several writes to one instance runs in rounds, each on distinct
+        // instances (the first write of each, then the second, ...), in
+        // order. If any write fails (its other statements, and later
+        // writes', may have run) the group is rolled back and runs again
+        // below, in order and in savepoints.
         let session: &deadpool_postgres::Object = &client;
-        let batch = Batch::of(writes)?;
-        let (begun, batched, applied) = tokio::join!(
-            biased;
-            session.batch_execute("BEGIN"),
-            batch.apply(session, owner),
-            futures_util::future::join_all(writes.iter().zip(&batch.covered).map(
-                |(write, &covered)| {
-                    Box::pin(async move {
-                        if covered {
-                            Ok(())
-                        } else {
-                            apply(session, owner, write, true).await
-                        }
-                    }) as ops::Op<'_, ()>
-                }
-            )),
-        );
-        if begun.is_ok() && batched.is_ok() && applied.iter().all(Result::is_ok) {
+        let mut results = Vec::with_capacity(writes.len());
+        let mut failed = false;
+        for (n, round) in rounds.iter().enumerate() {
+            let (begun, applied) = apply_round(session, owner, round, n == 0).await;
+            begun.map_err(backend)?;
+            failed |= applied.iter().any(Result::is_err);
+            results.extend(round.iter().map(|(i, _)| *i).zip(applied));
+            if failed {
+                break;
+            }
+        }
+        if !failed {
             session.batch_execute("COMMIT").await.map_err(backend)?;
-            return Ok(applied);
+            results.sort_by_key(|(i, _)| *i);
+            return Ok(results.into_iter().map(|(_, result)| result).collect());
         }
         session.batch_execute("ROLLBACK").await.map_err(backend)?;
-        begun.map_err(backend)?;
     }
     let tx = client.transaction().await.map_err(backend)?;
     let applied: Vec<ops::Op<'_, ()>> = writes
@@ -299,13 +293,71 @@ async fn commit_group(
     Ok(results)
 }
 
-/// Whether every write names an instance (an activity result's does not)
-/// and no two name the same one.
-fn on_distinct_instances(writes: &[Write]) -> bool {
-    let mut seen = std::collections::HashSet::with_capacity(writes.len());
-    writes
-        .iter()
-        .all(|write| !write.key().is_empty() && seen.insert(write.key()))
+/// The group's writes (sorted by key) in rounds on distinct instances,
+/// each write with its place in the group: the first write to each
+/// instance, then the second, and so on. `None` if a write names no
+/// instance.
+fn rounds(writes: &[Write]) -> Option<Vec<Vec<(usize, &Write)>>> {
+    let mut rounds: Vec<Vec<(usize, &Write)>> = Vec::new();
+    let mut nth = 0;
+    for (i, write) in writes.iter().enumerate() {
+        if write.key().is_empty() {
+            return None;
+        }
+        nth = match i.checked_sub(1).map(|p| &writes[p]) {
+            Some(previous) if previous.key() == write.key() => nth + 1,
+            _ => 0,
+        };
+        if rounds.len() <= nth {
+            rounds.push(Vec::new());
+        }
+        rounds[nth].push((i, write));
+    }
+    Some(rounds)
+}
+
+/// One round of a group, its statements sent at once (after `BEGIN` if
+/// `begin`): the writes every episode, new instance and client message
+/// make in array statements for the round (`batch`), the rest after them,
+/// each as its plan says. `BEGIN`'s result, and each write's.
+async fn apply_round(
+    session: &deadpool_postgres::Object,
+    owner: &str,
+    round: &[(usize, &Write)],
+    begin: bool,
+) -> (Result<(), tokio_postgres::Error>, Vec<StoreResult<()>>) {
+    let batch = match Batch::of(round.iter().map(|(_, write)| *write)) {
+        Ok(batch) => batch,
+        Err(e) => return (Ok(()), vec![Err(e)]),
+    };
+    let (begun, batched, mut applied) = tokio::join!(
+        biased;
+        async {
+            if begin {
+                session.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        },
+        batch.apply(session, owner),
+        futures_util::future::join_all(round.iter().zip(&batch.covered).map(
+            |((_, write), &covered)| {
+                Box::pin(async move {
+                    if covered {
+                        Ok(())
+                    } else {
+                        apply(session, owner, write, true).await
+                    }
+                }) as ops::Op<'_, ()>
+            }
+        )),
+    );
+    // A refusal in the batch is the round's: the group runs again write by
+    // write, which finds whose it was.
+    if let (Err(e), Some(first)) = (batched, applied.first_mut()) {
+        *first = Err(e);
+    }
+    (begun, applied)
 }
 
 /// Apply one write: a commit's as its plan says, in one round trip

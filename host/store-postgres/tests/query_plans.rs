@@ -60,7 +60,7 @@ async fn every_statement_is_served_by_an_index() {
         &store,
         "claim ready",
         sql::CLAIM_READY,
-        &[&owner, &now, &now, &limit],
+        &[&owner, &now, &now, &limit, &limit],
     )
     .await;
     check(&store, "release", sql::RELEASE, &[&ids, &owner]).await;
@@ -135,14 +135,9 @@ async fn every_statement_is_served_by_an_index() {
     );
     for (what, statement, params) in [
         (
-            "claim ready",
-            sql::CLAIM_READY,
-            &[&owner as &(dyn ToSql + Sync), &now, &now, &limit] as &[&(dyn ToSql + Sync)],
-        ),
-        (
             "due timers' instances",
             sql::DUE_TIMER_INSTANCES,
-            &[&now as &(dyn ToSql + Sync), &limit],
+            &[&now as &(dyn ToSql + Sync), &limit] as &[&(dyn ToSql + Sync)],
         ),
         (
             "fire due timers",
@@ -191,7 +186,12 @@ async fn every_statement_is_served_by_an_index() {
             .join("; ")
     );
     let (texts, numbers) = ("'{a,b}'", "'{1,2}'");
-    let statements: [(&str, &str, &[&str]); 13] = [
+    let statements: [(&str, &str, &[&str]); 14] = [
+        (
+            "claim and load",
+            sql::CLAIM_READY,
+            &["text", "bigint", "bigint", "bigint", "bigint"],
+        ),
         (
             "enqueue",
             batch_sql::ENQUEUE,
@@ -252,6 +252,8 @@ async fn every_statement_is_served_by_an_index() {
             .map(|t| match *t {
                 "text[]" => texts,
                 "boolean[]" => "'{f,f}'",
+                "text" => "'h'",
+                "bigint" => "10",
                 _ => numbers,
             })
             .collect();
@@ -265,6 +267,26 @@ async fn every_statement_is_served_by_an_index() {
             plan.join("\n")
         );
     }
+    // The claim runs on the grouped connections (it loads what it claims,
+    // joining the instances): on the table with rows and statistics too.
+    let grouped = GROUPED_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let plan = store
+        .explain_with(
+            sql::CLAIM_READY,
+            &[&owner, &now, &now, &limit, &limit],
+            &format!("{rows}; {grouped}"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !plan.iter().any(|line| line.contains("Seq Scan")),
+        "claim ready scans a table:\n{}",
+        plan.join("\n")
+    );
     // Listings, with each filter and their combinations, and a continuation.
     let base = InstanceQuery {
         limit: 100,
