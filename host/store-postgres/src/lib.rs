@@ -135,7 +135,9 @@ const PREFETCH_HISTORY: u64 = 64;
 /// snapshot for a later reader.
 const PREFETCH_KEPT: Duration = Duration::from_secs(2);
 
-/// An instance as the claim that leased it loaded it.
+/// An instance as the claim that leased it loaded it. Any reader of the
+/// instance takes it (the `pending` view too, which then shows the claim's
+/// snapshot, at most `PREFETCH_KEPT` old, and the episode reads afresh).
 struct Prefetched {
     at: std::time::Instant,
     loaded: LoadedInstance,
