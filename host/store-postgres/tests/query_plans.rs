@@ -24,6 +24,28 @@ async fn check(store: &PgStore, what: &str, sql: &str, params: &[&(dyn ToSql + S
     );
 }
 
+/// `n` running instances of one component (for plans made on a table
+/// with rows).
+fn instances(n: u32) -> String {
+    format!(
+        "INSERT INTO components VALUES ('c', '', 0); \
+         INSERT INTO instances (id, name, status, input, component, created_at, updated_at, \
+             history_len, input_hash, execution_id) \
+         SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e' \
+         FROM generate_series(1, {n}) n; "
+    )
+}
+
+/// The grouped connections' settings (`GROUPED_SETTINGS`), for one
+/// transaction.
+fn grouped_settings() -> String {
+    GROUPED_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_is_served_by_an_index() {
     let Some((url, schema)) = PgStore::test_schema("plans").await else {
@@ -119,19 +141,15 @@ async fn every_statement_is_served_by_an_index() {
     // scan of every instance once the table had a few thousand rows.
     // (Each explained in the transaction that wrote the rows, which is
     // rolled back.)
-    let rows = concat!(
-        "INSERT INTO components VALUES ('c', '', 0); \
-                 INSERT INTO instances (id, name, status, input, component, created_at, updated_at, \
-                     history_len, input_hash, execution_id) \
-                 SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e' \
-                 FROM generate_series(1, 1500) n; \
-                 INSERT INTO queue (instance_id, ready_at, lease_owner, lease_until) \
-                 SELECT 'i' || n, CASE WHEN n % 10 = 0 THEN n END, \
-                     CASE WHEN n % 100 = 0 THEN 'h' END, n + 100000 \
-                 FROM generate_series(1, 1500) n; \
-                 INSERT INTO timers SELECT 'i' || n, 0, n, 'e' FROM generate_series(1, 1500) n; \
-                 ANALYZE instances; ANALYZE queue; ANALYZE timers; ",
-        "SET LOCAL plan_cache_mode = force_generic_plan"
+    let rows = format!(
+        "{}INSERT INTO queue (instance_id, ready_at, lease_owner, lease_until) \
+         SELECT 'i' || n, CASE WHEN n % 10 = 0 THEN n END, \
+             CASE WHEN n % 100 = 0 THEN 'h' END, n + 100000 \
+         FROM generate_series(1, 1500) n; \
+         INSERT INTO timers SELECT 'i' || n, 0, n, 'e' FROM generate_series(1, 1500) n; \
+         ANALYZE instances; ANALYZE queue; ANALYZE timers; \
+         SET LOCAL plan_cache_mode = force_generic_plan",
+        instances(1500)
     );
     for (what, statement, params) in [
         (
@@ -160,7 +178,7 @@ async fn every_statement_is_served_by_an_index() {
             &[&owner as &(dyn ToSql + Sync), &now],
         ),
     ] {
-        let plan = store.explain_with(statement, params, rows).await.unwrap();
+        let plan = store.explain_with(statement, params, &rows).await.unwrap();
         assert!(
             !plan.iter().any(|line| line.contains("Seq Scan")),
             "{what} scans a table:\n{}",
@@ -172,18 +190,10 @@ async fn every_statement_is_served_by_an_index() {
     // groups meet: the plan is kept for the connection's life, and without
     // the settings these plans scanned the whole table ever after.
     let small = format!(
-        "INSERT INTO components VALUES ('c', '', 0); \
-         INSERT INTO instances (id, name, status, input, component, created_at, updated_at, \
-             history_len, input_hash, execution_id) \
-         SELECT 'i' || n, 'W', 'Running', '1', 'c', n, n, 1, 0, 'e' \
-         FROM generate_series(1, 300) n; \
-         INSERT INTO queue (instance_id) SELECT 'i' || n FROM generate_series(1, 300) n; \
+        "{}INSERT INTO queue (instance_id) SELECT 'i' || n FROM generate_series(1, 300) n; \
          ANALYZE instances; ANALYZE queue; {}",
-        GROUPED_SETTINGS
-            .iter()
-            .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        instances(300),
+        grouped_settings()
     );
     let (texts, numbers) = ("'{a,b}'", "'{1,2}'");
     let statements: [(&str, &str, &[&str]); 14] = [
@@ -269,11 +279,7 @@ async fn every_statement_is_served_by_an_index() {
     }
     // The claim runs on the grouped connections (it loads what it claims,
     // joining the instances): on the table with rows and statistics too.
-    let grouped = GROUPED_SETTINGS
-        .iter()
-        .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let grouped = grouped_settings();
     let plan = store
         .explain_with(
             sql::CLAIM_READY,
