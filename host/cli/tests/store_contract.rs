@@ -328,6 +328,7 @@ contract!(
     a_history_reads_in_pages,
     a_write_refused_beside_others_undoes_only_itself,
     grouped_refusals_undo_only_themselves,
+    a_finished_id_is_created_again_beside_new_ones,
     in_flight_versions_count_what_has_not_finished,
     a_half_stored_parent_is_a_corrupt_row,
     more_than_a_thousand_due_timers_fire_at_once,
@@ -847,6 +848,59 @@ fn grouped_refusals_undo_only_themselves(t: &TestStore) {
                 store.load(&id).unwrap().inbox.is_empty(),
                 "{id}: its start consumed"
             );
+        }
+    }
+}
+
+fn a_finished_id_is_created_again_beside_new_ones(t: &TestStore) {
+    // Ids of finished instances, of live ones and fresh ids, created
+    // together (on PostgreSQL in one group: the taken ones step by step
+    // after the array statement): a finished instance is replaced, a live
+    // one refuses, and nothing of the old one is left.
+    let store = &t.store;
+    for k in 0..8 {
+        let id = format!("old{k}");
+        store.create_instance(&instance(&id)).unwrap();
+        store.enqueue(&id, &event("before")).unwrap();
+        if k % 2 == 0 {
+            let loaded = store.load(&id).unwrap();
+            assert!(
+                store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Completed)])[0].is_ok()
+            );
+        }
+    }
+    let ids: Vec<String> = (0..8)
+        .map(|k| format!("old{k}"))
+        .chain((0..24).map(|k| format!("new{k}")))
+        .collect();
+    let creating: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (inner, instance) = (store.store.clone(), instance(id));
+            store
+                .runtime
+                .spawn(async move { inner.create_instance(&instance).await })
+        })
+        .collect();
+    for (id, creating) in ids.iter().zip(creating) {
+        let result = store.on(creating).unwrap();
+        let live_before = id
+            .strip_prefix("old")
+            .and_then(|k| k.parse::<u32>().ok())
+            .is_some_and(|k| k % 2 == 1);
+        let loaded = store.load(id).unwrap();
+        if live_before {
+            assert!(
+                matches!(result, Err(StoreError::AlreadyExists(_))),
+                "{id}: {result:?}"
+            );
+            // Untouched: its start and the event.
+            assert_eq!(loaded.inbox.len(), 2, "{id}");
+        } else {
+            assert!(result.is_ok(), "{id}: {result:?}");
+            assert_eq!(loaded.instance.status, RuntimeStatus::Pending, "{id}");
+            assert_eq!(loaded.history.len(), 1, "{id}: ExecutionStarted only");
+            assert_eq!(loaded.inbox.len(), 1, "{id}: its start only");
         }
     }
 }

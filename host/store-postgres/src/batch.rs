@@ -46,23 +46,30 @@ pub mod sql {
     pub const LOCK_AND_READ: &str = "SELECT i.id, i.execution_id, i.history_len, i.component, \
          q.lease_owner FROM instances i JOIN queue q ON q.instance_id = i.id \
          WHERE i.id = ANY($1) AND q.instance_id = ANY($1) ORDER BY i.id FOR UPDATE OF i, q";
-    /// New instance rows, none where the id is taken.
-    pub const INSERT_INSTANCES: &str = "INSERT INTO instances (id, name, status, input, output, \
-         custom_status, component, created_at, updated_at, history_len, input_hash, execution_id, \
-         parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
-         SELECT id, name, 'Pending', input, NULL, NULL, component, at, at, 1, hash, execution, \
-             parent, parent_execution, parent_task, trace_parent, scheduled_by \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
-             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[]) \
+    /// New instances: their rows, queue rows (ready at once), start
+    /// messages and first events, none where the id is taken; the ids
+    /// created are returned (a taken one is created step by step after,
+    /// `ops::create_careful`: a finished instance there is replaced, a
+    /// live one refuses).
+    pub const CREATE: &str = "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], \
+             $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], \
+             $9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::boolean[], \
+             $15::text[]) \
              AS n (id, name, input, component, at, hash, execution, parent, parent_execution, \
-                 parent_task, trace_parent, scheduled_by) \
-         ON CONFLICT (id) DO NOTHING RETURNING id";
-    /// New instances' queue rows, ready at once.
-    pub const INSERT_QUEUED: &str = "INSERT INTO queue (instance_id, ready_at) \
-         SELECT * FROM UNNEST($1::text[], $2::bigint[])";
-    /// New instances' start messages.
-    pub const INSERT_STARTS: &str = "INSERT INTO inbox (instance_id, message, control, created_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::boolean[], $4::bigint[])";
+                 parent_task, trace_parent, scheduled_by, start, control, started)), \
+         created AS (INSERT INTO instances (id, name, status, input, output, custom_status, \
+                 component, created_at, updated_at, history_len, input_hash, execution_id, \
+                 parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
+             SELECT id, name, 'Pending', input, NULL, NULL, component, at, at, 1, hash, \
+                 execution, parent, parent_execution, parent_task, trace_parent, scheduled_by \
+             FROM n ON CONFLICT (id) DO NOTHING RETURNING id), \
+         queued AS (INSERT INTO queue (instance_id, ready_at) \
+             SELECT n.id, n.at FROM n JOIN created USING (id)), \
+         started AS (INSERT INTO inbox (instance_id, message, control, created_at) \
+             SELECT n.id, n.start, n.control, n.at FROM n JOIN created USING (id)), \
+         first AS (INSERT INTO history (instance_id, seq, timestamp, event) \
+             SELECT n.id, 0, n.at, n.started FROM n JOIN created USING (id)) \
+         SELECT id FROM created";
     /// History rows.
     pub const APPEND: &str = "INSERT INTO history (instance_id, seq, timestamp, event) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[])";
@@ -201,12 +208,6 @@ impl<'a> Batch<'a> {
     }
 
     fn create(&mut self, instance: &'a Instance) -> StoreResult<()> {
-        let started = HistoryEvent::ExecutionStarted {
-            name: instance.name.clone(),
-            input: instance.input.clone(),
-        };
-        self.history
-            .push(&instance.id, 0, instance.created_at as i64, &started)?;
         self.creates.push(instance);
         Ok(())
     }
@@ -243,7 +244,7 @@ impl<'a> Batch<'a> {
     /// check what the guards read: `Err` if any write of the batch would
     /// be refused (the group then runs again write by write, which finds
     /// the one and says why).
-    pub async fn apply(&self, c: &impl GenericClient, owner: &str) -> StoreResult<()> {
+    pub async fn apply(&self, c: &impl GenericClient, owner: &str) -> StoreResult<Vec<&'a str>> {
         let locked = !self.locked.is_empty();
         let created = !self.creates.is_empty();
         let creates = Columns::of_creates(&self.creates)?;
@@ -252,8 +253,6 @@ impl<'a> Batch<'a> {
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
         let lock: Params<'_> = vec![&self.locked];
         let instances: Params<'_> = creates.instances().to_vec();
-        let queue: Params<'_> = vec![&creates.ids, &creates.at];
-        let starts: Params<'_> = vec![&creates.ids, &creates.start, &creates.control, &creates.at];
         let history: Params<'_> = vec![&h.ids, &h.seqs, &h.stamps, &h.events];
         let consume: Params<'_> = vec![&consumed.0, &consumed.1];
         let rows: Params<'_> = vec![
@@ -278,24 +277,10 @@ impl<'a> Batch<'a> {
             &m.max_inbox,
             &finished_statuses,
         ];
-        let (
-            read,
-            inserted,
-            queued,
-            started,
-            appended,
-            consumed,
-            updated,
-            requeued,
-            timers,
-            calls,
-            enqueued,
-        ) = tokio::join!(
+        let (read, inserted, appended, consumed, updated, requeued, timers, calls, enqueued) = tokio::join!(
             biased;
             when(locked, ops::rows(c, sql::LOCK_AND_READ, &lock)),
-            when(created, ops::rows(c, sql::INSERT_INSTANCES, &instances)),
-            when(created, ops::exec(c, sql::INSERT_QUEUED, &queue)),
-            when(created, ops::exec(c, sql::INSERT_STARTS, &starts)),
+            when(created, ops::rows(c, sql::CREATE, &instances)),
             when(!h.ids.is_empty(), ops::exec(c, sql::APPEND, &history)),
             when(!consumed.0.is_empty(), ops::exec(c, sql::CONSUME, &consume)),
             when(updating, ops::exec(c, sql::UPDATE, &rows)),
@@ -304,9 +289,7 @@ impl<'a> Batch<'a> {
             when(finishing, ops::exec(c, sql::DROP_ACTIVITIES, &finished)),
             when(!m.ids.is_empty(), ops::exec(c, sql::ENQUEUE, &enqueue)),
         );
-        for done in [
-            queued, started, appended, consumed, updated, requeued, timers, calls,
-        ] {
+        for done in [appended, consumed, updated, requeued, timers, calls] {
             done?;
         }
         if let Some(enqueued) = enqueued?
@@ -318,13 +301,14 @@ impl<'a> Batch<'a> {
                 retriable: false,
             });
         }
-        if let Some(inserted) = inserted?
-            && inserted.len() != self.creates.len()
-        {
-            return Err(StoreError::AlreadyExists(
-                "an instance of the group (the group runs again write by write)".into(),
-            ));
-        }
+        // New instances whose id was taken: created step by step after.
+        let created: Vec<String> = (inserted?.unwrap_or_default().iter())
+            .map(|row| row.get(0))
+            .collect();
+        let taken = (self.creates.iter())
+            .filter(|instance| !created.contains(&instance.id))
+            .map(|instance| instance.id.as_str())
+            .collect();
         let read = read?.unwrap_or_default();
         for (id, expected) in &self.guards {
             let Some(row) = read.iter().find(|r| r.get::<_, &str>(0) == *id) else {
@@ -346,7 +330,7 @@ impl<'a> Batch<'a> {
                 return Err(ops::conflict(id, change));
             }
         }
-        Ok(())
+        Ok(taken)
     }
 }
 
@@ -383,6 +367,7 @@ struct Columns<'a> {
     scheduled_by: Vec<Option<String>>,
     start: Vec<String>,
     control: Vec<bool>,
+    started: Vec<String>,
     // Episodes' rows.
     status: Vec<&'static str>,
     output: Vec<Option<&'a str>>,
@@ -411,11 +396,18 @@ impl<'a> Columns<'a> {
             c.scheduled_by.push(rows::scheduled_by_json(instance));
             c.start.push(start.clone());
             c.control.push(Message::Start.is_control());
+            c.started.push(ops::to_json(
+                "history event",
+                &HistoryEvent::ExecutionStarted {
+                    name: instance.name.clone(),
+                    input: instance.input.clone(),
+                },
+            )?);
         }
         Ok(c)
     }
 
-    fn instances(&self) -> [&(dyn ToSql + Sync); 12] {
+    fn instances(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.ids,
             &self.name,
@@ -429,6 +421,9 @@ impl<'a> Columns<'a> {
             &self.parent_task,
             &self.trace_parent,
             &self.scheduled_by,
+            &self.start,
+            &self.control,
+            &self.started,
         ]
     }
 

@@ -352,10 +352,26 @@ async fn apply_round(
             }
         )),
     );
-    // A refusal in the batch is the round's: the group runs again write by
-    // write, which finds whose it was.
-    if let (Err(e), Some(first)) = (batched, applied.first_mut()) {
-        *first = Err(e);
+    match batched {
+        // New instances whose id was taken: step by step, after the rest
+        // (a finished instance there is replaced; a live one refuses).
+        Ok(taken) => {
+            for id in taken {
+                let found = round.iter().position(
+                    |(_, write)| matches!(write, Write::Create(instance) if instance.id == id),
+                );
+                if let Some(n) = found {
+                    applied[n] = apply(session, owner, round[n].1, false).await;
+                }
+            }
+        }
+        // A refusal in the batch is the round's: the group runs again write
+        // by write, which finds whose it was.
+        Err(e) => {
+            if let Some(first) = applied.first_mut() {
+                *first = Err(e);
+            }
+        }
     }
     (begun, applied)
 }

@@ -196,7 +196,7 @@ async fn every_statement_is_served_by_an_index() {
         grouped_settings()
     );
     let (texts, numbers) = ("'{a,b}'", "'{1,2}'");
-    let statements: [(&str, &str, &[&str]); 14] = [
+    let statements: [(&str, &str, &[&str]); 12] = [
         (
             "claim and load",
             sql::CLAIM_READY,
@@ -218,22 +218,25 @@ async fn every_statement_is_served_by_an_index() {
         ("load many", sql::LOAD_MANY, &["text[]", "boolean[]"]),
         ("lock and read", batch_sql::LOCK_AND_READ, &["text[]"]),
         (
-            "insert instances",
-            batch_sql::INSERT_INSTANCES,
+            "create",
+            batch_sql::CREATE,
             &[
-                "text[]", "text[]", "text[]", "text[]", "bigint[]", "bigint[]", "text[]", "text[]",
-                "text[]", "bigint[]", "text[]", "text[]",
+                "text[]",
+                "text[]",
+                "text[]",
+                "text[]",
+                "bigint[]",
+                "bigint[]",
+                "text[]",
+                "text[]",
+                "text[]",
+                "bigint[]",
+                "text[]",
+                "text[]",
+                "text[]",
+                "boolean[]",
+                "text[]",
             ],
-        ),
-        (
-            "insert queued",
-            batch_sql::INSERT_QUEUED,
-            &["text[]", "bigint[]"],
-        ),
-        (
-            "insert starts",
-            batch_sql::INSERT_STARTS,
-            &["text[]", "text[]", "boolean[]", "bigint[]"],
         ),
         (
             "append history",
