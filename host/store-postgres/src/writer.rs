@@ -1,12 +1,13 @@
 //! Group commit: a writer task per host (`LANES`), folding every write
 //! waiting for it (new instances, messages, episodes, activity results)
 //! into one transaction. A group on distinct instances goes in one round
-//! trip: `BEGIN`, the array statements of its new instances and plain
-//! episodes (`batch`) and every statement of its other writes are sent at
-//! once (the driver pipelines them), and `COMMIT` once all answered well. A group in
-//! which one write fails is rolled back and run again one write after
-//! another, each in a savepoint of its own, so that a refused write undoes
-//! only itself. A write's caller hears back once the transaction is
+//! trip: `BEGIN`, the array statements of its new instances, plain
+//! episodes and clients' messages (`batch`) and every statement of its
+//! other writes are sent at once (the driver pipelines them), and `COMMIT`
+//! once all answered well; one naming an instance twice goes in rounds. A
+//! group in which one write fails is rolled back and run again one write
+//! after another, each in a savepoint of its own, so that a refused write
+//! undoes only itself. A write's caller hears back once the transaction is
 //! durable.
 
 use deadpool_postgres::{GenericClient, Pool};
@@ -131,10 +132,7 @@ impl Writer {
     /// Start the lanes on the current runtime; they tell other hosts of
     /// what they committed through `notifier`.
     pub fn start(pool: &Pool, owner: &str, notifier: &Arc<Notifier>) -> Writer {
-        let lanes = (0..std::env::var("DURO_PG_LANES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(LANES))
+        let lanes = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(run(pool.clone(), owner.to_string(), notifier.clone(), rx));
