@@ -158,7 +158,7 @@ impl<'a> Batch<'a> {
         for write in writes {
             let covered = match write {
                 Write::Create(instance) => {
-                    batch.create(instance)?;
+                    batch.creates.push(instance);
                     true
                 }
                 Write::Episode(commit) => {
@@ -205,11 +205,6 @@ impl<'a> Batch<'a> {
         }
         batch.locked.sort_unstable();
         Ok(batch)
-    }
-
-    fn create(&mut self, instance: &'a Instance) -> StoreResult<()> {
-        self.creates.push(instance);
-        Ok(())
     }
 
     fn add(&mut self, write: Planned<'a>) -> StoreResult<()> {

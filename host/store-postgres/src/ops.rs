@@ -25,6 +25,36 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// `listing` builds), named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
+    /// What an episode starts from (`ops::loaded_from_row` reads it): the
+    /// instance row, then its history as three arrays in `seq` order (none
+    /// unless `$history_if`) and its inbox as two in `id` order, of the
+    /// instance `$key` names; an empty set's arrays are NULL. One snapshot,
+    /// one statement, whatever the number of instances `$from` yields.
+    macro_rules! loaded {
+        ($from:literal, $key:literal, $history_if:literal, $where:literal) => {
+            concat!(
+                "SELECT ",
+                duro_store_sql::instance_columns!(),
+                ", h.seqs, h.stamps, h.events, m.ids, m.messages ",
+                $from,
+                " LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
+                     array_agg(timestamp ORDER BY seq) AS stamps, \
+                     array_agg(event ORDER BY seq) AS events \
+                     FROM history WHERE instance_id = ",
+                $key,
+                " AND ",
+                $history_if,
+                ") h ON TRUE \
+                 LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
+                     array_agg(message ORDER BY inbox.id) AS messages \
+                     FROM inbox WHERE instance_id = ",
+                $key,
+                ") m ON TRUE",
+                $where
+            )
+        };
+    }
+
     pub use duro_store_sql::rows::INSTANCE_COLUMNS;
     /// One instance row.
     pub const GET_INSTANCE: &str = concat!(
@@ -39,9 +69,9 @@ pub mod sql {
     /// The rows are updated by id from an array (`= ANY(ARRAY(…))`): an
     /// `IN (subquery)` lets the planner hash-join a sequential scan of the
     /// whole table, which it did under load. Each claimed instance comes
-    /// back loaded, as `LOAD_MANY` loads one (its history only if at most
-    /// $5 events long): its episode reads nothing more (`PgStore::load`).
-    /// Its snapshot is the statement's: a message committed since waits
+    /// back loaded (`loaded!`; its history only if at most $5 events
+    /// long): its episode reads nothing more (`PgStore::load`). Its
+    /// snapshot is the statement's: a message committed since waits
     /// for the next episode, and an episode another host committed since
     /// (an expired lease) makes this one's commit a conflict.
     pub const CLAIM_READY: &str = concat!(
@@ -55,18 +85,13 @@ pub mod sql {
              UPDATE queue SET lease_owner = $1, lease_until = $2, ready_at = NULL \
              WHERE instance_id = ANY(ARRAY( \
                  SELECT instance_id FROM expired UNION ALL SELECT instance_id FROM ready LIMIT $4)) \
-             RETURNING instance_id) \
-         SELECT ",
-        duro_store_sql::instance_columns!(),
-        ", h.seqs, h.stamps, h.events, m.ids, m.messages \
-         FROM claimed JOIN instances ON instances.id = claimed.instance_id \
-         LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
-             array_agg(timestamp ORDER BY seq) AS stamps, array_agg(event ORDER BY seq) AS events \
-             FROM history WHERE instance_id = claimed.instance_id \
-                 AND instances.history_len <= $5) h ON TRUE \
-         LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
-             array_agg(message ORDER BY inbox.id) AS messages \
-             FROM inbox WHERE instance_id = claimed.instance_id) m ON TRUE"
+             RETURNING instance_id) ",
+        loaded!(
+            "FROM claimed JOIN instances ON instances.id = claimed.instance_id",
+            "claimed.instance_id",
+            "instances.history_len <= $5",
+            ""
+        )
     );
     /// A new instance row; nothing if the id is taken.
     pub const INSERT_INSTANCE: &str = "INSERT INTO instances (id, name, status, input, output, \
@@ -154,24 +179,14 @@ pub mod sql {
         duro_store_sql::instance_columns!(),
         " FROM instances WHERE id = ANY($1)"
     );
-    /// What episodes start from, in one statement for a group of loads
-    /// (`reader`; one snapshot each, and one statement's cost on the
-    /// server for the lot): per id of $1, the instance row, then its
-    /// history as three arrays in `seq` order (none unless its flag in $2)
-    /// and its inbox as two in `id` order; an empty set's arrays are NULL.
-    pub const LOAD_MANY: &str = concat!(
-        "SELECT ",
-        duro_store_sql::instance_columns!(),
-        ", h.seqs, h.stamps, h.events, m.ids, m.messages \
-         FROM UNNEST($1::text[], $2::boolean[]) AS k (key, full_history) \
-         JOIN instances ON instances.id = k.key \
-         LEFT JOIN LATERAL (SELECT array_agg(seq ORDER BY seq) AS seqs, \
-             array_agg(timestamp ORDER BY seq) AS stamps, array_agg(event ORDER BY seq) AS events \
-             FROM history WHERE instance_id = k.key AND k.full_history) h ON TRUE \
-         LEFT JOIN LATERAL (SELECT array_agg(inbox.id ORDER BY inbox.id) AS ids, \
-             array_agg(message ORDER BY inbox.id) AS messages \
-             FROM inbox WHERE instance_id = k.key) m ON TRUE \
-         WHERE instances.id = ANY($1)"
+    /// What episodes start from (`loaded!`), for a group of loads
+    /// (`reader`): per id of $1, its history only if its flag in $2 says so.
+    pub const LOAD_MANY: &str = loaded!(
+        "FROM UNNEST($1::text[], $2::boolean[]) AS k (key, full_history) \
+         JOIN instances ON instances.id = k.key",
+        "k.key",
+        "k.full_history",
+        " WHERE instances.id = ANY($1)"
     );
     /// An instance's version, its row locked.
     pub const LOCK_VERSION: &str =
