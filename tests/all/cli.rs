@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::host::{Host, duro_binary};
+use crate::host::{Host, duro_binary, refusal};
 
 /// Run the `duro` CLI against `host`: success, stdout, stderr.
 pub fn duro(host: &Host, args: &[&str]) -> (bool, String, String) {
@@ -103,12 +103,7 @@ fn the_async_runtime_takes_the_threads_it_is_given() {
             r.json()["runtimeStatus"] == "Completed"
         });
     }
-    let refused = Command::new(duro_binary())
-        .args(["--async-threads", "0", "serve"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = refusal(Command::new(duro_binary()).args(["--async-threads", "0", "serve"]));
     assert!(stderr.contains("--async-threads"), "{stderr}");
 }
 
@@ -255,13 +250,12 @@ fn duro_new_builds_and_serves_an_app() {
         String::from_utf8_lossy(&created.stderr)
     );
     let app = dir.path().join("hello");
-    let again = Command::new(duro_binary())
-        .current_dir(dir.path())
-        .args(["new", "hello"])
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let again = refusal(
+        Command::new(duro_binary())
+            .current_dir(dir.path())
+            .args(["new", "hello"]),
+    );
+    assert!(again.contains("exists already"), "{again}");
 
     // A target dir of its own, kept between runs: the app's dependencies
     // compile once per machine.

@@ -15,6 +15,15 @@ pub fn duro_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_duro-under-test"))
 }
 
+/// Run `duro` as `command` says, expecting it to refuse (a non-zero exit):
+/// what it said on stderr.
+pub fn refusal(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "not refused: {stderr}");
+    stderr
+}
+
 pub use duro_tests::scenario_manifest;
 
 /// The scenario's manifest in `dir` with one more orchestration,

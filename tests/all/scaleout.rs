@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::host::{Host, duro_binary};
+use crate::host::{Host, duro_binary, refusal};
 use crate::support::postgres_database;
 
 const API: &str = "/runtime/webhooks/durabletask";
@@ -68,25 +68,19 @@ fn hosts_share_one_database_and_finish_the_work_of_one_killed() {
 #[test]
 fn a_database_that_cannot_be_reached_stops_serve_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(duro_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(manifest(dir.path()))
-        .args(["--database", "postgres://duro:secret@127.0.0.1:1/duro"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refusal(
+        Command::new(duro_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(manifest(dir.path()))
+            .args(["--database", "postgres://duro:secret@127.0.0.1:1/duro"]),
+    );
     assert!(
         stderr.contains("cannot open the database postgres://duro:***@127.0.0.1:1/duro"),
         "{stderr}"
     );
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
-    let output = Command::new(duro_binary())
-        .args(["serve", "--database", "mysql://db/duro"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr =
+        refusal(Command::new(duro_binary()).args(["serve", "--database", "mysql://db/duro"]));
     assert!(stderr.contains("not a database duro knows"), "{stderr}");
 }
 
