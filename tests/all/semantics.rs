@@ -431,6 +431,98 @@ async fn a_raise_does_not_wait_for_a_long_episode() {
     rt.shutdown().await;
 }
 
+/// A start carried into its first episode is answered once that episode's
+/// commit created the instance, unless the episode is slow: then the start
+/// is stored on its own and answered at once. Live ids refuse and finished
+/// ids restart either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_goes_into_its_first_episode_unless_it_is_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        step_budget: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let rt = runtime_of(dir.path(), config, &["Crunch"]).await;
+    let first_steps = |history: &[duro::model::HistoryEntry]| {
+        (history.iter())
+            .filter(|e| matches!(e.event, HistoryEvent::OrchestratorStarted { .. }))
+            .count()
+    };
+    // The first start of an orchestration on a host is stored on its own:
+    // its first episode is quick, so the next ones are carried.
+    rt.start_new("Crunch", Some("taught".into()), &json!(0))
+        .await
+        .unwrap();
+    wait_status(&rt, "taught", RuntimeStatus::Running).await;
+    let carried = rt.metrics().carried_starts.get();
+    rt.start_new("Crunch", Some("quick".into()), &json!(0))
+        .await
+        .unwrap();
+    assert_eq!(rt.metrics().carried_starts.get(), carried + 1);
+    let history = rt.history("quick").await.unwrap();
+    assert_eq!(
+        first_steps(&history),
+        1,
+        "created with its first episode: {history:?}"
+    );
+    assert!(
+        rt.pending("quick").await.unwrap().inbox.is_empty(),
+        "the start was taken"
+    );
+
+    // Its live id refuses a start, carried or not; the instance is untouched.
+    let again = rt
+        .start_new("Crunch", Some("quick".into()), &json!(0))
+        .await;
+    assert!(
+        matches!(again, Err(duro::runtime::RuntimeError::AlreadyExists(_))),
+        "{again:?}"
+    );
+    assert_eq!(rt.history("quick").await.unwrap(), history);
+
+    // Slow: carried, then taken back and stored before the episode ends.
+    rt.start_new("Crunch", Some("slow".into()), &json!(1000))
+        .await
+        .unwrap();
+    let history = rt.history("slow").await.unwrap();
+    assert_eq!(
+        first_steps(&history),
+        0,
+        "the start waited for its episode: {history:?}"
+    );
+    assert_eq!(rt.metrics().carried_starts.get(), carried + 1);
+    for id in ["quick", "slow"] {
+        rt.raise_event(id, "Go", &json!(null)).await.unwrap();
+        wait_status(&rt, id, RuntimeStatus::Completed).await;
+        let history = rt.history(id).await.unwrap();
+        let started = (history.iter())
+            .filter(|e| matches!(e.event, HistoryEvent::ExecutionStarted { .. }))
+            .count();
+        assert_eq!(started, 1, "{id}: {history:?}");
+    }
+    let slow = rt.status("slow").await.unwrap().unwrap();
+    assert_eq!(
+        json(slow.output.as_deref().unwrap()),
+        json!(1_000_000_000u64)
+    );
+
+    // Finished, its id starts again (carried: the last first episode of
+    // `Crunch` here was the slow one's, so one quick run teaches it again).
+    let teacher = rt.start_new("Crunch", None, &json!(0)).await.unwrap();
+    wait_status(&rt, &teacher, RuntimeStatus::Running).await;
+    rt.start_new("Crunch", Some("quick".into()), &json!(0))
+        .await
+        .unwrap();
+    assert_eq!(rt.metrics().carried_starts.get(), carried + 2);
+    let history = rt.history("quick").await.unwrap();
+    assert_eq!(first_steps(&history), 1, "{history:?}");
+    assert_eq!(
+        rt.status("quick").await.unwrap().unwrap().status,
+        RuntimeStatus::Running
+    );
+    rt.shutdown().await;
+}
+
 async fn start_sequences(rt: &duro::runtime::Runtime, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {

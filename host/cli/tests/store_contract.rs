@@ -329,6 +329,7 @@ contract!(
     a_write_refused_beside_others_undoes_only_itself,
     grouped_refusals_undo_only_themselves,
     a_finished_id_is_created_again_beside_new_ones,
+    a_first_episode_creates_its_instance,
     in_flight_versions_count_what_has_not_finished,
     a_half_stored_parent_is_a_corrupt_row,
     more_than_a_thousand_due_timers_fire_at_once,
@@ -663,6 +664,7 @@ fn episode(loaded: &LoadedInstance, status: RuntimeStatus) -> EpisodeCommit {
         follow_up: Vec::new(),
         sent: Vec::new(),
         started: Vec::new(),
+        created: None,
     }
 }
 
@@ -903,6 +905,64 @@ fn a_finished_id_is_created_again_beside_new_ones(t: &TestStore) {
             assert_eq!(loaded.inbox.len(), 1, "{id}: its start only");
         }
     }
+}
+
+/// The first episode of `instance`, run before it was stored (its start
+/// carried into it): its commit creates it.
+fn first_episode(instance: &Instance, status: RuntimeStatus) -> EpisodeCommit {
+    let loaded = LoadedInstance::created(instance.clone(), -1);
+    EpisodeCommit {
+        consumed: Vec::new(),
+        created: Some(instance.clone()),
+        ..episode(&loaded, status)
+    }
+}
+
+fn a_first_episode_creates_its_instance(t: &TestStore) {
+    // Committed together: a fresh id, a fresh id that finishes at once, a
+    // live id (refused alone, untouched) and a finished id (replaced).
+    let store = &t.store;
+    for id in ["live", "done"] {
+        store.create_instance(&instance(id)).unwrap();
+        store.enqueue(id, &event("before")).unwrap();
+    }
+    let done = store.load("done").unwrap();
+    assert!(store.commit_episodes(vec![episode(&done, RuntimeStatus::Completed)])[0].is_ok());
+    let commits = vec![
+        first_episode(&instance("fresh"), RuntimeStatus::Running),
+        first_episode(&instance("quick"), RuntimeStatus::Completed),
+        first_episode(&instance("live"), RuntimeStatus::Running),
+        first_episode(&instance("done"), RuntimeStatus::Running),
+    ];
+    let results = store.commit_episodes(commits);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    assert!(
+        matches!(results[2], Err(StoreError::AlreadyExists(_))),
+        "{:?}",
+        results[2]
+    );
+    assert!(results[3].is_ok(), "{:?}", results[3]);
+    for (id, status) in [
+        ("fresh", RuntimeStatus::Running),
+        ("quick", RuntimeStatus::Completed),
+        ("done", RuntimeStatus::Running),
+    ] {
+        let loaded = store.load(id).unwrap();
+        assert_eq!(loaded.instance.status, status, "{id}");
+        let events: Vec<_> = loaded.history.iter().map(|e| e.event.kind()).collect();
+        assert_eq!(events, ["ExecutionStarted", "OrchestratorStarted"], "{id}");
+        // The episode took the start: none is stored, nothing is ready.
+        assert!(loaded.inbox.is_empty(), "{id}: {:?}", loaded.inbox);
+    }
+    let live = store.load("live").unwrap();
+    assert_eq!(live.instance.status, RuntimeStatus::Pending);
+    assert_eq!((live.history.len(), live.inbox.len()), (1, 2), "untouched");
+    // Only the live one, untouched, still waits to run.
+    assert_eq!(
+        store.claim_ready(10, now_millis() + 60_000).unwrap(),
+        ["live"]
+    );
 }
 
 fn a_stale_episode_is_refused_whole(t: &TestStore) {

@@ -183,6 +183,12 @@ pub struct EpisodeCommit {
     /// Orchestrations an entity's operations started; one whose id a live
     /// instance holds is not started.
     pub started: Vec<Instance>,
+    /// The instance as its start creates it ([`Instance::pending`]), when
+    /// the start was carried into this, its first episode, instead of
+    /// being stored first: the commit creates it (as
+    /// [`Store::create_instance`] would, refusing a live id) without the
+    /// start message, which the episode took, then applies the episode.
+    pub created: Option<Instance>,
 }
 
 /// An activity row claimed by an activity worker.
@@ -243,6 +249,30 @@ pub struct LoadedInstance {
     pub history: Vec<HistoryEntry>,
     /// Messages waiting for it, in order.
     pub inbox: Vec<InboxEntry>,
+}
+
+impl LoadedInstance {
+    /// What a store loads for `instance` right after creating it
+    /// ([`plan::Write::Create`]): its `ExecutionStarted` event and its start
+    /// message, which has the inbox id `start_id`.
+    pub fn created(instance: Instance, start_id: i64) -> LoadedInstance {
+        let started = HistoryEntry {
+            seq: 0,
+            timestamp: instance.created_at,
+            event: HistoryEvent::ExecutionStarted {
+                name: instance.name.clone(),
+                input: instance.input.clone(),
+            },
+        };
+        LoadedInstance {
+            instance,
+            history: vec![started],
+            inbox: vec![InboxEntry {
+                id: start_id,
+                message: Message::Start,
+            }],
+        }
+    }
 }
 
 /// What the orchestration runtime needs from a store.

@@ -499,22 +499,31 @@ async fn delete_instances(c: &impl GenericClient, ids: &[String]) -> StoreResult
 
 /// `plan::Write::Create`, step by step: a finished instance with the same
 /// id is deleted first, a live one refuses.
-async fn create_careful(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
+async fn create_careful(
+    c: &impl GenericClient,
+    instance: &Instance,
+    start_taken: bool,
+) -> StoreResult<()> {
     if let Some(existing) = get_instance(c, &instance.id).await? {
         if !existing.status.is_terminal() {
             return Err(StoreError::AlreadyExists(instance.id.clone()));
         }
         delete_instances(c, std::slice::from_ref(&instance.id)).await?;
     }
-    create_fast(c, instance).await
+    create_fast(c, instance, start_taken).await
 }
 
 /// `plan::Write::Create` in one round trip, for an id no instance has: the
 /// row (ready at once), its first event and its start message are sent
 /// together. An id taken makes it fail (`AlreadyExists`), whether the
 /// instance there has finished or not: the writer then runs the write
-/// again step by step (`create_careful`).
-async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult<()> {
+/// again step by step (`create_careful`). With `start_taken`, no start
+/// message (the episode committed with it took the start).
+async fn create_fast(
+    c: &impl GenericClient,
+    instance: &Instance,
+    start_taken: bool,
+) -> StoreResult<()> {
     let parent = instance.parent.as_ref();
     let started = [HistoryEvent::ExecutionStarted {
         name: instance.name.clone(),
@@ -551,7 +560,12 @@ async fn create_fast(c: &impl GenericClient, instance: &Instance) -> StoreResult
         exec(c, sql::INSERT_INSTANCE, row),
         exec(c, sql::INSERT_QUEUED, queued_row),
         append_events(c, &instance.id, 0, &started, instance.created_at),
-        exec(c, sql::INSERT_START, start_row),
+        async {
+            match start_taken {
+                true => Ok(0),
+                false => exec(c, sql::INSERT_START, start_row).await,
+            }
+        },
     );
     if inserted? == 0 {
         return Err(StoreError::AlreadyExists(instance.id.clone()));
@@ -1034,18 +1048,21 @@ fn apply<'a>(
                 )
                 .await?;
             }
-            Write::Create { instance } => match form {
-                Form::OneRound => create_fast(c, instance).await?,
-                Form::StepByStep => create_careful(c, instance).await?,
+            Write::Create {
+                instance,
+                start_taken,
+            } => match form {
+                Form::OneRound => create_fast(c, instance, *start_taken).await?,
+                Form::StepByStep => create_careful(c, instance, *start_taken).await?,
             },
             Write::CreateChild {
                 child,
                 if_taken,
                 at,
             } => match form {
-                Form::OneRound => create_fast(c, child).await?,
+                Form::OneRound => create_fast(c, child, false).await?,
                 Form::StepByStep => {
-                    let created = in_savepoint(c, create_careful(c, child)).await?;
+                    let created = in_savepoint(c, create_careful(c, child, false)).await?;
                     match (created, &child.parent, if_taken) {
                         (Err(StoreError::AlreadyExists(_)), Some(parent), Some(if_taken)) => {
                             push_message(c, &parent.instance, if_taken, *at).await?;

@@ -879,7 +879,7 @@ fn list_instances(conn: &Connection, query: &InstanceQuery) -> StoreResult<Vec<I
 /// Like Durable Functions, an id whose instance has finished may be started
 /// again (the old execution is replaced); a live one may not.
 /// `plan::Write::Create`.
-fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
+fn insert_instance(conn: &Connection, instance: &Instance, start_taken: bool) -> StoreResult<()> {
     if let Some(existing) = get_instance(conn, &instance.id)? {
         if !existing.status.is_terminal() {
             return Err(StoreError::AlreadyExists(instance.id.clone()));
@@ -924,6 +924,9 @@ fn insert_instance(conn: &Connection, instance: &Instance) -> StoreResult<()> {
         }],
         instance.created_at,
     )?;
+    if start_taken {
+        return Ok(());
+    }
     push_message(conn, &instance.id, &Message::Start, instance.created_at)
 }
 
@@ -1135,7 +1138,10 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
                 )?;
             }
         }
-        Write::Create { instance } => insert_instance(conn, instance)?,
+        Write::Create {
+            instance,
+            start_taken,
+        } => insert_instance(conn, instance, *start_taken)?,
         Write::CreateChild {
             child,
             if_taken,
@@ -1143,7 +1149,7 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
         } => {
             // In a savepoint of its own: a child refused undoes only itself.
             run(conn, "SAVEPOINT child")?;
-            let created = insert_instance(conn, child);
+            let created = insert_instance(conn, child, false);
             if created.is_err() {
                 run(conn, "ROLLBACK TO child")?;
             }

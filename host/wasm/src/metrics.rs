@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Messages stored by the commit of the episode they were carried
     /// into (one write instead of two), rather than into an inbox first.
     pub carried_messages: Counter,
+    /// Instances created by the commit of their first episode, their start
+    /// carried into it (one write instead of two).
+    pub carried_starts: Counter,
     /// Entity operations run (and committed or not).
     pub entity_operations: Counter,
     /// Episodes by whether their instance was warm (`hit`) or replayed.
@@ -107,6 +110,12 @@ impl Metrics {
             "carried_messages",
             "Messages stored by the commit of the episode they were carried into",
             carried_messages.clone(),
+        );
+        let carried_starts = Counter::default();
+        registry.register(
+            "carried_starts",
+            "Instances created by the commit of their first episode",
+            carried_starts.clone(),
         );
         let entity_operations = Counter::default();
         registry.register(
@@ -217,6 +226,7 @@ impl Metrics {
             replayed_events,
             batched_completions,
             carried_messages,
+            carried_starts,
             entity_operations,
             warm_instances,
             commit_batch,

@@ -26,6 +26,7 @@
 //!     follow_up: vec![],
 //!     sent: vec![],
 //!     started: vec![],
+//!     created: None,
 //! };
 //! let writes = episode(&commit);
 //! assert!(matches!(writes[0], Write::Guard { .. }));
@@ -127,6 +128,11 @@ pub enum Write<'a> {
     Create {
         /// The new instance.
         instance: &'a Instance,
+        /// The start was carried into the episode this commit applies
+        /// next ([`EpisodeCommit::created`]), which took it: no start
+        /// message is stored, and the episode's writes make the row ready
+        /// or not.
+        start_taken: bool,
     },
     /// [`Write::Create`] for a sub-orchestration or an orchestration an
     /// entity starts: if its id is taken by a live instance, it is not
@@ -189,10 +195,17 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
     let instance = &commit.instance;
     let id = instance.id.as_str();
     let at = instance.updated_at;
-    let mut writes = vec![Write::Guard {
+    let mut writes = Vec::new();
+    if let Some(created) = &commit.created {
+        writes.push(Write::Create {
+            instance: created,
+            start_taken: true,
+        });
+    }
+    writes.push(Write::Guard {
         id,
         expected: &commit.expected,
-    }];
+    });
     let first_seq = if commit.reset_history {
         writes.push(Write::ClearHistory { id });
         writes.push(Write::DropScheduledWork { id });
@@ -312,7 +325,10 @@ pub fn ensure_entity(id: &str, at: Millis) -> Option<Write<'static>> {
 
 /// The writes that create an instance (see [`Write::Create`]).
 pub fn creation(instance: &Instance) -> Vec<Write<'_>> {
-    vec![Write::Create { instance }]
+    vec![Write::Create {
+        instance,
+        start_taken: false,
+    }]
 }
 
 /// The writes of a schedule's change ([`ScheduleCommit`]): the previous
@@ -338,12 +354,10 @@ pub fn schedule(commit: &ScheduleCommit) -> Vec<Write<'_>> {
         row: commit.row.as_ref(),
         at: commit.now,
     });
-    writes.extend(
-        commit
-            .starts
-            .iter()
-            .map(|instance| Write::Create { instance }),
-    );
+    writes.extend(commit.starts.iter().map(|instance| Write::Create {
+        instance,
+        start_taken: false,
+    }));
     writes
 }
 
@@ -423,6 +437,7 @@ mod tests {
             follow_up: vec![],
             sent: vec![],
             started: vec![],
+            created: None,
         }
     }
 

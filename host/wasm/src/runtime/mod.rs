@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use crate::model::{
     canonical_json, fresh_id,
 };
 use crate::replay::{Divergence, Replayer, Subject};
+use worker::{Carry, Carrying};
 
 mod activities;
 mod deploy;
@@ -62,21 +62,19 @@ const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
 /// commit of this host woke it.
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
 
-/// How long a parked message waits for the episode under way before its
-/// sender stores it instead: a commit takes a few milliseconds, but the
-/// episode under way may be a guest computing for its whole step budget,
-/// and a raise must not wait for that. It also bounds what nothing
-/// foresaw (every path that gives the lease back resumes or hands back
-/// what is parked).
-const MAX_PARKED: Duration = Duration::from_millis(50);
+/// How long a client waits for an episode to take what it carried (a
+/// message, a start) before it takes it back and stores it itself: a
+/// commit takes a few milliseconds, but the episode under way (or the one
+/// it was carried into) may be a guest computing for its whole step
+/// budget, and a raise or a start must not wait for that. It also bounds
+/// what nothing foresaw (every path that gives the lease back resumes or
+/// hands back what is parked).
+const MAX_CARRIED: Duration = Duration::from_millis(50);
 
-/// A message on its way into an episode instead of into the store.
-enum Carrying {
-    /// Given to the episode threads with the instance's lease.
-    Offered(tokio::sync::oneshot::Receiver<Result<(), Message>>),
-    /// Waiting for the episode under way (its number among parked ones).
-    Parked(u64, tokio::sync::oneshot::Receiver<Result<(), Message>>),
-}
+/// A start is carried into its first episode only if the orchestration's
+/// last first episode took less than this: one much slower would outlast
+/// [`MAX_CARRIED`], be taken back and run twice.
+const QUICK_FIRST_STEP: Duration = Duration::from_millis(5);
 
 pub use crate::model::MAX_INSTANCE_ID_LEN;
 
@@ -328,10 +326,10 @@ struct Inner {
     /// A message (at most one an instance) for an orchestration whose
     /// episode this host is running: it goes into the next episode when
     /// that one commits ([`Inner::resume_parked`]), so that an event raised
-    /// while the instance commits costs no write of its own. The number
-    /// tells its sender's entry apart.
-    parked: Mutex<HashMap<String, (u64, worker::Carried)>>,
-    parked_seq: std::sync::atomic::AtomicU64,
+    /// while the instance commits costs no write of its own.
+    parked: Mutex<HashMap<String, worker::Carried>>,
+    /// Orchestration name → how long its last first episode took here.
+    first_steps: Mutex<HashMap<String, Duration>>,
     /// The runtime the background tasks run on (episode threads spawn onto it).
     handle: tokio::runtime::Handle,
     /// Episodes begun so far: the idle release waits for it to stand still.
@@ -443,31 +441,60 @@ impl Inner {
         if !self.replayer.holds(id) {
             return Err(message);
         }
-        let (carried, outcome) = worker::Carried::new(message);
-        match self.offer_carried(pool, id, carried) {
-            Ok(()) => Ok(Carrying::Offered(outcome)),
-            Err(carried) => Err(carried.hand_back()),
-        }
+        self.offer_carried(pool, id, Carry::Message(message))
+            .map_err(Carry::into_message)
+    }
+
+    /// Carry a new instance's start into its first episode, whose commit
+    /// creates it, if the orchestration's first episodes are quick here,
+    /// this host can lease its id on the spot and the episode threads have
+    /// room: what becomes of it; else the instance.
+    fn carry_start(&self, instance: Instance) -> Result<Carrying, Box<Instance>> {
+        let instance = Box::new(instance);
+        let quick = (self.first_steps.lock().expect("first steps poisoned"))
+            .get(&instance.name)
+            .is_some_and(|took| *took < QUICK_FIRST_STEP);
+        let (Some(pool), true) = (self.episode_pool.get(), quick) else {
+            return Err(instance);
+        };
+        let id = instance.id.clone();
+        self.offer_carried(pool, &id, Carry::Start(instance))
+            .map_err(Carry::into_start)
     }
 
     /// Lease `id` on the spot and give its episode threads an episode of
-    /// it with `carried`; `carried` back if either cannot be done.
+    /// it with `carry`: what becomes of it; `carry` back if either cannot
+    /// be done.
     fn offer_carried(
         &self,
         pool: &pool::EpisodePool<worker::Job>,
         id: &str,
-        carried: worker::Carried,
-    ) -> Result<(), worker::Carried> {
+        carry: Carry,
+    ) -> Result<Carrying, Carry> {
         if !self.store.lease_local(id) {
-            return Err(carried);
+            return Err(carry);
         }
+        let (carried, carrying) = worker::Carried::new(carry);
+        self.offer_job(pool, id, carried)?;
+        Ok(carrying)
+    }
+
+    /// Give the episode threads an episode of `id`, leased here, with
+    /// `carried`; if they have no room, the lease goes back and `carried`
+    /// to its sender.
+    fn offer_job(
+        &self,
+        pool: &pool::EpisodePool<worker::Job>,
+        id: &str,
+        carried: worker::Carried,
+    ) -> Result<(), Carry> {
         let job = worker::Job {
             id: id.to_string(),
             carried: Some(carried),
         };
         pool.offer(job, self.config.batch_size).map_err(|job| {
             self.store.release_local(id);
-            job.carried.expect("carried")
+            job.carried.expect("carried").hand_back()
         })
     }
 
@@ -481,10 +508,9 @@ impl Inner {
         if parked.contains_key(id) || !self.store.leased_here(id) {
             return Err(message);
         }
-        let seq = self.parked_seq.fetch_add(1, Ordering::Relaxed);
-        let (carried, outcome) = worker::Carried::new(message);
-        parked.insert(id.to_string(), (seq, carried));
-        Ok(Carrying::Parked(seq, outcome))
+        let (carried, carrying) = worker::Carried::new(Carry::Message(message));
+        parked.insert(id.to_string(), carried);
+        Ok(carrying)
     }
 
     /// The episode of `id` this host ran has committed (`committed`) or
@@ -497,46 +523,26 @@ impl Inner {
             .lock()
             .expect("parked messages poisoned")
             .remove(id);
-        let Some((_, carried)) = parked else {
+        let Some(carried) = parked else {
             return;
         };
         // Not offered, it is dropped: handed back to its sender.
-        if let Some(pool) = self.episode_pool.get().filter(|_| committed) {
-            let _ = self.offer_carried(pool, id, carried);
+        if let Some(pool) = self.episode_pool.get().filter(|_| committed)
+            && self.store.lease_local(id)
+        {
+            let _ = self.offer_job(pool, id, carried);
         }
     }
 
-    /// Ok once an episode's commit stored the message; else the message,
-    /// handed back, for the sender to store.
-    async fn carried(&self, id: &str, carrying: Carrying) -> Result<(), Message> {
-        let handed_back = |outcome| match outcome {
-            Ok(result) => result,
-            Err(_) => unreachable!("a carried message is handed back when dropped"),
-        };
-        match carrying {
-            Carrying::Offered(outcome) => handed_back(outcome.await),
-            Carrying::Parked(seq, mut outcome) => {
-                match tokio::time::timeout(MAX_PARKED, &mut outcome).await {
-                    Ok(result) => handed_back(result),
-                    Err(_) => match self.unpark(id, seq) {
-                        Some(message) => Err(message),
-                        // An episode has it now: it answers.
-                        None => handed_back(outcome.await),
-                    },
-                }
+    /// An instance of the orchestration `name` took `took` for its first
+    /// episode (`carry_start` reads it).
+    fn first_step_took(&self, name: &str, took: Duration) {
+        let mut first_steps = self.first_steps.lock().expect("first steps poisoned");
+        match first_steps.get_mut(name) {
+            Some(last) => *last = took,
+            None => {
+                first_steps.insert(name.to_string(), took);
             }
-        }
-    }
-
-    /// Take back the parked message `seq` of `id` if no episode has taken
-    /// it yet.
-    fn unpark(&self, id: &str, seq: u64) -> Option<Message> {
-        let mut parked = self.parked.lock().expect("parked messages poisoned");
-        match parked.get(id) {
-            Some((held, _)) if *held == seq => {
-                parked.remove(id).map(|(_, carried)| carried.hand_back())
-            }
-            _ => None,
         }
     }
 
@@ -627,7 +633,7 @@ impl Runtime {
             in_flight: Arc::new(tokio::sync::Semaphore::new(4)),
             retries: Mutex::default(),
             parked: Mutex::default(),
-            parked_seq: std::sync::atomic::AtomicU64::new(0),
+            first_steps: Mutex::default(),
             handle: tokio::runtime::Handle::current(),
             episodes_begun: Default::default(),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
@@ -816,6 +822,18 @@ impl Runtime {
             Instance::pending(id.clone(), name.to_string(), input, component, now, None);
         let trace = trace.unwrap_or_else(crate::trace::TraceContext::root);
         instance.trace_parent = Some(trace.to_string());
+        // Its first episode's commit creates it, when this host can run
+        // that episode at once: one write instead of two.
+        let instance = match self.inner.carry_start(instance) {
+            Ok(carrying) => match carrying.outcome(MAX_CARRIED).await {
+                Ok(()) => {
+                    self.inner.metrics.carried_starts.inc();
+                    return Ok(id);
+                }
+                Err(carry) => carry.into_start(),
+            },
+            Err(instance) => instance,
+        };
         self.inner.store.create_instance(&instance).await?;
         self.inner.has_work(&id);
         Ok(id)
@@ -913,12 +931,12 @@ impl Runtime {
             return Err(RuntimeError::EntityInstance(id.to_string()));
         }
         let message = match self.inner.carry(id, message) {
-            Ok(carrying) => match self.inner.carried(id, carrying).await {
+            Ok(carrying) => match carrying.outcome(MAX_CARRIED).await {
                 Ok(()) => {
                     self.inner.metrics.carried_messages.inc();
                     return Ok(());
                 }
-                Err(message) => message,
+                Err(carry) => carry.into_message(),
             },
             Err(message) => message,
         };

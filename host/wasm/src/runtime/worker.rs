@@ -2,8 +2,8 @@
 //! with messages, runs their episodes and group-commits them, and the timer
 //! loop that moves due timers into inboxes.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -14,7 +14,7 @@ use crate::model::{
     Timer, fresh_id,
 };
 use crate::replay::{Outcome, Subject};
-use crate::store::{EpisodeCommit, StoreError, Version};
+use crate::store::{EpisodeCommit, LoadedInstance, StoreError, Version};
 
 /// An instance to run an episode of, on an episode thread.
 pub(super) struct Job {
@@ -30,56 +30,132 @@ impl Job {
     }
 }
 
-/// A message sent to a warm instance this host leased on the spot, carried
-/// into its episode instead of being stored first: the episode's commit
-/// stores it (as the history it adds), in one fsync'd write instead of two.
-/// Whatever keeps that from happening (the episode left it in the inbox,
-/// did not run or did not commit, the job was dropped) hands the message
-/// back to its sender, who stores it as any other.
-pub(super) struct Carried {
-    message: Option<Message>,
-    done: Option<oneshot::Sender<Result<(), Message>>>,
+/// What a client hands an episode instead of the store.
+#[derive(Debug, Clone)]
+pub(super) enum Carry {
+    /// A message for the instance.
+    Message(Message),
+    /// A new instance's start ([`Instance::pending`]): the episode is its
+    /// first, and its commit creates it.
+    Start(Box<Instance>),
 }
 
-impl Carried {
-    /// `message`, and where its sender learns what became of it.
-    pub(super) fn new(message: Message) -> (Self, oneshot::Receiver<Result<(), Message>>) {
-        let (done, outcome) = oneshot::channel();
-        let carried = Carried {
-            message: Some(message),
-            done: Some(done),
-        };
-        (carried, outcome)
-    }
-
-    /// The message (handed back, or looked at by the episode).
-    pub(super) fn message(&self) -> &Message {
-        self.message
-            .as_ref()
-            .expect("a carried message until it is resolved")
-    }
-
-    /// The episode that consumed it committed: it is stored.
-    fn stored(mut self) {
-        self.message = None;
-        if let Some(done) = self.done.take() {
-            let _ = done.send(Ok(()));
+impl Carry {
+    /// The message carried, handed back.
+    pub(super) fn into_message(self) -> Message {
+        match self {
+            Carry::Message(message) => message,
+            Carry::Start(_) => unreachable!("a message was carried"),
         }
     }
 
-    /// Hand the message back to its sender.
-    pub(super) fn hand_back(mut self) -> Message {
-        self.message
-            .take()
-            .expect("a carried message until it is resolved")
+    /// The instance whose start was carried, handed back.
+    pub(super) fn into_start(self) -> Box<Instance> {
+        match self {
+            Carry::Start(instance) => instance,
+            Carry::Message(_) => unreachable!("a start was carried"),
+        }
+    }
+}
+
+/// Something a client sent, carried into an episode of the instance this
+/// host leased on the spot instead of being stored first: the episode's
+/// commit stores it (a message as the history it adds, a start as the
+/// instance it creates), in one fsync'd write instead of two. The sender
+/// waits a little for that ([`Carrying::outcome`]), then takes it back,
+/// unless the episode has sealed it into its commit, and stores it itself;
+/// an episode that finds it taken back is not committed, and the instance
+/// runs again on what is stored. Whatever else keeps the commit from
+/// storing it (the episode left it in the inbox, did not run or did not
+/// commit, the job was dropped) hands it back to its sender.
+pub(super) struct Carried {
+    /// Until the episode seals it or the sender takes it back.
+    slot: Arc<Mutex<Option<Carry>>>,
+    /// Once sealed, until its commit stores it.
+    sealed: Option<Carry>,
+    done: Option<oneshot::Sender<Result<(), Carry>>>,
+}
+
+/// The sender's side of a [`Carried`].
+pub(super) struct Carrying {
+    slot: Arc<Mutex<Option<Carry>>>,
+    outcome: oneshot::Receiver<Result<(), Carry>>,
+}
+
+impl Carried {
+    /// `carry`, and where its sender learns what became of it.
+    pub(super) fn new(carry: Carry) -> (Self, Carrying) {
+        let (done, outcome) = oneshot::channel();
+        let slot = Arc::new(Mutex::new(Some(carry)));
+        let carried = Carried {
+            slot: slot.clone(),
+            sealed: None,
+            done: Some(done),
+        };
+        (carried, Carrying { slot, outcome })
+    }
+
+    /// What is carried, for the episode to look at; none if its sender
+    /// has taken it back.
+    pub(super) fn look(&self) -> Option<Carry> {
+        self.slot.lock().expect("carried slot poisoned").clone()
+    }
+
+    /// What is carried, handed back before any episode took it.
+    pub(super) fn hand_back(self) -> Carry {
+        let carry = self.slot.lock().expect("carried slot poisoned").take();
+        carry.expect("carried until it is resolved")
+    }
+
+    /// True if it is a start (sealed into its commit).
+    fn is_start(&self) -> bool {
+        matches!(self.sealed, Some(Carry::Start(_)))
+    }
+
+    /// The episode took it and is about to be committed: from now on its
+    /// sender waits for the commit. False if the sender took it back first.
+    fn seal(&mut self) -> bool {
+        self.sealed = self.slot.lock().expect("carried slot poisoned").take();
+        self.sealed.is_some()
+    }
+
+    /// The episode that took it committed: it is stored.
+    fn stored(mut self) {
+        self.sealed = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Ok(()));
+        }
     }
 }
 
 impl Drop for Carried {
     fn drop(&mut self) {
-        if let (Some(message), Some(done)) = (self.message.take(), self.done.take()) {
-            let _ = done.send(Err(message));
+        let carry = (self.sealed.take())
+            .or_else(|| self.slot.lock().expect("carried slot poisoned").take());
+        if let (Some(carry), Some(done)) = (carry, self.done.take()) {
+            let _ = done.send(Err(carry));
         }
+    }
+}
+
+impl Carrying {
+    /// Ok once an episode's commit stored it; else it, back, for the
+    /// sender to store: handed back, or taken back after `patience` if no
+    /// episode sealed it by then (the episode under way may be a guest
+    /// computing for its whole step budget, and a client must not wait for
+    /// that).
+    pub(super) async fn outcome(mut self, patience: std::time::Duration) -> Result<(), Carry> {
+        let outcome = match tokio::time::timeout(patience, &mut self.outcome).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                if let Some(carry) = self.slot.lock().expect("carried slot poisoned").take() {
+                    return Err(carry);
+                }
+                // Sealed: its commit answers.
+                self.outcome.await
+            }
+        };
+        outcome.expect("a carried item is handed back when dropped")
     }
 }
 
@@ -92,41 +168,7 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
     let committing = tokio::spawn(commit_loop(inner.clone(), committer));
     let worker = inner.clone();
     let started = EpisodePool::start(inner.config.episode_threads, move |job: Job| {
-        let Job { id, carried } = job;
-        // A panic in the host's own code (a bug, not the guest's trap) is
-        // caught here, as tokio's task harness catches a task's: the
-        // instance's lease is given back after a backoff and the episode
-        // retried as host trouble, instead of the thread dying with the
-        // lease held and the instance stalled until a restart.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_episode(&worker, &id, carried.as_ref().map(Carried::message))
-        }));
-        let ran = match ran {
-            Ok(ran) => ran,
-            Err(panic) => {
-                worker
-                    .metrics
-                    .episodes
-                    .get_or_create(&vec![("outcome", "host_panic".to_string())])
-                    .inc();
-                Err(anyhow::anyhow!(
-                    "the host panicked: {}",
-                    panic_message(&*panic)
-                ))
-            }
-        };
-        match ran {
-            Ok((commit, span, took_carried)) => {
-                // Left in the inbox (a suspended instance), it goes back to
-                // be stored by its sender (dropping it does).
-                let carried = carried.filter(|_| took_carried);
-                let _ = commits.send((commit, span, carried));
-            }
-            Err(e) => {
-                drop(carried);
-                retry_later(&worker, id, format!("episode not run: {e:#}"))
-            }
-        }
+        run_job(&worker, &commits, job);
         crate::replay::drop_spent();
     });
     let pool = match started {
@@ -174,6 +216,94 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
     let _ = committing.await;
 }
 
+/// Run the episode of `job` on this episode thread and hand it to the
+/// committer.
+fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job: Job) {
+    let Job { id, carried } = job;
+    let carry = match &carried {
+        Some(carried) => match carried.look() {
+            Some(carry) => Some(carry),
+            // Its sender took it back before the episode began.
+            None => return abandon(inner, &id),
+        },
+        None => None,
+    };
+    let start = matches!(carry, Some(Carry::Start(_)));
+    // A panic in the host's own code (a bug, not the guest's trap) is
+    // caught here, as tokio's task harness catches a task's: the
+    // instance's lease is given back after a backoff and the episode
+    // retried as host trouble, instead of the thread dying with the
+    // lease held and the instance stalled until a restart.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_episode(inner, &id, carry.as_ref())
+    }));
+    let ran = match ran {
+        Ok(ran) => ran,
+        Err(panic) => {
+            inner
+                .metrics
+                .episodes
+                .get_or_create(&vec![("outcome", "host_panic".to_string())])
+                .inc();
+            Err(anyhow::anyhow!(
+                "the host panicked: {}",
+                panic_message(&*panic)
+            ))
+        }
+    };
+    match ran {
+        Ok((commit, span, took_carried)) => {
+            let carried = match carried {
+                Some(mut carried) if took_carried => {
+                    if !carried.seal() {
+                        // Its sender took it back while the guest ran: it
+                        // stores it, and the warm instance saw what will
+                        // be stored again.
+                        inner.replayer.forget_warm(&id);
+                        return abandon(inner, &id);
+                    }
+                    Some(carried)
+                }
+                // A message left in the inbox (a suspended instance) goes
+                // back to be stored by its sender (dropping it does); a
+                // start left there would create an instance that never
+                // runs.
+                Some(_) if start => {
+                    inner.replayer.forget_warm(&id);
+                    return abandon(inner, &id);
+                }
+                Some(_) | None => None,
+            };
+            let _ = commits.send((commit, span, carried));
+        }
+        // Nothing of a carried start is stored: its sender creates it.
+        Err(e) if start => {
+            tracing::debug!(instance = %id, "a carried start's episode not run: {e:#}");
+            drop(carried);
+            abandon(inner, &id);
+        }
+        Err(e) => {
+            drop(carried);
+            retry_later(inner, id, format!("episode not run: {e:#}"))
+        }
+    }
+}
+
+/// An episode of `id` is not committed because what was carried into it
+/// is not (its sender stores that instead): the lease goes back at once
+/// (carried items exist only where leases are the host's own,
+/// [`Store::lease_local`](crate::store::Store::lease_local)), a message
+/// parked behind it goes back to its sender, and the work loop looks for
+/// the instance again (the sender's write makes it ready).
+fn abandon(inner: &Inner, id: &str) {
+    inner.store.release_local(id);
+    inner.resume_parked(id, false);
+    inner.work.notify_one();
+}
+
+/// An episode on its way to the committer, with what was carried into it.
+type Committing = (EpisodeCommit, tracing::Span, Option<Carried>);
+
 /// Lease up to `max` instances with messages.
 async fn claim(inner: &Arc<Inner>, max: usize) -> anyhow::Result<Vec<String>> {
     let now = inner.config.clock.now();
@@ -187,10 +317,7 @@ const MAX_COMMIT: usize = 256;
 /// Group-commit finished episodes in the background: whatever has finished
 /// while the previous write was under way goes into the next one, and up to
 /// four writes may be under way (the writer folds them into one transaction).
-async fn commit_loop(
-    inner: Arc<Inner>,
-    mut finished: mpsc::UnboundedReceiver<(EpisodeCommit, tracing::Span, Option<Carried>)>,
-) {
+async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Committing>) {
     while let Some(first) = finished.recv().await {
         let mut commits = vec![first];
         while commits.len() < MAX_COMMIT {
@@ -261,6 +388,11 @@ async fn commit_loop(
             {
                 let stored = if result.is_ok() { row.take() } else { None };
                 round.push(super::Committed::new(id.clone(), stored));
+                let start = carried.as_ref().is_some_and(Carried::is_start);
+                let refused = matches!(
+                    result,
+                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_))
+                );
                 if result.is_ok() {
                     inner.replayer.committed(&id, history_len);
                     if let Some(carried) = carried {
@@ -278,8 +410,10 @@ async fn commit_loop(
                     }
                     // Another write changed the instance first (a restart, an
                     // upgrade, a purge): run the episode again on what is
-                    // there now.
-                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                    // there now. A carried start refused (its id is a live
+                    // instance's, or the store failed) is not retried: its
+                    // sender, handed it back, creates it and hears why not.
+                    Err(_) if refused || start => {
                         let _ = inner
                             .until_stored("giving a lease back", || inner.store.release(&id))
                             .await;
@@ -470,7 +604,7 @@ fn plan_messages(status: RuntimeStatus, execution: &str, inbox: Vec<InboxEntry>)
 fn run_episode(
     inner: &Inner,
     id: &str,
-    carried: Option<&Message>,
+    carried: Option<&Carry>,
 ) -> anyhow::Result<(EpisodeCommit, tracing::Span, bool)> {
     inner.episodes_begun.fetch_add(1, Ordering::Relaxed);
     injected_panic(id);
@@ -489,7 +623,7 @@ fn run_episode(
 fn episode(
     inner: &Inner,
     id: &str,
-    carried: Option<&Message>,
+    carried: Option<&Carry>,
     span: &mut tracing::Span,
 ) -> anyhow::Result<EpisodeCommit> {
     // A warm instance has seen the history: only the row and the inbox are
@@ -498,12 +632,13 @@ fn episode(
     // Episode threads are the runtime's own, not async workers: they wait
     // for the store here.
     let store = &inner.store;
-    let mut loaded = if inner.replayer.holds(id) {
-        inner.handle.block_on(store.load_head(id))?
-    } else {
-        inner.handle.block_on(store.load(id))?
+    let mut loaded = match carried {
+        // Not stored yet: its first episode sees what a load would.
+        Some(Carry::Start(instance)) => LoadedInstance::created((**instance).clone(), CARRIED),
+        _ if inner.replayer.holds(id) => inner.handle.block_on(store.load_head(id))?,
+        _ => inner.handle.block_on(store.load(id))?,
     };
-    if let Some(message) = carried {
+    if let Some(Carry::Message(message)) = carried {
         loaded.inbox.push(InboxEntry {
             id: CARRIED,
             message: message.clone(),
@@ -538,6 +673,10 @@ fn episode(
         follow_up: Vec::new(),
         sent: Vec::new(),
         started: Vec::new(),
+        created: match carried {
+            Some(Carry::Start(instance)) => Some((**instance).clone()),
+            _ => None,
+        },
     };
     if crate::entity::is_entity(id) {
         return super::entities::episode(inner, instance, loaded.inbox, commit);
@@ -645,10 +784,13 @@ fn episode(
         instance.history_len,
         load_history,
         incoming,
-    )?;
-    metrics
-        .episode_seconds
-        .observe(started_at.elapsed().as_secs_f64());
+    );
+    let took = started_at.elapsed();
+    if !started {
+        inner.first_step_took(&instance.name, took);
+    }
+    let episode = episode?;
+    metrics.episode_seconds.observe(took.as_secs_f64());
     metrics
         .warm_instances
         .get_or_create(&vec![("warm", warm_label.to_string())])
