@@ -31,13 +31,19 @@ const PRAGMAS: &[(&str, &str)] = &[
     ("synchronous", "FULL"),
     ("foreign_keys", "ON"),
     ("busy_timeout", "5000"),
-    // Reads of a large database map its pages instead of copying them in
-    // with a system call each (shared by every connection, unlike the cache).
-    ("mmap_size", "268435456"),
 ];
 
+/// The writer maps the file, so its reads (guards, index pages) are not
+/// copied in with a system call each, and its small cache mostly holds the
+/// pages it writes. Read connections do not: a read transaction that finds
+/// the WAL changed by another connection drops its map, and the next one
+/// maps it again and faults every page it touches in anew. With writes
+/// every millisecond that was nearly every read: two munmap/mmap pairs a
+/// seed lifecycle, 10-16 % of duro's CPU at one client.
+const WRITER_MMAP_BYTES: i64 = 256 << 20;
+
 /// The writer's page cache (SQLite's default is 2 MiB). With the file
-/// mapped, pages are read from the map and the cache mostly holds the ones
+/// mapped ([`WRITER_MMAP_BYTES`]), pages are read from the map and the cache mostly holds the ones
 /// written; 32 MiB was no faster than 4 (lifebench over 100,000 stored
 /// instances, a 100,000-instance purge) and kept 20-30 MiB more resident.
 const WRITER_CACHE_KIB: i64 = 4 * 1024;
@@ -277,6 +283,8 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&path)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(backend)?;
+        conn.pragma_update(None, "mmap_size", WRITER_MMAP_BYTES)
             .map_err(backend)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<WriterTask>();
