@@ -475,26 +475,28 @@ impl Inner {
             return Err(carry);
         }
         let (carried, carrying) = worker::Carried::new(carry);
-        self.offer_job(pool, id, carried)?;
+        // Its sender has not seen it yet: it cannot have been taken back.
+        self.offer_job(pool, id, carried)
+            .map_err(worker::Carried::hand_back)?;
         Ok(carrying)
     }
 
     /// Give the episode threads an episode of `id`, leased here, with
     /// `carried`; if they have no room, the lease goes back and `carried`
-    /// to its sender.
+    /// comes back.
     fn offer_job(
         &self,
         pool: &pool::EpisodePool<worker::Job>,
         id: &str,
         carried: worker::Carried,
-    ) -> Result<(), Carry> {
+    ) -> Result<(), worker::Carried> {
         let job = worker::Job {
             id: id.to_string(),
             carried: Some(carried),
         };
         pool.offer(job, self.config.batch_size).map_err(|job| {
             self.store.release_local(id);
-            job.carried.expect("carried").hand_back()
+            job.carried.expect("carried")
         })
     }
 
@@ -523,7 +525,8 @@ impl Inner {
             .lock()
             .expect("parked messages poisoned")
             .remove(id);
-        let Some(carried) = parked else {
+        // Taken back by its sender, it is stored already.
+        let Some(carried) = parked.filter(|carried| !carried.taken_back()) else {
             return;
         };
         // Not offered, it is dropped: handed back to its sender.

@@ -101,10 +101,15 @@ impl Carried {
         self.slot.lock().expect("carried slot poisoned").clone()
     }
 
-    /// What is carried, handed back before any episode took it.
+    /// What is carried, handed back before its sender could take it back.
     pub(super) fn hand_back(self) -> Carry {
         let carry = self.slot.lock().expect("carried slot poisoned").take();
         carry.expect("carried until it is resolved")
+    }
+
+    /// True if its sender has taken it back (to store it itself).
+    pub(super) fn taken_back(&self) -> bool {
+        self.sealed.is_none() && self.slot.lock().expect("carried slot poisoned").is_none()
     }
 
     /// True if it is a start (sealed into its commit).
