@@ -454,7 +454,11 @@ impl Inner {
         let quick = (self.first_steps.lock().expect("first steps poisoned"))
             .get(&instance.name)
             .is_some_and(|took| *took < QUICK_FIRST_STEP);
-        let (Some(pool), true) = (self.episode_pool.get(), quick) else {
+        // An id warm here ran here lately: most likely a live instance,
+        // whose start the commit would refuse after running a guest for
+        // nothing.
+        let fresh = !self.replayer.holds(&instance.id);
+        let (Some(pool), true) = (self.episode_pool.get(), quick && fresh) else {
             return Err(instance);
         };
         let id = instance.id.clone();
