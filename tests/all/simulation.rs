@@ -311,6 +311,18 @@ async fn run_case(ops: Vec<Op>, actions: Vec<(Action, bool)>) -> Result<usize, T
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let mut runtime = start(dir.path(), &clock).await;
+    // A quick first episode of `Program` seen first: the host then carries
+    // the simulated instance's start into its first episode (whose commit
+    // creates it), the way most starts go.
+    runtime
+        .start_new(
+            "Program",
+            Some("teacher".into()),
+            &json!({ "ops": [], "log": [] }),
+        )
+        .await
+        .expect("starts");
+    settle(&runtime, "teacher").await?;
     let id = "sim";
     runtime
         .start_new(
