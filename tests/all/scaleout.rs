@@ -246,3 +246,57 @@ async fn an_idle_host_wakes_on_another_hosts_writes() {
     assert_eq!(done.output.as_deref(), Some("\"Workflow for x stopped\""));
     rt.shutdown().await;
 }
+
+/// A long poll (`waitForCompletion`) on one host for an instance whose last
+/// episode another host commits answers once that commit is made (the
+/// committing host tells the others which instances it finished), not on
+/// its next re-read of the row. Both hosts wait for each instance: one of
+/// them commits its last episode, the other hears of it.
+#[test]
+fn a_waiter_hears_of_an_instance_another_host_finished() {
+    let Some(database) = postgres_database("foreign_finish") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = duro_tests::scenario_manifest(dir.path(), "");
+    let serve = || Host::start_with(&manifest, Path::new(&database), &[]);
+    let hosts = [serve(), serve()];
+    const N: usize = 10;
+    for n in 0..N {
+        let id = format!("told-{n}");
+        let started = hosts[n % 2].post(&format!("{API}/orchestrators/Workflow/{id}"), "\"t\"");
+        assert_eq!(started.status, 202, "{}", started.body);
+        std::thread::scope(|scope| {
+            let waits: Vec<_> = (hosts.iter())
+                .map(|host| {
+                    let path = format!("{API}/instances/{id}?waitForCompletion=20000");
+                    scope.spawn(move || host.get(&path))
+                })
+                .collect();
+            // The long polls are under way before the event is raised.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let raised =
+                hosts[n % 2].post(&format!("{API}/instances/{id}/raiseEvent/Workflow"), "1");
+            assert_eq!(raised.status, 202, "{}", raised.body);
+            for wait in waits {
+                let done = wait.join().unwrap();
+                assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+            }
+        });
+    }
+    let told: f64 = (hosts.iter())
+        .map(|host| {
+            let metrics = host.get("/metrics").body;
+            (metrics.lines())
+                .find_map(|line| line.strip_prefix("duro_foreign_finishes_total "))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    // One waiter an instance is on the host that did not commit its end;
+    // a host tells the others once it has heard from one (at its start).
+    assert!(
+        told >= (N / 2) as f64,
+        "{told} of {N} finishes were told to the other host's waiter"
+    );
+}

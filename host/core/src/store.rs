@@ -372,6 +372,13 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn on_foreign_work(&self, wake: WakeFn) {
         let _ = wake;
     }
+    /// Call `finished` with the ids of instances that another host's
+    /// commits finished (a shared backend hears of them), so that this
+    /// host's waiters answer at once instead of on their next re-read; a
+    /// backend that one host owns never calls it.
+    fn on_foreign_finish(&self, finished: FinishFn) {
+        let _ = finished;
+    }
 }
 
 /// What kind of work another host made.
@@ -387,6 +394,9 @@ pub enum WorkKind {
 
 /// A callback that wakes a runtime's loops.
 pub type WakeFn = std::sync::Arc<dyn Fn(WorkKind) + Send + Sync>;
+
+/// A callback told the ids of instances another host finished.
+pub type FinishFn = std::sync::Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// How much the store holds, for the host's gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -33,8 +33,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use duro_core::model::{HistoryEntry, Instance, InstanceQuery, Message, Millis, now_millis};
 use duro_core::schedule::ScheduleRow;
 use duro_core::store::{
-    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    ScheduleCommit, StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, FinishFn, LoadedInstance,
+    RuntimeStore, ScheduleCommit, StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
 };
 use tokio::task::AbortHandle;
 use tokio_postgres::NoTls;
@@ -48,6 +48,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_schedules.sql"),
     include_str!("migrations/0005_entities.sql"),
 ];
+
+/// The channel on which hosts tell each other the instances their commits
+/// finished (payload: the host's name, then the ids, one a line).
+const FINISHED_CHANNEL: &str = "duro_finished";
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6475_726f;
@@ -101,6 +105,8 @@ pub struct PgStore {
     max_inbox: usize,
     /// Whom to wake when another host makes work.
     wake: Arc<Mutex<Option<WakeFn>>>,
+    /// Whom to tell of instances another host finished.
+    finish: Arc<Mutex<Option<FinishFn>>>,
     /// Group commit of the writes.
     writer: writer::Writer,
     /// Grouped reads of instance rows (status requests).
@@ -294,7 +300,8 @@ impl PgStore {
             lease_ttl: options.lease_ttl,
             max_inbox: options.max_inbox,
             wake: Arc::default(),
-            tasks: Mutex::new(vec![notifying]),
+            finish: Arc::default(),
+            tasks: Mutex::new(notifying),
         };
         store.migrate(options.schema.as_deref()).await?;
         if options.renew_leases {
@@ -550,20 +557,39 @@ async fn renew_leases(pool: Pool, owner: String, ttl: Duration) {
 /// (and waking everything, in case something was missed) when the
 /// connection drops. This host's own (their payload is `owner`) wake
 /// nothing: its runtime knows of its writes.
-async fn listen(config: tokio_postgres::Config, owner: String, wake: WakeFn) {
+async fn listen(
+    config: tokio_postgres::Config,
+    owner: String,
+    wake: WakeFn,
+    finish: Arc<Mutex<Option<FinishFn>>>,
+    notifier: Arc<notifier::Notifier>,
+) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
-                let owner = owner.clone();
+                let (finished_tx, mut finished) =
+                    tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+                let (owner, heard_by) = (owner.clone(), notifier.clone());
                 let driver = tokio::spawn(async move {
                     while let Some(message) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
                         match message {
                             Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                if n.channel() == FINISHED_CHANNEL =>
+                            {
+                                let mut lines = n.payload().lines();
+                                if lines.next() != Some(owner.as_str()) {
+                                    heard_by.heard_another();
+                                    let ids = lines.map(str::to_string).collect();
+                                    let _ = finished_tx.send(ids);
+                                }
+                            }
+                            Ok(tokio_postgres::AsyncMessage::Notification(n))
                                 if n.payload() != owner =>
                             {
+                                heard_by.heard_another();
                                 let _ = heard_tx.send(n.channel().to_string());
                             }
                             Ok(_) => {}
@@ -574,14 +600,33 @@ async fn listen(config: tokio_postgres::Config, owner: String, wake: WakeFn) {
                 let listening = CHANNELS
                     .iter()
                     .map(|(channel, _)| format!("LISTEN {channel};"))
+                    .chain([format!("LISTEN {FINISHED_CHANNEL};")])
                     .collect::<String>();
+                // Hosts already here hear of this one (and tell it of the
+                // instances they finish); it hears of them when they write.
+                notifier.raise(WorkKind::Instances);
                 if client.batch_execute(&listening).await.is_ok() {
                     for (_, kind) in CHANNELS {
                         wake(kind);
                     }
-                    while let Some(channel) = heard.recv().await {
-                        if let Some((_, kind)) = CHANNELS.iter().find(|(c, _)| *c == channel) {
-                            wake(*kind);
+                    loop {
+                        tokio::select! {
+                            heard = heard.recv() => match heard {
+                                Some(channel) => {
+                                    if let Some((_, kind)) =
+                                        CHANNELS.iter().find(|(c, _)| *c == channel)
+                                    {
+                                        wake(*kind);
+                                    }
+                                }
+                                None => break,
+                            },
+                            Some(ids) = finished.recv() => {
+                                let told = finish.lock().expect("finish slot poisoned").clone();
+                                if let Some(told) = told {
+                                    told(ids);
+                                }
+                            }
                         }
                     }
                 }
@@ -742,9 +787,15 @@ impl RuntimeStore for PgStore {
                 self.config.clone(),
                 self.owner.clone(),
                 wake.clone(),
+                self.finish.clone(),
+                self.notifier.clone(),
             ));
         }
         *slot = Some(wake);
+    }
+
+    fn on_foreign_finish(&self, finished: FinishFn) {
+        *self.finish.lock().expect("finish slot poisoned") = Some(finished);
     }
 }
 

@@ -1,23 +1,32 @@
-//! Telling other hosts about new work: `NOTIFY` sent after commits, not
-//! inside them. PostgreSQL serialises the commits of transactions that
-//! notify, WAL flush included, which capped a host at one commit per disk
-//! flush; a notification on its own writes no WAL. Signals raised while one
-//! is being sent are folded into the next.
+//! Telling other hosts about new work and finished instances: `NOTIFY`
+//! sent after commits, not inside them. PostgreSQL serialises the commits
+//! of transactions that notify, WAL flush included, which capped a host at
+//! one commit per disk flush; a notification on its own writes no WAL.
+//! Signals raised while one is being sent are folded into the next.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 use duro_core::store::WorkKind;
 
-use crate::CHANNELS;
+use crate::{CHANNELS, FINISHED_CHANNEL};
 
-/// Pending notifications, one bit per channel.
+/// Pending notifications, one bit per channel, and the instances this
+/// host's commits finished, not told yet.
 #[derive(Default)]
 pub struct Notifier {
     pending: AtomicU8,
     wake: tokio::sync::Notify,
+    finished: Mutex<Vec<String>>,
+    finishing: tokio::sync::Notify,
+    /// True once this host has heard from another on the database: alone,
+    /// it tells nobody of finished instances.
+    others: std::sync::atomic::AtomicBool,
 }
+
+/// Most bytes of one notification's payload (PostgreSQL takes 8,000).
+const MAX_PAYLOAD: usize = 7_900;
 
 fn bit(kind: WorkKind) -> u8 {
     match kind {
@@ -32,10 +41,34 @@ impl Notifier {
     /// that sends (to stop with the store).
     /// Each notification carries `owner` (this host's name), so that the
     /// host's own listener can pass over what it sent.
-    pub fn start(pool: Pool, owner: &str) -> (Arc<Notifier>, tokio::task::AbortHandle) {
+    pub fn start(pool: Pool, owner: &str) -> (Arc<Notifier>, Vec<tokio::task::AbortHandle>) {
         let notifier = Arc::new(Notifier::default());
-        let sending = tokio::spawn(send(pool, owner.to_string(), notifier.clone())).abort_handle();
-        (notifier, sending)
+        let sending = tokio::spawn(send(pool.clone(), owner.to_string(), notifier.clone()));
+        let finishing = tokio::spawn(send_finished(pool, owner.to_string(), notifier.clone()));
+        (
+            notifier,
+            vec![sending.abort_handle(), finishing.abort_handle()],
+        )
+    }
+
+    /// Tell other hosts, at once, that this host's commit finished these
+    /// instances: their waiters answer without waiting for a re-read.
+    pub fn finished(&self, ids: impl IntoIterator<Item = String>) {
+        if !self.others.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut finished = self.finished.lock().expect("finished ids poisoned");
+        let before = finished.len();
+        finished.extend(ids);
+        if finished.len() > before {
+            self.finishing.notify_one();
+        }
+    }
+
+    /// Another host notified on the database: from now on, finished
+    /// instances are told.
+    pub fn heard_another(&self) {
+        self.others.store(true, Ordering::Relaxed);
     }
 
     /// Tell other hosts, soon, that there is work of this kind.
@@ -73,6 +106,40 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
         // most that often because of this one, not once per commit. The
         // first signal after a quiet spell goes at once.
         tokio::time::sleep(SPELL).await;
+    }
+}
+
+/// Send the finished ids as they come (those that come while one is being
+/// sent go together in the next), each payload `owner` then ids, one a
+/// line (an id has no control character), cut to fit.
+async fn send_finished(pool: Pool, owner: String, notifier: Arc<Notifier>) {
+    loop {
+        notifier.finishing.notified().await;
+        let ids = std::mem::take(&mut *notifier.finished.lock().expect("finished ids poisoned"));
+        let mut payloads = Vec::new();
+        let mut payload = owner.clone();
+        for id in ids {
+            if payload.len() + 1 + id.len() > MAX_PAYLOAD {
+                payloads.push(std::mem::replace(&mut payload, owner.clone()));
+            }
+            payload.push('\n');
+            payload.push_str(&id);
+        }
+        payloads.push(payload);
+        let sent = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            for payload in &payloads {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&FINISHED_CHANNEL, payload])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        };
+        if let Err(e) = sent.await {
+            // Waiters elsewhere re-read as a fallback; nothing is lost.
+            tracing::debug!("cannot tell other hosts of finished instances: {e}");
+        }
     }
 }
 

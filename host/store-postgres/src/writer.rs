@@ -192,6 +192,18 @@ async fn run(
                         }
                     }
                 }
+                // Waiters on other hosts for the instances this group
+                // finished answer at once.
+                let finished =
+                    (writes.iter().zip(&results)).filter_map(|(write, result)| match write {
+                        Write::Episode(commit)
+                            if result.is_ok() && commit.instance.status.is_terminal() =>
+                        {
+                            Some(commit.instance.id.clone())
+                        }
+                        _ => None,
+                    });
+                notifier.finished(finished);
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

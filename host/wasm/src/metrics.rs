@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Instances created by the commit of their first episode, their start
     /// carried into it (one write instead of two).
     pub carried_starts: Counter,
+    /// Instances other hosts finished that waiters here heard of at once
+    /// (a shared database).
+    pub foreign_finishes: Counter,
     /// Entity operations run (and committed or not).
     pub entity_operations: Counter,
     /// Episodes by whether their instance was warm (`hit`) or replayed.
@@ -110,6 +113,12 @@ impl Metrics {
             "carried_messages",
             "Messages stored by the commit of the episode they were carried into",
             carried_messages.clone(),
+        );
+        let foreign_finishes = Counter::default();
+        registry.register(
+            "foreign_finishes",
+            "Instances other hosts finished, told to this host's waiters at once",
+            foreign_finishes.clone(),
         );
         let carried_starts = Counter::default();
         registry.register(
@@ -227,6 +236,7 @@ impl Metrics {
             batched_completions,
             carried_messages,
             carried_starts,
+            foreign_finishes,
             entity_operations,
             warm_instances,
             commit_batch,

@@ -658,6 +658,19 @@ impl Runtime {
                 }
             }
         }));
+        // Instances another host finished: waiters here read them again at
+        // once (they have no row to answer from).
+        let told = Arc::downgrade(&inner);
+        inner.store.on_foreign_finish(Arc::new(move |ids| {
+            if let Some(inner) = told.upgrade()
+                && inner.committed.receiver_count() > 0
+            {
+                inner.metrics.foreign_finishes.inc_by(ids.len() as u64);
+                let round: Arc<[Committed]> =
+                    ids.into_iter().map(|id| Committed::new(id, None)).collect();
+                let _ = inner.committed.send(round);
+            }
+        }));
         let tasks = vec![
             tokio::spawn(worker::work_loop(inner.clone(), stopped.clone())),
             tokio::spawn(worker::timer_loop(inner.clone(), stopped.clone())),
