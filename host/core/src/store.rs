@@ -379,6 +379,11 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn on_foreign_finish(&self, finished: FinishFn) {
         let _ = finished;
     }
+    /// A waiter began on this host (a long poll): a shared backend lets
+    /// the other hosts know, so that they tell this one of the instances
+    /// they finish ([`on_foreign_finish`](Self::on_foreign_finish)) while
+    /// waiters come.
+    fn waiter_began(&self) {}
 }
 
 /// What kind of work another host made.

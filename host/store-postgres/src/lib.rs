@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
 /// finished (payload: the host's name, then the ids, one a line).
 const FINISHED_CHANNEL: &str = "duro_finished";
 
+/// The channel on which a host with waiters says so (payload: its name):
+/// the others tell it of the instances they finish for a while.
+const WAITING_CHANNEL: &str = "duro_waiting";
+
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6475_726f;
 
@@ -581,15 +585,20 @@ async fn listen(
                             {
                                 let mut lines = n.payload().lines();
                                 if lines.next() != Some(owner.as_str()) {
-                                    heard_by.heard_another();
                                     let ids = lines.map(str::to_string).collect();
                                     let _ = finished_tx.send(ids);
                                 }
                             }
                             Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                if n.channel() == WAITING_CHANNEL =>
+                            {
+                                if n.payload() != owner {
+                                    heard_by.others_wait();
+                                }
+                            }
+                            Ok(tokio_postgres::AsyncMessage::Notification(n))
                                 if n.payload() != owner =>
                             {
-                                heard_by.heard_another();
                                 let _ = heard_tx.send(n.channel().to_string());
                             }
                             Ok(_) => {}
@@ -600,11 +609,11 @@ async fn listen(
                 let listening = CHANNELS
                     .iter()
                     .map(|(channel, _)| format!("LISTEN {channel};"))
-                    .chain([format!("LISTEN {FINISHED_CHANNEL};")])
+                    .chain([
+                        format!("LISTEN {FINISHED_CHANNEL};"),
+                        format!("LISTEN {WAITING_CHANNEL};"),
+                    ])
                     .collect::<String>();
-                // Hosts already here hear of this one (and tell it of the
-                // instances they finish); it hears of them when they write.
-                notifier.raise(WorkKind::Instances);
                 if client.batch_execute(&listening).await.is_ok() {
                     for (_, kind) in CHANNELS {
                         wake(kind);
@@ -796,6 +805,10 @@ impl RuntimeStore for PgStore {
 
     fn on_foreign_finish(&self, finished: FinishFn) {
         *self.finish.lock().expect("finish slot poisoned") = Some(finished);
+    }
+
+    fn waiter_began(&self) {
+        self.notifier.waiting();
     }
 }
 

@@ -4,13 +4,13 @@
 //! one commit per disk flush; a notification on its own writes no WAL.
 //! Signals raised while one is being sent are folded into the next.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 use duro_core::store::WorkKind;
 
-use crate::{CHANNELS, FINISHED_CHANNEL};
+use crate::{CHANNELS, FINISHED_CHANNEL, WAITING_CHANNEL};
 
 /// Pending notifications, one bit per channel, and the instances this
 /// host's commits finished, not told yet.
@@ -20,10 +20,22 @@ pub struct Notifier {
     wake: tokio::sync::Notify,
     finished: Mutex<Vec<String>>,
     finishing: tokio::sync::Notify,
-    /// True once this host has heard from another on the database: alone,
-    /// it tells nobody of finished instances.
-    others: std::sync::atomic::AtomicBool,
+    /// Until when (ms since the epoch) another host has said it has
+    /// waiters: only then are finished instances told, so that hosts whose
+    /// clients poll (or a host alone) pay nothing for it.
+    others_wait_until: AtomicU64,
+    /// When this host last said it has waiters.
+    said_waiting_at: AtomicU64,
 }
+
+/// The bit of `pending` that says this host has waiters.
+const WAITING: u8 = 8;
+
+/// How often a host with waiters says so, at most, and how long the others
+/// tell it of finished instances after hearing it (a waiter that stays
+/// longer than that, with no other beginning, is answered by its re-reads).
+const SAY_WAITING_EVERY_MS: u64 = 1_000;
+const TELL_WAITERS_FOR_MS: u64 = 5_000;
 
 /// Most bytes of one notification's payload (PostgreSQL takes 8,000).
 const MAX_PAYLOAD: usize = 7_900;
@@ -54,7 +66,7 @@ impl Notifier {
     /// Tell other hosts, at once, that this host's commit finished these
     /// instances: their waiters answer without waiting for a re-read.
     pub fn finished(&self, ids: impl IntoIterator<Item = String>) {
-        if !self.others.load(Ordering::Relaxed) {
+        if duro_core::model::now_millis() >= self.others_wait_until.load(Ordering::Relaxed) {
             return;
         }
         let mut finished = self.finished.lock().expect("finished ids poisoned");
@@ -65,10 +77,26 @@ impl Notifier {
         }
     }
 
-    /// Another host notified on the database: from now on, finished
-    /// instances are told.
-    pub fn heard_another(&self) {
-        self.others.store(true, Ordering::Relaxed);
+    /// Another host said it has waiters: finished instances are told for
+    /// a while.
+    pub fn others_wait(&self) {
+        let until = duro_core::model::now_millis() + TELL_WAITERS_FOR_MS;
+        self.others_wait_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A waiter began on this host: say so to the others (at most once a
+    /// second), so that they tell it of the instances they finish.
+    pub fn waiting(&self) {
+        let now = duro_core::model::now_millis();
+        let said = self.said_waiting_at.load(Ordering::Relaxed);
+        if now.saturating_sub(said) >= SAY_WAITING_EVERY_MS
+            && (self.said_waiting_at)
+                .compare_exchange(said, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.pending.fetch_or(WAITING, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
     }
 
     /// Tell other hosts, soon, that there is work of this kind.
@@ -85,7 +113,9 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
         let statement: String = CHANNELS
             .iter()
             .filter(|(_, kind)| pending & bit(*kind) != 0)
-            .map(|(channel, _)| format!("NOTIFY {channel}, '{owner}';"))
+            .map(|(channel, _)| channel)
+            .chain((pending & WAITING != 0).then_some(&WAITING_CHANNEL))
+            .map(|channel| format!("NOTIFY {channel}, '{owner}';"))
             .collect();
         if statement.is_empty() {
             continue;

@@ -1194,6 +1194,7 @@ impl Runtime {
         let Ok(_waiting) = self.inner.waiters.try_acquire() else {
             return self.existing(id).await;
         };
+        self.inner.store.waiter_began();
         // The fallback re-read covers writes this host does not commit (other
         // hosts on PostgreSQL); it backs off, as the commit wakes a waiter.
         let mut fallback = Duration::from_millis(50);
