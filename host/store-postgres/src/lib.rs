@@ -572,9 +572,7 @@ async fn listen(
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
-                let (finished_tx, mut finished) =
-                    tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
-                let (owner, heard_by) = (owner.clone(), notifier.clone());
+                let (owner, heard_by, finish) = (owner.clone(), notifier.clone(), finish.clone());
                 let driver = tokio::spawn(async move {
                     while let Some(message) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
@@ -584,9 +582,11 @@ async fn listen(
                                 if n.channel() == FINISHED_CHANNEL =>
                             {
                                 let mut lines = n.payload().lines();
-                                if lines.next() != Some(owner.as_str()) {
-                                    let ids = lines.map(str::to_string).collect();
-                                    let _ = finished_tx.send(ids);
+                                let told = finish.lock().expect("finish slot poisoned").clone();
+                                if let Some(told) = told
+                                    && lines.next() != Some(owner.as_str())
+                                {
+                                    told(lines.map(str::to_string).collect());
                                 }
                             }
                             Ok(tokio_postgres::AsyncMessage::Notification(n))
@@ -618,24 +618,9 @@ async fn listen(
                     for (_, kind) in CHANNELS {
                         wake(kind);
                     }
-                    loop {
-                        tokio::select! {
-                            heard = heard.recv() => match heard {
-                                Some(channel) => {
-                                    if let Some((_, kind)) =
-                                        CHANNELS.iter().find(|(c, _)| *c == channel)
-                                    {
-                                        wake(*kind);
-                                    }
-                                }
-                                None => break,
-                            },
-                            Some(ids) = finished.recv() => {
-                                let told = finish.lock().expect("finish slot poisoned").clone();
-                                if let Some(told) = told {
-                                    told(ids);
-                                }
-                            }
+                    while let Some(channel) = heard.recv().await {
+                        if let Some((_, kind)) = CHANNELS.iter().find(|(c, _)| *c == channel) {
+                            wake(*kind);
                         }
                     }
                 }
