@@ -69,16 +69,17 @@ impl Carry {
 /// storing it (the episode left it in the inbox, did not run or did not
 /// commit, the job was dropped) hands it back to its sender.
 pub(super) struct Carried {
-    /// Until the episode seals it or the sender takes it back.
-    slot: Arc<Mutex<Option<Carry>>>,
+    /// Until the episode seals it or the sender takes it back (shared, so
+    /// that the episode looks at it without copying its payload).
+    slot: Arc<Mutex<Option<Arc<Carry>>>>,
     /// Once sealed, until its commit stores it.
-    sealed: Option<Carry>,
+    sealed: Option<Arc<Carry>>,
     done: Option<oneshot::Sender<Result<(), Carry>>>,
 }
 
 /// The sender's side of a [`Carried`].
 pub(super) struct Carrying {
-    slot: Arc<Mutex<Option<Carry>>>,
+    slot: Arc<Mutex<Option<Arc<Carry>>>>,
     outcome: oneshot::Receiver<Result<(), Carry>>,
 }
 
@@ -86,7 +87,7 @@ impl Carried {
     /// `carry`, and where its sender learns what became of it.
     pub(super) fn new(carry: Carry) -> (Self, Carrying) {
         let (done, outcome) = oneshot::channel();
-        let slot = Arc::new(Mutex::new(Some(carry)));
+        let slot = Arc::new(Mutex::new(Some(Arc::new(carry))));
         let carried = Carried {
             slot: slot.clone(),
             sealed: None,
@@ -97,14 +98,14 @@ impl Carried {
 
     /// What is carried, for the episode to look at; none if its sender
     /// has taken it back.
-    pub(super) fn look(&self) -> Option<Carry> {
+    pub(super) fn look(&self) -> Option<Arc<Carry>> {
         self.slot.lock().expect("carried slot poisoned").clone()
     }
 
     /// What is carried, handed back before its sender could take it back.
     pub(super) fn hand_back(self) -> Carry {
         let carry = self.slot.lock().expect("carried slot poisoned").take();
-        carry.expect("carried until it is resolved")
+        Arc::unwrap_or_clone(carry.expect("carried until it is resolved"))
     }
 
     /// True if its sender has taken it back (to store it itself).
@@ -114,7 +115,7 @@ impl Carried {
 
     /// True if it is a start (sealed into its commit).
     fn is_start(&self) -> bool {
-        matches!(self.sealed, Some(Carry::Start(_)))
+        matches!(self.sealed.as_deref(), Some(Carry::Start(_)))
     }
 
     /// The episode took it and is about to be committed: from now on its
@@ -138,7 +139,7 @@ impl Drop for Carried {
         let carry = (self.sealed.take())
             .or_else(|| self.slot.lock().expect("carried slot poisoned").take());
         if let (Some(carry), Some(done)) = (carry, self.done.take()) {
-            let _ = done.send(Err(carry));
+            let _ = done.send(Err(Arc::unwrap_or_clone(carry)));
         }
     }
 }
@@ -154,7 +155,7 @@ impl Carrying {
             Ok(outcome) => outcome,
             Err(_) => {
                 if let Some(carry) = self.slot.lock().expect("carried slot poisoned").take() {
-                    return Err(carry);
+                    return Err(Arc::unwrap_or_clone(carry));
                 }
                 // Sealed: its commit answers.
                 self.outcome.await
@@ -233,14 +234,14 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
         },
         None => None,
     };
-    let start = matches!(carry, Some(Carry::Start(_)));
+    let start = matches!(carry.as_deref(), Some(Carry::Start(_)));
     // A panic in the host's own code (a bug, not the guest's trap) is
     // caught here, as tokio's task harness catches a task's: the
     // instance's lease is given back after a backoff and the episode
     // retried as host trouble, instead of the thread dying with the
     // lease held and the instance stalled until a restart.
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_episode(inner, &id, carry.as_ref())
+        run_episode(inner, &id, carry.as_deref())
     }));
     let ran = match ran {
         Ok(ran) => ran,
@@ -256,6 +257,8 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
             ))
         }
     };
+    // Done with: what is handed back is then moved, not copied.
+    drop(carry);
     match ran {
         Ok((commit, span, took_carried)) => {
             let carried = match carried {
