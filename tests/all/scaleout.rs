@@ -300,3 +300,56 @@ fn a_waiter_hears_of_an_instance_another_host_finished() {
         "{told} of {N} finishes were told to the other host's waiter"
     );
 }
+
+/// On PostgreSQL too, a host runs the episodes of what it was sent: a start
+/// goes into its instance's first episode, whose commit creates it, and a
+/// raise to an instance warm there into its next episode, both with a lease
+/// held in memory (no claim, no load of the start) while the other host
+/// claims work as usual; a raise through the other host still lands.
+#[test]
+fn a_host_runs_the_episodes_of_what_it_was_sent() {
+    let Some(database) = postgres_database("carried") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = duro_tests::scenario_manifest(dir.path(), "");
+    let serve = || Host::start_with(&manifest, Path::new(&database), &[]);
+    let hosts = [serve(), serve()];
+    for n in 0..12 {
+        let id = format!("sent-{n}");
+        // The last raise of each host goes through the other one.
+        let (starter, raiser) = match n {
+            5 => (&hosts[0], &hosts[1]),
+            11 => (&hosts[1], &hosts[0]),
+            _ => (&hosts[n / 6], &hosts[n / 6]),
+        };
+        let started = starter.post(&format!("{API}/orchestrators/Workflow/{id}"), "\"t\"");
+        assert_eq!(started.status, 202, "{}", started.body);
+        let raised = raiser.post(&format!("{API}/instances/{id}/raiseEvent/Workflow"), "1");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        let done = starter.get(&format!("{API}/instances/{id}?waitForCompletion=20000"));
+        assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+        let history = starter.get(&format!("{API}/instances/{id}?showHistory=true"));
+        let events = history.json()["historyEvents"].as_array().unwrap().len();
+        assert!(events > 0, "{}", history.body);
+    }
+    for host in &hosts {
+        let metrics = host.get("/metrics").body;
+        let count = |name: &str| {
+            (metrics.lines())
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // The first start of each host cannot be: how quick a first
+        // episode is has not been seen yet.
+        assert!(
+            count("duro_carried_starts_total") >= 1.0,
+            "no start was carried: {metrics}"
+        );
+        assert!(
+            count("duro_carried_messages_total") >= 1.0,
+            "no raise was carried: {metrics}"
+        );
+    }
+}

@@ -303,12 +303,26 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn lease_local(&self, _instance: &str) -> bool {
         false
     }
-    /// Give back a lease [`lease_local`](Self::lease_local) took, at once.
+    /// Lease `instance` for an episode that carries what it runs on (a
+    /// start or a message its sender has not stored, so that no other host
+    /// sees work for it), if this store can do so without a round trip:
+    /// true if it is now leased to the caller. A store shared by several
+    /// hosts may keep such a lease in memory only, for the episode's
+    /// commit is fenced by the instance's version and stored lease holder
+    /// (a host that claimed the instance meanwhile wins, and the carried
+    /// item goes back to its sender). By default as
+    /// [`lease_local`](Self::lease_local).
+    fn lease_carried(&self, instance: &str) -> bool {
+        self.lease_local(instance)
+    }
+    /// Give back a lease [`lease_local`](Self::lease_local) or
+    /// [`lease_carried`](Self::lease_carried) took, at once.
     fn release_local(&self, _instance: &str) {}
     /// True if `instance` is leased to this host in memory (by
-    /// [`lease_local`](Self::lease_local) or a claim): its episode will
-    /// commit or give the lease back here. A store whose leases are stored
-    /// says false.
+    /// [`lease_local`](Self::lease_local),
+    /// [`lease_carried`](Self::lease_carried) or a claim): its episode
+    /// will commit or give the lease back here. A lease held only as a
+    /// stored row says false.
     fn leased_here(&self, _instance: &str) -> bool {
         false
     }

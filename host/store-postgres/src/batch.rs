@@ -47,10 +47,11 @@ pub mod sql {
          q.lease_owner FROM instances i JOIN queue q ON q.instance_id = i.id \
          WHERE i.id = ANY($1) AND q.instance_id = ANY($1) ORDER BY i.id FOR UPDATE OF i, q";
     /// New instances: their rows, queue rows (ready at once), start
-    /// messages and first events, none where the id is taken; the ids
-    /// created are returned (a taken one is created step by step after,
-    /// `ops::create_careful`: a finished instance there is replaced, a
-    /// live one refuses).
+    /// messages (none where `$13` is NULL: the first episode, committed in
+    /// the same group, took it) and first events, none where the id is
+    /// taken; the ids created are returned (a taken one is created step by
+    /// step after, `ops::create_careful`: a finished instance there is
+    /// replaced, a live one refuses).
     pub const CREATE: &str = "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], \
              $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], \
              $9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::boolean[], \
@@ -66,7 +67,8 @@ pub mod sql {
          queued AS (INSERT INTO queue (instance_id, ready_at) \
              SELECT n.id, n.at FROM n JOIN created USING (id)), \
          started AS (INSERT INTO inbox (instance_id, message, control, created_at) \
-             SELECT n.id, n.start, n.control, n.at FROM n JOIN created USING (id)), \
+             SELECT n.id, n.start, n.control, n.at FROM n JOIN created USING (id) \
+             WHERE n.start IS NOT NULL), \
          first AS (INSERT INTO history (instance_id, seq, timestamp, event) \
              SELECT n.id, 0, n.at, n.started FROM n JOIN created USING (id)) \
          SELECT id FROM created";
@@ -121,6 +123,9 @@ pub struct Batch<'a> {
     locked: Vec<&'a str>,
     guards: Vec<(&'a str, &'a Version)>,
     creates: Vec<&'a Instance>,
+    /// Those of `creates` whose start their first episode, in this group,
+    /// took (`EpisodeCommit::created`).
+    started: Vec<&'a str>,
     history: History<'a>,
     consumed: (Vec<&'a str>, Vec<i64>),
     updates: Vec<&'a Instance>,
@@ -166,7 +171,10 @@ impl<'a> Batch<'a> {
                     let plain = planned.iter().all(|w| {
                         matches!(
                             w,
-                            Planned::Guard { .. }
+                            Planned::Create {
+                                start_taken: true,
+                                ..
+                            } | Planned::Guard { .. }
                                 | Planned::AppendEvents { .. }
                                 | Planned::Consume { .. }
                                 | Planned::UpdateInstance { .. }
@@ -209,6 +217,16 @@ impl<'a> Batch<'a> {
 
     fn add(&mut self, write: Planned<'a>) -> StoreResult<()> {
         match write {
+            Planned::Create {
+                instance,
+                start_taken: true,
+            } => {
+                self.creates.push(instance);
+                self.started.push(&instance.id);
+            }
+            // Created by this group, the instance is as its episode
+            // expects (the create says if the id is taken).
+            Planned::Guard { id, .. } if self.started.contains(&id) => {}
             Planned::Guard { id, expected } => self.guards.push((id, expected)),
             Planned::AppendEvents {
                 id,
@@ -242,7 +260,7 @@ impl<'a> Batch<'a> {
     pub async fn apply(&self, c: &impl GenericClient, owner: &str) -> StoreResult<Vec<&'a str>> {
         let locked = !self.locked.is_empty();
         let created = !self.creates.is_empty();
-        let creates = Columns::of_creates(&self.creates)?;
+        let creates = Columns::of_creates(&self.creates, &self.started)?;
         let updates = Columns::of_updates(&self.updates);
         let (h, consumed) = (&self.history, &self.consumed);
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
@@ -272,6 +290,28 @@ impl<'a> Batch<'a> {
             &m.max_inbox,
             &finished_statuses,
         ];
+        let statements = [
+            (locked, sql::LOCK_AND_READ),
+            (created, sql::CREATE),
+            (!h.ids.is_empty(), sql::APPEND),
+            (!consumed.0.is_empty(), sql::CONSUME),
+            (updating, sql::UPDATE),
+            (updating, sql::REQUEUE),
+            (finishing, sql::DROP_TIMERS),
+            (finishing, sql::DROP_ACTIVITIES),
+            (!m.ids.is_empty(), sql::ENQUEUE),
+        ];
+        // Prepared first (at once when the connection has them already),
+        // so that they run in the order sent: one still being prepared
+        // would run after one that was not, and a new instance's rows must
+        // exist before its first episode's update and requeue.
+        futures_util::future::try_join_all(
+            (statements.iter())
+                .filter(|(used, _)| *used)
+                .map(|(_, statement)| c.prepare_cached(statement)),
+        )
+        .await
+        .map_err(crate::backend)?;
         let (read, inserted, appended, consumed, updated, requeued, timers, calls, enqueued) = tokio::join!(
             biased;
             when(locked, ops::rows(c, sql::LOCK_AND_READ, &lock)),
@@ -300,10 +340,18 @@ impl<'a> Batch<'a> {
         let created: Vec<String> = (inserted?.unwrap_or_default().iter())
             .map(|row| row.get(0))
             .collect();
-        let taken = (self.creates.iter())
+        let taken: Vec<&'a str> = (self.creates.iter())
             .filter(|instance| !created.contains(&instance.id))
             .map(|instance| instance.id.as_str())
             .collect();
+        if taken.iter().any(|id| self.started.contains(id)) {
+            // Its episode's other writes ran on the instance there: the
+            // run write by write refuses it, or replaces a finished one.
+            return Err(StoreError::Backend {
+                message: "a first episode's instance id was taken".into(),
+                retriable: false,
+            });
+        }
         let read = read?.unwrap_or_default();
         for (id, expected) in &self.guards {
             let Some(row) = read.iter().find(|r| r.get::<_, &str>(0) == *id) else {
@@ -360,7 +408,7 @@ struct Columns<'a> {
     parent_task: Vec<Option<i64>>,
     trace_parent: Vec<Option<&'a str>>,
     scheduled_by: Vec<Option<String>>,
-    start: Vec<String>,
+    start: Vec<Option<String>>,
     control: Vec<bool>,
     started: Vec<String>,
     // Episodes' rows.
@@ -371,7 +419,7 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of_creates(instances: &[&'a Instance]) -> StoreResult<Columns<'a>> {
+    fn of_creates(instances: &[&'a Instance], started: &[&str]) -> StoreResult<Columns<'a>> {
         let mut c = Columns::default();
         let start = ops::to_json("message", &Message::Start)?;
         for instance in instances {
@@ -389,7 +437,8 @@ impl<'a> Columns<'a> {
             c.parent_task.push(parent.map(|p| p.task as i64));
             c.trace_parent.push(instance.trace_parent.as_deref());
             c.scheduled_by.push(rows::scheduled_by_json(instance));
-            c.start.push(start.clone());
+            c.start
+                .push(Some(start.clone()).filter(|_| !started.contains(&instance.id.as_str())));
             c.control.push(Message::Start.is_control());
             c.started.push(ops::to_json(
                 "history event",

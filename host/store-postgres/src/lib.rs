@@ -25,7 +25,7 @@ mod writer;
 pub use batch::{GROUPED_SETTINGS, sql as batch_sql};
 pub use ops::sql;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,6 +122,12 @@ pub struct PgStore {
     /// Instances this host claimed, loaded by the claim, until their
     /// episode asks (`Prefetched`).
     prefetched: Mutex<HashMap<String, Prefetched>>,
+    /// Instances leased to this host: claimed (a row says so too), or
+    /// leased in memory for an episode that carries what it runs on
+    /// (`RuntimeStore::lease_carried`: no row says so, for no other host
+    /// sees work for them until that episode commits, and its commit is
+    /// fenced by the instance's version and stored lease holder).
+    leased: Mutex<HashSet<String>>,
     /// Tells other hosts of new work.
     notifier: Arc<notifier::Notifier>,
     /// The store's background tasks, stopped with it.
@@ -297,6 +303,7 @@ impl PgStore {
             loads,
             grouped,
             prefetched: Mutex::default(),
+            leased: Mutex::default(),
             notifier,
             pool,
             config,
@@ -655,20 +662,58 @@ impl RuntimeStore for PgStore {
         )
         .await?;
         let mut ids = Vec::with_capacity(claimed.len());
-        let mut prefetched = self.prefetched.lock().expect("prefetched poisoned");
-        let at = std::time::Instant::now();
-        // Left by claims whose episode never asked (a host stopping).
-        prefetched.retain(|_, p| at.duration_since(p.at) < PREFETCH_KEPT);
-        for (loaded, whole) in claimed {
-            ids.push(loaded.instance.id.clone());
-            prefetched.insert(loaded.instance.id.clone(), Prefetched { at, loaded, whole });
+        let mut busy = Vec::new();
+        {
+            let mut prefetched = self.prefetched.lock().expect("prefetched poisoned");
+            let mut leased = self.leased.lock().expect("leases poisoned");
+            let at = std::time::Instant::now();
+            // Left by claims whose episode never asked (a host stopping).
+            prefetched.retain(|_, p| at.duration_since(p.at) < PREFETCH_KEPT);
+            for (loaded, whole) in claimed {
+                let id = loaded.instance.id.clone();
+                // An episode of it that carries its input runs here: the
+                // claim's episode would only conflict with it.
+                if !leased.insert(id.clone()) {
+                    busy.push(id);
+                    continue;
+                }
+                ids.push(id.clone());
+                prefetched.insert(id, Prefetched { at, loaded, whole });
+            }
+        }
+        // Ready again; claimed after that episode's commit (which wakes
+        // the work loop).
+        if !busy.is_empty() {
+            ops::release(&client, &self.owner, &busy).await?;
         }
         Ok(ids)
     }
 
     async fn release(&self, instance: &str) -> StoreResult<()> {
+        self.release_local(instance);
         let client = self.client().await?;
         ops::release(&client, &self.owner, &[instance.to_string()]).await
+    }
+
+    fn lease_carried(&self, instance: &str) -> bool {
+        self.leased
+            .lock()
+            .expect("leases poisoned")
+            .insert(instance.to_string())
+    }
+
+    fn release_local(&self, instance: &str) {
+        self.leased
+            .lock()
+            .expect("leases poisoned")
+            .remove(instance);
+    }
+
+    fn leased_here(&self, instance: &str) -> bool {
+        self.leased
+            .lock()
+            .expect("leases poisoned")
+            .contains(instance)
     }
 
     async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
@@ -691,6 +736,7 @@ impl RuntimeStore for PgStore {
     async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>> {
         // Each episode is a write of its own: the writers fold them, and
         // any other waiting writes, into as few transactions as they can.
+        let ids: Vec<String> = episodes.iter().map(|e| e.instance.id.clone()).collect();
         let pending: Vec<_> = episodes
             .into_iter()
             .map(|episode| {
@@ -701,6 +747,11 @@ impl RuntimeStore for PgStore {
         let mut results = Vec::with_capacity(pending.len());
         for result in pending {
             results.push(result.await);
+        }
+        // A stored lease went with the commit; one held in memory goes now.
+        let mut leased = self.leased.lock().expect("leases poisoned");
+        for id in &ids {
+            leased.remove(id);
         }
         results
     }

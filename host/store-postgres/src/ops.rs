@@ -895,6 +895,16 @@ pub async fn apply_pipelined(
     owner: &str,
     writes: &[Write<'_>],
 ) -> StoreResult<()> {
+    // A first episode's instance is created before the rest is sent: a
+    // statement still being prepared runs after one that was not, and the
+    // episode's update must find the row.
+    let (created, writes) = match writes.split_first() {
+        Some((first @ Write::Create { .. }, rest)) => (Some(first), rest),
+        _ => (None, writes),
+    };
+    if let Some(create) = created {
+        apply(c, owner, create, Form::OneRound).await?;
+    }
     let sent = futures_util::future::join_all(
         writes
             .iter()

@@ -475,7 +475,7 @@ impl Inner {
         id: &str,
         carry: Carry,
     ) -> Result<Carrying, Carry> {
-        if !self.store.lease_local(id) {
+        if !self.store.lease_carried(id) {
             return Err(carry);
         }
         let (carried, carrying) = worker::Carried::new(carry);
@@ -535,7 +535,7 @@ impl Inner {
         };
         // Not offered, it is dropped: handed back to its sender.
         if let Some(pool) = self.episode_pool.get().filter(|_| committed)
-            && self.store.lease_local(id)
+            && self.store.lease_carried(id)
         {
             let _ = self.offer_job(pool, id, carried);
         }

@@ -299,8 +299,8 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
 
 /// An episode of `id` is not committed because what was carried into it
 /// is not (its sender stores that instead): the lease goes back at once
-/// (carried items exist only where leases are the host's own,
-/// [`Store::lease_local`](crate::store::Store::lease_local)), a message
+/// (a carried item's lease is held in memory,
+/// [`Store::lease_carried`](crate::store::Store::lease_carried)), a message
 /// parked behind it goes back to its sender, and the work loop looks for
 /// the instance again (the sender's write makes it ready).
 fn abandon(inner: &Inner, id: &str) {
