@@ -508,3 +508,40 @@ pub trait ClientStore: Send + Sync + 'static {
 /// A store for both consumers.
 pub trait Store: RuntimeStore + ClientStore {}
 impl<T: RuntimeStore + ClientStore> Store for T {}
+
+/// The instances leased to this host in memory (claimed, or taken for an
+/// episode on the spot): what a store's `lease_local`, `lease_carried`,
+/// `release_local` and `leased_here` keep, and its claims consult.
+#[derive(Debug, Default)]
+pub struct LeaseSet(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl LeaseSet {
+    /// Lease `id`: false if it is leased already.
+    pub fn take(&self, id: &str) -> bool {
+        self.held().insert(id.to_string())
+    }
+
+    /// Give the lease of `id` back.
+    pub fn give_back(&self, id: &str) {
+        self.held().remove(id);
+    }
+
+    /// Give the leases of `ids` back (their episodes have committed or
+    /// failed).
+    pub fn give_back_all(&self, ids: &[String]) {
+        let mut held = self.held();
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// True if `id` is leased.
+    pub fn holds(&self, id: &str) -> bool {
+        self.held().contains(id)
+    }
+
+    /// The set itself, locked (a claim filters what it read through it).
+    pub fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0.lock().expect("lease set poisoned")
+    }
+}

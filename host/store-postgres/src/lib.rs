@@ -25,7 +25,7 @@ mod writer;
 pub use batch::{GROUPED_SETTINGS, sql as batch_sql};
 pub use ops::sql;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use duro_core::model::{HistoryEntry, Instance, InstanceQuery, Message, Millis, now_millis};
 use duro_core::schedule::ScheduleRow;
 use duro_core::store::{
-    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, FinishFn, LoadedInstance,
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, FinishFn, LeaseSet, LoadedInstance,
     RuntimeStore, ScheduleCommit, StoreCounts, StoreError, StoreResult, Version, WakeFn, WorkKind,
 };
 use tokio::task::AbortHandle;
@@ -127,7 +127,7 @@ pub struct PgStore {
     /// (`RuntimeStore::lease_carried`: no row says so, for no other host
     /// sees work for them until that episode commits, and its commit is
     /// fenced by the instance's version and stored lease holder).
-    leased: Mutex<HashSet<String>>,
+    leased: LeaseSet,
     /// Tells other hosts of new work.
     notifier: Arc<notifier::Notifier>,
     /// The store's background tasks, stopped with it.
@@ -303,7 +303,7 @@ impl PgStore {
             loads,
             grouped,
             prefetched: Mutex::default(),
-            leased: Mutex::default(),
+            leased: LeaseSet::default(),
             notifier,
             pool,
             config,
@@ -665,7 +665,7 @@ impl RuntimeStore for PgStore {
         let mut busy = Vec::new();
         {
             let mut prefetched = self.prefetched.lock().expect("prefetched poisoned");
-            let mut leased = self.leased.lock().expect("leases poisoned");
+            let mut leased = self.leased.held();
             let at = std::time::Instant::now();
             // Left by claims whose episode never asked (a host stopping).
             prefetched.retain(|_, p| at.duration_since(p.at) < PREFETCH_KEPT);
@@ -696,24 +696,15 @@ impl RuntimeStore for PgStore {
     }
 
     fn lease_carried(&self, instance: &str) -> bool {
-        self.leased
-            .lock()
-            .expect("leases poisoned")
-            .insert(instance.to_string())
+        self.leased.take(instance)
     }
 
     fn release_local(&self, instance: &str) {
-        self.leased
-            .lock()
-            .expect("leases poisoned")
-            .remove(instance);
+        self.leased.give_back(instance);
     }
 
     fn leased_here(&self, instance: &str) -> bool {
-        self.leased
-            .lock()
-            .expect("leases poisoned")
-            .contains(instance)
+        self.leased.holds(instance)
     }
 
     async fn load(&self, instance: &str) -> StoreResult<LoadedInstance> {
@@ -749,10 +740,7 @@ impl RuntimeStore for PgStore {
             results.push(result.await);
         }
         // A stored lease went with the commit; one held in memory goes now.
-        let mut leased = self.leased.lock().expect("leases poisoned");
-        for id in &ids {
-            leased.remove(id);
-        }
+        self.leased.give_back_all(&ids);
         results
     }
 

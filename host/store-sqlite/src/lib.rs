@@ -18,8 +18,8 @@ use duro_core::model::{
 use duro_core::schedule::ScheduleRow;
 use duro_core::store::plan::{self, Write};
 use duro_core::store::{
-    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LoadedInstance, RuntimeStore,
-    ScheduleCommit, StoreCounts, StoreError, StoreResult, Version,
+    ActivityFinish, ActivityWork, ClientStore, EpisodeCommit, LeaseSet, LoadedInstance,
+    RuntimeStore, ScheduleCommit, StoreCounts, StoreError, StoreResult, Version,
 };
 use duro_store_sql::listing::{self, SqlValue};
 pub use duro_store_sql::rows::INSTANCE_COLUMNS;
@@ -202,7 +202,7 @@ pub struct SqliteStore {
     writer: Mutex<mpsc::Sender<WriterTask>>,
     readers: Arc<Readers>,
     /// Instances some worker of this process is stepping.
-    leased: Arc<Mutex<HashSet<String>>>,
+    leased: LeaseSet,
     /// Activity rows some activity worker of this process is running.
     leased_activities: Mutex<HashSet<i64>>,
     /// Most messages one instance may have waiting ([`SqliteStore::open_with`]).
@@ -301,7 +301,7 @@ impl SqliteStore {
                 path,
                 pool: Mutex::default(),
             }),
-            leased: Arc::default(),
+            leased: LeaseSet::default(),
             leased_activities: Mutex::default(),
             max_inbox,
         })
@@ -957,14 +957,6 @@ fn insert_entity(conn: &Connection, row: &Instance) -> StoreResult<()> {
     Ok(())
 }
 
-/// Give the leases of `ids` back (their episodes have committed or failed).
-fn release_all(leased: &Mutex<HashSet<String>>, ids: &[String]) {
-    let mut leased = leased.lock().expect("lease set poisoned");
-    for id in ids {
-        leased.remove(id);
-    }
-}
-
 /// Put a message into the inbox of a live instance (see
 /// `ClientStore::enqueue`); only its status is read, on every message.
 fn enqueue_live(
@@ -1286,7 +1278,7 @@ impl RuntimeStore for SqliteStore {
         // The lease set is held across the read: a lease given back after
         // its commit must not be taken again by a claim that read the rows
         // from before that commit.
-        let mut leased = self.leased.lock().expect("lease set poisoned");
+        let mut leased = self.leased.held();
         let held = leased.len();
         let candidates: Vec<String> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(sql::CLAIM_READY).map_err(backend)?;
@@ -1303,24 +1295,15 @@ impl RuntimeStore for SqliteStore {
     }
 
     fn lease_local(&self, instance: &str) -> bool {
-        self.leased
-            .lock()
-            .expect("lease set poisoned")
-            .insert(instance.to_string())
+        self.leased.take(instance)
     }
 
     fn release_local(&self, instance: &str) {
-        self.leased
-            .lock()
-            .expect("lease set poisoned")
-            .remove(instance);
+        self.leased.give_back(instance);
     }
 
     fn leased_here(&self, instance: &str) -> bool {
-        self.leased
-            .lock()
-            .expect("lease set poisoned")
-            .contains(instance)
+        self.leased.holds(instance)
     }
 
     async fn release(&self, instance: &str) -> StoreResult<()> {
@@ -1350,7 +1333,7 @@ impl RuntimeStore for SqliteStore {
         for result in pending {
             results.push(result.await);
         }
-        release_all(&self.leased, &ids);
+        self.leased.give_back_all(&ids);
         results
     }
 
