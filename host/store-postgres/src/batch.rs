@@ -6,7 +6,7 @@
 //! costs about what one did.
 
 use deadpool_postgres::GenericClient;
-use duro_core::model::{HistoryEvent, Instance, Message, input_hash};
+use duro_core::model::{HistoryEvent, Instance, Message, RuntimeStatus, input_hash};
 use duro_core::store::plan::{self, Write as Planned};
 use duro_core::store::{StoreError, StoreResult, Version};
 use duro_store_sql::rows;
@@ -46,26 +46,35 @@ pub mod sql {
     pub const LOCK_AND_READ: &str = "SELECT i.id, i.execution_id, i.history_len, i.component, \
          q.lease_owner FROM instances i JOIN queue q ON q.instance_id = i.id \
          WHERE i.id = ANY($1) AND q.instance_id = ANY($1) ORDER BY i.id FOR UPDATE OF i, q";
-    /// New instances: their rows, queue rows (ready at once), start
-    /// messages (none where `$13` is NULL: the first episode, committed in
-    /// the same group, took it) and first events, none where the id is
-    /// taken; the ids created are returned (a taken one is created step by
-    /// step after, `ops::create_careful`: a finished instance there is
-    /// replaced, a live one refuses).
+    /// New instances: their rows, queue rows, start messages and first
+    /// events, none where the id is taken; the ids created are returned (a
+    /// taken one is created step by step after, `ops::create_careful`: a
+    /// finished instance there is replaced, a live one refuses). Where
+    /// `$13` (the start) is NULL, the first episode, committed in the same
+    /// group, took the start: the row is stored as that episode left it
+    /// (`$16`…`$20`) and ready only if messages it can take wait, as
+    /// `REQUEUE` would say, so that a new instance's row is written once
+    /// and not inserted then updated (each write of a row whose status
+    /// changes inserts into all six of its indexes).
     pub const CREATE: &str = "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], \
              $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], \
              $9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::boolean[], \
-             $15::text[]) \
+             $15::text[], $16::text[], $17::text[], $18::text[], $19::bigint[], $20::bigint[]) \
              AS n (id, name, input, component, at, hash, execution, parent, parent_execution, \
-                 parent_task, trace_parent, scheduled_by, start, control, started)), \
+                 parent_task, trace_parent, scheduled_by, start, control, started, status, \
+                 output, custom_status, updated, history_len)), \
          created AS (INSERT INTO instances (id, name, status, input, output, custom_status, \
                  component, created_at, updated_at, history_len, input_hash, execution_id, \
                  parent_instance, parent_execution, parent_task, trace_parent, scheduled_by) \
-             SELECT id, name, 'Pending', input, NULL, NULL, component, at, at, 1, hash, \
-                 execution, parent, parent_execution, parent_task, trace_parent, scheduled_by \
+             SELECT id, name, status, input, output, custom_status, component, at, updated, \
+                 history_len, hash, execution, parent, parent_execution, parent_task, \
+                 trace_parent, scheduled_by \
              FROM n ON CONFLICT (id) DO NOTHING RETURNING id), \
          queued AS (INSERT INTO queue (instance_id, ready_at) \
-             SELECT n.id, n.at FROM n JOIN created USING (id)), \
+             SELECT n.id, CASE WHEN n.start IS NOT NULL THEN n.at \
+                 WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = n.id \
+                     AND (control OR n.status <> 'Suspended')) THEN n.updated END \
+             FROM n JOIN created USING (id)), \
          started AS (INSERT INTO inbox (instance_id, message, control, created_at) \
              SELECT n.id, n.start, n.control, n.at FROM n JOIN created USING (id) \
              WHERE n.start IS NOT NULL), \
@@ -126,6 +135,8 @@ pub struct Batch<'a> {
     /// Those of `creates` whose start their first episode, in this group,
     /// took (`EpisodeCommit::created`).
     started: Vec<&'a str>,
+    /// The rows those first episodes leave, stored by the create.
+    firsts: Vec<&'a Instance>,
     history: History<'a>,
     consumed: (Vec<&'a str>, Vec<i64>),
     updates: Vec<&'a Instance>,
@@ -245,6 +256,9 @@ impl<'a> Batch<'a> {
                     self.consumed.1.push(message);
                 }
             }
+            Planned::UpdateInstance { instance } if self.started.contains(&&*instance.id) => {
+                self.firsts.push(instance)
+            }
             Planned::UpdateInstance { instance } => self.updates.push(instance),
             Planned::DropScheduledWork { id } => self.finished.push(id),
             other => unreachable!("not a plain episode's write: {other:?}"),
@@ -260,7 +274,7 @@ impl<'a> Batch<'a> {
     pub async fn apply(&self, c: &impl GenericClient, owner: &str) -> StoreResult<Vec<&'a str>> {
         let locked = !self.locked.is_empty();
         let created = !self.creates.is_empty();
-        let creates = Columns::of_creates(&self.creates, &self.started)?;
+        let creates = Columns::of_creates(&self.creates, &self.firsts)?;
         let updates = Columns::of_updates(&self.updates);
         let (h, consumed) = (&self.history, &self.consumed);
         type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
@@ -411,7 +425,9 @@ struct Columns<'a> {
     start: Vec<Option<String>>,
     control: Vec<bool>,
     started: Vec<String>,
-    // Episodes' rows.
+    /// New instances' `updated_at` (`at` is their `created_at`).
+    updated: Vec<i64>,
+    // Episodes' rows (and new instances').
     status: Vec<&'static str>,
     output: Vec<Option<&'a str>>,
     custom_status: Vec<Option<&'a str>>,
@@ -419,7 +435,9 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of_creates(instances: &[&'a Instance], started: &[&str]) -> StoreResult<Columns<'a>> {
+    /// New instances' columns; one in `firsts` (its first episode's row)
+    /// is stored as that row, with no start message.
+    fn of_creates(instances: &[&'a Instance], firsts: &[&'a Instance]) -> StoreResult<Columns<'a>> {
         let mut c = Columns::default();
         let start = ops::to_json("message", &Message::Start)?;
         for instance in instances {
@@ -437,8 +455,25 @@ impl<'a> Columns<'a> {
             c.parent_task.push(parent.map(|p| p.task as i64));
             c.trace_parent.push(instance.trace_parent.as_deref());
             c.scheduled_by.push(rows::scheduled_by_json(instance));
-            c.start
-                .push(Some(start.clone()).filter(|_| !started.contains(&instance.id.as_str())));
+            match firsts.iter().find(|first| first.id == instance.id) {
+                Some(first) => {
+                    c.start.push(None);
+                    c.status.push(first.status.as_str());
+                    c.output.push(first.output.as_deref());
+                    c.custom_status.push(first.custom_status.as_deref());
+                    c.updated.push(first.updated_at as i64);
+                    c.history_len.push(first.history_len as i64);
+                }
+                None => {
+                    c.start.push(Some(start.clone()));
+                    c.status.push(RuntimeStatus::Pending.as_str());
+                    c.output.push(None);
+                    c.custom_status.push(None);
+                    c.updated.push(instance.created_at as i64);
+                    // Its `ExecutionStarted` event.
+                    c.history_len.push(1);
+                }
+            }
             c.control.push(Message::Start.is_control());
             c.started.push(ops::to_json(
                 "history event",
@@ -451,7 +486,7 @@ impl<'a> Columns<'a> {
         Ok(c)
     }
 
-    fn instances(&self) -> [&(dyn ToSql + Sync); 15] {
+    fn instances(&self) -> [&(dyn ToSql + Sync); 20] {
         [
             &self.ids,
             &self.name,
@@ -468,6 +503,11 @@ impl<'a> Columns<'a> {
             &self.start,
             &self.control,
             &self.started,
+            &self.status,
+            &self.output,
+            &self.custom_status,
+            &self.updated,
+            &self.history_len,
         ]
     }
 

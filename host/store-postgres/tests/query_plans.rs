@@ -236,6 +236,11 @@ async fn every_statement_is_served_by_an_index() {
                 "text[]",
                 "boolean[]",
                 "text[]",
+                "text[]",
+                "text[]",
+                "text[]",
+                "bigint[]",
+                "bigint[]",
             ],
         ),
         (
