@@ -158,3 +158,122 @@ fn an_event_carried_into_its_episode_survives_kill_9_after_its_202() {
     let late = host.post(&format!("{API}/instances/carried/raiseEvent/Workflow"), "1");
     assert_eq!(late.status, 410, "{}", late.body);
 }
+
+/// A commit the store keeps refusing for a reason of its own (here a
+/// trigger put in from outside, as a full disk or a broken constraint
+/// would) is retried after a growing delay, with the instance's lease
+/// held meanwhile: not run again at once by a claim, in a hot loop, while
+/// the backoff waits. Once the cause is gone the instance completes.
+fn a_commit_that_keeps_failing_backs_off(host: &Host, database: &Breakable) {
+    let started = host.post(&format!("{API}/orchestrators/Workflow/doomed"), "\"d\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    host.poll(&format!("{API}/instances/doomed"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    database.break_completions("doomed");
+    let before = episodes_run(host);
+    let raised = host.post(&format!("{API}/instances/doomed/raiseEvent/Workflow"), "1");
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    // Retries 250 ms, 500 ms and 1 s after the first failure, then 2 s
+    // after that: at most five episodes in two seconds.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let tried = episodes_run(host) - before;
+    eprintln!("episodes of the failing commit in two seconds: {tried}");
+    assert!(
+        (1.0..=5.0).contains(&tried),
+        "{tried} episodes of the failing commit ran in two seconds"
+    );
+    let status = host.get(&format!("{API}/instances/doomed"));
+    assert_eq!(status.json()["runtimeStatus"], "Running", "{}", status.body);
+    database.mend();
+    let done = host.get(&format!("{API}/instances/doomed?waitForCompletion=20000"));
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+}
+
+/// Every episode the host ran, whatever its outcome.
+fn episodes_run(host: &Host) -> f64 {
+    (host.get("/metrics").body.lines())
+        .filter(|line| line.starts_with("duro_episodes_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A host's database, whose commits a test can break from outside.
+enum Breakable {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Breakable {
+    /// Refuse every write that would finish instance `id`.
+    fn break_completions(&self, id: &str) {
+        match self {
+            Breakable::Sqlite(path) => self.sqlite(
+                path,
+                &format!(
+                    "CREATE TRIGGER doom BEFORE UPDATE OF status ON instances \
+                 WHEN NEW.id = '{id}' AND NEW.status = 'Completed' \
+                 BEGIN SELECT RAISE(ABORT, 'broken by the test'); END;"
+                ),
+            ),
+            Breakable::Postgres(url) => postgres(
+                url,
+                &format!(
+                    "CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'broken by the test'; END $$; \
+                 CREATE TRIGGER doom BEFORE UPDATE ON instances FOR EACH ROW \
+                 WHEN (NEW.id = '{id}' AND NEW.status = 'Completed') EXECUTE FUNCTION doom();"
+                ),
+            ),
+        }
+    }
+
+    fn mend(&self) {
+        match self {
+            Breakable::Sqlite(path) => self.sqlite(path, "DROP TRIGGER doom;"),
+            Breakable::Postgres(url) => postgres(url, "DROP TRIGGER doom ON instances;"),
+        }
+    }
+
+    fn sqlite(&self, path: &std::path::Path, sql: &str) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+}
+
+/// Run `sql` in the schema of `database` (a URL with `?schema=`).
+fn postgres(database: &str, sql: &str) {
+    let (url, schema) = database.split_once("?schema=").expect("a schema");
+    let sql = format!("SET search_path TO {schema}; {sql}");
+    duro_tests::block_on(async move {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driving = tokio::spawn(connection);
+        client.batch_execute(&sql).await.unwrap();
+        drop(client);
+        let _ = driving.await;
+    });
+}
+
+#[test]
+fn a_commit_that_keeps_failing_backs_off_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let database = dir.path().join("duro.db");
+    let host = Host::start_with(&manifest, &database, &[]);
+    a_commit_that_keeps_failing_backs_off(&host, &Breakable::Sqlite(database));
+}
+
+#[test]
+fn a_commit_that_keeps_failing_backs_off_on_postgres() {
+    let Some(database) = crate::support::postgres_database("backoff") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let host = Host::start_with(&manifest, std::path::Path::new(&database), &[]);
+    a_commit_that_keeps_failing_backs_off(&host, &Breakable::Postgres(database));
+}

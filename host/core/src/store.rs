@@ -340,8 +340,10 @@ pub trait RuntimeStore: Send + Sync + 'static {
         self.load(instance).await
     }
     /// Apply the episodes, each atomically and all in as few durable commits
-    /// as the backend can (group commit); releases their leases. One result
-    /// per episode, in order. Stored rows take their times from the
+    /// as the backend can (group commit); releases the leases of those
+    /// committed (a failed one's stays held until [`release`](Self::release):
+    /// its caller retries it after a backoff, and no claim may run it again
+    /// meanwhile). One result per episode, in order. Stored rows take their times from the
     /// episodes (the caller's clock).
     async fn commit_episodes(&self, episodes: Vec<EpisodeCommit>) -> Vec<StoreResult<()>>;
     /// Move every timer due at `now` into its instance's inbox; returns how many.

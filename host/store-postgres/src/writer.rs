@@ -286,13 +286,18 @@ async fn commit_group(
         .map(|write| Box::pin(apply(&tx, owner, write, false)) as ops::Op<'_, ()>)
         .collect();
     let results = ops::each_in_savepoint(&tx, applied).await?;
-    // Refused episodes give their leases back without changing anything,
-    // in the same transaction: what the group reports is all or nothing.
+    // Refused episodes (another write changed the instance first) give
+    // their leases back without changing anything, in the same transaction:
+    // what the group reports is all or nothing. One that failed otherwise
+    // keeps its lease until its runtime gives it back after a backoff.
     let refused: Vec<String> = writes
         .iter()
         .zip(&results)
         .filter_map(|(write, result)| match (write, result) {
-            (Write::Episode(episode), Err(_)) => Some(episode.instance.id.clone()),
+            (
+                Write::Episode(episode),
+                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)),
+            ) => Some(episode.instance.id.clone()),
             _ => None,
         })
         .collect();

@@ -1333,7 +1333,14 @@ impl RuntimeStore for SqliteStore {
         for result in pending {
             results.push(result.await);
         }
-        self.leased.give_back_all(&ids);
+        // A failed episode's lease stays held until its caller gives it back
+        // (`release`, once its backoff has passed): no claim runs it again
+        // meanwhile.
+        let committed: Vec<String> = (ids.into_iter().zip(&results))
+            .filter(|(_, result)| result.is_ok())
+            .map(|(id, _)| id)
+            .collect();
+        self.leased.give_back_all(&committed);
         results
     }
 
