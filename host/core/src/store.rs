@@ -191,6 +191,19 @@ pub struct EpisodeCommit {
     pub created: Option<Instance>,
 }
 
+impl EpisodeCommit {
+    /// Whether its commit makes work for instances: messages to its own
+    /// inbox (continue-as-new), a parent's, other instances' (entities), or
+    /// new instances (children, orchestrations an entity starts).
+    pub fn makes_instance_work(&self) -> bool {
+        !self.follow_up.is_empty()
+            || !self.new_children.is_empty()
+            || !self.sent.is_empty()
+            || !self.started.is_empty()
+            || self.instance.parent.is_some() && self.instance.status.is_terminal()
+    }
+}
+
 /// An activity row claimed by an activity worker.
 #[derive(Debug, Clone)]
 pub struct ActivityWork {

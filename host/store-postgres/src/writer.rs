@@ -70,13 +70,7 @@ impl Write {
             Write::Create(_) | Write::Enqueue { .. } => vec![WorkKind::Instances],
             Write::Episode(episode) => {
                 let mut kinds = Vec::new();
-                // Messages to its own inbox, or to a parent's or children's.
-                if !episode.follow_up.is_empty()
-                    || !episode.new_children.is_empty()
-                    || !episode.sent.is_empty()
-                    || !episode.started.is_empty()
-                    || episode.instance.parent.is_some() && episode.instance.status.is_terminal()
-                {
+                if episode.makes_instance_work() {
                     kinds.push(WorkKind::Instances);
                 }
                 // A scheduled run that ended may release a buffered tick.

@@ -311,7 +311,12 @@ struct Inner {
     /// runs nothing before, so that after a restart no call fails for an
     /// activity whose component is not registered yet.
     activities_open: watch::Sender<bool>,
+    /// Wakes the work loop ([`Inner::wake_work`]).
     work: Notify,
+    /// How many times work was signalled ([`Inner::wake_work`]): an episode
+    /// whose instance was leased before the last signal may have had a
+    /// message stored meanwhile, which a claim then passed over.
+    work_signals: std::sync::atomic::AtomicU64,
     /// The episode threads, once the work loop has started them: an
     /// instance given a message by this host goes to them directly when
     /// the store can lease it locally.
@@ -407,18 +412,38 @@ impl Inner {
     /// straight to them (no claim query, no hand-off through the work
     /// loop); otherwise the work loop claims it.
     fn has_work(&self, id: &str) {
+        let since = self.work_signalled();
         if let Some(pool) = self.episode_pool.get()
             && self.store.lease_local(id)
         {
             if pool
-                .offer(worker::Job::inbox(id.to_string()), self.config.batch_size)
+                .offer(
+                    worker::Job::inbox(id.to_string(), since),
+                    self.config.batch_size,
+                )
                 .is_ok()
             {
                 return;
             }
             self.store.release_local(id);
         }
+        self.wake_work();
+    }
+
+    /// Work for instances was stored (a message, a new instance, a lease
+    /// given back): the work loop claims. Every stored message is followed
+    /// by this, which is what lets a committed episode tell whether a
+    /// message may have come for its instance while it was leased
+    /// ([`work_signalled`](Self::work_signalled)).
+    pub(super) fn wake_work(&self) {
+        (self.work_signals).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.work.notify_one();
+    }
+
+    /// The count of [`wake_work`](Self::wake_work) so far: read before an
+    /// instance is leased, it goes with the lease's episode.
+    pub(super) fn work_signalled(&self) -> u64 {
+        (self.work_signals).load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Carry `message` straight into an episode of `id`, if `id` is warm
@@ -475,12 +500,13 @@ impl Inner {
         id: &str,
         carry: Carry,
     ) -> Result<Carrying, Carry> {
+        let since = self.work_signalled();
         if !self.store.lease_carried(id) {
             return Err(carry);
         }
         let (carried, carrying) = worker::Carried::new(carry);
         // Its sender has not seen it yet: it cannot have been taken back.
-        self.offer_job(pool, id, carried)
+        self.offer_job(pool, id, carried, since)
             .map_err(worker::Carried::hand_back)?;
         Ok(carrying)
     }
@@ -493,10 +519,12 @@ impl Inner {
         pool: &pool::EpisodePool<worker::Job>,
         id: &str,
         carried: worker::Carried,
+        since: u64,
     ) -> Result<(), worker::Carried> {
         let job = worker::Job {
             id: id.to_string(),
             carried: Some(carried),
+            since,
         };
         pool.offer(job, self.config.batch_size).map_err(|job| {
             self.store.release_local(id);
@@ -534,10 +562,11 @@ impl Inner {
             return;
         };
         // Not offered, it is dropped: handed back to its sender.
+        let since = self.work_signalled();
         if let Some(pool) = self.episode_pool.get().filter(|_| committed)
             && self.store.lease_carried(id)
         {
-            let _ = self.offer_job(pool, id, carried);
+            let _ = self.offer_job(pool, id, carried, since);
         }
     }
 
@@ -634,6 +663,7 @@ impl Runtime {
             activities: Notify::new(),
             activities_open: watch::channel(false).0,
             work: Notify::new(),
+            work_signals: Default::default(),
             episode_pool: std::sync::OnceLock::new(),
             timers: Notify::new(),
             committed: tokio::sync::broadcast::channel(1024).0,
@@ -652,7 +682,7 @@ impl Runtime {
         inner.store.on_foreign_work(Arc::new(move |kind| {
             if let Some(inner) = woken.upgrade() {
                 match kind {
-                    WorkKind::Instances => inner.work.notify_one(),
+                    WorkKind::Instances => inner.wake_work(),
                     WorkKind::Timers => inner.timers.notify_one(),
                     WorkKind::Activities => inner.activities.notify_one(),
                 }

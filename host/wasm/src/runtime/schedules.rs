@@ -170,7 +170,7 @@ async fn commit_round(
         }
     }
     if started > 0 {
-        inner.work.notify_one();
+        inner.wake_work();
     }
     Ok(started)
 }

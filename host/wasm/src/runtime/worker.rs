@@ -21,12 +21,18 @@ pub(super) struct Job {
     pub(super) id: String,
     /// A message for it that is not stored yet.
     pub(super) carried: Option<Carried>,
+    /// [`Inner::work_signalled`] before its instance was leased.
+    pub(super) since: u64,
 }
 
 impl Job {
-    /// An episode of `id` for what its inbox holds.
-    pub(super) fn inbox(id: String) -> Self {
-        Job { id, carried: None }
+    /// An episode of `id` for what its inbox holds, leased after `since`.
+    pub(super) fn inbox(id: String, since: u64) -> Self {
+        Job {
+            id,
+            carried: None,
+            since,
+        }
     }
 }
 
@@ -201,9 +207,12 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
                     _ = stopped.changed() => break 'work,
                 }
             }
+            let since = inner.work_signalled();
             match claim(&inner, room).await {
                 Ok(claimed) if claimed.is_empty() => break,
-                Ok(claimed) => pool.0.push(claimed.into_iter().map(Job::inbox)),
+                Ok(claimed) => pool
+                    .0
+                    .push(claimed.into_iter().map(|id| Job::inbox(id, since))),
                 Err(e) => {
                     tracing::error!("claiming work failed: {e:#}");
                     break;
@@ -225,7 +234,7 @@ pub(super) async fn work_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<bo
 /// Run the episode of `job` on this episode thread and hand it to the
 /// committer.
 fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job: Job) {
-    let Job { id, carried } = job;
+    let Job { id, carried, since } = job;
     let carry = match &carried {
         Some(carried) => match carried.look() {
             Some(carry) => Some(carry),
@@ -282,7 +291,7 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
                 }
                 Some(_) | None => None,
             };
-            let _ = commits.send((commit, span, carried));
+            let _ = commits.send((commit, span, carried, since));
         }
         // Nothing of a carried start is stored: its sender creates it.
         Err(e) if start => {
@@ -306,11 +315,12 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
 fn abandon(inner: &Inner, id: &str) {
     inner.store.release_local(id);
     inner.resume_parked(id, false);
-    inner.work.notify_one();
+    inner.wake_work();
 }
 
 /// An episode on its way to the committer, with what was carried into it.
-type Committing = (EpisodeCommit, tracing::Span, Option<Carried>);
+/// (with the [`Inner::work_signalled`] of its lease).
+type Committing = (EpisodeCommit, tracing::Span, Option<Carried>, u64);
 
 /// Lease up to `max` instances with messages.
 async fn claim(inner: &Arc<Inner>, max: usize) -> anyhow::Result<Vec<String>> {
@@ -346,11 +356,13 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             let batch = commits.len();
             let mut spans = Vec::with_capacity(batch);
             let mut carried = Vec::with_capacity(batch);
+            let mut leased_since = u64::MAX;
             let commits: Vec<EpisodeCommit> = commits
                 .into_iter()
-                .map(|(commit, span, message)| {
+                .map(|(commit, span, message, since)| {
                     spans.push(span);
                     carried.push(message);
+                    leased_since = leased_since.min(since);
                     commit
                 })
                 .collect();
@@ -368,6 +380,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                     || c.instance.scheduled_by.is_some() && c.instance.status.is_terminal()
             });
             let new_activities = commits.iter().any(|c| !c.new_activities.is_empty());
+            let made_work = commits.iter().any(EpisodeCommit::makes_instance_work);
             let ids: Vec<String> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
             // The rows as stored, for waiters (a long poll then reads
@@ -380,6 +393,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             inner.metrics.commit_batch.observe(commits.len() as f64);
             let commit_started = std::time::Instant::now();
             let outcomes = inner.store.commit_episodes(commits).await;
+            let failed = outcomes.iter().any(Result::is_err);
             inner
                 .metrics
                 .commit_seconds
@@ -437,8 +451,16 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                 inner.activities.notify_one();
             }
             let _ = inner.committed.send(round.into());
-            // Messages that arrived while these instances were leased.
-            inner.work.notify_one();
+            if made_work {
+                // Messages to other instances (a parent, children, entities,
+                // its own continue-as-new): they may be leased here now.
+                inner.wake_work();
+            } else if failed || inner.work_signalled() != leased_since {
+                // Work may have come for these instances while they were
+                // leased, and a claim passed over it; or one given back may
+                // be ready. (Otherwise no claim would find anything.)
+                inner.work.notify_one();
+            }
         });
     }
 }
@@ -488,7 +510,7 @@ fn retry_later(inner: &Arc<Inner>, id: String, why: String) {
             .until_stored("giving a lease back", || inner.store.release(&id))
             .await;
         inner.resume_parked(&id, false);
-        inner.work.notify_one();
+        inner.wake_work();
     });
 }
 
@@ -1006,7 +1028,7 @@ pub(super) async fn timer_loop(inner: Arc<Inner>, mut stopped: watch::Receiver<b
             Ok(0) => {}
             Ok(fired) => {
                 inner.metrics.timers_fired.inc_by(fired as u64);
-                inner.work.notify_one();
+                inner.wake_work();
             }
             Err(e) => tracing::error!("firing timers failed: {e}"),
         }
