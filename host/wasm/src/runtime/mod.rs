@@ -62,18 +62,16 @@ const CLAIM_LEASE_MS: crate::model::Millis = 60_000;
 /// commit of this host woke it.
 const MAX_WAIT_FALLBACK: Duration = Duration::from_millis(250);
 
-/// How long a client waits for an episode to take what it carried (a
-/// message, a start) before it takes it back and stores it itself: a
-/// commit takes a few milliseconds, but the episode under way (or the one
-/// it was carried into) may be a guest computing for its whole step
-/// budget, and a raise or a start must not wait for that. It also bounds
-/// what nothing foresaw (every path that gives the lease back resumes or
-/// hands back what is parked).
-const MAX_CARRIED: Duration = Duration::from_millis(50);
+/// The default of [`RuntimeConfig::carry_patience`].
+const CARRY_PATIENCE: Duration = Duration::from_millis(50);
+
+/// The most [`RuntimeConfig::carry_patience`] may be: a request that
+/// carries holds its client that long at worst.
+const MAX_CARRY_PATIENCE_MS: u64 = 10_000;
 
 /// A start is carried into its first episode only if the orchestration's
 /// last first episode took less than this: one much slower would outlast
-/// [`MAX_CARRIED`], be taken back and run twice.
+/// [`RuntimeConfig::carry_patience`], be taken back and run twice.
 const QUICK_FIRST_STEP: Duration = Duration::from_millis(5);
 
 pub use crate::model::MAX_INSTANCE_ID_LEN;
@@ -99,6 +97,15 @@ pub struct RuntimeConfig {
     pub activity_concurrency: usize,
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
+    /// How long a client's request waits for an episode to take what it
+    /// carried (a message for a warm instance, a start) before it takes it
+    /// back and stores it itself: a commit takes a few milliseconds, but
+    /// the episode under way (or the one it was carried into) may be a
+    /// guest computing for its whole step budget, and a raise or a start
+    /// must not wait for that. It also bounds what nothing foresaw (every
+    /// path that gives the lease back resumes or hands back what is
+    /// parked). Default 50 ms, or `DURO_CARRY_PATIENCE_MS` (at most 10 s).
+    pub carry_patience: Duration,
     /// Where episodes, timers and new instances read the time.
     pub clock: Arc<dyn Clock>,
     /// Orchestration instances kept alive between episodes, so that the
@@ -138,6 +145,12 @@ impl Default for RuntimeConfig {
             activity_budget: Duration::from_secs(60),
             activity_concurrency: 32,
             poll_interval: Duration::from_millis(250),
+            carry_patience: std::env::var("DURO_CARRY_PATIENCE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(CARRY_PATIENCE, |ms: u64| {
+                    Duration::from_millis(ms.min(MAX_CARRY_PATIENCE_MS))
+                }),
             clock: Arc::new(SystemClock),
             warm_instances: std::env::var("DURO_WARM_INSTANCES")
                 .ok()
@@ -875,7 +888,7 @@ impl Runtime {
         // Its first episode's commit creates it, when this host can run
         // that episode at once: one write instead of two.
         let instance = match self.inner.carry_start(instance) {
-            Ok(carrying) => match carrying.outcome(MAX_CARRIED).await {
+            Ok(carrying) => match carrying.outcome(self.inner.config.carry_patience).await {
                 Ok(()) => {
                     self.inner.metrics.carried_starts.inc();
                     return Ok(id);
@@ -981,7 +994,7 @@ impl Runtime {
             return Err(RuntimeError::EntityInstance(id.to_string()));
         }
         let message = match self.inner.carry(id, message) {
-            Ok(carrying) => match carrying.outcome(MAX_CARRIED).await {
+            Ok(carrying) => match carrying.outcome(self.inner.config.carry_patience).await {
                 Ok(()) => {
                     self.inner.metrics.carried_messages.inc();
                     return Ok(());
