@@ -318,8 +318,8 @@ fn abandon(inner: &Inner, id: &str) {
     inner.wake_work();
 }
 
-/// An episode on its way to the committer, with what was carried into it.
-/// (with the [`Inner::work_signalled`] of its lease).
+/// An episode on its way to the committer, with what was carried into it
+/// and the [`Inner::work_signalled`] read before its instance was leased.
 type Committing = (EpisodeCommit, tracing::Span, Option<Carried>, u64);
 
 /// Lease up to `max` instances with messages.
