@@ -541,11 +541,14 @@ impl LeaseSet {
         self.held().remove(id);
     }
 
-    /// Give the leases of `ids` back (their episodes have committed or
-    /// failed).
-    pub fn give_back_all(&self, ids: &[String]) {
+    /// Give back the leases of the episodes of `ids` that committed
+    /// (`results`, one per id, in order, from `commit_episodes`). A failed
+    /// episode's lease stays held until its caller gives it back
+    /// (`release`, once its backoff has passed): no claim runs it again
+    /// meanwhile.
+    pub fn give_back_committed(&self, ids: &[String], results: &[StoreResult<()>]) {
         let mut held = self.held();
-        for id in ids {
+        for (id, _) in ids.iter().zip(results).filter(|(_, r)| r.is_ok()) {
             held.remove(id);
         }
     }

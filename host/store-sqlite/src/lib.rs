@@ -1333,14 +1333,7 @@ impl RuntimeStore for SqliteStore {
         for result in pending {
             results.push(result.await);
         }
-        // A failed episode's lease stays held until its caller gives it back
-        // (`release`, once its backoff has passed): no claim runs it again
-        // meanwhile.
-        let committed: Vec<String> = (ids.into_iter().zip(&results))
-            .filter(|(_, result)| result.is_ok())
-            .map(|(id, _)| id)
-            .collect();
-        self.leased.give_back_all(&committed);
+        self.leased.give_back_committed(&ids, &results);
         results
     }
 
