@@ -134,6 +134,12 @@ pub struct RuntimeConfig {
     pub tls: crate::tls::TlsClient,
 }
 
+/// The number in the environment variable `name`, if it is set to one (a
+/// tuning knob of [`RuntimeConfig::default`]).
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
@@ -145,28 +151,16 @@ impl Default for RuntimeConfig {
             activity_budget: Duration::from_secs(60),
             activity_concurrency: 32,
             poll_interval: Duration::from_millis(250),
-            carry_patience: std::env::var("DURO_CARRY_PATIENCE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
+            carry_patience: env_number("DURO_CARRY_PATIENCE_MS")
                 .map_or(CARRY_PATIENCE, |ms: u64| {
                     Duration::from_millis(ms.min(MAX_CARRY_PATIENCE_MS))
                 }),
             clock: Arc::new(SystemClock),
-            warm_instances: std::env::var("DURO_WARM_INSTANCES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(128),
-            warm_memory: std::env::var("DURO_WARM_MEMORY_MB")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(64)
-                << 20,
+            warm_instances: env_number("DURO_WARM_INSTANCES").unwrap_or(128),
+            warm_memory: env_number::<usize>("DURO_WARM_MEMORY_MB").unwrap_or(64) << 20,
             trace_link: Arc::new(crate::trace::FieldsOnly),
             idle_release: Duration::from_millis(
-                std::env::var("DURO_IDLE_RELEASE_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(30_000),
+                env_number("DURO_IDLE_RELEASE_MS").unwrap_or(30_000),
             ),
             limits: Limits::default(),
             tls: crate::tls::TlsClient::default(),
