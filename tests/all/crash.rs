@@ -190,6 +190,74 @@ fn a_commit_that_keeps_failing_backs_off(host: &Host, database: &Breakable) {
     assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
 }
 
+/// A warm instance takes a message its sender has not stored (a carried
+/// raise) without reading the store: its commit must be refused while an
+/// older message waits in its inbox, or the newer would be taken first.
+/// Here the older one is put in from outside (as another host or a fired
+/// timer would), unmarked, so that no claim takes it first: `FirstOf` must
+/// answer with it.
+fn a_stored_message_goes_before_a_later_carried_one(host: &Host, database: &Breakable) {
+    let started = host.post(
+        &format!("{API}/orchestrators/FirstOf/behind"),
+        r#"["Older", "Newer"]"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    host.poll(&format!("{API}/instances/behind"), |r| {
+        r.json()["runtimeStatus"] == "Running"
+    });
+    // The first episode's commit told the warm instance its row.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let older = r#"{"type":"EventRaised","name":"Older","payload":"\"first\""}"#;
+    database.run(&format!(
+        "INSERT INTO inbox (instance_id, message, control, created_at) \
+         VALUES ('behind', '{older}', false, 0);"
+    ));
+    let raised = host.post(
+        &format!("{API}/instances/behind/raiseEvent/Newer"),
+        "\"second\"",
+    );
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    let done = host.get(&format!("{API}/instances/behind?waitForCompletion=20000"));
+    assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    assert_eq!(
+        done.json()["output"],
+        serde_json::json!({"event": "Older", "payload": "first"}),
+        "{}",
+        done.body
+    );
+}
+
+/// The scenario's manifest with `FirstOf` too.
+fn first_of_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let first_of = format!(
+        "[[orchestration]]\nname = \"FirstOf\"\ncomponent = {:?}\n",
+        duro_tests::SCENARIO
+    );
+    crate::host::scenario_manifest(dir, &first_of)
+}
+
+#[test]
+fn a_stored_message_goes_before_a_later_carried_one_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = first_of_manifest(dir.path());
+    let database = dir.path().join("duro.db");
+    let warm = [("DURO_WARM_INSTANCES", "128")];
+    let host = Host::start_with_env(&manifest, &database, &warm, &[]);
+    a_stored_message_goes_before_a_later_carried_one(&host, &Breakable::Sqlite(database));
+}
+
+#[test]
+fn a_stored_message_goes_before_a_later_carried_one_on_postgres() {
+    let Some(database) = crate::support::postgres_database("behind") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = first_of_manifest(dir.path());
+    let warm = [("DURO_WARM_INSTANCES", "128")];
+    let host = Host::start_with_env(&manifest, std::path::Path::new(&database), &warm, &[]);
+    a_stored_message_goes_before_a_later_carried_one(&host, &Breakable::Postgres(database));
+}
+
 /// Every episode the host ran, whatever its outcome.
 fn episodes_run(host: &Host) -> f64 {
     (host.get("/metrics").body.lines())
@@ -198,7 +266,8 @@ fn episodes_run(host: &Host) -> f64 {
         .sum()
 }
 
-/// A host's database, whose commits a test can break from outside.
+/// A host's database, whose commits a test can break (or whose rows it
+/// can write) from outside.
 enum Breakable {
     Sqlite(std::path::PathBuf),
     Postgres(String),
@@ -232,6 +301,14 @@ impl Breakable {
         match self {
             Breakable::Sqlite(path) => self.sqlite(path, "DROP TRIGGER doom;"),
             Breakable::Postgres(url) => postgres(url, "DROP TRIGGER doom ON instances;"),
+        }
+    }
+
+    /// Run `sql` in the host's database.
+    fn run(&self, sql: &str) {
+        match self {
+            Breakable::Sqlite(path) => self.sqlite(path, sql),
+            Breakable::Postgres(url) => postgres(url, sql),
         }
     }
 

@@ -313,6 +313,7 @@ macro_rules! contract {
 contract!(
     concurrent_writes_fail_alone,
     a_stale_episode_is_refused_whole,
+    an_unread_inbox_refuses_while_messages_wait,
     an_episode_of_an_old_execution_or_component_is_refused,
     written_state_survives_reopening,
     a_claim_leases_until_release_or_commit,
@@ -654,6 +655,7 @@ fn episode(loaded: &LoadedInstance, status: RuntimeStatus) -> EpisodeCommit {
             ..loaded.instance.clone()
         },
         expected: Version::of(&loaded.instance),
+        unread_inbox: false,
         reset_history: false,
         new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 1 }],
         consumed: loaded.inbox.iter().map(|m| m.id).collect(),
@@ -990,6 +992,45 @@ fn a_stale_episode_is_refused_whole(t: &TestStore) {
     assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Running)])[0].is_ok());
     let after = store.load("a").unwrap();
     assert_eq!((after.history.len(), after.inbox.len()), (2, 0));
+}
+
+fn an_unread_inbox_refuses_while_messages_wait(t: &TestStore) {
+    let store = &t.store;
+    for id in ["quiet", "busy"] {
+        store.create_instance(&instance(id)).unwrap();
+        let loaded = store.load(id).unwrap();
+        assert!(store.commit_episodes(vec![episode(&loaded, RuntimeStatus::Running)])[0].is_ok());
+    }
+    store.enqueue("busy", &event("waiting")).unwrap();
+    // Computed from the row alone (as a warm instance taking a carried
+    // message is), committed together: one group on PostgreSQL, whose
+    // refusal runs it again write by write.
+    let unread = |id: &str| {
+        let mut row = store.load(id).unwrap();
+        row.inbox.clear();
+        EpisodeCommit {
+            unread_inbox: true,
+            ..episode(&row, RuntimeStatus::Running)
+        }
+    };
+    let results = store.commit_episodes(vec![unread("busy"), unread("quiet")]);
+    match &results[0] {
+        Err(StoreError::Conflict { change, .. }) => {
+            assert!(change.contains("did not read"), "{change}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    let busy = store.load("busy").unwrap();
+    assert_eq!(
+        (busy.history.len(), busy.inbox.len()),
+        (2, 1),
+        "refused whole"
+    );
+    assert_eq!(store.load("quiet").unwrap().history.len(), 3);
+    // Once the message is taken, the next such episode commits.
+    assert!(store.commit_episodes(vec![episode(&busy, RuntimeStatus::Running)])[0].is_ok());
+    assert!(store.commit_episodes(vec![unread("busy")])[0].is_ok());
 }
 
 fn an_episode_of_an_old_execution_or_component_is_refused(t: &TestStore) {

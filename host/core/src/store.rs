@@ -155,6 +155,14 @@ pub struct EpisodeCommit {
     pub instance: Instance,
     /// The instance the episode was computed from.
     pub expected: Version,
+    /// The episode did not read the instance's stored inbox: it ran on its
+    /// warm instance, from the row this host's last commit of it left,
+    /// taking only a message its sender had not stored. The commit is then
+    /// refused (`Conflict`) if any message waits in that inbox, so that a
+    /// stored message is never taken after one that came later; the
+    /// refused episode's carried message goes back to its sender, who
+    /// stores it behind the others.
+    pub unread_inbox: bool,
     /// True when the history restarts (continue-as-new): old events go.
     pub reset_history: bool,
     /// Events to append, in order.

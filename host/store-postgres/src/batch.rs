@@ -42,9 +42,10 @@ pub fn grouped_options() -> String {
 pub mod sql {
     /// Lock the rows of the instances `$1` and their queue rows, in id
     /// order (the order two groups must take them in not to deadlock),
-    /// and read their versions and lease holders.
+    /// and read their versions, lease holders and whether messages wait.
     pub const LOCK_AND_READ: &str = "SELECT i.id, i.execution_id, i.history_len, i.component, \
-         q.lease_owner FROM instances i JOIN queue q ON q.instance_id = i.id \
+         q.lease_owner, EXISTS (SELECT 1 FROM inbox WHERE instance_id = i.id) \
+         FROM instances i JOIN queue q ON q.instance_id = i.id \
          WHERE i.id = ANY($1) AND q.instance_id = ANY($1) ORDER BY i.id FOR UPDATE OF i, q";
     /// New instances: their rows, queue rows, start messages and first
     /// events, none where the id is taken; the ids created are returned (a
@@ -130,7 +131,9 @@ pub struct Batch<'a> {
     pub covered: Vec<bool>,
     /// Every instance the group's writes name, sorted: locked first.
     locked: Vec<&'a str>,
-    guards: Vec<(&'a str, &'a Version)>,
+    /// The guarded instances, their expected versions, and whether their
+    /// inbox must be empty (`plan::Write::Guard`).
+    guards: Vec<(&'a str, &'a Version, bool)>,
     creates: Vec<&'a Instance>,
     /// Those of `creates` whose start their first episode, in this group,
     /// took (`EpisodeCommit::created`).
@@ -238,7 +241,11 @@ impl<'a> Batch<'a> {
             // Created by this group, the instance is as its episode
             // expects (the create says if the id is taken).
             Planned::Guard { id, .. } if self.started.contains(&id) => {}
-            Planned::Guard { id, expected } => self.guards.push((id, expected)),
+            Planned::Guard {
+                id,
+                expected,
+                unread_inbox,
+            } => self.guards.push((id, expected, unread_inbox)),
             Planned::AppendEvents {
                 id,
                 first_seq,
@@ -367,8 +374,8 @@ impl<'a> Batch<'a> {
             });
         }
         let read = read?.unwrap_or_default();
-        for (id, expected) in &self.guards {
-            let Some(row) = read.iter().find(|r| r.get::<_, &str>(0) == *id) else {
+        for &(id, expected, unread_inbox) in &self.guards {
+            let Some(row) = read.iter().find(|r| r.get::<_, &str>(0) == id) else {
                 return Err(StoreError::NotFound(id.to_string()));
             };
             let holder: Option<String> = row.get(4);
@@ -385,6 +392,9 @@ impl<'a> Batch<'a> {
             };
             if let Some(change) = expected.change_to(&actual) {
                 return Err(ops::conflict(id, change));
+            }
+            if unread_inbox && row.get::<_, bool>(5) {
+                return Err(plan::unread_messages_wait(id));
             }
         }
         Ok(taken)

@@ -25,6 +25,8 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// `listing` builds), named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
+    /// A row if any message waits in the inbox of instance `$1`.
+    pub const MESSAGES_WAIT: &str = "SELECT 1 FROM inbox WHERE instance_id = $1 LIMIT 1";
     /// What an episode starts from (`ops::loaded_from_row` reads it): the
     /// instance row, then its history as three arrays in `seq` order (none
     /// unless `$history_if`) and its inbox as two in `id` order, of the
@@ -951,8 +953,15 @@ fn apply<'a>(
         match write {
             // The row stays locked until the transaction ends; a lease
             // held by another host refuses the write (this host's expired).
-            Write::Guard { id, expected } => {
+            Write::Guard {
+                id,
+                expected,
+                unread_inbox,
+            } => {
                 let (actual, lease_owner) = lock_version(c, id).await?;
+                if *unread_inbox && row(c, sql::MESSAGES_WAIT, &[id]).await?.is_some() {
+                    return Err(plan::unread_messages_wait(id));
+                }
                 if let Some(holder) = lease_owner.filter(|holder| holder != owner) {
                     return Err(conflict(
                         id,

@@ -95,6 +95,8 @@ const MAX_GROUP: usize = 512;
 /// `listing` builds): named so that the query-plan test explains exactly
 /// the text the store runs.
 pub mod sql {
+    /// Whether any message waits in the inbox of instance ?1.
+    pub const MESSAGES_WAIT: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1)";
     /// A message into an instance's inbox (?1 instance, ?2 message, ?3
     /// control, ?4 when).
     pub const INSERT_MESSAGE: &str =
@@ -1044,7 +1046,23 @@ fn apply(conn: &Connection, write: &Write<'_>) -> StoreResult<()> {
     };
     match write {
         // One writer holds the file: the transaction is the lock.
-        Write::Guard { id, expected } => check_version(conn, id, expected)?,
+        Write::Guard {
+            id,
+            expected,
+            unread_inbox,
+        } => {
+            check_version(conn, id, expected)?;
+            if *unread_inbox {
+                let waiting: bool = conn
+                    .prepare_cached(sql::MESSAGES_WAIT)
+                    .map_err(backend)?
+                    .query_row([id], |r| r.get(0))
+                    .map_err(backend)?;
+                if waiting {
+                    return Err(plan::unread_messages_wait(id));
+                }
+            }
+        }
         Write::ClearHistory { id } => {
             exec("DELETE FROM history WHERE instance_id = ?1", &[id])?;
         }

@@ -168,6 +168,10 @@ struct Warm {
     last_used: Instant,
     /// Its episode has committed: the stored history is the one it saw.
     committed: bool,
+    /// The instance row as that commit stored it: an episode that takes a
+    /// message its sender has not stored starts from it without reading
+    /// the store (`EpisodeCommit::unread_inbox`).
+    row: Option<Instance>,
 }
 
 impl Warm {
@@ -333,14 +337,24 @@ impl Replayer {
     }
 
     /// The last episode of `instance_id` committed with `history_len`
-    /// events: its warm instance may take the next one.
-    pub fn committed(&self, instance_id: &str, history_len: u64) {
+    /// events, leaving `row` (if the caller kept it): its warm instance may
+    /// take the next one.
+    pub fn committed(&self, instance_id: &str, history_len: u64, row: Option<Instance>) {
         let mut warm = self.warm.lock().expect("warm cache poisoned");
         if let Some(entry) = warm.entries.get_mut(instance_id)
             && entry.store.data().replay.history.len() as u64 == history_len
         {
             entry.committed = true;
+            entry.row = row;
         }
+    }
+
+    /// The row the last committed episode of `instance_id` left, if its
+    /// warm instance is kept and the row with it.
+    pub fn committed_row(&self, instance_id: &str) -> Option<Instance> {
+        let warm = self.warm.lock().expect("warm cache poisoned");
+        let entry = warm.entries.get(instance_id)?;
+        entry.row.as_ref().filter(|_| entry.committed).cloned()
     }
 
     /// Forget the warm instance of `instance_id`, if any (its episode did
@@ -403,6 +417,7 @@ impl Replayer {
                     guest,
                     last_used: Instant::now(),
                     committed: false,
+                    row: None,
                 },
             );
         } else {

@@ -15,6 +15,7 @@
 //! after.history_len = 3;
 //! let commit = EpisodeCommit {
 //!     expected: Version::of(&before),
+//!     unread_inbox: false,
 //!     instance: after,
 //!     reset_history: false,
 //!     new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 9 }],
@@ -46,13 +47,17 @@ use crate::store::{EpisodeCommit, ScheduleCommit, Version};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write<'a> {
     /// Lock the instance's row and refuse the commit (`Conflict`) unless
-    /// the instance is still at `expected` and, on a backend whose leases
-    /// are stored, not leased to another host; `NotFound` if it is gone.
+    /// the instance is still at `expected`, on a backend whose leases are
+    /// stored, not leased to another host and, if `unread_inbox`, no
+    /// message waits in its inbox ([`EpisodeCommit::unread_inbox`]);
+    /// `NotFound` if it is gone.
     Guard {
         /// The instance.
         id: &'a str,
         /// The version the commit was computed from.
         expected: &'a Version,
+        /// The episode did not read the inbox: it must be empty.
+        unread_inbox: bool,
     },
     /// Delete the instance's whole history (a continue-as-new).
     ClearHistory {
@@ -205,6 +210,7 @@ pub fn episode(commit: &EpisodeCommit) -> Vec<Write<'_>> {
     writes.push(Write::Guard {
         id,
         expected: &commit.expected,
+        unread_inbox: commit.unread_inbox,
     });
     let first_seq = if commit.reset_history {
         writes.push(Write::ClearHistory { id });
@@ -381,6 +387,15 @@ pub const OWNED_ROWS: [(&str, &str); 5] = [
     ("instances", "id"),
 ];
 
+/// Why a guard with `unread_inbox` refuses its commit: messages wait
+/// that the episode did not read ([`EpisodeCommit::unread_inbox`]).
+pub fn unread_messages_wait(id: &str) -> crate::store::StoreError {
+    crate::store::StoreError::Conflict {
+        instance: id.to_string(),
+        change: "messages wait in its inbox that the episode did not read".into(),
+    }
+}
+
 /// Why a purge of an instance with this status is refused, if it is: only
 /// a finished instance may be deleted (a live one's activities would be
 /// orphaned and its parent would wait forever).
@@ -426,6 +441,7 @@ mod tests {
         });
         EpisodeCommit {
             expected: Version::of(&before),
+            unread_inbox: false,
             instance: after,
             reset_history: false,
             new_events: vec![HistoryEvent::OrchestratorStarted { timestamp: 7 }],

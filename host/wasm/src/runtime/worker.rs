@@ -390,6 +390,14 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             } else {
                 vec![None; commits.len()]
             };
+            // The rows warm instances go on from (their next carried
+            // message then reads nothing).
+            let kept: Vec<Option<Instance>> = (commits.iter())
+                .map(|c| {
+                    (!c.instance.status.is_terminal() && inner.replayer.holds(&c.instance.id))
+                        .then(|| c.instance.clone())
+                })
+                .collect();
             inner.metrics.commit_batch.observe(commits.len() as f64);
             let commit_started = std::time::Instant::now();
             let outcomes = inner.store.commit_episodes(commits).await;
@@ -401,12 +409,13 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             drop(commit_spans);
             drop(spans);
             let mut round = Vec::with_capacity(ids.len());
-            for ((((id, result), history_len), carried), row) in ids
+            for (((((id, result), history_len), carried), row), kept) in ids
                 .into_iter()
                 .zip(outcomes)
                 .zip(history_lens)
                 .zip(carried)
                 .zip(&mut rows)
+                .zip(kept)
             {
                 let stored = if result.is_ok() { row.take() } else { None };
                 round.push(super::Committed::new(id.clone(), stored));
@@ -416,7 +425,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                     Err(StoreError::Conflict { .. } | StoreError::NotFound(_))
                 );
                 if result.is_ok() {
-                    inner.replayer.committed(&id, history_len);
+                    inner.replayer.committed(&id, history_len, kept);
                     if let Some(carried) = carried {
                         carried.stored();
                     }
@@ -662,9 +671,25 @@ fn episode(
     // Episode threads are the runtime's own, not async workers: they wait
     // for the store here.
     let store = &inner.store;
-    let mut loaded = match carried {
+    // A message its sender has not stored, for a warm instance: the
+    // episode goes on from the row this host's last commit left, and its
+    // commit makes sure no stored message waits (which it would take
+    // first).
+    let warm_row = match carried {
+        Some(Carry::Message(_)) if !crate::entity::is_entity(id) => {
+            inner.replayer.committed_row(id)
+        }
+        _ => None,
+    };
+    let unread_inbox = warm_row.is_some();
+    let mut loaded = match (carried, warm_row) {
         // Not stored yet: its first episode sees what a load would.
-        Some(Carry::Start(instance)) => LoadedInstance::created((**instance).clone(), CARRIED),
+        (Some(Carry::Start(instance)), _) => LoadedInstance::created((**instance).clone(), CARRIED),
+        (_, Some(instance)) => LoadedInstance {
+            instance,
+            history: Vec::new(),
+            inbox: Vec::new(),
+        },
         _ if inner.replayer.holds(id) => inner.handle.block_on(store.load_head(id))?,
         _ => inner.handle.block_on(store.load(id))?,
     };
@@ -693,6 +718,7 @@ fn episode(
     let mut commit = EpisodeCommit {
         instance: instance.clone(),
         expected: Version::of(&instance),
+        unread_inbox,
         reset_history: false,
         new_events: Vec::new(),
         consumed: Vec::new(),
