@@ -62,6 +62,7 @@ async fn every_statement_is_served_by_an_index() {
     check(&store, "get instance", sql::GET_INSTANCE, &[&id]).await;
     check(&store, "lock version", sql::LOCK_VERSION, &[&id]).await;
     check(&store, "lock lease", sql::LOCK_LEASE, &[&id]).await;
+    check(&store, "whether messages wait", sql::MESSAGES_WAIT, &[&id]).await;
     check(&store, "lock instances", sql::LOCK_INSTANCES, &[&ids]).await;
     check(
         &store,

@@ -296,6 +296,13 @@ fn every_query_is_answered_from_an_index() {
     );
     check(
         &store,
+        "whether messages wait",
+        sql::MESSAGES_WAIT,
+        &id(),
+        Allow::Searches,
+    );
+    check(
+        &store,
         "count what an instance has waiting",
         sql::COUNT_WAITING,
         &[SqlValue::Text("i".into()), SqlValue::Int(10_000)],
