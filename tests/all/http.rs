@@ -761,6 +761,37 @@ fn metrics_count_episodes_commits_and_function_calls() {
 }
 
 #[test]
+fn warm_instances_hold_no_more_than_their_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::host::scenario_manifest(dir.path(), "");
+    let budget = [("DURO_WARM_INSTANCES", "128"), ("DURO_WARM_MEMORY_MB", "4")];
+    let host = Host::start_with_env(&manifest, &dir.path().join("duro.db"), &budget, &[]);
+    // A warm instance holds its guest's copy of an 800 KB input and the
+    // row kept with it: at least 1.6 MB each, so 4 MiB keep at most two.
+    let input = serde_json::to_string(&"x".repeat(800_000)).unwrap();
+    let ids: Vec<String> = (0..6).map(|n| format!("heavy{n}")).collect();
+    for id in &ids {
+        let started = host.post(&format!("{API}/orchestrators/Workflow/{id}"), &input);
+        assert_eq!(started.status, 202, "{}", started.body);
+        host.poll(&format!("{API}/instances/{id}?showInput=false"), |r| {
+            r.json()["runtimeStatus"] == "Running"
+        });
+    }
+    let page = host.get("/metrics");
+    let held = sample(&page.body, "duro_warm_instances_held", "").unwrap();
+    assert!((1.0..=2.0).contains(&held), "{held} warm instances held");
+    // Those dropped replay: every one still takes its event.
+    for id in &ids {
+        let raised = host.post(&format!("{API}/instances/{id}/raiseEvent/Workflow"), "1");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        let done = host.get(&format!(
+            "{API}/instances/{id}?waitForCompletion=20000&showInput=false"
+        ));
+        assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    }
+}
+
+#[test]
 fn an_idle_host_drops_its_warm_instances_and_they_replay_on_their_next_event() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::host::scenario_manifest(dir.path(), "");

@@ -189,7 +189,8 @@ impl Warm {
 #[derive(Default)]
 struct WarmCache {
     capacity: usize,
-    /// Most bytes of guest linear memory the warm instances may hold.
+    /// Most bytes the warm instances may hold: guest linear memory and
+    /// the rows kept with them.
     max_memory: usize,
     entries: HashMap<String, Warm>,
     hits: u64,
@@ -207,10 +208,17 @@ impl WarmCache {
         }
         warm.last_used = Instant::now();
         self.entries.insert(instance, warm);
+        self.evict_over_budget();
+    }
+
+    /// Drop the least recently used instances while more than `capacity`
+    /// are kept or they hold more than `max_memory` bytes together (their
+    /// linear memories and the rows kept with them), keeping at least one.
+    fn evict_over_budget(&mut self) {
         let held = |entries: &HashMap<String, Warm>| -> usize {
             entries
                 .values()
-                .map(|w| w.store.data().limits.memory())
+                .map(|w| w.store.data().limits.memory() + w.row.as_ref().map_or(0, row_bytes))
                 .sum()
         };
         while self.entries.len() > self.capacity
@@ -227,6 +235,14 @@ impl WarmCache {
     }
 }
 
+/// About the bytes a kept instance row holds: its payloads (input, output,
+/// custom status), which the client chose and may make large.
+fn row_bytes(row: &Instance) -> usize {
+    row.input.len()
+        + row.output.as_ref().map_or(0, String::len)
+        + row.custom_status.as_ref().map_or(0, String::len)
+}
+
 impl Replayer {
     /// Forget the prepared components whose digest `keep` does not hold
     /// (warm instances of them stay until they are used or evicted).
@@ -237,7 +253,7 @@ impl Replayer {
     /// A replayer whose guests may run `step_budget` per episode (replay
     /// and new steps together) before they are stopped, keeping up to
     /// `warm_instances` instances, holding at most `warm_memory` bytes of
-    /// linear memory together, alive between episodes (0 instances: every
+    /// linear memory and kept rows together, alive between episodes (0 instances: every
     /// episode replays from history).
     pub fn new(
         engine: Engine,
@@ -346,6 +362,7 @@ impl Replayer {
         {
             entry.committed = true;
             entry.row = row;
+            warm.evict_over_budget();
         }
     }
 

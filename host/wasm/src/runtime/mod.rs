@@ -114,8 +114,9 @@ pub struct RuntimeConfig {
     /// depends on it: an instance whose stored history is not exactly the
     /// one it saw is replayed. Default 128, or `DURO_WARM_INSTANCES`.
     pub warm_instances: usize,
-    /// Most bytes of linear memory the warm instances may hold together
-    /// (least recently used evicted first). Default 64 MiB, or
+    /// Most bytes of linear memory the warm instances may hold together,
+    /// with the instance rows kept with them (least recently used evicted
+    /// first). Default 64 MiB, or
     /// `DURO_WARM_MEMORY_MB`.
     pub warm_memory: usize,
     /// How episode, commit and activity spans join their instance's trace
