@@ -959,9 +959,6 @@ fn apply<'a>(
                 unread_inbox,
             } => {
                 let (actual, lease_owner) = lock_version(c, id).await?;
-                if *unread_inbox && row(c, sql::MESSAGES_WAIT, &[id]).await?.is_some() {
-                    return Err(plan::unread_messages_wait(id));
-                }
                 if let Some(holder) = lease_owner.filter(|holder| holder != owner) {
                     return Err(conflict(
                         id,
@@ -970,6 +967,10 @@ fn apply<'a>(
                 }
                 if let Some(change) = expected.change_to(&actual) {
                     return Err(conflict(id, change));
+                }
+                // Last, as the grouped statement and SQLite check it.
+                if *unread_inbox && row(c, sql::MESSAGES_WAIT, &[id]).await?.is_some() {
+                    return Err(plan::unread_messages_wait(id));
                 }
             }
             Write::ClearHistory { id } => {

@@ -366,12 +366,15 @@ impl Replayer {
         }
     }
 
-    /// The row the last committed episode of `instance_id` left, if its
-    /// warm instance is kept and the row with it.
-    pub fn committed_row(&self, instance_id: &str) -> Option<Instance> {
-        let warm = self.warm.lock().expect("warm cache poisoned");
-        let entry = warm.entries.get(instance_id)?;
-        entry.row.as_ref().filter(|_| entry.committed).cloned()
+    /// Take the row the last committed episode of `instance_id` left, if
+    /// its warm instance is kept and the row with it, for the episode about
+    /// to run on it: taken, not copied, as that episode puts its instance
+    /// back without it and its own commit keeps the next row (an episode
+    /// that does not run leaves the next one to read the store).
+    pub fn take_committed_row(&self, instance_id: &str) -> Option<Instance> {
+        let mut warm = self.warm.lock().expect("warm cache poisoned");
+        let entry = warm.entries.get_mut(instance_id).filter(|w| w.committed)?;
+        entry.row.take()
     }
 
     /// Forget the warm instance of `instance_id`, if any (its episode did

@@ -677,7 +677,7 @@ fn episode(
     // first).
     let warm_row = match carried {
         Some(Carry::Message(_)) if !crate::entity::is_entity(id) => {
-            inner.replayer.committed_row(id)
+            inner.replayer.take_committed_row(id)
         }
         _ => None,
     };
