@@ -370,3 +370,64 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
         assert!(raises >= 1.0, "no raise was carried: {metrics}");
     }
 }
+
+/// Behind a load balancer, the raises for one instance reach every host:
+/// each is carried into an episode on the host it reached, whether the
+/// instance is cold there (it is read whole) or warm but out of date
+/// (another host ran it since: the episode's commit is refused, and the
+/// raise is carried once more into one that reads it whole), instead of
+/// being stored for whichever host claims it.
+#[test]
+fn a_raise_is_carried_on_whichever_host_it_reaches() {
+    let Some(database) = postgres_database("roundrobin") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let guests = duro_tests::TEST_GUESTS;
+    let manifest = duro_tests::scenario_manifest(
+        dir.path(),
+        &format!("[[orchestration]]\nname = \"Sequence\"\ncomponent = {guests:?}\n"),
+    );
+    let serve = || {
+        Host::start_with_env(
+            &manifest,
+            Path::new(&database),
+            &[
+                ("DURO_WARM_INSTANCES", "128"),
+                ("DURO_CARRY_PATIENCE_MS", "10000"),
+            ],
+            &[],
+        )
+    };
+    let (first, second) = (serve(), serve());
+    const N: usize = 8;
+    for n in 0..N {
+        let id = format!("rr-{n}");
+        let started = first.post(&format!("{API}/orchestrators/Sequence/{id}"), "null");
+        assert_eq!(started.status, 202, "{}", started.body);
+        // Wait for its first episode: a raise must meet it run, not leased.
+        first.poll(&format!("{API}/instances/{id}"), |r| {
+            r.json()["runtimeStatus"] == "Running"
+        });
+        // Cold on the second host; then warm on the first, but behind.
+        let raised = second.post(&format!("{API}/instances/{id}/raiseEvent/A"), "1");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        let raised = first.post(&format!("{API}/instances/{id}/raiseEvent/B"), "2");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        let done = second.get(&format!("{API}/instances/{id}?waitForCompletion=20000"));
+        assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+        assert_eq!(done.json()["output"], json!([1, 2]), "{}", done.body);
+    }
+    for (name, host) in [("first", &first), ("second", &second)] {
+        let metrics = host.get("/metrics").body;
+        let carried = (metrics.lines())
+            .find_map(|line| line.strip_prefix("duro_carried_messages_total"))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        // Every raise but one that met its instance leased elsewhere.
+        assert!(
+            carried >= (N - 1) as f64,
+            "the {name} host carried {carried} of {N} raises: {metrics}"
+        );
+    }
+}

@@ -454,10 +454,10 @@ impl Inner {
         (self.work_signals).load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Carry `message` straight into an episode of `id`, if `id` is warm
-    /// here and this host can lease it on the spot, or park it for the
-    /// episode after the one this host runs: what becomes of it (stored by
-    /// an episode's commit, or handed back); else the message.
+    /// Carry `message` straight into an episode of `id`, if this host can
+    /// lease it on the spot, or park it for the episode after the one this
+    /// host runs: what becomes of it (stored by an episode's commit, or
+    /// handed back); else the message.
     fn carry(&self, id: &str, message: Message) -> Result<Carrying, Message> {
         let Some(pool) = self.episode_pool.get() else {
             return Err(message);
@@ -467,13 +467,18 @@ impl Inner {
         // for an entity: its signals come in streams, and stored at once
         // they all go into its next episode, where a parked one would hold
         // its sender for two commits.
-        if !crate::entity::is_entity(id) && self.store.leased_here(id) {
+        if crate::entity::is_entity(id) {
+            if self.store.leased_here(id) || !self.replayer.holds(id) {
+                return Err(message);
+            }
+        } else if self.store.leased_here(id) {
             return self.park(id, message);
         }
-        // Cold, the episode would replay before the sender hears back.
-        if !self.replayer.holds(id) {
-            return Err(message);
-        }
+        // A cold instance is carried too: its episode reads it whole, where
+        // storing the message would cost a write, a claim and the same read
+        // (and on a shared store, most raises meet hosts their instance is
+        // cold on). Its sender waits for the replay, `carry_patience` at
+        // most.
         self.offer_carried(pool, id, Carry::Message(message))
             .map_err(Carry::into_message)
     }
@@ -565,13 +570,22 @@ impl Inner {
             .lock()
             .expect("parked messages poisoned")
             .remove(id);
-        // Taken back by its sender, it is stored already.
-        let Some(carried) = parked.filter(|carried| !carried.taken_back()) else {
-            return;
-        };
         // Not offered, it is dropped: handed back to its sender.
+        if let Some(carried) = parked.filter(|_| committed) {
+            self.carry_again(id, carried);
+        }
+    }
+
+    /// Give `carried` (parked, or carried into an episode whose commit was
+    /// refused) to a new episode of `id` if this host can lease it on the
+    /// spot; else it goes back to its sender.
+    fn carry_again(&self, id: &str, carried: worker::Carried) {
+        // Taken back by its sender, it is stored already.
+        if carried.taken_back() {
+            return;
+        }
         let since = self.work_signalled();
-        if let Some(pool) = self.episode_pool.get().filter(|_| committed)
+        if let Some(pool) = self.episode_pool.get()
             && self.store.lease_carried(id)
         {
             let _ = self.offer_job(pool, id, carried, since);

@@ -131,6 +131,13 @@ impl Carried {
         self.sealed.is_some()
     }
 
+    /// The commit it was sealed into was refused: it may go into another
+    /// episode (or be taken back by its sender, who may have stopped
+    /// looking: it then waits for that episode's commit).
+    fn unseal(&mut self) {
+        *self.slot.lock().expect("carried slot poisoned") = self.sealed.take();
+    }
+
     /// The episode that took it committed: it is stored.
     fn stored(mut self) {
         self.sealed = None;
@@ -383,6 +390,7 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             let made_work = commits.iter().any(EpisodeCommit::makes_instance_work);
             let ids: Vec<String> = commits.iter().map(|c| c.instance.id.clone()).collect();
             let history_lens: Vec<u64> = commits.iter().map(|c| c.instance.history_len).collect();
+            let unread: Vec<bool> = commits.iter().map(|c| c.unread_inbox).collect();
             // The rows as stored, for waiters (a long poll then reads
             // nothing): copied only if someone waits.
             let mut rows: Vec<Option<Instance>> = if inner.committed.receiver_count() > 0 {
@@ -409,13 +417,14 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
             drop(commit_spans);
             drop(spans);
             let mut round = Vec::with_capacity(ids.len());
-            for (((((id, result), history_len), carried), row), kept) in ids
+            for ((((((id, result), history_len), carried), row), kept), unread) in ids
                 .into_iter()
                 .zip(outcomes)
                 .zip(history_lens)
                 .zip(carried)
                 .zip(&mut rows)
                 .zip(kept)
+                .zip(unread)
             {
                 let stored = if result.is_ok() { row.take() } else { None };
                 round.push(super::Committed::new(id.clone(), stored));
@@ -424,6 +433,11 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                     result,
                     Err(StoreError::Conflict { .. } | StoreError::NotFound(_))
                 );
+                // A message carried into a warm instance's episode, refused
+                // because the instance moved on since this host ran it
+                // (another host ran it): carried once more, into an episode
+                // that reads it whole, instead of stored and claimed.
+                let mut again = None;
                 if result.is_ok() {
                     inner.replayer.committed(&id, history_len, kept);
                     if let Some(carried) = carried {
@@ -431,8 +445,16 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                     }
                 } else {
                     inner.replayer.forget_warm(&id);
-                    // Not stored: dropped, it goes back to its sender.
-                    drop(carried);
+                    match carried {
+                        Some(mut carried)
+                            if unread && matches!(result, Err(StoreError::Conflict { .. })) =>
+                        {
+                            carried.unseal();
+                            again = Some(carried);
+                        }
+                        // Not stored: dropped, it goes back to its sender.
+                        carried => drop(carried),
+                    }
                 }
                 match result {
                     Ok(()) => {
@@ -449,6 +471,9 @@ async fn commit_loop(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Co
                             .until_stored("giving a lease back", || inner.store.release(&id))
                             .await;
                         inner.resume_parked(&id, false);
+                        if let Some(carried) = again {
+                            inner.carry_again(&id, carried);
+                        }
                     }
                     Err(e) => retry_later(&inner, id, format!("episode not committed: {e}")),
                 }
