@@ -312,9 +312,7 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
     };
     let dir = tempfile::tempdir().unwrap();
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
-    // Only a warm instance's raise is carried: the cache is on whatever
-    // the suite's run says (CI runs it once more with the cache off, where
-    // no raise is carried, which is why this test once failed there). And
+    // The cache is pinned on (CI runs the suite once more with it off). And
     // a raise waits for its episode's commit as long as it takes (by
     // default 50 ms, after which it is stored instead) on a loaded machine.
     let serve = || {
@@ -363,8 +361,7 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
             count("duro_carried_starts_total") >= 1.0,
             "no start was carried: {metrics}"
         );
-        // A raise for an instance warm here (its start was carried, or
-        // this host claimed it) is carried into its episode.
+        // A raise is carried into its episode, warm here or not.
         let raises = count("duro_carried_messages_total");
         eprintln!("raises carried: {raises}");
         assert!(raises >= 1.0, "no raise was carried: {metrics}");

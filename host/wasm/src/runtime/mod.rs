@@ -98,7 +98,7 @@ pub struct RuntimeConfig {
     /// Fallback polling period for work and timers.
     pub poll_interval: Duration,
     /// How long a client's request waits for an episode to take what it
-    /// carried (a message for a warm instance, a start) before it takes it
+    /// carried (a message, a start) before it takes it
     /// back and stores it itself: a commit takes a few milliseconds, but
     /// the episode under way (or the one it was carried into) may be a
     /// guest computing for its whole step budget, and a raise or a start
