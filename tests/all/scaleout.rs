@@ -312,20 +312,7 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
     };
     let dir = tempfile::tempdir().unwrap();
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
-    // The cache is pinned on (CI runs the suite once more with it off). And
-    // a raise waits for its episode's commit as long as it takes (by
-    // default 50 ms, after which it is stored instead) on a loaded machine.
-    let serve = || {
-        Host::start_with_env(
-            &manifest,
-            Path::new(&database),
-            &[
-                ("DURO_WARM_INSTANCES", "128"),
-                ("DURO_CARRY_PATIENCE_MS", "10000"),
-            ],
-            &[],
-        )
-    };
+    let serve = || carrying_host(&manifest, &database);
     let hosts = [serve(), serve()];
     // Enough for a quick first episode to be seen on a loaded machine.
     const EACH: usize = 16;
@@ -349,12 +336,7 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
     }
     for host in &hosts {
         let metrics = host.get("/metrics").body;
-        let count = |name: &str| {
-            (metrics.lines())
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|n| n.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let count = |name: &str| counter(&metrics, name);
         // The first start of each host cannot be: how quick a first
         // episode is has not been seen yet.
         assert!(
@@ -385,17 +367,7 @@ fn a_raise_is_carried_on_whichever_host_it_reaches() {
         dir.path(),
         &format!("[[orchestration]]\nname = \"Sequence\"\ncomponent = {guests:?}\n"),
     );
-    let serve = || {
-        Host::start_with_env(
-            &manifest,
-            Path::new(&database),
-            &[
-                ("DURO_WARM_INSTANCES", "128"),
-                ("DURO_CARRY_PATIENCE_MS", "10000"),
-            ],
-            &[],
-        )
-    };
+    let serve = || carrying_host(&manifest, &database);
     let (first, second) = (serve(), serve());
     const N: usize = 8;
     for n in 0..N {
@@ -417,14 +389,35 @@ fn a_raise_is_carried_on_whichever_host_it_reaches() {
     }
     for (name, host) in [("first", &first), ("second", &second)] {
         let metrics = host.get("/metrics").body;
-        let carried = (metrics.lines())
-            .find_map(|line| line.strip_prefix("duro_carried_messages_total"))
-            .and_then(|n| n.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let carried = counter(&metrics, "duro_carried_messages_total");
         // Every raise but one that met its instance leased elsewhere.
         assert!(
             carried >= (N - 1) as f64,
             "the {name} host carried {carried} of {N} raises: {metrics}"
         );
     }
+}
+
+/// A host on `database` that carries what it is sent: the warm cache
+/// pinned on (CI runs the suite once more with it off), and a request
+/// waiting for its episode's commit as long as it takes (by default 50 ms,
+/// after which it is stored instead) on a loaded machine.
+fn carrying_host(manifest: &Path, database: &str) -> Host {
+    Host::start_with_env(
+        manifest,
+        Path::new(database),
+        &[
+            ("DURO_WARM_INSTANCES", "128"),
+            ("DURO_CARRY_PATIENCE_MS", "10000"),
+        ],
+        &[],
+    )
+}
+
+/// The value of the counter `name` in a `/metrics` page (0 if absent).
+fn counter(metrics: &str, name: &str) -> f64 {
+    (metrics.lines())
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
