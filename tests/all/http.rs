@@ -844,3 +844,38 @@ fn an_idle_host_drops_its_warm_instances_and_they_replay_on_their_next_event() {
         page.body
     );
 }
+
+/// A raise for an instance that does not exist, or has finished, is
+/// refused as it was before raises were carried into cold instances'
+/// episodes: no retry (with its count kept per id, a timer and a warning)
+/// for each id a client makes up.
+#[test]
+fn raises_for_missing_or_finished_instances_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = duro_tests::scenario_manifest(dir.path(), "");
+    let log = dir.path().join("host.log");
+    let host = Host::start_logging(
+        &manifest,
+        &dir.path().join("duro.db"),
+        &[("DURO_CARRY_PATIENCE_MS", "10000")],
+        &[],
+        "debug",
+        &log,
+    );
+    for n in 0..20 {
+        let raised = host.post(&format!("{API}/instances/made-up-{n}/raiseEvent/X"), "1");
+        assert_eq!(raised.status, 404, "{}", raised.body);
+        assert!(raised.error().contains("made-up-"), "{}", raised.body);
+    }
+    let path = format!("{API}/orchestrators/Workflow/done");
+    assert_eq!(host.post(&path, "\"x\"").status, 202);
+    let raised = host.post(&format!("{API}/instances/done/raiseEvent/Workflow"), "1");
+    assert_eq!(raised.status, 202, "{}", raised.body);
+    host.poll(&format!("{API}/instances/done"), |r| r.status == 200);
+    let late = host.post(&format!("{API}/instances/done/raiseEvent/Workflow"), "2");
+    assert_eq!(late.status, 410, "{}", late.body);
+    // A warning would be written as the refusal is answered, not after.
+    std::thread::sleep(Duration::from_millis(300));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("retrying"), "{logged}");
+}

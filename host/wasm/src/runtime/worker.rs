@@ -291,8 +291,13 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
                 // A message left in the inbox (a suspended instance) goes
                 // back to be stored by its sender (dropping it does); a
                 // start left there would create an instance that never
-                // runs.
-                Some(_) if start => {
+                // runs. One for a finished instance, with nothing stored
+                // to drop, leaves nothing to commit (its sender's write is
+                // refused: the instance has finished).
+                Some(_)
+                    if start
+                        || commit.instance.status.is_terminal() && commit.consumed.is_empty() =>
+                {
                     inner.replayer.forget_warm(&id);
                     return abandon(inner, &id);
                 }
@@ -300,9 +305,13 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
             };
             let _ = commits.send((commit, span, carried, since));
         }
-        // Nothing of a carried start is stored: its sender creates it.
-        Err(e) if start => {
-            tracing::debug!(instance = %id, "a carried start's episode not run: {e:#}");
+        // Nothing carried is stored: its sender creates the instance, or
+        // stores the message, and hears why not (no such instance, say);
+        // what it stores runs as any stored work, retried if it fails.
+        // Retried here, a raise for every id that does not exist would
+        // keep a retry count and a timer.
+        Err(e) if carried.is_some() => {
+            tracing::debug!(instance = %id, "an episode of something carried not run: {e:#}");
             drop(carried);
             abandon(inner, &id);
         }
