@@ -421,3 +421,45 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .and_then(|n| n.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
+
+/// A host tells another of the instances it finishes only if a waiter
+/// there waits for them: with each instance's clients on one host, the
+/// hosts tell each other nothing, however many waiters they have.
+#[test]
+fn a_finish_is_told_only_to_a_host_that_waits_for_it() {
+    let Some(database) = postgres_database("told_waited") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = duro_tests::scenario_manifest(dir.path(), "");
+    let serve = || Host::start_with(&manifest, Path::new(&database), &[]);
+    let (first, second) = (serve(), serve());
+    let told = |host: &Host| counter(&host.get("/metrics").body, "duro_foreign_finishes_total ");
+    let started = first.post(&format!("{API}/orchestrators/Workflow/held"), "\"t\"");
+    assert_eq!(started.status, 202, "{}", started.body);
+    std::thread::scope(|scope| {
+        let held =
+            scope.spawn(|| second.get(&format!("{API}/instances/held?waitForCompletion=30000")));
+        // Its waiter has said so by then.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        const N: usize = 10;
+        for n in 0..N {
+            let path = format!("{API}/instances/alone-{n}");
+            let started = first.post(&format!("{API}/orchestrators/Workflow/alone-{n}"), "\"t\"");
+            assert_eq!(started.status, 202, "{}", started.body);
+            let raised = first.post(&format!("{path}/raiseEvent/Workflow"), "1");
+            assert_eq!(raised.status, 202, "{}", raised.body);
+            let done = first.get(&format!("{path}?waitForCompletion=20000"));
+            assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+        }
+        assert_eq!(
+            told(&second),
+            0.0,
+            "finishes nobody there waits for were told"
+        );
+        let raised = first.post(&format!("{API}/instances/held/raiseEvent/Workflow"), "1");
+        assert_eq!(raised.status, 202, "{}", raised.body);
+        let done = held.join().unwrap();
+        assert_eq!(done.json()["runtimeStatus"], "Completed", "{}", done.body);
+    });
+}

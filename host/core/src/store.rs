@@ -416,12 +416,19 @@ pub trait RuntimeStore: Send + Sync + 'static {
     fn on_foreign_finish(&self, finished: FinishFn) {
         let _ = finished;
     }
-    /// A waiter began on this host (a long poll): a shared backend lets
-    /// the other hosts know, so that they tell this one of the instances
-    /// they finish ([`on_foreign_finish`](Self::on_foreign_finish)) while
-    /// waiters come.
-    fn waiter_began(&self) {}
+    /// A waiter on this host (a long poll) waits for `instance`, which was
+    /// not finished when it looked: a shared backend lets the other hosts
+    /// know, so that the one that finishes it tells this one
+    /// ([`on_foreign_finish`](Self::on_foreign_finish)), if it does so
+    /// within [`WAITER_HEARD_FOR`]; a waiter that goes on says so again.
+    fn waiting_for(&self, instance: &str) {
+        let _ = instance;
+    }
 }
+
+/// How long the hosts sharing a backend remember that a waiter on another
+/// host waits for an instance ([`RuntimeStore::waiting_for`]).
+pub const WAITER_HEARD_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What kind of work another host made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

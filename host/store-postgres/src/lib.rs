@@ -53,8 +53,10 @@ const MIGRATIONS: &[&str] = &[
 /// finished (payload: the host's name, then the ids, one a line).
 const FINISHED_CHANNEL: &str = "duro_finished";
 
-/// The channel on which a host with waiters says so (payload: its name):
-/// the others tell it of the instances they finish for a while.
+/// The channel on which a host says what its waiters wait for (payload: its
+/// name, then the ids, one a line): the others tell it if they finish one
+/// in the next `WAITER_HEARD_FOR`. (A payload of the name alone, from an
+/// earlier version, has them tell it every finish for that long.)
 const WAITING_CHANNEL: &str = "duro_waiting";
 
 /// The advisory lock key that serialises migrations ("duro" in ASCII).
@@ -599,8 +601,9 @@ async fn listen(
                             Ok(tokio_postgres::AsyncMessage::Notification(n))
                                 if n.channel() == WAITING_CHANNEL =>
                             {
-                                if n.payload() != owner {
-                                    heard_by.others_wait();
+                                let mut lines = n.payload().lines();
+                                if lines.next() != Some(owner.as_str()) {
+                                    heard_by.others_wait(lines.map(str::to_string).collect());
                                 }
                             }
                             Ok(tokio_postgres::AsyncMessage::Notification(n))
@@ -831,8 +834,8 @@ impl RuntimeStore for PgStore {
         *self.finish.lock().expect("finish slot poisoned") = Some(finished);
     }
 
-    fn waiter_began(&self) {
-        self.notifier.waiting();
+    fn waiting_for(&self, instance: &str) {
+        self.notifier.waiting(instance);
     }
 }
 

@@ -1,41 +1,60 @@
-//! Telling other hosts about new work and finished instances: `NOTIFY`
-//! sent after commits, not inside them. PostgreSQL serialises the commits
-//! of transactions that notify, WAL flush included, which capped a host at
-//! one commit per disk flush; a notification on its own writes no WAL.
-//! Signals raised while one is being sent are folded into the next.
+//! Telling other hosts about new work, finished instances and waiters:
+//! `NOTIFY` sent after commits, not inside them. PostgreSQL serialises the
+//! commits of transactions that notify, WAL flush included, which capped a
+//! host at one commit per disk flush; a notification on its own writes no
+//! WAL. Signals raised while one is being sent are folded into the next.
+//! A host's waiters name the instances they wait for, and a finish is told
+//! only to hosts that wait for it: where each instance's clients talk to one
+//! host, or come after it finished, hosts tell each other nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
-use duro_core::store::WorkKind;
+use duro_core::store::{WAITER_HEARD_FOR, WorkKind};
 
 use crate::{CHANNELS, FINISHED_CHANNEL, WAITING_CHANNEL};
 
-/// Pending notifications, one bit per channel, and the instances this
-/// host's commits finished, not told yet.
+/// Pending notifications, one bit per channel; what is told of instances.
 #[derive(Default)]
 pub struct Notifier {
     pending: AtomicU8,
     wake: tokio::sync::Notify,
-    finished: Mutex<Vec<String>>,
-    finishing: tokio::sync::Notify,
-    /// Until when (ms since the epoch) another host has said it has
-    /// waiters: only then are finished instances told, so that hosts whose
-    /// clients poll (or a host alone) pay nothing for it.
+    /// Instances this host's commits finished that other hosts wait for.
+    finished: Outbox,
+    /// Instances this host's waiters wait for.
+    waiting: Outbox,
+    /// The instances other hosts' waiters wait for, each until when (ms
+    /// since the epoch) a finish of it is told.
+    waited_elsewhere: Mutex<HashMap<String, u64>>,
+    /// Until when a host of an earlier version, whose waiters named no
+    /// instance, said it has waiters: every finish is told until then.
     others_wait_until: AtomicU64,
-    /// When this host last said it has waiters.
-    said_waiting_at: AtomicU64,
 }
 
-/// The bit of `pending` that says this host has waiters.
-const WAITING: u8 = 8;
+/// Ids to tell the other hosts on one channel; those that come while one
+/// notification is being sent go together in the next.
+#[derive(Default)]
+struct Outbox {
+    ids: Mutex<Vec<String>>,
+    ready: tokio::sync::Notify,
+}
 
-/// How often a host with waiters says so, at most, and how long the others
-/// tell it of finished instances after hearing it (a waiter that stays
-/// longer than that, with no other beginning, is answered by its re-reads).
-const SAY_WAITING_EVERY_MS: u64 = 1_000;
-const TELL_WAITERS_FOR_MS: u64 = 5_000;
+impl Outbox {
+    fn push(&self, ids: impl IntoIterator<Item = String>) {
+        let mut queued = self.ids.lock().expect("outbox poisoned");
+        let before = queued.len();
+        queued.extend(ids);
+        if queued.len() > before {
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// Most instances other hosts are known to wait for; past it, expired ones
+/// are dropped, then new ones are not kept (their waiters re-read).
+const MAX_WAITED_ELSEWHERE: usize = 100_000;
 
 /// Most bytes of one notification's payload (PostgreSQL takes 8,000).
 const MAX_PAYLOAD: usize = 7_900;
@@ -49,54 +68,73 @@ fn bit(kind: WorkKind) -> u8 {
 }
 
 impl Notifier {
-    /// Start sending on the current runtime: the notifier, and the task
-    /// that sends (to stop with the store).
+    /// Start sending on the current runtime: the notifier, and the tasks
+    /// that send (to stop with the store).
     /// Each notification carries `owner` (this host's name), so that the
     /// host's own listener can pass over what it sent.
     pub fn start(pool: Pool, owner: &str) -> (Arc<Notifier>, Vec<tokio::task::AbortHandle>) {
         let notifier = Arc::new(Notifier::default());
         let sending = tokio::spawn(send(pool.clone(), owner.to_string(), notifier.clone()));
-        let finishing = tokio::spawn(send_finished(pool, owner.to_string(), notifier.clone()));
-        (
-            notifier,
-            vec![sending.abort_handle(), finishing.abort_handle()],
-        )
+        let finishing = tokio::spawn(send_ids(
+            pool.clone(),
+            owner.to_string(),
+            FINISHED_CHANNEL,
+            notifier.clone(),
+            |n| &n.finished,
+        ));
+        let waiting = tokio::spawn(send_ids(
+            pool,
+            owner.to_string(),
+            WAITING_CHANNEL,
+            notifier.clone(),
+            |n| &n.waiting,
+        ));
+        let tasks = [sending, finishing, waiting];
+        (notifier, tasks.iter().map(|t| t.abort_handle()).collect())
     }
 
-    /// Tell other hosts, at once, that this host's commit finished these
-    /// instances: their waiters answer without waiting for a re-read.
+    /// Tell the hosts that wait for them, at once, that this host's commit
+    /// finished these instances: their waiters answer without waiting for
+    /// a re-read.
     pub fn finished(&self, ids: impl IntoIterator<Item = String>) {
-        if duro_core::model::now_millis() >= self.others_wait_until.load(Ordering::Relaxed) {
+        let now = duro_core::model::now_millis();
+        let all = now < self.others_wait_until.load(Ordering::Relaxed);
+        let mut waited = self.waited_elsewhere.lock().expect("waited ids poisoned");
+        if waited.is_empty() && !all {
             return;
         }
-        let mut finished = self.finished.lock().expect("finished ids poisoned");
-        let before = finished.len();
-        finished.extend(ids);
-        if finished.len() > before {
-            self.finishing.notify_one();
-        }
+        let told: Vec<String> = (ids.into_iter())
+            .filter(|id| waited.remove(id).is_some_and(|until| until > now) || all)
+            .collect();
+        drop(waited);
+        self.finished.push(told);
     }
 
-    /// Another host said it has waiters: finished instances are told for
-    /// a while.
-    pub fn others_wait(&self) {
-        let until = duro_core::model::now_millis() + TELL_WAITERS_FOR_MS;
-        self.others_wait_until.fetch_max(until, Ordering::Relaxed);
-    }
-
-    /// A waiter began on this host: say so to the others (at most once a
-    /// second), so that they tell it of the instances they finish.
-    pub fn waiting(&self) {
+    /// Another host's waiters wait for `ids` (none: a host of an earlier
+    /// version has waiters, and every finish is told for a while).
+    pub fn others_wait(&self, ids: Vec<String>) {
         let now = duro_core::model::now_millis();
-        let said = self.said_waiting_at.load(Ordering::Relaxed);
-        if now.saturating_sub(said) >= SAY_WAITING_EVERY_MS
-            && (self.said_waiting_at)
-                .compare_exchange(said, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.pending.fetch_or(WAITING, Ordering::SeqCst);
-            self.wake.notify_one();
+        let until = now + WAITER_HEARD_FOR.as_millis() as u64;
+        if ids.is_empty() {
+            self.others_wait_until.fetch_max(until, Ordering::Relaxed);
+            return;
         }
+        let mut waited = self.waited_elsewhere.lock().expect("waited ids poisoned");
+        if waited.len() + ids.len() > MAX_WAITED_ELSEWHERE {
+            waited.retain(|_, kept| *kept > now);
+        }
+        for id in ids {
+            if waited.len() >= MAX_WAITED_ELSEWHERE {
+                break;
+            }
+            waited.insert(id, until);
+        }
+    }
+
+    /// A waiter here waits for `instance`, not finished when it looked:
+    /// tell the others, so that the one whose commit finishes it says so.
+    pub fn waiting(&self, instance: &str) {
+        self.waiting.push([instance.to_string()]);
     }
 
     /// Tell other hosts, soon, that there is work of this kind.
@@ -113,9 +151,7 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
         let statement: String = CHANNELS
             .iter()
             .filter(|(_, kind)| pending & bit(*kind) != 0)
-            .map(|(channel, _)| channel)
-            .chain((pending & WAITING != 0).then_some(&WAITING_CHANNEL))
-            .map(|channel| format!("NOTIFY {channel}, '{owner}';"))
+            .map(|(channel, _)| format!("NOTIFY {channel}, '{owner}';"))
             .collect();
         if statement.is_empty() {
             continue;
@@ -139,13 +175,23 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
     }
 }
 
-/// Send the finished ids as they come (those that come while one is being
-/// sent go together in the next), each payload `owner` then ids, one a
-/// line (an id has no control character), cut to fit.
-async fn send_finished(pool: Pool, owner: String, notifier: Arc<Notifier>) {
+/// Send the ids of `outbox` on `channel` as they come, each payload
+/// `owner` then ids, one a line (an id has no control character), cut to
+/// fit.
+async fn send_ids(
+    pool: Pool,
+    owner: String,
+    channel: &'static str,
+    notifier: Arc<Notifier>,
+    outbox: fn(&Notifier) -> &Outbox,
+) {
+    let outbox = outbox(&notifier);
     loop {
-        notifier.finishing.notified().await;
-        let ids = std::mem::take(&mut *notifier.finished.lock().expect("finished ids poisoned"));
+        outbox.ready.notified().await;
+        let ids = std::mem::take(&mut *outbox.ids.lock().expect("outbox poisoned"));
+        if ids.is_empty() {
+            continue;
+        }
         let mut payloads = Vec::new();
         let mut payload = owner.clone();
         for id in ids {
@@ -160,15 +206,15 @@ async fn send_finished(pool: Pool, owner: String, notifier: Arc<Notifier>) {
             let client = pool.get().await.map_err(|e| e.to_string())?;
             for payload in &payloads {
                 client
-                    .execute("SELECT pg_notify($1, $2)", &[&FINISHED_CHANNEL, payload])
+                    .execute("SELECT pg_notify($1, $2)", &[&channel, payload])
                     .await
                     .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())
         };
         if let Err(e) = sent.await {
-            // Waiters elsewhere re-read as a fallback; nothing is lost.
-            tracing::debug!("cannot tell other hosts of finished instances: {e}");
+            // Waiters re-read as a fallback; nothing is lost.
+            tracing::debug!("cannot tell other hosts on {channel}: {e}");
         }
     }
 }

@@ -33,7 +33,7 @@ pub use schedules::Triggered;
 mod limits;
 mod pool;
 mod worker;
-use crate::store::{Store, StoreError, StoreResult, Version, WorkKind};
+use crate::store::{Store, StoreError, StoreResult, Version, WAITER_HEARD_FOR, WorkKind};
 pub use deploy::{
     DeployMode, DeployReport, InstanceCheck, OrchestrationChange, OrchestrationVersion,
 };
@@ -1246,11 +1246,11 @@ impl Runtime {
         let Ok(_waiting) = self.inner.waiters.try_acquire() else {
             return self.existing(id).await;
         };
-        self.inner.store.waiter_began();
         // The fallback re-read covers writes this host does not commit (other
         // hosts on PostgreSQL); it backs off, as the commit wakes a waiter.
         let mut fallback = Duration::from_millis(50);
         let mut known = None;
+        let mut said: Option<tokio::time::Instant> = None;
         loop {
             let instance = match known.take() {
                 Some(stored) => stored,
@@ -1258,6 +1258,12 @@ impl Runtime {
             };
             if done(&instance) || tokio::time::Instant::now() >= deadline {
                 return Ok(instance);
+            }
+            // Other hosts sharing the store tell this one if they finish
+            // it, for as long as they remember: said again before then.
+            if said.is_none_or(|at| at.elapsed() >= WAITER_HEARD_FOR * 4 / 5) {
+                self.inner.store.waiting_for(id);
+                said = Some(tokio::time::Instant::now());
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Ok(stored) =
