@@ -75,12 +75,17 @@ impl Notifier {
     pub fn start(pool: Pool, owner: &str) -> (Arc<Notifier>, Vec<tokio::task::AbortHandle>) {
         let notifier = Arc::new(Notifier::default());
         let sending = tokio::spawn(send(pool.clone(), owner.to_string(), notifier.clone()));
+        // A finish is told at once: a waiter elsewhere answers on it. What
+        // waiters wait for, at most once a spell: a host alone (which
+        // hears nobody) pays one notification a spell under load, and a
+        // waiter's first re-read comes no sooner anyway.
         let finishing = tokio::spawn(send_ids(
             pool.clone(),
             owner.to_string(),
             FINISHED_CHANNEL,
             notifier.clone(),
             |n| &n.finished,
+            None,
         ));
         let waiting = tokio::spawn(send_ids(
             pool,
@@ -88,6 +93,7 @@ impl Notifier {
             WAITING_CHANNEL,
             notifier.clone(),
             |n| &n.waiting,
+            Some(SPELL),
         ));
         let tasks = [sending, finishing, waiting];
         (notifier, tasks.iter().map(|t| t.abort_handle()).collect())
@@ -175,15 +181,16 @@ async fn send(pool: Pool, owner: String, notifier: Arc<Notifier>) {
     }
 }
 
-/// Send the ids of `outbox` on `channel` as they come, each payload
-/// `owner` then ids, one a line (an id has no control character), cut to
-/// fit.
+/// Send the ids of `outbox` on `channel` as they come (after `spell`, if
+/// any, since the last notification), each payload `owner` then ids, one
+/// a line (an id has no control character), cut to fit.
 async fn send_ids(
     pool: Pool,
     owner: String,
     channel: &'static str,
     notifier: Arc<Notifier>,
     outbox: fn(&Notifier) -> &Outbox,
+    spell: Option<std::time::Duration>,
 ) {
     let outbox = outbox(&notifier);
     loop {
@@ -215,6 +222,9 @@ async fn send_ids(
         if let Err(e) = sent.await {
             // Waiters re-read as a fallback; nothing is lost.
             tracing::debug!("cannot tell other hosts on {channel}: {e}");
+        }
+        if let Some(spell) = spell {
+            tokio::time::sleep(spell).await;
         }
     }
 }
