@@ -296,7 +296,9 @@ fn run_job(inner: &Arc<Inner>, commits: &mpsc::UnboundedSender<Committing>, job:
                 // refused: the instance has finished).
                 Some(_)
                     if start
-                        || commit.instance.status.is_terminal() && commit.consumed.is_empty() =>
+                        || commit.instance.status.is_terminal()
+                            && commit.consumed.is_empty()
+                            && commit.new_events.is_empty() =>
                 {
                     inner.replayer.forget_warm(&id);
                     return abandon(inner, &id);
