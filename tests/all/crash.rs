@@ -1,6 +1,6 @@
 //! Acknowledged requests survive `kill -9` of the host.
 
-use crate::host::Host;
+use crate::host::{Host, sample};
 
 const API: &str = "/runtime/webhooks/durabletask";
 
@@ -86,11 +86,7 @@ fn events_raised_while_the_first_episode_commits_go_into_the_next() {
         assert_eq!(raised.status, 202, "{}", raised.body);
     }
     let metrics = host.get("/metrics").body;
-    let carried: usize = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("duro_carried_messages_total "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let carried = sample(&metrics, "duro_carried_messages_total", "").unwrap_or(0.0) as usize;
     // Stored one by one instead, none would be: the raise meets the first
     // episode under way nearly every time.
     assert!(

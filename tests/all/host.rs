@@ -369,6 +369,14 @@ pub fn ok_response(body: &str) -> String {
     )
 }
 
+/// The value of the sample `name{labels}` in a metrics page, if present.
+pub fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{labels} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
 /// How many events of `kind` (`eventType`) the `historyEvents` of an
 /// instance's status (`showHistory=true`) hold.
 pub fn history_count(status: &Value, kind: &str) -> usize {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::host::Host;
+use crate::host::{Host, sample};
 
 const API: &str = "/runtime/webhooks/durabletask";
 
@@ -611,14 +611,6 @@ fn a_status_request_can_wait_for_completion() {
     assert_eq!(too_long.status, 400);
     let unknown = host.get(&format!("{API}/instances/nobody?waitForCompletion=50"));
     assert_eq!(unknown.status, 404);
-}
-
-/// The value of the sample `name{labels}` in a metrics page, if present.
-fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = format!("{name}{labels} ");
-    page.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::host::{Host, duro_binary, refusal};
+use crate::host::{Host, duro_binary, refusal, sample};
 use crate::support::postgres_database;
 
 const API: &str = "/runtime/webhooks/durabletask";
@@ -286,11 +286,12 @@ fn a_waiter_hears_of_an_instance_another_host_finished() {
     }
     let told: f64 = (hosts.iter())
         .map(|host| {
-            let metrics = host.get("/metrics").body;
-            (metrics.lines())
-                .find_map(|line| line.strip_prefix("duro_foreign_finishes_total "))
-                .and_then(|n| n.parse::<f64>().ok())
-                .unwrap_or(0.0)
+            sample(
+                &host.get("/metrics").body,
+                "duro_foreign_finishes_total",
+                "",
+            )
+            .unwrap_or(0.0)
         })
         .sum();
     // One waiter an instance is on the host that did not commit its end;
@@ -336,7 +337,7 @@ fn a_host_runs_the_episodes_of_what_it_was_sent() {
     }
     for host in &hosts {
         let metrics = host.get("/metrics").body;
-        let count = |name: &str| counter(&metrics, name);
+        let count = |name: &str| sample(&metrics, name, "").unwrap_or(0.0);
         // The first start of each host cannot be: how quick a first
         // episode is has not been seen yet.
         assert!(
@@ -389,7 +390,7 @@ fn a_raise_is_carried_on_whichever_host_it_reaches() {
     }
     for (name, host) in [("first", &first), ("second", &second)] {
         let metrics = host.get("/metrics").body;
-        let carried = counter(&metrics, "duro_carried_messages_total");
+        let carried = sample(&metrics, "duro_carried_messages_total", "").unwrap_or(0.0);
         // Every raise but one that met its instance leased elsewhere.
         assert!(
             carried >= (N - 1) as f64,
@@ -414,14 +415,6 @@ fn carrying_host(manifest: &Path, database: &str) -> Host {
     )
 }
 
-/// The value of the counter `name` in a `/metrics` page (0 if absent).
-fn counter(metrics: &str, name: &str) -> f64 {
-    (metrics.lines())
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
 /// A host tells another of the instances it finishes only if a waiter
 /// there waits for them: with each instance's clients on one host, the
 /// hosts tell each other nothing, however many waiters they have.
@@ -434,7 +427,14 @@ fn a_finish_is_told_only_to_a_host_that_waits_for_it() {
     let manifest = duro_tests::scenario_manifest(dir.path(), "");
     let serve = || Host::start_with(&manifest, Path::new(&database), &[]);
     let (first, second) = (serve(), serve());
-    let told = |host: &Host| counter(&host.get("/metrics").body, "duro_foreign_finishes_total ");
+    let told = |host: &Host| {
+        sample(
+            &host.get("/metrics").body,
+            "duro_foreign_finishes_total",
+            "",
+        )
+        .unwrap_or(0.0)
+    };
     let started = first.post(&format!("{API}/orchestrators/Workflow/held"), "\"t\"");
     assert_eq!(started.status, 202, "{}", started.body);
     std::thread::scope(|scope| {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::host::{Host, duro_binary, history_count, refused_serve, try_request};
+use crate::host::{Host, duro_binary, history_count, refused_serve, sample, try_request};
 use crate::support::PATIENCE;
 
 const API: &str = "/runtime/webhooks/durabletask";
@@ -855,10 +855,8 @@ fn an_instance_takes_at_most_its_cap_of_waiting_messages() {
 /// The `duro_compiled_components` gauge of a host.
 fn compiled_components(host: &Host) -> u64 {
     let metrics = host.get("/metrics").body;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("duro_compiled_components "))
-        .and_then(|n| n.trim().parse().ok())
+    sample(&metrics, "duro_compiled_components", "")
+        .map(|n| n as u64)
         .unwrap_or_else(|| panic!("no compiled-components gauge in {metrics}"))
 }
 
